@@ -1,0 +1,39 @@
+"""Redis key layout shared by every stage (one place, so stages on different nodes agree)."""
+from __future__ import annotations
+
+PREFIX = "lookout"
+
+
+def frames(camera_id: str) -> str:
+    """Stream of JPEG frames of one camera (bounded)."""
+    return f"{PREFIX}:frames:{camera_id}"
+
+
+def detections(camera_id: str) -> str:
+    """Stream of detection results of one camera (bounded)."""
+    return f"{PREFIX}:detections:{camera_id}"
+
+
+def detections_latest(camera_id: str) -> str:
+    """JSON of the newest detection result of one camera."""
+    return f"{PREFIX}:detections:{camera_id}:latest"
+
+
+def camera_status(camera_id: str) -> str:
+    """Hash with the ingest status of one camera."""
+    return f"{PREFIX}:camera:{camera_id}:status"
+
+
+def cameras() -> str:
+    """Hash camera_id -> JSON of its public config (name, source kind)."""
+    return f"{PREFIX}:cameras"
+
+
+def hls_playlist(camera_id: str) -> str:
+    """The current HLS media playlist text of one camera."""
+    return f"{PREFIX}:hls:{camera_id}:playlist"
+
+
+def hls_segment(camera_id: str, name: str) -> str:
+    """Bytes of one HLS segment (expires on its own)."""
+    return f"{PREFIX}:hls:{camera_id}:seg:{name}"
