@@ -164,8 +164,9 @@ class HlsConfig(_Model):
 class GatewayConfig(_Model):
     """The HTTP gateway."""
 
-    host: str = Field("127.0.0.1", description="Address Serve's HTTP proxy binds to.")
-    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    public_url: str = Field(
+        "http://127.0.0.1:8000", description="Where users reach the gateway (for printed links only)."
+    )
     stale_after_s: float = Field(10.0, gt=0, le=3600, description="A camera not heard from this long is 'failed'.")
 
 

@@ -20,7 +20,7 @@ def detections_latest(camera_id: str) -> str:
 
 
 def camera_status(camera_id: str) -> str:
-    """Hash with the ingest status of one camera."""
+    """JSON of the ingest status of one camera."""
     return f"{PREFIX}:camera:{camera_id}:status"
 
 

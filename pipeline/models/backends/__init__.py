@@ -1,0 +1,58 @@
+"""Inference backends behind one interface, and the `auto` choice between them."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from pipeline.models.backends.base import Backend, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+AUTO_ORDER = ("tensorrt", "torch", "onnxruntime")
+
+
+def _gpu_reason(kind: str) -> str | None:
+    """Why `kind` cannot run here, or None if it might."""
+    if kind == "onnxruntime":
+        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
+    if kind == "tensorrt":
+        missing = [m for m in ("tensorrt", "pycuda") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"{' and '.join(missing)} not installed (pip install 'lookout[tensorrt]' on a GPU host)"
+        return None
+    if kind == "torch":
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed"
+        import torch
+
+        return None if torch.cuda.is_available() else "torch has no CUDA device"
+    return f"unknown backend {kind!r}"
+
+
+def choose_backend(requested: str) -> str:
+    """Resolve 'auto' to the first backend that can run here, logging the reasons for skipping."""
+    if requested != "auto":
+        reason = _gpu_reason(requested)
+        if reason:
+            raise BackendUnavailable(f"backend {requested!r} cannot run here: {reason}")
+        return requested
+    for kind in AUTO_ORDER:
+        reason = _gpu_reason(kind)
+        if reason is None:
+            log.info("backend auto -> %s", kind)
+            return kind
+        log.info("backend auto: skipping %s: %s", kind, reason)
+    raise BackendUnavailable("no inference backend can run here; pip install onnxruntime")
+
+
+def create_backend(requested: str, onnx_path: str | Path, intra_op_threads: int = 0) -> Backend:
+    kind = choose_backend(requested)
+    if kind == "onnxruntime":
+        from pipeline.models.backends.onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(onnx_path, intra_op_threads=intra_op_threads)
+    raise BackendUnavailable(f"backend {kind!r} is not built into this version yet")
+
+
+__all__ = ["Backend", "BackendUnavailable", "choose_backend", "create_backend"]

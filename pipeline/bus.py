@@ -1,0 +1,173 @@
+"""The Redis frame bus: JPEG frames on bounded per-camera streams, and detection results.
+
+Only `FrameRef`s travel between stages; the pixels stay here. Streams are trimmed by count
+(XADD MAXLEN ~) so memory cannot grow without bound, and readers drop frames older than
+`max_age_s` instead of working through a backlog.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+import redis
+
+from pipeline import keys
+from pipeline.config import BusConfig
+from pipeline.types import CameraStatus, Detections, FrameRef, FrameResult
+
+log = logging.getLogger(__name__)
+
+DETECTIONS_MAXLEN = 2000
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"could not JPEG-encode an image of shape {image.shape}")
+    return buf.tobytes()
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"could not decode {len(data)} bytes as an image")
+    return image
+
+
+def _ref_from_entry(camera_id: str, entry_id: bytes | str, fields: dict) -> FrameRef:
+    return FrameRef(
+        camera_id=camera_id,
+        seq=int(fields[b"seq"]),
+        captured_at=float(fields[b"t"]),
+        pts_s=float(fields[b"pts"]),
+        entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+    )
+
+
+class FrameBus:
+    """Puts and gets frames by `FrameRef`; one instance per process, thread-safe (redis-py pool)."""
+
+    def __init__(self, client: redis.Redis, settings: BusConfig | None = None):
+        self.client = client
+        self.settings = settings or BusConfig()
+
+    def put(self, camera_id: str, seq: int, image: np.ndarray, captured_at: float, pts_s: float) -> FrameRef:
+        data = encode_jpeg(image, self.settings.jpeg_quality)
+        entry_id = self.client.xadd(
+            keys.frames(camera_id),
+            {"seq": seq, "t": repr(captured_at), "pts": repr(pts_s), "jpg": data},
+            maxlen=self.settings.maxlen,
+            approximate=True,
+        )
+        return FrameRef(camera_id, seq, captured_at, pts_s, entry_id.decode())
+
+    def get_jpegs(self, refs: Iterable[FrameRef]) -> list[bytes | None]:
+        """JPEG bytes of each ref, or None where the frame was trimmed away."""
+        refs = list(refs)
+        pipe = self.client.pipeline(transaction=False)
+        for ref in refs:
+            pipe.xrange(keys.frames(ref.camera_id), ref.entry_id, ref.entry_id, count=1)
+        out: list[bytes | None] = []
+        for entries in pipe.execute():
+            out.append(entries[0][1][b"jpg"] if entries else None)
+        return out
+
+    def get(self, ref: FrameRef) -> np.ndarray | None:
+        data = self.get_jpegs([ref])[0]
+        return None if data is None else decode_jpeg(data)
+
+    def read_after(
+        self, camera_id: str, last_entry_id: str, block_ms: int = 1000, count: int = 32
+    ) -> list[tuple[FrameRef, bytes]]:
+        """Frames newer than `last_entry_id` ('$' for only new ones), oldest first."""
+        resp = self.client.xread({keys.frames(camera_id): last_entry_id}, count=count, block=block_ms)
+        out = []
+        for _stream, entries in resp or []:
+            for entry_id, fields in entries:
+                out.append((_ref_from_entry(camera_id, entry_id, fields), fields[b"jpg"]))
+        return out
+
+    def latest(self, camera_id: str) -> tuple[FrameRef, bytes] | None:
+        entries = self.client.xrevrange(keys.frames(camera_id), count=1)
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return _ref_from_entry(camera_id, entry_id, fields), fields[b"jpg"]
+
+    def is_stale(self, ref: FrameRef, now: float | None = None) -> bool:
+        return ref.age_s(now) > self.settings.max_age_s
+
+
+def result_to_json(result: FrameResult, labels: list[str] | None) -> str:
+    return json.dumps({
+        "camera_id": result.ref.camera_id,
+        "seq": result.ref.seq,
+        "captured_at": result.ref.captured_at,
+        "model": result.model,
+        "detections": result.detections.to_records(labels),
+        "timings": {k: round(v, 6) for k, v in result.timings.items()},
+    })
+
+
+class ResultStore:
+    """Detection results per camera: a bounded stream of history plus the latest one."""
+
+    def __init__(self, client: redis.Redis, maxlen: int = DETECTIONS_MAXLEN):
+        self.client = client
+        self.maxlen = maxlen
+
+    def publish(self, results: Iterable[FrameResult], labels: list[str] | None) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for result in results:
+            payload = result_to_json(result, labels)
+            cam = result.ref.camera_id
+            pipe.xadd(keys.detections(cam), {"seq": result.ref.seq, "json": payload},
+                      maxlen=self.maxlen, approximate=True)
+            pipe.set(keys.detections_latest(cam), payload)
+        pipe.execute()
+
+    def latest(self, camera_id: str) -> dict[str, Any] | None:
+        raw = self.client.get(keys.detections_latest(camera_id))
+        return None if raw is None else json.loads(raw)
+
+    def read_after(self, camera_id: str, last_entry_id: str, count: int = 256) -> list[tuple[str, dict[str, Any]]]:
+        """Results newer than `last_entry_id` (non-blocking), oldest first."""
+        entries = self.client.xrange(keys.detections(camera_id), min=f"({last_entry_id}" if last_entry_id != "0" else "-",
+                                     count=count)
+        return [(eid.decode(), json.loads(f[b"json"])) for eid, f in entries]
+
+    def last_entry_id(self, camera_id: str) -> str:
+        entries = self.client.xrevrange(keys.detections(camera_id), count=1)
+        return entries[0][0].decode() if entries else "0"
+
+
+def detections_from_json(payload: dict[str, Any]) -> Detections:
+    return Detections.from_records(payload.get("detections", []))
+
+
+class StatusStore:
+    """Camera statuses, written by ingest and read by the gateway."""
+
+    def __init__(self, client: redis.Redis):
+        self.client = client
+
+    def register(self, camera_id: str, info: dict[str, Any]) -> None:
+        self.client.hset(keys.cameras(), camera_id, json.dumps(info))
+
+    def camera_ids(self) -> list[str]:
+        return sorted(k.decode() for k in self.client.hkeys(keys.cameras()))
+
+    def camera_info(self) -> dict[str, dict[str, Any]]:
+        return {k.decode(): json.loads(v) for k, v in self.client.hgetall(keys.cameras()).items()}
+
+    def put(self, status: CameraStatus) -> None:
+        status.updated_at = time.time()
+        self.client.set(keys.camera_status(status.camera_id), json.dumps(status.to_dict()))
+
+    def get(self, camera_id: str) -> CameraStatus | None:
+        raw = self.client.get(keys.camera_status(camera_id))
+        return None if raw is None else CameraStatus.from_dict(json.loads(raw))

@@ -1,0 +1,58 @@
+"""The detector core: images in, Detections out, through a backend (no Ray here)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import ModelConfig
+from pipeline.models.backends import Backend, create_backend
+from pipeline.models.labels import load_labels
+from pipeline.models.yolo import postprocess, preprocess_batch
+from pipeline.types import Detections
+
+log = logging.getLogger(__name__)
+
+
+class Detector:
+    """Letterbox a batch, run the backend once, and post-process each image."""
+
+    def __init__(self, backend: Backend, labels: list[str], settings: ModelConfig):
+        self.backend = backend
+        self.labels = labels
+        self.settings = settings
+        self.class_ids: np.ndarray | None = None
+        if settings.classes:
+            unknown = [c for c in settings.classes if c not in labels]
+            if unknown:
+                raise ValueError(f"model.classes has labels the model does not know: {unknown}")
+            self.class_ids = np.array([labels.index(c) for c in settings.classes])
+
+    @classmethod
+    def from_config(cls, settings: ModelConfig, onnx_path: str | Path, labels_path: str | Path | None) -> "Detector":
+        backend = create_backend(settings.backend, onnx_path, intra_op_threads=settings.intra_op_threads)
+        return cls(backend, load_labels(labels_path), settings)
+
+    @property
+    def input_size_px(self) -> int:
+        return self.backend.input_size_px
+
+    def detect(self, images: list[np.ndarray]) -> tuple[list[Detections], dict[str, float]]:
+        """Detections per image, and the seconds spent per stage for the whole batch."""
+        if not images:
+            return [], {}
+        t0 = time.perf_counter()
+        batch, metas = preprocess_batch(images, self.input_size_px)
+        t1 = time.perf_counter()
+        boxes, scores = self.backend.infer(batch)
+        t2 = time.perf_counter()
+        s = self.settings
+        out = [
+            postprocess(boxes[i], scores[i], metas[i], s.conf_threshold, s.nms_iou_threshold,
+                        s.max_detections, self.class_ids)
+            for i in range(len(images))
+        ]
+        t3 = time.perf_counter()
+        return out, {"preprocess_s": t1 - t0, "infer_s": t2 - t1, "postprocess_s": t3 - t2}

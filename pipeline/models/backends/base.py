@@ -1,0 +1,29 @@
+"""The interface every inference backend implements."""
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (library missing, no GPU); the message says what to install."""
+
+
+class Backend(abc.ABC):
+    """Runs the YOLO graph: (N,3,S,S) float32 RGB in [0,1] -> boxes (N,B,4), scores (N,B,C)."""
+
+    name: str = "base"
+
+    @property
+    @abc.abstractmethod
+    def input_size_px(self) -> int: ...
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def close(self) -> None:
+        """Free what the backend holds."""
+
+    def describe(self) -> str:
+        return self.name

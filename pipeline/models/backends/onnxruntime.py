@@ -1,0 +1,46 @@
+"""ONNX Runtime backend (CPU everywhere; CUDA when onnxruntime-gpu is installed)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.models.backends.base import Backend, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, onnx_path: str | Path, intra_op_threads: int = 0, providers: list[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - it is a core dependency
+            raise BackendUnavailable("onnxruntime is not installed: pip install onnxruntime") from exc
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path} (build it with `lookout convert`)")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
+        available = ort.get_available_providers()
+        providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        self._input = self.session.get_inputs()[0]
+        self._size = int(self._input.shape[2])
+        self.providers = self.session.get_providers()
+        log.info("onnxruntime session for %s on %s", path, self.providers)
+
+    @property
+    def input_size_px(self) -> int:
+        return self._size
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        boxes, scores = self.session.run(["boxes", "scores"], {self._input.name: batch})
+        return boxes, scores
+
+    def describe(self) -> str:
+        return f"onnxruntime ({', '.join(self.providers)})"
