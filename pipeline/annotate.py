@@ -32,19 +32,26 @@ class BoxAnnotator:
 
 
 class LabelAnnotator:
-    """Writes 'label confidence' above each box on a filled background."""
+    """Writes 'label confidence' above each box on a filled background.
 
-    def __init__(self, labels: list[str], text_scale: float = 0.5, text_thickness_px: int = 1):
-        self.labels = labels
+    Names come from `detections.data["label"]` when present, else from `labels` by class id.
+    """
+
+    def __init__(self, labels: list[str] | None = None, text_scale: float = 0.5, text_thickness_px: int = 1):
+        self.labels = labels or []
         self.text_scale = text_scale
         self.text_thickness_px = text_thickness_px
 
     def annotate(self, image: np.ndarray, detections: Detections) -> np.ndarray:
         font = cv2.FONT_HERSHEY_SIMPLEX
-        for (x1, y1, _x2, _y2), cid, conf in zip(detections.xyxy.astype(int), detections.class_id,
-                                                 detections.confidence):
+        names = detections.data.get("label")
+        for i, ((x1, y1, _x2, _y2), cid, conf) in enumerate(zip(detections.xyxy.astype(int), detections.class_id,
+                                                                  detections.confidence)):
             cid = int(cid)
-            name = self.labels[cid] if 0 <= cid < len(self.labels) else str(cid)
+            if names is not None:
+                name = str(names[i])
+            else:
+                name = self.labels[cid] if 0 <= cid < len(self.labels) else str(cid)
             text = f"{name} {conf:.2f}"
             (tw, th), base = cv2.getTextSize(text, font, self.text_scale, self.text_thickness_px)
             top = max(y1 - th - base - 2, 0)

@@ -83,13 +83,18 @@ class FrameBus:
     def read_after(
         self, camera_id: str, last_entry_id: str, block_ms: int = 1000, count: int = 32
     ) -> list[tuple[FrameRef, bytes]]:
-        """Frames newer than `last_entry_id` ('$' for only new ones), oldest first."""
+        """Frames newer than `last_entry_id`, oldest first (waits up to `block_ms` for one)."""
         resp = self.client.xread({keys.frames(camera_id): last_entry_id}, count=count, block=block_ms)
         out = []
         for _stream, entries in resp or []:
             for entry_id, fields in entries:
                 out.append((_ref_from_entry(camera_id, entry_id, fields), fields[b"jpg"]))
         return out
+
+    def last_entry_id(self, camera_id: str) -> str:
+        """Id of the newest frame, "0-0" when there is none; start `read_after` here to get only new ones."""
+        entries = self.client.xrevrange(keys.frames(camera_id), count=1)
+        return entries[0][0].decode() if entries else "0-0"
 
     def latest(self, camera_id: str) -> tuple[FrameRef, bytes] | None:
         entries = self.client.xrevrange(keys.frames(camera_id), count=1)

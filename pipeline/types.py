@@ -126,6 +126,7 @@ class Detections:
             xyxy=np.array([r["box"] for r in records], np.float32),
             confidence=np.array([r["confidence"] for r in records], np.float32),
             class_id=np.array([r["class_id"] for r in records], np.int32),
+            data={"label": np.array([r.get("label", str(r["class_id"])) for r in records], object)},
         )
 
 

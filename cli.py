@@ -1,0 +1,137 @@
+"""The `lookout` command: a thin dispatcher into the packages."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_MODELS = Path("data/models")
+
+
+def _convert(a: argparse.Namespace) -> int:
+    from pipeline.models.onnx_export import convert, ensure_onnx
+
+    if a.if_stale:
+        out = ensure_onnx(a.cfg, a.weights, a.output, a.size)
+    else:
+        out = convert(a.cfg, a.weights, a.output, input_size=a.size)
+    print(out)
+    return 0
+
+
+def _fetch_weights(a: argparse.Namespace) -> int:
+    from pipeline.models.fetch import ensure_yolov4_tiny
+
+    files = ensure_yolov4_tiny(Path(a.dest))
+    for p in (files.cfg, files.weights, files.names):
+        print(p)
+    return 0
+
+
+def load_app_args(config_path: str) -> dict:
+    """The `args` of the Lookout application in a serve_config.yaml."""
+    import yaml
+
+    with open(config_path) as f:
+        doc = yaml.safe_load(f) or {}
+    for app in doc.get("applications", []):
+        if app.get("import_path", "").startswith("deployments.app"):
+            return app.get("args") or {}
+    raise SystemExit(f"{config_path}: no application with import_path deployments.app:build_app")
+
+
+def _check(a: argparse.Namespace) -> int:
+    from pipeline.config import ConfigError, parse_args
+
+    try:
+        cfg = parse_args(load_app_args(a.config))
+    except ConfigError as exc:
+        print(f"{a.config}: {exc}", file=sys.stderr)
+        return 2
+    problems = []
+    for cam in cfg.cameras:
+        if cam.kind == "file" and not Path(cfg.resolve_path(cam.source)).is_file():
+            problems.append(f"cameras[{cam.id}].source: file not found: {cfg.resolve_path(cam.source)}")
+    for field in ("cfg", "weights"):
+        value = getattr(cfg.model, field)
+        if value and not Path(cfg.resolve_path(value)).is_file():
+            problems.append(f"model.{field}: file not found: {cfg.resolve_path(value)} "
+                            "(run `lookout fetch-weights`)")
+    for p in problems:
+        print(f"{a.config}: {p}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{a.config}: OK ({len(cfg.cameras)} camera(s), model {cfg.model.name})")
+    return 0
+
+
+def _eval(a: argparse.Namespace) -> int:
+    from pipeline.evaluate import evaluate_folder
+
+    report = evaluate_folder(a.images, a.annotations, onnx_path=a.onnx, labels_path=a.labels,
+                             backend=a.backend, batch_size=a.batch)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _bench(a: argparse.Namespace) -> int:
+    from pipeline.bench import main as bench_main
+
+    return bench_main(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lookout", description="Lookout: multi-camera detection on Ray Serve")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert darknet cfg+weights to ONNX")
+    c.add_argument("cfg")
+    c.add_argument("weights")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--size", type=int, default=416, help="network input side in px (multiple of 32)")
+    c.add_argument("--if-stale", action="store_true", help="only convert when the output is missing or stale")
+    c.set_defaults(func=_convert)
+
+    f = sub.add_parser("fetch-weights", help="download the official YOLOv4-tiny weights (checksum verified)")
+    f.add_argument("--dest", default=str(DEFAULT_MODELS))
+    f.set_defaults(func=_fetch_weights)
+
+    k = sub.add_parser("check", help="validate a serve_config.yaml")
+    k.add_argument("config", nargs="?", default="serve_config.yaml")
+    k.set_defaults(func=_check)
+
+    e = sub.add_parser("eval", help="COCO mAP of the detector on a folder of images")
+    e.add_argument("--images", default=None, help="image folder (default: ../shared/assets/coco-mini/images)")
+    e.add_argument("--annotations", default=None, help="COCO instances JSON")
+    e.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
+    e.add_argument("--labels", default=None)
+    e.add_argument("--backend", default="onnxruntime")
+    e.add_argument("--batch", type=int, default=1)
+    e.set_defaults(func=_eval)
+
+    b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side")
+    b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi)")
+    b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
+    b.add_argument("--backend", default="onnxruntime")
+    b.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
+    b.add_argument("--cameras", type=int, default=2, help="cameras in the pipeline run")
+    b.add_argument("--seconds", type=float, default=40.0, help="pipeline measuring window")
+    b.add_argument("--frames", type=int, default=200, help="frames in the bare run")
+    b.set_defaults(func=_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"lookout {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

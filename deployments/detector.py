@@ -1,0 +1,84 @@
+"""The batched detector: FrameRefs in (from every camera), detections out to Redis."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ray import serve
+
+from deployments.common import redis_client, setup_logging
+from pipeline.bus import FrameBus, ResultStore, decode_jpeg
+from pipeline.config import PipelineArgs
+from pipeline.detector import Detector
+from pipeline.models.resolve import resolve_model
+from pipeline.types import FrameRef, FrameResult
+
+log = logging.getLogger(__name__)
+
+SKIPPED_STALE = -1
+SKIPPED_MISSING = -2
+
+
+@serve.deployment(name="detector", max_ongoing_requests=64, health_check_period_s=10)
+class DetectorDeployment:
+    """Runs the model on frames batched across cameras with @serve.batch."""
+
+    def __init__(self, args: PipelineArgs):
+        setup_logging()
+        self.args = args
+        onnx_path, labels_path = resolve_model(args.model, args)
+        self.detector = Detector.from_config(args.model, onnx_path, labels_path)
+        client = redis_client(args)
+        self.bus = FrameBus(client, args.bus)
+        self.results = ResultStore(client)
+        self.batches = 0
+        self.frames = 0
+        log.info("detector ready: %s on %s, input %dpx", args.model.name, self.detector.backend.describe(),
+                 self.detector.input_size_px)
+
+    def reconfigure(self, user_config: dict) -> None:
+        if "max_batch_size" in user_config:
+            self.detect.set_max_batch_size(int(user_config["max_batch_size"]))
+        if "batch_wait_timeout_s" in user_config:
+            self.detect.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+        log.info("detector reconfigured: %s", user_config)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def detect(self, refs: list[FrameRef]) -> list[int]:
+        """Number of detections per frame, or a negative code when the frame was skipped."""
+        return await asyncio.to_thread(self._run_batch, refs)
+
+    def _run_batch(self, refs: list[FrameRef]) -> list[int]:
+        t0 = time.time()
+        jpegs = self.bus.get_jpegs(refs)
+        codes = [0] * len(refs)
+        todo, images = [], []
+        for i, (ref, data) in enumerate(zip(refs, jpegs)):
+            if data is None:
+                codes[i] = SKIPPED_MISSING
+            elif self.bus.is_stale(ref, t0):
+                codes[i] = SKIPPED_STALE
+                log.debug("camera %s: frame %d is %.2fs old, skipped", ref.camera_id, ref.seq, ref.age_s(t0))
+            else:
+                todo.append(i)
+                images.append(decode_jpeg(data))
+        if not todo:
+            return codes
+        t1 = time.time()
+        dets, timings = self.detector.detect(images)
+        timings["decode_s"] = t1 - t0
+        timings["batch_size"] = float(len(todo))
+        done = time.time()
+        results = []
+        for i, d in zip(todo, dets):
+            codes[i] = len(d)
+            results.append(FrameResult(refs[i], d, self.args.model.name,
+                                       {**timings, "detected_at": done, "latency_s": done - refs[i].captured_at}))
+        self.results.publish(results, self.detector.labels)
+        self.batches += 1
+        self.frames += len(todo)
+        return codes
+
+    def stats(self) -> dict:
+        return {"batches": self.batches, "frames": self.frames}

@@ -1,0 +1,78 @@
+"""One ingest deployment per camera: source -> Redis frame bus -> detector (by FrameRef)."""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.common import redis_client, setup_logging
+from pipeline.bus import FrameBus, StatusStore
+from pipeline.config import PipelineArgs
+from pipeline.ingest import IngestLoop
+from pipeline.logutil import scrub_url
+from pipeline.sources.base import Frame
+from pipeline.types import CameraStatus, FrameRef
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(name="ingest", ray_actor_options={"num_cpus": 0.1}, health_check_period_s=5)
+class IngestDeployment:
+    """Reads one camera in a thread, puts JPEG frames on the bus, and asks the detector about them.
+
+    At most `detector.max_inflight_per_camera` frames of a camera wait for the detector; newer frames
+    skip detection instead of queueing, so a slow detector never builds a backlog.
+    """
+
+    def __init__(self, args: PipelineArgs, camera_id: str, detector: DeploymentHandle | None):
+        setup_logging()
+        self.cam = next(c for c in args.cameras if c.id == camera_id)
+        self.args = args
+        client = redis_client(args)
+        self.bus = FrameBus(client, args.bus)
+        self.statuses = StatusStore(client)
+        self.statuses.register(camera_id, {"name": self.cam.name or camera_id, "kind": self.cam.kind,
+                                           "source": scrub_url(self.cam.source), "detect": self.cam.detect})
+        self.detector = detector if self.cam.detect else None
+        limit = args.detector.max_inflight_per_camera
+        self._slots = threading.BoundedSemaphore(limit)
+        self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"detect-{camera_id}")
+        self.seq = 0
+        self.skipped = 0
+        self._stop = threading.Event()
+        self.loop = IngestLoop(self.cam, on_frame=self._on_frame, on_status=self.statuses.put)
+        self._thread = threading.Thread(target=self.loop.run, args=(self._stop,), name=f"ingest-{camera_id}",
+                                        daemon=True)
+        self._thread.start()
+        log.info("camera %s: ingest started (%s %s)", camera_id, self.cam.kind, scrub_url(self.cam.source))
+
+    def _on_frame(self, frame: Frame) -> None:
+        ref = self.bus.put(self.cam.id, self.seq, frame.image, frame.captured_at, frame.pts_s)
+        self.seq += 1
+        if self.detector is None:
+            return
+        if not self._slots.acquire(blocking=False):
+            self.skipped += 1
+            return
+        self._pool.submit(self._detect, ref)
+
+    def _detect(self, ref: FrameRef) -> None:
+        try:
+            self.detector.detect.remote(ref).result(timeout_s=30)
+        except Exception as exc:  # the detector may be restarting; the next frame tries again
+            log.warning("camera %s: detection of frame %d failed: %s", ref.camera_id, ref.seq, exc)
+        finally:
+            self._slots.release()
+
+    def check_health(self) -> None:
+        if not self._thread.is_alive():
+            raise RuntimeError(f"camera {self.cam.id}: ingest thread died")
+
+    def status(self) -> dict:
+        return {"camera_id": self.cam.id, "frames": self.seq, "skipped_detection": self.skipped}
+
+    def __del__(self) -> None:
+        self._stop.set()

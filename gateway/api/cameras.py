@@ -1,0 +1,71 @@
+"""Camera list, status and latest detections."""
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from gateway.context import GatewayContext
+from pipeline.config import CAMERA_ID_RE
+
+
+def _not_found(camera_id: str) -> JSONResponse:
+    return JSONResponse({"error": f"unknown camera {camera_id!r}"}, status_code=404)
+
+
+def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
+    status = ctx.statuses.get(camera_id)
+    now = time.time()
+    view = {
+        "id": camera_id,
+        "name": info.get("name") or camera_id,
+        "kind": info.get("kind"),
+        "state": "starting",
+        "fps": 0.0,
+        "last_error": None,
+        "since": None,
+        "frames": 0,
+        "reconnects": 0,
+        "hls_url": f"/hls/{camera_id}/index.m3u8",
+        "detections_url": f"/api/cameras/{camera_id}/detections/latest",
+    }
+    if status is not None:
+        d = status.to_dict()
+        view.update({k: d[k] for k in ("state", "fps", "last_error", "since", "frames", "reconnects")})
+        silent_s = now - status.updated_at
+        if silent_s > ctx.args.gateway.stale_after_s and status.state.value != "failed":
+            view["state"] = "failed"
+            view["fps"] = 0.0
+            view["last_error"] = f"no status from the ingest for {silent_s:.0f}s (last: {status.state.value})"
+    return view
+
+
+def make_routes(ctx: GatewayContext) -> list[Route]:
+    def list_cameras(request: Request) -> JSONResponse:
+        infos = ctx.statuses.camera_info()
+        return JSONResponse({"cameras": [camera_view(ctx, cid, infos[cid]) for cid in sorted(infos)]})
+
+    def get_camera(request: Request) -> JSONResponse:
+        cid = request.path_params["camera_id"]
+        infos = ctx.statuses.camera_info()
+        if cid not in infos:
+            return _not_found(cid)
+        return JSONResponse(camera_view(ctx, cid, infos[cid]))
+
+    def latest_detections(request: Request) -> JSONResponse:
+        cid = request.path_params["camera_id"]
+        if not CAMERA_ID_RE.match(cid) or cid not in ctx.statuses.camera_info():
+            return _not_found(cid)
+        payload = ctx.results.latest(cid)
+        if payload is None:
+            return JSONResponse({"camera_id": cid, "seq": None, "captured_at": None, "detections": []})
+        payload["age_s"] = round(time.time() - payload["captured_at"], 3)
+        return JSONResponse(payload)
+
+    return [
+        Route("/api/cameras", list_cameras),
+        Route("/api/cameras/{camera_id}", get_camera),
+        Route("/api/cameras/{camera_id}/detections/latest", latest_detections),
+    ]

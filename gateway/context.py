@@ -1,0 +1,34 @@
+"""What the gateway's endpoints need, built once per gateway process."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from pipeline.bus import ResultStore, StatusStore
+from pipeline.config import PipelineArgs
+
+
+@dataclass
+class GatewayContext:
+    """Shared state of one gateway process: settings and Redis-backed stores."""
+
+    args: PipelineArgs
+    redis: redis.Redis
+    statuses: StatusStore
+    results: ResultStore
+    hls_store: Any
+
+    @classmethod
+    def from_args(cls, args: PipelineArgs) -> "GatewayContext":
+        from hls.store import make_store
+
+        client = redis.Redis.from_url(args.resolved_redis_url, socket_timeout=5, health_check_interval=30)
+        return cls(
+            args=args,
+            redis=client,
+            statuses=StatusStore(client),
+            results=ResultStore(client),
+            hls_store=make_store(args.hls, client, args.base_dir),
+        )

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Sets up everything Lookout needs on Debian/Ubuntu: system packages, a virtual env, the
+# official YOLOv4-tiny weights (+ ONNX), and the demo clip. Safe to run again: it skips what is done.
+#   scripts/setup.sh          what `make run` needs
+#   scripts/setup.sh --test   also what the tests need (Chromium, GStreamer RTSP server, test extras)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WANT_TEST=0
+[[ "${1:-}" == "--test" ]] && WANT_TEST=1
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+DATA=${LOOKOUT_DATA:-data}
+VTEST_SHA=45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+SUDO=""
+[[ $(id -u) -ne 0 ]] && SUDO="sudo"
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    say "apt: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+PKGS=(redis-server ffmpeg ca-certificates)
+if ((WANT_TEST)); then
+  PKGS+=(chromium chromium-driver python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
+         gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+fi
+apt_install "${PKGS[@]}"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  say "creating virtual env $VENV"
+  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+    apt_install python3-venv
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+EXTRAS=""
+((WANT_TEST)) && EXTRAS="[test]"
+STAMP="$VENV/.installed$EXTRAS"
+if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" ]]; then
+  say "pip: installing lookout$EXTRAS into $VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e ".$EXTRAS"
+  touch "$STAMP"
+fi
+
+say "model: official YOLOv4-tiny weights and ONNX"
+"$VENV/bin/lookout" fetch-weights --dest "$DATA/models"
+"$VENV/bin/lookout" convert "$DATA/models/yolov4-tiny.cfg" "$DATA/models/yolov4-tiny.weights" \
+  -o "$DATA/models/yolov4-tiny-416.onnx" --size 416 --if-stale
+
+if [[ ! -f "$DATA/demo/vtest.avi" ]] || ! echo "$VTEST_SHA  $DATA/demo/vtest.avi" | sha256sum -c --status; then
+  say "demo clip: vtest.avi from Debian's opencv-doc package"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq opencv-doc 2>/dev/null || { $SUDO apt-get update -qq && apt-get download -qq opencv-doc; })
+  mkdir -p "$DATA/demo"
+  dpkg-deb --fsys-tarfile "$tmp"/opencv-doc_*.deb | tar -xO ./usr/share/doc/opencv-doc/examples/data/vtest.avi > "$DATA/demo/vtest.avi.part"
+  rm -rf "$tmp"
+  echo "$VTEST_SHA  $DATA/demo/vtest.avi.part" | sha256sum -c --status || { echo "vtest.avi checksum mismatch" >&2; exit 1; }
+  mv "$DATA/demo/vtest.avi.part" "$DATA/demo/vtest.avi"
+fi
+say "setup done"
