@@ -77,7 +77,7 @@ def _eval(a: argparse.Namespace) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
-    from pipeline.bench import main as bench_main
+    from tools.bench import main as bench_main
 
     return bench_main(a)
 

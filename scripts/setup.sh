@@ -11,7 +11,6 @@ WANT_TEST=0
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 DATA=${LOOKOUT_DATA:-data}
-VTEST_SHA=45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 SUDO=""
@@ -49,8 +48,12 @@ EXTRAS=""
 STAMP="$VENV/.installed$EXTRAS"
 if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" ]]; then
   say "pip: installing lookout$EXTRAS into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e ".$EXTRAS"
+  log=$(mktemp)
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip && "$VENV/bin/python" -m pip install -q -e ".$EXTRAS"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    exit 1
+  fi
+  rm -f "$log"
   touch "$STAMP"
 fi
 
@@ -59,14 +62,5 @@ say "model: official YOLOv4-tiny weights and ONNX"
 "$VENV/bin/lookout" convert "$DATA/models/yolov4-tiny.cfg" "$DATA/models/yolov4-tiny.weights" \
   -o "$DATA/models/yolov4-tiny-416.onnx" --size 416 --if-stale
 
-if [[ ! -f "$DATA/demo/vtest.avi" ]] || ! echo "$VTEST_SHA  $DATA/demo/vtest.avi" | sha256sum -c --status; then
-  say "demo clip: vtest.avi from Debian's opencv-doc package"
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download -qq opencv-doc 2>/dev/null || { $SUDO apt-get update -qq && apt-get download -qq opencv-doc; })
-  mkdir -p "$DATA/demo"
-  dpkg-deb --fsys-tarfile "$tmp"/opencv-doc_*.deb | tar -xO ./usr/share/doc/opencv-doc/examples/data/vtest.avi > "$DATA/demo/vtest.avi.part"
-  rm -rf "$tmp"
-  echo "$VTEST_SHA  $DATA/demo/vtest.avi.part" | sha256sum -c --status || { echo "vtest.avi checksum mismatch" >&2; exit 1; }
-  mv "$DATA/demo/vtest.avi.part" "$DATA/demo/vtest.avi"
-fi
+LOOKOUT_DATA="$DATA" scripts/fetch_demo.sh
 say "setup done"

@@ -1,0 +1,173 @@
+"""`lookout bench`: the bare detector loop and the full pipeline under Ray Serve, side by side.
+
+Both runs use the same clip, model and backend in one process tree, so their ratio is meaningful
+on a noisy machine. The pipeline's cameras together offer frames at the bare detector's measured
+rate; the pipeline's detections/s over that rate is how much of the detector's speed survives
+the frame bus, the batching, the Ray calls and the HLS encoders competing for the same CPUs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.config import ModelConfig, parse_args
+from pipeline.detector import Detector
+
+WARMUP_S = 12.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_frames(clip: str, n: int) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(clip)
+    frames = []
+    while len(frames) < n:
+        ok, img = cap.read()
+        if not ok:
+            if not frames:
+                raise FileNotFoundError(f"cannot read video {clip}")
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            continue
+        frames.append(img)
+    cap.release()
+    return frames
+
+
+def bare_run(detector: Detector, frames: list[np.ndarray], batch: int) -> dict:
+    """Frames/s of the detector core alone (decode excluded), and mean inference time per batch."""
+    for _ in range(2):
+        detector.detect(frames[:batch])
+    infer = []
+    t0 = time.perf_counter()
+    for i in range(0, len(frames) - batch + 1, batch):
+        _, timings = detector.detect(frames[i:i + batch])
+        infer.append(timings["infer_s"])
+    wall = time.perf_counter() - t0
+    done = len(infer) * batch
+    return {"batch": batch, "fps": done / wall, "infer_s": float(np.mean(infer)), "frames": done}
+
+
+class _Redis:
+    def __init__(self):
+        self.proc = None
+        self.url = os.environ.get("REDIS_URL")
+        if self.url:
+            return
+        if shutil.which("redis-server") is None:
+            raise SystemExit("redis-server is not installed and REDIS_URL is not set")
+        port = _free_port()
+        self.dir = tempfile.mkdtemp(prefix="lookout-bench-redis-")
+        self.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{port}/0"
+        time.sleep(0.5)
+
+    def close(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: float, bare_infer: dict[int, float],
+                 redis_url: str, port: int) -> dict:
+    """Deploys the app (or reconfigures the running one) and measures detections/s and added latency."""
+    import redis
+    from ray import serve
+
+    from deployments.app import build_app
+    from pipeline.bus import ResultStore
+
+    per_cam = offered_fps / a.cameras
+    args = parse_args({
+        "redis_url": redis_url,
+        "cameras": [{"id": f"bench{i}", "source": clip, "fps": per_cam} for i in range(a.cameras)],
+        "model": {"onnx": a.onnx, "backend": a.backend},
+        "detector": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01,
+                     "max_inflight_per_camera": max(2, batch)},
+        "hls": {"preset": "veryfast"},
+        "gateway": {"public_url": f"http://127.0.0.1:{port}"},
+    })
+    serve.run(build_app(args), name="lookout", route_prefix="/")
+    client = redis.Redis.from_url(redis_url)
+    store = ResultStore(client)
+    time.sleep(WARMUP_S)
+    starts = {f"bench{i}": store.last_entry_id(f"bench{i}") for i in range(a.cameras)}
+    t0 = time.time()
+    time.sleep(a.seconds)
+    t1 = time.time()
+    added, sizes, n = [], [], 0
+    for cid, start in starts.items():
+        last = start
+        while True:
+            chunk = store.read_after(cid, last, count=1000)
+            if not chunk:
+                break
+            last = chunk[-1][0]
+            for _eid, payload in chunk:
+                tm = payload["timings"]
+                if not (t0 <= tm["detected_at"] <= t1):
+                    continue
+                n += 1
+                size = int(tm["batch_size"])
+                sizes.append(size)
+                added.append(tm["latency_s"] - bare_infer.get(size, bare_infer[max(bare_infer)]))
+    client.close()
+    fps = n / (t1 - t0)
+    return {"batch": batch, "fps": fps, "offered_fps": offered_fps,
+            "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
+            "added_latency_p50_ms": float(np.percentile(added, 50) * 1000) if added else float("nan"),
+            "added_latency_p95_ms": float(np.percentile(added, 95) * 1000) if added else float("nan")}
+
+
+def main(a: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    clip = a.clip or "data/demo/vtest.avi"
+    batches = [int(b) for b in str(a.batch).split(",")]
+    detector = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend), a.onnx, None)
+    frames = load_frames(clip, a.frames)
+    bare = {b: bare_run(detector, frames[: max(b, a.frames - a.frames % b)], b) for b in batches}
+    # Inference time per batch size 1..max, to subtract from the pipeline's capture->result latency.
+    bare_infer = {b: bare_run(detector, frames[: b * 6], b)["infer_s"] for b in range(1, max(batches) + 1)}
+    detector.backend.close()
+    del detector
+
+    rds = _Redis()
+    port = _free_port()
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    rows = []
+    try:
+        for b in batches:
+            p = pipeline_run(a, clip, b, bare[b]["fps"], bare_infer, rds.url, port)
+            rows.append({"batch": b, "bare_fps": bare[b]["fps"], "bare_infer_ms": bare[b]["infer_s"] * 1000,
+                         **{f"pipeline_{k}": v for k, v in p.items() if k != "batch"},
+                         "ratio": p["fps"] / bare[b]["fps"]})
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        rds.close()
+    print(f"clip={clip} backend={a.backend} cameras={a.cameras} window={a.seconds:.0f}s cpus={os.cpu_count()}")
+    print(f"{'batch':>5} {'bare fps':>9} {'pipeline fps':>13} {'ratio':>6} {'mean batch':>10} "
+          f"{'added p50 ms':>12} {'added p95 ms':>12}")
+    for r in rows:
+        print(f"{r['batch']:>5} {r['bare_fps']:>9.1f} {r['pipeline_fps']:>13.1f} {r['ratio']:>6.2f} "
+              f"{r['pipeline_mean_batch']:>10.2f} {r['pipeline_added_latency_p50_ms']:>12.1f} "
+              f"{r['pipeline_added_latency_p95_ms']:>12.1f}")
+    print(json.dumps(rows))
+    return 0
