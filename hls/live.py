@@ -104,3 +104,14 @@ class AnnotatedStream:
 
     def alive(self, within_s: float = 30.0) -> bool:
         return time.monotonic() - self.heartbeat < within_s
+
+
+def estimate_fps(captured_at: list[float], default: float = 10.0) -> float:
+    """Frame rate from capture times (median interval, robust to a late frame); `default` if unknowable."""
+    if len(captured_at) < 2:
+        return default
+    intervals = [b - a for a, b in zip(captured_at, captured_at[1:]) if b > a]
+    if not intervals:
+        return default
+    fps = 1.0 / sorted(intervals)[len(intervals) // 2]
+    return round(min(max(fps, 1.0), 120.0), 2)

@@ -53,3 +53,12 @@ def test_cameras_without_detection_do_not_wait(redis_client):
     bus.put("cam", 0, blank(), time.time(), 0.0)
     stream.step(block_ms=50)
     assert len(out) == 1
+
+
+def test_estimate_fps_is_robust_to_one_late_frame():
+    from hls.live import estimate_fps
+
+    times = [i * 0.04 for i in range(12)]
+    times[6] += 0.5  # one late frame
+    assert estimate_fps(times) == 25.0
+    assert estimate_fps([1.0]) == 10.0 and estimate_fps([1.0, 1.0]) == 10.0
