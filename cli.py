@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cameras", type=int, default=2, help="cameras in the pipeline run")
     b.add_argument("--seconds", type=float, default=40.0, help="pipeline measuring window")
     b.add_argument("--frames", type=int, default=200, help="frames in the bare run")
+    b.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     b.set_defaults(func=_bench)
     return p
 

@@ -20,7 +20,8 @@ SKIPPED_STALE = -1
 SKIPPED_MISSING = -2
 
 
-@serve.deployment(name="detector", max_ongoing_requests=64, health_check_period_s=10)
+@serve.deployment(name="detector", max_ongoing_requests=64, health_check_period_s=10,
+                  logging_config={"enable_access_log": False})
 class DetectorDeployment:
     """Runs the model on frames batched across cameras with @serve.batch."""
 

@@ -68,8 +68,8 @@ class IngestDeployment:
             self._slots.release()
 
     def check_health(self) -> None:
-        if not self._thread.is_alive():
-            raise RuntimeError(f"camera {self.cam.id}: ingest thread died")
+        if not self._thread.is_alive() or not self.loop.alive():
+            raise RuntimeError(f"camera {self.cam.id}: ingest loop is stuck or died")
 
     def status(self) -> dict:
         return {"camera_id": self.cam.id, "frames": self.seq, "skipped_detection": self.skipped}

@@ -26,6 +26,8 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
+        # Spinning workers burn the CPU that ingest and encoders need between batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
