@@ -28,8 +28,8 @@ class DetectorDeployment:
     def __init__(self, args: PipelineArgs):
         setup_logging()
         self.args = args
-        onnx_path, labels_path = resolve_model(args.model, args)
-        self.detector = Detector.from_config(args.model, onnx_path, labels_path)
+        self.detector = Detector.from_config(args.model, resolve_model(args.model, args),
+                                             max_batch_size=args.detector.max_batch_size)
         client = redis_client(args)
         self.bus = FrameBus(client, args.bus)
         self.results = ResultStore(client)

@@ -100,6 +100,11 @@ class ModelConfig(_Model):
     max_detections: int = Field(300, ge=1, le=10000, description="Most detections kept per frame.")
     classes: list[str] | None = Field(None, description="Only keep these labels (default: all).")
     intra_op_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime threads (0: its default).")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="GPU backends: numeric precision (ONNX Runtime on CPU always runs fp32)."
+    )
+    engine_cache_dir: str = Field("data/engines", description="Where TensorRT engines are cached, per node.")
+    calib_images: str | None = Field(None, description="Folder of real images for INT8 calibration.")
 
     @model_validator(mode="after")
     def _check_sources(self) -> "ModelConfig":

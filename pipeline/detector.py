@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.config import ModelConfig
 from pipeline.models.backends import Backend, create_backend
 from pipeline.models.labels import load_labels
+from pipeline.models.resolve import ResolvedModel
 from pipeline.models.yolo import postprocess, preprocess_batch
 from pipeline.types import Detections
 
@@ -31,9 +32,13 @@ class Detector:
             self.class_ids = np.array([labels.index(c) for c in settings.classes])
 
     @classmethod
-    def from_config(cls, settings: ModelConfig, onnx_path: str | Path, labels_path: str | Path | None) -> "Detector":
-        backend = create_backend(settings.backend, onnx_path, intra_op_threads=settings.intra_op_threads)
-        return cls(backend, load_labels(labels_path), settings)
+    def from_config(cls, settings: ModelConfig, model: ResolvedModel | str | Path,
+                    labels_path: str | Path | None = None, max_batch_size: int = 1) -> "Detector":
+        """Load the backend for `model` (a ResolvedModel, or just an ONNX path)."""
+        if not isinstance(model, ResolvedModel):
+            model = ResolvedModel(onnx=Path(model), labels=Path(labels_path) if labels_path else None)
+        backend = create_backend(settings, model, max_batch_size)
+        return cls(backend, load_labels(labels_path or model.labels), settings)
 
     @property
     def input_size_px(self) -> int:

@@ -30,6 +30,22 @@ def wait_port(port: int, timeout_s: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
+def has_nvidia_gpu() -> bool:
+    """True when an NVIDIA GPU is visible (nvidia-smi lists one)."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def pytest_collection_modifyitems(config, items):
+    if any("gpu" in item.keywords for item in items) and not has_nvidia_gpu():
+        skip = pytest.mark.skip(reason="needs an NVIDIA GPU: `nvidia-smi -L` lists none on this machine")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def assets_dir() -> Path:
     """The shared real test data (videos, cfgs, coco-mini); LOOKOUT_ASSETS overrides."""

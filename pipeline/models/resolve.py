@@ -1,7 +1,8 @@
-"""Find (or build) the ONNX file and labels a ModelConfig points at."""
+"""Find (or build) the model files a ModelConfig points at."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ModelConfig, PipelineArgs
@@ -11,13 +12,26 @@ log = logging.getLogger(__name__)
 HOW_TO_GET = "run `lookout fetch-weights` (official YOLOv4-tiny) or point model.cfg/model.weights at your own files"
 
 
-def resolve_model(model: ModelConfig, args: PipelineArgs) -> tuple[Path, Path | None]:
-    """The ONNX path (converted from cfg+weights when missing or stale) and the labels path."""
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Absolute paths of everything a backend may need; only `onnx` is always there."""
+
+    onnx: Path
+    cfg: Path | None = None
+    weights: Path | None = None
+    labels: Path | None = None
+    engine_cache_dir: Path = Path("data/engines")
+    calib_images: Path | None = None
+
+
+def resolve_model(model: ModelConfig, args: PipelineArgs) -> ResolvedModel:
+    """Paths resolved against args.base_dir; the ONNX file is converted from cfg+weights when missing or stale."""
     from pipeline.models.darknet import ModelFileError
     from pipeline.models.onnx_export import ensure_onnx
 
     onnx = args.resolve_path(model.onnx)
     labels = args.resolve_path(model.labels)
+    cfg = weights = None
     if model.cfg and model.weights:
         cfg, weights = Path(args.resolve_path(model.cfg)), Path(args.resolve_path(model.weights))
         for what, p in (("model.cfg", cfg), ("model.weights", weights)):
@@ -32,4 +46,8 @@ def resolve_model(model: ModelConfig, args: PipelineArgs) -> tuple[Path, Path | 
         path = Path(onnx)
         if not path.is_file():
             raise ModelFileError(f"model.onnx: file not found: {path}; {HOW_TO_GET}")
-    return path, (Path(labels) if labels else None)
+    return ResolvedModel(
+        onnx=path, cfg=cfg, weights=weights, labels=Path(labels) if labels else None,
+        engine_cache_dir=Path(args.resolve_path(model.engine_cache_dir)),
+        calib_images=Path(args.resolve_path(model.calib_images)) if model.calib_images else None,
+    )

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.models.backends.base import Backend, BackendUnavailable
+
+if TYPE_CHECKING:
+    from pipeline.config import ModelConfig
+    from pipeline.models.resolve import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +50,22 @@ def choose_backend(requested: str) -> str:
     raise BackendUnavailable("no inference backend can run here; pip install onnxruntime")
 
 
-def create_backend(requested: str, onnx_path: str | Path, intra_op_threads: int = 0) -> Backend:
-    kind = choose_backend(requested)
+def create_backend(settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int = 1) -> Backend:
+    """The backend `settings.backend` names (or `auto` picks), loaded with `model`'s files."""
+    kind = choose_backend(settings.backend)
     if kind == "onnxruntime":
         from pipeline.models.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(onnx_path, intra_op_threads=intra_op_threads)
-    raise BackendUnavailable(f"backend {kind!r} is not built into this version yet")
+        return OnnxRuntimeBackend(model.onnx, intra_op_threads=settings.intra_op_threads)
+    if kind == "tensorrt":
+        from pipeline.models.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend.from_model(model, settings, max_batch_size)
+    if kind == "torch":
+        from pipeline.models.backends.torch_cuda import TorchBackend
+
+        return TorchBackend.from_model(model, settings, max_batch_size)
+    raise BackendUnavailable(f"unknown backend {kind!r}")
 
 
 __all__ = ["Backend", "BackendUnavailable", "choose_backend", "create_backend"]
