@@ -1,24 +1,73 @@
-"""The gateway's Starlette application: web page, HLS, and the HTTP API."""
+"""The gateway's Starlette application: web page, HLS, and the HTTP API, behind the auth layer."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import hls_routes
 from gateway.api import cameras
+from gateway.auth import hls_signing, login, server
+from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, on_auth_error, requires
+from gateway.auth.http import BodyLimitMiddleware
+from gateway.auth.scopes import ADMIN, DETECTIONS_READ
 from gateway.context import GatewayContext
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
+PUBLIC_STATIC = ("/style.css",)
+
+# What each API/HLS route needs: (scopes, path parameter naming the camera). Routes not listed
+# here need `admin`, so a route added later is closed until someone opens it on purpose.
+ROUTE_POLICY: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "/api/cameras": ((), None),  # the list itself shows only the cameras the caller may view
+    "/api/cameras/{camera_id}": ((), "camera_id"),
+    "/api/cameras/{camera_id}/detections/latest": ((DETECTIONS_READ,), "camera_id"),
+    "/hls/{camera_id}/index.m3u8": ((), "camera_id"),
+    "/hls/{camera_id}/{name}": ((), "camera_id"),
+}
+
+
+def _guard(route: Route, ctx: GatewayContext) -> Route:
+    """The route with its ROUTE_POLICY enforced (and HLS responses made private/signed)."""
+    needs, camera_param = ROUTE_POLICY.get(route.path, ((ADMIN,), None))
+    endpoint = route.endpoint
+    if route.path.startswith("/hls/"):
+        endpoint = _private_hls(endpoint, ctx, playlist=route.path.endswith("index.m3u8"))
+    return Route(route.path, requires(*needs, camera_param=camera_param)(endpoint), methods=route.methods,
+                 name=route.name)
+
+
+def _private_hls(endpoint, ctx: GatewayContext, playlist: bool):
+    """Playlists get signed segment URIs; nothing of a camera is cacheable by shared caches."""
+    def wrapper(request: Request) -> Response:
+        resp = endpoint(request)
+        if resp.status_code != 200:
+            return resp
+        if playlist:
+            text = resp.body.decode()
+            if ctx.auth is not None and ctx.auth.hls is not None:
+                text = ctx.auth.hls.rewrite_playlist(text, request.path_params["camera_id"])
+            return Response(text, media_type=resp.media_type, headers={"Cache-Control": "private, no-cache"})
+        resp.headers["Cache-Control"] = "private, max-age=60, immutable"
+        return resp
+    return wrapper
 
 
 def create_app(ctx: GatewayContext) -> Starlette:
+    auth = ctx.auth
+    if auth is None:
+        from gateway.auth.bootstrap import bootstrap
+
+        auth = ctx.auth = bootstrap(ctx.args)
+
     def healthz(request: Request) -> JSONResponse:
         try:
             ctx.redis.ping()
@@ -26,21 +75,36 @@ def create_app(ctx: GatewayContext) -> Starlette:
             return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    @requires(page=True)
     def index(request: Request) -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": "not found", "path": request.url.path}, status_code=404)
+        return JSONResponse({"error": "not found", "path": request.url.path[:200]}, status_code=404)
+
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": "method not allowed", "method": request.method}, status_code=405)
 
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("error serving %s", request.url.path)
         return JSONResponse({"error": "internal error"}, status_code=500)
 
+    auth_routes = []
+    if auth.cfg.mode != "none":
+        auth_routes = [*server.make_routes(auth), *login.make_routes(auth), *hls_signing.make_routes(auth)]
+        if auth.oidc is not None:
+            auth_routes += auth.oidc.make_routes()
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
-        *cameras.make_routes(ctx),
-        *hls_routes.make_routes(ctx),
-        Mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static"),
+        *auth_routes,
+        *(_guard(r, ctx) for r in [*cameras.make_routes(ctx), *hls_routes.make_routes(ctx)]),
+        Mount("/static", app=RequireAuthASGI(StaticFiles(directory=WEB_DIR / "static"), PUBLIC_STATIC),
+              name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 500: server_error})
+    middleware = [
+        Middleware(BodyLimitMiddleware, max_bytes=auth.cfg.max_body_bytes),
+        Middleware(AuthenticationMiddleware, backend=LookoutAuthBackend(auth), on_error=on_auth_error),
+    ]
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error})

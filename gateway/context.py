@@ -19,9 +19,11 @@ class GatewayContext:
     statuses: StatusStore
     results: ResultStore
     hls_store: Any
+    auth: Any = None  # gateway.auth.bootstrap.AuthContext
 
     @classmethod
     def from_args(cls, args: PipelineArgs) -> "GatewayContext":
+        from gateway.auth.bootstrap import bootstrap
         from hls.store import make_store
 
         client = redis.Redis.from_url(args.resolved_redis_url, socket_timeout=5, health_check_interval=30)
@@ -31,4 +33,5 @@ class GatewayContext:
             statuses=StatusStore(client),
             results=ResultStore(client),
             hls_store=make_store(args.hls, client, args.base_dir),
+            auth=bootstrap(args),
         )

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.auth.backend import can_view
 from gateway.context import GatewayContext
 from pipeline.config import CAMERA_ID_RE
 
@@ -45,7 +46,8 @@ def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
 def make_routes(ctx: GatewayContext) -> list[Route]:
     def list_cameras(request: Request) -> JSONResponse:
         infos = ctx.statuses.camera_info()
-        return JSONResponse({"cameras": [camera_view(ctx, cid, infos[cid]) for cid in sorted(infos)]})
+        visible = [cid for cid in sorted(infos) if can_view(request, cid)]  # only cameras the caller may watch
+        return JSONResponse({"cameras": [camera_view(ctx, cid, infos[cid]) for cid in visible]})
 
     def get_camera(request: Request) -> JSONResponse:
         cid = request.path_params["camera_id"]

@@ -1,0 +1,76 @@
+"""Signed, short-lived HLS URLs for players that cannot send a header or cookie.
+
+A signature covers the camera id and an expiry: `?exp=<unix s>&sig=<HMAC-SHA256>`. It opens
+that one camera's playlist and segments until `exp`, nothing else. Playlists served by the
+gateway get their segment URIs rewritten with fresh signatures, so a native player that was
+handed a signed playlist link (GET /api/cameras/<id>/hls-link) can fetch every segment.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from gateway.auth import signed
+
+_SEGMENT_LINE_RE = re.compile(r"^[A-Za-z0-9_.-]+\.(ts|m4s|mp4)$")
+_URI_ATTR_RE = re.compile(r'URI="([A-Za-z0-9_.-]+\.(?:ts|m4s|mp4))"')
+MAX_CLOCK_SKEW_S = 60
+
+
+class HlsSigner:
+    """Makes and checks signed HLS URLs with one derived key."""
+
+    def __init__(self, key: bytes, segment_ttl_s: int, link_ttl_s: int):
+        self.key, self.segment_ttl_s, self.link_ttl_s = key, segment_ttl_s, link_ttl_s
+
+    def _message(self, camera_id: str, exp: int) -> str:
+        return f"hls|{camera_id}|{exp}"
+
+    def query(self, camera_id: str, ttl_s: int | None = None) -> str:
+        """The `exp=…&sig=…` query string opening `camera_id` for `ttl_s` (default: segment TTL)."""
+        exp = int(time.time()) + (ttl_s or self.segment_ttl_s)
+        return f"exp={exp}&sig={signed.mac(self.key, self._message(camera_id, exp))}"
+
+    def verify(self, camera_id: str, exp: str | None, sig: str | None) -> bool:
+        """True when `sig` opens `camera_id` now (not expired, not from further ahead than allowed)."""
+        if not exp or not sig or not exp.isdigit() or len(exp) > 12:
+            return False
+        exp_i, now = int(exp), time.time()
+        if exp_i < now or exp_i > now + max(self.segment_ttl_s, self.link_ttl_s) + MAX_CLOCK_SKEW_S:
+            return False
+        return signed.check_mac(self.key, self._message(camera_id, exp_i), sig)
+
+    def rewrite_playlist(self, text: str, camera_id: str) -> str:
+        """The playlist with every segment URI (and EXT-X-MAP URI) carrying a fresh signature."""
+        q = self.query(camera_id)
+        out = []
+        for line in text.splitlines():
+            if _SEGMENT_LINE_RE.match(line):
+                line = f"{line}?{q}"
+            elif line.startswith("#") and 'URI="' in line:
+                line = _URI_ATTR_RE.sub(lambda m: f'URI="{m.group(1)}?{q}"', line)
+            out.append(line)
+        return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+    def playlist_link(self, camera_id: str) -> tuple[str, int]:
+        """A signed playlist path for a native player and its expiry (unix s)."""
+        q = self.query(camera_id, self.link_ttl_s)
+        return f"/hls/{camera_id}/index.m3u8?{q}", int(q.split("&")[0][4:])
+
+
+def make_routes(auth) -> list:
+    """GET /api/cameras/<id>/hls-link: a signed playlist URL for a native player (VLC, Safari…)."""
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from gateway.auth.backend import requires
+
+    @requires(camera_param="camera_id")
+    def hls_link(request: Request) -> JSONResponse:
+        cid = request.path_params["camera_id"]
+        path, exp = auth.hls.playlist_link(cid)
+        return JSONResponse({"camera_id": cid, "url": str(request.base_url).rstrip("/") + path, "expires_at": exp},
+                            headers={"Cache-Control": "no-store"})
+
+    return [Route("/api/cameras/{camera_id}/hls-link", hls_link, methods=["GET"])]

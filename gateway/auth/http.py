@@ -1,0 +1,146 @@
+"""HTTP helpers of the auth layer: body limits, bounded forms, https detection, cookies, errors."""
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qsl, urlsplit
+
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, Response
+
+from pipeline.config import AuthConfig
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class BodyTooLarge(Exception):
+    """The request body is larger than allowed."""
+
+
+class BodyLimitMiddleware:
+    """Answers 413 (JSON) to any request whose body is larger than `max_bytes`."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = JSONResponse({"error": "request body too large", "limit_bytes": self.max_bytes}, status_code=413)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    return await JSONResponse({"error": "bad Content-Length"}, status_code=400)(scope, receive, send)
+                if length > self.max_bytes:
+                    return await too_big(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await too_big(scope, receive, send)
+
+
+async def read_form(request: Request, max_bytes: int) -> dict[str, list[str]]:
+    """An application/x-www-form-urlencoded body (at most `max_bytes`) as name -> values."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if request.method != "POST":
+        return {}
+    if ctype != "application/x-www-form-urlencoded":
+        raise ValueError(f"expected Content-Type application/x-www-form-urlencoded, got {ctype or 'none'!r}")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BodyTooLarge()
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False, max_num_fields=100)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"malformed form body: {exc}") from None
+    out: dict[str, list[str]] = {}
+    for k, v in pairs:
+        out.setdefault(k, []).append(v)
+    return out
+
+
+def first(form: dict[str, list[str]], name: str) -> str | None:
+    values = form.get(name)
+    return values[0] if values else None
+
+
+def is_https(conn: HTTPConnection) -> bool:
+    """True when the request came over TLS (directly or via a proxy that says X-Forwarded-Proto: https)."""
+    proto = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return conn.url.scheme == "https" or proto == "https"
+
+
+def is_loopback_host(conn: HTTPConnection) -> bool:
+    """True when the request was addressed to a loopback host name (the Host header)."""
+    host = (conn.url.hostname or "").strip("[]")
+    return host in LOOPBACK or host.startswith("127.")
+
+
+def transport_ok(conn: HTTPConnection, cfg: AuthConfig) -> bool:
+    """Whether credentials may travel over this request (https, loopback, or plain http allowed)."""
+    return is_https(conn) or is_loopback_host(conn) or cfg.allow_plain_http
+
+
+def insecure_transport_response() -> JSONResponse:
+    return JSONResponse({"error": "insecure_transport",
+                         "error_description": "logins and tokens need https: put a TLS reverse proxy in front of "
+                                              "Lookout (or set gateway.auth.allow_plain_http: true)"},
+                        status_code=400)
+
+
+def set_cookie(response: Response, conn: HTTPConnection, cfg: AuthConfig, name: str, value: str,
+               max_age: int, path: str = "/", samesite: str = "lax") -> None:
+    """Set an HttpOnly cookie; Secure as `cfg.cookie_secure` says (auto: when the request was https)."""
+    secure = cfg.cookie_secure == "always" or (cfg.cookie_secure == "auto" and is_https(conn))
+    response.set_cookie(name, value, max_age=max_age, path=path, httponly=True, samesite=samesite, secure=secure)
+
+
+def clear_cookie(response: Response, name: str, path: str = "/") -> None:
+    response.delete_cookie(name, path=path, httponly=True, samesite="lax")
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """`target` if it is a path on this site (no scheme, host or '//'), else `default` (no open redirects)."""
+    if not isinstance(target, str) or not target.startswith("/") or target.startswith(("//", "/\\")):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or any(c in target for c in "\r\n\\") or len(target) > 2048:
+        return default
+    return target
+
+
+def json_error(status: int, error: str, **extra) -> JSONResponse:
+    """A short JSON error body."""
+    return JSONResponse({"error": error, **extra}, status_code=status)
+
+
+def wants_html(conn: HTTPConnection) -> bool:
+    """True for a browser navigating to a page (not an API or media request)."""
+    accept = conn.headers.get("accept", "")
+    return "text/html" in accept and conn.headers.get("authorization") is None
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"))
