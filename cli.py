@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", type=int, default=200, help="frames in the bare run")
     b.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     b.set_defaults(func=_bench)
+
+    from gateway.auth.manage import add_subcommands
+
+    add_subcommands(sub)  # lookout users add|list|remove|passwd, lookout clients add|list|remove
     return p
 
 
