@@ -4,8 +4,10 @@ const tiles = new Map();
 
 function attachStream(video, url) {
   if (window.Hls && Hls.isSupported()) {
+    // Playlists and segments need the session cookie (segment URIs also carry a signature).
     const hls = new Hls({ liveSyncDurationCount: 2, manifestLoadingMaxRetry: Infinity,
-                          levelLoadingMaxRetry: Infinity });
+                          levelLoadingMaxRetry: Infinity,
+                          xhrSetup: (xhr) => { xhr.withCredentials = true; } });
     hls.loadSource(url);
     hls.attachMedia(video);
     hls.on(Hls.Events.ERROR, (_e, data) => {
@@ -36,6 +38,7 @@ function tileFor(cam) {
 async function refreshCameras() {
   try {
     const res = await fetch("/api/cameras", { credentials: "same-origin" });
+    if (res.status === 401) { loginAgain(); return; }
     const { cameras } = await res.json();
     document.getElementById("summary").textContent =
       `${cameras.filter(c => c.state === "running").length}/${cameras.length} cameras running`;
@@ -68,6 +71,21 @@ async function refreshDetections() {
   }
 }
 
+function loginAgain() {
+  window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
+}
+
+async function showUser() {
+  const res = await fetch("/auth/me", { credentials: "same-origin" });
+  if (res.status === 401) { loginAgain(); return; }
+  const me = await res.json();
+  document.getElementById("user").textContent = `${me.name}` +
+    (me.scopes.includes("admin") ? " (admin)" : "");
+  // Logging out only makes sense for a session (not e.g. auth mode none).
+  document.getElementById("logout").hidden = me.via !== "session";
+}
+
+showUser();
 refreshCameras();
 setInterval(refreshCameras, 2000);
 setInterval(refreshDetections, 1000);
