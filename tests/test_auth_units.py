@@ -95,6 +95,8 @@ def test_scope_rules():
     assert sc.grants({"camera:*:view"}, "camera:x:view") and not sc.grants({"camera:*:view"}, "detections:read")
     assert sc.grants({"admin"}, "detections:read") and not sc.grants({"camera:a:view"}, "camera:b:view")
     assert sc.narrow({"camera:a:view", "camera:b:view", "admin"}, {"camera:a:view"}) == {"camera:a:view"}
+    assert sc.narrow({"camera:*:view"}, {"camera:a:view", "detections:read"}) == {"camera:a:view"}
+    assert sc.narrow({"camera:a:view", "detections:read"}, {"camera:*:view"}) == {"camera:a:view"}
     assert sc.cameras_of({"camera:a:view", "detections:read"}) == {"a"} and sc.cameras_of({"admin"}) is None
     with pytest.raises(ValueError, match="unknown scope 'camera:../x:view'"):
         sc.parse("camera:../x:view")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.auth.bootstrap import AuthContext
 
 _HLS_PATH_RE = re.compile(r"^/hls/([a-z0-9][a-z0-9_-]{0,62})/[^/]+$")
+CLIENT_AUTH_PATHS = ("/oauth/token", "/oauth/revoke")
 LOOPBACK_CLIENTS = ("127.0.0.1", "::1", "localhost", "testclient")
 
 
@@ -73,6 +74,8 @@ class LookoutAuthBackend(AuthenticationBackend):
                 raise ForbiddenClient("auth mode 'none' serves loopback clients only")
             scopes = frozenset({sc.ADMIN, sc.DETECTIONS_READ, sc.ALL_CAMERAS})
             return AuthCredentials(sorted(scopes)), LookoutUser("local", "anonymous", "none", scopes)
+        if conn.url.path in CLIENT_AUTH_PATHS:
+            return None  # these authenticate OAuth clients themselves (HTTP Basic or form)
         header = conn.headers.get("authorization")
         if header is not None:
             kind, _, token = header.partition(" ")

@@ -69,9 +69,11 @@ def grants(have: Iterable[str], need: str) -> bool:
 
 
 def narrow(requested: Iterable[str], allowed: Iterable[str]) -> set[str]:
-    """The requested scopes that `allowed` grants; identity scopes pass through."""
-    allowed = set(allowed)
-    return {s for s in requested if s in IDENTITY or grants(allowed, s)}
+    """What both grant (e.g. camera:*:view narrowed by camera:a:view is camera:a:view);
+    identity scopes pass through."""
+    requested, allowed = set(requested), set(allowed)
+    return ({s for s in requested if s in IDENTITY or grants(allowed, s)}
+            | {s for s in allowed if s not in IDENTITY and grants(requested, s)})
 
 
 def cameras_of(scopes: Iterable[str]) -> set[str] | None:

@@ -14,6 +14,7 @@ import hmac
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from authlib.oauth2.rfc6749.errors import (
 )
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -60,7 +62,7 @@ class PreparedRequest:
 
     method: str
     uri: str
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive (starlette Headers)
     query: dict[str, list[str]] = field(default_factory=dict)
     form: dict[str, list[str]] = field(default_factory=dict)
 
@@ -76,7 +78,7 @@ async def prepare(request: Request, max_bytes: int) -> PreparedRequest:
         query[k].append(v)
     form = await h.read_form(request, max_bytes) if request.method == "POST" else {}
     uri = f"https://{request.url.netloc or 'lookout'}{request.url.path}"
-    return PreparedRequest(request.method, uri, dict(request.headers), dict(query), form)
+    return PreparedRequest(request.method, uri, request.headers, dict(query), form)
 
 
 class _Payload(OAuth2Payload):
@@ -375,7 +377,7 @@ class LookoutAuthServer(AuthorizationServer):
         """The token endpoint called in-process (the web page's own code exchange); raises OAuth2Error."""
         import json
 
-        prepared = PreparedRequest("POST", "https://lookout/oauth/token", {}, {}, {
+        prepared = PreparedRequest("POST", "https://lookout/oauth/token", Headers(), {}, {
             "grant_type": ["authorization_code"], "code": [code], "code_verifier": [verifier],
             "redirect_uri": [redirect_uri], "client_id": [client_id]})
         response = self.create_token_response(prepared)
