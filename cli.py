@@ -119,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cameras", type=int, default=2, help="cameras in the pipeline run")
     b.add_argument("--seconds", type=float, default=40.0, help="pipeline measuring window")
     b.add_argument("--frames", type=int, default=200, help="frames in the bare run")
-    b.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
+    b.add_argument("--threads", type=int, default=0, help="pipeline: ONNX Runtime threads per replica (0: default)")
+    b.add_argument("--replicas", type=int, default=1, help="pipeline: detector replicas")
+    b.add_argument("--bare-threads", type=int, default=0, help="bare loop: ONNX Runtime threads (0: default)")
     b.set_defaults(func=_bench)
 
     from gateway.auth.manage import add_subcommands

@@ -49,7 +49,10 @@ class Detector:
         if not images:
             return [], {}
         t0 = time.perf_counter()
-        batch, metas = preprocess_batch(images, self.input_size_px)
+        if getattr(self.backend, "cuda", False):  # letterbox on the GPU: upload uint8, not float32
+            batch, metas = self.backend.preprocess_on_device(images)
+        else:
+            batch, metas = preprocess_batch(images, self.input_size_px)
         t1 = time.perf_counter()
         boxes, scores = self.backend.infer(batch)
         t2 = time.perf_counter()

@@ -54,6 +54,12 @@ if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" ]]; then
     exit 1
   fi
   rm -f "$log"
+  if ((WANT_TEST)); then
+    # The torch backend's tests run on a CPU build of PyTorch. Only a local CPU wheel (pip find-links)
+    # is used: PyPI's default torch pulls gigabytes of CUDA libraries. Without one they are skipped.
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0+cpu" >/dev/null 2>&1 \
+      || echo "note: no CPU PyTorch wheel found; the torch backend tests will be skipped"
+  fi
   touch "$STAMP"
 fi
 

@@ -116,8 +116,8 @@ def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: floa
         "redis_url": redis_url,
         "cameras": [{"id": f"bench{i}", "source": clip, "fps": per_cam} for i in range(a.cameras)],
         "model": {"onnx": a.onnx, "backend": a.backend, "intra_op_threads": a.threads},
-        "detector": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01,
-                     "max_inflight_per_camera": max(2, batch)},
+        "detector": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01, "num_replicas": a.replicas,
+                     "num_cpus": round(1.0 / a.replicas, 2), "max_inflight_per_camera": max(2, batch) * a.replicas},
         "hls": {"enabled": hls},
         "gateway": {"public_url": f"http://127.0.0.1:{port}"},
     })
@@ -163,7 +163,7 @@ def main(a: argparse.Namespace) -> int:
 
     clip = a.clip or "data/demo/vtest.avi"
     batches = [int(b) for b in str(a.batch).split(",")]
-    detector = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend, intra_op_threads=a.threads),
+    detector = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend, intra_op_threads=a.bare_threads),
                                     a.onnx, None)
     frames = load_frames(clip, a.frames)
     bare = {b: bare_run(detector, frames[: max(b, a.frames - a.frames % b)], b) for b in batches}
@@ -192,7 +192,9 @@ def main(a: argparse.Namespace) -> int:
         serve.shutdown()
         ray.shutdown()
         rds.close()
-    print(f"clip={clip} backend={a.backend} cameras={a.cameras} window={a.seconds:.0f}s cpus={os.cpu_count()}")
+    print(f"clip={clip} backend={a.backend} cameras={a.cameras} window={a.seconds:.0f}s cpus={os.cpu_count()} "
+          f"bare threads={a.bare_threads or 'default'} pipeline: {a.replicas} detector replica(s) x "
+          f"{a.threads or 'default'} thread(s)")
     print(f"{'batch':>5} {'pipeline':>17} {'bare fps':>9} {'pipeline fps':>13} {'ratio':>6} {'mean batch':>10} "
           f"{'added p50 ms':>12} {'added p95 ms':>12}")
     for r in rows:
