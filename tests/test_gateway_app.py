@@ -12,16 +12,22 @@ from pipeline.types import CameraState, CameraStatus, Detections, FrameResult
 
 
 @pytest.fixture
-def ctx(redis_server):
+def ctx(redis_server, tmp_path):
     args = parse_args({"cameras": [{"id": "a", "source": "x.avi"}, {"id": "b", "source": "rtsp://u:p@h/s"}],
                        "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
-                       "gateway": {"stale_after_s": 2}})
+                       "gateway": {"stale_after_s": 2, "auth": {"db_path": str(tmp_path / "auth.sqlite3"),
+                                                                "key_dir": str(tmp_path / "keys")}}})
     return GatewayContext.from_args(args)
 
 
 @pytest.fixture
 def client(ctx):
-    return TestClient(create_app(ctx))
+    """A client holding an admin access token (client credentials), as a service would."""
+    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000")
+    row, secret = ctx.auth.store.add_client("tests", {"admin"})
+    token = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret))
+    client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    return client
 
 
 def test_healthz(client):
@@ -63,7 +69,8 @@ def test_hls_playlist_and_segments(ctx, client):
     ctx.hls_store.put_playlist("a", "#EXTM3U\n#EXTINF:1.0,\nseg_1.ts\n")
     r = client.get("/hls/a/index.m3u8")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/vnd.apple.mpegurl")
-    assert r.headers["cache-control"] == "no-cache"
+    assert r.headers["cache-control"] == "private, no-cache"
+    assert "seg_1.ts?exp=" in r.text  # segment URIs are signed for players without headers
     seg = client.get("/hls/a/seg_1.ts")
     assert seg.status_code == 200 and seg.headers["content-type"] == "video/mp2t" and len(seg.content) == 188
     for bad in ("/hls/a/..%2F..%2Fetc%2Fpasswd", "/hls/a/seg_2.ts", "/hls/A%20B/index.m3u8", "/hls/a/x.sh"):
