@@ -90,11 +90,12 @@ class AuthContext:
         if row is None:
             return None
         scopes = set(row.scope.split())
-        if not row.username.startswith("oidc:"):
-            user = self.store.get_user(row.username)
-            if user is None:
-                return None
-            scopes = sc.narrow(scopes, user.scopes)
+        if row.username.startswith("oidc:"):  # mapped from the provider's claims at login
+            return row.username[5:], "user", "session", frozenset(scopes)
+        user = self.store.get_user(row.username)
+        if user is None:
+            return None
+        scopes = sc.narrow(scopes, user.scopes)
         return row.username, "user", "session", frozenset(scopes)
 
 
