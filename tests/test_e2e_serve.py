@@ -5,15 +5,18 @@ server is not up at first, later stops and comes back.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -21,15 +24,17 @@ import pytest
 import yaml
 
 from conftest import ROOT, RedisServer, free_port
+from gateway.auth.store import AuthStore
 from rtsp_fixtures import RtspTestServer, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 OUT_W, OUT_H = 640, 360
 
 
-def get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+def get(url: str, timeout_s: float = 5.0, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -37,12 +42,36 @@ def get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         return 0, b""
 
 
+def post_form(url: str, form: dict, basic: tuple[str, str] | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=urllib.parse.urlencode(form).encode(), method="POST")
+    if basic:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{basic[0]}:{basic[1]}".encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 class App:
-    def __init__(self, base: str, log_path: Path, rtsp: RtspTestServer):
+    def __init__(self, base: str, log_path: Path, rtsp: RtspTestServer, client: tuple[str, str], admin_password: str):
         self.base, self.log_path, self.rtsp = base, log_path, rtsp
+        self.client, self.admin_password = client, admin_password  # an admin OAuth client (id, secret)
+        self._token, self._token_until = None, 0.0
+
+    def token(self) -> str:
+        """An access token from the client credentials grant, renewed before it expires."""
+        if self._token is None or time.time() > self._token_until - 60:
+            status, body = post_form(self.base + "/oauth/token", {"grant_type": "client_credentials"}, self.client)
+            assert status == 200, body
+            self._token, self._token_until = body["access_token"], time.time() + body["expires_in"]
+        return self._token
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return get(self.base + path, token=self.token())
 
     def json(self, path: str):
-        status, body = get(self.base + path)
+        status, body = self.get(path)
         return json.loads(body) if status == 200 else None
 
     def camera(self, cid: str) -> dict | None:
@@ -69,16 +98,21 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
          "read_timeout_s": 3.0, "open_timeout_s": 5.0},
     ]
     args["hls"].update({"width_px": OUT_W, "height_px": OUT_H})
+    auth_db = tmp / "auth.sqlite3"
+    args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
+    row, secret = AuthStore(auth_db).add_client("e2e tests", {"admin"})  # as `lookout clients add` does
+    admin_password = secrets.token_urlsafe(16)
     config = tmp / "serve_config.yaml"
     config.write_text(yaml.safe_dump(shipped))
     log_path = tmp / "serve.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "LOOKOUT_ADMIN_PASSWORD": admin_password}
     for var in ("REDIS_URL", "RAY_ADDRESS"):
         env.pop(var, None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(config)], cwd=ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    the_app = App(f"http://127.0.0.1:{port}", log_path, rtsp)
+    the_app = App(f"http://127.0.0.1:{port}", log_path, rtsp, (row.client_id, secret), admin_password)
     try:
         wait_until(lambda: proc.poll() is not None or get(the_app.base + "/healthz")[0] == 200, 240, 1,
                    "the gateway to answer /healthz")
@@ -97,7 +131,7 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
 
 
 def playlist_segments(app: App, cid: str) -> list[str]:
-    status, body = get(f"{app.base}/hls/{cid}/index.m3u8")
+    status, body = app.get(f"/hls/{cid}/index.m3u8")
     if status != 200:
         return []
     return [line for line in body.decode().splitlines() if line and not line.startswith("#")]
@@ -106,7 +140,7 @@ def playlist_segments(app: App, cid: str) -> list[str]:
 def test_hls_stream_is_h264_at_the_configured_size(app, tmp_path):
     segs = wait_until(lambda: len(playlist_segments(app, "people")) >= 3 and playlist_segments(app, "people"),
                       180, 1, f"3 HLS segments (log:\n{app.log_tail()})")
-    status, data = get(f"{app.base}/hls/people/{segs[-1]}")
+    status, data = app.get(f"/hls/people/{segs[-1].split('?')[0]}")
     assert status == 200 and len(data) > 1000
     seg = tmp_path / "seg.ts"
     seg.write_bytes(data)
@@ -130,6 +164,28 @@ def test_detections_api_returns_people(app):
     x1, y1, x2, y2 = det["box"]
     assert 0 <= x1 < x2 <= 768 and 0 <= y1 < y2 <= 432  # source pixels of the 768x432 clip
     assert time.time() - body["captured_at"] < 30
+
+
+def test_tokens_over_real_http(app):
+    """Client credentials -> detection API over HTTP; per-camera scopes; revocation; clean 401s."""
+    status, body = get(f"{app.base}/api/cameras/people/detections/latest")
+    assert status == 401 and json.loads(body)["error"] == "unauthorized"
+    status, body = get(f"{app.base}/hls/people/index.m3u8", token="not.a.token")
+    assert status == 401 and json.loads(body)["error"] == "invalid_token"
+    # A viewer client for one camera, registered while the app runs (the store is shared SQLite).
+    store = AuthStore(Path(app.log_path).parent / "auth.sqlite3")
+    row, secret = store.add_client("people only", {"camera:people:view", "detections:read"})
+    status, tok = post_form(app.base + "/oauth/token", {"grant_type": "client_credentials"}, (row.client_id, secret))
+    assert status == 200 and tok["scope"] == "camera:people:view detections:read"
+    access = tok["access_token"]
+    assert get(f"{app.base}/api/cameras/people/detections/latest", token=access)[0] == 200
+    assert get(f"{app.base}/api/cameras/door/detections/latest", token=access)[0] == 403
+    status, body = get(f"{app.base}/api/cameras", token=access)
+    assert [c["id"] for c in json.loads(body)["cameras"]] == ["people"]
+    status, _ = post_form(app.base + "/oauth/revoke", {"token": access}, (row.client_id, secret))
+    assert status == 200
+    status, body = get(f"{app.base}/api/cameras/people", token=access)
+    assert status == 401 and json.loads(body)["detail"] == "token revoked"
 
 
 def test_rtsp_camera_reconnects_while_the_other_keeps_going(app):
@@ -179,7 +235,15 @@ def test_web_page_plays_the_annotated_stream_in_chromium(app, tmp_path):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
+        # Log in through the real login page (then the page's own code+PKCE round trip).
         driver.get(app.base + "/")
+        wait_until(lambda: "/login" in driver.current_url, 30, 0.2, "the redirect to the login page")
+        driver.find_element("id", "username").send_keys("admin")
+        driver.find_element("id", "password").send_keys(app.admin_password)
+        driver.find_element("id", "login").click()
+        wait_until(lambda: driver.current_url.rstrip("/") == app.base, 30, 0.2, "back on the camera page")
+        wait_until(lambda: driver.execute_script("return document.getElementById('user').textContent")
+                   == "admin (admin)", 30, 0.2, "the page to show who is logged in")
         video_state = (
             "const v = document.querySelector('[data-camera=\"people\"] video');"
             "return v && {t: v.currentTime, w: v.videoWidth, h: v.videoHeight, r: v.readyState};")
