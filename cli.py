@@ -76,6 +76,16 @@ def _eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _build_engine(a: argparse.Namespace) -> int:
+    from pipeline.models.backends.tensorrt import build_engine
+
+    path = build_engine(a.onnx, precision=a.precision, max_batch=a.max_batch,
+                        calib_images=Path(a.calib_images) if a.calib_images else None, cache_dir=Path(a.cache_dir),
+                        eval_annotations=Path(a.eval_annotations) if a.eval_annotations else None, force=a.force)
+    print(path)
+    return 0
+
+
 def _bench(a: argparse.Namespace) -> int:
     from tools.bench import main as bench_main
 
@@ -111,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, default=1)
     e.set_defaults(func=_eval)
 
+    g = sub.add_parser("build-engine", help="build (or reuse) a cached TensorRT engine for an ONNX model")
+    g.add_argument("onnx")
+    g.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    g.add_argument("--max-batch", type=int, default=8, help="largest batch of the optimization profile")
+    g.add_argument("--calib-images", default=None, help="folder of real images (int8 calibration)")
+    g.add_argument("--eval-annotations", default=None,
+                   help="COCO JSON for those images: reject an engine that loses too much mAP")
+    g.add_argument("--cache-dir", default="data/engines")
+    g.add_argument("--force", action="store_true", help="rebuild even if a cached engine matches")
+    g.set_defaults(func=_build_engine)
+
     b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side")
     b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi)")
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
@@ -138,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"lookout {args.command}: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # BackendUnavailable and build errors carry a message for the user
+        print(f"lookout {args.command}: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":
