@@ -15,7 +15,7 @@ from starlette.staticfiles import StaticFiles
 from gateway import hls_routes
 from gateway.api import cameras
 from gateway.auth import hls_signing, login, server
-from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, on_auth_error, requires
+from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, me, on_auth_error, requires
 from gateway.auth.http import BodyLimitMiddleware
 from gateway.auth.scopes import ADMIN, DETECTIONS_READ
 from gateway.context import GatewayContext
@@ -97,6 +97,7 @@ def create_app(ctx: GatewayContext) -> Starlette:
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
+        Route("/auth/me", me),
         *auth_routes,
         *(_guard(r, ctx) for r in [*cameras.make_routes(ctx), *hls_routes.make_routes(ctx)]),
         Mount("/static", app=RequireAuthASGI(StaticFiles(directory=WEB_DIR / "static"), PUBLIC_STATIC),

@@ -289,3 +289,22 @@ def test_native_player_uses_a_signed_playlist_link(ctx, client):
     assert seg.headers["cache-control"].startswith("private")
     assert anonymous.get("/hls/a/seg_1.ts").status_code == 401  # without the signature: nothing
     assert client.get("/api/cameras/b/hls-link", headers=bearer(access)).status_code == 403
+
+
+def test_mode_none_serves_loopback_clients_only(redis_server, tmp_path, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from gateway.app import create_app
+
+    ctx = make_ctx(redis_server.url, tmp_path, monkeypatch, mode="none")
+    StatusStore(ctx.redis).register("a", {"name": "A"})
+    app = create_app(ctx)
+    local = TestClient(app, base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
+    assert [c["id"] for c in local.get("/api/cameras").json()["cameras"]] == ["a"]
+    assert local.get("/auth/me").json()["via"] == "none"
+    assert local.get("/login").status_code == 404  # no login flow when auth is off
+    remote = TestClient(app, base_url="http://127.0.0.1:8000", client=("192.0.2.7", 50000))
+    r = remote.get("/api/cameras")
+    assert r.status_code == 403 and r.json() == {"error": "forbidden",
+                                                 "detail": "auth mode 'none' serves loopback clients only"}
+    assert not (tmp_path / "auth.sqlite3").exists()  # nothing to store

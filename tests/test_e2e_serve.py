@@ -188,6 +188,37 @@ def test_tokens_over_real_http(app):
     assert status == 401 and json.loads(body)["detail"] == "token revoked"
 
 
+def test_code_pkce_refresh_and_revoke_over_real_http(app):
+    """An app (public client) gets tokens by code + PKCE after a real login, refreshes (rotation), revokes."""
+    import httpx
+
+    from auth_fixtures import authorize_code, login_form, pkce
+
+    redirect = "http://127.0.0.1:9/callback"
+    store = AuthStore(Path(app.log_path).parent / "auth.sqlite3")
+    row, _ = store.add_client("wall display", {"camera:people:view"}, public=True, redirect_uris=[redirect])
+    with httpx.Client(base_url=app.base, follow_redirects=False, timeout=10) as browser:
+        assert login_form(browser, "admin", app.admin_password).status_code == 303
+        verifier, challenge = pkce()
+        code = authorize_code(browser, row.client_id, redirect, challenge)
+    token = httpx.post(f"{app.base}/oauth/token", data={
+        "grant_type": "authorization_code", "code": code, "client_id": row.client_id, "redirect_uri": redirect,
+        "code_verifier": verifier}).json()
+    assert token["scope"] == "camera:people:view" and token["refresh_token"]
+    assert get(f"{app.base}/hls/people/index.m3u8", token=token["access_token"])[0] in (200, 404)
+    assert get(f"{app.base}/hls/door/index.m3u8", token=token["access_token"])[0] == 403
+    refreshed = httpx.post(f"{app.base}/oauth/token", data={
+        "grant_type": "refresh_token", "client_id": row.client_id, "refresh_token": token["refresh_token"]})
+    assert refreshed.status_code == 200 and refreshed.json()["refresh_token"] != token["refresh_token"]
+    new = refreshed.json()
+    assert get(f"{app.base}/api/cameras/people", token=new["access_token"])[0] == 200
+    revoked = httpx.post(f"{app.base}/oauth/revoke", data={"token": new["refresh_token"], "client_id": row.client_id})
+    assert revoked.status_code == 200
+    again = httpx.post(f"{app.base}/oauth/token", data={
+        "grant_type": "refresh_token", "client_id": row.client_id, "refresh_token": new["refresh_token"]})
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
 def test_rtsp_camera_reconnects_while_the_other_keeps_going(app):
     def state(cid):
         cam = app.camera(cid)

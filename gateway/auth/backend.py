@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 _HLS_PATH_RE = re.compile(r"^/hls/([a-z0-9][a-z0-9_-]{0,62})/[^/]+$")
 CLIENT_AUTH_PATHS = ("/oauth/token", "/oauth/revoke")
-LOOPBACK_CLIENTS = ("127.0.0.1", "::1", "localhost", "testclient")
+LOOPBACK_CLIENTS = ("127.0.0.1", "::1", "localhost")
 
 
 class LookoutUser(BaseUser):
@@ -199,3 +199,11 @@ class RequireAuthASGI:
             if current_user(conn) is None:
                 return await unauthenticated(conn)(scope, receive, send)
         await self.app(scope, receive, send)
+
+
+def me(request: Request) -> Response:
+    """GET /auth/me: who is calling, how, and with which scopes."""
+    user = current_user(request)
+    if user is None:
+        return unauthenticated(request)
+    return JSONResponse(user.to_dict(), headers={"Cache-Control": "no-store"})

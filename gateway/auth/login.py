@@ -25,7 +25,6 @@ from starlette.routing import Route
 
 from gateway.auth import http as h
 from gateway.auth import signed
-from gateway.auth.backend import current_user
 from gateway.auth.server import WEB_CLIENT_ID, WEB_REDIRECT_URI
 
 if TYPE_CHECKING:
@@ -117,6 +116,7 @@ def make_routes(auth: "AuthContext") -> list[Route]:
             return page(request, next_url, "Wrong user name or password.", 401, username)
         for k in keys:
             store.clear_failures(k)
+        store.purge_expired()
         log.info("user %s logged in from %s", user.username, client)
         sid = store.create_session("sso", user.username, " ".join(sorted(user.scopes)), cfg.session_ttl_s)
         resp = RedirectResponse(continue_to(next_url), status_code=303)
@@ -159,12 +159,6 @@ def make_routes(auth: "AuthContext") -> list[Route]:
         h.clear_cookie(resp, auth.flow_cookie, path="/auth")
         return resp
 
-    def me(request: Request) -> Response:
-        user = current_user(request)
-        if user is None:
-            return JSONResponse({"error": "unauthorized"}, status_code=401)
-        return JSONResponse(user.to_dict(), headers={"Cache-Control": "no-store"})
-
     async def logout(request: Request) -> Response:
         """End the session and the login (POST only; cross-site posts carry no SameSite=Lax cookie)."""
         origin = request.headers.get("origin")
@@ -186,5 +180,4 @@ def make_routes(auth: "AuthContext") -> list[Route]:
         Route("/logout", logout, methods=["POST"]),
         Route("/auth/start", start, methods=["GET"]),
         Route("/auth/callback", callback, methods=["GET"]),
-        Route("/auth/me", me, methods=["GET"]),
     ]

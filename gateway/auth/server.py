@@ -389,7 +389,8 @@ class LookoutAuthServer(AuthorizationServer):
 
 
 def metadata(issuer: str) -> dict:
-    """The discovery document (RFC 8414 / OpenID Connect Discovery fields that apply)."""
+    """The discovery document (RFC 8414 fields; also served at the OpenID path, but the built-in
+    server issues access tokens only, no ID tokens)."""
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/oauth/authorize",
@@ -403,8 +404,6 @@ def metadata(issuer: str) -> dict:
         "token_endpoint_auth_methods_supported": ALL_METHODS,
         "revocation_endpoint_auth_methods_supported": ALL_METHODS,
         "scopes_supported": [sc.ADMIN, sc.DETECTIONS_READ, sc.ALL_CAMERAS, "camera:<id>:view"],
-        "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"],
         "access_token_signing_alg_values_supported": ["RS256"],
     }
 

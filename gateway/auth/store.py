@@ -423,6 +423,7 @@ class AuthStore:
         with self._conn() as db:
             for table in ("auth_codes", "refresh_tokens", "revoked_jti", "sessions"):
                 db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (now - 3600,))
+            db.execute("DELETE FROM login_failures WHERE locked_until < ? AND first_at < ?", (now, now - 86400))
 
     def get_meta(self, key: str) -> str | None:
         row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
