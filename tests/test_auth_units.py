@@ -43,7 +43,8 @@ def test_password_policy_names_the_rule():
 # -- store -----------------------------------------------------------------------------------------
 def test_store_users_roles_and_scopes(tmp_path):
     store = AuthStore(tmp_path / "auth.db")
-    assert stat.S_IMODE(os.stat(tmp_path / "auth.db").st_mode) == 0o600
+    for name in ("auth.db", "auth.db-wal", "auth.db-shm"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o600, name
     admin = store.add_user("root", "root-password-1", role="admin")
     assert admin.scopes == {"admin", "detections:read", "camera:*:view"}
     bob = store.add_user("bob", "bob-password-1", scopes=sc.for_role("viewer", ["a"]))

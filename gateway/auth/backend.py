@@ -126,8 +126,10 @@ def on_auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
     """401 (bad credential) or 403 (caller refused), as short JSON; never a stack trace."""
     if isinstance(exc, ForbiddenClient):
         return JSONResponse({"error": "forbidden", "detail": str(exc)}, status_code=403)
-    return JSONResponse({"error": "invalid_token", "detail": str(exc)}, status_code=401,
-                        headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{exc}"'})
+    detail = str(exc)[:200]
+    quoted = detail.replace('"', "'").encode("ascii", "replace").decode()
+    return JSONResponse({"error": "invalid_token", "detail": detail}, status_code=401,
+                        headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{quoted}"'})
 
 
 def current_user(request: HTTPConnection) -> LookoutUser | None:

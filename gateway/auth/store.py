@@ -192,6 +192,10 @@ class AuthStore:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
         self._conn().executescript(SCHEMA)
+        for extra in ("-wal", "-shm"):  # WAL files hold the same secrets as the database
+            side = self.path.with_name(self.path.name + extra)
+            if side.exists():
+                os.chmod(side, 0o600)
 
     def _conn(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
