@@ -227,27 +227,31 @@ def test_rtsp_camera_reconnects_while_the_other_keeps_going(app):
     def frames(cid):
         return app.camera(cid)["frames"]
 
+    def people_keep_going(phase: str) -> None:
+        # The file camera must keep delivering frames (a few seconds' worth) in every phase.
+        start = frames("people")
+        wait_until(lambda: state("people") == "running" and frames("people") >= start + 20, 30, 0.5,
+                   f"the file camera to keep going while {phase} (stuck at {start})")
+
     # The server is not up yet: the camera says so, with the error, and the file camera runs.
     wait_until(lambda: state("door") == "reconnecting", 120, 0.5, "door to show reconnecting")
     assert app.camera("door")["last_error"]
-    wait_until(lambda: state("people") == "running", 60, 0.5, "people running")
-    marks = [frames("people")]
+    people_keep_going("door waits for its server")
 
     app.rtsp.start()
     wait_until(lambda: state("door") == "running", 90, 0.5, f"door running (log:\n{app.log_tail()})")
     door_frames = wait_until(lambda: frames("door") > 10 and frames("door"), 60, 0.5, "door frames")
-    marks.append(frames("people"))
+    people_keep_going("door runs")
 
     app.rtsp.stop()  # goes away mid-stream
     wait_until(lambda: state("door") == "reconnecting", 60, 0.5, "door reconnecting after the server died")
-    marks.append(frames("people"))
+    people_keep_going("door is down")
+    assert state("door") == "reconnecting"
 
     app.rtsp.start()
     wait_until(lambda: state("door") == "running" and frames("door") > door_frames, 90, 0.5,
                "door running again")
-    marks.append(frames("people"))
-    assert state("people") == "running"
-    assert all(b > a for a, b in zip(marks, marks[1:])), f"the file camera stalled: {marks}"
+    people_keep_going("door is back")
     assert app.camera("door")["reconnects"] >= 1
 
 
