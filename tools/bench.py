@@ -119,7 +119,7 @@ def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: floa
         "detector": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01, "num_replicas": a.replicas,
                      "num_cpus": round(1.0 / a.replicas, 2), "max_inflight_per_camera": max(2, batch) * a.replicas},
         "hls": {"enabled": hls},
-        "gateway": {"public_url": f"http://127.0.0.1:{port}"},
+        "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
     })
     serve.run(build_app(args), name="lookout", route_prefix="/")
     client = redis.Redis.from_url(redis_url)
