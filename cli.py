@@ -143,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=0, help="pipeline: ONNX Runtime threads per replica (0: default)")
     b.add_argument("--replicas", type=int, default=1, help="pipeline: detector replicas")
     b.add_argument("--bare-threads", type=int, default=0, help="bare loop: ONNX Runtime threads (0: default)")
+    b.add_argument("--bus-codec", choices=["jpeg", "raw"], default="jpeg", help="pipeline: frames on the bus")
+    b.add_argument("--preset", default="veryfast", help="pipeline: libx264 preset of the HLS encoders")
     b.set_defaults(func=_bench)
 
     from gateway.auth.manage import add_subcommands

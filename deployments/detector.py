@@ -8,7 +8,7 @@ import time
 from ray import serve
 
 from deployments.common import redis_client, setup_logging
-from pipeline.bus import FrameBus, ResultStore, decode_jpeg
+from pipeline.bus import FrameBus, ResultStore, decode_frame
 from pipeline.config import PipelineArgs
 from pipeline.detector import Detector
 from pipeline.models.resolve import resolve_model
@@ -52,10 +52,10 @@ class DetectorDeployment:
 
     def _run_batch(self, refs: list[FrameRef]) -> list[int]:
         t0 = time.time()
-        jpegs = self.bus.get_jpegs(refs)
+        payloads = self.bus.get_payloads(refs)
         codes = [0] * len(refs)
         todo, images = [], []
-        for i, (ref, data) in enumerate(zip(refs, jpegs)):
+        for i, (ref, data) in enumerate(zip(refs, payloads)):
             if data is None:
                 codes[i] = SKIPPED_MISSING
             elif self.bus.is_stale(ref, t0):
@@ -63,7 +63,7 @@ class DetectorDeployment:
                 log.debug("camera %s: frame %d is %.2fs old, skipped", ref.camera_id, ref.seq, ref.age_s(t0))
             else:
                 todo.append(i)
-                images.append(decode_jpeg(data))
+                images.append(decode_frame(data))
         if not todo:
             return codes
         t1 = time.time()

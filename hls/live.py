@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.bus import FrameBus, ResultStore, decode_jpeg, detections_from_json
+from pipeline.bus import FrameBus, ResultStore, decode_frame, detections_from_json
 from pipeline.types import Detections, FrameRef
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,9 @@ class AnnotatedStream:
             if age > self.max_age_s:
                 self.frames_dropped += 1
                 continue
-            image = decode_jpeg(jpeg)
+            image = decode_frame(jpeg)
+            if not image.flags.writeable:  # raw payloads are read-only views; annotators draw in place
+                image = image.copy()
             dets = self._detections_for(ref)
             for annotator in self.annotators:
                 image = annotator.annotate(image, dets)

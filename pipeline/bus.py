@@ -1,4 +1,4 @@
-"""The Redis frame bus: JPEG frames on bounded per-camera streams, and detection results.
+"""The Redis frame bus: frames (JPEG or raw) on bounded per-camera streams, and detection results.
 
 Only `FrameRef`s travel between stages; the pixels stay here. Streams are trimmed by count
 (XADD MAXLEN ~) so memory cannot grow without bound, and readers drop frames older than
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 import time
 from typing import Any, Iterable
 
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 DETECTIONS_MAXLEN = 2000
 
 
+RAW_MAGIC = b"LKRAW1"
+_RAW_HEADER = struct.Struct("<HHB")  # height, width, channels
+
+
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
@@ -31,11 +36,30 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
+def encode_raw(image: np.ndarray) -> bytes:
+    h, w = image.shape[:2]
+    c = 1 if image.ndim == 2 else image.shape[2]
+    return RAW_MAGIC + _RAW_HEADER.pack(h, w, c) + np.ascontiguousarray(image, np.uint8).tobytes()
+
+
+def encode_frame(image: np.ndarray, settings: BusConfig) -> bytes:
+    """A frame as the bus carries it: JPEG (small, for networks) or raw pixels (no codec CPU)."""
+    return encode_raw(image) if settings.codec == "raw" else encode_jpeg(image, settings.jpeg_quality)
+
+
+def decode_frame(data: bytes) -> np.ndarray:
+    """Pixels of a bus payload of either codec (raw payloads are read-only views)."""
+    if data[:len(RAW_MAGIC)] == RAW_MAGIC:
+        h, w, c = _RAW_HEADER.unpack_from(data, len(RAW_MAGIC))
+        start = len(RAW_MAGIC) + _RAW_HEADER.size
+        if len(data) - start != h * w * c:
+            raise ValueError(f"raw frame of {len(data)} bytes does not hold {h}x{w}x{c} pixels")
+        return np.frombuffer(data, np.uint8, offset=start).reshape((h, w, c) if c > 1 else (h, w))
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError(f"could not decode {len(data)} bytes as an image")
     return image
+
 
 
 def _ref_from_entry(camera_id: str, entry_id: bytes | str, fields: dict) -> FrameRef:
@@ -56,7 +80,7 @@ class FrameBus:
         self.settings = settings or BusConfig()
 
     def put(self, camera_id: str, seq: int, image: np.ndarray, captured_at: float, pts_s: float) -> FrameRef:
-        data = encode_jpeg(image, self.settings.jpeg_quality)
+        data = encode_frame(image, self.settings)
         entry_id = self.client.xadd(
             keys.frames(camera_id),
             {"seq": seq, "t": repr(captured_at), "pts": repr(pts_s), "jpg": data},
@@ -65,8 +89,8 @@ class FrameBus:
         )
         return FrameRef(camera_id, seq, captured_at, pts_s, entry_id.decode())
 
-    def get_jpegs(self, refs: Iterable[FrameRef]) -> list[bytes | None]:
-        """JPEG bytes of each ref, or None where the frame was trimmed away."""
+    def get_payloads(self, refs: Iterable[FrameRef]) -> list[bytes | None]:
+        """Encoded bytes of each ref (see `decode_frame`), or None where the frame was trimmed away."""
         refs = list(refs)
         pipe = self.client.pipeline(transaction=False)
         for ref in refs:
@@ -77,8 +101,8 @@ class FrameBus:
         return out
 
     def get(self, ref: FrameRef) -> np.ndarray | None:
-        data = self.get_jpegs([ref])[0]
-        return None if data is None else decode_jpeg(data)
+        data = self.get_payloads([ref])[0]
+        return None if data is None else decode_frame(data)
 
     def read_after(
         self, camera_id: str, last_entry_id: str, block_ms: int = 1000, count: int = 32

@@ -44,6 +44,9 @@ class CameraConfig(_Model):
     reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(10.0, gt=0, le=600, description="Longest reconnect delay (exponential back-off).")
     rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    on_demand: bool | None = Field(
+        None, description="Encode HLS only while someone watches this camera; default: hls.on_demand."
+    )
 
     @field_validator("id")
     @classmethod
@@ -119,6 +122,9 @@ class BusConfig(_Model):
     max_age_s: float = Field(3.0, gt=0, le=60, description="Frames older than this are dropped, never processed.")
     maxlen: int = Field(64, ge=4, le=10000, description="Most frames kept per camera stream.")
     jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of frames on the bus.")
+    codec: Literal["jpeg", "raw"] = Field(
+        "jpeg", description="Frames on the bus: 'jpeg' (small; for multi-node) or 'raw' (no codec CPU; one node)."
+    )
 
 
 class DetectorConfig(_Model):
@@ -153,6 +159,18 @@ class HlsConfig(_Model):
     dir: str = Field("data/hls", description="Directory for store=dir (must be shared across nodes).")
     annotation_delay_s: float = Field(
         0.5, ge=0, le=10, description="How long a frame waits for its detections before it is encoded."
+    )
+    boxes: Literal["burned", "browser"] = Field(
+        "burned", description="burned: boxes drawn into the video; browser: the video stays unannotated and "
+                              "the page draws boxes from the detections, timed by PROGRAM-DATE-TIME.",
+    )
+    on_demand: bool = Field(False, description="Encode each camera's HLS only while someone watches it.")
+    on_demand_idle_s: float = Field(
+        30.0, ge=2, le=3600, description="On-demand: stop encoding this long after the last playlist request."
+    )
+    timecode: bool = Field(
+        False, description="Burn each frame's capture time (ms) as black/white blocks into the top-left corner "
+                           "(for `lookout bench latency`).",
     )
 
     @model_validator(mode="after")

@@ -3,7 +3,7 @@ import time
 import numpy as np
 
 from pipeline import keys
-from pipeline.bus import FrameBus, ResultStore, StatusStore, decode_jpeg
+from pipeline.bus import FrameBus, ResultStore, StatusStore, decode_frame
 from pipeline.config import BusConfig
 from pipeline.types import CameraState, CameraStatus, Detections, FrameResult
 
@@ -27,7 +27,7 @@ def test_streams_are_bounded_and_trimmed_frames_read_as_missing(redis_client):
     bus = FrameBus(redis_client, BusConfig(maxlen=10))
     refs = [bus.put("cam", i, frame(i % 200), time.time(), i / 10) for i in range(300)]
     assert redis_client.xlen(keys.frames("cam")) < 150  # approximate trimming, far below 300
-    jpegs = bus.get_jpegs([refs[0], refs[-1]])
+    jpegs = bus.get_payloads([refs[0], refs[-1]])
     assert jpegs[0] is None and jpegs[1] is not None
 
 
@@ -37,7 +37,7 @@ def test_read_after_and_staleness(redis_client):
     new = bus.put("cam", 1, frame(2), time.time(), 0.1)
     got = bus.read_after("cam", "0", block_ms=10)
     assert [r.seq for r, _ in got] == [0, 1]
-    assert decode_jpeg(got[1][1]).shape == (48, 64, 3)
+    assert decode_frame(got[1][1]).shape == (48, 64, 3)
     assert bus.is_stale(old) and not bus.is_stale(new)
     assert bus.read_after("cam", new.entry_id, block_ms=10) == []
     assert bus.latest("cam")[0].seq == 1
@@ -64,3 +64,14 @@ def test_status_store(redis_client):
     st.put(CameraStatus("a", CameraState.RUNNING, fps=9.9))
     assert st.camera_ids() == ["a", "b"]
     assert st.get("a").state is CameraState.RUNNING and st.get("b") is None
+
+
+def test_raw_codec_is_lossless_and_checked(redis_client):
+    import pytest
+
+    bus = FrameBus(redis_client, BusConfig(codec="raw"))
+    ref = bus.put("cam", 0, frame(77), time.time(), 0.0)
+    np.testing.assert_array_equal(bus.get(ref), frame(77))
+    payload = bus.get_payloads([ref])[0]
+    with pytest.raises(ValueError, match="does not hold 48x64x3 pixels"):
+        decode_frame(payload[:-1])

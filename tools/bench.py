@@ -118,7 +118,8 @@ def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: floa
         "model": {"onnx": a.onnx, "backend": a.backend, "intra_op_threads": a.threads},
         "detector": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01, "num_replicas": a.replicas,
                      "num_cpus": round(1.0 / a.replicas, 2), "max_inflight_per_camera": max(2, batch) * a.replicas},
-        "hls": {"enabled": hls},
+        "hls": {"enabled": hls, "preset": a.preset},
+        "bus": {"codec": a.bus_codec},
         "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
     })
     serve.run(build_app(args), name="lookout", route_prefix="/")
@@ -194,7 +195,7 @@ def main(a: argparse.Namespace) -> int:
         rds.close()
     print(f"clip={clip} backend={a.backend} cameras={a.cameras} window={a.seconds:.0f}s cpus={os.cpu_count()} "
           f"bare threads={a.bare_threads or 'default'} pipeline: {a.replicas} detector replica(s) x "
-          f"{a.threads or 'default'} thread(s)")
+          f"{a.threads or 'default'} thread(s), bus codec {a.bus_codec}, x264 preset {a.preset}")
     print(f"{'batch':>5} {'pipeline':>17} {'bare fps':>9} {'pipeline fps':>13} {'ratio':>6} {'mean batch':>10} "
           f"{'added p50 ms':>12} {'added p95 ms':>12}")
     for r in rows:
