@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from ray import serve
 
@@ -10,12 +11,15 @@ from deployments.common import redis_client, setup_logging
 from hls.live import AnnotatedStream, estimate_fps
 from hls.segmenter import Segmenter
 from hls.store import make_store
+from hls.timecode import burn as burn_timecode
+from hls.viewers import ViewerTracker, put_stream_info
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
 from pipeline.bus import FrameBus, ResultStore
 from pipeline.config import PipelineArgs
 
 log = logging.getLogger(__name__)
 FPS_PROBE_FRAMES = 12
+WATCH_POLL_S = 0.25
 
 
 @serve.deployment(name="encoder", ray_actor_options={"num_cpus": 0.1}, health_check_period_s=10)
@@ -28,32 +32,72 @@ class EncoderDeployment:
         self.camera_id = camera_id
         client = redis_client(args)
         self.args = args
+        self.redis = client
         self.store = make_store(args.hls, client, args.base_dir)
         self.segmenter: Segmenter | None = None
         self._probe: list[float] = []
-        if cam.fps:
-            self.segmenter = Segmenter(camera_id, args.hls, self.store, fps=cam.fps)
+        self.fps: float | None = cam.fps
+        self.on_demand = args.hls.on_demand if cam.on_demand is None else cam.on_demand
+        self.viewers = ViewerTracker(client, args.hls.on_demand_idle_s)
+        self._watched, self._watch_checked = not self.on_demand, 0.0
+        self._size: tuple[int, int] | None = None
+        self._info_at = 0.0
+        burned = args.hls.boxes == "burned"
         self.stream = AnnotatedStream(
             camera_id, FrameBus(client, args.bus), ResultStore(client),
-            [BoxAnnotator(), LabelAnnotator()], self._write,
+            [BoxAnnotator(), LabelAnnotator()] if burned else [], self._write,
             annotation_delay_s=args.hls.annotation_delay_s, max_age_s=args.bus.max_age_s,
-            wait_for_detections=cam.detect,
+            wait_for_detections=cam.detect and burned, active=self._active if self.on_demand else None,
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.stream.run, args=(self._stop,), name=f"encode-{camera_id}",
                                         daemon=True)
         self._thread.start()
-        log.info("camera %s: encoder started (%s)", camera_id, args.hls.encoder)
+        log.info("camera %s: encoder started (%s, boxes %s%s)", camera_id, args.hls.encoder, args.hls.boxes,
+                 ", on demand" if self.on_demand else "")
+
+    def _measure_fps(self, captured_at: float) -> bool:
+        """Collect capture times until the rate is known; True once it is."""
+        if self.fps is None:
+            self._probe.append(captured_at)
+            if len(self._probe) < FPS_PROBE_FRAMES:
+                return False
+            self.fps = estimate_fps(self._probe)
+            log.info("camera %s: measured %.2f fps", self.camera_id, self.fps)
+        return True
+
+    def _active(self, ref) -> bool:
+        """On demand: encode only while the viewer key lives; stop the segmenter when it expires."""
+        now = time.monotonic()
+        if now - self._watch_checked >= WATCH_POLL_S:
+            self._watch_checked = now
+            watched = self.viewers.watched(self.camera_id)
+            if watched != self._watched:
+                log.info("camera %s: %s", self.camera_id, "a viewer came: encoding" if watched
+                         else f"no viewer for {self.args.hls.on_demand_idle_s:g}s: encoding stops")
+            self._watched = watched
+        if not self._watched:
+            self._measure_fps(ref.captured_at)
+            if self.segmenter is not None:
+                segmenter, self.segmenter = self.segmenter, None
+                segmenter.close()
+        return self._watched
 
     def _write(self, image, captured_at: float) -> None:
         # ffmpeg's timestamps follow the frame count, so it must know the camera's real rate.
+        if not self._measure_fps(captured_at):
+            return
         if self.segmenter is None:
-            self._probe.append(captured_at)
-            if len(self._probe) < FPS_PROBE_FRAMES:
-                return
-            fps = estimate_fps(self._probe)
-            log.info("camera %s: measured %.2f fps, starting the segmenter", self.camera_id, fps)
-            self.segmenter = Segmenter(self.camera_id, self.args.hls, self.store, fps=fps)
+            log.info("camera %s: starting the segmenter at %.2f fps", self.camera_id, self.fps)
+            self.segmenter = Segmenter(self.camera_id, self.args.hls, self.store, fps=self.fps)
+        h, w = image.shape[:2]
+        if self._size != (w, h) or time.monotonic() - self._info_at > 600:
+            self._size, self._info_at = (w, h), time.monotonic()
+            put_stream_info(self.redis, self.camera_id, w, h, self.args.hls.boxes)
+        if self.args.hls.timecode:
+            if not image.flags.writeable:
+                image = image.copy()
+            burn_timecode(image, captured_at)
         self.segmenter.write(image, captured_at)
 
     def check_health(self) -> None:
@@ -64,6 +108,7 @@ class EncoderDeployment:
 
     def stats(self) -> dict:
         return {"frames_out": self.stream.frames_out, "frames_dropped": self.stream.frames_dropped,
+                "frames_idle": self.stream.frames_idle, "encoding": self.segmenter is not None,
                 **(self.segmenter.stats() if self.segmenter else {})}
 
     def __del__(self) -> None:

@@ -13,7 +13,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import hls_routes
-from gateway.api import cameras
+from gateway.api import cameras, detections_stream
 from gateway.auth import hls_signing, login, server
 from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, me, on_auth_error, requires
 from gateway.auth.http import BodyLimitMiddleware
@@ -30,6 +30,7 @@ ROUTE_POLICY: dict[str, tuple[tuple[str, ...], str | None]] = {
     "/api/cameras": ((), None),  # the list itself shows only the cameras the caller may view
     "/api/cameras/{camera_id}": ((), "camera_id"),
     "/api/cameras/{camera_id}/detections/latest": ((DETECTIONS_READ,), "camera_id"),
+    "/api/detections/stream": ((DETECTIONS_READ,), None),  # the stream carries only cameras the caller may view
     "/hls/{camera_id}/index.m3u8": ((), "camera_id"),
     "/hls/{camera_id}/{name}": ((), "camera_id"),
 }
@@ -99,7 +100,8 @@ def create_app(ctx: GatewayContext) -> Starlette:
         Route("/healthz", healthz),
         Route("/auth/me", me),
         *auth_routes,
-        *(_guard(r, ctx) for r in [*cameras.make_routes(ctx), *hls_routes.make_routes(ctx)]),
+        *(_guard(r, ctx) for r in [*cameras.make_routes(ctx), *detections_stream.make_routes(ctx),
+                                   *hls_routes.make_routes(ctx)]),
         Mount("/static", app=RequireAuthASGI(StaticFiles(directory=WEB_DIR / "static"), PUBLIC_STATIC),
               name="static"),
     ]

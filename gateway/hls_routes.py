@@ -6,6 +6,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.context import GatewayContext
+from hls.viewers import ViewerTracker
 from pipeline.config import CAMERA_ID_RE
 
 PLAYLIST_TYPE = "application/vnd.apple.mpegurl"
@@ -14,11 +15,13 @@ SEGMENT_TYPES = {".ts": "video/mp2t", ".m4s": "video/iso.segment", ".mp4": "vide
 
 def make_routes(ctx: GatewayContext) -> list[Route]:
     store = ctx.hls_store
+    viewers = ViewerTracker(ctx.redis, ctx.args.hls.on_demand_idle_s)
 
     def playlist(request: Request) -> Response:
         cid = request.path_params["camera_id"]
         if not CAMERA_ID_RE.match(cid):
             return PlainTextResponse("not found", status_code=404)
+        viewers.touch(cid)  # an on-demand encoder starts (or keeps) encoding while this is fresh
         text = store.get_playlist(cid)
         if text is None:
             return PlainTextResponse(f"no HLS stream for camera {cid!r} yet", status_code=404,

@@ -27,7 +27,7 @@ class AnnotatedStream:
 
     def __init__(self, camera_id: str, bus: FrameBus, results: ResultStore, annotators: list,
                  sink: Callable[[np.ndarray, float], object], annotation_delay_s: float, max_age_s: float,
-                 wait_for_detections: bool = True):
+                 wait_for_detections: bool = True, active: Callable[[FrameRef], bool] | None = None):
         self.camera_id = camera_id
         self.bus = bus
         self.results = results
@@ -35,6 +35,8 @@ class AnnotatedStream:
         self.sink = sink
         self.delay_s = annotation_delay_s if wait_for_detections else 0.0
         self.max_age_s = max_age_s
+        self.active = active  # when it says no (on-demand, nobody watching), frames are skipped undecoded
+        self.frames_idle = 0
         self.pending: collections.deque[tuple[FrameRef, bytes]] = collections.deque()
         self.detections: collections.OrderedDict[int, tuple[float, Detections]] = collections.OrderedDict()
         self.max_detected_seq = -1
@@ -77,6 +79,10 @@ class AnnotatedStream:
         while self.pending:
             ref, jpeg = self.pending[0]
             age = now - ref.captured_at
+            if self.active is not None and not self.active(ref):
+                self.pending.popleft()
+                self.frames_idle += 1
+                continue
             if self.max_detected_seq < ref.seq and age < self.delay_s:
                 break
             self.pending.popleft()

@@ -9,6 +9,7 @@ from starlette.routing import Route
 
 from gateway.auth.backend import can_view
 from gateway.context import GatewayContext
+from hls.viewers import get_stream_info
 from pipeline.config import CAMERA_ID_RE
 
 
@@ -31,6 +32,7 @@ def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
         "reconnects": 0,
         "hls_url": f"/hls/{camera_id}/index.m3u8",
         "detections_url": f"/api/cameras/{camera_id}/detections/latest",
+        "stream": get_stream_info(ctx.redis, camera_id),  # source size and box mode, once encoded
     }
     if status is not None:
         d = status.to_dict()

@@ -1,24 +1,112 @@
-// Lookout page: one tile per camera, HLS through hls.js, status and latest detections polled.
+// Lookout page: a tile per camera (HLS through hls.js near the live edge, status, stall watchdog),
+// one server-sent-event stream of detections for all tiles (list, per-class chart, boxes drawn
+// over unannotated streams in sync through PROGRAM-DATE-TIME).
 "use strict";
 const tiles = new Map();
+const STALL_AFTER_S = 3, RESTART_AFTER_S = 15, KEEP_DETECTIONS_S = 20;
+const BUCKET_S = 10, CHART_BUCKETS = 30, SYNC_TOLERANCE_MS = 400;
+const PALETTE = ["#ff3838", "#ff9d97", "#ff701f", "#ffb21d", "#cfd231", "#48f90a", "#92cc17", "#3ddb86",
+                 "#1a9334", "#00d4bb", "#2c99a8", "#00c2ff", "#344593", "#6473ff", "#0018ec", "#8438ff"];
+const params = new URLSearchParams(window.location.search);
+window.lookout = { tiles, loadedAt: Date.now(), measure: params.has("measure"), events: 0 };
 
-function attachStream(video, url) {
-  if (window.Hls && Hls.isSupported()) {
-    // Playlists and segments need the session cookie (segment URIs also carry a signature).
-    const hls = new Hls({ liveSyncDurationCount: 2, manifestLoadingMaxRetry: Infinity,
-                          levelLoadingMaxRetry: Infinity,
-                          xhrSetup: (xhr) => { xhr.withCredentials = true; } });
-    hls.loadSource(url);
-    hls.attachMedia(video);
-    hls.on(Hls.Events.ERROR, (_e, data) => {
-      if (!data.fatal) return;
-      if (data.type === Hls.ErrorTypes.NETWORK_ERROR) setTimeout(() => hls.startLoad(), 2000);
-      else if (data.type === Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
-    });
-    return hls;
+const RETRY = { maxNumRetry: 1e9, retryDelayMs: 500, maxRetryDelayMs: 2000 };
+const LOAD_POLICY = { default: { maxTimeToFirstByteMs: 8000, maxLoadTimeMs: 15000, timeoutRetry: RETRY,
+                                 errorRetry: RETRY } };
+const HLS_CONFIG = {
+  liveSyncDuration: 1.5, liveMaxLatencyDuration: 6, maxLiveSyncPlaybackRate: 1.25,
+  maxBufferLength: 8, backBufferLength: 6, lowLatencyMode: false,
+  manifestLoadPolicy: LOAD_POLICY, playlistLoadPolicy: LOAD_POLICY, fragLoadPolicy: LOAD_POLICY,
+  xhrSetup: (xhr) => { xhr.withCredentials = true; },
+};
+
+function colorFor(label) {
+  let h = 0;
+  for (const ch of label) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+  return label === "person" ? PALETTE[0] : PALETTE[h % PALETTE.length];
+}
+
+function attachStream(tile) {
+  const { video, url } = tile;
+  if (!(window.Hls && Hls.isSupported())) {
+    if (video.canPlayType("application/vnd.apple.mpegurl")) video.src = url;  // Safari: native HLS
+    return null;
   }
-  if (video.canPlayType("application/vnd.apple.mpegurl")) video.src = url;
+  const hls = new Hls(HLS_CONFIG);
+  hls.loadSource(url);
+  hls.attachMedia(video);
+  hls.on(Hls.Events.ERROR, (_e, data) => {
+    tile.lastHlsError = `${data.type}: ${data.details}`;
+    if (!data.fatal) return;
+    if (data.type === Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
+    else restartStream(tile, `fatal ${data.details}`);
+  });
+  hls.on(Hls.Events.LEVEL_UPDATED, (_e, data) => { tile.playlistAt = Date.now(); tile.details = data.details; });
+  return hls;
+}
+
+function restartStream(tile, why) {
+  tile.restarts += 1;
+  tile.lastRestart = Date.now();
+  console.info(`camera ${tile.id}: restarting the player (${why})`);
+  if (tile.hls) tile.hls.destroy();
+  tile.hls = attachStream(tile);
+  tile.video.play().catch(() => {});
+}
+
+// Wall clock (ms) of media time `t`: the segment's PROGRAM-DATE-TIME plus the offset into it.
+function wallClockMs(tile, t) {
+  const details = tile.hls && tile.details;
+  if (!details) return null;
+  for (const f of details.fragments) {
+    if (f.programDateTime && t >= f.start - 0.001 && t < f.start + f.duration + 0.001) {
+      return f.programDateTime + (t - f.start) * 1000;
+    }
+  }
   return null;
+}
+
+function detectionsAt(tile, ms) {
+  let best = null;
+  for (const d of tile.detections) {  // oldest first
+    if (d.at > ms + 20) break;
+    best = d;
+  }
+  return best && ms - best.at <= SYNC_TOLERANCE_MS ? best : null;
+}
+
+function drawBoxes(tile, det) {
+  const { overlay, video } = tile;
+  const w = video.clientWidth, h = video.clientHeight;
+  if (overlay.width !== w || overlay.height !== h) { overlay.width = w; overlay.height = h; }
+  const g = overlay.getContext("2d");
+  g.clearRect(0, 0, w, h);
+  const src = tile.stream;
+  if (!det || !tile.showBoxes || !src || !video.videoWidth) return;
+  // The video is letterboxed into the element (object-fit: contain); boxes are in source pixels.
+  const scale = Math.min(w / video.videoWidth, h / video.videoHeight);
+  const ox = (w - video.videoWidth * scale) / 2, oy = (h - video.videoHeight * scale) / 2;
+  const sx = video.videoWidth * scale / src.source_width_px, sy = video.videoHeight * scale / src.source_height_px;
+  g.lineWidth = 2; g.font = "11px system-ui, sans-serif";
+  for (const d of det.detections) {
+    const [x1, y1, x2, y2] = d.box, c = colorFor(d.label);
+    g.strokeStyle = c; g.fillStyle = c;
+    g.strokeRect(ox + x1 * sx, oy + y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy);
+    g.fillText(`${d.label} ${(d.confidence * 100).toFixed(0)}%`, ox + x1 * sx + 2, oy + y1 * sy - 3);
+  }
+}
+
+function onFrame(tile, _now, meta) {
+  const shownAt = performance.timeOrigin + meta.expectedDisplayTime;
+  const pdtMs = wallClockMs(tile, meta.mediaTime);
+  const det = pdtMs === null ? null : detectionsAt(tile, pdtMs);
+  if (tile.boxesInBrowser) drawBoxes(tile, det);
+  if (window.lookout.measure) {
+    const tc = Timecode.read(tile.video);
+    tile.samples.push({ tc, pdt: pdtMs, shown: shownAt, det: det ? det.at : null, media: meta.mediaTime });
+    if (tile.samples.length > 5000) tile.samples.splice(0, 1000);
+  }
+  tile.video.requestVideoFrameCallback((n, m) => onFrame(tile, n, m));
 }
 
 function tileFor(cam) {
@@ -28,9 +116,24 @@ function tileFor(cam) {
   node.dataset.camera = cam.id;
   node.querySelector(".name").textContent = cam.name;
   document.getElementById("grid").appendChild(node);
-  const video = node.querySelector("video");
-  tile = { node, video, hls: attachStream(video, cam.hls_url) };
-  video.play().catch(() => {});
+  tile = {
+    id: cam.id, node, url: cam.hls_url, video: node.querySelector("video"),
+    overlay: node.querySelector(".overlay"), chart: node.querySelector(".chart"),
+    badge: node.querySelector(".badge"), detections: [], buckets: new Map(), listDirty: false,
+    lastT: -1, lastProgress: Date.now(), played: false, stalled: false, stalls: 0, recoveries: 0,
+    restarts: 0, lastRestart: 0, samples: [], showBoxes: true, boxesInBrowser: false, stream: null,
+  };
+  tile.hls = attachStream(tile);
+  node.querySelector(".screen").addEventListener("click", () => {
+    node.classList.toggle("big");
+    if (node.classList.contains("big")) node.scrollIntoView({ block: "nearest" });
+  });
+  node.querySelector("input.boxes").addEventListener("change", (e) => {
+    tile.showBoxes = e.target.checked;
+    if (!tile.showBoxes) drawBoxes(tile, null);
+  });
+  tile.video.play().catch(() => {});
+  if (tile.video.requestVideoFrameCallback) tile.video.requestVideoFrameCallback((n, m) => onFrame(tile, n, m));
   tiles.set(cam.id, tile);
   return tile;
 }
@@ -44,35 +147,138 @@ async function refreshCameras() {
       `${cameras.filter(c => c.state === "running").length}/${cameras.length} cameras running`;
     for (const cam of cameras) {
       const tile = tileFor(cam);
+      tile.camera = cam;
+      tile.stream = cam.stream;
+      tile.boxesInBrowser = !!cam.stream && cam.stream.boxes === "browser";
+      tile.node.querySelector(".boxes-toggle").hidden = !tile.boxesInBrowser;
       const state = tile.node.querySelector(".state");
       state.textContent = `${cam.state} · ${cam.fps.toFixed(1)} fps`;
       state.className = `state ${cam.state}`;
       tile.node.querySelector(".error").textContent = cam.state === "running" ? "" : (cam.last_error || "");
+      showVideoState(tile);
     }
   } catch (err) {
     document.getElementById("summary").textContent = `gateway unreachable: ${err}`;
   }
 }
 
-async function refreshDetections() {
-  for (const [id, tile] of tiles) {
-    try {
-      const res = await fetch(`/api/cameras/${encodeURIComponent(id)}/detections/latest`,
-                              { credentials: "same-origin" });
-      if (!res.ok) continue;
-      const data = await res.json();
-      const list = tile.node.querySelector(".detections");
-      list.replaceChildren(...data.detections.map(d => {
-        const li = document.createElement("li");
-        li.textContent = `${d.label} ${(d.confidence * 100).toFixed(0)}%`;
-        return li;
-      }));
-    } catch (_err) { /* shown by refreshCameras */ }
+function showVideoState(tile) {
+  const cam = tile.camera || {};
+  let text = "", cls = "";
+  if (tile.stalled) {
+    const quiet = Math.round((Date.now() - tile.lastProgress) / 1000);
+    text = `stalled ${quiet}s` + (cam.state && cam.state !== "running" ? ` · camera ${cam.state}` : "");
+    cls = "stalled";
+  } else if (!tile.played) {
+    text = "waiting for video…"; cls = "waiting";
+  }
+  tile.badge.textContent = text;
+  tile.badge.className = `badge ${cls}`;
+  tile.node.classList.toggle("stalled", tile.stalled);
+}
+
+// A tile whose video stops advancing says so; when newer media is buffered the player jumps to
+// it, and after RESTART_AFTER_S without progress the player is rebuilt (never the page).
+function watchdog() {
+  const now = Date.now();
+  for (const tile of tiles.values()) {
+    const v = tile.video, t = v.currentTime;
+    if (t !== tile.lastT) {
+      tile.lastT = t;
+      tile.lastProgress = now;
+      if (t > 0) tile.played = true;
+      if (tile.stalled) { tile.stalled = false; tile.recoveries += 1; }
+    }
+    const quiet = (now - tile.lastProgress) / 1000;
+    if (quiet > STALL_AFTER_S && (tile.played || quiet > 2 * RESTART_AFTER_S)) {
+      if (!tile.stalled) { tile.stalled = true; tile.stalls += 1; }
+      const b = v.buffered;
+      if (b.length && b.end(b.length - 1) > t + 0.5) {
+        const live = tile.hls && tile.hls.liveSyncPosition;
+        v.currentTime = Math.max(t, Math.min(b.end(b.length - 1) - 0.1, live || b.end(b.length - 1) - 1));
+      }
+      v.play().catch(() => {});
+      if (quiet > RESTART_AFTER_S && now - tile.lastRestart > RESTART_AFTER_S * 1000) {
+        restartStream(tile, `no progress for ${quiet.toFixed(0)}s`);
+      }
+    }
+    showVideoState(tile);
   }
 }
 
+function addDetections(result) {
+  const tile = tiles.get(result.camera_id);
+  if (!tile) return;
+  window.lookout.events += 1;
+  const at = result.captured_at * 1000;
+  tile.detections.push({ at, seq: result.seq, detections: result.detections });
+  while (tile.detections.length && tile.detections[0].at < at - KEEP_DETECTIONS_S * 1000) tile.detections.shift();
+  const bucket = Math.floor(result.captured_at / BUCKET_S);
+  const counts = tile.buckets.get(bucket) || {};
+  const now = {};
+  for (const d of result.detections) now[d.label] = (now[d.label] || 0) + 1;
+  for (const [label, n] of Object.entries(now)) counts[label] = Math.max(counts[label] || 0, n);
+  tile.buckets.set(bucket, counts);
+  for (const k of tile.buckets.keys()) if (k < bucket - CHART_BUCKETS) tile.buckets.delete(k);
+  tile.latest = result;
+  tile.listDirty = true;
+}
+
+function renderLists() {
+  for (const tile of tiles.values()) {
+    if (!tile.listDirty) continue;
+    tile.listDirty = false;
+    const dets = tile.latest ? tile.latest.detections : [];
+    tile.node.querySelector(".detections").replaceChildren(...dets.slice(0, 20).map(d => {
+      const li = document.createElement("li");
+      li.textContent = `${d.label} ${(d.confidence * 100).toFixed(0)}%`;
+      li.style.borderLeftColor = colorFor(d.label);
+      return li;
+    }));
+  }
+}
+
+function renderCharts() {
+  const nowBucket = Math.floor(Date.now() / 1000 / BUCKET_S);
+  for (const tile of tiles.values()) {
+    const c = tile.chart, g = c.getContext("2d"), w = c.width, h = c.height;
+    g.clearRect(0, 0, w, h);
+    const totals = {};
+    for (const counts of tile.buckets.values()) {
+      for (const [label, n] of Object.entries(counts)) totals[label] = (totals[label] || 0) + n;
+    }
+    const labels = Object.keys(totals).sort((a, b) => totals[b] - totals[a]).slice(0, 4);
+    let max = 1;
+    for (const counts of tile.buckets.values()) for (const l of labels) max = Math.max(max, counts[l] || 0);
+    g.font = "10px system-ui, sans-serif";
+    labels.forEach((label, i) => {
+      g.strokeStyle = g.fillStyle = colorFor(label);
+      g.beginPath();
+      for (let k = 0; k < CHART_BUCKETS; k++) {
+        const counts = tile.buckets.get(nowBucket - CHART_BUCKETS + 1 + k);
+        const y = h - 2 - ((counts && counts[label]) || 0) / max * (h - 14);
+        const x = k * (w - 1) / (CHART_BUCKETS - 1);
+        k ? g.lineTo(x, y) : g.moveTo(x, y);
+      }
+      g.stroke();
+      g.fillText(label, 2 + i * 60, 10);
+    });
+    g.fillStyle = "#888";
+    g.fillText(`max ${max}`, w - 40, 10);
+  }
+}
+
+function listenForDetections() {
+  const state = document.getElementById("events-state");
+  const source = new EventSource("/api/detections/stream", { withCredentials: true });
+  source.addEventListener("detections", (e) => addDetections(JSON.parse(e.data)));
+  source.addEventListener("hello", () => { state.textContent = "live"; state.className = "live"; });
+  source.onerror = () => { state.textContent = "detections: reconnecting"; state.className = "down"; };
+  window.lookout.eventSource = source;
+}
+
 function loginAgain() {
-  window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname)}`);
+  window.location.assign(`/login?next=${encodeURIComponent(window.location.pathname + window.location.search)}`);
 }
 
 async function showUser() {
@@ -85,7 +291,12 @@ async function showUser() {
   document.getElementById("logout").hidden = me.via !== "session";
 }
 
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape") for (const t of tiles.values()) t.node.classList.remove("big");
+});
 showUser();
-refreshCameras();
+refreshCameras().then(listenForDetections);
 setInterval(refreshCameras, 2000);
-setInterval(refreshDetections, 1000);
+setInterval(watchdog, 1000);
+setInterval(renderLists, 500);
+setInterval(renderCharts, 2000);

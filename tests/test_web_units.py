@@ -1,0 +1,157 @@
+"""Units of the web page's server side: timecode, viewer tracking, the SSE endpoint, on-demand skipping."""
+import json
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from gateway.api.detections_stream import parse_cameras, sse_event
+from gateway.app import ROUTE_POLICY, create_app
+from gateway.context import GatewayContext
+from hls import timecode
+from hls.live import AnnotatedStream
+from hls.viewers import ViewerTracker, get_stream_info, put_stream_info
+from pipeline.bus import FrameBus, ResultStore, StatusStore
+from pipeline.config import ConfigError, parse_args
+from pipeline.types import Detections, FrameRef, FrameResult
+
+
+def test_timecode_survives_scaling_and_h264(tmp_path):
+    t = 1_790_000_000.123
+    frame = np.full((576, 768, 3), 90, np.uint8)
+    timecode.burn(frame, t)
+    assert timecode.read(frame) == pytest.approx(t, abs=1e-6)
+    # Through libx264 at the shipped quality and scaled to 640x360 (another aspect ratio).
+    raw = tmp_path / "in.bgr"
+    raw.write_bytes(frame.tobytes() * 5)
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", "768x576", "-i", str(raw),
+         "-vf", "scale=640:360", "-c:v", "libx264", "-crf", "26", "-preset", "veryfast", "-f", "h264", "-"],
+        capture_output=True, check=True).stdout
+    dec = subprocess.run(["ffmpeg", "-v", "error", "-f", "h264", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+                         input=out, capture_output=True, check=True).stdout
+    img = np.frombuffer(dec, np.uint8)[: 640 * 360 * 3].reshape(360, 640, 3)
+    assert timecode.read(img) == pytest.approx(t, abs=1e-6)
+    assert timecode.read(np.zeros((360, 640, 3), np.uint8)) is None  # no timecode: no value
+
+
+def test_timecode_errors_name_the_value():
+    with pytest.raises(ValueError, match="too small"):
+        timecode.burn(np.zeros((4, 640, 3), np.uint8), 1.0)
+    with pytest.raises(ValueError, match="captured_at"):
+        timecode.burn(np.zeros((100, 640, 3), np.uint8), -5.0)
+
+
+def test_config_fields_are_bounded():
+    base = {"cameras": [{"id": "a", "source": "a.avi", "on_demand": True}], "model": {"onnx": "m.onnx"}}
+    args = parse_args({**base, "hls": {"boxes": "browser", "on_demand_idle_s": 5}})
+    assert args.cameras[0].on_demand and args.hls.boxes == "browser" and args.hls.on_demand_idle_s == 5
+    with pytest.raises(ConfigError, match="hls.boxes"):
+        parse_args({**base, "hls": {"boxes": "both"}})
+    with pytest.raises(ConfigError, match="hls.on_demand_idle_s"):
+        parse_args({**base, "hls": {"on_demand_idle_s": 0.5}})
+
+
+def test_viewer_key_expires_after_idle(redis_client):
+    v = ViewerTracker(redis_client, idle_s=0.3)
+    assert not v.watched("cam")
+    v.touch("cam")
+    assert v.watched("cam") and 0 < v.remaining_s("cam") <= 0.3
+    time.sleep(0.45)
+    assert not v.watched("cam")
+    with pytest.raises(ValueError, match="idle_s"):
+        ViewerTracker(redis_client, idle_s=0)
+    put_stream_info(redis_client, "cam", 768, 576, "browser")
+    assert get_stream_info(redis_client, "cam") == {"source_width_px": 768, "source_height_px": 576,
+                                                    "boxes": "browser"}
+
+
+def test_sse_helpers():
+    assert sse_event("detections", '{"a": 1}', "1-0") == 'id: 1-0\nevent: detections\ndata: {"a": 1}\n\n'
+    with pytest.raises(ValueError, match="single line"):
+        sse_event("x", "a\nb")
+    assert parse_cameras(None, ["a", "b"]) == ["a", "b"]
+    assert parse_cameras("b,zz,b", ["a", "b"]) == ["b"]
+    with pytest.raises(ValueError, match="'A!'"):
+        parse_cameras("A!", ["a"])
+
+
+def test_inactive_frames_are_skipped_undecoded(redis_client):
+    bus, results = FrameBus(redis_client), ResultStore(redis_client)
+    out, watched = [], {"on": False}
+    stream = AnnotatedStream("cam", bus, results, [], lambda img, t: out.append(t), annotation_delay_s=0,
+                             max_age_s=30, wait_for_detections=False, active=lambda ref: watched["on"])
+    stream.step(block_ms=1)
+    for i in range(3):
+        bus.put("cam", i, np.zeros((32, 32, 3), np.uint8), time.time(), i / 10)
+    stream.step(block_ms=50)
+    assert out == [] and stream.frames_idle == 3
+    watched["on"] = True
+    bus.put("cam", 3, np.zeros((32, 32, 3), np.uint8), time.time(), 0.3)
+    stream.step(block_ms=50)
+    assert len(out) == 1
+
+
+@pytest.fixture
+def ctx(redis_server, tmp_path):
+    args = parse_args({"cameras": [{"id": "a", "source": "x.avi"}, {"id": "b", "source": "y.avi"}],
+                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
+                       "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"),
+                                            "key_dir": str(tmp_path / "keys")}}})
+    return GatewayContext.from_args(args)
+
+
+def token_client(ctx, scopes):
+    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000")
+    row, secret = ctx.auth.store.add_client("tests", set(scopes))
+    token = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret))
+    client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    return client
+
+
+def test_playlist_requests_mark_the_camera_watched(ctx):
+    client = token_client(ctx, {"camera:a:view"})
+    viewers = ViewerTracker(ctx.redis, ctx.args.hls.on_demand_idle_s)
+    assert client.get("/hls/a/index.m3u8").status_code == 404  # not encoded yet, but now asked for
+    assert viewers.watched("a") and not viewers.watched("b")
+    assert client.get("/hls/b/index.m3u8").status_code == 403 and not viewers.watched("b")
+    ctx.hls_store.put_playlist("a", "#EXTM3U\n")
+    r = client.get("/hls/a/index.m3u8")
+    assert r.headers["content-type"] == "application/vnd.apple.mpegurl"
+    assert r.headers["cache-control"] == "private, no-cache"
+
+
+def test_sse_streams_new_detections_of_viewable_cameras_only(ctx):
+    assert ROUTE_POLICY["/api/detections/stream"][0] == ("detections:read",)
+    StatusStore(ctx.redis).register("a", {"name": "A"})
+    StatusStore(ctx.redis).register("b", {"name": "B"})
+    results = ResultStore(ctx.redis)
+
+    def publish(cam, seq):
+        ref = FrameRef(cam, seq, time.time(), 0.0, "1-0")
+        det = Detections(np.array([[1, 2, 30, 40]], np.float32), np.array([0.9]), np.array([0]))
+        results.publish([FrameResult(ref, det, "m")], ["person"])
+
+    publish("a", 0)  # before the connection: not sent
+    assert token_client(ctx, {"camera:a:view"}).get("/api/detections/stream").status_code == 403  # no detections:read
+    client = token_client(ctx, {"camera:a:view", "detections:read"})
+    assert client.get("/api/detections/stream?cameras=b").status_code == 403
+    assert client.get("/api/detections/stream?cameras=..").status_code == 400
+    with client.stream("GET", "/api/detections/stream") as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        got, events = [], []
+        for line in lines:
+            got.append(line)
+            if line.startswith("data: ") and '"cameras"' in line:
+                assert json.loads(line[6:]) == {"cameras": ["a"]}
+                threading.Timer(0.2, lambda: (publish("b", 1), publish("a", 1))).start()
+            elif line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                break
+    assert got[0] == "retry: 1000"
+    assert [(e["camera_id"], e["seq"]) for e in events] == [("a", 1)]
+    assert events[0]["detections"][0]["label"] == "person"
