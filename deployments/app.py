@@ -10,7 +10,7 @@ from deployments.detector import DetectorDeployment
 from deployments.encoder import EncoderDeployment
 from deployments.gateway import GatewayDeployment
 from deployments.ingest import IngestDeployment
-from pipeline.config import PipelineArgs, parse_args
+from pipeline.config import CameraConfig, DetectorConfig, PipelineArgs, parse_args
 
 log = logging.getLogger(__name__)
 
@@ -20,15 +20,40 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
     cfg = parse_args(args)
     det = cfg.detector
     detector = DetectorDeployment.options(
-        num_replicas=det.num_replicas,
-        ray_actor_options={"num_cpus": det.num_cpus, "num_gpus": det.num_gpus},
+        **detector_options(det),
         user_config={"max_batch_size": det.max_batch_size, "batch_wait_timeout_s": det.batch_wait_timeout_s},
     ).bind(cfg)
     stages = []
     for cam in cfg.cameras:
         if not cam.enabled:
             continue
-        stages.append(IngestDeployment.options(name=f"ingest-{cam.id}").bind(cfg, cam.id, detector))
+        stages.append(IngestDeployment.options(name=f"ingest-{cam.id}", **ingest_options(cam)).bind(
+            cfg, cam.id, detector))
         if cfg.hls.enabled:
             stages.append(EncoderDeployment.options(name=f"encoder-{cam.id}").bind(cfg, cam.id))
     return GatewayDeployment.bind(cfg, detector, *stages)
+
+
+def detector_options(det: DetectorConfig) -> dict[str, Any]:
+    """Serve options of the detector: fixed replicas or autoscaling, a GPU when asked, spread over nodes."""
+    opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": det.num_cpus, "num_gpus": det.num_gpus}}
+    if det.autoscaling is not None:
+        opts["autoscaling_config"] = det.autoscaling.serve_config()
+    else:
+        opts["num_replicas"] = det.num_replicas
+    if det.max_replicas_per_node is not None:
+        opts["max_replicas_per_node"] = det.max_replicas_per_node
+    return opts
+
+
+def ingest_options(cam: CameraConfig) -> dict[str, Any]:
+    """Serve options of a camera's ingest: pinned to its node (resource or labels); standbys on other nodes."""
+    actor: dict[str, Any] = {"num_cpus": 0.1}
+    if cam.node_resource:
+        actor["resources"] = {cam.node_resource: 0.01}
+    if cam.node_labels:
+        actor["label_selector"] = dict(cam.node_labels)
+    opts: dict[str, Any] = {"ray_actor_options": actor, "num_replicas": 1 + cam.standby_replicas}
+    if cam.standby_replicas:
+        opts["max_replicas_per_node"] = 1  # a standby on the reader's node would die with it
+    return opts

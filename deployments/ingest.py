@@ -12,6 +12,7 @@ from deployments.common import redis_client, setup_logging
 from pipeline.bus import FrameBus, StatusStore
 from pipeline.config import PipelineArgs
 from pipeline.ingest import IngestLoop
+from pipeline.lease import Lease, LeaseKeeper, default_owner, lease_key
 from pipeline.logutil import scrub_url
 from pipeline.sources.base import Frame
 from pipeline.types import CameraStatus, FrameRef
@@ -25,6 +26,10 @@ class IngestDeployment:
 
     At most `detector.max_inflight_per_camera` frames of a camera wait for the detector; newer frames
     skip detection instead of queueing, so a slow detector never builds a backlog.
+
+    Only the holder of the camera's Redis lease reads it (pipeline.lease); other replicas (standbys,
+    or a replacement started while the old reader is cut off) wait and take over when the lease
+    expires. A frame is only published while the lease is valid, so nothing is ingested twice.
     """
 
     def __init__(self, args: PipelineArgs, camera_id: str, detector: DeploymentHandle | None):
@@ -36,20 +41,51 @@ class IngestDeployment:
         self.statuses = StatusStore(client)
         self.statuses.register(camera_id, {"name": self.cam.name or camera_id, "kind": self.cam.kind,
                                            "source": scrub_url(self.cam.source), "detect": self.cam.detect})
+        if detector is not None and args.detector.prefer_local:
+            detector._init(_prefer_local_routing=True)  # fill batches on this node before crossing the network
         self.detector = detector if self.cam.detect else None
         limit = args.detector.max_inflight_per_camera
         self._slots = threading.BoundedSemaphore(limit)
         self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"detect-{camera_id}")
         self.seq = 0
         self.skipped = 0
+        self.takeovers = 0
         self._stop = threading.Event()
-        self.loop = IngestLoop(self.cam, on_frame=self._on_frame, on_status=self.statuses.put)
-        self._thread = threading.Thread(target=self.loop.run, args=(self._stop,), name=f"ingest-{camera_id}",
-                                        daemon=True)
+        self._loop_stop = threading.Event()
+        self.loop: IngestLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.node_id = _node_id()
+        self.lease = Lease(client, lease_key(camera_id), self.cam.lease_ttl_s,
+                           owner=f"{self.node_id[:12]}:{default_owner()}")
+        self.keeper = LeaseKeeper(self.lease, self._on_lease, self._on_lease_lost, name=f"camera {camera_id}")
+        self.keeper.start(self._stop)
+        log.info("camera %s: ingest replica on node %s waits for the camera's lease (%s %s)", camera_id,
+                 self.node_id[:12], self.cam.kind, scrub_url(self.cam.source))
+
+    def _on_lease(self, lease: Lease) -> None:
+        last = self.bus.latest(self.cam.id)
+        self.seq = last[0].seq + 1 if last else 0  # carry on the camera's numbering after a takeover
+        self.takeovers += 1
+        self._loop_stop = threading.Event()
+        self.loop = IngestLoop(self.cam, on_frame=self._on_frame, on_status=self._put_status)
+        self._thread = threading.Thread(target=self.loop.run, args=(self._loop_stop,),
+                                        name=f"ingest-{self.cam.id}", daemon=True)
         self._thread.start()
-        log.info("camera %s: ingest started (%s %s)", camera_id, self.cam.kind, scrub_url(self.cam.source))
+        log.info("camera %s: ingest reading on node %s (lease epoch %d, from seq %d)", self.cam.id,
+                 self.node_id[:12], lease.epoch, self.seq)
+
+    def _on_lease_lost(self, lease: Lease) -> None:
+        self._loop_stop.set()
+        log.warning("camera %s: lease lost on node %s; stopped reading", self.cam.id, self.node_id[:12])
+
+    def _put_status(self, status: CameraStatus) -> None:
+        if self.lease.valid():
+            self.statuses.put(status)
 
     def _on_frame(self, frame: Frame) -> None:
+        if not self.lease.valid():
+            self._loop_stop.set()
+            return
         ref = self.bus.put(self.cam.id, self.seq, frame.image, frame.captured_at, frame.pts_s)
         self.seq += 1
         if self.detector is None:
@@ -68,11 +104,25 @@ class IngestDeployment:
             self._slots.release()
 
     def check_health(self) -> None:
-        if not self._thread.is_alive() or not self.loop.alive():
+        if not self.keeper.alive():
+            raise RuntimeError(f"camera {self.cam.id}: lease keeper died")
+        if self.keeper.held and self._thread is not None and (not self._thread.is_alive() or not self.loop.alive()):
             raise RuntimeError(f"camera {self.cam.id}: ingest loop is stuck or died")
 
     def status(self) -> dict:
-        return {"camera_id": self.cam.id, "frames": self.seq, "skipped_detection": self.skipped}
+        return {"camera_id": self.cam.id, "frames": self.seq, "skipped_detection": self.skipped,
+                "reading": self.keeper.held, "node_id": self.node_id, "lease_epoch": self.lease.epoch,
+                "takeovers": self.takeovers}
 
     def __del__(self) -> None:
+        self._loop_stop.set()
         self._stop.set()
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (tests)
+        return "local"

@@ -44,6 +44,23 @@ class CameraConfig(_Model):
     reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(10.0, gt=0, le=600, description="Longest reconnect delay (exponential back-off).")
     rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    node_resource: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Ray custom resource of the node that has this camera (`ray start --resources "
+                    "'{\"jetson-a\": 1}'`); its ingest runs only there. Default: any node.",
+    )
+    node_labels: dict[str, str] | None = Field(
+        None, max_length=8, description="Ray node labels the camera's ingest must run on (`ray start --labels`).",
+    )
+    standby_replicas: int = Field(
+        0, ge=0, le=3,
+        description="Extra ingest replicas (spread over nodes) that wait for the camera's lease and take "
+                    "over within lease_ttl_s when the reader dies. Only one replica ever reads.",
+    )
+    lease_ttl_s: float = Field(
+        5.0, ge=1.0, le=120,
+        description="The camera's ingest lease in Redis: a dead reader's camera is taken over after this.",
+    )
     on_demand: bool | None = Field(
         None, description="Encode HLS only while someone watches this camera; default: hls.on_demand."
     )
@@ -127,6 +144,30 @@ class BusConfig(_Model):
     )
 
 
+class DetectorAutoscaling(_Model):
+    """Serve autoscaling of the detector on ongoing requests (frames waiting or in work per replica)."""
+
+    min_replicas: int = Field(1, ge=0, le=256, description="Fewest replicas (when idle).")
+    max_replicas: int = Field(4, ge=1, le=256, description="Most replicas (under load).")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, le=256, description="Frames waiting or in work per replica that the autoscaler aims for.",
+    )
+    upscale_delay_s: float = Field(5.0, ge=0, le=3600, description="Load must last this long before scaling up.")
+    downscale_delay_s: float = Field(30.0, ge=0, le=3600, description="Idle this long before scaling down.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DetectorAutoscaling":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"autoscaling max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        return self
+
+    def serve_config(self) -> dict[str, Any]:
+        """Serve's `autoscaling_config`."""
+        return {**self.model_dump(), "initial_replicas": max(1, self.min_replicas)}
+
+
 class DetectorConfig(_Model):
     """The batched detector deployment."""
 
@@ -138,6 +179,23 @@ class DetectorConfig(_Model):
     num_replicas: int = Field(1, ge=1, le=256, description="Detector replicas.")
     num_cpus: float = Field(1.0, ge=0, le=256, description="CPUs reserved per detector replica.")
     num_gpus: float = Field(0.0, ge=0, le=16, description="GPUs reserved per detector replica.")
+    autoscaling: DetectorAutoscaling | None = Field(
+        None, description="Scale replicas on frames waiting (replaces num_replicas); null: fixed num_replicas.",
+    )
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, le=64, description="Most detector replicas on one node (spreads them over nodes).",
+    )
+    prefer_local: bool = Field(
+        True, description="Ingest sends frames to a detector replica on its own node when there is one.",
+    )
+
+    @model_validator(mode="after")
+    def _check_scaling(self) -> "DetectorConfig":
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError(
+                f"detector: give num_replicas ({self.num_replicas}) or autoscaling, not both"
+            )
+        return self
 
 
 class HlsConfig(_Model):
