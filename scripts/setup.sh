@@ -31,7 +31,7 @@ apt_install() {
 PKGS=(redis-server ffmpeg ca-certificates)
 if ((WANT_TEST)); then
   PKGS+=(chromium chromium-driver python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
-         gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+         gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav mosquitto)
 fi
 if ((WANT_TEST)) && ! command -v npm >/dev/null; then
   PKGS+=(nodejs npm)  # the OIDC test runs a real OpenID provider (node-oidc-provider)
