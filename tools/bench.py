@@ -10,26 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from pipeline.config import ModelConfig, parse_args
 from pipeline.detector import Detector
+from tools.procs import LocalRedis, cpu_by_stage, free_port
 
 WARMUP_S = 12.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_frames(clip: str, n: int) -> list[np.ndarray]:
@@ -59,47 +49,6 @@ def bare_run(detector: Detector, frames: list[np.ndarray], batch: int) -> dict:
     wall = time.perf_counter() - t0
     done = len(infer) * batch
     return {"batch": batch, "fps": done / wall, "infer_s": float(np.mean(infer)), "frames": done}
-
-
-class _Redis:
-    def __init__(self):
-        self.proc = None
-        self.url = os.environ.get("REDIS_URL")
-        if self.url:
-            return
-        if shutil.which("redis-server") is None:
-            raise SystemExit("redis-server is not installed and REDIS_URL is not set")
-        port = _free_port()
-        self.dir = tempfile.mkdtemp(prefix="lookout-bench-redis-")
-        self.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL)
-        self.url = f"redis://127.0.0.1:{port}/0"
-        time.sleep(0.5)
-
-    def close(self):
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-STAGES = (("detector", "ServeReplica:lookout:detector"), ("ingest", "ServeReplica:lookout:ingest"),
-          ("encoder", "ServeReplica:lookout:encoder"), ("ffmpeg", "ffmpeg"), ("gateway", "ServeReplica:lookout:gateway"),
-          ("redis", "redis-server"), ("ray", "ray"), ("ray", "raylet"), ("ray", "gcs_server"))
-
-
-def cpu_by_stage() -> dict[str, float]:
-    """CPU seconds used so far by every process, grouped by pipeline stage (from /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out: dict[str, float] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        stage = next((name for name, needle in STAGES if needle in cmd), "other")
-        out[stage] = out.get(stage, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
 
 
 def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: float, bare_infer: dict[int, float],
@@ -173,8 +122,8 @@ def main(a: argparse.Namespace) -> int:
     detector.backend.close()
     del detector
 
-    rds = _Redis()
-    port = _free_port()
+    rds = LocalRedis()
+    port = free_port()
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     rows = []
