@@ -5,7 +5,7 @@
 # Run: docker run --gpus all --shm-size=2g -p 8000:8000 -e REDIS_URL=redis://:PASSWORD@redis:6379/0 lookout
 #      (Jetson: --runtime nvidia); single box with Redis: `docker compose up` (compose.yaml).
 # Runs as the non-root user `lookout` (uid 10001); mount data/ (auth database and keys) writable by it.
-ARG BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+ARG BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
 FROM ${BASE}
 
 ARG EXTRAS=""
