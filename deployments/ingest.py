@@ -115,8 +115,9 @@ class IngestDeployment:
                 "takeovers": self.takeovers}
 
     def __del__(self) -> None:
-        self._loop_stop.set()
-        self._stop.set()
+        for name in ("_loop_stop", "_stop"):  # __init__ may have failed before they existed
+            if hasattr(self, name):
+                getattr(self, name).set()
 
 
 def _node_id() -> str:
