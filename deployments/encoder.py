@@ -81,6 +81,7 @@ class EncoderDeployment:
             if self.segmenter is not None:
                 segmenter, self.segmenter = self.segmenter, None
                 segmenter.close()
+                self.store.delete_playlist(self.camera_id)  # the next viewer waits for fresh segments
         return self._watched
 
     def _write(self, image, captured_at: float) -> None:

@@ -57,6 +57,10 @@ class HlsStore(ABC):
     def get_playlist(self, camera_id: str) -> str | None:
         """The playlist text, or None when there is none."""
 
+    @abstractmethod
+    def delete_playlist(self, camera_id: str) -> None:
+        """Remove the playlist (a stream that stopped on purpose); a missing one is not an error."""
+
 
 class RedisHlsStore(HlsStore):
     """Segments and playlists in Redis (keys from pipeline/keys.py), each expiring after
@@ -92,6 +96,9 @@ class RedisHlsStore(HlsStore):
     def get_playlist(self, camera_id: str) -> str | None:
         raw = self.redis.get(keys.hls_playlist(check_camera_id(camera_id)))
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else raw
+
+    def delete_playlist(self, camera_id: str) -> None:
+        self.redis.delete(keys.hls_playlist(check_camera_id(camera_id)))
 
 
 class DirHlsStore(HlsStore):
@@ -151,6 +158,12 @@ class DirHlsStore(HlsStore):
     def get_playlist(self, camera_id: str) -> str | None:
         raw = self._read(self._dir(camera_id) / PLAYLIST_NAME)
         return None if raw is None else raw.decode()
+
+    def delete_playlist(self, camera_id: str) -> None:
+        try:
+            (self._dir(camera_id) / PLAYLIST_NAME).unlink()
+        except FileNotFoundError:
+            pass
 
 
 def redis_ttl_s(settings: HlsConfig) -> float:

@@ -155,3 +155,15 @@ def test_sse_streams_new_detections_of_viewable_cameras_only(ctx):
     assert got[0] == "retry: 1000"
     assert [(e["camera_id"], e["seq"]) for e in events] == [("a", 1)]
     assert events[0]["detections"][0]["label"] == "person"
+
+
+def test_stores_delete_the_playlist(redis_client, tmp_path):
+    from hls.store import DirHlsStore, RedisHlsStore
+
+    for store in (RedisHlsStore(redis_client, 60), DirHlsStore(tmp_path)):
+        store.put_playlist("cam", "#EXTM3U\n")
+        store.delete_playlist("cam")
+        assert store.get_playlist("cam") is None
+        store.delete_playlist("cam")  # missing: no error
+        with pytest.raises(ValueError, match="'../x'"):
+            store.delete_playlist("../x")

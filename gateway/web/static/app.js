@@ -261,10 +261,10 @@ function renderCharts() {
         k ? g.lineTo(x, y) : g.moveTo(x, y);
       }
       g.stroke();
-      g.fillText(label, 2 + i * 60, 10);
+      g.fillText(label, 2 + i * 52, 10);
     });
     g.fillStyle = "#888";
-    g.fillText(`max ${max}`, w - 40, 10);
+    g.fillText(`${max}`, w - 14, 22);
   }
 }
 

@@ -1,0 +1,150 @@
+"""The real app for browser tests: `serve run` of the shipped serve_config.yaml with test cameras,
+a test Redis and its own Ray head (enough logical CPUs for many per-camera replicas), plus a
+logged-in headless Chromium."""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT, RedisServer, free_port
+from gateway.auth.store import AuthStore
+from rtsp_fixtures import wait_until
+
+BIN = Path(sys.executable).parent
+
+
+def http(url: str, token: str | None = None, timeout_s: float = 5.0, data: bytes | None = None,
+         headers: dict | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=h), timeout=timeout_s) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, b""
+
+
+class RunningApp:
+    """A running `serve run`: base URL, an admin client for tokens, the admin password, its log, Redis."""
+
+    def __init__(self, base: str, log_path: Path, client: tuple[str, str], admin_password: str, redis_url: str):
+        self.base, self.log_path, self.client, self.admin_password = base, log_path, client, admin_password
+        self.redis_url = redis_url
+        self._token, self._until = None, 0.0
+
+    def token(self) -> str:
+        import base64
+
+        if self._token is None or time.time() > self._until - 60:
+            basic = base64.b64encode(f"{self.client[0]}:{self.client[1]}".encode()).decode()
+            status, body = http(self.base + "/oauth/token", data=b"grant_type=client_credentials",
+                                headers={"Authorization": f"Basic {basic}"})
+            assert status == 200, body
+            tok = json.loads(body)
+            self._token, self._until = tok["access_token"], time.time() + tok["expires_in"]
+        return self._token
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return http(self.base + path, token=self.token())
+
+    def json(self, path: str):
+        status, body = self.get(path)
+        return json.loads(body) if status == 200 else None
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+@contextmanager
+def serve_app(tmp: Path, cameras: list[dict], hls: dict | None = None, ray_cpus: int = 8, **args_extra):
+    """Run the shipped config with `cameras` and `hls` overrides; yields a RunningApp."""
+    redis = RedisServer(tmp)
+    redis.start()
+    ray_port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    for var in ("REDIS_URL", "RAY_ADDRESS"):
+        env.pop(var, None)
+    password = secrets.token_urlsafe(16)
+    env["LOOKOUT_ADMIN_PASSWORD"] = password  # replicas get the environment of the Ray head, not of `serve run`
+    ray_log = open(tmp / "ray.log", "wb")
+    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={ray_port}",
+                             f"--num-cpus={ray_cpus}", "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, stdout=ray_log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = None
+    try:
+        port = free_port()
+        shipped = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+        shipped["http_options"]["port"] = port
+        args = shipped["applications"][0]["args"]
+        args.update({"redis_url": redis.url, "cameras": cameras, **args_extra})
+        args["hls"].update(hls or {})
+        auth_db = tmp / "auth.sqlite3"
+        args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
+        row, secret = AuthStore(auth_db).add_client("web tests", {"admin"})
+        config = tmp / "serve_config.yaml"
+        config.write_text(yaml.safe_dump(shipped))
+        log_path = tmp / "serve.log"
+        wait_until(lambda: head.poll() is not None or b"Ray runtime started" in (tmp / "ray.log").read_bytes(),
+                   120, 0.5, "the Ray head to start")
+        run_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{ray_port}"}
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen([str(BIN / "serve"), "run", str(config)], cwd=ROOT, env=run_env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        app = RunningApp(f"http://127.0.0.1:{port}", log_path, (row.client_id, secret), password, redis.url)
+        wait_until(lambda: proc.poll() is not None or http(app.base + "/healthz")[0] == 200, 300, 1,
+                   "the gateway to answer /healthz")
+        assert proc.poll() is None, f"serve run exited:\n{app.log_tail()}"
+        yield app
+    finally:
+        for p in (proc, head):
+            if p is not None and p.poll() is None:
+                os.killpg(p.pid, signal.SIGINT if p is proc else signal.SIGTERM)
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+        ray_log.close()
+        redis.stop()
+
+
+def chromium(profile_dir: Path, width: int = 1400, height: int = 1000):
+    """Headless Chromium (Debian's package) driven by selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                 f"--user-data-dir={profile_dir}", f"--window-size={width},{height}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+def log_in(driver, base: str, password: str, path: str = "/") -> None:
+    """Through the real login page, then the page's own code+PKCE round trip."""
+    driver.get(base + path)
+    wait_until(lambda: "/login" in driver.current_url, 30, 0.2, "the redirect to the login page")
+    driver.find_element("id", "username").send_keys("admin")
+    driver.find_element("id", "password").send_keys(password)
+    driver.find_element("id", "login").click()
+    wait_until(lambda: driver.current_url.startswith(base + path.rstrip("/")) and "/login" not in driver.current_url
+               and "/oauth" not in driver.current_url, 30, 0.2, "back on the camera page")

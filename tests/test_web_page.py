@@ -1,0 +1,211 @@
+"""The web page in real headless Chromium against `serve run` with 16 cameras.
+
+One app for the module: `people` (a person walks in), `door` (RTSP, stopped and restarted),
+`ondemand` (encoded only while watched) and 13 more file cameras at 5 fps with detection off.
+Video is unannotated (`hls.boxes: browser`: the page draws boxes) and carries the capture-time
+timecode, so the page can check that boxes and PROGRAM-DATE-TIME line up with the frames.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import time
+
+import pytest
+
+from app_fixtures import chromium, log_in, serve_app
+from conftest import ROOT, free_port
+from rtsp_fixtures import RtspTestServer, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed")]
+OUT_W, OUT_H = 384, 216
+IDLE_S = 4
+FILLERS = [f"cam{i:02d}" for i in range(13)]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
+    tmp = tmp_path_factory.mktemp("web")
+    rtsp = RtspTestServer(free_port(), name="door", file=assets_dir / "videos" / "vtest.avi")
+    rtsp.start()
+    cameras = [
+        {"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4")},
+        {"id": "door", "source": rtsp.url, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0, "read_timeout_s": 3.0,
+         "open_timeout_s": 5.0},
+        {"id": "ondemand", "source": str(assets_dir / "videos" / "vtest.avi"), "on_demand": True, "fps": 5},
+        *({"id": c, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 5, "detect": False} for c in FILLERS),
+    ]
+    hls = {"width_px": OUT_W, "height_px": OUT_H, "boxes": "browser", "timecode": True, "on_demand_idle_s": IDLE_S}
+    try:
+        with serve_app(tmp, cameras, hls) as the_app:
+            the_app.rtsp = rtsp
+            yield the_app
+    finally:
+        rtsp.cleanup()
+
+
+def ffmpeg_running(cid: str) -> bool:
+    """Whether an HLS ffmpeg of camera `cid` runs (its output directory is named after the camera)."""
+    out = subprocess.run(["pgrep", "-f", f"lookout-hls-{cid}-"], capture_output=True, text=True).stdout
+    return bool(out.strip())
+
+
+def cpu_seconds(pattern: str) -> float:
+    """CPU time (user+sys) of the processes whose command line contains `pattern`."""
+    import os
+    from pathlib import Path
+
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and pattern in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except OSError:
+            pass
+    return total
+
+
+def test_on_demand_camera_encodes_only_while_watched(app):
+    """No viewer: no ffmpeg and no playlist, detection runs; the first playlist request starts it."""
+    wait_until(lambda: (d := app.json("/api/cameras/ondemand/detections/latest")) and d["seq"] is not None
+               and time.time() - d["captured_at"] < 5, 180, 1, f"detections of ondemand (log:\n{app.log_tail()})")
+    wait_until(lambda: ffmpeg_running("people"), 120, 1, "people's ffmpeg")
+    assert not ffmpeg_running("ondemand")
+    t0 = time.monotonic()
+    first = app.get("/hls/ondemand/index.m3u8")[0]
+    assert first == 404  # asked for: encoding starts
+    wait_until(lambda: app.get("/hls/ondemand/index.m3u8")[0] == 200, 20, 0.1, "the on-demand playlist")
+    started_s = time.monotonic() - t0
+    print(f"on-demand: first playlist after {started_s:.2f}s")
+    assert started_s < 5.0
+    assert ffmpeg_running("ondemand")
+    time.sleep(IDLE_S + 3)  # nobody asks any more
+    wait_until(lambda: not ffmpeg_running("ondemand"), 10, 0.5, "the on-demand ffmpeg to stop")
+    d = app.json("/api/cameras/ondemand/detections/latest")
+    assert time.time() - d["captured_at"] < 5  # detection keeps running
+
+
+@pytest.fixture(scope="module")
+def page(app, tmp_path_factory):
+    driver = chromium(tmp_path_factory.mktemp("chromium"))
+    try:
+        log_in(driver, app.base, app.admin_password, "/?measure=1")
+        wait_until(lambda: driver.execute_script("return document.getElementById('user').textContent")
+                   == "admin (admin)", 30, 0.2, "the page to show who is logged in")
+        yield driver
+    finally:
+        driver.quit()
+
+
+TILE_STATE = """
+const out = {};
+for (const [id, t] of window.lookout.tiles) {
+  const v = t.video;
+  out[id] = {t: v.currentTime, err: v.error ? v.error.code : null, w: v.videoWidth, h: v.videoHeight,
+             stalled: t.stalled, stalls: t.stalls, recoveries: t.recoveries, badge: t.badge.textContent,
+             restarts: t.restarts};
+}
+return {tiles: out, loadedAt: window.lookout.loadedAt, events: window.lookout.events,
+        measure: window.lookout.measure};
+"""
+
+
+def state(page) -> dict:
+    return page.execute_script(TILE_STATE)
+
+
+def test_every_tile_plays(app, page):
+    all_ids = {"people", "door", "ondemand", *FILLERS}
+    wait_until(lambda: set(state(page)["tiles"]) == all_ids, 60, 0.5, "16 tiles")
+    assert state(page)["measure"]
+    wait_until(lambda: all(s["t"] > 3 for s in state(page)["tiles"].values()), 180, 1, "every tile to play")
+    before = state(page)["tiles"]
+    time.sleep(6)
+    after = state(page)["tiles"]
+    for cid in all_ids:
+        assert after[cid]["err"] is None, (cid, after[cid])
+        assert after[cid]["t"] - before[cid]["t"] > 2.5, (cid, before[cid], after[cid])
+        assert (after[cid]["w"], after[cid]["h"]) == (OUT_W, OUT_H)
+
+
+def test_sse_delivers_detections_to_list_and_chart(app, page):
+    wait_until(lambda: "person" in page.execute_script(
+        "return document.querySelector('[data-camera=\"people\"] .detections').textContent"), 60, 0.5,
+        "person listed from the SSE stream")
+    assert state(page)["events"] > 10
+    buckets = page.execute_script(
+        "return [...window.lookout.tiles.get('people').buckets.values()].map(c => c.person || 0)")
+    assert max(buckets) >= 1
+    assert page.execute_script("return document.getElementById('events-state').textContent") == "live"
+
+
+RED_OVERLAY = """
+const t = window.lookout.tiles.get('people'); const c = t.overlay;
+if (!c.width) return 0;
+const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let n = 0;
+for (let i = 0; i < d.length; i += 4) if (d[i] > 200 && d[i+1] < 90 && d[i+2] < 90 && d[i+3] > 200) n++;
+return n;
+"""
+
+
+def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
+    # Enlarge the tile and bring it into view (Chromium presents frames of visible videos only).
+    page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click();"
+                        "document.querySelector('[data-camera=\"people\"]').scrollIntoView()")
+    diag = ("const t = window.lookout.tiles.get('people'); return {stream: t.stream, t: t.video.currentTime, "
+            "dets: t.detections.length, samples: t.samples.slice(-2), top: t.node.getBoundingClientRect().top}")
+    try:
+        wait_until(lambda: page.execute_script(RED_OVERLAY) > 100, 90, 0.3, "a person box drawn over the video")
+    except AssertionError:
+        raise AssertionError(f"no person box drawn; tile: {page.execute_script(diag)}") from None
+    shot = ROOT / "data" / "web-page-boxes.png"
+    shot.parent.mkdir(exist_ok=True)
+    page.save_screenshot(str(shot))
+    samples = page.execute_script("return window.lookout.tiles.get('people').samples.slice(-400)")
+    timed = [s for s in samples if s["tc"] and s["pdt"]]
+    assert len(timed) > 50, samples[-5:]
+    pdt_err = [abs(s["pdt"] - s["tc"]) for s in timed]
+    det_err = [abs(s["det"] - s["tc"]) for s in timed if s["det"]]
+    q = lambda xs, p: statistics.quantiles(xs, n=20)[int(p * 20) - 1]
+    print(f"PDT vs burned capture time: p50 {statistics.median(pdt_err):.0f} ms, p95 {q(pdt_err, .95):.0f} ms; "
+          f"drawn detections vs frame: p50 {statistics.median(det_err):.0f} ms, p95 {q(det_err, .95):.0f} ms "
+          f"({len(det_err)}/{len(timed)} frames with boxes)")
+    assert q(pdt_err, .95) <= 150  # the frame the page thinks it shows is the frame it shows
+    assert len(det_err) > len(timed) / 2 and q(det_err, .95) <= 250  # boxes of that frame (or one before)
+    page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click()")
+
+
+def test_stall_is_shown_and_playback_recovers_without_reload(app, page):
+    loaded = state(page)["loadedAt"]
+    wait_until(lambda: state(page)["tiles"]["door"]["t"] > 2, 60, 0.5, "door playing")
+    stalls = state(page)["tiles"]["door"]["stalls"]
+    app.rtsp.stop()
+    s = wait_until(lambda: (d := state(page)["tiles"]["door"])["stalled"] and d, 60, 0.5, "door tile stalled")
+    assert s["badge"].startswith("stalled") and s["stalls"] == stalls + 1
+    wait_until(lambda: "reconnecting" in state(page)["tiles"]["door"]["badge"], 30, 0.5,
+               "the stall badge to name the camera state")
+    t_stalled = state(page)["tiles"]["door"]["t"]
+    app.rtsp.start()
+    wait_until(lambda: not (d := state(page)["tiles"]["door"])["stalled"] and d["t"] > t_stalled + 2, 120, 0.5,
+               f"door playing again (log:\n{app.log_tail(30)})")
+    st = state(page)
+    assert st["loadedAt"] == loaded  # same page, no reload
+    assert st["tiles"]["door"]["recoveries"] >= 1 and st["tiles"]["door"]["err"] is None
+    assert not st["tiles"]["people"]["stalled"]
+
+
+def test_on_demand_cpu_and_stop_after_the_page_leaves(app, page):
+    assert ffmpeg_running("ondemand")
+    pattern = "lookout-hls-ondemand-"
+    c0, t0 = cpu_seconds(pattern), time.monotonic()
+    time.sleep(10)
+    watched_ffmpeg = (cpu_seconds(pattern) - c0) / (time.monotonic() - t0)
+    page.get("about:blank")
+    wait_until(lambda: not ffmpeg_running("ondemand"), IDLE_S + 10, 0.5, "the on-demand ffmpeg to stop")
+    print(f"on-demand camera ffmpeg CPU while watched: {watched_ffmpeg * 100:.1f}% of a core; 0 after")
+    assert watched_ffmpeg > 0
+    assert ffmpeg_running("people")  # always-on cameras keep encoding
