@@ -8,6 +8,7 @@ from ray.serve import Application
 
 from deployments.detector import DetectorDeployment
 from deployments.encoder import EncoderDeployment
+from deployments.events import EventsDeployment, runtime_config
 from deployments.gateway import GatewayDeployment
 from deployments.ingest import IngestDeployment
 from pipeline.config import CameraConfig, DetectorConfig, PipelineArgs, parse_args
@@ -31,6 +32,8 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
             cfg, cam.id, detector))
         if cfg.hls.enabled:
             stages.append(EncoderDeployment.options(name=f"encoder-{cam.id}").bind(cfg, cam.id))
+    if cfg.events.enabled:
+        stages.append(EventsDeployment.options(user_config=runtime_config(cfg)).bind(cfg))
     return GatewayDeployment.bind(cfg, detector, *stages)
 
 

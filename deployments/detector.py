@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 SKIPPED_STALE = -1
 SKIPPED_MISSING = -2
+UPLOAD_CAMERA = "_upload"  # reserved bus camera of POST /api/detect images (no real camera id starts with _)
 
 
 @serve.deployment(name="detector", max_ongoing_requests=64, health_check_period_s=10,
@@ -35,6 +36,7 @@ class DetectorDeployment:
         self.results = ResultStore(client)
         self.batches = 0
         self.frames = 0
+        self._uploads: dict[int, list[dict]] = {}
         log.info("detector ready: %s on %s, input %dpx", args.model.name, self.detector.backend.describe(),
                  self.detector.input_size_px)
 
@@ -74,12 +76,23 @@ class DetectorDeployment:
         results = []
         for i, d in zip(todo, dets):
             codes[i] = len(d)
+            if refs[i].camera_id == UPLOAD_CAMERA:
+                self._uploads[refs[i].seq] = d.to_records(self.detector.labels)
+                continue
             results.append(FrameResult(refs[i], d, self.args.model.name,
                                        {**timings, "detected_at": done, "latency_s": done - refs[i].captured_at}))
         self.results.publish(results, self.detector.labels)
         self.batches += 1
         self.frames += len(todo)
         return codes
+
+    async def detect_uploaded(self, ref: FrameRef) -> list[dict] | None:
+        """Detections of an uploaded image put on the bus under UPLOAD_CAMERA, through the same
+        batches as the cameras' frames; None when the frame was gone or stale."""
+        if ref.camera_id != UPLOAD_CAMERA:
+            raise ValueError(f"camera_id must be {UPLOAD_CAMERA!r}, got {ref.camera_id!r}")
+        code = await self.detect(ref)
+        return self._uploads.pop(ref.seq, None) if code >= 0 else None
 
     def stats(self) -> dict:
         return {"batches": self.batches, "frames": self.frames}

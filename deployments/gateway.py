@@ -23,6 +23,7 @@ class GatewayDeployment:
         self.args = args
         self.stages = stages
         self.ctx = GatewayContext.from_args(args)
+        self.ctx.stages = {h.deployment_name: h for h in stages if hasattr(h, "deployment_name")}
         base = args.gateway.public_url.rstrip("/")
         log.info("Lookout is up: watch at %s/ ; API at %s/api/cameras", base, base)
         for cam in args.cameras:

@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from gateway import hls_routes
 from gateway.api import cameras, detections_stream
+from gateway.api import events as events_api, history as history_api, openapi
 from gateway.auth import hls_signing, login, server
 from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, me, on_auth_error, requires
 from gateway.auth.http import BodyLimitMiddleware
@@ -31,6 +32,17 @@ ROUTE_POLICY: dict[str, tuple[tuple[str, ...], str | None]] = {
     "/api/cameras/{camera_id}": ((), "camera_id"),
     "/api/cameras/{camera_id}/detections/latest": ((DETECTIONS_READ,), "camera_id"),
     "/api/detections/stream": ((DETECTIONS_READ,), None),  # the stream carries only cameras the caller may view
+    "/api/cameras/{camera_id}/history": ((DETECTIONS_READ,), "camera_id"),
+    "/api/cameras/{camera_id}/counts": ((DETECTIONS_READ,), "camera_id"),
+    "/api/cameras/{camera_id}/frame.jpg": ((DETECTIONS_READ,), "camera_id"),
+    "/api/cameras/{camera_id}/export.mp4": ((DETECTIONS_READ,), "camera_id"),
+    "/api/detect": ((DETECTIONS_READ,), None),
+    "/api/events": ((DETECTIONS_READ,), None),  # lists only events of cameras the caller may view
+    "/api/events/stream": ((DETECTIONS_READ,), None),  # carries only cameras the caller may view
+    "/api/events/{event_id}": ((DETECTIONS_READ,), None),  # the endpoint checks the event's camera
+    "/api/events/{event_id}/snapshot.jpg": ((DETECTIONS_READ,), None),
+    "/api/events/{event_id}/clip.mp4": ((DETECTIONS_READ,), None),
+    "/api/openapi.json": ((), None),
     "/hls/{camera_id}/index.m3u8": ((), "camera_id"),
     "/hls/{camera_id}/{name}": ((), "camera_id"),
 }
@@ -101,12 +113,14 @@ def create_app(ctx: GatewayContext) -> Starlette:
         Route("/auth/me", me),
         *auth_routes,
         *(_guard(r, ctx) for r in [*cameras.make_routes(ctx), *detections_stream.make_routes(ctx),
-                                   *hls_routes.make_routes(ctx)]),
+                                   *hls_routes.make_routes(ctx), *history_api.make_routes(ctx),
+                                   *events_api.make_routes(ctx), *openapi.make_routes(ctx)]),
         Mount("/static", app=RequireAuthASGI(StaticFiles(directory=WEB_DIR / "static"), PUBLIC_STATIC),
               name="static"),
     ]
     middleware = [
-        Middleware(BodyLimitMiddleware, max_bytes=auth.cfg.max_body_bytes),
+        Middleware(BodyLimitMiddleware, max_bytes=auth.cfg.max_body_bytes,
+                   path_limits={"/api/detect": ctx.args.gateway.upload_max_bytes}),
         Middleware(AuthenticationMiddleware, backend=LookoutAuthBackend(auth), on_error=on_auth_error),
     ]
     return Starlette(routes=routes, middleware=middleware,

@@ -1,7 +1,7 @@
 """What the gateway's endpoints need, built once per gateway process."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -20,6 +20,7 @@ class GatewayContext:
     results: ResultStore
     hls_store: Any
     auth: Any = None  # gateway.auth.bootstrap.AuthContext
+    stages: dict[str, Any] = field(default_factory=dict)  # deployment name -> handle (detector, events)
 
     @classmethod
     def from_args(cls, args: PipelineArgs) -> "GatewayContext":

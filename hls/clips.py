@@ -37,10 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from hls.segmenter import MediaPlaylist
 from hls.store import HlsStore, check_camera_id
+from pipeline.config import ClipConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +47,6 @@ __all__ = ["ClipConfig", "SegmentInfo", "SegmentIndex", "ClipStore", "ClipMaker"
            "segments_for_range", "concat_list", "clip_args", "ClipInfo"]
 
 CLIP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}$")
-
-
-class ClipConfig(BaseModel):
-    """Event clips and exports."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dir: str = Field("data/clips", description="Where clips are written (shared by every gateway node).")
-    pre_s: float = Field(5.0, ge=0, le=300, description="Seconds before an event's start included in its clip.")
-    post_s: float = Field(5.0, ge=0, le=300, description="Seconds after an event's end included in its clip.")
-    max_clip_s: float = Field(600.0, gt=0, le=86400, description="Longest clip; a longer event's clip is cut short.")
-    max_total_bytes: int = Field(2 * 2**30, ge=1 << 20, description="Clips beyond this total are deleted, oldest first.")
-    max_age_s: float = Field(7 * 86400, gt=0, description="Clips older than this are deleted.")
-    ffmpeg_bin: str = Field("ffmpeg", description="ffmpeg executable.")
-    timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest an ffmpeg cut may take.")
 
 
 class ClipError(RuntimeError):

@@ -4,12 +4,17 @@ Every model forbids unknown fields, so a typo is an error that names the field.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from pipeline.rules import Rule, RulesConfig
+from pipeline.tracking import TrackerConfig
+from pipeline.zones import ZoneConfig, check_zone_names
 
 CAMERA_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -64,6 +69,9 @@ class CameraConfig(_Model):
     on_demand: bool | None = Field(
         None, description="Encode HLS only while someone watches this camera; default: hls.on_demand."
     )
+    zones: list[ZoneConfig] = Field(
+        default_factory=list, max_length=64, description="Named polygons (source pixels) that rules and queries use."
+    )
 
     @field_validator("id")
     @classmethod
@@ -77,6 +85,12 @@ class CameraConfig(_Model):
     def _check_source(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("source must not be empty")
+        return v
+
+    @field_validator("zones")
+    @classmethod
+    def _check_zones(cls, v: list[ZoneConfig]) -> list[ZoneConfig]:
+        check_zone_names(v)
         return v
 
     @model_validator(mode="after")
@@ -369,6 +383,8 @@ class GatewayConfig(_Model):
         "http://127.0.0.1:8000", description="Where users reach the gateway (printed links; default token issuer)."
     )
     stale_after_s: float = Field(10.0, gt=0, le=3600, description="A camera not heard from this long is 'failed'.")
+    upload_max_bytes: int = Field(
+        8 * 2**20, ge=1024, le=64 * 2**20, description="Largest image accepted by POST /api/detect.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication and authorization.")
 
     @model_validator(mode="after")
@@ -389,6 +405,65 @@ class GatewayConfig(_Model):
         return self.auth.issuer or self.public_url.rstrip("/")
 
 
+class ClipConfig(_Model):
+    """Event clips and exports."""
+
+    dir: str = Field("data/clips", description="Where clips are written (shared by every gateway node).")
+    pre_s: float = Field(5.0, ge=0, le=300, description="Seconds before an event's start included in its clip.")
+    post_s: float = Field(5.0, ge=0, le=300, description="Seconds after an event's end included in its clip.")
+    max_clip_s: float = Field(600.0, gt=0, le=86400, description="Longest clip; a longer event's clip is cut short.")
+    max_total_bytes: int = Field(2 * 2**30, ge=1 << 20, description="Clips beyond this total are deleted, oldest first.")
+    max_age_s: float = Field(7 * 86400, gt=0, description="Clips older than this are deleted.")
+    ffmpeg_bin: str = Field("ffmpeg", description="ffmpeg executable.")
+    timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest an ffmpeg cut may take.")
+
+
+class WebhookConfig(_Model):
+    """One webhook receiving event updates (JSON POST, retried with back-off, sent once each)."""
+
+    url: str = Field(description="http(s) URL the updates are POSTed to.")
+    kinds: list[Literal["start", "update", "end"]] = Field(
+        default_factory=lambda: ["start", "end"], min_length=1, description="Which updates are sent.")
+    timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one POST.")
+    max_attempts: int = Field(8, ge=1, le=100, description="Tries of one update before it is given up.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"webhook url must be http(s)://, got {v!r}")
+        return v
+
+
+class MqttConfig(_Model):
+    """An MQTT broker receiving event updates (QoS 1) on `<topic_prefix>/<camera>/<rule>/<kind>`."""
+
+    host: str = Field(min_length=1, max_length=253, description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    topic_prefix: str = Field("lookout/events", pattern=r"^[A-Za-z0-9_/.-]{1,128}$", description="Topic prefix.")
+    kinds: list[Literal["start", "update", "end"]] = Field(
+        default_factory=lambda: ["start", "end"], min_length=1, description="Which updates are published.")
+
+
+class EventsConfig(_Model):
+    """Events made by rules: where they go and what is kept with them."""
+
+    enabled: bool = Field(True, description="Run the events stage (tracking, history, rules, clips).")
+    snapshot: bool = Field(True, description="Store an annotated JPEG of the frame that started each event.")
+    webhooks: list[WebhookConfig] = Field(default_factory=list, max_length=16, description="Webhook sinks.")
+    mqtt: MqttConfig | None = Field(None, description="MQTT sink; null: none.")
+    retention_s: float = Field(30 * 86400, ge=60, le=3650 * 86400, description="How long events are kept.")
+    stream_maxlen: int = Field(10000, ge=100, le=10_000_000, description="Updates kept in the events stream.")
+
+
+class HistoryConfig(_Model):
+    """The detection history (SQLite, written by the single events replica)."""
+
+    enabled: bool = Field(True, description="Record every tracked detection for the query API.")
+    db_path: str = Field("data/lookout-history.sqlite3", description="SQLite file (local disk of the events node).")
+    retention_s: float = Field(7 * 86400, ge=60, le=3650 * 86400, description="Detections older than this are deleted.")
+
+
 class PipelineArgs(_Model):
     """The `args` of serve_config.yaml."""
 
@@ -399,6 +474,12 @@ class PipelineArgs(_Model):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     hls: HlsConfig = Field(default_factory=HlsConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    tracking: TrackerConfig = Field(default_factory=TrackerConfig, description="The per-camera tracker.")
+    rules: list[Rule] = Field(default_factory=list, max_length=1000,
+                              description="Event rules (changeable at run time through user_config).")
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    clips: ClipConfig = Field(default_factory=ClipConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
     base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
     @field_validator("cameras")
@@ -410,6 +491,28 @@ class PipelineArgs(_Model):
                 raise ValueError(f"camera id {c.id!r} appears more than once")
             seen.add(c.id)
         return cams
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> "PipelineArgs":
+        RulesConfig(rules=self.rules)  # unique ids
+        zones = {c.id: {z.name for z in c.zones} for c in self.cameras}
+        for i, r in enumerate(self.rules):
+            for cam in r.cameras or []:
+                if cam not in zones:
+                    raise ValueError(f"rules.{i}.cameras: unknown camera {cam!r}")
+            if r.zone is not None:
+                cams = r.cameras or [c for c, names in zones.items() if r.zone in names]
+                missing = [c for c in cams if r.zone not in zones[c]]
+                if not cams or missing:
+                    raise ValueError(f"rules.{i}.zone: no zone {r.zone!r} on camera(s) {missing or 'any'}")
+        need = math.ceil((self.clips.pre_s + 1.0) / self.hls.segment_s) + 2
+        if self.events.enabled and self.hls.enabled and self.hls.keep_segments < need:
+            raise ValueError(f"clips.pre_s ({self.clips.pre_s}) needs hls.keep_segments >= {need} "
+                             f"(got {self.hls.keep_segments}) so the pre-roll is still in the store")
+        return self
+
+    def zones_by_camera(self) -> dict[str, list[ZoneConfig]]:
+        return {c.id: list(c.zones) for c in self.cameras}
 
     @property
     def resolved_redis_url(self) -> str:

@@ -37,3 +37,8 @@ def hls_playlist(camera_id: str) -> str:
 def hls_segment(camera_id: str, name: str) -> str:
     """Bytes of one HLS segment (expires on its own)."""
     return f"{PREFIX}:hls:{camera_id}:seg:{name}"
+
+
+def detections_tracked(camera_id: str) -> str:
+    """JSON of the newest tracked detections of one camera (with tracker_id; the events stage)."""
+    return f"{PREFIX}:detections:{camera_id}:tracked"

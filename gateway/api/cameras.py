@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.api.history import latest_detections as newest_detections
 from gateway.auth.backend import can_view
 from gateway.context import GatewayContext
 from hls.viewers import get_stream_info
@@ -62,7 +63,7 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         cid = request.path_params["camera_id"]
         if not CAMERA_ID_RE.match(cid) or cid not in ctx.statuses.camera_info():
             return _not_found(cid)
-        payload = ctx.results.latest(cid)
+        payload = newest_detections(ctx, cid)  # with tracker_id while the events stage keeps up
         if payload is None:
             return JSONResponse({"camera_id": cid, "seq": None, "captured_at": None, "detections": []})
         payload["age_s"] = round(time.time() - payload["captured_at"], 3)

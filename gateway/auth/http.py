@@ -19,20 +19,21 @@ class BodyTooLarge(Exception):
 class BodyLimitMiddleware:
     """Answers 413 (JSON) to any request whose body is larger than `max_bytes`."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, path_limits: dict[str, int] | None = None):
+        self.app, self.max_bytes, self.path_limits = app, max_bytes, dict(path_limits or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_big = JSONResponse({"error": "request body too large", "limit_bytes": self.max_bytes}, status_code=413)
+        max_bytes = self.path_limits.get(scope.get("path", ""), self.max_bytes)  # e.g. image uploads
+        too_big = JSONResponse({"error": "request body too large", "limit_bytes": max_bytes}, status_code=413)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     length = int(value)
                 except ValueError:
                     return await JSONResponse({"error": "bad Content-Length"}, status_code=400)(scope, receive, send)
-                if length > self.max_bytes:
+                if length > max_bytes:
                     return await too_big(scope, receive, send)
         seen = 0
         started = False
@@ -42,7 +43,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     raise BodyTooLarge()
             return message
 
