@@ -14,6 +14,7 @@ from pipeline.config import PipelineArgs
 from pipeline.ingest import IngestLoop
 from pipeline.lease import Lease, LeaseKeeper, default_owner, lease_key
 from pipeline.logutil import scrub_url
+from pipeline.metrics import Metrics
 from pipeline.sources.base import Frame
 from pipeline.types import CameraStatus, FrameRef
 
@@ -39,6 +40,8 @@ class IngestDeployment:
         client = redis_client(args)
         self.bus = FrameBus(client, args.bus)
         self.statuses = StatusStore(client)
+        self.metrics = Metrics(client)
+        self._reconnects_seen = 0
         self.statuses.register(camera_id, {"name": self.cam.name or camera_id, "kind": self.cam.kind,
                                            "source": scrub_url(self.cam.source), "detect": self.cam.detect})
         if detector is not None and args.detector.prefer_local:
@@ -79,8 +82,15 @@ class IngestDeployment:
         log.warning("camera %s: lease lost on node %s; stopped reading", self.cam.id, self.node_id[:12])
 
     def _put_status(self, status: CameraStatus) -> None:
-        if self.lease.valid():
-            self.statuses.put(status)
+        if not self.lease.valid():
+            return
+        self.statuses.put(status)
+        cam = self.cam.id
+        self.metrics.set("lookout_camera_fps", status.fps, camera=cam)
+        self.metrics.set("lookout_camera_up", 1.0 if status.state.value == "running" else 0.0, camera=cam)
+        if status.reconnects > self._reconnects_seen:
+            self.metrics.inc("lookout_reconnects_total", status.reconnects - self._reconnects_seen, camera=cam)
+        self._reconnects_seen = status.reconnects
 
     def _on_frame(self, frame: Frame) -> None:
         if not self.lease.valid():
@@ -88,10 +98,12 @@ class IngestDeployment:
             return
         ref = self.bus.put(self.cam.id, self.seq, frame.image, frame.captured_at, frame.pts_s)
         self.seq += 1
+        self.metrics.inc("lookout_frames_read_total", camera=self.cam.id)
         if self.detector is None:
             return
         if not self._slots.acquire(blocking=False):
             self.skipped += 1
+            self.metrics.inc("lookout_frames_dropped_total", camera=self.cam.id, reason="detector_busy")
             return
         self._pool.submit(self._detect, ref)
 

@@ -101,7 +101,10 @@ class Metrics:
 
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self.flush_interval_s:
-            self.flush()
+            try:
+                self.flush()
+            except redis.RedisError:  # kept for the next flush; metrics never break the pipeline
+                pass
 
     def flush(self) -> None:
         """Write the buffer to Redis; on a Redis error the updates are kept for the next try."""
