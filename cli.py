@@ -87,6 +87,10 @@ def _build_engine(a: argparse.Namespace) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
+    if a.what == "latency":
+        from tools.latency_bench import main as latency_main
+
+        return latency_main(a)
     from tools.bench import main as bench_main
 
     return bench_main(a)
@@ -132,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--force", action="store_true", help="rebuild even if a cached engine matches")
     g.set_defaults(func=_build_engine)
 
-    b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side")
+    b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side; `bench latency`: glass to glass")
+    b.add_argument("what", nargs="?", choices=["pipeline", "latency"], default="pipeline",
+                   help="pipeline (default): detector vs pipeline; latency: HLS glass-to-glass in Chromium")
     b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi)")
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
     b.add_argument("--backend", default="onnxruntime")
@@ -145,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bare-threads", type=int, default=0, help="bare loop: ONNX Runtime threads (0: default)")
     b.add_argument("--bus-codec", choices=["jpeg", "raw"], default="jpeg", help="pipeline: frames on the bus")
     b.add_argument("--preset", default="veryfast", help="pipeline: libx264 preset of the HLS encoders")
+    b.add_argument("--boxes", default="burned,browser", help="latency: hls.boxes variants to measure")
+    b.add_argument("--segment-s", type=float, default=1.0, help="latency: HLS segment duration")
     b.set_defaults(func=_bench)
 
     from gateway.auth.manage import add_subcommands

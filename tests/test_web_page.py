@@ -165,9 +165,9 @@ def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     shot = ROOT / "data" / "web-page-boxes.png"
     shot.parent.mkdir(exist_ok=True)
     page.save_screenshot(str(shot))
-    samples = page.execute_script("return window.lookout.tiles.get('people').samples.slice(-400)")
-    timed = [s for s in samples if s["tc"] and s["pdt"]]
-    assert len(timed) > 50, samples[-5:]
+    timed_js = "return window.lookout.tiles.get('people').samples.filter(s => s.tc && s.pdt).slice(-300)"
+    wait_until(lambda: len(page.execute_script(timed_js)) >= 150, 90, 1, "150 frames shown with a readable timecode")
+    timed = page.execute_script(timed_js)
     pdt_err = [abs(s["pdt"] - s["tc"]) for s in timed]
     det_err = [abs(s["det"] - s["tc"]) for s in timed if s["det"]]
     q = lambda xs, p: statistics.quantiles(xs, n=20)[int(p * 20) - 1]

@@ -8,6 +8,7 @@ const BUCKET_S = 10, CHART_BUCKETS = 30, SYNC_TOLERANCE_MS = 400;
 const PALETTE = ["#ff3838", "#ff9d97", "#ff701f", "#ffb21d", "#cfd231", "#48f90a", "#92cc17", "#3ddb86",
                  "#1a9334", "#00d4bb", "#2c99a8", "#00c2ff", "#344593", "#6473ff", "#0018ec", "#8438ff"];
 const params = new URLSearchParams(window.location.search);
+const only = params.get("camera");  // ?camera=<id>: just that one
 window.lookout = { tiles, loadedAt: Date.now(), measure: params.has("measure"), events: 0 };
 
 const RETRY = { maxNumRetry: 1e9, retryDelayMs: 500, maxRetryDelayMs: 2000 };
@@ -142,7 +143,7 @@ async function refreshCameras() {
   try {
     const res = await fetch("/api/cameras", { credentials: "same-origin" });
     if (res.status === 401) { loginAgain(); return; }
-    const { cameras } = await res.json();
+    const cameras = (await res.json()).cameras.filter(c => !only || c.id === only);
     document.getElementById("summary").textContent =
       `${cameras.filter(c => c.state === "running").length}/${cameras.length} cameras running`;
     for (const cam of cameras) {
@@ -270,7 +271,8 @@ function renderCharts() {
 
 function listenForDetections() {
   const state = document.getElementById("events-state");
-  const source = new EventSource("/api/detections/stream", { withCredentials: true });
+  const query = only ? `?cameras=${encodeURIComponent(only)}` : "";
+  const source = new EventSource(`/api/detections/stream${query}`, { withCredentials: true });
   source.addEventListener("detections", (e) => addDetections(JSON.parse(e.data)));
   source.addEventListener("hello", () => { state.textContent = "live"; state.className = "live"; });
   source.onerror = () => { state.textContent = "detections: reconnecting"; state.className = "down"; };

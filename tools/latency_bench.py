@@ -1,0 +1,199 @@
+"""`lookout bench latency`: glass-to-glass latency of the HLS stream, read back in headless Chromium.
+
+The encoder burns each frame's capture time (wall clock, ms, taken by the ingest when the frame
+was read) into the picture as black/white blocks (`hls.timecode`); the web page, opened with
+`?measure=1`, reads those blocks from every frame it presents (requestVideoFrameCallback +
+canvas readback) and notes when it was shown. Shown minus captured is the latency. Alongside:
+how old the newest segment in the playlist is (wall clock minus its PROGRAM-DATE-TIME plus
+duration, polled over HTTP) and how far the player sits behind the live edge (hls.js `latency`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from datetime import datetime
+
+from pipeline.config import parse_args
+from tools.procs import LocalRedis, free_port
+
+WARMUP_S = 15.0
+CPU_WINDOW_S = 20.0
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(p / 100 * (len(xs) - 1))))]
+
+
+def playlist_edge_lag(text: str, now: float) -> float | None:
+    """Seconds between now and the end of the newest segment (its PROGRAM-DATE-TIME + EXTINF)."""
+    pdt = dur = None
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            pdt = datetime.fromisoformat(line.split(":", 1)[1].replace("Z", "+00:00")).timestamp()
+        elif line.startswith("#EXTINF:"):
+            dur = float(line[8:].split(",")[0])
+    return None if pdt is None or dur is None else now - (pdt + dur)
+
+
+def _chromium(profile: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if shutil.which("chromedriver") is None:
+        raise FileNotFoundError("chromedriver is not installed (Debian: apt-get install chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--autoplay-policy=no-user-gesture-required", "--disable-background-timer-throttling",
+                 f"--user-data-dir={profile}", "--window-size=1280,900"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+def measure(base: str, camera: str, seconds: float) -> dict:
+    """Open the page, let it settle, then collect latency samples for `seconds`."""
+    lags, stop = [], threading.Event()
+
+    def poll_playlist():
+        while not stop.is_set():
+            try:
+                with urllib.request.urlopen(f"{base}/hls/{camera}/index.m3u8", timeout=5) as r:
+                    lag = playlist_edge_lag(r.read().decode(), time.time())
+                if lag is not None:
+                    lags.append(lag)
+            except OSError:
+                pass
+            stop.wait(0.25)
+
+    profile = tempfile.mkdtemp(prefix="lookout-latency-chromium-")
+    driver = _chromium(profile)
+    try:
+        driver.get(f"{base}/?measure=1&camera={camera}")
+        deadline = time.monotonic() + 120
+        tile = f"window.lookout && window.lookout.tiles.get({json.dumps(camera)})"
+        while not driver.execute_script(f"const t = {tile}; return !!t && t.video.currentTime > 1"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"camera {camera!r}: the video did not start playing in Chromium")
+            time.sleep(0.5)
+        time.sleep(WARMUP_S)
+        driver.execute_script(f"{tile}.samples.length = 0")
+        poller = threading.Thread(target=poll_playlist, daemon=True)
+        poller.start()
+        player_lag = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            lat = driver.execute_script(f"const t = {tile}; return t.hls ? t.hls.latency : null")
+            if lat is not None:
+                player_lag.append(lat)
+            time.sleep(0.5)
+        samples = driver.execute_script(f"return {tile}.samples")
+        stalls = driver.execute_script(f"return {tile}.stalls")
+    finally:
+        stop.set()
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+    g2g = [(s["shown"] - s["tc"]) / 1000 for s in samples if s["tc"]]
+    if len(g2g) < 10:
+        raise RuntimeError(f"camera {camera!r}: only {len(g2g)} frames with a readable timecode")
+    return {"frames": len(samples), "frames_read": len(g2g), "stalls": stalls,
+            "g2g_p50_s": pct(g2g, 50), "g2g_p95_s": pct(g2g, 95), "g2g_min_s": min(g2g),
+            "edge_lag_p50_s": pct(lags, 50) if lags else None, "edge_lag_p95_s": pct(lags, 95) if lags else None,
+            "player_behind_edge_p50_s": statistics.median(player_lag) if player_lag else None}
+
+
+def cpu_seconds(needles: tuple[str, ...]) -> float:
+    """CPU seconds used so far by the processes whose command line contains one of `needles`."""
+    import os
+    from pathlib import Path
+
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if any(n in cmd for n in needles):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+    return total
+
+
+def on_demand_cpu(base: str, camera: str, idle_s: float) -> dict:
+    """CPU of the camera's encoder replica + its ffmpeg, unwatched and then watched (a playlist poll per s)."""
+    needles = (f"ServeReplica:lookout:encoder-{camera}", f"lookout-hls-{camera}-")
+    url = f"{base}/hls/{camera}/index.m3u8"
+
+    def window(watch: bool) -> float:
+        def poll():
+            try:
+                urllib.request.urlopen(url, timeout=5).read()
+            except OSError:
+                pass
+        end = time.monotonic() + (5.0 if watch else 0.0)  # let ffmpeg start before measuring
+        while watch and time.monotonic() < end:
+            poll()
+            time.sleep(1.0)
+        c0, t0 = cpu_seconds(needles), time.monotonic()
+        while time.monotonic() - t0 < CPU_WINDOW_S:
+            if watch:
+                poll()
+            time.sleep(1.0)
+        return (cpu_seconds(needles) - c0) / (time.monotonic() - t0)
+
+    time.sleep(idle_s + 3)  # whoever looked before has left
+    idle = window(False)
+    watched = window(True)
+    return {"cpu_unwatched_cores": idle, "cpu_watched_cores": watched}
+
+
+def main(a: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    clip = a.clip or "data/demo/vtest.avi"
+    rds = LocalRedis()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    rows = []
+    try:
+        for boxes in a.boxes.split(","):
+            args = parse_args({
+                "redis_url": rds.url,
+                "cameras": [{"id": "latency", "source": clip},
+                            {"id": "ondemand", "source": clip, "on_demand": True}],
+                "model": {"onnx": a.onnx, "backend": a.backend},
+                "hls": {"timecode": True, "boxes": boxes, "preset": a.preset, "segment_s": a.segment_s,
+                        "on_demand_idle_s": 5},
+                "gateway": {"public_url": base, "auth": {"mode": "none"}},
+            })
+            serve.run(build_app(args), name="lookout", route_prefix="/")
+            rows.append({"boxes": boxes, **measure(base, "latency", a.seconds), **on_demand_cpu(base, "ondemand", 5)})
+            serve.delete("lookout")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        rds.close()
+    print(f"clip={clip} segment_s={a.segment_s} window={a.seconds:.0f}s (standard HLS, MPEG-TS, hls.js "
+          f"liveSyncDuration 1.5 s)")
+    print(f"{'boxes':>8} {'frames':>7} {'g2g p50 s':>10} {'g2g p95 s':>10} {'edge lag p50 s':>15} "
+          f"{'edge lag p95 s':>15} {'player behind edge s':>21} {'stalls':>6}")
+    for r in rows:
+        print(f"{r['boxes']:>8} {r['frames_read']:>7} {r['g2g_p50_s']:>10.2f} {r['g2g_p95_s']:>10.2f} "
+              f"{r['edge_lag_p50_s'] or float('nan'):>15.2f} {r['edge_lag_p95_s'] or float('nan'):>15.2f} "
+              f"{r['player_behind_edge_p50_s'] or float('nan'):>21.2f} {r['stalls']:>6}")
+    for r in rows:
+        print(f"on-demand camera ({r['boxes']}): encoder replica + ffmpeg CPU unwatched "
+              f"{r['cpu_unwatched_cores'] * 100:.1f}% of a core, watched {r['cpu_watched_cores'] * 100:.1f}%")
+    print(json.dumps({"rows": rows}))
+    return 0
