@@ -23,6 +23,7 @@ from pipeline.history import HistoryStore
 from pipeline.rules import EventUpdate
 from pipeline.types import Detections, FrameRef, FrameResult
 
+ROOT_DIR = __import__("pathlib").Path(__file__).resolve().parents[1]
 T0 = float(int(time.time()) - 3600)  # inside the history retention
 FLOOR = {"name": "floor", "points_px": [[0, 100], [200, 100], [200, 200], [0, 200]]}
 
@@ -263,3 +264,14 @@ def test_openapi_schema(admin):
     for ref in refs:
         assert ref.split("/")[-1] in doc["components"]["schemas"], ref
     assert doc["paths"]["/api/detect"]["post"]["requestBody"]["content"].keys() == {"image/jpeg", "image/png"}
+
+
+def test_page_lists_events_from_its_own_script(admin):
+    page = admin.get("/", headers={"Accept": "text/html"})
+    assert '<section id="events"' in page.text and '<script src="/static/events.js">' in page.text
+    js = admin.get("/static/events.js")
+    assert js.status_code == 200 and "/api/events/stream" in js.text and "snapshot_url" in js.text
+    import shutil
+
+    if shutil.which("node"):
+        subprocess.run(["node", "--check", "gateway/web/static/events.js"], check=True, cwd=ROOT_DIR)
