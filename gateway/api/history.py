@@ -188,6 +188,8 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
             dets = await call_stage(ctx, "detector", "detect_uploaded", ref)
         except LookupError as exc:
             return unavailable(str(exc))
+        finally:
+            ctx.redis.xdel(keys.frames(UPLOAD_CAMERA), ref.entry_id)  # uploads may be big: do not keep them
         if dets is None:
             return unavailable("the detector skipped the image (overloaded); try again")
         return JSONResponse({"width": w, "height": h, "model": ctx.args.model.name, "detections": dets})
