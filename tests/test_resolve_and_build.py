@@ -47,8 +47,10 @@ def test_build_app_wires_one_ingest_and_encoder_per_enabled_camera(tmp_path):
     args = args_for(tmp_path, onnx="m.onnx")
     built = serve_build(build_app(args.model_dump()), name="lookout")
     names = sorted(d.name for d in built.deployments)
-    assert names == ["detector", "encoder-a", "gateway", "ingest-a"]
+    assert names == ["detector", "encoder-a", "events", "gateway", "ingest-a"]
     det = next(d for d in built.deployments if d.name == "detector")
     assert det.user_config == {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}
+    events = next(d for d in built.deployments if d.name == "events")
+    assert set(events.user_config) == {"rules", "zones", "tracking"} and events.num_replicas == 1
     with pytest.raises(ConfigError, match="cameras.0.id"):
         build_app({"cameras": [{"id": "Bad!", "source": "x"}], "model": {"onnx": "m.onnx"}})
