@@ -11,6 +11,7 @@ from deployments.common import redis_client, setup_logging
 from pipeline.bus import FrameBus, ResultStore, decode_frame
 from pipeline.config import PipelineArgs
 from pipeline.detector import Detector
+from pipeline.metrics import Metrics
 from pipeline.models.resolve import resolve_model
 from pipeline.types import FrameRef, FrameResult
 
@@ -34,6 +35,7 @@ class DetectorDeployment:
         client = redis_client(args)
         self.bus = FrameBus(client, args.bus)
         self.results = ResultStore(client)
+        self.metrics = Metrics(client)
         self.batches = 0
         self.frames = 0
         self._uploads: dict[int, list[dict]] = {}
@@ -82,6 +84,16 @@ class DetectorDeployment:
             results.append(FrameResult(refs[i], d, self.args.model.name,
                                        {**timings, "detected_at": done, "latency_s": done - refs[i].captured_at}))
         self.results.publish(results, self.detector.labels)
+        m = self.metrics
+        m.observe("lookout_detector_batch_size", len(todo))
+        for r in results:
+            cam = r.ref.camera_id
+            m.inc("lookout_frames_detected_total", camera=cam)
+            m.observe("lookout_detector_queue_age_seconds", t0 - r.ref.captured_at, camera=cam)
+            m.observe("lookout_stage_latency_seconds", done - r.ref.captured_at, camera=cam, stage="detected")
+        for ref, code in zip(refs, codes):
+            if code == SKIPPED_STALE:
+                m.inc("lookout_frames_dropped_total", camera=ref.camera_id, reason="stale")
         self.batches += 1
         self.frames += len(todo)
         return codes
