@@ -14,12 +14,13 @@ from starlette.staticfiles import StaticFiles
 
 from gateway import hls_routes
 from gateway.api import cameras, detections_stream
-from gateway.api import events as events_api, history as history_api, openapi
+from gateway.api import events as events_api, history as history_api, metrics as metrics_api, openapi
 from gateway.auth import hls_signing, login, server
 from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, me, on_auth_error, requires
 from gateway.auth.http import BodyLimitMiddleware
 from gateway.auth.scopes import ADMIN, DETECTIONS_READ
 from gateway.context import GatewayContext
+from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
@@ -114,11 +115,13 @@ def create_app(ctx: GatewayContext) -> Starlette:
         *auth_routes,
         *(_guard(r, ctx) for r in [*cameras.make_routes(ctx), *detections_stream.make_routes(ctx),
                                    *hls_routes.make_routes(ctx), *history_api.make_routes(ctx),
-                                   *events_api.make_routes(ctx), *openapi.make_routes(ctx)]),
+                                   *events_api.make_routes(ctx), *openapi.make_routes(ctx),
+                                   *metrics_api.make_routes(ctx)]),
         Mount("/static", app=RequireAuthASGI(StaticFiles(directory=WEB_DIR / "static"), PUBLIC_STATIC),
               name="static"),
     ]
     middleware = [
+        Middleware(metrics_api.AuthFailureCounter, metrics=Metrics(ctx.redis)),
         Middleware(BodyLimitMiddleware, max_bytes=auth.cfg.max_body_bytes,
                    path_limits={"/api/detect": ctx.args.gateway.upload_max_bytes}),
         Middleware(AuthenticationMiddleware, backend=LookoutAuthBackend(auth), on_error=on_auth_error),

@@ -83,3 +83,29 @@ def test_index_page_and_vendored_player(client):
     js = client.get("/static/vendor/hls.min.js")
     assert js.status_code == 200 and len(js.content) > 100_000
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_metrics_endpoint_is_prometheus_text_for_admins_and_counts_auth_failures(ctx, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pipeline.metrics import Metrics
+
+    m = Metrics(ctx.redis)
+    m.inc("lookout_frames_read_total", 5, camera="a")
+    m.flush()
+    anonymous = TestClient(client.app, base_url="http://127.0.0.1:8000")
+    assert anonymous.get("/metrics").status_code == 401
+    assert anonymous.get("/api/cameras", headers={"Authorization": "Bearer nope"}).status_code == 401
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    fams = {f.name: f for f in text_string_to_metric_families(r.text)}
+    assert fams["lookout_frames_read"].samples[0].value == 5
+    assert fams["lookout_redis_used_memory_bytes"].samples[0].value > 0
+    import time as _t
+
+    _t.sleep(1.1)  # the failure counter flushes at most once a second
+    client.get("/healthz")
+    anonymous.get("/metrics")
+    fams = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    failures = {s.labels["status"]: s.value for s in fams["lookout_auth_failures"].samples}
+    assert failures.get("401", 0) >= 2
