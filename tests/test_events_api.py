@@ -21,7 +21,7 @@ from pipeline.config import parse_args
 from pipeline.events import EventStore
 from pipeline.history import HistoryStore
 from pipeline.rules import EventUpdate
-from pipeline.types import Detections, FrameRef, FrameResult
+from pipeline.types import Detections, FrameResult
 
 ROOT_DIR = __import__("pathlib").Path(__file__).resolve().parents[1]
 T0 = float(int(time.time()) - 3600)  # inside the history retention
