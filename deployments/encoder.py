@@ -10,6 +10,7 @@ from ray import serve
 from deployments.common import redis_client, setup_logging
 from hls.live import AnnotatedStream, estimate_fps
 from hls.segmenter import Segmenter
+from pipeline.metrics import Metrics
 from hls.store import make_store
 from hls.timecode import burn as burn_timecode
 from hls.viewers import ViewerTracker, put_stream_info
@@ -35,6 +36,8 @@ class EncoderDeployment:
         self.redis = client
         self.store = make_store(args.hls, client, args.base_dir)
         self.segmenter: Segmenter | None = None
+        self.metrics = Metrics(client)
+        self._segments_seen = 0
         self._probe: list[float] = []
         self.fps: float | None = cam.fps
         self.on_demand = args.hls.on_demand if cam.on_demand is None else cam.on_demand
@@ -100,6 +103,15 @@ class EncoderDeployment:
                 image = image.copy()
             burn_timecode(image, captured_at)
         self.segmenter.write(image, captured_at)
+        m, cam = self.metrics, self.camera_id
+        m.inc("lookout_frames_encoded_total", camera=cam)
+        m.observe("lookout_stage_latency_seconds", time.time() - captured_at, camera=cam, stage="encoded")
+        published = self.segmenter.segments_published
+        if published < self._segments_seen:  # a new segmenter (on-demand restart) counts from 0
+            self._segments_seen = 0
+        if published > self._segments_seen:
+            m.inc("lookout_hls_segments_total", published - self._segments_seen, camera=cam)
+            self._segments_seen = published
 
     def check_health(self) -> None:
         if not self._thread.is_alive() or not self.stream.alive():

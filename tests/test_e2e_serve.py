@@ -304,3 +304,28 @@ def test_web_page_plays_the_annotated_stream_in_chromium(app, tmp_path):
         driver.save_screenshot(str(ROOT / "data" / "e2e-page.png"))
     finally:
         driver.quit()
+
+
+def test_metrics_cover_every_stage(app):
+    """Runs last: by now the door camera has reconnected and both cameras have been encoded."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def families():
+        status, body = app.get("/metrics")
+        assert status == 200
+        return {f.name: {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples}
+                for f in text_string_to_metric_families(body.decode())}
+
+    def value(fams, family, sample, **labels):
+        return fams.get(family, {}).get((sample, tuple(sorted(labels.items()))), 0)
+
+    fams = wait_until(lambda: (f := families()) and value(f, "lookout_hls_segments", "lookout_hls_segments_total",
+                                                          camera="people") > 0 and f, 60, 1, "segment metrics")
+    for family in ("lookout_frames_read", "lookout_frames_detected", "lookout_frames_encoded"):
+        assert value(fams, family, family + "_total", camera="people") > 0, family
+    assert value(fams, "lookout_camera_up", "lookout_camera_up", camera="people") == 1
+    assert value(fams, "lookout_reconnects", "lookout_reconnects_total", camera="door") >= 1
+    for stage in ("detected", "encoded"):
+        assert value(fams, "lookout_stage_latency_seconds", "lookout_stage_latency_seconds_count",
+                     camera="people", stage=stage) > 0, stage
+    assert value(fams, "lookout_redis_used_memory_bytes", "lookout_redis_used_memory_bytes") > 0
