@@ -155,7 +155,7 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
             if p is not None and p.poll() is None:
                 os.killpg(p.pid, signal.SIGINT if p is proc else signal.SIGTERM)
                 try:
-                    p.wait(60)
+                    p.wait(20)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
         ray_log.close()
