@@ -94,6 +94,8 @@ def serve_app(tmp: Path, cameras: list[dict], hls: dict | None = None, ray_cpus:
         args = shipped["applications"][0]["args"]
         args.update({"redis_url": redis.url, "cameras": cameras, **args_extra})
         args["hls"].update(hls or {})
+        args["history"] = {**args.get("history", {}), "db_path": str(tmp / "history.sqlite3")}
+        args["clips"] = {**args.get("clips", {}), "dir": str(tmp / "clips")}
         auth_db = tmp / "auth.sqlite3"
         args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
         row, secret = AuthStore(auth_db).add_client("web tests", {"admin"})

@@ -7,13 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -21,9 +17,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT, RedisServer, free_port
+from conftest import ROOT, free_port
+from app_fixtures import serve_app
 from gateway.auth.store import AuthStore
 from rtsp_fixtures import RtspTestServer, wait_until
 
@@ -84,50 +80,18 @@ class App:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     tmp = tmp_path_factory.mktemp("e2e")
-    redis = RedisServer(tmp)
-    redis.start()
     rtsp = RtspTestServer(free_port(), name="door", file=assets_dir / "videos" / "vtest.avi")
-    port = free_port()
-    shipped = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    shipped["http_options"]["port"] = port
-    args = shipped["applications"][0]["args"]
-    args["redis_url"] = redis.url
-    args["cameras"] = [
+    cameras = [
         {"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4")},
         {"id": "door", "source": rtsp.url, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0,
          "read_timeout_s": 3.0, "open_timeout_s": 5.0},
     ]
-    args["hls"].update({"width_px": OUT_W, "height_px": OUT_H})
-    auth_db = tmp / "auth.sqlite3"
-    args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
-    row, secret = AuthStore(auth_db).add_client("e2e tests", {"admin"})  # as `lookout clients add` does
-    admin_password = secrets.token_urlsafe(16)
-    config = tmp / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(shipped))
-    log_path = tmp / "serve.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "LOOKOUT_ADMIN_PASSWORD": admin_password}
-    for var in ("REDIS_URL", "RAY_ADDRESS"):
-        env.pop(var, None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", str(config)], cwd=ROOT,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    the_app = App(f"http://127.0.0.1:{port}", log_path, rtsp, (row.client_id, secret), admin_password)
     try:
-        wait_until(lambda: proc.poll() is not None or get(the_app.base + "/healthz")[0] == 200, 240, 1,
-                   "the gateway to answer /healthz")
-        assert proc.poll() is None, f"serve run exited:\n{the_app.log_tail()}"
-        yield the_app
+        # Its own Ray head (serve_app): a plain `serve run` would join any Ray cluster left on the machine.
+        with serve_app(tmp, cameras, hls={"width_px": OUT_W, "height_px": OUT_H}) as running:
+            yield App(running.base, running.log_path, rtsp, running.client, running.admin_password)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
         rtsp.stop()
-        redis.stop()
 
 
 def playlist_segments(app: App, cid: str) -> list[str]:
