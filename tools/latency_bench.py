@@ -77,13 +77,13 @@ def measure(base: str, camera: str, seconds: float) -> dict:
     try:
         driver.get(f"{base}/?measure=1&camera={camera}")
         deadline = time.monotonic() + 120
-        tile = f"window.lookout && window.lookout.tiles.get({json.dumps(camera)})"
+        tile = f"(window.lookout && window.lookout.tiles.get({json.dumps(camera)}))"
         while not driver.execute_script(f"const t = {tile}; return !!t && t.video.currentTime > 1"):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"camera {camera!r}: the video did not start playing in Chromium")
             time.sleep(0.5)
         time.sleep(WARMUP_S)
-        driver.execute_script(f"{tile}.samples.length = 0")
+        driver.execute_script(f"const t = {tile}; t.samples.length = 0")
         poller = threading.Thread(target=poll_playlist, daemon=True)
         poller.start()
         player_lag = []
@@ -93,8 +93,8 @@ def measure(base: str, camera: str, seconds: float) -> dict:
             if lat is not None:
                 player_lag.append(lat)
             time.sleep(0.5)
-        samples = driver.execute_script(f"return {tile}.samples")
-        stalls = driver.execute_script(f"return {tile}.stalls")
+        samples = driver.execute_script(f"const t = {tile}; return t.samples")
+        stalls = driver.execute_script(f"const t = {tile}; return t.stalls")
     finally:
         stop.set()
         driver.quit()
@@ -163,7 +163,7 @@ def main(a: argparse.Namespace) -> int:
     rds = LocalRedis()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     rows = []
     try:

@@ -9,7 +9,8 @@ const PALETTE = ["#ff3838", "#ff9d97", "#ff701f", "#ffb21d", "#cfd231", "#48f90a
                  "#1a9334", "#00d4bb", "#2c99a8", "#00c2ff", "#344593", "#6473ff", "#0018ec", "#8438ff"];
 const params = new URLSearchParams(window.location.search);
 const only = params.get("camera");  // ?camera=<id>: just that one
-window.lookout = { tiles, loadedAt: Date.now(), measure: params.has("measure"), events: 0 };
+// ?measure=1 (every tile) or ?measure=<id>: read the burned capture time of every frame shown (benchmarks, tests).
+window.lookout = { tiles, loadedAt: Date.now(), measure: params.get("measure"), events: 0 };
 
 const RETRY = { maxNumRetry: 1e9, retryDelayMs: 500, maxRetryDelayMs: 2000 };
 const LOAD_POLICY = { default: { maxTimeToFirstByteMs: 8000, maxLoadTimeMs: 15000, timeoutRetry: RETRY,
@@ -102,7 +103,8 @@ function onFrame(tile, _now, meta) {
   const pdtMs = wallClockMs(tile, meta.mediaTime);
   const det = pdtMs === null ? null : detectionsAt(tile, pdtMs);
   if (tile.boxesInBrowser) drawBoxes(tile, det);
-  if (window.lookout.measure) {
+  const measure = window.lookout.measure;
+  if (measure === "1" || measure === tile.id) {
     const tc = Timecode.read(tile.video);
     tile.samples.push({ tc, pdt: pdtMs, shown: shownAt, det: det ? det.at : null, media: meta.mediaTime });
     if (tile.samples.length > 5000) tile.samples.splice(0, 1000);
