@@ -87,6 +87,11 @@ def _build_engine(a: argparse.Namespace) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
+    a.cameras = a.cameras or (4 if a.what == "soak" else 2)
+    if a.what == "soak":
+        from tools.soak import main as soak_main
+
+        return soak_main(a)
     if a.what == "latency":
         from tools.latency_bench import main as latency_main
 
@@ -137,13 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_build_engine)
 
     b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side; `bench latency`: glass to glass")
-    b.add_argument("what", nargs="?", choices=["pipeline", "latency"], default="pipeline",
-                   help="pipeline (default): detector vs pipeline; latency: HLS glass-to-glass in Chromium")
+    b.add_argument("what", nargs="?", choices=["pipeline", "latency", "soak"], default="pipeline",
+                   help="pipeline (default): detector vs pipeline; latency: HLS glass-to-glass in Chromium; "
+                        "soak: N minutes of 4 cameras, fails if anything grows without bound")
     b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi)")
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
     b.add_argument("--backend", default="onnxruntime")
     b.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
-    b.add_argument("--cameras", type=int, default=2, help="cameras in the pipeline run")
+    b.add_argument("--cameras", type=int, default=None, help="cameras (default: 2 for pipeline, 4 for soak)")
     b.add_argument("--seconds", type=float, default=40.0, help="pipeline measuring window")
     b.add_argument("--frames", type=int, default=200, help="frames in the bare run")
     b.add_argument("--threads", type=int, default=0, help="pipeline: ONNX Runtime threads per replica (0: default)")
@@ -153,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default="veryfast", help="pipeline: libx264 preset of the HLS encoders")
     b.add_argument("--boxes", default="burned,browser", help="latency: hls.boxes variants to measure")
     b.add_argument("--segment-s", type=float, default=1.0, help="latency: HLS segment duration")
+    b.add_argument("--minutes", type=float, default=30.0, help="soak: how long to run")
+    b.add_argument("--interval-s", type=float, default=10.0, help="soak: seconds between samples")
+    b.add_argument("--out", default="docs/soak", help="soak: folder for soak.csv and soak.png")
     b.set_defaults(func=_bench)
 
     from gateway.auth.manage import add_subcommands

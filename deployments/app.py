@@ -51,7 +51,8 @@ def detector_options(det: DetectorConfig) -> dict[str, Any]:
 
 def ingest_options(cam: CameraConfig) -> dict[str, Any]:
     """Serve options of a camera's ingest: pinned to its node (resource or labels); standbys on other nodes."""
-    actor: dict[str, Any] = {"num_cpus": 0.1}
+    # A token CPU: ingest is light, and dozens of cameras must fit beside the detector on a small box.
+    actor: dict[str, Any] = {"num_cpus": 0.01}
     if cam.node_resource:
         actor["resources"] = {cam.node_resource: 0.01}
     if cam.node_labels:

@@ -23,7 +23,7 @@ FPS_PROBE_FRAMES = 12
 WATCH_POLL_S = 0.25
 
 
-@serve.deployment(name="encoder", ray_actor_options={"num_cpus": 0.1}, health_check_period_s=10)
+@serve.deployment(name="encoder", ray_actor_options={"num_cpus": 0.01}, health_check_period_s=10)
 class EncoderDeployment:
     """Draws boxes on each frame and feeds the ffmpeg HLS segmenter, in a thread of its own."""
 

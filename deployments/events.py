@@ -96,7 +96,7 @@ def runtime_config(args: PipelineArgs) -> dict[str, Any]:
 
 
 @serve.deployment(name="events", num_replicas=1, max_ongoing_requests=32, health_check_period_s=10,
-                  ray_actor_options={"num_cpus": 0.2}, logging_config={"enable_access_log": False})
+                  ray_actor_options={"num_cpus": 0.05}, logging_config={"enable_access_log": False})
 class EventsDeployment:
     """Tracker per camera, history writer, rule engine, event store, snapshots, clips and sinks."""
 

@@ -13,7 +13,7 @@ from pipeline.config import PipelineArgs
 log = logging.getLogger(__name__)
 
 
-@serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(name="gateway", ray_actor_options={"num_cpus": 0.05})
 @serve.ingress()
 class GatewayDeployment:
     """Serves the web page, HLS and the API. Holds the other stages' handles so Serve deploys them."""

@@ -21,7 +21,7 @@ from pipeline.types import CameraStatus, FrameRef
 log = logging.getLogger(__name__)
 
 
-@serve.deployment(name="ingest", ray_actor_options={"num_cpus": 0.1}, health_check_period_s=5)
+@serve.deployment(name="ingest", ray_actor_options={"num_cpus": 0.01}, health_check_period_s=5)
 class IngestDeployment:
     """Reads one camera in a thread, puts JPEG frames on the bus, and asks the detector about them.
 

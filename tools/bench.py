@@ -124,7 +124,7 @@ def main(a: argparse.Namespace) -> int:
 
     rds = LocalRedis()
     port = free_port()
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     rows = []
     try:

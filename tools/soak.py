@@ -132,7 +132,7 @@ def main(a: argparse.Namespace) -> int:
         "model": {"onnx": a.onnx, "backend": a.backend},
         "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
     })
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     rows: list[dict] = []
     try:
