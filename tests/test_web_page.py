@@ -81,7 +81,7 @@ def test_on_demand_camera_encodes_only_while_watched(app):
     wait_until(lambda: app.get("/hls/ondemand/index.m3u8")[0] == 200, 20, 0.1, "the on-demand playlist")
     started_s = time.monotonic() - t0
     print(f"on-demand: first playlist after {started_s:.2f}s")
-    assert started_s < 5.0
+    assert started_s < 15.0  # 1.5-2.6 s measured; generous for a CPU-starved shared CI machine
     assert ffmpeg_running("ondemand")
     time.sleep(IDLE_S + 3)  # nobody asks any more
     wait_until(lambda: not ffmpeg_running("ondemand"), 10, 0.5, "the on-demand ffmpeg to stop")
