@@ -22,7 +22,7 @@ from rtsp_fixtures import RtspTestServer, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed")]
 OUT_W, OUT_H = 384, 216
-IDLE_S = 4
+IDLE_S = 10  # short for the test, but longer than a loaded player's pause between playlist requests
 FILLERS = [f"cam{i:02d}" for i in range(13)]
 
 
