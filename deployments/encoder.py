@@ -38,6 +38,7 @@ class EncoderDeployment:
         self.segmenter: Segmenter | None = None
         self.metrics = Metrics(client)
         self._segments_seen = 0
+        self._resume = None
         self._probe: list[float] = []
         self.fps: float | None = cam.fps
         self.on_demand = args.hls.on_demand if cam.on_demand is None else cam.on_demand
@@ -84,6 +85,7 @@ class EncoderDeployment:
             if self.segmenter is not None:
                 segmenter, self.segmenter = self.segmenter, None
                 segmenter.close()
+                self._resume = segmenter.resume_point()  # the next run carries on the numbering
                 self.store.delete_playlist(self.camera_id)  # the next viewer waits for fresh segments
         return self._watched
 
@@ -93,7 +95,8 @@ class EncoderDeployment:
             return
         if self.segmenter is None:
             log.info("camera %s: starting the segmenter at %.2f fps", self.camera_id, self.fps)
-            self.segmenter = Segmenter(self.camera_id, self.args.hls, self.store, fps=self.fps)
+            self.segmenter = Segmenter(self.camera_id, self.args.hls, self.store, fps=self.fps,
+                                       resume=self._resume)
         h, w = image.shape[:2]
         if self._size != (w, h) or time.monotonic() - self._info_at > 600:
             self._size, self._info_at = (w, h), time.monotonic()

@@ -184,6 +184,7 @@ class Segmenter:
         backoff_max_s: float = 10.0,
         max_restarts: int = 5,
         stall_timeout_s: float | None = None,
+        resume: "MediaPlaylist | None" = None,
     ):
         self.camera_id = check_camera_id(camera_id)
         if not fps > 0:
@@ -206,7 +207,7 @@ class Segmenter:
         self._closed = False
         self._store_failing_since: float | None = None
         self._playlist_dirty = False
-        self._load_previous()
+        self._load_previous(resume)
         self._work = Path(tempfile.mkdtemp(prefix=f"lookout-hls-{camera_id}-", dir=work_dir))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._publish_loop, name=f"hls-{camera_id}", daemon=True)
@@ -383,8 +384,19 @@ class Segmenter:
 
     # ----------------------------------------------------------------- publisher thread
 
-    def _load_previous(self) -> None:
-        """Continue the stream a previous replica left in the store (names, media sequence)."""
+    def resume_point(self) -> MediaPlaylist:
+        """An empty playlist that carries on this stream's numbering, for `Segmenter(resume=...)`."""
+        pl = MediaPlaylist(self._playlist.media_sequence, self._playlist.discontinuity_sequence,
+                           list(self._playlist.entries))
+        pl.drop_front(len(pl.entries))
+        return pl
+
+    def _load_previous(self, resume: MediaPlaylist | None = None) -> None:
+        """Continue the stream a previous replica left in the store (names, media sequence).
+
+        With no playlist in the store (an on-demand stop removed it), `resume` keeps the numbering
+        going, so a player that saw the old stream is not handed sequence numbers that go backwards.
+        """
         self._stored = deque(self.store.list_segments(self.camera_id))
         epochs = [int(m.group(1)) for m in map(_EPOCH_RE.match, self._stored) if m]
         self._epoch_ms = max([int(time.time() * 1000), *(e + 1 for e in epochs)])
@@ -400,7 +412,9 @@ class Segmenter:
         while gone > 0 and self._playlist.entries[gone - 1].name in have:
             gone -= 1
         self._playlist.drop_front(gone)
-        self._prev_run = -1 if text else None  # a new run after an old stream: discontinuity
+        if not text and resume is not None:
+            self._playlist = MediaPlaylist(resume.media_sequence, resume.discontinuity_sequence)
+        self._prev_run = -1 if text or resume is not None else None  # a new run after an old stream: discontinuity
         if text:
             self.log.info("continuing after media sequence %d (%d segments still listed)",
                           self._playlist.media_sequence, len(self._playlist.entries))

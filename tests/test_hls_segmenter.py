@@ -361,3 +361,23 @@ def test_make_store(redis_server, tmp_path):
     with pytest.raises(ValueError, match="decode_responses"):
         RedisHlsStore(redis.Redis.from_url(redis_server.url, decode_responses=True), 10)
     client.close()
+
+
+def test_on_demand_restart_carries_on_the_numbering(tmp_path, closing):
+    """Playlist removed between viewers (on-demand stop): the next run must not number backwards."""
+    store = DirHlsStore(tmp_path / "hls")
+    settings = HlsConfig(segment_s=1, list_size=3, keep_segments=4, preset="ultrafast")
+    first = Segmenter(CAM, settings, store, FPS, work_dir=str(tmp_path))
+    Feeder(first).feed(55)
+    first.close()
+    before = playlist(store)
+    assert first.segments_published == 6 and before.media_sequence == 3
+    resume = first.resume_point()
+    assert (resume.media_sequence, resume.entries) == (6, [])
+    store.delete_playlist(CAM)
+    second = Segmenter(CAM, settings, store, FPS, work_dir=str(tmp_path), resume=resume)
+    closing(second)
+    Feeder(second).feed_until(lambda: second.segments_published >= 2, what="segments after the restart")
+    after = playlist(store)
+    assert after.media_sequence >= 6  # continues: 6 segments came before
+    assert after.entries[0].discontinuity or after.discontinuity_sequence >= 1
