@@ -23,6 +23,7 @@ import yaml
 
 from conftest import ROOT, RedisServer, free_port
 from gateway.auth.store import AuthStore
+from app_fixtures import http as fixtures_http
 from rtsp_fixtures import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -63,16 +64,7 @@ class Hooks:
 
 
 def http(url, token=None, data=None, headers=None, timeout_s=10.0):
-    h = dict(headers or {})
-    if token:
-        h["Authorization"] = f"Bearer {token}"
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=h), timeout=timeout_s) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, b""
+    return fixtures_http(url, token=token, timeout_s=timeout_s, data=data, headers=headers)
 
 
 def token_for(base, client) -> str:

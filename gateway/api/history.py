@@ -72,37 +72,29 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
     def no_camera(cid: str) -> JSONResponse:
         return JSONResponse({"error": f"unknown camera {cid[:70]!r}"}, status_code=404)
 
-    async def history(request: Request) -> Response:
-        """Detections of one camera in [since_s, until_s), filtered, paged with `cursor`."""
+    async def stage_query(request: Request, model, method: str, extra=lambda q: {}) -> Response:
+        """Validate the query with `model`, ask the events stage's `method`, answer JSON (or 4xx/503)."""
         cid = request.path_params["camera_id"]
         if not known(cid):
             return no_camera(cid)
         try:
-            q = parse_query(HistoryQuery, request, {"camera_id": cid})
-            out = await call_stage(ctx, "events", "query_history", q.model_dump())
+            q = parse_query(model, request, {"camera_id": cid})
+            out = await call_stage(ctx, "events", method, q.model_dump())
         except BadParam as exc:
             return exc.response()
         except LookupError as exc:
             return unavailable(str(exc))
         if "error" in out:
             return BadParam(out["error"]["field"], out["error"]["message"]).response()
-        return JSONResponse({"camera_id": cid, **out})
+        return JSONResponse({"camera_id": cid, **extra(q), **out})
+
+    async def history(request: Request) -> Response:
+        """Detections of one camera in [since_s, until_s), filtered, paged with `cursor`."""
+        return await stage_query(request, HistoryQuery, "query_history")
 
     async def counts(request: Request) -> Response:
         """Per label per interval: detections, most in one frame, new objects (tracks)."""
-        cid = request.path_params["camera_id"]
-        if not known(cid):
-            return no_camera(cid)
-        try:
-            q = parse_query(CountsQuery, request, {"camera_id": cid})
-            out = await call_stage(ctx, "events", "counts", q.model_dump())
-        except BadParam as exc:
-            return exc.response()
-        except LookupError as exc:
-            return unavailable(str(exc))
-        if "error" in out:
-            return BadParam(out["error"]["field"], out["error"]["message"]).response()
-        return JSONResponse({"camera_id": cid, "interval": q.interval, **out})
+        return await stage_query(request, CountsQuery, "counts", lambda q: {"interval": q.interval})
 
     def frame(request: Request) -> Response:
         """The newest frame of a camera as JPEG: raw from the frame bus, or annotated."""
