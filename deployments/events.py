@@ -133,6 +133,9 @@ class EventsDeployment:
         self.frames = self.updates = 0
         self.error: str | None = None
         self._stop = threading.Event()
+        # where to start reading is fixed here, not in the thread: frames published between
+        # __init__ and the thread's first XREAD would otherwise be skipped
+        self._start_ids = {keys.detections(c): self._start_id(c) for c in self.cameras}
         self._thread = threading.Thread(target=self._run, name="events", daemon=True)
         self._thread.start()
         log.info("events stage started: cameras %s, %d rule(s), %d sink(s), history %s", self.cameras,
@@ -176,7 +179,7 @@ class EventsDeployment:
     # ----------------------------------------------------------------- the loop
 
     def _run(self) -> None:
-        last = {keys.detections(c): self._start_id(c) for c in self.cameras}
+        last = dict(self._start_ids)
         next_poll = 0.0
         while not self._stop.is_set():
             try:
