@@ -1,8 +1,10 @@
 """Pure functions: HLS settings -> the ffmpeg command line (built with ffmpeg-python).
 
-The command reads raw BGR frames on stdin and writes a rolling local HLS playlist
-(`index.m3u8`) with MPEG-TS segments (`seg_000000.ts`, ...) into one directory. That local
-playlist is only read by the segmenter's publisher; the public playlist is generated there.
+Both commands read raw BGR frames on stdin. `encode_args` (MPEG-TS) writes a rolling local HLS
+playlist (`index.m3u8`) with segments (`seg_000000.ts`, ...) into one directory; that local
+playlist is only read by the segmenter's publisher, which generates the public playlist.
+`fmp4_args` (fMP4, standard or Low-Latency HLS) writes fragmented MP4 to stdout, which the
+segmenter cuts into an init section, partial segments and segments itself (hls/fmp4.py).
 """
 from __future__ import annotations
 
@@ -29,6 +31,16 @@ _NVENC_PRESETS = {
 def gop_frames(fps: float, segment_s: float) -> int:
     """Frames between keyframes: one keyframe per segment."""
     return max(1, round(fps * segment_s))
+
+
+def part_frames(fps: float, part_s: float) -> int:
+    """Frames in one partial segment (the last part of a segment may be shorter)."""
+    return max(1, round(fps * part_s))
+
+
+def container(settings: HlsConfig) -> str:
+    """The segment container in use: "fmp4" (configured, or needed by low_latency) or "mpegts"."""
+    return settings.container or ("fmp4" if settings.low_latency else "mpegts")
 
 
 def output_size(in_width_px: int, in_height_px: int, settings: HlsConfig) -> tuple[int, int]:
@@ -98,6 +110,52 @@ def encode_args(
     with a keyframe and is close to `segment_s` long. Timestamps are frame-count based: feed
     frames at `fps`.
     """
+    stream, opts = _video(in_width_px, in_height_px, fps, settings)
+    opts = {
+        **opts,
+        "f": "hls",
+        "hls_time": _num(settings.segment_s),
+        "hls_list_size": str(LOCAL_LIST_SIZE),
+        "hls_flags": "delete_segments+temp_file+independent_segments",
+        "hls_segment_type": "mpegts",
+        "hls_segment_filename": os.path.join(out_dir, SEGMENT_PATTERN),
+        "start_number": "0",
+    }
+    return _compile(stream, os.path.join(out_dir, LOCAL_PLAYLIST), opts, ffmpeg_bin)
+
+
+def fmp4_args(
+    in_width_px: int,
+    in_height_px: int,
+    fps: float,
+    settings: HlsConfig,
+    ffmpeg_bin: str = "ffmpeg",
+) -> list[str]:
+    """The argv of one ffmpeg process: raw BGR frames on stdin -> fragmented MP4 on stdout.
+
+    Keyframes as in `encode_args`. `frag_keyframe` starts a fragment at every keyframe (a
+    segment boundary); with `low_latency`, `-frag_duration` (µs, half a frame short of
+    `part_frames` frames, since ffmpeg cuts before the first packet at or past it) also cuts one
+    every `part_frames` frames. `empty_moov` puts ftyp+moov first and no samples in it;
+    `default_base_moof` makes each moof+mdat self-contained; `-flush_packets 1` hands each
+    fragment to the pipe as soon as it is cut.
+    """
+    stream, opts = _video(in_width_px, in_height_px, fps, settings)
+    opts = {**opts, "f": "mp4", "movflags": "+frag_keyframe+empty_moov+default_base_moof"}
+    if settings.low_latency:
+        n = part_frames(fps, settings.part_s)
+        opts["frag_duration"] = str(round((n - 0.5) / fps * 1_000_000))
+    opts["flush_packets"] = "1"
+    return _compile(stream, "pipe:1", opts, ffmpeg_bin)
+
+
+def _compile(stream, target: str, opts: dict, ffmpeg_bin: str) -> list[str]:
+    out = ffmpeg.output(stream, target, **opts).global_args("-hide_banner", "-nostdin", "-loglevel", "warning")
+    return out.compile(cmd=ffmpeg_bin)
+
+
+def _video(in_width_px: int, in_height_px: int, fps: float, settings: HlsConfig):
+    """The input stream (scaled if needed) and the encoder/keyframe options common to both outputs."""
     if in_width_px < 1 or in_height_px < 1:
         raise ValueError(f"input size must be positive, got {in_width_px}x{in_height_px}")
     if not fps > 0:
@@ -109,7 +167,7 @@ def encode_args(
     )
     if (out_w, out_h) != (in_width_px, in_height_px):
         stream = stream.filter("scale", out_w, out_h)
-    opts = {
+    return stream, {
         **encoder_args(settings, out_w, out_h, fps),
         "pix_fmt": "yuv420p",
         "bf": "0",
@@ -118,14 +176,4 @@ def encode_args(
         "sc_threshold": "0",
         "force_key_frames": f"expr:gte(t,n_forced*{_num(settings.segment_s)})",
         "an": None,
-        "f": "hls",
-        "hls_time": _num(settings.segment_s),
-        "hls_list_size": str(LOCAL_LIST_SIZE),
-        "hls_flags": "delete_segments+temp_file+independent_segments",
-        "hls_segment_type": "mpegts",
-        "hls_segment_filename": os.path.join(out_dir, SEGMENT_PATTERN),
-        "start_number": "0",
     }
-    out = ffmpeg.output(stream, os.path.join(out_dir, LOCAL_PLAYLIST), **opts)
-    out = out.global_args("-hide_banner", "-nostdin", "-loglevel", "warning")
-    return out.compile(cmd=ffmpeg_bin)

@@ -5,11 +5,17 @@ A publisher thread (started by the constructor) watches ffmpeg's local output di
 uploads each completed segment to the `HlsStore` and rewrites the public playlist there.
 ffmpeg's own playlist is never published: ours keeps its media sequence and segment names
 across ffmpeg restarts and replica restarts, and marks each restart with a discontinuity.
+
+With fMP4 (`hls.container: fmp4`, or `hls.low_latency`), ffmpeg writes fragmented MP4 to a
+pipe instead, and a reader thread per ffmpeg run cuts it (hls/fmp4.py) into the init section
+(EXT-X-MAP), partial segments (published as they come, Low-Latency HLS) and ~segment_s
+segments that start at keyframes, and rewrites the playlist (hls/llhls.py) at once.
 """
 from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hls.ffmpeg_args import LOCAL_PLAYLIST, encode_args, gop_frames, output_size
+from hls.ffmpeg_args import LOCAL_PLAYLIST, container, encode_args, fmp4_args, gop_frames, output_size, part_frames
+from hls.fmp4 import Fragment, FragmentSplitter, Mp4Error
+from hls.llhls import OpenSegment, Part, part_target_s, render_fmp4
 from hls.store import HlsStore, check_camera_id
 from pipeline.config import HlsConfig
 
@@ -44,6 +52,8 @@ class Entry:
     duration_s: float
     program_date_time: float  # wall clock (s) of the segment's first frame
     discontinuity: bool = False  # an EXT-X-DISCONTINUITY precedes it
+    init: str | None = None  # fMP4: its EXT-X-MAP init section
+    parts: list = field(default_factory=list)  # Low-Latency HLS: its llhls.Part list
 
 
 @dataclass
@@ -86,10 +96,13 @@ class MediaPlaylist:
     @classmethod
     def parse(cls, text: str) -> "MediaPlaylist":
         """Read a playlist written by `render` (raises ValueError on a malformed one)."""
-        pl, dur, pdt, disc = cls(), None, None, False
+        pl, dur, pdt, disc, init = cls(), None, None, False, None
         for line in (s.strip() for s in text.splitlines()):
             tag, _, value = line.partition(":")
-            if tag == "#EXT-X-MEDIA-SEQUENCE":
+            if tag == "#EXT-X-MAP":
+                m = re.search(r'URI="([^"]+)"', value)
+                init = m.group(1) if m else None
+            elif tag == "#EXT-X-MEDIA-SEQUENCE":
                 pl.media_sequence = int(value)
             elif tag == "#EXT-X-DISCONTINUITY-SEQUENCE":
                 pl.discontinuity_sequence = int(value)
@@ -102,7 +115,7 @@ class MediaPlaylist:
             elif line and not line.startswith("#"):
                 if dur is None:
                     raise ValueError(f"segment {line!r} has no #EXTINF")
-                pl.entries.append(Entry(line, dur, pdt or 0.0, disc))
+                pl.entries.append(Entry(line, dur, pdt or 0.0, disc, init))
                 dur, pdt, disc = None, None, False
         return pl
 
@@ -156,6 +169,11 @@ class _Run:
     write_since: float | None = None  # monotonic start of a write in progress
     retired: float | None = None  # monotonic time it was retired (stdin closed)
     kill_reason: str | None = None
+    reader: threading.Thread | None = None  # fMP4: cuts ffmpeg's stdout into parts and segments
+    reader_done: threading.Event = field(default_factory=threading.Event)
+    init_name: str | None = None  # fMP4: its init section in the store
+    init: bytes = b""
+    first_decode: int | None = None  # fMP4: decode time of its first fragment
 
     def frame_time(self, index: int, fallback: float) -> float:
         j = index - (self.frames - len(self.times))
@@ -207,6 +225,15 @@ class Segmenter:
         self._closed = False
         self._store_failing_since: float | None = None
         self._playlist_dirty = False
+        self._fmp4 = container(settings) == "fmp4"
+        self._part_target = part_target_s(part_frames(self.fps, settings.part_s), self.fps) if settings.low_latency else None
+        self._pub = threading.RLock()  # fMP4: playlist and store writes from the runs' reader threads
+        self._open: OpenSegment | None = None  # fMP4: the segment being written
+        self._open_run: _Run | None = None
+        self._open_data: list[bytes] = []  # its fragments
+        self._open_names: list[str] = []  # its parts in the store
+        self._open_s = 0.0  # its duration so far
+        self._inits: deque = deque()  # fMP4: [init name, counter of the last segment using it]
         self._load_previous(resume)
         self._work = Path(tempfile.mkdtemp(prefix=f"lookout-hls-{camera_id}-", dir=work_dir))
         self._stop = threading.Event()
@@ -279,6 +306,8 @@ class Segmenter:
                 self.log.warning("ffmpeg (pid %d) did not exit; killing it", run.proc.pid)
                 run.proc.kill()
                 run.proc.wait()
+            if run.reader is not None:
+                run.reader.join(max(0.1, deadline - time.monotonic()))
         self._stop.set()
         self._thread.join(max(1.0, deadline - time.monotonic()))
         shutil.rmtree(self._work, ignore_errors=True)
@@ -316,11 +345,15 @@ class Segmenter:
         self._runs_started += 1
         number = self._runs_started
         run_dir = self._work / f"run{number:04d}"
-        argv = encode_args(w, h, self.fps, self.settings, str(run_dir), self.ffmpeg_bin)
+        if self._fmp4:
+            argv = fmp4_args(w, h, self.fps, self.settings, self.ffmpeg_bin)
+        else:
+            argv = encode_args(w, h, self.fps, self.settings, str(run_dir), self.ffmpeg_bin)
         run_dir.mkdir()
         try:
             with open(run_dir / "ffmpeg.log", "wb") as errlog:
-                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errlog)
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=errlog,
+                                        stdout=subprocess.PIPE if self._fmp4 else subprocess.DEVNULL)
         except OSError as exc:
             shutil.rmtree(run_dir, ignore_errors=True)
             self._crashed(None, f"cannot start {self.ffmpeg_bin!r}: {exc}")
@@ -332,6 +365,7 @@ class Segmenter:
         run = _Run(number, run_dir, (w, h), proc, now, deque(maxlen=keep), last_segment=now)
         with self._lock:
             closed = self._closed  # close() ran in another thread meanwhile
+            older = list(self._runs)
             if not closed:
                 self._runs.append(run)
                 self._run = run
@@ -339,6 +373,10 @@ class Segmenter:
             proc.kill()
             proc.wait()
             return None
+        if self._fmp4:
+            run.reader = threading.Thread(target=self._read_fmp4, args=(run, older),
+                                          name=f"hls-{self.camera_id}-run{number}", daemon=True)
+            run.reader.start()
         self.log.info("ffmpeg started (run %d, pid %d, %dx%d -> %dx%d, %s)", number, proc.pid, w, h,
                       *output_size(w, h, self.settings), self.settings.encoder)
         return run
@@ -397,8 +435,9 @@ class Segmenter:
         With no playlist in the store (an on-demand stop removed it), `resume` keeps the numbering
         going, so a player that saw the old stream is not handed sequence numbers that go backwards.
         """
-        self._stored = deque(self.store.list_segments(self.camera_id))
-        epochs = [int(m.group(1)) for m in map(_EPOCH_RE.match, self._stored) if m]
+        stored = self.store.list_segments(self.camera_id)
+        self._stored = deque((-1, [n]) for n in stored)  # (counter, names of a segment and its parts)
+        epochs = [int(m.group(1)) for m in map(_EPOCH_RE.match, stored) if m]
         self._epoch_ms = max([int(time.time() * 1000), *(e + 1 for e in epochs)])
         self._counter = 0
         text = self.store.get_playlist(self.camera_id)
@@ -407,10 +446,12 @@ class Segmenter:
         except ValueError as exc:
             self.log.warning("ignoring unreadable previous playlist: %s", exc)
             self._playlist = MediaPlaylist()
-        have = set(self._stored)
+        have = set(stored)
         gone = len(self._playlist.entries)
         while gone > 0 and self._playlist.entries[gone - 1].name in have:
             gone -= 1
+        if self._fmp4 or any(e.init for e in self._playlist.entries):
+            gone = len(self._playlist.entries)  # fMP4 entries need their init and parts: start afresh
         self._playlist.drop_front(gone)
         if not text and resume is not None:
             self._playlist = MediaPlaylist(resume.media_sequence, resume.discontinuity_sequence)
@@ -438,7 +479,10 @@ class Segmenter:
             runs = list(self._runs)
         for run in runs:
             exited = run.proc.poll() is not None  # before the scan: its last segment is listed
-            self._scan(run)
+            if self._fmp4:
+                exited = exited and run.reader_done.is_set()
+            else:
+                self._scan(run)
             if not exited:
                 if run.retired is not None and time.monotonic() - run.retired > 10:
                     self.log.warning("ffmpeg (pid %d) ignores end of input; killing it", run.proc.pid)
@@ -450,6 +494,8 @@ class Segmenter:
             shutil.rmtree(run.dir, ignore_errors=True)
             with self._lock:
                 self._runs.remove(run)
+        if self._fmp4:
+            return  # the readers publish (and note store failures) themselves
         if self._playlist_dirty:
             self._write_playlist()
         self._store_failing_since = None
@@ -484,18 +530,131 @@ class Segmenter:
         disc = gap or (self._prev_run is not None and self._prev_run != run.number)
         self._prev_run = run.number
         self._playlist.append(Entry(name, duration, pdt, disc), self.settings.list_size)
-        self._stored.append(name)
+        self._stored.append((self._counter - 1, [name]))
         with self._lock:
             self.segments_published += 1
             self._failures = 0
         self._playlist_dirty = True  # written by _tick, after this run's scan
 
     def _write_playlist(self) -> None:
-        self.store.put_playlist(self.camera_id, self._playlist.render(self.settings.segment_s))
+        if self._fmp4:
+            text = render_fmp4(self._playlist, min_target_s=self.settings.segment_s, part_target=self._part_target,
+                               open_segment=self._open)
+        else:
+            text = self._playlist.render(self.settings.segment_s)
+        self.store.put_playlist(self.camera_id, text)
         self._playlist_dirty = False
         while len(self._stored) > self.settings.keep_segments:
-            self.store.delete_segment(self.camera_id, self._stored[0])
+            counter, names = self._stored[0]
+            for name in names:
+                self.store.delete_segment(self.camera_id, name)
             self._stored.popleft()
+            while len(self._inits) > 1 and self._inits[0][1] <= counter:  # no stored segment uses it
+                self.store.delete_segment(self.camera_id, self._inits[0][0])
+                self._inits.popleft()
+
+    # ----------------------------------------------------------------- fMP4 reader threads
+
+    def _read_fmp4(self, run: _Run, older: list[_Run]) -> None:
+        """Cut one run's fMP4 output into init, parts and segments and publish them in order."""
+        for old in older:  # its last segment goes out before this run's first
+            old.reader_done.wait(15.0)
+        splitter = FragmentSplitter()
+        fd = run.proc.stdout.fileno()
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                try:
+                    pieces = splitter.feed(data)
+                except Mp4Error as exc:
+                    self.log.error("cannot read ffmpeg's fMP4 output (run %d): %s; killing it", run.number, exc)
+                    run.kill_reason = f"unreadable fMP4 output: {exc}"
+                    run.proc.kill()
+                    break
+                for piece in pieces:
+                    self._guarded(self._on_init if isinstance(piece, bytes) else self._on_fragment, run, piece)
+            self._guarded(self._finish_segment, run)
+        finally:
+            try:
+                run.proc.stdout.close()
+            except OSError:
+                pass
+            run.reader_done.set()
+
+    def _guarded(self, fn, *args) -> None:
+        """Run a publishing step under the publish lock; a store failure is noted, not raised."""
+        with self._pub:
+            try:
+                fn(*args)
+                self._store_failing_since = None
+            except Exception as exc:  # the store may come back; this piece is lost
+                if self._store_failing_since is None:
+                    self._store_failing_since = time.monotonic()
+                self.last_error = f"publishing failed: {exc!r}"
+                self.log.warning("publishing failed: %r", exc)
+
+    def _on_init(self, run: _Run, init: bytes) -> None:
+        run.init_name, run.init = f"{self._epoch_ms}_init{run.number:04d}.mp4", init
+        self.store.put_segment(self.camera_id, run.init_name, init)
+        self._inits.append([run.init_name, self._counter])
+
+    def _on_fragment(self, run: _Run, frag: Fragment) -> None:
+        if run.init_name is None:
+            raise RuntimeError(f"run {run.number}: a fragment before the init section")
+        if run.first_decode is None:
+            run.first_decode = frag.decode_time
+        start_s = (frag.decode_time - run.first_decode) / frag.timescale
+        if frag.independent and self._open is not None and self._open_data:
+            self._finish_segment(run)
+        with self._lock:
+            run.last_segment, run.frames_at_last_segment = time.monotonic(), run.frames
+            if self._open is None:
+                t0 = time.time() if run.t0 is None else run.t0
+                pdt = run.frame_time(round(start_s * self.fps), t0 + start_s)
+        if self._open is None:
+            disc = self._prev_run is not None and self._prev_run != run.number
+            self._prev_run = run.number
+            self._open, self._open_run, self._open_data = OpenSegment(run.init_name, pdt, disc), run, []
+            self._open_names, self._open_s = [], 0.0
+        self._open_data.append(frag.data)
+        self._open_s += frag.duration_s
+        if self._part_target is not None and len(self._open.parts) == len(self._open_data) - 1:
+            name = f"{self._epoch_ms}_{self._counter:08d}_{len(self._open_data) - 1}.m4s"
+            try:
+                self.store.put_segment(self.camera_id, name, frag.data)
+            except Exception:
+                self._open.parts = []  # a gap in its parts: this segment is listed whole only
+                raise
+            self._open_names.append(name)
+            self._open.parts.append(Part(name, frag.duration_s, frag.independent))
+            self._write_playlist()
+
+    def _finish_segment(self, run: _Run) -> None:
+        """Publish the open segment (all its fragments) as a complete one."""
+        seg, data = self._open, self._open_data
+        if seg is None or self._open_run is not run or not data:
+            return
+        self._open, self._open_run, self._open_data = None, None, []
+        name = f"{self._epoch_ms}_{self._counter:08d}.m4s"
+        parts = list(seg.parts) if len(seg.parts) == len(data) else []
+        self.store.put_segment(self.camera_id, name, b"".join(data))
+        self.store.put_segment(self.camera_id, seg.init, run.init)  # rewritten: Redis keys expire
+        self._counter += 1
+        self._playlist.append(Entry(name, self._open_s, seg.program_date_time, seg.discontinuity, seg.init, parts),
+                              self.settings.list_size)
+        self._stored.append((self._counter - 1, [name, *self._open_names]))
+        for item in self._inits:
+            if item[0] == seg.init:
+                item[1] = self._counter - 1
+        with self._lock:
+            self.segments_published += 1
+            self._failures = 0
+        self._write_playlist()
 
     def _check_stall(self, run: _Run) -> None:
         """Kill an ffmpeg that blocks a write, or takes frames but makes no segments."""

@@ -244,11 +244,28 @@ class HlsConfig(_Model):
         False, description="Burn each frame's capture time (ms) as black/white blocks into the top-left corner "
                            "(for `lookout bench latency`).",
     )
+    container: Literal["mpegts", "fmp4"] | None = Field(
+        None, description="Segment container: MPEG-TS (.ts) or fragmented MP4 (.m4s + an EXT-X-MAP init "
+                          "section); default: mpegts, or fmp4 with low_latency (which needs it).",
+    )
+    low_latency: bool = Field(
+        False, description="Low-Latency HLS: fMP4 partial segments of part_s listed with EXT-X-PART, blocking "
+                           "playlist reload (_HLS_msn/_HLS_part); players without LL support play the same "
+                           "playlist as standard HLS.",
+    )
+    part_s: float = Field(
+        0.2, ge=0.05, le=2.0, description="Low-latency: target partial segment duration (rounded to whole "
+                                          "frames; less than segment_s).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "HlsConfig":
         if (self.width_px is None) != (self.height_px is None):
             raise ValueError("hls width_px and height_px must be given together")
+        if self.low_latency and self.container == "mpegts":
+            raise ValueError("hls low_latency needs container 'fmp4' (partial segments are fMP4), got 'mpegts'")
+        if self.low_latency and not self.part_s < self.segment_s:
+            raise ValueError(f"hls part_s ({self.part_s}) must be less than segment_s ({self.segment_s})")
         if self.keep_segments < self.list_size:
             raise ValueError(
                 f"keep_segments ({self.keep_segments}) must be >= list_size ({self.list_size})"

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import pytest
 
-from hls.ffmpeg_args import default_bitrate_kbps, encode_args, gop_frames, output_size
+from pydantic import ValidationError
+
+from hls.ffmpeg_args import container, default_bitrate_kbps, encode_args, fmp4_args, gop_frames, output_size, part_frames
 from pipeline.config import HlsConfig
 
 OUT = "/data/hls/cam1/run0001"
 
 
-def split(argv: list[str]) -> dict:
+def split(argv: list[str], out_path: str = f"{OUT}/index.m3u8") -> dict:
     """argv -> {bin, input_opts, input, filter, output_opts, output, global}; fails on repeats."""
     i = argv.index("-i")
     assert argv.count("-i") == 1
-    out_path = f"{OUT}/index.m3u8"
     o = argv.index(out_path)
 
     def pairs(seq: list[str]) -> dict[str, str | None]:
@@ -152,3 +153,49 @@ def test_helpers_and_bad_input():
         encode_args(320, 240, 0, HlsConfig(), OUT)
     with pytest.raises(ValueError, match="0x240"):
         encode_args(0, 240, 10, HlsConfig(), OUT)
+
+
+# fMP4 to stdout (standard fMP4 HLS and Low-Latency HLS)
+FMP4_OUT = {k: v for k, v in COMMON_OUT.items() if not k.startswith("-hls") and k != "-start_number"}
+FMP4_OUT.update({"-f": "mp4", "-movflags": "+frag_keyframe+empty_moov+default_base_moof", "-flush_packets": "1",
+                 "-c:v": "libx264", "-preset": "veryfast", "-tune": "zerolatency", "-crf": "26"})
+
+
+def test_ll_fmp4_exact_argv():
+    argv = fmp4_args(320, 240, 10, HlsConfig(low_latency=True))
+    assert argv == [
+        "ffmpeg",
+        "-f", "rawvideo", "-pix_fmt", "bgr24", "-r", "10", "-s", "320x240", "-i", "pipe:0",
+        "-f", "mp4", "-an", "-bf", "0", "-c:v", "libx264", "-crf", "26", "-flush_packets", "1",
+        "-force_key_frames", "expr:gte(t,n_forced*1)", "-frag_duration", "150000", "-g", "10",
+        "-keyint_min", "10", "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
+        "-pix_fmt", "yuv420p", "-preset", "veryfast", "-sc_threshold", "0", "-tune", "zerolatency",
+        "pipe:1",
+        "-hide_banner", "-nostdin", "-loglevel", "warning",
+    ]
+
+
+def test_fmp4_parts_are_whole_frames():
+    # 25 fps, 0.2 s parts: 5 frames; ffmpeg cuts before the first packet at or past -frag_duration (µs)
+    a = split(fmp4_args(640, 360, 25, HlsConfig(low_latency=True, part_s=0.2)), "pipe:1")
+    assert a["output_opts"] == {**FMP4_OUT, "-g": "25", "-keyint_min": "25", "-frag_duration": "180000"}
+    assert a["input"] == "pipe:0" and a["output"] == "pipe:1"
+    assert part_frames(25, 0.2) == 5 and part_frames(10, 0.33) == 3 and part_frames(5, 0.05) == 1
+    # standard fMP4: one fragment per segment (cut at keyframes only), scaled like the TS output
+    b = split(fmp4_args(321, 241, 10, HlsConfig(container="fmp4", segment_s=2)), "pipe:1")
+    assert b["filter"] == ("[0]scale=320:240[s0]", "[s0]")
+    assert b["output_opts"] == {**FMP4_OUT, "-g": "20", "-keyint_min": "20",
+                                "-force_key_frames": "expr:gte(t,n_forced*2)"}
+    with pytest.raises(ValueError, match="fps"):
+        fmp4_args(320, 240, 0, HlsConfig(low_latency=True))
+
+
+def test_container_and_low_latency_config():
+    assert container(HlsConfig()) == "mpegts" and container(HlsConfig(container="fmp4")) == "fmp4"
+    assert container(HlsConfig(low_latency=True)) == "fmp4"
+    with pytest.raises(ValidationError, match="low_latency needs container 'fmp4'"):
+        HlsConfig(low_latency=True, container="mpegts")
+    with pytest.raises(ValidationError, match=r"part_s \(1.0\) must be less than segment_s \(1.0\)"):
+        HlsConfig(low_latency=True, part_s=1.0)
+    with pytest.raises(ValidationError, match="part_s"):
+        HlsConfig(part_s=0.01)

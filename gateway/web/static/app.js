@@ -15,12 +15,23 @@ window.lookout = { tiles, loadedAt: Date.now(), measure: params.get("measure"), 
 const RETRY = { maxNumRetry: 1e9, retryDelayMs: 500, maxRetryDelayMs: 2000 };
 const LOAD_POLICY = { default: { maxTimeToFirstByteMs: 8000, maxLoadTimeMs: 15000, timeoutRetry: RETRY,
                                  errorRetry: RETRY } };
+// lowLatencyMode: with a Low-Latency playlist (EXT-X-PART-INF, CAN-BLOCK-RELOAD) hls.js loads parts,
+// reloads with _HLS_msn/_HLS_part and stays PART-HOLD-BACK behind the live edge; a standard playlist is
+// played as before, STANDARD_SYNC_S behind the newest segment (set once the playlist is known: a
+// liveSyncDuration in the config would override PART-HOLD-BACK).
 const HLS_CONFIG = {
-  liveSyncDuration: 1.5, liveMaxLatencyDuration: 6, maxLiveSyncPlaybackRate: 1.25,
-  maxBufferLength: 8, backBufferLength: 6, lowLatencyMode: false,
+  maxLiveSyncPlaybackRate: 1.25, maxBufferLength: 8, backBufferLength: 6, lowLatencyMode: true,
   manifestLoadPolicy: LOAD_POLICY, playlistLoadPolicy: LOAD_POLICY, fragLoadPolicy: LOAD_POLICY,
   xhrSetup: (xhr) => { xhr.withCredentials = true; },
 };
+const STANDARD_SYNC_S = 1.5, STANDARD_MAX_LATENCY_S = 6, LL_MAX_LATENCY_S = 3;
+
+function tuneLatency(tile, hls, details) {
+  tile.lowLatency = !!(details && details.partTarget && details.canBlockReload);
+  hls.config.liveMaxLatencyDuration = tile.lowLatency ? LL_MAX_LATENCY_S : STANDARD_MAX_LATENCY_S;
+  if (!tile.lowLatency) hls.targetLatency = STANDARD_SYNC_S;
+}
+
 
 function colorFor(label) {
   let h = 0;
@@ -43,6 +54,7 @@ function attachStream(tile) {
     if (data.type === Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
     else restartStream(tile, `fatal ${data.details}`);
   });
+  hls.on(Hls.Events.MANIFEST_LOADED, (_e, data) => tuneLatency(tile, hls, data.levels[0] && data.levels[0].details));
   hls.on(Hls.Events.LEVEL_UPDATED, (_e, data) => { tile.playlistAt = Date.now(); tile.details = data.details; });
   return hls;
 }
