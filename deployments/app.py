@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from ray.serve import Application
@@ -20,6 +21,7 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
     """Validate the args and wire one ingest and one encoder per camera, a shared detector and the gateway."""
     cfg = parse_args(args)
     det = cfg.detector
+    _check_autoscaling_reach(cfg)
     detector = DetectorDeployment.options(
         **detector_options(det),
         user_config={"max_batch_size": det.max_batch_size, "batch_wait_timeout_s": det.batch_wait_timeout_s},
@@ -47,6 +49,20 @@ def detector_options(det: DetectorConfig) -> dict[str, Any]:
     if det.max_replicas_per_node is not None:
         opts["max_replicas_per_node"] = det.max_replicas_per_node
     return opts
+
+
+def _check_autoscaling_reach(cfg: PipelineArgs) -> None:
+    """Warn when the cameras cannot keep enough frames waiting to ever reach detector.autoscaling.max_replicas."""
+    scaling = cfg.detector.autoscaling
+    if scaling is None:
+        return
+    waiting = sum(1 for c in cfg.cameras if c.enabled and c.detect) * cfg.detector.max_inflight_per_camera
+    reach = max(scaling.min_replicas, min(scaling.max_replicas, math.ceil(waiting / scaling.target_ongoing_requests)))
+    if reach < scaling.max_replicas:
+        log.warning("detector autoscaling: the cameras keep at most %d frames waiting (cameras x "
+                    "max_inflight_per_camera %d), so with target_ongoing_requests %g it never goes past %d of "
+                    "max_replicas %d; raise max_inflight_per_camera", waiting, cfg.detector.max_inflight_per_camera,
+                    scaling.target_ongoing_requests, reach, scaling.max_replicas)
 
 
 def ingest_options(cam: CameraConfig) -> dict[str, Any]:

@@ -168,6 +168,10 @@ class DetectorAutoscaling(_Model):
     )
     upscale_delay_s: float = Field(5.0, ge=0, le=3600, description="Load must last this long before scaling up.")
     downscale_delay_s: float = Field(30.0, ge=0, le=3600, description="Idle this long before scaling down.")
+    look_back_period_s: float = Field(
+        15.0, gt=0.5, le=600, description="Window the frames waiting are averaged over (more than the 10 s in which "
+                                           "handles report them; Serve's default is 30 s).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "DetectorAutoscaling":

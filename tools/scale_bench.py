@@ -1,0 +1,268 @@
+"""`lookout bench scale`: pipeline frames/s with 1, 2, ... detector replicas, and time to recover after node kills.
+
+Throughput: file cameras offer more frames than the detector can take; for each replica count (one
+ONNX Runtime thread per replica, HLS off) the app is deployed on a local Ray and the frames
+detected per second are counted from the results in Redis over a window after a warm-up. Scaling
+efficiency is fps_n / (n * fps_1).
+
+Failover: a Ray cluster of a head and two nodes standing for Jetsons (separate raylets with custom
+resources, as in tests/test_e2e_cluster.py), an RTSP camera with a standby ingest on the other node.
+The node that holds the camera's Redis lease is killed (SIGKILL of its raylet and workers); the
+times from the kill to frames from the new reader, to new HLS segments and to fresh detections are
+measured; the node is added back and the next kill waits until the standby is in place again.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tools.procs import LocalRedis, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+WARMUP_S = 12.0
+LEASE_TTL_S = 3.0
+
+
+def _wait(pred, timeout_s: float, what: str, interval_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def init_ray(**kwargs) -> None:
+    """ray.init, retried: a raylet may take longer than Ray's fixed 30 s to register on a loaded machine."""
+    import ray
+
+    for attempt in range(3):
+        try:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+            return
+        except Exception:  # noqa: BLE001 - Ray raises a bare Exception on a startup timeout
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            time.sleep(5)
+
+
+def _detected(client, cameras: list[str], t0: float, t1: float) -> int:
+    from pipeline import keys
+
+    lo, hi = int(t0 * 1000), int(t1 * 1000) - 1
+    return sum(len(client.xrange(keys.detections(c), min=str(lo), max=str(hi))) for c in cameras)
+
+
+def throughput(a: argparse.Namespace, counts: list[int]) -> list[dict]:
+    """Frames detected per second with each replica count, in one Ray session."""
+    import redis
+    from ray import serve
+
+    from deployments.app import build_app
+    from pipeline.config import parse_args
+
+    clip = a.clip or "data/demo/vtest.avi"
+    rds = LocalRedis()
+    port = free_port()
+    cams = [f"scale{i}" for i in range(a.cameras)]
+    init_ray(address="local", num_cpus=max(counts) + 4)
+    rows = []
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        client = redis.Redis.from_url(rds.url)
+        for n in counts:
+            inflight = max(2, math.ceil(n * a.max_batch / a.cameras) + 1)  # enough waiting to fill n batches
+            args = parse_args({
+                "redis_url": rds.url,
+                "cameras": [{"id": c, "source": clip, "fps": a.camera_fps} for c in cams],
+                "model": {"onnx": a.onnx, "backend": a.backend, "intra_op_threads": a.threads or 1},
+                "detector": {"max_batch_size": a.max_batch, "num_replicas": n, "num_cpus": 1,
+                             "max_inflight_per_camera": inflight},
+                "hls": {"enabled": False}, "events": {"enabled": False},
+                "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
+            })
+            serve.run(build_app(args), name="lookout", route_prefix="/")
+            time.sleep(WARMUP_S)
+            t0 = time.time()
+            time.sleep(a.seconds)
+            t1 = time.time()
+            fps = _detected(client, cams, t0, t1) / (t1 - t0)
+            rows.append({"replicas": n, "fps": fps, "inflight_per_camera": inflight})
+            print(f"{n} replica(s): {fps:.1f} frames/s", flush=True)
+            serve.delete("lookout")
+            client.flushdb()
+        client.close()
+    finally:
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+        rds.close()
+    for r in rows:
+        r["efficiency"] = r["fps"] / (r["replicas"] * rows[0]["fps"]) if rows[0]["fps"] else float("nan")
+    return rows
+
+
+def _get_json(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+        return None
+
+
+def _media_sequence(base: str, cid: str) -> int:
+    """Index of the newest segment in the camera's playlist, -1 when there is none."""
+    try:
+        with urllib.request.urlopen(f"{base}/hls/{cid}/index.m3u8", timeout=5) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return -1
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
+            return int(line.split(":")[1]) + sum(1 for x in text.splitlines() if x and not x.startswith("#"))
+    return -1
+
+
+def failover(a: argparse.Namespace) -> list[dict]:
+    """Kills the node reading the RTSP camera `a.kills` times; seconds to frames, segments and detections."""
+    import ray
+    import redis
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    from pipeline import keys
+    from pipeline.lease import lease_key
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from rtsp_fixtures import RtspTestServer  # the GStreamer RTSP server the tests use (system python)
+
+    clip = a.clip or "data/demo/vtest.avi"
+    rds = LocalRedis()
+    rtsp = RtspTestServer(free_port(), name="door", file=Path(clip).resolve(), fps=5)
+    rtsp.start()
+    fast_failure = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000,
+                    "health_check_failure_threshold": 4, "health_check_initial_delay_ms": 1000}
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 4, "resources": {"head": 1}, "_system_config": fast_failure, "include_dashboard": False})
+    nodes = {n: cluster.add_node(num_cpus=1, resources={n: 1, "rtsp-host": 1}) for n in ("node-a", "node-b")}
+    cluster.wait_for_nodes()
+    port = free_port()
+    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    args.update({
+        "redis_url": rds.url,
+        "cameras": [{"id": "door", "source": rtsp.url, "node_resource": "rtsp-host", "standby_replicas": 1,
+                     "lease_ttl_s": LEASE_TTL_S, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0,
+                     "read_timeout_s": 3.0}],
+        "events": {"enabled": False},
+        "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
+    })
+    args["model"].update({"onnx": a.onnx, "backend": a.backend})
+    args["detector"].update({"num_cpus": 2})
+    args["hls"].update({"width_px": 320, "height_px": 180})
+    on_head = {"num_cpus": 0.1, "resources": {"head": 0.01}}
+    config = {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port}, "applications": [{
+        "name": "lookout", "route_prefix": "/", "import_path": "deployments.app:build_app", "args": args,
+        "deployments": [{"name": "gateway", "ray_actor_options": on_head},
+                        {"name": "detector", "ray_actor_options": {"num_cpus": 2, "resources": {"head": 0.01}}},
+                        {"name": "encoder-door", "ray_actor_options": {"num_cpus": 0.1,
+                                                                        "resources": {"rtsp-host": 0.01}}}]}]}
+    tmp = Path(rds.dir if rds.proc else "/tmp")
+    path = tmp / "scale_bench_serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log_path = tmp / "scale_bench_serve.log"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("REDIS_URL", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", "--address", cluster.address,
+                                 str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    r = redis.Redis.from_url(rds.url)
+    rows = []
+    try:
+        _wait(lambda: proc.poll() is not None or _get_json(base + "/healthz"), 300, "the gateway", 1)
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve run exited: {log_path.read_text()[-3000:]}")
+        init_ray(address=cluster.address)
+        for k in range(a.kills):
+            _wait(lambda: serve.status().applications["lookout"].deployments["ingest-door"].replica_states
+                  == {"RUNNING": 2}, 180, "the reader and its standby", 1)
+            _wait(lambda: (_get_json(f"{base}/api/cameras/door") or {}).get("state") == "running", 120, "door")
+            _wait(lambda: _media_sequence(base, "door") >= 2, 120, "door segments", 0.5)
+            _wait(lambda: (d := _get_json(f"{base}/api/cameras/door/detections/latest"))
+                  and time.time() - d["captured_at"] < 5, 120, "fresh door detections", 0.5)
+            holder = r.get(lease_key("door")).decode()
+            victim = next(n for n, node in nodes.items() if node.node_id.startswith(holder.split(":")[0]))
+            segs = _media_sequence(base, "door")
+            cluster.remove_node(nodes[victim], allow_graceful=False)
+            killed, wall_killed = time.monotonic(), time.time()
+
+            def frames_back() -> bool:
+                now = r.get(lease_key("door"))
+                last = r.xrevrange(keys.frames("door"), count=1)
+                return bool(now and now.decode() != holder and last and float(last[0][1][b"t"]) > wall_killed)
+
+            _wait(frames_back, 60, "door frames from the standby", 0.05)
+            frames_s = time.monotonic() - killed
+            _wait(lambda: (d := _get_json(f"{base}/api/cameras/door/detections/latest"))
+                  and d["captured_at"] > wall_killed, 60, "fresh door detections", 0.1)
+            detections_s = time.monotonic() - killed
+            _wait(lambda: _media_sequence(base, "door") > segs + 1, 90, "new door segments", 0.1)
+            segments_s = time.monotonic() - killed
+            rows.append({"kill": k + 1, "node": victim, "frames_s": frames_s, "detections_s": detections_s,
+                         "segments_s": segments_s})
+            print(f"kill {k + 1} ({victim}): frames after {frames_s:.1f}s, detections after {detections_s:.1f}s, "
+                  f"new segments after {segments_s:.1f}s", flush=True)
+            nodes[victim] = cluster.add_node(num_cpus=1, resources={victim: 1, "rtsp-host": 1})
+    finally:
+        ray.shutdown()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        cluster.shutdown()
+        rtsp.cleanup()
+        r.close()
+        rds.close()
+    return rows
+
+
+def main(a: argparse.Namespace) -> int:
+    counts = [int(x) for x in str(a.replicas).split(",")]
+    if counts[0] != 1:
+        counts = [1] + counts
+    print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} clip={a.clip or 'data/demo/vtest.avi'} "
+          f"cameras={a.cameras} x {a.camera_fps:g} fps offered, batch {a.max_batch}, "
+          f"{a.threads or 1} ONNX Runtime thread(s) per replica, window {a.seconds:.0f}s", flush=True)
+    rows = throughput(a, counts)
+    print(f"{'replicas':>8} {'frames/s':>9} {'efficiency':>10}")
+    for row in rows:
+        print(f"{row['replicas']:>8} {row['fps']:>9.1f} {row['efficiency']:>10.2f}")
+    kills = failover(a) if a.kills > 0 else []
+    if kills:
+        print(f"failover over {len(kills)} node kill(s), lease ttl {LEASE_TTL_S:g}s (seconds from the kill):")
+        for key, label in (("frames_s", "frames from the standby"), ("detections_s", "fresh detections"),
+                           ("segments_s", "new HLS segments")):
+            values = [k[key] for k in kills]
+            print(f"  {label:>24}: p50 {statistics.median(values):.1f}  max {max(values):.1f}")
+    print(f"load at the end: {os.getloadavg()[0]:.1f}")
+    print(json.dumps({"throughput": rows, "kills": kills}))
+    return 0
