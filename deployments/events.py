@@ -211,12 +211,15 @@ class EventsDeployment:
         return newest[0][0].decode() if newest else "0-0"
 
     def _process(self, camera_id: str, entries: list) -> None:
+        """Track, feed the rules, and record in history the frames the tracker settled: confirmed
+        tracks only, from their first frame, `tracking.min_hits - 1` frames late (pipeline/tracking.py)."""
         rows = []
+        tracker = self.trackers[camera_id]
         for _eid, fields in entries:
             payload = json.loads(fields[b"json"])
             t, seq = float(payload["captured_at"]), int(payload["seq"])
-            tracked = self.trackers[camera_id].update(Detections.from_records(payload["detections"]), t)
-            rows.append((camera_id, t, seq, tracked))
+            tracked = tracker.update(Detections.from_records(payload["detections"]), t, frame=seq)
+            rows += [(camera_id, f.timestamp_s, f.frame, f.detections) for f in tracker.settled]
             for u in self.engine.update(camera_id, tracked, t):
                 self._on_update(u, (seq, tracked))
             self.frames += 1

@@ -11,6 +11,10 @@ day stay cheap: detections per (camera, label, second) with the most seen in one
 one row per track with its first and last time. Zones are applied at query time (a bounding
 box pre-filter in SQL, then the exact polygon test), so zones edited later apply to old rows.
 
+What is stored is what the caller gives (`tracker_id` < 0 or none: `track_id` null). The events
+stage gives the tracker's settled frames: confirmed tracks only, back-filled to their first frame,
+never a tentative track's detections (`pipeline.tracking.Tracker.settled`, docs/history.md).
+
 Limits: one writer process per database file (the history deployment, pinned to the node
 holding the file); any number of readers (WAL). SQLite on a network filesystem is not safe:
 for several nodes, run the history deployment with one replica next to its disk (the same

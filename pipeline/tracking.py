@@ -6,13 +6,20 @@ One `Tracker` per camera; `update()` is called once per detected frame, in captu
 returns the detections that belong to confirmed tracks with `tracker_id` set. Velocities are in
 pixels per second and the filter steps by the real time between frames, so frames skipped by
 the detector (back-pressure) do not confuse the motion model.
+
+For records (the detection history), `Tracker.settled` holds the frames that `update()` settled:
+each frame comes out `min_hits - 1` updates late, when every tentative track seen in it has either
+been confirmed or died, with the detections of confirmed tracks only, including those of the
+frames before confirmation (back-filled with the track's id). A track that never got confirmed
+(a flicker, a false positive) is never recorded; one that did is recorded from its first frame.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,7 +33,7 @@ try:  # optional: the result is the same, scipy is only faster on big matrices
 except ImportError:  # pragma: no cover - depends on the environment
     _scipy_lsa = None
 
-__all__ = ["TrackerConfig", "Tracker", "iou_matrix", "linear_assignment"]
+__all__ = ["TrackerConfig", "Tracker", "SettledFrame", "iou_matrix", "linear_assignment"]
 
 
 class TrackerConfig(BaseModel):
@@ -219,6 +226,15 @@ class _Track:
         return self.track_id >= 0
 
 
+@dataclass(frozen=True)
+class SettledFrame:
+    """A frame whose tracks are settled: detections of confirmed tracks only, `tracker_id` set."""
+
+    timestamp_s: float
+    frame: Any  # what the caller passed to update() (e.g. the frame's sequence number)
+    detections: Detections
+
+
 class Tracker:
     """ByteTrack-style tracker of one camera (not thread-safe: one caller, frames in order).
 
@@ -235,11 +251,15 @@ class Tracker:
         self._id_source = id_source or (lambda: next(self._counter))
         self._tracks: list[_Track] = []
         self._last_ts: float | None = None
+        self._recent: deque[tuple[float, Any, Detections, list[tuple[int, _Track]]]] = deque()
+        self.settled: list[SettledFrame] = []  # what the latest update() settled, oldest first
         self.frame_count = 0
 
     def reset(self) -> None:
-        """Forget every track (ids keep counting)."""
+        """Forget every track (ids keep counting) and the frames not settled yet."""
         self._tracks.clear()
+        self._recent.clear()
+        self.settled = []
         self._last_ts = None
 
     def set_settings(self, settings: TrackerConfig) -> None:
@@ -251,12 +271,14 @@ class Tracker:
         """Ids of confirmed tracks matched in the latest frame."""
         return sorted(t.track_id for t in self._tracks if t.confirmed and t.misses == 0)
 
-    def update(self, detections: Detections, timestamp_s: float) -> Detections:
+    def update(self, detections: Detections, timestamp_s: float, frame: Any = None) -> Detections:
         """Associate one frame's detections; returns those on confirmed tracks, `tracker_id` set.
 
         `timestamp_s` is the frame's capture time (seconds, any epoch, increasing). A frame
-        older than the previous one is ignored (returns no detections)."""
+        older than the previous one is ignored (returns no detections). `frame` is handed back
+        with the frame in `settled` (see the module docstring)."""
         s = self.settings
+        self.settled = []
         if self._last_ts is not None and timestamp_s < self._last_ts:
             log.warning("[%s] frame at %.3f is older than the last one (%.3f); ignored",
                         self.camera_id, timestamp_s, self._last_ts)
@@ -317,10 +339,23 @@ class Tracker:
                 survivors.append(t)
                 assigned[int(d)] = t
         self._tracks = survivors
+        self._settle(timestamp_s, frame, detections, assigned)
 
         keep = sorted(d for d, t in assigned.items() if t.confirmed or s.include_tentative)
         ids = [assigned[d].track_id for d in keep]
         return _with_ids(detections[np.asarray(keep, np.int64)], ids)
+
+    def _settle(self, timestamp_s: float, frame: Any, detections: Detections, assigned: dict[int, _Track]) -> None:
+        """Hold this frame until its tentative tracks are confirmed or dead; settle older frames.
+
+        A tentative track lives by consecutive hits, so `min_hits - 1` frames later it is either
+        confirmed or gone. (If `min_hits` is raised meanwhile, a track still tentative is dropped.)"""
+        self._recent.append((timestamp_s, frame, detections, sorted(assigned.items())))
+        while len(self._recent) > self.settings.min_hits - 1:
+            ts, fr, dets, pairs = self._recent.popleft()
+            keep = [(d, t.track_id) for d, t in pairs if t.confirmed]
+            idx = np.asarray([d for d, _ in keep], np.int64)
+            self.settled.append(SettledFrame(ts, fr, _with_ids(dets[idx], [i for _, i in keep])))
 
     def _match(self, tracks: list[_Track], dets: Detections, idx: np.ndarray, min_iou: float,
                fuse: bool) -> tuple[dict[int, _Track], list[int], np.ndarray]:

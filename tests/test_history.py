@@ -118,6 +118,28 @@ def test_add_results_and_labels_column(tmp_path):
     assert s.query(camera_id="c", since_s=T0, until_s=T0 + 2).detections[0]["label"] == "dog"
 
 
+def test_settled_tracker_output_records_objects_not_flickers(tmp_path):
+    """What the events stage stores: the tracker's settled frames. A person confirmed at her third
+    frame is recorded from her first; a 2-frame false positive beside her is not recorded at all."""
+    from pipeline.tracking import Tracker, TrackerConfig
+
+    s = HistoryStore(tmp_path / "h.db")
+    tr = Tracker(TrackerConfig(min_hits=3))
+    rows = []
+    for k in range(20):
+        boxes = [[100 + 4 * k, 100, 130 + 4 * k, 180]] + ([[400, 300, 430, 380]] if k in (5, 6) else [])
+        d = frame(boxes, conf=[0.9] * len(boxes))
+        d.data["label"] = np.array(["person"] * len(boxes), object)
+        tr.update(d, T0 + k / 10, frame=k)
+        rows += [("cam", f.timestamp_s, f.frame, f.detections) for f in tr.settled]
+    assert s.add_many(rows) == 18  # the last 2 frames wait for min_hits
+    got = s.query(camera_id="cam", since_s=T0, until_s=T0 + 10, limit=100).detections
+    assert [d["seq"] for d in got] == list(range(18)) and {d["track_id"] for d in got} == {1}
+    counts = s.counts(camera_id="cam", since_s=T0, until_s=T0 + 10, interval="second")
+    assert [(c["detections"], c["max_per_frame"], c["new_objects"]) for c in counts] == [(10, 1, 1), (8, 1, 0)]
+    s.close()
+
+
 def test_retention_prunes_old_rows(store):
     assert store.prune(now_s=T0 + 86400 + 30) == 300 + 100 + 50  # everything before T0 + 30 s
     left = store.query(camera_id="a", since_s=T0, until_s=T0 + 60, limit=10000).detections

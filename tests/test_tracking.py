@@ -131,6 +131,38 @@ def test_include_tentative_returns_minus_one():
     assert list(tr.update(dets(box_at(10)), 0.0).tracker_id) == [-1]
 
 
+def test_settled_frames_hold_confirmed_tracks_from_their_first_frame():
+    """Frames settle min_hits - 1 updates late: a confirmed track from its first frame on (back-filled
+    with its id), a tentative one that died (a 2-frame flicker) never; the same with include_tentative."""
+    for include in (False, True):
+        tr = Tracker(TrackerConfig(min_hits=3, include_tentative=include))
+        settled, live = [], []
+        for k in range(8):
+            rows = [box_at(10 + 5 * k)] + ([box_at(400, 300)] if k in (1, 2) else [])  # flicker at frames 1, 2
+            live.append(tr.update(dets(*rows), k * 0.1, frame=100 + k))
+            settled += tr.settled
+            assert len(tr.settled) == (1 if k >= 2 else 0)
+        assert [f.frame for f in settled] == [100 + k for k in range(6)]  # frames 6, 7 still wait
+        assert [f.timestamp_s for f in settled] == pytest.approx([k * 0.1 for k in range(6)])
+        assert all(list(f.detections.tracker_id) == [1] for f in settled)
+        assert [f.detections.xyxy[0][0] for f in settled] == pytest.approx([10 + 5 * k for k in range(6)])
+        assert [len(o) for o in live[:3]] == ([1, 2, 2] if include else [0, 0, 1])  # live: not back-filled
+
+
+def test_settled_with_min_hits_one_is_immediate_and_reset_forgets():
+    tr = Tracker(TrackerConfig(min_hits=1))
+    tr.update(dets(box_at(10)), 0.0, frame="a")
+    assert [(f.frame, list(f.detections.tracker_id)) for f in tr.settled] == [("a", [1])]
+    tr = Tracker(TrackerConfig(min_hits=4))
+    for k in range(3):
+        tr.update(dets(box_at(10)), k * 0.1)
+    tr.reset()
+    tr.update(dets(box_at(10)), 1.0)
+    assert tr.settled == [] and len(tr._recent) == 1
+    tr.update(dets(box_at(10)), 0.5)  # out of order: ignored, settles nothing
+    assert tr.settled == []
+
+
 def test_class_aware_matching():
     tr = Tracker(TrackerConfig(min_hits=1))
     tr.update(dets(box_at(10), cls=0), 0.0)
