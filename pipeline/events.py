@@ -435,7 +435,9 @@ class MqttSink(_QueuedSink):
     """Publishes each update as JSON to `<topic_prefix>/<camera>/<rule>/<kind>` (QoS 1).
 
     Needs the `paho-mqtt` package. QoS 1 is at-least-once; the payload carries the same
-    idempotency key (`key`) so subscribers can drop repeats.
+    idempotency key (`key`) so subscribers can drop repeats. The broker need not be up when the
+    sink is made: paho connects (and reconnects, 1..30 s apart) in its own thread, and an update
+    waits up to `timeout_s` for a connection and the broker's PUBACK, else it is logged and dropped.
     """
 
     name = "mqtt"
@@ -454,10 +456,14 @@ class MqttSink(_QueuedSink):
         if not topic_prefix or "#" in topic_prefix or "+" in topic_prefix:
             raise ValueError(f"topic_prefix must be a plain topic, got {topic_prefix!r}")
         self.topic_prefix, self.timeout_s = topic_prefix.rstrip("/"), timeout_s
+        self.broker = f"{host}:{port}"
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "")
         if username:
             self._client.username_pw_set(username, password)
-        self._client.connect(host, port, keepalive=30)
+        self._client.reconnect_delay_set(1, 30)
+        self._client.on_connect = lambda c, u, f, rc, p: log.info("mqtt: connected to %s (%s)", self.broker, rc)
+        self._client.on_connect_fail = lambda c, u: log.warning("mqtt: cannot connect to %s; retrying", self.broker)
+        self._client.connect_async(host, port, keepalive=30)
         self._client.loop_start()
         self.sent = 0
 
@@ -467,14 +473,22 @@ class MqttSink(_QueuedSink):
     def deliver(self, update: EventUpdate) -> bool:
         if update.kind not in self.kinds:
             return False
-        payload = json.dumps({"key": delivery_key(update), "event": update.to_dict()})
-        info = self._client.publish(self.topic(update), payload, qos=1)
-        info.wait_for_publish(self.timeout_s)
-        ok = info.is_published()
+        key = delivery_key(update)
+        deadline = time.monotonic() + self.timeout_s
+        while not self._client.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        info = None
+        if self._client.is_connected():
+            info = self._client.publish(self.topic(update), json.dumps({"key": key, "event": update.to_dict()}), qos=1)
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:  # disconnected meanwhile (paho resends it), or queue full
+                log.warning("[%s] mqtt: %s: %s", update.camera_id, key, exc)
+        ok = info is not None and info.rc == 0 and info.is_published()
         if ok:
             self.sent += 1
         else:
-            log.error("[%s] mqtt: %s not acknowledged within %.1fs", update.camera_id, delivery_key(update),
+            log.error("[%s] mqtt: %s not acknowledged by %s within %.1fs", update.camera_id, key, self.broker,
                       self.timeout_s)
         return ok
 
