@@ -171,6 +171,7 @@ class _Run:
     kill_reason: str | None = None
     reader: threading.Thread | None = None  # fMP4: cuts ffmpeg's stdout into parts and segments
     reader_done: threading.Event = field(default_factory=threading.Event)
+    superseded: bool = False  # fMP4: a newer run's reader stopped waiting for this one; publish no more
     init_name: str | None = None  # fMP4: its init section in the store
     init: bytes = b""
     first_decode: int | None = None  # fMP4: decode time of its first fragment
@@ -558,7 +559,9 @@ class Segmenter:
     def _read_fmp4(self, run: _Run, older: list[_Run]) -> None:
         """Cut one run's fMP4 output into init, parts and segments and publish them in order."""
         for old in older:  # its last segment goes out before this run's first
-            old.reader_done.wait(15.0)
+            if not old.reader_done.wait(15.0):
+                self.log.warning("run %d's output did not end; dropping the rest of it", old.number)
+                old.superseded = True
         splitter = FragmentSplitter()
         fd = run.proc.stdout.fileno()
         try:
@@ -589,6 +592,8 @@ class Segmenter:
     def _guarded(self, fn, *args) -> None:
         """Run a publishing step under the publish lock; a store failure is noted, not raised."""
         with self._pub:
+            if args[0].superseded:
+                return
             try:
                 fn(*args)
                 self._store_failing_since = None
@@ -609,8 +614,8 @@ class Segmenter:
         if run.first_decode is None:
             run.first_decode = frag.decode_time
         start_s = (frag.decode_time - run.first_decode) / frag.timescale
-        if frag.independent and self._open is not None and self._open_data:
-            self._finish_segment(run)
+        if self._open is not None and (self._open_run is not run or frag.independent and self._open_data):
+            self._finish_segment(self._open_run)
         with self._lock:
             run.last_segment, run.frames_at_last_segment = time.monotonic(), run.frames
             if self._open is None:

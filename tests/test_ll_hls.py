@@ -180,6 +180,16 @@ def test_blocking_reload_decisions():
             parse_directives(bad)
 
 
+def test_bench_edge_lag_counts_parts():
+    from tools.latency_bench import playlist_edge_lag
+
+    pl, open_seg = ll_playlist()
+    ll = render_fmp4(pl, part_target=0.2, open_segment=open_seg)  # open segment: 2 parts from :24
+    assert playlist_edge_lag(ll, 1_700_000_005.0) == pytest.approx(0.6)
+    standard = render_fmp4(pl, part_target=None, open_segment=open_seg)  # newest segment ends at :24
+    assert playlist_edge_lag(standard, 1_700_000_005.0) == pytest.approx(1.0)
+
+
 # --------------------------------------------------------------------------- segmenter + real ffmpeg
 
 
@@ -237,6 +247,26 @@ def test_segmenter_ll_parts_decode(redis_server, tmp_path):
     assert ffprobe_frames(first_part) == (2, 320, 240)
     seg1_parts = [p for p in part_names if p.startswith(pl.entries[1].name[:-4] + "_")]
     assert b"".join(store.get_segment("llcam", p) for p in seg1_parts) == store.get_segment("llcam", pl.entries[1].name)
+
+
+def test_segmenter_standard_fmp4(redis_server, tmp_path):
+    """container: fmp4 without low_latency: whole segments behind an EXT-X-MAP, no parts stored or listed."""
+    store = RedisHlsStore(redis.Redis.from_url(redis_server.url), ttl_s=120)
+    seg = Segmenter("fcam", HlsConfig(container="fmp4"), store, fps=FPS, work_dir=str(tmp_path))
+    try:
+        for i in range(30):
+            seg.write(frame(i, 320, 240))
+    finally:
+        seg.close()
+    text = store.get_playlist("fcam")
+    assert "#EXT-X-PART" not in text and "SERVER-CONTROL" not in text and text.count("#EXT-X-MAP") == 1
+    pl = MediaPlaylist.parse(text)
+    assert [e.duration_s for e in pl.entries] == [1.0, 1.0, 1.0]
+    assert sorted(store.list_segments("fcam")) == sorted([e.name for e in pl.entries] + [pl.entries[0].init])
+    whole = tmp_path / "all.mp4"
+    whole.write_bytes(store.get_segment("fcam", pl.entries[0].init)
+                      + b"".join(store.get_segment("fcam", e.name) for e in pl.entries))
+    assert ffprobe_frames(whole) == (30, 320, 240)
 
 
 # --------------------------------------------------------------------------- gateway: blocking reload

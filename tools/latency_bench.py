@@ -6,6 +6,10 @@ was read) into the picture as black/white blocks (`hls.timecode`); the web page,
 canvas readback) and notes when it was shown. Shown minus captured is the latency. Alongside:
 how old the newest segment in the playlist is (wall clock minus its PROGRAM-DATE-TIME plus
 duration, polled over HTTP) and how far the player sits behind the live edge (hls.js `latency`).
+
+`--hls` picks the HLS variants: `ts` (standard, MPEG-TS segments: the default config), `fmp4`
+(standard, fMP4 segments) and `ll` (Low-Latency HLS: fMP4 parts, blocking playlist reload,
+hls.js in low-latency mode). On-demand CPU is measured with the first variant only.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from tools.procs import LocalRedis, free_port
 
 WARMUP_S = 15.0
 CPU_WINDOW_S = 20.0
+VARIANTS = {"ts": {}, "fmp4": {"container": "fmp4"}, "ll": {"low_latency": True}}
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -32,14 +37,20 @@ def pct(xs: list[float], p: float) -> float:
 
 
 def playlist_edge_lag(text: str, now: float) -> float | None:
-    """Seconds between now and the end of the newest segment (its PROGRAM-DATE-TIME + EXTINF)."""
-    pdt = dur = None
+    """Seconds between now and the end of the newest media: the newest segment's (or, in a
+    Low-Latency playlist, partial segment's) PROGRAM-DATE-TIME + duration."""
+    pdt = end = None
+    parts_s = 0.0
     for line in text.splitlines():
         if line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
             pdt = datetime.fromisoformat(line.split(":", 1)[1].replace("Z", "+00:00")).timestamp()
-        elif line.startswith("#EXTINF:"):
-            dur = float(line[8:].split(",")[0])
-    return None if pdt is None or dur is None else now - (pdt + dur)
+            parts_s = 0.0
+        elif line.startswith("#EXT-X-PART:") and pdt is not None:
+            parts_s += float(line.split("DURATION=", 1)[1].split(",")[0])
+            end = pdt + parts_s
+        elif line.startswith("#EXTINF:") and pdt is not None:
+            end = pdt + float(line[8:].split(",")[0])
+    return None if end is None else now - end
 
 
 def _chromium(profile: str):
@@ -95,6 +106,7 @@ def measure(base: str, camera: str, seconds: float) -> dict:
             time.sleep(0.5)
         samples = driver.execute_script(f"const t = {tile}; return t.samples")
         stalls = driver.execute_script(f"const t = {tile}; return t.stalls")
+        low_latency = driver.execute_script(f"const t = {tile}; return !!t.lowLatency")
     finally:
         stop.set()
         driver.quit()
@@ -102,7 +114,7 @@ def measure(base: str, camera: str, seconds: float) -> dict:
     g2g = [(s["shown"] - s["tc"]) / 1000 for s in samples if s["tc"]]
     if len(g2g) < 10:
         raise RuntimeError(f"camera {camera!r}: only {len(g2g)} frames with a readable timecode")
-    return {"frames": len(samples), "frames_read": len(g2g), "stalls": stalls,
+    return {"frames": len(samples), "frames_read": len(g2g), "stalls": stalls, "player_low_latency": low_latency,
             "g2g_p50_s": pct(g2g, 50), "g2g_p95_s": pct(g2g, 95), "g2g_min_s": min(g2g),
             "edge_lag_p50_s": pct(lags, 50) if lags else None, "edge_lag_p95_s": pct(lags, 95) if lags else None,
             "player_behind_edge_p50_s": statistics.median(player_lag) if player_lag else None}
@@ -166,34 +178,44 @@ def main(a: argparse.Namespace) -> int:
     ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     rows = []
+    variants = getattr(a, "hls", "ts").split(",")
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"--hls: unknown variant(s) {sorted(unknown)}; choose from {sorted(VARIANTS)}")
     try:
-        for boxes in a.boxes.split(","):
-            args = parse_args({
-                "redis_url": rds.url,
-                "cameras": [{"id": "latency", "source": clip},
-                            {"id": "ondemand", "source": clip, "on_demand": True}],
-                "model": {"onnx": a.onnx, "backend": a.backend},
-                "hls": {"timecode": True, "boxes": boxes, "preset": a.preset, "segment_s": a.segment_s,
-                        "on_demand_idle_s": 5},
-                "gateway": {"public_url": base, "auth": {"mode": "none"}},
-            })
-            serve.run(build_app(args), name="lookout", route_prefix="/")
-            rows.append({"boxes": boxes, **measure(base, "latency", a.seconds), **on_demand_cpu(base, "ondemand", 5)})
-            serve.delete("lookout")
+        for k, variant in enumerate(variants):
+            for boxes in a.boxes.split(","):
+                cameras = [{"id": "latency", "source": clip}]
+                cameras += [{"id": "ondemand", "source": clip, "on_demand": True}] if k == 0 else []
+                args = parse_args({
+                    "redis_url": rds.url,
+                    "cameras": cameras,
+                    "model": {"onnx": a.onnx, "backend": a.backend},
+                    "hls": {"timecode": True, "boxes": boxes, "preset": a.preset, "segment_s": a.segment_s,
+                            "on_demand_idle_s": 5, **VARIANTS[variant]},
+                    "gateway": {"public_url": base, "auth": {"mode": "none"}},
+                })
+                serve.run(build_app(args), name="lookout", route_prefix="/")
+                row = {"hls": variant, "boxes": boxes, **measure(base, "latency", a.seconds)}
+                if k == 0:
+                    row.update(on_demand_cpu(base, "ondemand", 5))
+                rows.append(row)
+                serve.delete("lookout")
     finally:
         serve.shutdown()
         ray.shutdown()
         rds.close()
-    print(f"clip={clip} segment_s={a.segment_s} window={a.seconds:.0f}s (standard HLS, MPEG-TS, hls.js "
-          f"liveSyncDuration 1.5 s)")
-    print(f"{'boxes':>8} {'frames':>7} {'g2g p50 s':>10} {'g2g p95 s':>10} {'edge lag p50 s':>15} "
+    print(f"clip={clip} segment_s={a.segment_s} window={a.seconds:.0f}s (ts/fmp4: standard HLS, hls.js 1.5 s "
+          f"behind the newest segment; ll: Low-Latency HLS, 0.2 s parts, PART-HOLD-BACK 0.6 s)")
+    print(f"{'hls':>5} {'boxes':>8} {'frames':>7} {'g2g p50 s':>10} {'g2g p95 s':>10} {'edge lag p50 s':>15} "
           f"{'edge lag p95 s':>15} {'player behind edge s':>21} {'stalls':>6}")
     for r in rows:
-        print(f"{r['boxes']:>8} {r['frames_read']:>7} {r['g2g_p50_s']:>10.2f} {r['g2g_p95_s']:>10.2f} "
+        print(f"{r['hls']:>5} {r['boxes']:>8} {r['frames_read']:>7} {r['g2g_p50_s']:>10.2f} {r['g2g_p95_s']:>10.2f} "
               f"{r['edge_lag_p50_s'] or float('nan'):>15.2f} {r['edge_lag_p95_s'] or float('nan'):>15.2f} "
               f"{r['player_behind_edge_p50_s'] or float('nan'):>21.2f} {r['stalls']:>6}")
     for r in rows:
-        print(f"on-demand camera ({r['boxes']}): encoder replica + ffmpeg CPU unwatched "
-              f"{r['cpu_unwatched_cores'] * 100:.1f}% of a core, watched {r['cpu_watched_cores'] * 100:.1f}%")
+        if "cpu_unwatched_cores" in r:
+            print(f"on-demand camera ({r['hls']}, {r['boxes']}): encoder replica + ffmpeg CPU unwatched "
+                  f"{r['cpu_unwatched_cores'] * 100:.1f}% of a core, watched {r['cpu_watched_cores'] * 100:.1f}%")
     print(json.dumps({"rows": rows}))
     return 0
