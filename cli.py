@@ -87,7 +87,13 @@ def _build_engine(a: argparse.Namespace) -> int:
 
 
 def _bench(a: argparse.Namespace) -> int:
-    a.cameras = a.cameras or (4 if a.what == "soak" else 2)
+    a.cameras = a.cameras or (4 if a.what in ("soak", "scale") else 2)
+    if a.what == "scale":
+        from tools.scale_bench import main as scale_main
+
+        a.replicas = a.replicas or "1,2"
+        return scale_main(a)
+    a.replicas = int(a.replicas or 1)
     if a.what == "soak":
         from tools.soak import main as soak_main
 
@@ -142,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_build_engine)
 
     b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side; `bench latency`: glass to glass")
-    b.add_argument("what", nargs="?", choices=["pipeline", "latency", "soak"], default="pipeline",
+    b.add_argument("what", nargs="?", choices=["pipeline", "latency", "soak", "scale"], default="pipeline",
                    help="pipeline (default): detector vs pipeline; latency: HLS glass-to-glass in Chromium; "
-                        "soak: N minutes of 4 cameras, fails if anything grows without bound")
+                        "soak: N minutes of 4 cameras, fails if anything grows without bound; "
+                        "scale: frames/s with 1, 2, ... detector replicas and recovery after node kills")
     b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi)")
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
     b.add_argument("--backend", default="onnxruntime")
@@ -153,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seconds", type=float, default=40.0, help="pipeline measuring window")
     b.add_argument("--frames", type=int, default=200, help="frames in the bare run")
     b.add_argument("--threads", type=int, default=0, help="pipeline: ONNX Runtime threads per replica (0: default)")
-    b.add_argument("--replicas", type=int, default=1, help="pipeline: detector replicas")
+    b.add_argument("--replicas", default=None,
+                   help="pipeline: detector replicas (default 1); scale: replica counts, e.g. 1,2,4 (default 1,2)")
     b.add_argument("--bare-threads", type=int, default=0, help="bare loop: ONNX Runtime threads (0: default)")
     b.add_argument("--bus-codec", choices=["jpeg", "raw"], default="jpeg", help="pipeline: frames on the bus")
     b.add_argument("--preset", default="veryfast", help="pipeline: libx264 preset of the HLS encoders")
@@ -164,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--minutes", type=float, default=30.0, help="soak: how long to run")
     b.add_argument("--interval-s", type=float, default=10.0, help="soak: seconds between samples")
     b.add_argument("--out", default="docs/soak", help="soak: folder for soak.csv and soak.png")
+    b.add_argument("--camera-fps", type=float, default=25.0, help="scale: frames/s each camera offers")
+    b.add_argument("--max-batch", type=int, default=4, help="scale: detector max_batch_size")
+    b.add_argument("--kills", type=int, default=3, help="scale: node kills for the failover timing (0: none)")
     b.set_defaults(func=_bench)
 
     from gateway.auth.manage import add_subcommands
