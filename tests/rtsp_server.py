@@ -8,6 +8,11 @@ or not a client is connected.
   --stall-after S   every session stops receiving frames S seconds after it started, while the
                     RTSP/TCP connection stays open (RTCP keeps flowing): a stalled camera.
   --user/--password require RTSP basic authentication.
+  --switch-size WxH SIGUSR1 toggles the served resolution between the source's and WxH (same
+                    stream, new SPS: a camera whose resolution is changed mid-stream).
+  --jump-s S        SIGUSR2 adds S seconds to every later timestamp: a camera whose clock (RTP
+                    timestamps, RTCP sender reports) jumps mid-stream. Use S < 0: the server's
+                    sinks hold frames stamped in the future, so a forward jump stalls the stream.
 
 Prints "READY <url>" on stdout once it listens; exits on SIGTERM/SIGINT.
 """
@@ -37,11 +42,12 @@ class Feeder:
 
     def __init__(self, args: argparse.Namespace):
         if args.file:
-            desc = (f'filesrc location="{args.file}" ! decodebin ! videoconvert ! '
-                    "video/x-raw,format=I420 ! appsink name=sink sync=false max-buffers=4")
+            desc = (f'filesrc location="{args.file}" ! decodebin ! videoconvert ! videoscale ! '
+                    "capsfilter name=size caps=video/x-raw,format=I420 ! appsink name=sink sync=false max-buffers=4")
         else:
-            desc = (f"videotestsrc pattern={args.pattern} ! video/x-raw,format=I420,width={args.width},"
-                    f"height={args.height},framerate={args.fps}/1 ! appsink name=sink sync=false max-buffers=4")
+            desc = (f"videotestsrc pattern={args.pattern} ! video/x-raw,framerate={args.fps}/1 ! videoscale ! "
+                    f"capsfilter name=size caps=video/x-raw,format=I420,width={args.width},height={args.height} ! "
+                    "appsink name=sink sync=false max-buffers=4")
         self.pipeline = Gst.parse_launch(desc)
         self.sink = self.pipeline.get_by_name("sink")
         self.pipeline.set_state(Gst.State.PAUSED)
@@ -53,14 +59,39 @@ class Feeder:
         st = caps.get_structure(0)
         ok, num, den = st.get_fraction("framerate")
         self.fps = float(args.fps) if args.fps else (num / den if ok and num > 0 else 25.0)
-        self.caps = Gst.Caps.from_string(
-            f"video/x-raw,format=I420,width={st.get_value('width')},height={st.get_value('height')},"
-            f"framerate={int(round(self.fps))}/1")
+        self.sizes = [(st.get_value("width"), st.get_value("height"))]
+        if args.switch_size:
+            w, h = (int(v) for v in args.switch_size.lower().split("x"))
+            self.sizes.append((w, h))
+        self.size_index = 0
+        self.cur_size = self.sizes[0]
+        self.caps = self._caps(self.cur_size)
+        self.pts_offset = 0
+        self.jump_ns = int((args.jump_s or 0) * Gst.SECOND)
         self.stall_after = args.stall_after
         self.lock = threading.Lock()
         self.medias: dict[int, tuple[Gst.Element, float]] = {}
         self.pipeline.set_state(Gst.State.PLAYING)
         threading.Thread(target=self._run, daemon=True).start()
+
+    def _caps(self, size: tuple[int, int]) -> Gst.Caps:
+        return Gst.Caps.from_string(f"video/x-raw,format=I420,width={size[0]},height={size[1]},"
+                                    f"framerate={int(round(self.fps))}/1")
+
+    def switch_size(self) -> bool:
+        """SIGUSR1: the next frames come at the other size."""
+        if len(self.sizes) > 1:
+            self.size_index = 1 - self.size_index
+            size = self.sizes[self.size_index]
+            self.pipeline.get_by_name("size").set_property("caps", self._caps(size).copy())
+            print(f"SIZE {size[0]}x{size[1]}", flush=True)
+        return True
+
+    def jump(self) -> bool:
+        """SIGUSR2: later timestamps move by --jump-s."""
+        self.pts_offset += self.jump_ns
+        print(f"JUMP {self.pts_offset / Gst.SECOND:+g}s", flush=True)
+        return True
 
     def add(self, media: GstRtspServer.RTSPMedia) -> None:
         appsrc = media.get_element().get_by_name("src")
@@ -80,6 +111,14 @@ class Feeder:
             if self.sink.get_property("eos"):
                 self.pipeline.seek_simple(Gst.Format.TIME, Gst.SeekFlags.FLUSH | Gst.SeekFlags.KEY_UNIT, 0)
             return None
+        st = sample.get_caps().get_structure(0)
+        size = (st.get_value("width"), st.get_value("height"))
+        if size != self.cur_size:
+            self.cur_size, self.caps = size, self._caps(size)
+            with self.lock:
+                targets = list(self.medias.values())
+            for appsrc, _ in targets:
+                appsrc.set_property("caps", self.caps)
         return sample.get_buffer()
 
     def _run(self) -> None:
@@ -107,7 +146,7 @@ class Feeder:
         if clock is None or appsrc.get_state(0)[1] != Gst.State.PLAYING:
             return
         out = buf.copy()
-        out.pts = clock.get_time() - appsrc.get_base_time()
+        out.pts = max(0, clock.get_time() - appsrc.get_base_time() + self.pts_offset)
         out.dts = Gst.CLOCK_TIME_NONE
         out.duration = int(Gst.SECOND / self.fps)
         appsrc.emit("push-buffer", out)
@@ -124,6 +163,8 @@ def main() -> int:
     p.add_argument("--fps", type=int, default=None, help="frame rate (default: the file's, or 10)")
     p.add_argument("--kbps", type=int, default=1500)
     p.add_argument("--stall-after", type=float, default=None)
+    p.add_argument("--switch-size", default=None, help="WxH: SIGUSR1 toggles to this size and back")
+    p.add_argument("--jump-s", type=float, default=None, help="SIGUSR2 moves later timestamps by this")
     p.add_argument("--user")
     p.add_argument("--password")
     args = p.parse_args()
@@ -157,6 +198,8 @@ def main() -> int:
     loop = GLib.MainLoop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGUSR1, feeder.switch_size)
+    GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGUSR2, feeder.jump)
     print(f"READY rtsp://127.0.0.1:{server.get_bound_port()}/{args.name}", flush=True)
     loop.run()
     feeder.pipeline.set_state(Gst.State.NULL)

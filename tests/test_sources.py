@@ -211,7 +211,7 @@ def test_v4l2_missing_device_error():
 def test_ffmpeg_rtsp_args():
     cfg = cam("rtsp://u:p@cam/live", open_timeout_s=4, read_timeout_s=3)
     assert ffmpeg_rtsp_args(cfg) == [
-        "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "info", "-nostats",
+        "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "verbose", "-nostats",
         "-rtsp_transport", "tcp",
         "-timeout", "4000000",
         "-fflags", "nobuffer", "-flags", "low_delay",

@@ -3,6 +3,11 @@
 ffmpeg's own socket timeout does not notice a server that keeps the connection open (RTCP still
 flowing) but stops sending video, so frames are read in a thread and a read that waits longer than
 cfg.read_timeout_s kills ffmpeg and raises SourceError.
+
+ffmpeg runs at `-loglevel verbose` so that a camera whose resolution changes mid-stream is noticed
+(the decoder's "Reinit context"/filter graph lines): ffmpeg would otherwise scale the new frames to
+the old size without a word; read() raises SourceError instead, and the reconnect opens the
+stream at its new size.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ log = logging.getLogger(__name__)
 _SIZE_RE = re.compile(r"[ ,](\d{2,5})x(\d{2,5})(?=[ ,\[]|$)")
 _FPS_RE = re.compile(r"(\d+(?:\.\d+)?) fps")
 _LOG_PREFIX_RE = re.compile(r"^\[[\w.:-]+ @ (0x)?[0-9a-fA-F]+\]\s*")
+_METADATA_RE = re.compile(r"^\w+ {2,}: ")  # "encoder         : Lavc59..." after the header
+_INPUT_SIZE_RE = re.compile(r"Reinit context to (\d+)x(\d+)|\[graph \d+ input from stream [\d:]+ @ \w+\] w:(\d+) h:(\d+)")
 PROBE_SIZE_BYTES = 256_000
 ANALYZE_DURATION_US = 1_000_000
 
@@ -38,7 +45,7 @@ def ffmpeg_rtsp_args(cfg: CameraConfig, ffmpeg: str = "ffmpeg") -> list[str]:
         raise TypeError(f"cfg must be a CameraConfig, got {type(cfg).__name__} {cfg!r}")
     timeout_us = int(max(cfg.open_timeout_s, cfg.read_timeout_s) * 1_000_000)
     args = [
-        ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "info", "-nostats",
+        ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "verbose", "-nostats",
         "-rtsp_transport", cfg.rtsp_transport,
         "-timeout", str(timeout_us),
         "-fflags", "nobuffer", "-flags", "low_delay",
@@ -77,6 +84,13 @@ def parse_ffmpeg_header(lines: list[str]) -> tuple[tuple[int, int] | None, float
     return size, fps
 
 
+def _readline(stream) -> bytes:
+    try:
+        return stream.readline()
+    except (OSError, ValueError):  # close() closed the pipe under us
+        return b""
+
+
 class RtspSource(FrameSource):
     """Reads an RTSP stream through ffmpeg; open and read timeouts from cfg; credentials never logged."""
 
@@ -93,22 +107,34 @@ class RtspSource(FrameSource):
         self._size: tuple[int, int] | None = None
         self._fps: float | None = None
         self._t0 = 0.0
+        self._input_sizes: dict[str, tuple[int, int]] = {}  # per kind of line: decoder, filter graph
+        self._resized: str | None = None
 
     def _stderr_tail(self, n: int = 3) -> str:
         lines = [_LOG_PREFIX_RE.sub("", ln).strip() for ln in list(self._stderr)]
-        lines = [ln for ln in lines if ln and not ln.startswith("frame=")]
+        lines = [ln for ln in lines if ln and not ln.startswith(("frame=", "Metadata:")) and not _METADATA_RE.match(ln)]
         return scrub_url(" | ".join(lines[-n:])) if lines else "no output"
 
     def _pump_stderr(self, stream) -> None:
         in_output = False
-        for raw in iter(stream.readline, b""):
+        for raw in iter(lambda: _readline(stream), b""):
             line = raw.decode("utf-8", "replace").rstrip()
+            m = _INPUT_SIZE_RE.search(line)
+            if m:
+                kind = "decoder" if m.group(1) else "graph"
+                size = tuple(int(v) for v in (m.group(1, 2) if m.group(1) else m.group(3, 4)))
+                old = self._input_sizes.setdefault(kind, size)
+                if self._header_done.is_set() and old != size and (not self._resized or kind == "graph"):
+                    self._resized = f"{'' if kind == 'graph' else 'coded '}{old[0]}x{old[1]} -> {size[0]}x{size[1]}"
+                self._input_sizes[kind] = size
+                continue
             self._stderr.append(line)
             if not self._header_done.is_set():
                 self._header.append(line)
                 if line.startswith("Output #0"):
                     in_output = True
                 elif in_output and "Stream #" in line and "Video:" in line:
+                    self._stderr.clear()  # from here on the tail tells why the stream ends, not its header
                     self._header_done.set()
         self._header_done.set()
 
@@ -117,6 +143,7 @@ class RtspSource(FrameSource):
         if not self._ffmpeg:
             raise SourceError(f"camera {self.cfg.id}: ffmpeg is not installed (needed for RTSP)", permanent=True)
         self._stderr.clear()
+        self._input_sizes, self._resized = {}, None
         self._header = []
         self._header_done = threading.Event()
         argv = ffmpeg_rtsp_args(self.cfg, self._ffmpeg)
@@ -177,10 +204,14 @@ class RtspSource(FrameSource):
             frame = self._reader.get(self.cfg.read_timeout_s)
         except SourceError as exc:
             self._wait_exit(0.5)
-            raise SourceError(f"{exc} ({self._stderr_tail()})") from None
+            code = self._proc.returncode if self._proc is not None else None
+            how = f"ffmpeg killed by signal {-code}; " if code is not None and code < 0 else ""
+            raise SourceError(f"{exc} ({how}{self._stderr_tail()})") from None
         if frame is None:
             raise SourceError(f"camera {self.cfg.id}: no frame from {self.name} for "
                               f"{self.cfg.read_timeout_s:g}s (stalled)")
+        if self._resized:
+            raise SourceError(f"camera {self.cfg.id}: {self.name} changed resolution ({self._resized}); reopening")
         return frame
 
     def close(self) -> None:
