@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
@@ -19,6 +20,7 @@ from pipeline.sources.base import Frame
 from pipeline.types import CameraStatus, FrameRef
 
 log = logging.getLogger(__name__)
+REGISTER_EVERY_S = 5.0
 
 
 @serve.deployment(name="ingest", ray_actor_options={"num_cpus": 0.01}, health_check_period_s=5)
@@ -42,8 +44,10 @@ class IngestDeployment:
         self.statuses = StatusStore(client)
         self.metrics = Metrics(client)
         self._reconnects_seen = 0
-        self.statuses.register(camera_id, {"name": self.cam.name or camera_id, "kind": self.cam.kind,
-                                           "source": scrub_url(self.cam.source), "detect": self.cam.detect})
+        self._info = {"name": self.cam.name or camera_id, "kind": self.cam.kind,
+                      "source": scrub_url(self.cam.source), "detect": self.cam.detect}
+        self._registered_at = time.monotonic()
+        self.statuses.register(camera_id, self._info)
         if detector is not None and args.detector.prefer_local:
             detector._init(_prefer_local_routing=True)  # fill batches on this node before crossing the network
         self.detector = detector if self.cam.detect else None
@@ -84,6 +88,9 @@ class IngestDeployment:
     def _put_status(self, status: CameraStatus) -> None:
         if not self.lease.valid():
             return
+        if time.monotonic() - self._registered_at > REGISTER_EVERY_S:  # a Redis that restarted empty forgot it
+            self.statuses.register(self.cam.id, self._info)
+            self._registered_at = time.monotonic()
         self.statuses.put(status)
         cam = self.cam.id
         self.metrics.set("lookout_camera_fps", status.fps, camera=cam)

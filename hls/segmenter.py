@@ -513,13 +513,19 @@ class Segmenter:
                 data = (run.dir / name).read_bytes()
             except FileNotFoundError:
                 data = None
+            broken = data is not None and (not data or (name.endswith(".ts") and len(data) % 188 != 0))
+            if broken:  # ffmpeg writes empty or cut segments, without a word, while the disk is full
+                self.last_error = f"segment {name} of run {run.number} is broken ({len(data)} bytes): disk full?"
+                self.log.warning("%s; not published", self.last_error)
+                data = None
             with self._lock:
                 start_frame = round(run.cum_s * self.fps)
                 t0 = time.time() if run.t0 is None else run.t0
                 pdt = run.frame_time(start_frame, t0 + run.cum_s)
                 run.last_segment, run.frames_at_last_segment = time.monotonic(), run.frames
             if data is None:
-                self.log.warning("segment %s of run %d vanished before upload", name, run.number)
+                if not broken:
+                    self.log.warning("segment %s of run %d vanished before upload", name, run.number)
             else:
                 self._publish(run, data, duration, pdt, run.gap)  # raises: retried next tick
             run.next_index, run.cum_s, run.gap = index + 1, run.cum_s + duration, data is None
