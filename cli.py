@@ -98,6 +98,10 @@ def _bench(a: argparse.Namespace) -> int:
         from tools.soak import main as soak_main
 
         return soak_main(a)
+    if a.what == "faults":
+        from tools.fault_bench import main as faults_main
+
+        return faults_main(a)
     if a.what == "latency":
         from tools.latency_bench import main as latency_main
 
@@ -148,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_build_engine)
 
     b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side; `bench latency`: glass to glass")
-    b.add_argument("what", nargs="?", choices=["pipeline", "latency", "soak", "scale"], default="pipeline",
+    b.add_argument("what", nargs="?", choices=["pipeline", "latency", "soak", "scale", "faults"], default="pipeline",
                    help="pipeline (default): detector vs pipeline; latency: HLS glass-to-glass in Chromium; "
                         "soak: N minutes of 4 cameras, fails if anything grows without bound; "
                         "scale: frames/s with 1, 2, ... detector replicas and recovery after node kills")
@@ -175,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--camera-fps", type=float, default=25.0, help="scale: frames/s each camera offers")
     b.add_argument("--max-batch", type=int, default=4, help="scale: detector max_batch_size")
     b.add_argument("--kills", type=int, default=3, help="scale: node kills for the failover timing (0: none)")
+    b.add_argument("--repeats", type=int, default=3, help="faults: injections of each fault")
+    b.add_argument("--only", default=None, help="faults: comma-separated parts of fault names to run (default: all)")
+    b.add_argument("--timeout-s", type=float, default=120.0, help="faults: longest wait for a recovery")
+    b.add_argument("--faults-json", default=None, help="faults: also write every run's figures to this JSON file")
     b.set_defaults(func=_bench)
 
     from gateway.auth.manage import add_subcommands
