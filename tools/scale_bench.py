@@ -102,8 +102,9 @@ def throughput(a: argparse.Namespace, counts: list[int]) -> list[dict]:
             time.sleep(a.seconds)
             t1 = time.time()
             fps = _detected(client, cams, t0, t1) / (t1 - t0)
-            rows.append({"replicas": n, "fps": fps, "inflight_per_camera": inflight})
-            print(f"{n} replica(s): {fps:.1f} frames/s", flush=True)
+            load = os.getloadavg()[0]  # other work on the machine: the figures only compare at similar loads
+            rows.append({"replicas": n, "fps": fps, "inflight_per_camera": inflight, "load": load})
+            print(f"{n} replica(s): {fps:.1f} frames/s (load average {load:.1f})", flush=True)
             serve.delete("lookout")
             client.flushdb()
         client.close()
@@ -253,9 +254,9 @@ def main(a: argparse.Namespace) -> int:
           f"cameras={a.cameras} x {a.camera_fps:g} fps offered, batch {a.max_batch}, "
           f"{a.threads or 1} ONNX Runtime thread(s) per replica, window {a.seconds:.0f}s", flush=True)
     rows = throughput(a, counts)
-    print(f"{'replicas':>8} {'frames/s':>9} {'efficiency':>10}")
+    print(f"{'replicas':>8} {'frames/s':>9} {'efficiency':>10} {'load avg':>8}")
     for row in rows:
-        print(f"{row['replicas']:>8} {row['fps']:>9.1f} {row['efficiency']:>10.2f}")
+        print(f"{row['replicas']:>8} {row['fps']:>9.1f} {row['efficiency']:>10.2f} {row['load']:>8.1f}")
     kills = failover(a) if a.kills > 0 else []
     if kills:
         print(f"failover over {len(kills)} node kill(s), lease ttl {LEASE_TTL_S:g}s (seconds from the kill):")
