@@ -234,6 +234,13 @@ class Segmenter:
         self._open_data: list[bytes] = []  # its fragments
         self._open_names: list[str] = []  # its parts in the store
         self._open_s = 0.0  # its duration so far
+        self._open_frames = 0
+        # Standard fMP4 (one fragment per segment): a segment is complete with its last frame when keyframes
+        # fall every fps * segment_s frames exactly, without waiting for the next keyframe. Not with LL parts:
+        # there the segment is closed when the next part starts, as hls.js expects (closing it together with
+        # its last part left holes in hls.js's buffer).
+        whole = self.fps * settings.segment_s
+        self._seg_frames = round(whole) if abs(whole - round(whole)) < 1e-6 and not settings.low_latency else None
         self._inits: deque = deque()  # fMP4: [init name, counter of the last segment using it]
         self._load_previous(resume)
         self._work = Path(tempfile.mkdtemp(prefix=f"lookout-hls-{camera_id}-", dir=work_dir))
@@ -628,12 +635,17 @@ class Segmenter:
                 t0 = time.time() if run.t0 is None else run.t0
                 pdt = run.frame_time(round(start_s * self.fps), t0 + start_s)
         if self._open is None:
+            if not frag.independent and self._seg_frames:
+                self.log.warning("a segment does not start with a keyframe; segments now end at keyframes only")
+                self._seg_frames = None
             disc = self._prev_run is not None and self._prev_run != run.number
             self._prev_run = run.number
             self._open, self._open_run, self._open_data = OpenSegment(run.init_name, pdt, disc), run, []
-            self._open_names, self._open_s = [], 0.0
+            self._open_names, self._open_s, self._open_frames = [], 0.0, 0
         self._open_data.append(frag.data)
         self._open_s += frag.duration_s
+        self._open_frames += frag.samples
+        complete = bool(self._seg_frames) and self._open_frames >= self._seg_frames
         if self._part_target is not None and len(self._open.parts) == len(self._open_data) - 1:
             name = f"{self._epoch_ms}_{self._counter:08d}_{len(self._open_data) - 1}.m4s"
             try:
@@ -643,7 +655,10 @@ class Segmenter:
                 raise
             self._open_names.append(name)
             self._open.parts.append(Part(name, frag.duration_s, frag.independent))
-            self._write_playlist()
+            if not complete:
+                self._write_playlist()
+        if complete:
+            self._finish_segment(run)
 
     def _finish_segment(self, run: _Run) -> None:
         """Publish the open segment (all its fragments) as a complete one."""

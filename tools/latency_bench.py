@@ -107,6 +107,7 @@ def measure(base: str, camera: str, seconds: float) -> dict:
         samples = driver.execute_script(f"const t = {tile}; return t.samples")
         stalls = driver.execute_script(f"const t = {tile}; return t.stalls")
         low_latency = driver.execute_script(f"const t = {tile}; return !!t.lowLatency")
+        target = driver.execute_script(f"const t = {tile}; return t.hls ? t.hls.targetLatency : null")
     finally:
         stop.set()
         driver.quit()
@@ -115,6 +116,7 @@ def measure(base: str, camera: str, seconds: float) -> dict:
     if len(g2g) < 10:
         raise RuntimeError(f"camera {camera!r}: only {len(g2g)} frames with a readable timecode")
     return {"frames": len(samples), "frames_read": len(g2g), "stalls": stalls, "player_low_latency": low_latency,
+            "player_target_latency_s": target,
             "g2g_p50_s": pct(g2g, 50), "g2g_p95_s": pct(g2g, 95), "g2g_min_s": min(g2g),
             "edge_lag_p50_s": pct(lags, 50) if lags else None, "edge_lag_p95_s": pct(lags, 95) if lags else None,
             "player_behind_edge_p50_s": statistics.median(player_lag) if player_lag else None}

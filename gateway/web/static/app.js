@@ -24,13 +24,17 @@ const HLS_CONFIG = {
   manifestLoadPolicy: LOAD_POLICY, playlistLoadPolicy: LOAD_POLICY, fragLoadPolicy: LOAD_POLICY,
   xhrSetup: (xhr) => { xhr.withCredentials = true; },
 };
-const STANDARD_SYNC_S = 1.5, STANDARD_MAX_LATENCY_S = 6, LL_MAX_LATENCY_S = 3;
+// After each stall hls.js sits further behind (by liveSyncOnStallIncrease, at most a target duration):
+// 1 s suits 1 s segments, LL parts of 0.2 s a smaller step.
+const STANDARD_SYNC_S = 1.5, STANDARD_MAX_LATENCY_S = 6, LL_MAX_LATENCY_S = 3, LL_STALL_INCREASE_S = 0.25;
 
 function tuneLatency(tile, hls, details) {
   tile.lowLatency = !!(details && details.partTarget && details.canBlockReload);
   hls.config.liveMaxLatencyDuration = tile.lowLatency ? LL_MAX_LATENCY_S : STANDARD_MAX_LATENCY_S;
-  if (!tile.lowLatency) hls.targetLatency = STANDARD_SYNC_S;
+  if (tile.lowLatency) hls.config.liveSyncOnStallIncrease = LL_STALL_INCREASE_S;
+  else hls.targetLatency = STANDARD_SYNC_S;
 }
+
 
 
 function colorFor(label) {
