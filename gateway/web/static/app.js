@@ -35,8 +35,6 @@ function tuneLatency(tile, hls, details) {
   else hls.targetLatency = STANDARD_SYNC_S;
 }
 
-
-
 function colorFor(label) {
   let h = 0;
   for (const ch of label) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
