@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--segment-s", type=float, default=1.0, help="latency: HLS segment duration")
     b.add_argument("--hls", default="ts", help="latency: HLS variants to measure, comma-separated: ts (standard, "
                    "MPEG-TS), fmp4 (standard, fMP4), ll (Low-Latency HLS, fMP4 parts)")
+    b.add_argument("--hls-only", action="store_true", help="latency: no pipeline (no Ray, no detector): the clip "
+                   "goes straight into the HLS segmenter, to compare the --hls variants alone")
     b.add_argument("--minutes", type=float, default=30.0, help="soak: how long to run")
     b.add_argument("--interval-s", type=float, default=10.0, help="soak: seconds between samples")
     b.add_argument("--out", default="docs/soak", help="soak: folder for soak.csv and soak.png")
