@@ -98,6 +98,10 @@ def _bench(a: argparse.Namespace) -> int:
         from tools.soak import main as soak_main
 
         return soak_main(a)
+    if a.what == "load":
+        from tools.load_bench import main as load_main
+
+        return load_main(a)
     if a.what == "faults":
         from tools.fault_bench import main as faults_main
 
@@ -152,16 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_build_engine)
 
     b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side; `bench latency`: glass to glass")
-    b.add_argument("what", nargs="?", choices=["pipeline", "latency", "soak", "scale", "faults"], default="pipeline",
+    b.add_argument("what", nargs="?", choices=["pipeline", "latency", "soak", "scale", "load", "faults"],
+                   default="pipeline",
                    help="pipeline (default): detector vs pipeline; latency: HLS glass-to-glass in Chromium; "
                         "soak: N minutes of 4 cameras, fails if anything grows without bound; "
-                        "scale: frames/s with 1, 2, ... detector replicas and recovery after node kills")
+                        "scale: frames/s with 1, 2, ... detector replicas and recovery after node kills; "
+                        "load: N HLS viewers + API clients on one camera through the gateway; "
+                        "faults: inject each fault --repeats times, time to recover and frames lost")
     b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi)")
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
     b.add_argument("--backend", default="onnxruntime")
     b.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
     b.add_argument("--cameras", type=int, default=None, help="cameras (default: 2 for pipeline, 4 for soak)")
-    b.add_argument("--seconds", type=float, default=40.0, help="pipeline measuring window")
+    b.add_argument("--seconds", type=float, default=40.0, help="pipeline, load: measuring window")
     b.add_argument("--frames", type=int, default=200, help="frames in the bare run")
     b.add_argument("--threads", type=int, default=0, help="pipeline: ONNX Runtime threads per replica (0: default)")
     b.add_argument("--replicas", default=None,
@@ -170,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bus-codec", choices=["jpeg", "raw"], default="jpeg", help="pipeline: frames on the bus")
     b.add_argument("--preset", default="veryfast", help="pipeline: libx264 preset of the HLS encoders")
     b.add_argument("--boxes", default="burned,browser", help="latency: hls.boxes variants to measure")
-    b.add_argument("--segment-s", type=float, default=1.0, help="latency: HLS segment duration")
+    b.add_argument("--segment-s", type=float, default=1.0, help="latency, load: HLS segment duration")
     b.add_argument("--hls", default="ts", help="latency: HLS variants to measure, comma-separated: ts (standard, "
                    "MPEG-TS), fmp4 (standard, fMP4), ll (Low-Latency HLS, fMP4 parts)")
     b.add_argument("--hls-only", action="store_true", help="latency: no pipeline (no Ray, no detector): the clip "
@@ -181,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--camera-fps", type=float, default=25.0, help="scale: frames/s each camera offers")
     b.add_argument("--max-batch", type=int, default=4, help="scale: detector max_batch_size")
     b.add_argument("--kills", type=int, default=3, help="scale: node kills for the failover timing (0: none)")
+    b.add_argument("--viewers", type=int, default=200, help="load: concurrent HLS viewers of one camera")
+    b.add_argument("--api-clients", type=int, default=10, help="load: concurrent API clients")
+    b.add_argument("--api-pause-s", type=float, default=0.5, help="load: each API client's pause between rounds")
+    b.add_argument("--wrk-connections", type=int, default=64, help="load: wrk connections (needs `apt-get install wrk`)")
+    b.add_argument("--wrk-seconds", type=int, default=20, help="load: wrk run per URL (0: skip wrk)")
     b.add_argument("--repeats", type=int, default=3, help="faults: injections of each fault")
     b.add_argument("--only", default=None, help="faults: comma-separated parts of fault names to run (default: all)")
     b.add_argument("--timeout-s", type=float, default=120.0, help="faults: longest wait for a recovery")
