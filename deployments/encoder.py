@@ -8,7 +8,7 @@ import time
 from ray import serve
 
 from deployments.common import redis_client, setup_logging
-from hls.live import AnnotatedStream, estimate_fps
+from hls.live import AnnotatedStream, FramePacer, estimate_fps
 from hls.segmenter import Segmenter
 from pipeline.metrics import Metrics
 from hls.store import make_store
@@ -46,6 +46,7 @@ class EncoderDeployment:
         self._watched, self._watch_checked = not self.on_demand, 0.0
         self._size: tuple[int, int] | None = None
         self._info_at = 0.0
+        self.pacer: FramePacer | None = None
         burned = args.hls.boxes == "burned"
         self.stream = AnnotatedStream(
             camera_id, FrameBus(client, args.bus), ResultStore(client),
@@ -97,15 +98,19 @@ class EncoderDeployment:
             log.info("camera %s: starting the segmenter at %.2f fps", self.camera_id, self.fps)
             self.segmenter = Segmenter(self.camera_id, self.args.hls, self.store, fps=self.fps,
                                        resume=self._resume)
+            self.pacer = FramePacer(self.fps)
         h, w = image.shape[:2]
         if self._size != (w, h) or time.monotonic() - self._info_at > 600:
             self._size, self._info_at = (w, h), time.monotonic()
-            put_stream_info(self.redis, self.camera_id, w, h, self.args.hls.boxes)
+            put_stream_info(self.redis, self.camera_id, w, h, self.args.hls.boxes, self.fps)
         if self.args.hls.timecode:
             if not image.flags.writeable:
                 image = image.copy()
             burn_timecode(image, captured_at)
-        self.segmenter.write(image, captured_at)
+        # Media time follows capture time (PROGRAM-DATE-TIME + offset = the frame's capture time,
+        # to half a frame), also when frames were dropped upstream: the page times boxes by it.
+        for frame, slot_at in self.pacer.place(image, captured_at):
+            self.segmenter.write(frame, slot_at)
         m, cam = self.metrics, self.camera_id
         m.inc("lookout_frames_encoded_total", camera=cam)
         m.observe("lookout_stage_latency_seconds", time.time() - captured_at, camera=cam, stage="encoded")
@@ -125,6 +130,8 @@ class EncoderDeployment:
     def stats(self) -> dict:
         return {"frames_out": self.stream.frames_out, "frames_dropped": self.stream.frames_dropped,
                 "frames_idle": self.stream.frames_idle, "encoding": self.segmenter is not None,
+                "frames_repeated": self.pacer.repeated if self.pacer else 0,
+                "frames_off_grid": self.pacer.dropped if self.pacer else 0,
                 **(self.segmenter.stats() if self.segmenter else {})}
 
     def __del__(self) -> None:

@@ -114,6 +114,45 @@ class AnnotatedStream:
         return time.monotonic() - self.heartbeat < within_s
 
 
+class FramePacer:
+    """Puts frames on a constant-rate grid of capture time, so that media time follows capture time.
+
+    ffmpeg's timestamps count frames. A frame the ingest or the encoder dropped, or frames read late
+    and then in a burst, would shift the later frames of a segment in media time, and a player that
+    maps media time to capture time (PROGRAM-DATE-TIME + offset) would place them, and the boxes
+    drawn for them, at the wrong time. Each frame takes the slot nearest its capture time: a frame
+    whose slot is taken is dropped, skipped slots repeat the previous frame (gaps up to
+    `max_fill_s`; after a longer gap, or a jump back, the grid starts again at the new frame).
+    """
+
+    def __init__(self, fps: float, max_fill_s: float = 2.0):
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps!r}")
+        self.period_s = 1.0 / fps
+        self.max_fill = max(0, int(max_fill_s * fps))
+        self.base: float | None = None  # capture time of slot 0
+        self.slot = -1  # the last slot written
+        self.previous: np.ndarray | None = None
+        self.dropped = 0
+        self.repeated = 0
+
+    def place(self, image: np.ndarray, captured_at: float) -> list[tuple[np.ndarray, float]]:
+        """The (frame, slot time) pairs to encode for this frame, oldest first (none when dropped)."""
+        if self.base is not None:
+            slot = round((captured_at - self.base) / self.period_s)
+            if self.slot - self.max_fill <= slot <= self.slot:
+                self.dropped += 1
+                return []
+            if self.slot < slot <= self.slot + 1 + self.max_fill:
+                out = [(self.previous, self.base + s * self.period_s) for s in range(self.slot + 1, slot)]
+                self.repeated += len(out)
+                out.append((image, self.base + slot * self.period_s))
+                self.slot, self.previous = slot, image
+                return out
+        self.base, self.slot, self.previous = captured_at, 0, image
+        return [(image, captured_at)]
+
+
 def estimate_fps(captured_at: list[float], default: float = 10.0) -> float:
     """Frame rate from capture times (median interval, robust to a late frame); `default` if unknowable."""
     if len(captured_at) < 2:

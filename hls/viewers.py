@@ -40,9 +40,13 @@ class ViewerTracker:
         return max(0, self.client.pttl(viewers_key(camera_id))) / 1000
 
 
-def put_stream_info(client, camera_id: str, width_px: int, height_px: int, boxes: str) -> None:
-    """The source frame size and box mode, so the page can draw boxes given in source pixels."""
+def put_stream_info(client, camera_id: str, width_px: int, height_px: int, boxes: str,
+                    fps: float | None = None) -> None:
+    """The source frame size, box mode and frame rate, so the page can draw boxes (given in source
+    pixels) over the right frame."""
     info = {"source_width_px": width_px, "source_height_px": height_px, "boxes": boxes}
+    if fps:
+        info["fps"] = fps
     client.set(stream_info_key(camera_id), json.dumps(info), ex=STREAM_INFO_TTL_S)
 
 
