@@ -231,6 +231,7 @@ def main(a: argparse.Namespace) -> int:
     import redis
     from ray import serve
 
+    import deployments.app
     from deployments.app import build_app
     from gateway.auth.store import AuthStore
     from pipeline.bus import StatusStore
@@ -264,6 +265,10 @@ def main(a: argparse.Namespace) -> int:
                 if attempt == 4:
                     raise
         serve.start(http_options={"host": "127.0.0.1", "port": port})
+        if a.gateway_max_ongoing:  # try another Serve limit on the gateway replica than the shipped one
+            deployments.app.GatewayDeployment = deployments.app.GatewayDeployment.options(
+                max_ongoing_requests=a.gateway_max_ongoing)
+        report["gateway_max_ongoing_requests"] = deployments.app.GatewayDeployment._deployment_config.max_ongoing_requests
         serve.run(build_app(args), name="lookout", route_prefix="/")
         token = token_for(base, row.client_id, secret)
         wait_for_segments(base, token)
