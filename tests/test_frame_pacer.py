@@ -52,3 +52,55 @@ def test_a_long_gap_or_a_jump_back_starts_a_new_grid():
 def test_fps_must_be_positive():
     with pytest.raises(ValueError, match="fps"):
         FramePacer(0)
+
+
+def _capture_times(n: int, fps: float, t0: float) -> list[float]:
+    """What a starved reader stamps: every 7th frame lost, the rest late by up to 40 ms."""
+    import random
+
+    rng = random.Random(5)
+    return [t0 + i / fps + rng.uniform(0, 0.04) for i in range(n) if i % 7 != 3]
+
+
+def _encode_and_read(tmp_path, times: list[float], fps: float, paced: bool) -> list[tuple[float, float]]:
+    """Burn each capture time into a frame, encode through the real Segmenter, decode every published
+    segment; (PROGRAM-DATE-TIME + frame index / fps, burned capture time) of each frame's first appearance."""
+    import subprocess
+
+    from hls import timecode
+    from hls.segmenter import MediaPlaylist, Segmenter
+    from hls.store import DirHlsStore
+    from pipeline.config import HlsConfig
+
+    tmp_path.mkdir()
+    store = DirHlsStore(tmp_path / "hls")
+    seg = Segmenter("cam", HlsConfig(segment_s=1, list_size=30, keep_segments=40, preset="ultrafast"), store, fps,
+                    work_dir=str(tmp_path))
+    pacer = FramePacer(fps)
+    for t in times:
+        img = timecode.burn(np.full((144, 256, 3), 90, np.uint8), t)
+        for f, at in (pacer.place(img, t) if paced else [(img, t)]):
+            assert seg.write(f, at)
+    seg.close()
+    out, seen = [], set()
+    for e in MediaPlaylist.parse(store.get_playlist("cam")).entries:
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+                             input=store.get_segment("cam", e.name), capture_output=True, check=True).stdout
+        frames = np.frombuffer(raw, np.uint8).reshape(-1, 144, 256, 3)
+        for k, frame in enumerate(frames):
+            tc = timecode.read(frame)
+            if tc is not None and tc not in seen:
+                seen.add(tc)
+                out.append((e.program_date_time + k / fps, tc))
+    return out
+
+
+def test_program_date_time_plus_offset_is_the_capture_time_through_ffmpeg(tmp_path):
+    fps = 10.0
+    times = _capture_times(60, fps, 1_790_000_000.0)
+    paced = _encode_and_read(tmp_path / "paced", times, fps, paced=True)
+    assert len(paced) >= len(times) - 6  # the last segment may be cut short; few frames dropped
+    assert max(abs(derived - tc) for derived, tc in paced) <= 0.5 / fps + 0.002
+    # Without the pacer, frames after a lost one sit a frame early in media time (the bug this fixes).
+    unpaced = _encode_and_read(tmp_path / "unpaced", times, fps, paced=False)
+    assert max(abs(derived - tc) for derived, tc in unpaced) > 1.0 / fps
