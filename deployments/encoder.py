@@ -1,6 +1,7 @@
 """One encoder deployment per camera: bus frames + detections -> annotated HLS in the shared store."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -13,7 +14,7 @@ from hls.segmenter import Segmenter
 from pipeline.metrics import Metrics
 from hls.store import make_store
 from hls.timecode import burn as burn_timecode
-from hls.viewers import ViewerTracker, put_stream_info
+from hls.viewers import STREAM_INFO_TTL_S, ViewerTracker, get_stream_info, put_stream_info, stream_info_key
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
 from pipeline.bus import FrameBus, ResultStore
 from pipeline.config import PipelineArgs
@@ -21,6 +22,7 @@ from pipeline.config import PipelineArgs
 log = logging.getLogger(__name__)
 FPS_PROBE_FRAMES = 12
 WATCH_POLL_S = 0.25
+INFO_EVERY_S = 30.0  # stream info is rewritten this often: a Redis that restarted empty has lost it
 
 
 @serve.deployment(name="encoder", ray_actor_options={"num_cpus": 0.01}, health_check_period_s=10)
@@ -46,6 +48,7 @@ class EncoderDeployment:
         self._watched, self._watch_checked = not self.on_demand, 0.0
         self._size: tuple[int, int] | None = None
         self._info_at = 0.0
+        self._hls_error: str | None = None
         self.pacer: FramePacer | None = None
         burned = args.hls.boxes == "burned"
         self.stream = AnnotatedStream(
@@ -100,9 +103,12 @@ class EncoderDeployment:
                                        resume=self._resume)
             self.pacer = FramePacer(self.fps)
         h, w = image.shape[:2]
-        if self._size != (w, h) or time.monotonic() - self._info_at > 600:
-            self._size, self._info_at = (w, h), time.monotonic()
+        hls_error = self.segmenter.last_error
+        if self._size != (w, h) or hls_error != self._hls_error or time.monotonic() - self._info_at > INFO_EVERY_S:
+            self._size, self._info_at, self._hls_error = (w, h), time.monotonic(), hls_error
             put_stream_info(self.redis, self.camera_id, w, h, self.args.hls.boxes, self.fps)
+            if hls_error:  # shown by /api/cameras under "stream"
+                add_stream_info(self.redis, self.camera_id, hls_error=hls_error, hls_restarts=self.segmenter.restarts)
         if self.args.hls.timecode:
             if not image.flags.writeable:
                 image = image.copy()
@@ -138,3 +144,9 @@ class EncoderDeployment:
         self._stop.set()
         if self.segmenter is not None:
             self.segmenter.close()
+
+
+def add_stream_info(client, camera_id: str, **fields) -> None:
+    """Merge `fields` into the camera's stream info (hls.viewers), which /api/cameras shows as `stream`."""
+    info = get_stream_info(client, camera_id) or {}
+    client.set(stream_info_key(camera_id), json.dumps({**info, **fields}), ex=STREAM_INFO_TTL_S)

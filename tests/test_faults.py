@@ -204,6 +204,8 @@ def test_killed_hls_ffmpeg_is_restarted(rig):
     res = rig.run(F.Fault("HLS ffmpeg killed", CAM, F.kill_matching(rig.pids, "ffmpeg", f"lookout-hls-{CAM}-")))
     rig.assert_others_undisturbed(res)
     assert res.reconnects == 0, "the camera itself was not touched"
+    cam = rig.app.json(f"/api/cameras/{CAM}")
+    assert "ffmpeg exited with code -9" in ((cam.get("stream") or {}).get("hls_error") or ""), cam
     assert rig.metric("lookout_hls_segments_total", CAM) > segments
 
 
@@ -219,9 +221,10 @@ def test_full_hls_disk_is_survived(rig):
     if not rig.tmpfs:
         pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN) for the HLS work directory")
     filler = []
-    res = rig.run(F.Fault("HLS disk full", CAM, lambda: filler.append(F.fill_disk(rig.work_dir)),
-                          heal=lambda: filler[0].unlink(), hold_s=8.0))
-    assert "disk full?" in rig.app.log_path.read_text(errors="replace"), "the broken segments were not reported"
+    res = rig.run(F.Fault("HLS disk full", CAM, lambda: filler.append(F.DiskFiller(rig.work_dir)),
+                          heal=lambda: filler[0].heal(), hold_s=8.0))
+    cam = rig.app.json(f"/api/cameras/{CAM}")
+    assert "disk full?" in ((cam.get("stream") or {}).get("hls_error") or ""), cam
     assert res.frames_lost > 0, "segments ffmpeg could not write were published as if whole"
     for cid in (OTHER_RTSP, OTHER_FILE):  # they share the disk: their HLS must come back too
         wait_until(lambda: rig.monitor.newest_media_s(cid) > time.time() - 5, BOUND_S, 0.5, f"{cid}'s HLS back")

@@ -221,23 +221,35 @@ def restart_redis(port: int, workdir: str | Path, down_s: float = 1.0) -> subpro
     raise RuntimeError(f"redis-server did not come back on port {port}")
 
 
-def fill_disk(path: str | Path) -> Path:
-    """Write zeros into `path`/filler until the file system is full; returns the file (delete it to free)."""
-    filler = Path(path) / "filler"
-    chunk = b"\0" * (1 << 20)
-    with open(filler, "wb", buffering=0) as f:
-        while True:
-            try:
-                f.write(chunk)
-            except OSError:
-                break
-        for size in (65536, 4096, 512):
+class DiskFiller:
+    """Fills the file system of `path` and keeps it full (what ffmpeg deletes is taken again) until heal()."""
+
+    def __init__(self, path: str | Path):
+        self.file = Path(path) / "filler"
+        self._f = open(self.file, "wb", buffering=0)
+        self._stop = threading.Event()
+        self._top_up()
+        self._thread = threading.Thread(target=self._run, name="disk-filler", daemon=True)
+        self._thread.start()
+
+    def _top_up(self) -> None:
+        for size in (1 << 20, 65536, 4096, 512):
+            chunk = b"\0" * size
             try:
                 while True:
-                    f.write(chunk[:size])
+                    self._f.write(chunk)
             except OSError:
                 continue
-    return filler
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._top_up()
+
+    def heal(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._f.close()
+        self.file.unlink()
 
 
 # --------------------------------------------------------------------------- monitoring
@@ -495,7 +507,7 @@ def standard_faults(cam: str, server_pid: int, proxy: FaultProxy, proxy_path: st
     """The faults of issue 8 on camera `cam` (RTSP through `proxy`, served by rtsp_server.py with
     --switch-size and --jump-s); the disk-full fault only when `work_dir` is a small file system
     holding the app's HLS work directories."""
-    filler: list[Path] = []
+    filler: list[DiskFiller] = []
     out = [
         Fault("camera clock jump (-20 s)", cam, lambda: os.kill(server_pid, signal.SIGUSR2)),
         Fault("resolution change", cam, lambda: os.kill(server_pid, signal.SIGUSR1), seen=resized),
@@ -507,7 +519,7 @@ def standard_faults(cam: str, server_pid: int, proxy: FaultProxy, proxy_path: st
         Fault("detector replica killed", cam, kill_matching(pids, "ServeReplica:lookout:detector")),
     ]
     if work_dir is not None:
-        out.append(Fault("HLS disk full", cam, lambda: filler.append(fill_disk(work_dir)),
-                         heal=lambda: filler.pop().unlink(), hold_s=disk_hold_s))
+        out.append(Fault("HLS disk full", cam, lambda: filler.append(DiskFiller(work_dir)),
+                         heal=lambda: filler.pop().heal(), hold_s=disk_hold_s))
     out.append(Fault("Redis restarted", cam, restart_redis_))
     return out
