@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -48,7 +47,6 @@ def scaled_app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
                     "-vf", "scale=416:312", "-c:v", "mpeg4", "-q:v", "4", str(master)], check=True, timeout=60)
     live = tmp / "live.avi"  # the cameras' source: absent = no load
     redis_srv = RedisServer(tmp)
-    redis_srv.start()
     port = free_port()
     args = parse_args({
         "redis_url": redis_srv.url,
@@ -64,8 +62,9 @@ def scaled_app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
         "clips": {"dir": str(tmp / "clips")},
         "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
     })
-    init_ray(address="local", num_cpus=6)  # retried: Ray gives a raylet only 30 s to register
     try:
+        redis_srv.start()
+        init_ray(address="local", num_cpus=6)  # retried: Ray gives a raylet only 30 s to register
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(args), name="lookout", route_prefix="/")
         yield {"master": master, "live": live, "redis": redis.Redis.from_url(redis_srv.url)}

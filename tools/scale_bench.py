@@ -46,19 +46,35 @@ def _wait(pred, timeout_s: float, what: str, interval_s: float = 0.2):
         time.sleep(interval_s)
 
 
+def _retry(start):
+    """start(), up to 3 times: a raylet may take longer than Ray's fixed 30 s to register on a loaded machine."""
+    for attempt in range(3):
+        try:
+            return start()
+        except Exception:  # noqa: BLE001 - Ray raises a bare Exception on a startup timeout
+            if attempt == 2:
+                raise
+            time.sleep(5)
+
+
+def _start_cluster(head_node_args: dict):
+    from ray.cluster_utils import Cluster
+
+    return _retry(lambda: Cluster(initialize_head=True, head_node_args=head_node_args))
+
+
 def init_ray(**kwargs) -> None:
     """ray.init, retried: a raylet may take longer than Ray's fixed 30 s to register on a loaded machine."""
     import ray
 
-    for attempt in range(3):
+    def start() -> None:
         try:
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
-            return
-        except Exception:  # noqa: BLE001 - Ray raises a bare Exception on a startup timeout
+        except Exception:
             ray.shutdown()
-            if attempt == 2:
-                raise
-            time.sleep(5)
+            raise
+
+    _retry(start)
 
 
 def _detected(client, cameras: list[str], t0: float, t1: float) -> int:
@@ -80,9 +96,9 @@ def throughput(a: argparse.Namespace, counts: list[int]) -> list[dict]:
     rds = LocalRedis()
     port = free_port()
     cams = [f"scale{i}" for i in range(a.cameras)]
-    init_ray(address="local", num_cpus=max(counts) + 4)
     rows = []
     try:
+        init_ray(address="local", num_cpus=max(counts) + 4)
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         client = redis.Redis.from_url(rds.url)
         for n in counts:
@@ -143,12 +159,6 @@ def _media_sequence(base: str, cid: str) -> int:
 def failover(a: argparse.Namespace) -> list[dict]:
     """Kills the node reading the RTSP camera `a.kills` times; seconds to frames, segments and detections."""
     import ray
-    import redis
-    from ray import serve
-    from ray.cluster_utils import Cluster
-
-    from pipeline import keys
-    from pipeline.lease import lease_key
 
     sys.path.insert(0, str(ROOT / "tests"))
     from rtsp_fixtures import RtspTestServer  # the GStreamer RTSP server the tests use (system python)
@@ -156,13 +166,34 @@ def failover(a: argparse.Namespace) -> list[dict]:
     clip = a.clip or "data/demo/vtest.avi"
     rds = LocalRedis()
     rtsp = RtspTestServer(free_port(), name="door", file=Path(clip).resolve(), fps=5)
-    rtsp.start()
-    fast_failure = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000,
-                    "health_check_failure_threshold": 4, "health_check_initial_delay_ms": 1000}
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "resources": {"head": 1}, "_system_config": fast_failure, "include_dashboard": False})
-    nodes = {n: cluster.add_node(num_cpus=1, resources={n: 1, "rtsp-host": 1}) for n in ("node-a", "node-b")}
-    cluster.wait_for_nodes()
+    cluster = None
+    rows = []
+    try:
+        rtsp.start()
+        fast_failure = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000,
+                        "health_check_failure_threshold": 4, "health_check_initial_delay_ms": 1000}
+        cluster = _start_cluster({"num_cpus": 4, "resources": {"head": 1}, "_system_config": fast_failure,
+                                  "include_dashboard": False})
+        nodes = {n: cluster.add_node(num_cpus=1, resources={n: 1, "rtsp-host": 1}) for n in ("node-a", "node-b")}
+        cluster.wait_for_nodes()
+        rows = _kill_nodes(a, rds, rtsp, cluster, nodes)
+    finally:
+        ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
+        rtsp.cleanup()
+        rds.close()
+    return rows
+
+
+def _kill_nodes(a: argparse.Namespace, rds: LocalRedis, rtsp, cluster, nodes: dict) -> list[dict]:
+    import ray
+    import redis
+    from ray import serve
+
+    from pipeline import keys
+    from pipeline.lease import lease_key
+
     port = free_port()
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
     args.update({
@@ -230,7 +261,12 @@ def failover(a: argparse.Namespace) -> list[dict]:
                          "segments_s": segments_s})
             print(f"kill {k + 1} ({victim}): frames after {frames_s:.1f}s, detections after {detections_s:.1f}s, "
                   f"new segments after {segments_s:.1f}s", flush=True)
-            nodes[victim] = cluster.add_node(num_cpus=1, resources={victim: 1, "rtsp-host": 1})
+            if k + 1 < a.kills:
+                try:
+                    nodes[victim] = _retry(lambda: cluster.add_node(num_cpus=1, resources={victim: 1, "rtsp-host": 1}))
+                except Exception as exc:  # noqa: BLE001 - keep the kills measured so far
+                    print(f"could not add {victim} back ({exc}); stopping after {k + 1} kill(s)", flush=True)
+                    break
     finally:
         ray.shutdown()
         if proc.poll() is None:
@@ -239,10 +275,7 @@ def failover(a: argparse.Namespace) -> list[dict]:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        cluster.shutdown()
-        rtsp.cleanup()
         r.close()
-        rds.close()
     return rows
 
 
