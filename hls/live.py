@@ -153,12 +153,21 @@ class FramePacer:
         return [(image, captured_at)]
 
 
+COMMON_FPS = (5.0, 6.0, 7.5, 10.0, 12.0, 12.5, 15.0, 20.0, 23.976, 24.0, 25.0, 29.97, 30.0, 50.0, 59.94, 60.0)
+SNAP_TO_COMMON = 0.1  # relative difference within which a measured rate is taken for the nearest common one
+
+
 def estimate_fps(captured_at: list[float], default: float = 10.0) -> float:
-    """Frame rate from capture times (median interval, robust to a late frame); `default` if unknowable."""
-    if len(captured_at) < 2:
+    """Frame rate from capture times; `default` if unknowable.
+
+    The mean rate over the whole span (frames read late and then in a burst, as a starved reader
+    stamps them, or one late frame, leave it unchanged; per-frame intervals do not), taken for the nearest common rate
+    when within 10 % (a frame lost in the span reads as 9.1 fps for 10).
+    """
+    if len(captured_at) < 2 or captured_at[-1] <= captured_at[0]:
         return default
-    intervals = [b - a for a, b in zip(captured_at, captured_at[1:]) if b > a]
-    if not intervals:
-        return default
-    fps = 1.0 / sorted(intervals)[len(intervals) // 2]
+    fps = (len(captured_at) - 1) / (captured_at[-1] - captured_at[0])
+    common = min(COMMON_FPS, key=lambda c: abs(c - fps) / c)
+    if abs(common - fps) / common <= SNAP_TO_COMMON:
+        return common
     return round(min(max(fps, 1.0), 120.0), 2)

@@ -104,3 +104,14 @@ def test_program_date_time_plus_offset_is_the_capture_time_through_ffmpeg(tmp_pa
     # Without the pacer, frames after a lost one sit a frame early in media time (the bug this fixes).
     unpaced = _encode_and_read(tmp_path / "unpaced", times, fps, paced=False)
     assert max(abs(derived - tc) for derived, tc in unpaced) > 1.0 / fps
+
+
+def test_estimate_fps_from_bursty_capture_times():
+    from hls.live import estimate_fps
+
+    # 10 fps read by a starved reader: pairs of frames stamped 5 ms apart (the median interval says 200 fps).
+    bursty = sorted(t for i in range(12) for t in ([i * 0.2 + 0.1, i * 0.2 + 0.105]))
+    assert estimate_fps(bursty) == 10.0
+    assert estimate_fps([i / 10 for i in range(12) if i != 5]) == 10.0  # one frame lost
+    assert estimate_fps([i / 7.3 for i in range(12)]) == 7.5
+    assert estimate_fps([i / 17.0 for i in range(12)]) == 17.0  # nothing common near: as measured
