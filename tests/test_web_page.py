@@ -69,13 +69,6 @@ def cpu_seconds(pattern: str) -> float:
     return total
 
 
-KNOWN_FAILING = pytest.mark.xfail(
-    strict=False,
-    reason="issue 5, open: failed in the fresh-clone CI run of 2026-11-21 (browser-drawn boxes not matched to "
-           "frames under load; stall recovery count; on-demand ffmpeg not restarted); see the session note",
-)
-
-
 def test_on_demand_camera_encodes_only_while_watched(app):
     """No viewer: no ffmpeg and no playlist, detection runs; the first playlist request starts it."""
     wait_until(lambda: (d := app.json("/api/cameras/ondemand/detections/latest")) and d["seq"] is not None
@@ -114,7 +107,7 @@ for (const [id, t] of window.lookout.tiles) {
   const v = t.video;
   out[id] = {t: v.currentTime, err: v.error ? v.error.code : null, w: v.videoWidth, h: v.videoHeight,
              stalled: t.stalled, stalls: t.stalls, recoveries: t.recoveries, badge: t.badge.textContent,
-             restarts: t.restarts};
+             restarts: t.restarts, wall: wallClockMs(t, v.currentTime)};
 }
 return {tiles: out, loadedAt: window.lookout.loadedAt, events: window.lookout.events,
         measure: window.lookout.measure};
@@ -165,7 +158,21 @@ return n;
 """
 
 
-@KNOWN_FAILING
+def alignment(timed: list[dict]) -> dict:
+    """How the page's frame times and boxes compare with the capture time burned into each frame shown."""
+    firsts = {}
+    for smp in timed:  # a frame the encoder repeated (to fill a gap upstream) stays on screen for its slots
+        firsts.setdefault(smp["tc"], smp)
+    pdt_err = [abs(smp["pdt"] - smp["tc"]) for smp in firsts.values()] or [float("inf")]
+    drawn = [smp for smp in timed if smp["det"] is not None]
+    # Boxes of the wrong frame: of a later frame, or of another frame while the page had this one's own.
+    wrong = [smp for smp in drawn if smp["det"] > smp["tc"] + 1 or (smp["own"] and abs(smp["det"] - smp["tc"]) >= 1)]
+    q95 = statistics.quantiles(pdt_err, n=20)[18] if len(pdt_err) > 1 else pdt_err[0]
+    return {"frames": len(firsts), "pdt_p50": statistics.median(pdt_err), "pdt_p95": q95, "drawn": len(drawn),
+            "own_drawn": sum(abs(smp["det"] - smp["tc"]) < 1 for smp in drawn),
+            "own": sum(smp["own"] for smp in timed), "pending": sum(smp["pending"] for smp in timed), "wrong": wrong}
+
+
 def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     # Enlarge the tile and bring it into view (Chromium presents frames of visible videos only).
     page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click();"
@@ -181,54 +188,83 @@ def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     shot = ROOT / "data" / "web-page-boxes.png"
     shot.parent.mkdir(exist_ok=True)
     page.save_screenshot(str(shot))
-    timed_js = "return window.lookout.tiles.get('people').samples.filter(s => s.tc && s.pdt).slice(-300)"
-    try:
-        wait_until(lambda: len(page.execute_script(timed_js)) >= 20, 120, 1, "20 frames shown with a readable timecode")
+    timed_js = "return window.lookout.tiles.get('people').samples.filter(s => s.tc && s.pdt).slice(-1500)"
+    own_drawn = lambda ss: [smp for smp in ss if smp["det"] is not None and abs(smp["det"] - smp["tc"]) < 1]
+    try:  # the detector of a starved machine skips most frames: frames with their own result are few
+        wait_until(lambda: len(own_drawn(page.execute_script(timed_js))) >= 10, 180, 1,
+                   "10 frames shown with a readable timecode and their own boxes")
     except AssertionError:
-        raise AssertionError(f"too few timed frames; tile: {page.execute_script(diag)}") from None
+        timed = page.execute_script(timed_js)
+        raise AssertionError(f"too few frames with their own boxes: {alignment(timed)}; "
+                             f"tile: {page.execute_script(diag)}") from None
     timed = page.execute_script(timed_js)
-    pdt_err = [abs(s["pdt"] - s["tc"]) for s in timed]
-    det_err = [abs(s["det"] - s["tc"]) for s in timed if s["det"]]
-    q = lambda xs, p: statistics.quantiles(xs, n=20)[int(p * 20) - 1]
-    print(f"PDT vs burned capture time: p50 {statistics.median(pdt_err):.0f} ms, p95 {q(pdt_err, .95):.0f} ms; "
-          f"drawn detections vs frame: p50 {statistics.median(det_err):.0f} ms, p95 {q(det_err, .95):.0f} ms "
-          f"({len(det_err)}/{len(timed)} frames with boxes)")
-    # The frame the page thinks it shows is the frame it shows (~1 ms on an idle machine; frames that
-    # ingest or encoder drop under CPU starvation shift the rest of their segment), and so are its boxes.
-    assert statistics.median(pdt_err) <= 250
-    assert det_err and statistics.median(det_err) <= 250
+    fps = page.execute_script("return window.lookout.tiles.get('people').fps") or 10
+    a = alignment(timed)
+    print(f"PDT vs burned capture time: p50 {a['pdt_p50']:.0f} ms, p95 {a['pdt_p95']:.0f} ms ({a['frames']} frames, "
+          f"{fps} fps); of {len(timed)} presentations {a['drawn']} with boxes, {a['own_drawn']} with their own, "
+          f"{a['pending']} waiting for theirs, {len(a['wrong'])} with another frame's")
+    # The capture time the page derives for a frame is that frame's (the encoder keeps media time on
+    # the capture-time grid: within half a frame), and the boxes drawn over it are its own.
+    assert a["pdt_p50"] <= 1000 / fps, a
+    assert len(a["wrong"]) <= max(2, a["drawn"] // 50), a["wrong"][:10]
     page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click()")
 
 
-@KNOWN_FAILING
 def test_stall_is_shown_and_playback_recovers_without_reload(app, page):
     loaded = state(page)["loadedAt"]
-    wait_until(lambda: state(page)["tiles"]["door"]["t"] > 2, 60, 0.5, "door playing")
-    stalls = state(page)["tiles"]["door"]["stalls"]
+    door = lambda: state(page)["tiles"]["door"]
+    wait_until(lambda: (d := door())["t"] > 2 and not d["stalled"], 90, 0.5, "door playing")
+    before = door()
     app.rtsp.stop()
-    s = wait_until(lambda: (d := state(page)["tiles"]["door"])["stalled"] and d, 60, 0.5, "door tile stalled")
-    assert s["badge"].startswith("stalled") and s["stalls"] == stalls + 1
-    wait_until(lambda: "reconnecting" in state(page)["tiles"]["door"]["badge"], 30, 0.5,
-               "the stall badge to name the camera state")
-    t_stalled = state(page)["tiles"]["door"]["t"]
+    # Stalled because the camera is gone (the badge names its state), not a passing hiccup of a loaded machine.
+    s = wait_until(lambda: (d := door())["stalled"] and "reconnecting" in d["badge"] and d, 90, 0.5,
+                   f"door tile stalled, the badge naming the camera state (tile: {door()})")
+    assert s["badge"].startswith("stalled") and s["stalls"] >= before["stalls"] + 1
+    back_ms = time.time() * 1000
     app.rtsp.start()
-    wait_until(lambda: not (d := state(page)["tiles"]["door"])["stalled"] and d["t"] > t_stalled + 2, 120, 0.5,
-               f"door playing again (log:\n{app.log_tail(30)})")
+    # Playing again = showing video captured after the camera came back (also after a player rebuild,
+    # which starts a new media timeline).
+    wait_until(lambda: not (d := door())["stalled"] and (d["wall"] or 0) > back_ms and d["t"] > 0, 150, 0.5,
+               f"door playing new video again (tile: {door()}; log:\n{app.log_tail(30)})")
     st = state(page)
     assert st["loadedAt"] == loaded  # same page, no reload
-    assert st["tiles"]["door"]["recoveries"] >= 1 and st["tiles"]["door"]["err"] is None
-    assert not st["tiles"]["people"]["stalled"]
+    d = st["tiles"]["door"]
+    assert d["recoveries"] >= before["recoveries"] + 1 and d["err"] is None, d
+    # The other cameras play on (a starved machine may stall a tile for a moment: it recovers by itself).
+    wait_until(lambda: not state(page)["tiles"]["people"]["stalled"], 60, 0.5, "the people tile playing")
 
 
-@KNOWN_FAILING
 def test_on_demand_cpu_and_stop_after_the_page_leaves(app, page):
-    assert ffmpeg_running("ondemand")
+    # The page watches it (its player asks for the playlist, retrying 404s while encoding starts).
+    wait_until(lambda: ffmpeg_running("ondemand"), 60, 0.5,
+               f"the on-demand ffmpeg while the page watches (tile: {state(page)['tiles']['ondemand']})")
     pattern = "lookout-hls-ondemand-"
     c0, t0 = cpu_seconds(pattern), time.monotonic()
     time.sleep(10)
     watched_ffmpeg = (cpu_seconds(pattern) - c0) / (time.monotonic() - t0)
     page.get("about:blank")
-    wait_until(lambda: not ffmpeg_running("ondemand"), IDLE_S + 10, 0.5, "the on-demand ffmpeg to stop")
+    wait_until(lambda: not ffmpeg_running("ondemand"), IDLE_S + 30, 0.5, "the on-demand ffmpeg to stop")
     print(f"on-demand camera ffmpeg CPU while watched: {watched_ffmpeg * 100:.1f}% of a core; 0 after")
     assert watched_ffmpeg > 0
     assert ffmpeg_running("people")  # always-on cameras keep encoding
+    time.sleep(3)
+    assert not ffmpeg_running("ondemand")  # and nothing starts it again
+
+
+def test_chart_starts_with_the_history_of_the_last_minutes(app, page):
+    """A page opened later shows the detections of the minutes before it in its chart at once."""
+    wait_until(lambda: (r := app.json(f"/api/cameras/people/counts?interval=second&since_s={time.time() - 300}"
+                                      f"&until_s={time.time()}")) and any(c["label"] == "person" for c in r["counts"]),
+               60, 1, "person counts in the history")
+    page.get(app.base + "/?camera=people")
+    wait_until(lambda: page.execute_script("return window.lookout && window.lookout.tiles.has('people') && "
+                                           "window.lookout.tiles.get('people').history") or False,
+               30, 0.2, "the chart's history to load")
+    loaded_s = page.execute_script("return window.lookout.loadedAt") / 1000
+    # Buckets that end well before the page loaded cannot come from its live stream.
+    old = page.execute_script(
+        "const t = window.lookout.tiles.get('people'); return [...t.buckets.entries()]"
+        f".filter(([k, c]) => (k + 1) * 10 < {loaded_s - 15}).map(([k, c]) => c.person || 0)")
+    note = page.execute_script("return window.lookout.tiles.get('people').history")
+    print(f"chart prefilled from history: {len(old)} buckets before the page loaded ({note})")
+    assert old and max(old) >= 1, old

@@ -4,7 +4,7 @@
 "use strict";
 const tiles = new Map();
 const STALL_AFTER_S = 3, RESTART_AFTER_S = 15, KEEP_DETECTIONS_S = 20;
-const BUCKET_S = 10, CHART_BUCKETS = 30, SYNC_TOLERANCE_MS = 400;
+const BUCKET_S = 10, CHART_BUCKETS = 30, SYNC_TOLERANCE_MS = 400, FATAL_RESTART_MS = 1000;
 const PALETTE = ["#ff3838", "#ff9d97", "#ff701f", "#ffb21d", "#cfd231", "#48f90a", "#92cc17", "#3ddb86",
                  "#1a9334", "#00d4bb", "#2c99a8", "#00c2ff", "#344593", "#6473ff", "#0018ec", "#8438ff"];
 const params = new URLSearchParams(window.location.search);
@@ -54,7 +54,11 @@ function attachStream(tile) {
     tile.lastHlsError = `${data.type}: ${data.details}`;
     if (!data.fatal) return;
     if (data.type === Hls.ErrorTypes.MEDIA_ERROR) hls.recoverMediaError();
-    else restartStream(tile, `fatal ${data.details}`);
+    else if (!tile.restartTimer) {  // e.g. a 404 playlist while an on-demand camera starts encoding
+      const wait = Math.max(0, tile.lastRestart + FATAL_RESTART_MS - Date.now());
+      tile.restartTimer = setTimeout(() => { tile.restartTimer = null; restartStream(tile, `fatal ${data.details}`); },
+                                     wait);
+    }
   });
   hls.on(Hls.Events.MANIFEST_LOADED, (_e, data) => tuneLatency(tile, hls, data.levels[0] && data.levels[0].details));
   hls.on(Hls.Events.LEVEL_UPDATED, (_e, data) => { tile.playlistAt = Date.now(); tile.details = data.details; });
@@ -66,30 +70,42 @@ function restartStream(tile, why) {
   tile.lastRestart = Date.now();
   console.info(`camera ${tile.id}: restarting the player (${why})`);
   if (tile.hls) tile.hls.destroy();
+  tile.details = null;
   tile.hls = attachStream(tile);
   tile.video.play().catch(() => {});
 }
 
-// Wall clock (ms) of media time `t`: the segment's PROGRAM-DATE-TIME plus the offset into it.
+// Capture time (wall clock, ms) of the frame at media time `t`: its segment's PROGRAM-DATE-TIME (the
+// capture time of the segment's first frame) plus the offset into the segment. The encoder puts
+// frames on a grid of 1/fps in capture time, so the offset is a whole number of frames: rounding to
+// it absorbs the small shifts of the player's timeline (hls.js aligns fragments to their PTS).
 function wallClockMs(tile, t) {
   const details = tile.hls && tile.details;
   if (!details) return null;
   for (const f of details.fragments) {
     if (f.programDateTime && t >= f.start - 0.001 && t < f.start + f.duration + 0.001) {
-      return f.programDateTime + (t - f.start) * 1000;
+      const fps = tile.fps, offset = t - f.start;
+      return f.programDateTime + (fps ? Math.round(offset * fps) * 1000 / fps : offset * 1000);
     }
   }
   return null;
 }
 
+// The detection result of the frame captured at `ms`. The encoder puts frames on a grid of 1/fps
+// in capture time, so that frame's own result lies within half a frame of `ms`; a frame the detector
+// skipped gets the newest earlier result (none when that is older than SYNC_TOLERANCE_MS). While no
+// result of this frame or a later one has arrived, the frame's own may still come: `pending`, and
+// nothing is drawn rather than the boxes of an earlier frame (addDetections draws them on arrival).
 function detectionsAt(tile, ms) {
-  let best = null;
-  for (const d of tile.detections) {  // oldest first
-    if (d.at > ms + 20) break;
-    best = d;
-  }
+  const ds = tile.detections, half = 500 / (tile.fps || 10);
+  let i = ds.length - 1;
+  while (i >= 0 && ds[i].at > ms + half) i--;
+  const best = i >= 0 ? ds[i] : null;
+  if (best && best.at >= ms - half) return best;  // the frame's own result
+  if (i === ds.length - 1) return PENDING;
   return best && ms - best.at <= SYNC_TOLERANCE_MS ? best : null;
 }
+const PENDING = { pending: true, at: null, detections: [] };
 
 function drawBoxes(tile, det) {
   const { overlay, video } = tile;
@@ -112,15 +128,27 @@ function drawBoxes(tile, det) {
   }
 }
 
+function showDetections(tile) {
+  const det = tile.frameMs === null ? null : detectionsAt(tile, tile.frameMs);
+  if (det !== tile.drawn) {
+    tile.drawn = det;
+    if (tile.boxesInBrowser) drawBoxes(tile, det && !det.pending ? det : null);
+  }
+  return det;
+}
+
 function onFrame(tile, _now, meta) {
   const shownAt = performance.timeOrigin + meta.expectedDisplayTime;
-  const pdtMs = wallClockMs(tile, meta.mediaTime);
-  const det = pdtMs === null ? null : detectionsAt(tile, pdtMs);
-  if (tile.boxesInBrowser) drawBoxes(tile, det);
+  tile.frameMs = wallClockMs(tile, meta.mediaTime);
+  tile.drawn = undefined;  // a new frame: draw (or clear) again
+  const det = showDetections(tile);
   const measure = window.lookout.measure;
   if (measure === "1" || measure === tile.id) {
     const tc = Timecode.read(tile.video);
-    tile.samples.push({ tc, pdt: pdtMs, shown: shownAt, det: det ? det.at : null, media: meta.mediaTime });
+    // own: whether the page had this frame's own result (by its burned capture time) when it was shown.
+    const own = tc !== null && tile.detections.some(d => Math.abs(d.at - tc) < 1);
+    tile.samples.push({ tc, pdt: tile.frameMs, shown: shownAt, det: det && det.at, own,
+                        pending: !!(det && det.pending), media: meta.mediaTime });
     if (tile.samples.length > 5000) tile.samples.splice(0, 1000);
   }
   tile.video.requestVideoFrameCallback((n, m) => onFrame(tile, n, m));
@@ -138,16 +166,19 @@ function tileFor(cam) {
     overlay: node.querySelector(".overlay"), chart: node.querySelector(".chart"),
     badge: node.querySelector(".badge"), detections: [], buckets: new Map(), listDirty: false,
     lastT: -1, lastProgress: Date.now(), played: false, stalled: false, stalls: 0, recoveries: 0,
-    restarts: 0, lastRestart: 0, samples: [], showBoxes: true, boxesInBrowser: false, stream: null,
+    restarts: 0, lastRestart: 0, restartTimer: null, samples: [], showBoxes: true, boxesInBrowser: false, stream: null,
+    fps: null, frameMs: null, drawn: undefined,
   };
   tile.hls = attachStream(tile);
+  prefillChart(tile);
   node.querySelector(".screen").addEventListener("click", () => {
     node.classList.toggle("big");
     if (node.classList.contains("big")) node.scrollIntoView({ block: "nearest" });
   });
   node.querySelector("input.boxes").addEventListener("change", (e) => {
     tile.showBoxes = e.target.checked;
-    if (!tile.showBoxes) drawBoxes(tile, null);
+    tile.drawn = undefined;
+    showDetections(tile);
   });
   tile.video.play().catch(() => {});
   if (tile.video.requestVideoFrameCallback) tile.video.requestVideoFrameCallback((n, m) => onFrame(tile, n, m));
@@ -167,6 +198,7 @@ async function refreshCameras() {
       tile.camera = cam;
       tile.stream = cam.stream;
       tile.boxesInBrowser = !!cam.stream && cam.stream.boxes === "browser";
+      tile.fps = (cam.stream && cam.stream.fps) || null;
       tile.node.querySelector(".boxes-toggle").hidden = !tile.boxesInBrowser;
       const state = tile.node.querySelector(".state");
       state.textContent = `${cam.state} · ${cam.fps.toFixed(1)} fps`;
@@ -227,18 +259,44 @@ function addDetections(result) {
   const tile = tiles.get(result.camera_id);
   if (!tile) return;
   window.lookout.events += 1;
-  const at = result.captured_at * 1000;
-  tile.detections.push({ at, seq: result.seq, detections: result.detections });
-  while (tile.detections.length && tile.detections[0].at < at - KEEP_DETECTIONS_S * 1000) tile.detections.shift();
-  const bucket = Math.floor(result.captured_at / BUCKET_S);
-  const counts = tile.buckets.get(bucket) || {};
+  const at = result.captured_at * 1000, ds = tile.detections;
+  let i = ds.length;
+  while (i > 0 && ds[i - 1].at > at) i--;  // kept in capture order (results may overtake each other)
+  ds.splice(i, 0, { at, seq: result.seq, detections: result.detections });
+  while (ds.length && ds[0].at < ds[ds.length - 1].at - KEEP_DETECTIONS_S * 1000) ds.shift();
+  if (tile.boxesInBrowser) showDetections(tile);  // the frame on screen may have been waiting for it
   const now = {};
   for (const d of result.detections) now[d.label] = (now[d.label] || 0) + 1;
-  for (const [label, n] of Object.entries(now)) counts[label] = Math.max(counts[label] || 0, n);
-  tile.buckets.set(bucket, counts);
-  for (const k of tile.buckets.keys()) if (k < bucket - CHART_BUCKETS) tile.buckets.delete(k);
+  countInChart(tile, result.captured_at, now);
   tile.latest = result;
   tile.listDirty = true;
+}
+
+// The chart's bucket of capture time `t` (s) keeps the most of each label seen in one frame.
+function countInChart(tile, t, perLabel) {
+  const bucket = Math.floor(t / BUCKET_S), oldest = Math.floor(Date.now() / 1000 / BUCKET_S) - CHART_BUCKETS;
+  if (bucket < oldest) return;
+  const counts = tile.buckets.get(bucket) || {};
+  for (const [label, n] of Object.entries(perLabel)) counts[label] = Math.max(counts[label] || 0, n);
+  tile.buckets.set(bucket, counts);
+  for (const k of tile.buckets.keys()) if (k < oldest) tile.buckets.delete(k);
+}
+
+// On load the chart starts with the history of its last CHART_BUCKETS * BUCKET_S seconds (per-second
+// counts from the events stage); live results are merged into the same buckets. Without history
+// (stage down, no permission) it fills from the live stream alone.
+async function prefillChart(tile) {
+  const until = Date.now() / 1000, since = until - CHART_BUCKETS * BUCKET_S;
+  try {
+    const res = await fetch(`/api/cameras/${encodeURIComponent(tile.id)}/counts?interval=second` +
+                            `&since_s=${since.toFixed(3)}&until_s=${until.toFixed(3)}`, { credentials: "same-origin" });
+    if (!res.ok) { tile.history = `history: HTTP ${res.status}`; return; }
+    const body = await res.json();
+    for (const c of body.counts || []) countInChart(tile, c.start_s, { [c.label]: c.max_per_frame });
+    tile.history = `history: ${(body.counts || []).length} counts`;
+  } catch (err) {
+    tile.history = `history: ${err}`;
+  }
 }
 
 function renderLists() {
