@@ -137,7 +137,8 @@ def main(a: argparse.Namespace) -> int:
                     res = F.measure(mon, fault, FPS, ["fb", "fc"], timeout_s=a.timeout_s,
                                     log=lambda s: print(f"[{i + 1}/{a.repeats}] {s}", flush=True))
                 except TimeoutError as exc:
-                    print(f"[{i + 1}/{a.repeats}] {fault.name}: NOT RECOVERED: {exc}", flush=True)
+                    print(f"[{i + 1}/{a.repeats}] {fault.name}: NOT RECOVERED: {exc}; now: "
+                          f"{ {c: mon.latest(c) for c in cams} }", flush=True)
                     res = F.Result(fault.name, fault.camera, -1.0, -1, -1.0, [], 0, {})
                 results[fault.name].append(res)
         mon.close()
