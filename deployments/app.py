@@ -36,7 +36,8 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
             stages.append(EncoderDeployment.options(name=f"encoder-{cam.id}").bind(cfg, cam.id))
     if cfg.events.enabled:
         stages.append(EventsDeployment.options(user_config=runtime_config(cfg)).bind(cfg))
-    return GatewayDeployment.bind(cfg, detector, *stages)
+    gateway = GatewayDeployment.options(max_ongoing_requests=cfg.gateway.max_ongoing_requests)
+    return gateway.bind(cfg, detector, *stages)
 
 
 def detector_options(det: DetectorConfig) -> dict[str, Any]:

@@ -405,6 +405,10 @@ class GatewayConfig(_Model):
         "http://127.0.0.1:8000", description="Where users reach the gateway (printed links; default token issuer)."
     )
     stale_after_s: float = Field(10.0, gt=0, le=3600, description="A camera not heard from this long is 'failed'.")
+    max_ongoing_requests: int = Field(
+        1000, ge=8, le=100_000,
+        description="Requests one gateway replica serves at once (HLS viewers, SSE streams, LL-HLS blocking "
+                    "reloads each hold one); Serve's default of 5 queues viewers for seconds.")
     upload_max_bytes: int = Field(
         8 * 2**20, ge=1024, le=64 * 2**20, description="Largest image accepted by POST /api/detect.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication and authorization.")

@@ -231,7 +231,6 @@ def main(a: argparse.Namespace) -> int:
     import redis
     from ray import serve
 
-    import deployments.app
     from deployments.app import build_app
     from gateway.auth.store import AuthStore
     from pipeline.bus import StatusStore
@@ -250,7 +249,8 @@ def main(a: argparse.Namespace) -> int:
         "hls": {"segment_s": a.segment_s},
         "history": {"db_path": str(tmp / "history.sqlite3")},
         "clips": {"dir": str(tmp / "clips")},
-        "gateway": {"public_url": base, "auth": {"mode": "builtin", "db_path": str(auth_db),
+        "gateway": {"public_url": base, **({"max_ongoing_requests": a.gateway_max_ongoing} if a.gateway_max_ongoing else {}),
+                    "auth": {"mode": "builtin", "db_path": str(auth_db),
                                                   "key_dir": str(tmp / "keys")}},
     })
     row, secret = AuthStore(auth_db).add_client("load bench", {"detections:read", f"camera:{CAMERA}:view"})
@@ -265,10 +265,7 @@ def main(a: argparse.Namespace) -> int:
                 if attempt == 4:
                     raise
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        if a.gateway_max_ongoing:  # try another Serve limit on the gateway replica than the shipped one
-            deployments.app.GatewayDeployment = deployments.app.GatewayDeployment.options(
-                max_ongoing_requests=a.gateway_max_ongoing)
-        report["gateway_max_ongoing_requests"] = deployments.app.GatewayDeployment._deployment_config.max_ongoing_requests
+        report["gateway_max_ongoing_requests"] = args.gateway.max_ongoing_requests
         serve.run(build_app(args), name="lookout", route_prefix="/")
         token = token_for(base, row.client_id, secret)
         wait_for_segments(base, token)
