@@ -61,6 +61,7 @@ class SegmentInfo:
     name: str
     duration_s: float
     discontinuity: bool = False
+    init: str | None = None  # fMP4: the segment's EXT-X-MAP init section in the store
 
     @property
     def end_s(self) -> float:
@@ -142,7 +143,7 @@ class SegmentIndex:
             return 0
         pl = MediaPlaylist.parse(text)
         key = self._key(camera_id)
-        entries = {json.dumps([e.name, e.duration_s, e.discontinuity]): e.program_date_time
+        entries = {json.dumps([e.name, e.duration_s, e.discontinuity, e.init]): e.program_date_time
                    for e in pl.entries if e.program_date_time > 0}
         if entries:
             pipe = self.client.pipeline(transaction=False)
@@ -157,8 +158,8 @@ class SegmentIndex:
         hi = "+inf" if end_s is None else end_s
         out = []
         for member, score in self.client.zrangebyscore(self._key(camera_id), lo, hi, withscores=True):
-            name, dur, disc = json.loads(member)
-            out.append(SegmentInfo(float(score), name, float(dur), bool(disc)))
+            name, dur, disc, *init = json.loads(member)
+            out.append(SegmentInfo(float(score), name, float(dur), bool(disc), init[0] if init else None))
         out.sort()
         if start_s is not None:
             out = [s for s in out if s.end_s > start_s]
@@ -246,9 +247,9 @@ class ClipMaker:
         self.index.refresh(camera_id, self.store)
         segs = segments_for_range(self.index.segments(camera_id, start_s, end_s), start_s, end_s)
         with tempfile.TemporaryDirectory(prefix="lookout-clip-") as tmp:
-            files = []
+            files, inits = [], {}
             for s in segs:
-                data = self.store.get_segment(camera_id, s.name)
+                data = self.segment_file_bytes(camera_id, s, inits)
                 if data is None:
                     continue  # expired: the clip starts later (reported in ClipInfo.start_s)
                 path = Path(tmp) / s.name
@@ -256,6 +257,16 @@ class ClipMaker:
                 files.append((s, path))
             name = name or f"export_{int(start_s * 1000)}_{int(end_s * 1000)}"
             return self._cut(camera_id, files, start_s, end_s, name)
+
+    def segment_file_bytes(self, camera_id: str, seg: SegmentInfo, inits: dict[str, bytes | None]) -> bytes | None:
+        """The segment as a file ffmpeg can open on its own (fMP4: its init section first); None once expired.
+        `inits` caches init sections across calls."""
+        data = self.store.get_segment(camera_id, seg.name)
+        if seg.init and data is not None:
+            if seg.init not in inits:
+                inits[seg.init] = self.store.get_segment(camera_id, seg.init)
+            data = None if inits[seg.init] is None else inits[seg.init] + data
+        return data
 
     def _cut(self, camera_id: str, files: list[tuple[SegmentInfo, Path]], start_s: float, end_s: float,
              name: str) -> ClipInfo:
@@ -295,6 +306,7 @@ class _Pending:
     start_s: float
     end_s: float | None = None
     staged: dict[str, SegmentInfo] = field(default_factory=dict)
+    inits: dict[str, bytes | None] = field(default_factory=dict)
 
 
 class EventClipper:
@@ -344,7 +356,7 @@ class EventClipper:
             folder = self.staging / eid
             for s in wanted:
                 if s.name not in p.staged:
-                    data = self.maker.store.get_segment(p.camera_id, s.name)
+                    data = self.maker.segment_file_bytes(p.camera_id, s, p.inits)
                     if data is None:
                         log.warning("[%s] event %s: segment %s expired before it was staged", p.camera_id, eid, s.name)
                         p.staged[s.name] = s  # do not try again

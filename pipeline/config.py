@@ -250,8 +250,7 @@ class HlsConfig(_Model):
     )
     container: Literal["mpegts", "fmp4"] | None = Field(
         None, description="Segment container: MPEG-TS (.ts) or fragmented MP4 (.m4s + an EXT-X-MAP init "
-                          "section); default: mpegts, or fmp4 with low_latency (which needs it). Event clips "
-                          "and exports need mpegts for now.",
+                          "section); default: mpegts, or fmp4 with low_latency (which needs it).",
     )
     low_latency: bool = Field(
         False, description="Low-Latency HLS: fMP4 partial segments of part_s listed with EXT-X-PART, blocking "

@@ -112,9 +112,9 @@ def feed(seg: Segmenter, frames: range, clipper: EventClipper | None = None, don
             done += clipper.poll(T0 + i / FPS)
 
 
-@pytest.fixture
-def hls(redis_client, tmp_path):
-    settings = HlsConfig(segment_s=1, list_size=4, keep_segments=8, preset="ultrafast")
+@pytest.fixture(params=["mpegts", "fmp4"])
+def hls(redis_client, tmp_path, request):
+    settings = HlsConfig(segment_s=1, list_size=4, keep_segments=8, preset="ultrafast", container=request.param)
     store = RedisHlsStore(redis_client, ttl_s=120)
     index = SegmentIndex(redis_client)
     maker = ClipMaker(ClipConfig(dir=str(tmp_path / "clips"), pre_s=3, post_s=2), store, index)
