@@ -182,7 +182,8 @@ def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
             "pdt: t.samples.filter(s => s.pdt).length, last: t.samples.slice(-2), "
             "top: t.node.getBoundingClientRect().top}")
     try:
-        wait_until(lambda: page.execute_script(RED_OVERLAY) > 100, 90, 0.3, "a person box drawn over the video")
+        # Chromium on a starved 2-core box may present only a few frames a second of 16 videos.
+        wait_until(lambda: page.execute_script(RED_OVERLAY) > 100, 180, 0.3, "a person box drawn over the video")
     except AssertionError:
         raise AssertionError(f"no person box drawn; tile: {page.execute_script(diag)}") from None
     shot = ROOT / "data" / "web-page-boxes.png"
