@@ -1,6 +1,8 @@
 """The gateway's Starlette application: web page, HLS, and the HTTP API, behind the auth layer."""
 from __future__ import annotations
 
+import inspect
+
 import logging
 from pathlib import Path
 
@@ -61,8 +63,7 @@ def _guard(route: Route, ctx: GatewayContext) -> Route:
 
 def _private_hls(endpoint, ctx: GatewayContext, playlist: bool):
     """Playlists get signed segment URIs; nothing of a camera is cacheable by shared caches."""
-    def wrapper(request: Request) -> Response:
-        resp = endpoint(request)
+    def finish(request: Request, resp: Response) -> Response:
         if resp.status_code != 200:
             return resp
         if playlist:
@@ -72,6 +73,14 @@ def _private_hls(endpoint, ctx: GatewayContext, playlist: bool):
             return Response(text, media_type=resp.media_type, headers={"Cache-Control": "private, no-cache"})
         resp.headers["Cache-Control"] = "private, max-age=60, immutable"
         return resp
+
+    if inspect.iscoroutinefunction(endpoint):  # the playlist route waits (LL-HLS blocking reload) without a thread
+        async def async_wrapper(request: Request) -> Response:
+            return finish(request, await endpoint(request))
+        return async_wrapper
+
+    def wrapper(request: Request) -> Response:
+        return finish(request, endpoint(request))
     return wrapper
 
 

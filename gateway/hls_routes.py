@@ -3,14 +3,16 @@
 Low-Latency playlists (EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES) answer blocking reloads
 (`?_HLS_msn=M[&_HLS_part=N]`, hls/llhls.py): the request waits, polling the store, until the
 playlist holds that segment/part, at most 3 target durations (then 503). Bad directives are 400.
-The wait happens in the sync endpoint's worker thread (Starlette's thread pool), so each
-waiting player holds one thread for at most that long. Requests without directives (standard
-players, the first load) are answered at once.
+The wait is an asyncio sleep between store reads (each read in Starlette's thread pool), so
+waiting players hold no worker thread. Requests without directives (standard players, the first
+load) are answered at once.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -30,7 +32,7 @@ def make_routes(ctx: GatewayContext, reload_poll_s: float = RELOAD_POLL_S) -> li
     store = ctx.hls_store
     viewers = ViewerTracker(ctx.redis, ctx.args.hls.on_demand_idle_s)
 
-    def playlist(request: Request) -> Response:
+    async def playlist(request: Request) -> Response:
         cid = request.path_params["camera_id"]
         if not CAMERA_ID_RE.match(cid):
             return PlainTextResponse("not found", status_code=404)
@@ -38,8 +40,8 @@ def make_routes(ctx: GatewayContext, reload_poll_s: float = RELOAD_POLL_S) -> li
             msn, part = parse_directives(request.query_params)
         except BadDirective as exc:
             return PlainTextResponse(str(exc), status_code=400, headers=NO_STORE)
-        viewers.touch(cid)  # an on-demand encoder starts (or keeps) encoding while this is fresh
-        text = store.get_playlist(cid)
+        await run_in_threadpool(viewers.touch, cid)  # an on-demand encoder starts (or keeps) encoding while fresh
+        text = await run_in_threadpool(store.get_playlist, cid)
         if text is None:
             return PlainTextResponse(f"no HLS stream for camera {cid!r} yet", status_code=404, headers=NO_STORE)
         if msn is not None:
@@ -53,8 +55,8 @@ def make_routes(ctx: GatewayContext, reload_poll_s: float = RELOAD_POLL_S) -> li
                 if time.monotonic() > deadline:
                     return PlainTextResponse(f"segment {msn} part {part} did not appear in time", status_code=503,
                                              headers=NO_STORE)
-                time.sleep(reload_poll_s)
-                text = store.get_playlist(cid)
+                await asyncio.sleep(reload_poll_s)
+                text = await run_in_threadpool(store.get_playlist, cid)
                 if text is None:
                     return PlainTextResponse(f"HLS stream of camera {cid!r} stopped", status_code=404,
                                              headers=NO_STORE)
