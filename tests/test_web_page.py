@@ -174,6 +174,8 @@ def alignment(timed: list[dict]) -> dict:
 
 
 def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
+    wait_until(lambda: page.execute_script("return !!document.querySelector('[data-camera=\"people\"] .screen')"),
+               60, 0.5, "the people tile")
     # Enlarge the tile and bring it into view (Chromium presents frames of visible videos only).
     page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click();"
                         "document.querySelector('[data-camera=\"people\"]').scrollIntoView()")
