@@ -683,7 +683,10 @@ class Segmenter:
         self._write_playlist()
 
     def _check_stall(self, run: _Run) -> None:
-        """Kill an ffmpeg that blocks a write, or takes frames but makes no segments."""
+        """Kill an ffmpeg that blocks a write, or takes frames but makes no segments (once: a killed
+        fMP4 run stays listed until its reader has drained the pipe)."""
+        if run.kill_reason is not None:
+            return
         now = time.monotonic()
         since = run.write_since
         gop = gop_frames(self.fps, self.settings.segment_s)
