@@ -381,12 +381,14 @@ def test_camera_plays_in_chromium(redis_server, tmp_path, monkeypatch, low_laten
         assert s["err"] is None and s["w"] == 320
         if low_latency:
             assert s["ll"] is True and s["block"] is True and s["parts"] > 0
-            assert s["target"] == pytest.approx(0.6)  # PART-HOLD-BACK
+            # PART-HOLD-BACK; hls.js adds liveSyncOnStallIncrease per stall, at most a target duration (1 s)
+            assert 0.6 - 1e-6 <= s["target"] <= 1.6 + 1e-6
             assert any("_HLS_msn=" in u and "_HLS_part=" in u for u in s["urls"])  # blocking reloads were made
             assert any(re.search(r"/\d{13}_\d{8}_\d+\.m4s\?", u) for u in s["urls"])  # parts were loaded
             assert any(re.search(r"/\d{13}_init\d{4}\.mp4\?", u) for u in s["urls"])
         else:
-            assert s["ll"] is False and s["parts"] == 0 and s["target"] == pytest.approx(1.5)
+            # the page's 1.5 s (hls.js' own default would be 3 s); + at most a target duration after stalls
+            assert s["ll"] is False and s["parts"] == 0 and 1.5 - 1e-6 <= s["target"] <= 2.5 + 1e-6
             assert not any("_HLS_" in u for u in s["urls"]) and any(".ts?" in u for u in s["urls"])
     finally:
         stop.set()
