@@ -42,7 +42,8 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
     def aclient() -> aioredis.Redis:
         loop = id(asyncio.get_running_loop())
         if loop not in clients:
-            clients[loop] = aioredis.Redis.from_url(ctx.args.resolved_redis_url, health_check_interval=30)
+            clients[loop] = aioredis.Redis.from_url(  # socket timeout > the XREAD block (redis-py 8 defaults to 5 s)
+                ctx.args.resolved_redis_url, health_check_interval=30, socket_timeout=BLOCK_MS / 1000 + 10)
         return clients[loop]
 
     def list_events(request: Request) -> Response:
