@@ -275,3 +275,29 @@ def test_page_lists_events_from_its_own_script(admin):
 
     if shutil.which("node"):
         subprocess.run(["node", "--check", "gateway/web/static/events.js"], check=True, cwd=ROOT_DIR)
+
+
+def test_event_stream_outlives_quiet_periods_longer_than_the_redis_socket_timeout(ctx, admin):
+    """An SSE client waits through >5 s without events (the XREAD block and redis-py 8's default
+    socket timeout are both 5 s) and still gets the next event on the same connection."""
+    import threading
+
+    store = EventStore(ctx.redis)
+
+    def later():
+        time.sleep(8)
+        now = time.time()
+        store.apply(EventUpdate("start", "a.quiet.1", "a", "quiet", "count_above", "person", None, now, now, None,
+                                [1], 1))
+
+    threading.Thread(target=later, daemon=True).start()
+    deadline = time.monotonic() + 40
+    got = False
+    with admin.stream("GET", "/api/events/stream") as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():  # keep-alives every 5 s keep this loop turning
+            if line.startswith("data:") and "a.quiet.1" in line:
+                got = True
+                break
+            assert time.monotonic() < deadline, "the event did not come on the open stream"
+    assert got, "the stream ended before the event came"
