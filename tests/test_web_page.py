@@ -175,7 +175,7 @@ def alignment(timed: list[dict]) -> dict:
 @pytest.mark.xfail(strict=False, reason=(
     "issue 5, open: in the fresh-clone CI run of 2026-11-21 11:03 (16 cameras on 2 cores) the people "
     "tile's encoder got ~4.3 fps; PROGRAM-DATE-TIME + k/fps was 77 ms (p50) off the burned capture time, "
-    "so only 4 of 22 frames with boxes found their own result. Passed on the development box. See the note."))
+    "so only 4 of 22 frames with boxes found their own result (it passed in the CI run before). See the note."))
 def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     wait_until(lambda: page.execute_script("return !!document.querySelector('[data-camera=\"people\"] .screen')"),
                60, 0.5, "the people tile")
