@@ -1,7 +1,6 @@
 """One encoder deployment per camera: bus frames + detections -> annotated HLS in the shared store."""
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -14,7 +13,7 @@ from hls.segmenter import Segmenter
 from pipeline.metrics import Metrics
 from hls.store import make_store
 from hls.timecode import burn as burn_timecode
-from hls.viewers import STREAM_INFO_TTL_S, ViewerTracker, get_stream_info, put_stream_info, stream_info_key
+from hls.viewers import ViewerTracker, put_stream_info
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
 from pipeline.bus import FrameBus, ResultStore
 from pipeline.config import PipelineArgs
@@ -106,9 +105,8 @@ class EncoderDeployment:
         hls_error = self.segmenter.last_error
         if self._size != (w, h) or hls_error != self._hls_error or time.monotonic() - self._info_at > INFO_EVERY_S:
             self._size, self._info_at, self._hls_error = (w, h), time.monotonic(), hls_error
-            put_stream_info(self.redis, self.camera_id, w, h, self.args.hls.boxes, self.fps)
-            if hls_error:  # shown by /api/cameras under "stream"
-                add_stream_info(self.redis, self.camera_id, hls_error=hls_error, hls_restarts=self.segmenter.restarts)
+            errors = {"hls_error": hls_error, "hls_restarts": self.segmenter.restarts} if hls_error else {}
+            put_stream_info(self.redis, self.camera_id, w, h, self.args.hls.boxes, self.fps, **errors)
         if self.args.hls.timecode:
             if not image.flags.writeable:
                 image = image.copy()
@@ -145,8 +143,3 @@ class EncoderDeployment:
         if self.segmenter is not None:
             self.segmenter.close()
 
-
-def add_stream_info(client, camera_id: str, **fields) -> None:
-    """Merge `fields` into the camera's stream info (hls.viewers), which /api/cameras shows as `stream`."""
-    info = get_stream_info(client, camera_id) or {}
-    client.set(stream_info_key(camera_id), json.dumps({**info, **fields}), ex=STREAM_INFO_TTL_S)

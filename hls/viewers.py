@@ -41,10 +41,10 @@ class ViewerTracker:
 
 
 def put_stream_info(client, camera_id: str, width_px: int, height_px: int, boxes: str,
-                    fps: float | None = None) -> None:
+                    fps: float | None = None, **extra) -> None:
     """The source frame size, box mode and frame rate, so the page can draw boxes (given in source
-    pixels) over the right frame."""
-    info = {"source_width_px": width_px, "source_height_px": height_px, "boxes": boxes}
+    pixels) over the right frame; `extra` fields (e.g. the encoder's last error) go along."""
+    info = {"source_width_px": width_px, "source_height_px": height_px, "boxes": boxes, **extra}
     if fps:
         info["fps"] = fps
     client.set(stream_info_key(camera_id), json.dumps(info), ex=STREAM_INFO_TTL_S)

@@ -10,14 +10,11 @@ and no frame seq is ever published twice.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,33 +25,11 @@ from conftest import ROOT, RedisServer, free_port
 from pipeline import keys
 from pipeline.lease import lease_key
 from rtsp_fixtures import RtspTestServer, wait_until
+from tools.scale_bench import get_json, media_sequence, playlist
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 LEASE_TTL_S = 3.0
 TAKEOVER_BOUND_S = LEASE_TTL_S + 1.0 + 5.0  # ttl + retry + RTSP open and first frame
-
-
-def get_json(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return json.loads(r.read())
-    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-        return None
-
-
-def playlist(base: str, cid: str) -> str:
-    try:
-        with urllib.request.urlopen(f"{base}/hls/{cid}/index.m3u8", timeout=5) as r:
-            return r.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return ""
-
-
-def media_sequence(text: str) -> int:
-    for line in text.splitlines():
-        if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-            return int(line.split(":")[1]) + sum(1 for x in text.splitlines() if x and not x.startswith("#"))
-    return -1
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 STAGES = (("detector", "ServeReplica:lookout:detector"), ("ingest", "ServeReplica:lookout:ingest"),
           ("encoder", "ServeReplica:lookout:encoder"), ("events", "ServeReplica:lookout:events"),
@@ -55,12 +56,13 @@ class StageReading:
     processes: int = 0
 
 
-def read_stages() -> dict[str, StageReading]:
-    """CPU seconds so far, resident memory and open files of every process, grouped by stage (from /proc)."""
+def read_stages(pids: Iterable[int | str] | None = None) -> dict[str, StageReading]:
+    """CPU seconds so far, resident memory and open files of `pids` (default: every process),
+    grouped by stage (from /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     page = os.sysconf("SC_PAGE_SIZE")
     out: dict[str, StageReading] = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
+    for pid in (filter(str.isdigit, os.listdir("/proc")) if pids is None else pids):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

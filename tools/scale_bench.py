@@ -135,7 +135,8 @@ def throughput(a: argparse.Namespace, counts: list[int]) -> list[dict]:
     return rows
 
 
-def _get_json(url: str):
+def get_json(url: str):
+    """The JSON at `url`, None on any failure (a node may be down)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return json.loads(r.read())
@@ -143,13 +144,17 @@ def _get_json(url: str):
         return None
 
 
-def _media_sequence(base: str, cid: str) -> int:
-    """Index of the newest segment in the camera's playlist, -1 when there is none."""
+def playlist(base: str, cid: str) -> str:
+    """The camera's playlist text, "" when there is none."""
     try:
         with urllib.request.urlopen(f"{base}/hls/{cid}/index.m3u8", timeout=5) as r:
-            text = r.read().decode()
+            return r.read().decode()
     except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return -1
+        return ""
+
+
+def media_sequence(text: str) -> int:
+    """Index of the newest segment in a playlist's text, -1 when there is none."""
     for line in text.splitlines():
         if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
             return int(line.split(":")[1]) + sum(1 for x in text.splitlines() if x and not x.startswith("#"))
@@ -228,20 +233,20 @@ def _kill_nodes(a: argparse.Namespace, rds: LocalRedis, rtsp, cluster, nodes: di
     r = redis.Redis.from_url(rds.url)
     rows = []
     try:
-        _wait(lambda: proc.poll() is not None or _get_json(base + "/healthz"), 300, "the gateway", 1)
+        _wait(lambda: proc.poll() is not None or get_json(base + "/healthz"), 300, "the gateway", 1)
         if proc.poll() is not None:
             raise RuntimeError(f"serve run exited: {log_path.read_text()[-3000:]}")
         init_ray(address=cluster.address)
         for k in range(a.kills):
             _wait(lambda: serve.status().applications["lookout"].deployments["ingest-door"].replica_states
                   == {"RUNNING": 2}, 180, "the reader and its standby", 1)
-            _wait(lambda: (_get_json(f"{base}/api/cameras/door") or {}).get("state") == "running", 120, "door")
-            _wait(lambda: _media_sequence(base, "door") >= 2, 120, "door segments", 0.5)
-            _wait(lambda: (d := _get_json(f"{base}/api/cameras/door/detections/latest"))
+            _wait(lambda: (get_json(f"{base}/api/cameras/door") or {}).get("state") == "running", 120, "door")
+            _wait(lambda: media_sequence(playlist(base, "door")) >= 2, 120, "door segments", 0.5)
+            _wait(lambda: (d := get_json(f"{base}/api/cameras/door/detections/latest"))
                   and time.time() - d["captured_at"] < 5, 120, "fresh door detections", 0.5)
             holder = r.get(lease_key("door")).decode()
             victim = next(n for n, node in nodes.items() if node.node_id.startswith(holder.split(":")[0]))
-            segs = _media_sequence(base, "door")
+            segs = media_sequence(playlist(base, "door"))
             cluster.remove_node(nodes[victim], allow_graceful=False)
             killed, wall_killed = time.monotonic(), time.time()
 
@@ -252,10 +257,10 @@ def _kill_nodes(a: argparse.Namespace, rds: LocalRedis, rtsp, cluster, nodes: di
 
             _wait(frames_back, 60, "door frames from the standby", 0.05)
             frames_s = time.monotonic() - killed
-            _wait(lambda: (d := _get_json(f"{base}/api/cameras/door/detections/latest"))
+            _wait(lambda: (d := get_json(f"{base}/api/cameras/door/detections/latest"))
                   and d["captured_at"] > wall_killed, 60, "fresh door detections", 0.1)
             detections_s = time.monotonic() - killed
-            _wait(lambda: _media_sequence(base, "door") > segs + 1, 90, "new door segments", 0.1)
+            _wait(lambda: media_sequence(playlist(base, "door")) > segs + 1, 90, "new door segments", 0.1)
             segments_s = time.monotonic() - killed
             rows.append({"kill": k + 1, "node": victim, "frames_s": frames_s, "detections_s": detections_s,
                          "segments_s": segments_s})

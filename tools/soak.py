@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from pipeline.config import parse_args
-from tools.procs import STAGES, LocalRedis, StageReading, free_port
+from tools.procs import LocalRedis, StageReading, free_port, read_stages
 
 # What a series may still grow per hour over the second half before it counts as a leak.
 ALLOWANCE_PER_H = {"rss_mb": 25.0, "fds": 5.0, "redis_mb": 10.0, "redis_uncapped_mb": 10.0, "hls_disk_mb": 5.0}
@@ -47,21 +47,7 @@ def own_processes() -> list[str]:
 
 def read_own_stages() -> dict[str, StageReading]:
     """Resident memory and open files of this run's processes, grouped by stage (from /proc)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    out: dict[str, StageReading] = {}
-    for pid in own_processes():
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-            fds = len(os.listdir(f"/proc/{pid}/fd"))
-        except OSError:
-            continue
-        stage = next((name for name, needle in STAGES if needle in cmd), "other")
-        r = out.setdefault(stage, StageReading())
-        r.rss_bytes += rss_pages * page
-        r.fds += fds
-        r.processes += 1
-    return out
+    return read_stages(own_processes())
 
 
 def hls_disk_bytes(cameras: list[str]) -> int:
