@@ -8,7 +8,7 @@ import time
 from ray import serve
 
 from deployments.common import redis_client, setup_logging
-from hls.live import AnnotatedStream, FramePacer, estimate_fps
+from hls.live import AnnotatedStream, FramePacer
 from hls.segmenter import Segmenter
 from pipeline.metrics import Metrics
 from hls.store import make_store
@@ -19,7 +19,6 @@ from pipeline.bus import FrameBus, ResultStore
 from pipeline.config import PipelineArgs
 
 log = logging.getLogger(__name__)
-FPS_PROBE_FRAMES = 12
 WATCH_POLL_S = 0.25
 INFO_EVERY_S = 30.0  # stream info is rewritten this often: a Redis that restarted empty has lost it
 
@@ -40,7 +39,6 @@ class EncoderDeployment:
         self.metrics = Metrics(client)
         self._segments_seen = 0
         self._resume = None
-        self._probe: list[float] = []
         self.fps: float | None = cam.fps
         self.on_demand = args.hls.on_demand if cam.on_demand is None else cam.on_demand
         self.viewers = ViewerTracker(client, args.hls.on_demand_idle_s)
@@ -63,13 +61,12 @@ class EncoderDeployment:
         log.info("camera %s: encoder started (%s, boxes %s%s)", camera_id, args.hls.encoder, args.hls.boxes,
                  ", on demand" if self.on_demand else "")
 
-    def _measure_fps(self, captured_at: float) -> bool:
-        """Collect capture times until the rate is known; True once it is."""
+    def _measure_fps(self) -> bool:
+        """Whether the camera's rate is known (configured, or measured from the frames on the bus)."""
         if self.fps is None:
-            self._probe.append(captured_at)
-            if len(self._probe) < FPS_PROBE_FRAMES:
+            self.fps = self.stream.source_fps()
+            if self.fps is None:
                 return False
-            self.fps = estimate_fps(self._probe)
             log.info("camera %s: measured %.2f fps", self.camera_id, self.fps)
         return True
 
@@ -84,7 +81,7 @@ class EncoderDeployment:
                          else f"no viewer for {self.args.hls.on_demand_idle_s:g}s: encoding stops")
             self._watched = watched
         if not self._watched:
-            self._measure_fps(ref.captured_at)
+            self._measure_fps()
             if self.segmenter is not None:
                 segmenter, self.segmenter = self.segmenter, None
                 segmenter.close()
@@ -94,7 +91,7 @@ class EncoderDeployment:
 
     def _write(self, image, captured_at: float) -> None:
         # ffmpeg's timestamps follow the frame count, so it must know the camera's real rate.
-        if not self._measure_fps(captured_at):
+        if not self._measure_fps():
             return
         if self.segmenter is None:
             log.info("camera %s: starting the segmenter at %.2f fps", self.camera_id, self.fps)
@@ -112,9 +109,10 @@ class EncoderDeployment:
                 image = image.copy()
             burn_timecode(image, captured_at)
         # Media time follows capture time (PROGRAM-DATE-TIME + offset = the frame's capture time,
-        # to half a frame), also when frames were dropped upstream: the page times boxes by it.
-        for frame, slot_at in self.pacer.place(image, captured_at):
-            self.segmenter.write(frame, slot_at)
+        # to half a frame), also when frames were dropped upstream: the page times boxes by it. A
+        # repeated frame's own capture time goes beside the video (hls.captures).
+        for frame, slot_at, frame_at in self.pacer.place(image, captured_at):
+            self.segmenter.write(frame, slot_at, shows_at=frame_at)
         m, cam = self.metrics, self.camera_id
         m.inc("lookout_frames_encoded_total", camera=cam)
         m.observe("lookout_stage_latency_seconds", time.time() - captured_at, camera=cam, stage="encoded")

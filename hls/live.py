@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 DETECTIONS_KEPT = 256
 MATCH_WINDOW_S = 1.0
+FPS_PROBE_FRAMES = 12
 
 
 class AnnotatedStream:
@@ -46,11 +47,23 @@ class AnnotatedStream:
         self.frames_dropped = 0
         self.last_error: str | None = None
         self.heartbeat = time.monotonic()
+        self.probe: collections.deque[tuple[int, float]] = collections.deque(maxlen=FPS_PROBE_FRAMES)
+
+    def source_fps(self) -> float | None:
+        """The camera's frame rate, from the sequence numbers and capture times of the frames on the bus
+        (frames this stream skipped or found dropped count too); None until enough were seen."""
+        if len(self.probe) < self.probe.maxlen:
+            return None
+        seqs, times = zip(*self.probe)
+        return estimate_fps(list(times), list(seqs))
 
     def _pull(self, block_ms: int) -> None:
         for ref, jpeg in self.bus.read_after(self.camera_id, self.last_frame_id, block_ms=block_ms):
             self.pending.append((ref, jpeg))
             self.last_frame_id = ref.entry_id
+            if self.probe and ref.seq <= self.probe[-1][0]:  # the ingest restarted and counts again
+                self.probe.clear()
+            self.probe.append((ref.seq, ref.captured_at))
         for entry_id, payload in self.results.read_after(self.camera_id, self.last_result_id):
             self.last_result_id = entry_id
             seq = int(payload["seq"])
@@ -133,40 +146,47 @@ class FramePacer:
         self.base: float | None = None  # capture time of slot 0
         self.slot = -1  # the last slot written
         self.previous: np.ndarray | None = None
+        self.previous_at = 0.0  # its capture time
         self.dropped = 0
         self.repeated = 0
 
-    def place(self, image: np.ndarray, captured_at: float) -> list[tuple[np.ndarray, float]]:
-        """The (frame, slot time) pairs to encode for this frame, oldest first (none when dropped)."""
+    def place(self, image: np.ndarray, captured_at: float) -> list[tuple[np.ndarray, float, float]]:
+        """The (frame, slot time, the frame's capture time) to encode for this frame, oldest first
+        (none when dropped); a repeat carries the capture time of the frame it repeats."""
         if self.base is not None:
             slot = round((captured_at - self.base) / self.period_s)
             if self.slot - self.max_fill <= slot <= self.slot:
                 self.dropped += 1
                 return []
             if self.slot < slot <= self.slot + 1 + self.max_fill:
-                out = [(self.previous, self.base + s * self.period_s) for s in range(self.slot + 1, slot)]
+                out = [(self.previous, self.base + s * self.period_s, self.previous_at)
+                       for s in range(self.slot + 1, slot)]
                 self.repeated += len(out)
-                out.append((image, self.base + slot * self.period_s))
-                self.slot, self.previous = slot, image
+                out.append((image, self.base + slot * self.period_s, captured_at))
+                self.slot, self.previous, self.previous_at = slot, image, captured_at
                 return out
-        self.base, self.slot, self.previous = captured_at, 0, image
-        return [(image, captured_at)]
+        self.base, self.slot, self.previous, self.previous_at = captured_at, 0, image, captured_at
+        return [(image, captured_at, captured_at)]
 
 
 COMMON_FPS = (5.0, 6.0, 7.5, 10.0, 12.0, 12.5, 15.0, 20.0, 23.976, 24.0, 25.0, 29.97, 30.0, 50.0, 59.94, 60.0)
 SNAP_TO_COMMON = 0.1  # relative difference within which a measured rate is taken for the nearest common one
 
 
-def estimate_fps(captured_at: list[float], default: float = 10.0) -> float:
-    """Frame rate from capture times; `default` if unknowable.
+def estimate_fps(captured_at: list[float], seqs: list[int] | None = None, default: float = 10.0) -> float:
+    """Frame rate from capture times (and the frames' sequence numbers, when known); `default` if unknowable.
 
     The mean rate over the whole span (frames read late and then in a burst, as a starved reader
     stamps them, or one late frame, leave it unchanged; per-frame intervals do not), taken for the nearest common rate
-    when within 10 % (a frame lost in the span reads as 9.1 fps for 10).
+    when within 10 % (a frame lost in the span reads as 9.1 fps for 10). With `seqs` the frames
+    counted are those the camera gave in the span, also the ones this reader never got.
     """
     if len(captured_at) < 2 or captured_at[-1] <= captured_at[0]:
         return default
-    fps = (len(captured_at) - 1) / (captured_at[-1] - captured_at[0])
+    frames = seqs[-1] - seqs[0] if seqs else len(captured_at) - 1
+    if frames <= 0:
+        return default
+    fps = frames / (captured_at[-1] - captured_at[0])
     common = min(COMMON_FPS, key=lambda c: abs(c - fps) / c)
     if abs(common - fps) / common <= SNAP_TO_COMMON:
         return common

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from hls.captures import frame_captures_tag
+
 PLAYLIST_VERSION = 6
 PART_WINDOW_TARGETS = 3  # EXT-X-PART tags for segments within this many target durations of the end
 HOLD_BACK_PARTS = 3  # PART-HOLD-BACK in part targets
@@ -93,6 +95,8 @@ def render_fmp4(pl, *, min_target_s: float = 1.0, part_target: float | None = No
             lines.append(f'#EXT-X-MAP:URI="{e.init}"')
             current_map = e.init
         lines.append(_pdt(e.program_date_time))
+        if e.captures_ms:
+            lines.append(frame_captures_tag(e.program_date_time, e.duration_s, e.captures_ms, pl.media_sequence + i))
         if i in with_parts:
             lines += [_part_line(p) for p in e.parts]
         lines.append(f"#EXTINF:{e.duration_s:.5f},")

@@ -31,6 +31,7 @@ import numpy as np
 
 from hls.ffmpeg_args import LOCAL_PLAYLIST, container, encode_args, fmp4_args, gop_frames, output_size, part_frames
 from hls.fmp4 import Fragment, FragmentSplitter, Mp4Error
+from hls.captures import FRAME_CAPTURES_CLASS, frame_captures_ms, frame_captures_tag, parse_captures
 from hls.llhls import OpenSegment, Part, part_target_s, render_fmp4
 from hls.store import HlsStore, check_camera_id
 from pipeline.config import HlsConfig
@@ -54,6 +55,8 @@ class Entry:
     discontinuity: bool = False  # an EXT-X-DISCONTINUITY precedes it
     init: str | None = None  # fMP4: its EXT-X-MAP init section
     parts: list = field(default_factory=list)  # Low-Latency HLS: its llhls.Part list
+    captures_ms: list[int] | None = None  # see frame_captures_ms; None when every frame is its slot's own
+
 
 
 @dataclass
@@ -84,11 +87,13 @@ class MediaPlaylist:
             f"#EXT-X-MEDIA-SEQUENCE:{self.media_sequence}",
             f"#EXT-X-DISCONTINUITY-SEQUENCE:{self.discontinuity_sequence}",
         ]
-        for e in self.entries:
+        for i, e in enumerate(self.entries):
             if e.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
             pdt = datetime.fromtimestamp(e.program_date_time, timezone.utc)
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{pdt.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z")
+            if e.captures_ms:
+                lines.append(frame_captures_tag(e.program_date_time, e.duration_s, e.captures_ms, self.media_sequence + i))
             lines.append(f"#EXTINF:{e.duration_s:.3f},")
             lines.append(e.name)
         return "\n".join(lines) + "\n"
@@ -96,10 +101,12 @@ class MediaPlaylist:
     @classmethod
     def parse(cls, text: str) -> "MediaPlaylist":
         """Read a playlist written by `render` (raises ValueError on a malformed one)."""
-        pl, dur, pdt, disc, init = cls(), None, None, False, None
+        pl, dur, pdt, disc, init, captures = cls(), None, None, False, None, None
         for line in (s.strip() for s in text.splitlines()):
             tag, _, value = line.partition(":")
-            if tag == "#EXT-X-MAP":
+            if tag == "#EXT-X-DATERANGE" and FRAME_CAPTURES_CLASS in value:
+                captures = parse_captures(value)
+            elif tag == "#EXT-X-MAP":
                 m = re.search(r'URI="([^"]+)"', value)
                 init = m.group(1) if m else None
             elif tag == "#EXT-X-MEDIA-SEQUENCE":
@@ -115,8 +122,8 @@ class MediaPlaylist:
             elif line and not line.startswith("#"):
                 if dur is None:
                     raise ValueError(f"segment {line!r} has no #EXTINF")
-                pl.entries.append(Entry(line, dur, pdt or 0.0, disc, init))
-                dur, pdt, disc = None, None, False
+                pl.entries.append(Entry(line, dur, pdt or 0.0, disc, init, captures_ms=captures))
+                dur, pdt, disc, captures = None, None, False, None
         return pl
 
 
@@ -158,7 +165,8 @@ class _Run:
     size: tuple[int, int]
     proc: subprocess.Popen
     started: float  # monotonic
-    times: deque  # captured_at of the newest frames written
+    times: deque  # captured_at (slot time) of the newest frames written
+    shows: deque  # capture time of the image in each of those frames (earlier than its slot's: a repeat)
     frames: int = 0
     t0: float | None = None  # captured_at of its first frame
     next_index: int = 0  # local index of the next segment to publish
@@ -179,6 +187,14 @@ class _Run:
     def frame_time(self, index: int, fallback: float) -> float:
         j = index - (self.frames - len(self.times))
         return self.times[j] if 0 <= j < len(self.times) else fallback
+
+    def captures_ms(self, index: int, n: int, period_s: float, pdt: float) -> list[int] | None:
+        """frame_captures_ms of frames index..index+n-1 (None when some are no longer known)."""
+        j = index - (self.frames - len(self.times))
+        if j < 0 or n <= 0 or j + n > len(self.times):
+            return None
+        slots, shows = list(self.times)[j:j + n], list(self.shows)[j:j + n]
+        return frame_captures_ms(slots, shows, period_s, pdt)
 
 
 class Segmenter:
@@ -235,6 +251,7 @@ class Segmenter:
         self._open_names: list[str] = []  # its parts in the store
         self._open_s = 0.0  # its duration so far
         self._open_frames = 0
+        self._open_first_frame = 0
         # Standard fMP4 (one fragment per segment): a segment is complete with its last frame when keyframes
         # fall every fps * segment_s frames exactly, without waiting for the next keyframe. Not with LL parts:
         # there the segment is closed when the next part starts, as hls.js expects (closing it together with
@@ -250,8 +267,9 @@ class Segmenter:
 
     # ----------------------------------------------------------------- caller's thread
 
-    def write(self, frame_bgr: np.ndarray, captured_at: float | None = None) -> bool:
-        """Feed one HxWx3 uint8 BGR frame (`captured_at`: wall clock, default now).
+    def write(self, frame_bgr: np.ndarray, captured_at: float | None = None, shows_at: float | None = None) -> bool:
+        """Feed one HxWx3 uint8 BGR frame (`captured_at`: wall clock, default now; `shows_at`: the
+        capture time of the image when it is an earlier frame repeated in this slot).
 
         Blocks while ffmpeg is busy. Returns False when the frame was dropped because ffmpeg
         is being restarted (back-off), has failed for good (see `healthy()`), or the segmenter
@@ -292,6 +310,7 @@ class Segmenter:
             t = time.time() if captured_at is None else captured_at
             run.t0 = t if run.t0 is None else run.t0
             run.times.append(t)
+            run.shows.append(t if shows_at is None else shows_at)
             run.frames += 1
         return True
 
@@ -370,7 +389,8 @@ class Segmenter:
             self.restarts += 1
         now = time.monotonic()
         keep = int(self.fps * 120) + 4 * gop_frames(self.fps, self.settings.segment_s)
-        run = _Run(number, run_dir, (w, h), proc, now, deque(maxlen=keep), last_segment=now)
+        run = _Run(number, run_dir, (w, h), proc, now, deque(maxlen=keep), deque(maxlen=keep),
+                   last_segment=now)
         with self._lock:
             closed = self._closed  # close() ran in another thread meanwhile
             older = list(self._runs)
@@ -529,21 +549,23 @@ class Segmenter:
                 start_frame = round(run.cum_s * self.fps)
                 t0 = time.time() if run.t0 is None else run.t0
                 pdt = run.frame_time(start_frame, t0 + run.cum_s)
+                captures = run.captures_ms(start_frame, round(duration * self.fps), 1 / self.fps, pdt)
                 run.last_segment, run.frames_at_last_segment = time.monotonic(), run.frames
             if data is None:
                 if not broken:
                     self.log.warning("segment %s of run %d vanished before upload", name, run.number)
             else:
-                self._publish(run, data, duration, pdt, run.gap)  # raises: retried next tick
+                self._publish(run, data, duration, pdt, run.gap, captures)  # raises: retried next tick
             run.next_index, run.cum_s, run.gap = index + 1, run.cum_s + duration, data is None
 
-    def _publish(self, run: _Run, data: bytes, duration: float, pdt: float, gap: bool) -> None:
+    def _publish(self, run: _Run, data: bytes, duration: float, pdt: float, gap: bool,
+                 captures: list[int] | None = None) -> None:
         name = f"{self._epoch_ms}_{self._counter:08d}.ts"
         self.store.put_segment(self.camera_id, name, data)
         self._counter += 1
         disc = gap or (self._prev_run is not None and self._prev_run != run.number)
         self._prev_run = run.number
-        self._playlist.append(Entry(name, duration, pdt, disc), self.settings.list_size)
+        self._playlist.append(Entry(name, duration, pdt, disc, captures_ms=captures), self.settings.list_size)
         self._stored.append((self._counter - 1, [name]))
         with self._lock:
             self.segments_published += 1
@@ -633,7 +655,8 @@ class Segmenter:
             run.last_segment, run.frames_at_last_segment = time.monotonic(), run.frames
             if self._open is None:
                 t0 = time.time() if run.t0 is None else run.t0
-                pdt = run.frame_time(round(start_s * self.fps), t0 + start_s)
+                first_frame = round(start_s * self.fps)
+                pdt = run.frame_time(first_frame, t0 + start_s)
         if self._open is None:
             if not frag.independent and self._seg_frames:
                 self.log.warning("a segment does not start with a keyframe; segments now end at keyframes only")
@@ -642,6 +665,7 @@ class Segmenter:
             self._prev_run = run.number
             self._open, self._open_run, self._open_data = OpenSegment(run.init_name, pdt, disc), run, []
             self._open_names, self._open_s, self._open_frames = [], 0.0, 0
+            self._open_first_frame = first_frame
         self._open_data.append(frag.data)
         self._open_s += frag.duration_s
         self._open_frames += frag.samples
@@ -668,11 +692,13 @@ class Segmenter:
         self._open, self._open_run, self._open_data = None, None, []
         name = f"{self._epoch_ms}_{self._counter:08d}.m4s"
         parts = list(seg.parts) if len(seg.parts) == len(data) else []
+        with self._lock:
+            captures = run.captures_ms(self._open_first_frame, self._open_frames, 1 / self.fps, seg.program_date_time)
         self.store.put_segment(self.camera_id, name, b"".join(data))
         self.store.put_segment(self.camera_id, seg.init, run.init)  # rewritten: Redis keys expire
         self._counter += 1
-        self._playlist.append(Entry(name, self._open_s, seg.program_date_time, seg.discontinuity, seg.init, parts),
-                              self.settings.list_size)
+        self._playlist.append(Entry(name, self._open_s, seg.program_date_time, seg.discontinuity, seg.init, parts,
+                                    captures), self.settings.list_size)
         self._stored.append((self._counter - 1, [name, *self._open_names]))
         for item in self._inits:
             if item[0] == seg.init:

@@ -13,7 +13,7 @@ def run(pacer: FramePacer, times: list[float]) -> list[tuple[int, float]]:
     """(frame number, slot time) of everything written."""
     out = []
     for i, t in enumerate(times):
-        out += [(int(img[0, 0, 0]), round(at, 6)) for img, at in pacer.place(frame(i), t)]
+        out += [(int(img[0, 0, 0]), round(at, 6)) for img, at, _ in pacer.place(frame(i), t)]
     return out
 
 
@@ -62,36 +62,55 @@ def _capture_times(n: int, fps: float, t0: float) -> list[float]:
     return [t0 + i / fps + rng.uniform(0, 0.04) for i in range(n) if i % 7 != 3]
 
 
-def _encode_and_read(tmp_path, times: list[float], fps: float, paced: bool) -> list[tuple[float, float]]:
-    """Burn each capture time into a frame, encode through the real Segmenter, decode every published
-    segment; (PROGRAM-DATE-TIME + frame index / fps, burned capture time) of each frame's first appearance."""
-    import subprocess
-
+def _encode(tmp_path, times: list[float], fps: float, paced: bool, container: str = "mpegts"):
+    """Burn each capture time into a frame and encode it through the real Segmenter; its store."""
     from hls import timecode
-    from hls.segmenter import MediaPlaylist, Segmenter
+    from hls.segmenter import Segmenter
     from hls.store import DirHlsStore
     from pipeline.config import HlsConfig
 
     tmp_path.mkdir()
     store = DirHlsStore(tmp_path / "hls")
-    seg = Segmenter("cam", HlsConfig(segment_s=1, list_size=30, keep_segments=40, preset="ultrafast"), store, fps,
-                    work_dir=str(tmp_path))
+    seg = Segmenter("cam", HlsConfig(segment_s=1, list_size=30, keep_segments=40, preset="ultrafast",
+                                     container=container), store, fps, work_dir=str(tmp_path))
     pacer = FramePacer(fps)
     for t in times:
         img = timecode.burn(np.full((144, 256, 3), 90, np.uint8), t)
-        for f, at in (pacer.place(img, t) if paced else [(img, t)]):
-            assert seg.write(f, at)
+        for f, at, shows in (pacer.place(img, t) if paced else [(img, t, t)]):
+            assert seg.write(f, at, shows_at=shows)
     seg.close()
-    out, seen = [], set()
-    for e in MediaPlaylist.parse(store.get_playlist("cam")).entries:
+    return store
+
+
+def _decoded(store, fps: float) -> list[dict]:
+    """Every frame of every published segment: its burned capture time (`tc`), PROGRAM-DATE-TIME +
+    index / fps (`grid`) and the capture time the playlist's frame-capture list gives it (`listed`)."""
+    import subprocess
+
+    from hls import timecode
+    from hls.segmenter import MediaPlaylist
+
+    pl = MediaPlaylist.parse(store.get_playlist("cam"))
+    out = []
+    for e in pl.entries:
+        media = (store.get_segment("cam", e.init) if e.init else b"") + store.get_segment("cam", e.name)
         raw = subprocess.run(["ffmpeg", "-v", "error", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-                             input=store.get_segment("cam", e.name), capture_output=True, check=True).stdout
+                             input=media, capture_output=True, check=True).stdout
         frames = np.frombuffer(raw, np.uint8).reshape(-1, 144, 256, 3)
         for k, frame in enumerate(frames):
-            tc = timecode.read(frame)
-            if tc is not None and tc not in seen:
-                seen.add(tc)
-                out.append((e.program_date_time + k / fps, tc))
+            listed = e.program_date_time + e.captures_ms[k] / 1000 if e.captures_ms else None
+            out.append({"tc": timecode.read(frame), "grid": e.program_date_time + k / fps, "listed": listed,
+                        "segment": e.name})
+    return out
+
+
+def _encode_and_read(tmp_path, times: list[float], fps: float, paced: bool) -> list[tuple[float, float]]:
+    """(PROGRAM-DATE-TIME + frame index / fps, burned capture time) of each frame's first appearance."""
+    out, seen = [], set()
+    for f in _decoded(_encode(tmp_path, times, fps, paced), fps):
+        if f["tc"] is not None and f["tc"] not in seen:
+            seen.add(f["tc"])
+            out.append((f["grid"], f["tc"]))
     return out
 
 
@@ -104,6 +123,27 @@ def test_program_date_time_plus_offset_is_the_capture_time_through_ffmpeg(tmp_pa
     # Without the pacer, frames after a lost one sit a frame early in media time (the bug this fixes).
     unpaced = _encode_and_read(tmp_path / "unpaced", times, fps, paced=False)
     assert max(abs(derived - tc) for derived, tc in unpaced) > 1.0 / fps
+
+
+@pytest.mark.parametrize("container", ["mpegts", "fmp4"])
+def test_every_frame_shown_has_its_capture_time_beside_the_video(tmp_path, container):
+    """Repeated frames (a starved encoder fills the slots of frames it never got) show an earlier capture:
+    the playlist lists, per frame of such a segment, the capture time of the image it shows."""
+    fps = 10.0
+    t0 = 1_790_000_000.0
+    # An encoder that gets ~4 of 10 frames, stamped late by up to 30 ms, as with 16 cameras on 2 cores.
+    times = [t0 + i / fps + (i % 3) * 0.01 for i in range(80) if i % 5 in (0, 2) or i < 10]
+    frames = _decoded(_encode(tmp_path / container, times, fps, paced=True, container=container), fps)
+    assert len(frames) >= 60 and all(f["tc"] is not None for f in frames)
+    # The grid alone is wrong for repeats (the page drew the boxes of a frame not on screen) ...
+    assert sum(abs(f["grid"] - f["tc"]) > 0.5 / fps for f in frames) >= 20
+    # ... the listed capture time is right for every frame, repeats included.
+    off_grid = [f for f in frames if abs(f["grid"] - f["tc"]) >= 0.5 / fps]
+    assert all(f["listed"] is not None and abs(f["listed"] - f["tc"]) <= 0.0011 for f in off_grid), off_grid[:3]
+    assert all(abs(f["tc"] - (f["listed"] if f["listed"] is not None else f["grid"])) <= 0.0011 + 0.5 / fps
+               for f in frames)
+    # Segments whose every frame is its slot's own carry no list (the first second here).
+    assert frames[0]["listed"] is None
 
 
 def test_estimate_fps_from_bursty_capture_times():

@@ -326,6 +326,33 @@ def test_playlist_window_and_sequences():
         MediaPlaylist.parse("#EXTM3U\nno-extinf.ts\n")
 
 
+def test_frame_captures_go_beside_their_segment_as_a_date_range():
+    from hls.captures import frame_captures_ms
+    from hls.llhls import render_fmp4
+
+    pdt, period = 1_700_000_000.0, 0.1
+    slots = [pdt + k * period for k in range(5)]
+    assert frame_captures_ms(slots, [s + 0.03 for s in slots], period, pdt) is None  # each its own frame
+    # Slots 2 and 3 repeat the image of slot 1 (captured 12 ms late); slot 0 the last of the previous segment.
+    shows = [pdt - 0.1, pdt + 0.112, pdt + 0.112, pdt + 0.112, pdt + 0.4]
+    captures = frame_captures_ms(slots, shows, period, pdt)
+    assert captures == [-100, 112, 112, 112, 400]
+    with pytest.raises(ValueError, match="length"):
+        frame_captures_ms(slots, shows[:3], period, pdt)
+    pl = MediaPlaylist(media_sequence=7)
+    pl.append(Entry("a_7.ts", 0.5, pdt, captures_ms=captures), window=3)
+    pl.append(Entry("a_8.ts", 0.5, pdt + 0.5), window=3)
+    text = pl.render()
+    tag = ('#EXT-X-DATERANGE:ID="c7",CLASS="org.lookout.frame-captures",START-DATE="2023-11-14T22:13:20.000Z",'
+           'DURATION=0.500,X-CAPTURED-MS="-100,112,112,112,400"')
+    assert f"#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z\n{tag}\n#EXTINF:0.500,\na_7.ts\n" in text
+    assert text.count("#EXT-X-DATERANGE") == 1  # a_8's frames are their slots' own
+    assert MediaPlaylist.parse(text) == pl
+    for e in pl.entries:
+        e.init = "init.mp4"
+    assert tag in render_fmp4(pl, part_target=None) and tag in render_fmp4(pl, part_target=0.2)
+
+
 @pytest.mark.parametrize("kind", ["redis", "dir"])
 def test_store_round_trip_and_name_checks(kind, redis_client, tmp_path):
     store = RedisHlsStore(redis_client, 30) if kind == "redis" else DirHlsStore(tmp_path)

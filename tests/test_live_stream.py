@@ -62,3 +62,24 @@ def test_estimate_fps_is_robust_to_one_late_frame():
     times[6] += 0.5  # one late frame
     assert estimate_fps(times) == 25.0
     assert estimate_fps([1.0]) == 10.0 and estimate_fps([1.0, 1.0]) == 10.0
+
+
+def test_source_fps_counts_the_frames_the_camera_gave_not_those_this_reader_got(redis_client):
+    # A starved encoder sees one frame in 5 of a 10 fps camera (the rest trimmed from the bus before it
+    # read them): counting what it got said 2 fps, and its whole HLS grid was built on that.
+    from hls.live import estimate_fps
+
+    bus, _results, stream, _out = make(redis_client, wait=False)
+    stream.step(block_ms=1)
+    t0 = time.time()
+    for seq in range(0, 60, 5):
+        bus.put("cam", seq, blank(), t0 + seq / 10, seq / 10)
+    assert stream.source_fps() is None  # nothing read yet
+    stream.step(block_ms=50)
+    assert stream.source_fps() == 10.0
+    assert estimate_fps([t0 + s / 10 for s in range(0, 60, 5)]) == 2.0  # what the frames alone say
+    # The ingest restarts and counts from 0 again: the probe starts over.
+    for seq in range(3):
+        bus.put("cam", seq, blank(), t0 + 7 + seq / 10, seq / 10)
+    stream.step(block_ms=50)
+    assert stream.source_fps() is None

@@ -78,17 +78,33 @@ function restartStream(tile, why) {
 // Capture time (wall clock, ms) of the frame at media time `t`: its segment's PROGRAM-DATE-TIME (the
 // capture time of the segment's first frame) plus the offset into the segment. The encoder puts
 // frames on a grid of 1/fps in capture time, so the offset is a whole number of frames: rounding to
-// it absorbs the small shifts of the player's timeline (hls.js aligns fragments to their PTS).
+// it absorbs the small shifts of the player's timeline (hls.js aligns fragments to their PTS). A frame
+// the encoder repeated (to fill a gap) shows an earlier capture: the segment's frame-capture date
+// range (hls/captures.py) then lists each frame's capture time.
 function wallClockMs(tile, t) {
   const details = tile.hls && tile.details;
   if (!details) return null;
   for (const f of details.fragments) {
     if (f.programDateTime && t >= f.start - 0.001 && t < f.start + f.duration + 0.001) {
       const fps = tile.fps, offset = t - f.start;
-      return f.programDateTime + (fps ? Math.round(offset * fps) * 1000 / fps : offset * 1000);
+      if (!fps) return f.programDateTime + offset * 1000;
+      const k = Math.round(offset * fps), captures = frameCaptures(details, f);
+      if (captures && k >= 0 && k < captures.length) return f.programDateTime + captures[k];
+      return f.programDateTime + k * 1000 / fps;
     }
   }
   return null;
+}
+
+const CAPTURES_CLASS = "org.lookout.frame-captures", CAPTURES_ATTR = "X-CAPTURED-MS";
+function frameCaptures(details, frag) {
+  const range = details.dateRanges && details.dateRanges[`c${frag.sn}`];
+  if (!range || range.class !== CAPTURES_CLASS) return null;
+  if (range.lookoutCaptures === undefined) {
+    const text = range.attr[CAPTURES_ATTR];
+    range.lookoutCaptures = text ? text.split(",").map(Number) : null;
+  }
+  return range.lookoutCaptures;
 }
 
 // The detection result of the frame captured at `ms`. The encoder puts frames on a grid of 1/fps
