@@ -15,7 +15,7 @@ from hls.store import make_store
 from hls.timecode import burn as burn_timecode
 from hls.viewers import ViewerTracker, put_stream_info
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
-from pipeline.bus import FrameBus, ResultStore
+from pipeline.bus import FrameBus, ResultStore, StatusStore
 from pipeline.config import PipelineArgs
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class EncoderDeployment:
         self.store = make_store(args.hls, client, args.base_dir)
         self.segmenter: Segmenter | None = None
         self.metrics = Metrics(client)
+        self.statuses = StatusStore(client)
         self._segments_seen = 0
         self._resume = None
         self.fps: float | None = cam.fps
@@ -62,12 +63,17 @@ class EncoderDeployment:
                  ", on demand" if self.on_demand else "")
 
     def _measure_fps(self) -> bool:
-        """Whether the camera's rate is known (configured, or measured from the frames on the bus)."""
+        """Whether the camera's rate is known: configured, the source's own (the ingest's status), or
+        measured from the frames on the bus. Not from the frames this encoder got: a starved one gets few."""
         if self.fps is None:
-            self.fps = self.stream.source_fps()
+            status = self.statuses.get(self.camera_id)
+            how = "the source's nominal rate"
+            self.fps = status.nominal_fps if status is not None and status.nominal_fps else None
+            if self.fps is None:
+                self.fps, how = self.stream.source_fps(), "measured on the bus"
             if self.fps is None:
                 return False
-            log.info("camera %s: measured %.2f fps", self.camera_id, self.fps)
+            log.info("camera %s: %.2f fps (%s)", self.camera_id, self.fps, how)
         return True
 
     def _active(self, ref) -> bool:

@@ -174,6 +174,8 @@ class IngestLoop:
                 attempt += 1
                 self._wait(stop, delay)
                 continue
+            with self._lock:
+                self._status.nominal_fps = source.fps
             outcome, exc, good = self._stream(source, stop)
             permanent = False
             if outcome == "error":

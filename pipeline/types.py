@@ -159,6 +159,7 @@ class CameraStatus:
     frames: int = 0
     reconnects: int = 0
     updated_at: float = field(default_factory=time.time)
+    nominal_fps: float | None = None  # the rate the source delivers (the configured fps, else the source's own)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,6 +171,7 @@ class CameraStatus:
             "frames": self.frames,
             "reconnects": self.reconnects,
             "updated_at": self.updated_at,
+            "nominal_fps": self.nominal_fps,
         }
 
     @classmethod
@@ -183,4 +185,5 @@ class CameraStatus:
             frames=int(d.get("frames", 0)),
             reconnects=int(d.get("reconnects", 0)),
             updated_at=float(d.get("updated_at", 0.0)),
+            nominal_fps=float(d["nominal_fps"]) if d.get("nominal_fps") else None,
         )

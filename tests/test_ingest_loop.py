@@ -247,6 +247,9 @@ def test_file_without_loop_ends_cleanly(start_loop, assets_dir):
     assert not loop.thread.is_alive() and loop.ended and loop.alive()
     assert rec.n_frames == 270 == loop.status().frames
     assert rec.last.fps == 0 and rec.last.last_error is None
+    # The rate the source delivers at (the encoder builds its HLS timing on it, not on what it receives).
+    assert abs(rec.last.nominal_fps - 23.976) < 0.01
+    assert CameraStatus.from_dict(rec.last.to_dict()) == rec.last
 
 
 def test_missing_file_is_failed_with_the_path(start_loop, tmp_path):
