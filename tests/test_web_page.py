@@ -163,19 +163,19 @@ def alignment(timed: list[dict]) -> dict:
     for smp in timed:  # a frame the encoder repeated (to fill a gap upstream) stays on screen for its slots
         firsts.setdefault(smp["tc"], smp)
     pdt_err = [abs(smp["pdt"] - smp["tc"]) for smp in firsts.values()] or [float("inf")]
+    # Every presentation, repeats included: a repeated frame's capture time comes from the segment's
+    # frame-capture date range (hls/captures.py), not from its slot on the grid.
+    all_err = sorted(abs(smp["pdt"] - smp["tc"]) for smp in timed) or [float("inf")]
     drawn = [smp for smp in timed if smp["det"] is not None]
     # Boxes of the wrong frame: of a later frame, or of another frame while the page had this one's own.
     wrong = [smp for smp in drawn if smp["det"] > smp["tc"] + 1 or (smp["own"] and abs(smp["det"] - smp["tc"]) >= 1)]
     q95 = statistics.quantiles(pdt_err, n=20)[18] if len(pdt_err) > 1 else pdt_err[0]
-    return {"frames": len(firsts), "pdt_p50": statistics.median(pdt_err), "pdt_p95": q95, "drawn": len(drawn),
+    return {"frames": len(firsts), "pdt_p50": statistics.median(pdt_err), "pdt_p95": q95,
+            "all_p95": all_err[min(len(all_err) - 1, int(0.95 * len(all_err)))], "drawn": len(drawn),
             "own_drawn": sum(abs(smp["det"] - smp["tc"]) < 1 for smp in drawn),
             "own": sum(smp["own"] for smp in timed), "pending": sum(smp["pending"] for smp in timed), "wrong": wrong}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 5, open: in the fresh-clone CI run of 2026-11-21 11:03 (16 cameras on 2 cores) the people "
-    "tile's encoder got ~4.3 fps; PROGRAM-DATE-TIME + k/fps was 77 ms (p50) off the burned capture time, "
-    "so only 4 of 22 frames with boxes found their own result (it passed in the CI run before). See the note."))
 def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     wait_until(lambda: page.execute_script("return !!document.querySelector('[data-camera=\"people\"] .screen')"),
                60, 0.5, "the people tile")
@@ -207,11 +207,12 @@ def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     fps = page.execute_script("return window.lookout.tiles.get('people').fps") or 10
     a = alignment(timed)
     print(f"PDT vs burned capture time: p50 {a['pdt_p50']:.0f} ms, p95 {a['pdt_p95']:.0f} ms ({a['frames']} frames, "
+          f"p95 {a['all_p95']:.0f} ms over every presentation, repeats included, "
           f"{fps} fps); of {len(timed)} presentations {a['drawn']} with boxes, {a['own_drawn']} with their own, "
           f"{a['pending']} waiting for theirs, {len(a['wrong'])} with another frame's")
     # The capture time the page derives for a frame is that frame's (the encoder keeps media time on
     # the capture-time grid: within half a frame), and the boxes drawn over it are its own.
-    assert a["pdt_p50"] <= 1000 / fps, a
+    assert a["pdt_p50"] <= 1000 / fps and a["all_p95"] <= 1000 / fps, a
     assert len(a["wrong"]) <= max(2, a["drawn"] // 50), a["wrong"][:10]
     page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click()")
 
