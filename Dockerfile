@@ -38,6 +38,8 @@ RUN python3 -m venv "$VENV" \
  && chown -R 10001:10001 "$LOOKOUT_DATA"
 
 ENV PATH="$VENV/bin:$PATH"
+# Many viewers: `docker run -e RAY_SERVE_ENABLE_HA_PROXY=1 ...` puts Ray Serve's HAProxy (bundled with ray[serve])
+# in front of the gateway instead of its Python proxy (docs/reliability.md, "Gateway load").
 EXPOSE 8000
 USER 10001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 CMD ["curl", "-fsS", "http://127.0.0.1:8000/healthz"]

@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--api-pause-s", type=float, default=0.5, help="load: each API client's pause between rounds")
     b.add_argument("--wrk-connections", type=int, default=64, help="load: wrk connections (needs `apt-get install wrk`)")
     b.add_argument("--wrk-seconds", type=int, default=20, help="load: wrk run per URL (0: skip wrk)")
+    b.add_argument("--proxy", choices=["serve", "haproxy", "both"], default="both",
+                   help="load: what fronts the gateway: Serve's Python proxy, Ray Serve's HAProxy "
+                        "(RAY_SERVE_ENABLE_HA_PROXY=1), or both, one after the other, side by side")
     b.add_argument("--gateway-max-ongoing", type=int, default=0,
                    help="load: Serve max_ongoing_requests of the gateway replica (0: as shipped)")
     b.add_argument("--repeats", type=int, default=3, help="faults: injections of each fault")

@@ -72,12 +72,14 @@ class RunningApp:
 
 
 @contextmanager
-def serve_app(tmp: Path, cameras: list[dict], hls: dict | None = None, ray_cpus: int = 8, **args_extra):
-    """Run the shipped config with `cameras` and `hls` overrides; yields a RunningApp."""
+def serve_app(tmp: Path, cameras: list[dict], hls: dict | None = None, ray_cpus: int = 8, env_extra: dict | None = None,
+              **args_extra):
+    """Run the shipped config with `cameras` and `hls` overrides (`env_extra`: for the Ray head and
+    `serve run`); yields a RunningApp."""
     redis = RedisServer(tmp)
     redis.start()
     ray_port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
     for var in ("REDIS_URL", "RAY_ADDRESS"):
         env.pop(var, None)
     password = secrets.token_urlsafe(16)

@@ -169,6 +169,22 @@ def test_login_brute_force_is_locked_out_with_a_clear_message(ctx, client):
     assert login_form(other, "admin", ADMIN_PASSWORD).status_code == 303
 
 
+@pytest.mark.parametrize("haproxy", [False, True])
+def test_failed_logins_behind_haproxy_lock_the_user_not_everyone(ctx, client, monkeypatch, haproxy):
+    # Behind Ray Serve's HAProxy every login comes from HAProxy's address: a lock per address would
+    # let anyone lock every user out. There only the user name is locked.
+    if haproxy:
+        monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    else:
+        monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    for _ in range(3):
+        r = login_form(client, "mallory", "guess")
+    assert r.status_code == 429
+    other = client_for(ctx)  # another browser, the same address
+    assert login_form(other, "admin", ADMIN_PASSWORD).status_code == (303 if haproxy else 429)
+    assert login_form(client_for(ctx), "mallory", "guess").status_code == 429
+
+
 def test_oversized_bodies_are_refused(ctx, client):
     big = "x" * (70 * 1024)
     for path in ("/login", "/oauth/token", "/oauth/revoke"):

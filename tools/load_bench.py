@@ -10,6 +10,10 @@ client and then, for `--seconds`:
 - each API client (bearer token) asks /api/cameras and the camera's latest detections in a loop.
 Then `wrk` (if installed: `apt-get install wrk`) hammers the signed playlist and one segment URL for
 raw requests/s and p99. The camera's fps is read before and during the load.
+
+`--proxy both` (the default) measures it twice, each run in a process of its own with its own Ray:
+behind Serve's Python HTTP proxy, then behind Ray Serve's HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1,
+HAProxy forwarding straight to the gateway replica), and prints the two side by side.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from pipeline.config import parse_args
 from tools.procs import LocalRedis, free_port
 
 CAMERA = "load0"
-ROLES = (("proxy", "ProxyActor"), ("gateway", "ServeReplica:lookout:gateway"), ("wrk", "wrk "),
+ROLES = (("haproxy", "haproxy -"), ("proxy", "ProxyActor"), ("gateway", "ServeReplica:lookout:gateway"), ("wrk", "wrk "),
          ("pipeline", "ServeReplica:lookout:"), ("pipeline", "ffmpeg"))
 
 
@@ -223,7 +227,56 @@ def fps_over(statuses, seconds: float) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+REPORT_MARK = "LOAD-REPORT "
+SIDE_BY_SIDE = ("requests_per_s", "playlist_p50_ms", "playlist_p99_ms", "segment_p50_ms", "segment_p99_ms",
+                "api_p50_ms", "api_p99_ms", "segments_fetched", "segments_failed", "segments_unseen",
+                "missed_segments", "fps_before", "fps_during", "fps_after_wrk")
+
+
 def main(a: argparse.Namespace) -> int:
+    """Each proxy mode in a process of its own (Ray reads RAY_SERVE_ENABLE_HA_PROXY when it starts)."""
+    import sys
+
+    from tools.procs import haproxy_env
+
+    modes = ["serve", "haproxy"] if a.proxy == "both" else [a.proxy]
+    reports: dict[str, dict] = {}
+    for mode in modes:
+        state = Path(tempfile.mkdtemp(prefix="lkh-", dir="/tmp"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
+        env.update(haproxy_env(state) if mode == "haproxy" else {})
+        print(f"== {mode}: {a.viewers} viewers, {a.api_clients} API clients, {a.seconds:g} s", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "tools.load_bench", json.dumps(vars(a), default=str)], env=env,
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        shutil.rmtree(state, ignore_errors=True)
+        line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(REPORT_MARK)), None)
+        if line is None:
+            print(f"{mode}: the run failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            continue
+        reports[mode] = {"proxy": mode, **json.loads(line[len(REPORT_MARK):])}
+        print(json.dumps(reports[mode], indent=2), flush=True)
+    if not reports:
+        return 1
+    print(f"\n{'':24}" + "".join(f"{m:>14}" for m in reports))
+    for key in SIDE_BY_SIDE:
+        print(f"{key:24}" + "".join(f"{str(r.get(key)):>14}" for r in reports.values()))
+    for key in ("proxy", "haproxy", "gateway"):
+        print(f"{'CPU ms/request ' + key:24}" + "".join(
+            f"{str(r.get('server_cpu_ms_per_request', {}).get(key)):>14}" for r in reports.values()))
+    if "serve" in reports and "haproxy" in reports and reports["serve"].get("requests_per_s"):
+        print(f"requests/s, haproxy / serve: {reports['haproxy']['requests_per_s'] / reports['serve']['requests_per_s']:.2f}")
+    verdicts = []
+    for mode, r in reports.items():
+        ok = r.get("missed_segments", 1) == 0
+        verdicts.append(ok)
+        print(f"{'PASS' if ok else 'FAIL'} ({mode}): {a.viewers} viewers, {r.get('missed_segments')} missed segments, "
+              f"{r.get('requests_per_s')} req/s, segment p99 {r.get('segment_p99_ms')} ms, "
+              f"fps {r.get('fps_before')} -> {r.get('fps_during')}")
+    return 0 if verdicts[-1] else 1
+
+
+def measure(a: argparse.Namespace) -> dict:
+    """One run in this process: the app, the viewers and API clients, then wrk; the report."""
     import threading
     import urllib.request
 
@@ -288,10 +341,10 @@ def main(a: argparse.Namespace) -> int:
         stop.set()
         sampler.join()
         n = sum(len(v) for v in tally.latency_s.values())
-        served = cpu.get("proxy", 0.0) + cpu.get("gateway", 0.0)
+        served = cpu.get("proxy", 0.0) + cpu.get("haproxy", 0.0) + cpu.get("gateway", 0.0)
         report["cpu_s_per_s"] = {k: round(v / elapsed, 3) for k, v in sorted(cpu.items())}
         report["server_cpu_ms_per_request"] = {k: round(cpu.get(k, 0.0) / max(n, 1) * 1000, 2)
-                                               for k in ("proxy", "gateway")}
+                                               for k in ("proxy", "haproxy", "gateway")}
         # What a viewer asks for per second (a playlist reload and a segment per segment duration), and
         # how many such viewers the proxy + gateway CPU per request would allow on the cores the
         # pipeline leaves of an idle box of this machine's size.
@@ -321,7 +374,7 @@ def main(a: argparse.Namespace) -> int:
             if report["wrk_playlist"]:
                 done = report["wrk_playlist"]["rps"] * a.wrk_seconds
                 report["wrk_playlist"]["server_cpu_ms_per_request"] = {
-                    k: round(c.get(k, 0.0) / max(done, 1) * 1000, 2) for k in ("proxy", "gateway")}
+                    k: round(c.get(k, 0.0) / max(done, 1) * 1000, 2) for k in ("proxy", "haproxy", "gateway")}
             with urllib.request.urlopen(link, timeout=30) as r:
                 uri = parse_playlist(r.read().decode())[2][-1]
             # the newest segment stays in the store for keep_segments segment durations
@@ -334,9 +387,10 @@ def main(a: argparse.Namespace) -> int:
         ray.shutdown()
         rds.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(report, indent=2))
-    ok = report.get("missed_segments", 1) == 0
-    print(f"{'PASS' if ok else 'FAIL'}: {a.viewers} viewers, {report.get('missed_segments')} missed segments, "
-          f"{report.get('requests_per_s')} req/s, segment p99 {report.get('segment_p99_ms')} ms, "
-          f"fps {report.get('fps_before')} -> {report.get('fps_during')}")
-    return 0 if ok else 1
+    return report
+
+
+if __name__ == "__main__":  # one mode, run by main() in a process of its own
+    import sys
+
+    print(REPORT_MARK + json.dumps(measure(argparse.Namespace(**json.loads(sys.argv[1])))), flush=True)

@@ -81,3 +81,20 @@ def read_stages(pids: Iterable[int | str] | None = None) -> dict[str, StageReadi
 
 def cpu_by_stage() -> dict[str, float]:
     return {k: v.cpu_s for k, v in read_stages().items()}
+
+
+def haproxy_env(state_dir: Path) -> dict[str, str]:
+    """Environment for a Ray cluster whose Serve runs behind HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1), with
+    its own files under `state_dir` and its own ports, so that it cannot meet another run's HAProxy.
+    Keep `state_dir` short: Ray puts the admin socket in a subfolder named by the node id, and a Unix
+    socket path has at most 107 bytes."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if len(str(state_dir / ("n" * 56) / "admin.sock")) > 107:
+        raise ValueError(f"state_dir is too long for HAProxy's admin socket path: {str(state_dir)!r}")
+    return {"RAY_SERVE_ENABLE_HA_PROXY": "1",
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state_dir / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state_dir / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state_dir),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state_dir / "server-state"),
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}

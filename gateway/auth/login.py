@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import html
 import logging
+import os
 import secrets
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
@@ -48,6 +49,13 @@ PAGE = """<!doctype html>
 </form>
 </main></body></html>
 """
+
+
+def behind_haproxy() -> bool:
+    """Whether Ray Serve's HAProxy mode fronts the gateway: then every request comes from HAProxy's
+    address (it adds no X-Forwarded-For), so a lock per address would lock every user out at once,
+    and failed logins are throttled per user only."""
+    return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
 
 
 def _pkce_pair() -> tuple[str, str]:
@@ -102,7 +110,7 @@ def make_routes(auth: "AuthContext") -> list[Route]:
         username = (h.first(form, "username") or "").strip()[:64]
         password = h.first(form, "password") or ""
         client = request.client.host if request.client else "unknown"
-        keys = [f"user:{username.lower()}", f"addr:{client}"]
+        keys = [f"user:{username.lower()}"] + ([] if behind_haproxy() else [f"addr:{client}"])
         wait = max(store.locked_for(k) for k in keys)
         if wait > 0:
             return page(request, next_url, f"Too many failed logins. Try again in {int(wait) + 1} s.", 429, username)
