@@ -67,11 +67,11 @@ class EncoderDeployment:
         measured from the frames on the bus. Not from the frames this encoder got: a starved one gets few."""
         if self.fps is None:
             status = self.statuses.get(self.camera_id)
-            how = "the source's nominal rate"
-            self.fps = status.nominal_fps if status is not None and status.nominal_fps else None
-            if self.fps is None:
-                self.fps, how = self.stream.source_fps(), "measured on the bus"
-            if self.fps is None:
+            if status is not None and status.nominal_fps:
+                self.fps, how = status.nominal_fps, "the source's nominal rate"
+            elif (measured := self.stream.source_fps()) is not None:
+                self.fps, how = measured, "measured on the bus"
+            else:
                 return False
             log.info("camera %s: %.2f fps (%s)", self.camera_id, self.fps, how)
         return True

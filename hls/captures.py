@@ -26,10 +26,14 @@ def frame_captures_ms(slots: list[float], captured: list[float], period_s: float
     return [round((c - pdt) * 1000) for c in captured]
 
 
+def hls_date(t: float) -> str:
+    """An HLS date-time (ISO 8601, UTC, ms) of Unix time `t`."""
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
 def frame_captures_tag(program_date_time: float, duration_s: float, captures_ms: list[int], msn: int) -> str:
     """The EXT-X-DATERANGE line of segment `msn` (hls.js exposes it as a date range with this attribute)."""
-    start = datetime.fromtimestamp(program_date_time, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
-    return (f'#EXT-X-DATERANGE:ID="c{msn}",CLASS="{FRAME_CAPTURES_CLASS}",START-DATE="{start}Z",'
+    return (f'#EXT-X-DATERANGE:ID="c{msn}",CLASS="{FRAME_CAPTURES_CLASS}",START-DATE="{hls_date(program_date_time)}",'
             f'DURATION={duration_s:.3f},{FRAME_CAPTURES_ATTR}="{",".join(map(str, captures_ms))}"')
 
 

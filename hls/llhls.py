@@ -19,9 +19,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
-from hls.captures import frame_captures_tag
+from hls.captures import frame_captures_tag, hls_date
 
 PLAYLIST_VERSION = 6
 PART_WINDOW_TARGETS = 3  # EXT-X-PART tags for segments within this many target durations of the end
@@ -52,7 +51,7 @@ class OpenSegment:
 
 
 def _pdt(t: float) -> str:
-    return f"#EXT-X-PROGRAM-DATE-TIME:{datetime.fromtimestamp(t, timezone.utc).strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z"
+    return f"#EXT-X-PROGRAM-DATE-TIME:{hls_date(t)}"
 
 
 def _part_line(p: Part) -> str:

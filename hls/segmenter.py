@@ -23,15 +23,16 @@ import tempfile
 import threading
 import time
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 from hls.ffmpeg_args import LOCAL_PLAYLIST, container, encode_args, fmp4_args, gop_frames, output_size, part_frames
 from hls.fmp4 import Fragment, FragmentSplitter, Mp4Error
-from hls.captures import FRAME_CAPTURES_CLASS, frame_captures_ms, frame_captures_tag, parse_captures
+from hls.captures import FRAME_CAPTURES_CLASS, frame_captures_ms, frame_captures_tag, hls_date, parse_captures
 from hls.llhls import OpenSegment, Part, part_target_s, render_fmp4
 from hls.store import HlsStore, check_camera_id
 from pipeline.config import HlsConfig
@@ -56,7 +57,6 @@ class Entry:
     init: str | None = None  # fMP4: its EXT-X-MAP init section
     parts: list = field(default_factory=list)  # Low-Latency HLS: its llhls.Part list
     captures_ms: list[int] | None = None  # see frame_captures_ms; None when every frame is its slot's own
-
 
 
 @dataclass
@@ -90,8 +90,7 @@ class MediaPlaylist:
         for i, e in enumerate(self.entries):
             if e.discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
-            pdt = datetime.fromtimestamp(e.program_date_time, timezone.utc)
-            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{pdt.strftime('%Y-%m-%dT%H:%M:%S.%f')[:-3]}Z")
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{hls_date(e.program_date_time)}")
             if e.captures_ms:
                 lines.append(frame_captures_tag(e.program_date_time, e.duration_s, e.captures_ms, self.media_sequence + i))
             lines.append(f"#EXTINF:{e.duration_s:.3f},")
@@ -193,8 +192,7 @@ class _Run:
         j = index - (self.frames - len(self.times))
         if j < 0 or n <= 0 or j + n > len(self.times):
             return None
-        slots, shows = list(self.times)[j:j + n], list(self.shows)[j:j + n]
-        return frame_captures_ms(slots, shows, period_s, pdt)
+        return frame_captures_ms(list(islice(self.times, j, j + n)), list(islice(self.shows, j, j + n)), period_s, pdt)
 
 
 class Segmenter:

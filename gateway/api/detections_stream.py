@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Callable
 
 import redis.asyncio as aioredis
 from starlette.requests import Request
@@ -50,8 +51,9 @@ def parse_cameras(query: str | None, known: list[str]) -> list[str]:
     return [c for c in dict.fromkeys(wanted) if c in known]
 
 
-def make_routes(ctx: GatewayContext) -> list[Route]:
-    clients: dict[int, aioredis.Redis] = {}  # one async client (and pool) per event loop
+def async_redis(ctx: GatewayContext) -> Callable[[], aioredis.Redis]:
+    """A getter of one redis.asyncio client (and pool) per event loop, for XREADs that block BLOCK_MS."""
+    clients: dict[int, aioredis.Redis] = {}
 
     def aclient() -> aioredis.Redis:
         loop = id(asyncio.get_running_loop())
@@ -59,6 +61,11 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
             clients[loop] = aioredis.Redis.from_url(  # socket timeout > the XREAD block (redis-py 8 defaults to 5 s)
                 ctx.args.resolved_redis_url, health_check_interval=30, socket_timeout=BLOCK_MS / 1000 + 10)
         return clients[loop]
+    return aclient
+
+
+def make_routes(ctx: GatewayContext) -> list[Route]:
+    aclient = async_redis(ctx)
 
     async def detections_stream(request: Request):
         r = aclient()

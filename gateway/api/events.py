@@ -2,23 +2,20 @@
 an SSE stream of event updates (one coroutine per client with redis.asyncio, no thread)."""
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
-import redis.asyncio as aioredis
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.api.detections_stream import MAX_STREAM_S, RETRY_MS, parse_cameras, sse_event
+from gateway.api.detections_stream import BLOCK_MS, MAX_STREAM_S, RETRY_MS, async_redis, parse_cameras, sse_event
 from gateway.api.query import BadParam, parse_query
 from gateway.auth.backend import can_view
 from gateway.context import GatewayContext
 from hls.clips import ClipStore
 from pipeline.events import STREAM, EventQuery, EventStore, encode_cursor
 
-BLOCK_MS = 5000
 EVENT_ID_MAX = 300
 
 
@@ -37,14 +34,7 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
     clip_cfg = ctx.args.clips
     clip_root = ctx.args.resolve_path(clip_cfg.dir)
     clip_store = ClipStore(clip_root, clip_cfg.max_total_bytes, clip_cfg.max_age_s)
-    clients: dict[int, aioredis.Redis] = {}
-
-    def aclient() -> aioredis.Redis:
-        loop = id(asyncio.get_running_loop())
-        if loop not in clients:
-            clients[loop] = aioredis.Redis.from_url(  # socket timeout > the XREAD block (redis-py 8 defaults to 5 s)
-                ctx.args.resolved_redis_url, health_check_interval=30, socket_timeout=BLOCK_MS / 1000 + 10)
-        return clients[loop]
+    aclient = async_redis(ctx)
 
     def list_events(request: Request) -> Response:
         """Events, newest first, of the cameras the caller may view; `next_cursor` pages on."""
