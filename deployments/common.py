@@ -6,13 +6,14 @@ import os
 
 import redis
 
+from pipeline import redisconn
 from pipeline.config import PipelineArgs
 from pipeline.logutil import STAGES, configure_logging
 
 
 def redis_client(args: PipelineArgs) -> redis.Redis:
-    return redis.Redis.from_url(args.resolved_redis_url, socket_timeout=10, socket_connect_timeout=5,
-                                health_check_interval=30)
+    return redisconn.connect(args.resolved_redis_url, socket_timeout=10, socket_connect_timeout=5,
+                             health_check_interval=30)
 
 
 def replica_stage() -> tuple[str | None, str | None]:

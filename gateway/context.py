@@ -6,6 +6,7 @@ from typing import Any
 
 import redis
 
+from pipeline import redisconn
 from pipeline.bus import ResultStore, StatusStore
 from pipeline.config import PipelineArgs
 
@@ -27,7 +28,7 @@ class GatewayContext:
         from gateway.auth.bootstrap import bootstrap
         from hls.store import make_store
 
-        client = redis.Redis.from_url(args.resolved_redis_url, socket_timeout=5, health_check_interval=30)
+        client = redisconn.connect(args.resolved_redis_url, socket_timeout=5, health_check_interval=30)
         return cls(
             args=args,
             redis=client,

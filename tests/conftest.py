@@ -94,9 +94,9 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture
 def redis_client(redis_server):
-    import redis
+    from pipeline.redisconn import connect
 
-    client = redis.Redis.from_url(redis_server.url)
+    client = connect(redis_server.url)
     yield client
     client.close()
 

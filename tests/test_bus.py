@@ -75,3 +75,21 @@ def test_raw_codec_is_lossless_and_checked(redis_client):
     payload = bus.get_payloads([ref])[0]
     with pytest.raises(ValueError, match="does not hold 48x64x3 pixels"):
         decode_frame(payload[:-1])
+
+
+def test_raw_camera_frames_roundtrip_exactly_through_the_tuned_client(redis_server):
+    from pipeline.redisconn import connect, fast_replies
+
+    assert fast_replies(), "hiredis is a dependency: without it every raw frame read costs ~2.5 ms of CPU"
+    client = connect(redis_server.url, socket_timeout=5)
+    bus = FrameBus(client, BusConfig(codec="raw"))
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (576, 768, 3), np.uint8) for _ in range(3)]
+    refs = [bus.put("cam", i, img, time.time(), i / 10) for i, img in enumerate(images)]
+    for img, data in zip(images, bus.get_payloads(refs)):
+        assert np.array_equal(decode_frame(data), img)
+    got = bus.read_after("cam", "0", block_ms=10)
+    assert [r.seq for r, _ in got] == [0, 1, 2]
+    assert np.array_equal(decode_frame(got[2][1]), images[2])
+    assert client.set("small", "x") and client.get("small") == b"x"
+    client.close()
