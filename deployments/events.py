@@ -188,10 +188,15 @@ class EventsDeployment:
                     time.sleep(BLOCK_MS / 1000)
                 for stream, entries in resp or []:
                     stream = stream.decode() if isinstance(stream, bytes) else stream
+                    camera_id = stream.rsplit(":", 1)[-1]
                     with self.lock:
-                        self._process(stream.rsplit(":", 1)[-1], entries)
+                        latest = self._process(camera_id, entries)
                     last[stream] = entries[-1][0].decode()
-                    self.redis.set(f"{stream}:events_cursor", last[stream], ex=86400)
+                    pipe = self.redis.pipeline(transaction=False)  # one round trip per read, not two
+                    if latest is not None:
+                        pipe.set(keys.detections_tracked(camera_id), json.dumps(latest), ex=60)
+                    pipe.set(f"{stream}:events_cursor", last[stream], ex=86400)
+                    pipe.execute()
                 if self.clipper is not None and time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + CLIP_POLL_S
                     for eid, info in self.clipper.poll():
@@ -210,10 +215,11 @@ class EventsDeployment:
         newest = self.redis.xrevrange(keys.detections(camera_id), count=1)
         return newest[0][0].decode() if newest else "0-0"
 
-    def _process(self, camera_id: str, entries: list) -> None:
+    def _process(self, camera_id: str, entries: list) -> dict | None:
         """Track, feed the rules, and record in history the frames the tracker settled: confirmed
-        tracks only, from their first frame, `tracking.min_hits - 1` frames late (pipeline/tracking.py)."""
-        rows = []
+        tracks only, from their first frame, `tracking.min_hits - 1` frames late (pipeline/tracking.py).
+        Returns the newest frame's tracked detections (for `keys.detections_tracked`)."""
+        rows, latest = [], None
         tracker = self.trackers[camera_id]
         for _eid, fields in entries:
             payload = json.loads(fields[b"json"])
@@ -228,8 +234,7 @@ class EventsDeployment:
                 rec["label"] = str(lab)
         if self.history is not None and rows:
             self.history.add_many(rows)
-        if entries:
-            self.redis.set(keys.detections_tracked(camera_id), json.dumps(latest), ex=60)
+        return latest
 
     def _on_update(self, u: EventUpdate, frame: tuple[int, Detections] | None) -> None:
         self.updates += 1
