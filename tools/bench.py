@@ -72,8 +72,12 @@ def bare_run_with_decode(detector: Detector, clip: str, n: int, batch: int) -> d
 
 
 def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: float, bare_infer: dict[int, float],
-                 redis_url: str, port: int, hls: bool = True) -> dict:
-    """Deploys the app (or reconfigures the running one) and measures detections/s and added latency."""
+                 redis_url: str, port: int, hls: bool = True, same_infer: dict[int, float] | None = None) -> dict:
+    """Deploys the app (or reconfigures the running one) and measures detections/s and added latency.
+
+    Added latency is capture -> detections in Redis minus the bare inference time of the batch size
+    used: `bare_infer` from the bare loop's session, `same_infer` from a bare session with the
+    replicas' own thread count (the pipeline's overhead alone, when the replicas run fewer threads)."""
     import redis
     from ray import serve
 
@@ -101,7 +105,8 @@ def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: floa
     time.sleep(a.seconds)
     t1 = time.time()
     cpu1 = cpu_by_stage()
-    added, sizes, n = [], [], 0
+    same_infer = same_infer or bare_infer
+    added, added_same, sizes, n = [], [], [], 0
     for cid, start in starts.items():
         last = start
         while True:
@@ -117,6 +122,7 @@ def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: floa
                 size = int(tm["batch_size"])
                 sizes.append(size)
                 added.append(tm["latency_s"] - bare_infer.get(size, bare_infer[max(bare_infer)]))
+                added_same.append(tm["latency_s"] - same_infer.get(size, same_infer[max(same_infer)]))
     client.close()
     fps = n / (t1 - t0)
     offered = (offered_fps or fps) * (t1 - t0)
@@ -124,7 +130,13 @@ def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: floa
     return {"batch": batch, "fps": fps, "offered_fps": offered_fps, "cpu_ms_per_offered_frame": cpu_ms,
             "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
             "added_latency_p50_ms": float(np.percentile(added, 50) * 1000) if added else float("nan"),
-            "added_latency_p95_ms": float(np.percentile(added, 95) * 1000) if added else float("nan")}
+            "added_latency_p95_ms": float(np.percentile(added, 95) * 1000) if added else float("nan"),
+            "added_same_threads_p50_ms": float(np.percentile(added_same, 50) * 1000) if added else float("nan"),
+            "added_same_threads_p95_ms": float(np.percentile(added_same, 95) * 1000) if added else float("nan")}
+
+
+def _ms(infer: dict[int, float]) -> str:
+    return ", ".join(f"{b}: {s * 1000:.1f}" for b, s in sorted(infer.items()))
 
 
 def main(a: argparse.Namespace) -> int:
@@ -142,6 +154,12 @@ def main(a: argparse.Namespace) -> int:
     bare_infer = {b: bare_run(detector, frames[: b * 6], b)["infer_s"] for b in range(1, max(batches) + 1)}
     detector.backend.close()
     del detector
+    same_infer = bare_infer
+    if a.threads != a.bare_threads:  # the replicas' own session, to tell their overhead from their slower inference
+        same = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend, intra_op_threads=a.threads), a.onnx, None)
+        same_infer = {b: bare_run(same, frames[: b * 6], b)["infer_s"] for b in range(1, max(batches) + 1)}
+        same.backend.close()
+        del same
 
     rds = LocalRedis()
     port = free_port()
@@ -151,7 +169,7 @@ def main(a: argparse.Namespace) -> int:
     try:
         for b in batches:
             for hls in (False, True):
-                p = pipeline_run(a, clip, b, bare[b]["fps"], bare_infer, rds.url, port, hls=hls)
+                p = pipeline_run(a, clip, b, bare[b]["fps"], bare_infer, rds.url, port, hls=hls, same_infer=same_infer)
                 rows.append({"batch": b, "hls": hls, "bare_fps": bare[b]["fps"],
                              "bare_decode_fps": bare_decode[b]["fps"],
                              "ratio_vs_bare_decode": p["fps"] / bare_decode[b]["fps"],
@@ -160,7 +178,7 @@ def main(a: argparse.Namespace) -> int:
                              "ratio": p["fps"] / bare[b]["fps"]})
                 serve.delete("lookout")
         # Latency at the clip's own frame rate (not saturated): what a user watching live sees.
-        live = pipeline_run(a, clip, batches[0], 0.0, bare_infer, rds.url, port, hls=True)
+        live = pipeline_run(a, clip, batches[0], 0.0, bare_infer, rds.url, port, hls=True, same_infer=same_infer)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -178,6 +196,11 @@ def main(a: argparse.Namespace) -> int:
               f"{r['ratio_vs_bare_decode']:>6.2f}")
     print(f"at the clip's own rate ({a.cameras} cameras, batch {batches[0]}, with HLS): {live['fps']:.1f} detections/s, "
           f"added latency p50 {live['added_latency_p50_ms']:.1f} ms, p95 {live['added_latency_p95_ms']:.1f} ms")
+    print(f"bare inference ms by batch size: bare loop's session {_ms(bare_infer)}; "
+          f"{a.threads or 'default'} thread(s) like the replicas {_ms(same_infer)}")
+    if same_infer is not bare_infer:
+        print(f"at the clip's own rate, minus the replicas' own bare inference (the pipeline's overhead alone): "
+              f"added latency p50 {live['added_same_threads_p50_ms']:.1f} ms, p95 {live['added_same_threads_p95_ms']:.1f} ms")
     for r in rows:
         cpu = r["pipeline_cpu_ms_per_offered_frame"]
         print(f"batch {r['batch']} {'full' if r['hls'] else 'detection only'}: CPU ms per offered frame: "
