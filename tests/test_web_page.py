@@ -1,7 +1,9 @@
 """The web page in real headless Chromium against `serve run` with 16 cameras.
 
 One app for the module: `people` (a person walks in), `door` (RTSP, stopped and restarted),
-`ondemand` (encoded only while watched) and 13 more file cameras at 5 fps with detection off.
+`ondemand` (encoded only while watched) and 13 more file cameras at 2 fps with detection off.
+Only `people` and `ondemand` go to the detector: on a 2-core box the 32 ingest and encoder
+replicas and Chromium leave it a fifth of a core, and the boxes test needs `people`'s results.
 Video is unannotated (`hls.boxes: browser`: the page draws boxes) and carries the capture-time
 timecode, so the page can check that boxes and PROGRAM-DATE-TIME line up with the frames.
 """
@@ -33,9 +35,9 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     cameras = [
         {"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4")},
         {"id": "door", "source": rtsp.url, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0, "read_timeout_s": 3.0,
-         "open_timeout_s": 5.0},
+         "open_timeout_s": 5.0, "detect": False},
         {"id": "ondemand", "source": str(assets_dir / "videos" / "vtest.avi"), "on_demand": True, "fps": 5},
-        *({"id": c, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 5, "detect": False} for c in FILLERS),
+        *({"id": c, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2, "detect": False} for c in FILLERS),
     ]
     hls = {"width_px": OUT_W, "height_px": OUT_H, "boxes": "browser", "timecode": True, "on_demand_idle_s": IDLE_S}
     try:
@@ -176,6 +178,7 @@ def alignment(timed: list[dict]) -> dict:
             "own": sum(smp["own"] for smp in timed), "pending": sum(smp["pending"] for smp in timed), "wrong": wrong}
 
 
+@pytest.mark.timeout(900)
 def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     wait_until(lambda: page.execute_script("return !!document.querySelector('[data-camera=\"people\"] .screen')"),
                60, 0.5, "the people tile")
@@ -196,8 +199,9 @@ def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     page.save_screenshot(str(shot))
     timed_js = "return window.lookout.tiles.get('people').samples.filter(s => s.tc && s.pdt).slice(-1500)"
     own_drawn = lambda ss: [smp for smp in ss if smp["det"] is not None and abs(smp["det"] - smp["tc"]) < 1]
+    t0 = time.monotonic()
     try:  # the detector of a starved machine skips most frames: frames with their own result are few
-        wait_until(lambda: len(own_drawn(page.execute_script(timed_js))) >= 10, 180, 1,
+        wait_until(lambda: len(own_drawn(page.execute_script(timed_js))) >= 10, 360, 1,
                    "10 frames shown with a readable timecode and their own boxes")
     except AssertionError:
         timed = page.execute_script(timed_js)
@@ -209,7 +213,8 @@ def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     print(f"PDT vs burned capture time: p50 {a['pdt_p50']:.0f} ms, p95 {a['pdt_p95']:.0f} ms ({a['frames']} frames, "
           f"p95 {a['all_p95']:.0f} ms over every presentation, repeats included, "
           f"{fps} fps); of {len(timed)} presentations {a['drawn']} with boxes, {a['own_drawn']} with their own, "
-          f"{a['pending']} waiting for theirs, {len(a['wrong'])} with another frame's")
+          f"{a['pending']} waiting for theirs, {len(a['wrong'])} with another frame's; "
+          f"10 with their own after {time.monotonic() - t0:.0f} s")
     # The capture time the page derives for a frame is that frame's (the encoder keeps media time on
     # the capture-time grid: within half a frame), and the boxes drawn over it are its own.
     assert a["pdt_p50"] <= 1000 / fps and a["all_p95"] <= 1000 / fps, a
