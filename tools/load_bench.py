@@ -36,6 +36,7 @@ from tools.procs import LocalRedis, free_port
 CAMERA = "load0"
 ROLES = (("haproxy", "haproxy -"), ("proxy", "ProxyActor"), ("gateway", "ServeReplica:lookout:gateway"), ("wrk", "wrk "),
          ("pipeline", "ServeReplica:lookout:"), ("pipeline", "ffmpeg"))
+SERVER_ROLES = ("proxy", "haproxy", "gateway")  # what serves a request, whichever proxy fronts the gateway
 
 
 def cpu_by_role() -> dict[str, float]:
@@ -260,7 +261,7 @@ def main(a: argparse.Namespace) -> int:
     print(f"\n{'':24}" + "".join(f"{m:>14}" for m in reports))
     for key in SIDE_BY_SIDE:
         print(f"{key:24}" + "".join(f"{str(r.get(key)):>14}" for r in reports.values()))
-    for key in ("proxy", "haproxy", "gateway"):
+    for key in SERVER_ROLES:
         print(f"{'CPU ms/request ' + key:24}" + "".join(
             f"{str(r.get('server_cpu_ms_per_request', {}).get(key)):>14}" for r in reports.values()))
     if "serve" in reports and "haproxy" in reports and reports["serve"].get("requests_per_s"):
@@ -341,10 +342,10 @@ def measure(a: argparse.Namespace) -> dict:
         stop.set()
         sampler.join()
         n = sum(len(v) for v in tally.latency_s.values())
-        served = cpu.get("proxy", 0.0) + cpu.get("haproxy", 0.0) + cpu.get("gateway", 0.0)
+        served = sum(cpu.get(k, 0.0) for k in SERVER_ROLES)
         report["cpu_s_per_s"] = {k: round(v / elapsed, 3) for k, v in sorted(cpu.items())}
         report["server_cpu_ms_per_request"] = {k: round(cpu.get(k, 0.0) / max(n, 1) * 1000, 2)
-                                               for k in ("proxy", "haproxy", "gateway")}
+                                               for k in SERVER_ROLES}
         # What a viewer asks for per second (a playlist reload and a segment per segment duration), and
         # how many such viewers the proxy + gateway CPU per request would allow on the cores the
         # pipeline leaves of an idle box of this machine's size.
@@ -374,7 +375,7 @@ def measure(a: argparse.Namespace) -> dict:
             if report["wrk_playlist"]:
                 done = report["wrk_playlist"]["rps"] * a.wrk_seconds
                 report["wrk_playlist"]["server_cpu_ms_per_request"] = {
-                    k: round(c.get(k, 0.0) / max(done, 1) * 1000, 2) for k in ("proxy", "haproxy", "gateway")}
+                    k: round(c.get(k, 0.0) / max(done, 1) * 1000, 2) for k in SERVER_ROLES}
             with urllib.request.urlopen(link, timeout=30) as r:
                 uri = parse_playlist(r.read().decode())[2][-1]
             # the newest segment stays in the store for keep_segments segment durations
