@@ -58,8 +58,10 @@ def test_stream_is_bounded(redis_client):
 def test_read_updates_blocks_for_new_ones(redis_client):
     store = EventStore(redis_client)
     last = store.last_update_id()
-    threading.Timer(0.2, lambda: store.apply(upd("start"))).start()
+    writer = threading.Timer(0.2, lambda: store.apply(upd("start")))
+    writer.start()
     got = store.read_updates(last, block_ms=3000)
+    writer.join(5)  # before the fixture closes the client under the writer's pipeline reply
     assert [u["kind"] for _, u in got] == ["start"]
 
 

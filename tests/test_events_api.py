@@ -290,7 +290,8 @@ def test_event_stream_outlives_quiet_periods_longer_than_the_redis_socket_timeou
         store.apply(EventUpdate("start", "a.quiet.1", "a", "quiet", "count_above", "person", None, now, now, None,
                                 [1], 1))
 
-    threading.Thread(target=later, daemon=True).start()
+    writer = threading.Thread(target=later, daemon=True)
+    writer.start()
     deadline = time.monotonic() + 40
     got = False
     with admin.stream("GET", "/api/events/stream") as r:
@@ -300,4 +301,5 @@ def test_event_stream_outlives_quiet_periods_longer_than_the_redis_socket_timeou
                 got = True
                 break
             assert time.monotonic() < deadline, "the event did not come on the open stream"
+    writer.join(5)  # before the fixture closes the client under the writer's pipeline reply
     assert got, "the stream ended before the event came"
