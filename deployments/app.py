@@ -5,39 +5,60 @@ import logging
 import math
 from typing import Any
 
-from ray.serve import Application
+from ray.serve import Application, Deployment
 
 from deployments.detector import DetectorDeployment
 from deployments.encoder import EncoderDeployment
 from deployments.events import EventsDeployment, runtime_config
 from deployments.gateway import GatewayDeployment
 from deployments.ingest import IngestDeployment
-from pipeline.config import CameraConfig, DetectorConfig, PipelineArgs, parse_args
+from gateway.auth.bootstrap import ADMIN_PASSWORD_ENV
+from gateway.auth.oidc import CLIENT_SECRET_ENV
+from pipeline.config import CameraConfig, ConfigError, DetectorConfig, PipelineArgs, missing_files, parse_args
 
 log = logging.getLogger(__name__)
+SECRET_ENV_VARS = (ADMIN_PASSWORD_ENV, CLIENT_SECRET_ENV)
 
 
 def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
     """Validate the args and wire one ingest and one encoder per camera, a shared detector and the gateway."""
     cfg = parse_args(args)
+    problems = missing_files(cfg)  # the same checks as `lookout check`, so `serve run` refuses what it refuses
+    if problems:
+        raise ConfigError("invalid Lookout config:\n" + "\n".join(f"  {p}" for p in problems))
     det = cfg.detector
     _check_autoscaling_reach(cfg)
+    # Each stage is bound only what it needs; the admin password and the OIDC client secret (in the
+    # config or the Ray head's environment) stay in the gateway.
     detector = DetectorDeployment.options(
-        **detector_options(det),
+        **without_secret_env(DetectorDeployment, detector_options(det)),
         user_config={"max_batch_size": det.max_batch_size, "batch_wait_timeout_s": det.batch_wait_timeout_s},
-    ).bind(cfg)
+    ).bind(cfg.without_secrets())
     stages = []
     for cam in cfg.cameras:
         if not cam.enabled:
             continue
-        stages.append(IngestDeployment.options(name=f"ingest-{cam.id}", **ingest_options(cam)).bind(
-            cfg, cam.id, detector))
+        ingest = IngestDeployment.options(name=f"ingest-{cam.id}",
+                                          **without_secret_env(IngestDeployment, ingest_options(cam)))
+        stages.append(ingest.bind(cfg.for_camera(cam.id), cam.id, detector))
         if cfg.hls.enabled:
-            stages.append(EncoderDeployment.options(name=f"encoder-{cam.id}").bind(cfg, cam.id))
+            stages.append(EncoderDeployment.options(name=f"encoder-{cam.id}", **without_secret_env(EncoderDeployment))
+                          .bind(cfg.for_camera(cam.id), cam.id))
     if cfg.events.enabled:
-        stages.append(EventsDeployment.options(user_config=runtime_config(cfg)).bind(cfg))
+        stages.append(EventsDeployment.options(user_config=runtime_config(cfg), **without_secret_env(EventsDeployment))
+                      .bind(cfg.without_secrets()))
     gateway = GatewayDeployment.options(max_ongoing_requests=cfg.gateway.max_ongoing_requests)
     return gateway.bind(cfg, detector, *stages)
+
+
+def without_secret_env(deployment: Deployment, opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`opts` (Serve options of `deployment`) with its replicas started with the secret environment
+    variables blanked: workers inherit the Ray head's environment, and only the gateway needs them."""
+    opts = opts or {}
+    actor = dict(opts.get("ray_actor_options") or deployment.ray_actor_options or {})
+    runtime_env = dict(actor.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **{name: "" for name in SECRET_ENV_VARS}}
+    return {**opts, "ray_actor_options": {**actor, "runtime_env": runtime_env}}
 
 
 def detector_options(det: DetectorConfig) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from hls.timecode import burn as burn_timecode
 from hls.viewers import ViewerTracker, put_stream_info
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
 from pipeline.bus import FrameBus, ResultStore, StatusStore
-from pipeline.config import PipelineArgs
+from pipeline.config import CameraStageArgs
 
 log = logging.getLogger(__name__)
 WATCH_POLL_S = 0.25
@@ -27,9 +27,9 @@ INFO_EVERY_S = 30.0  # stream info is rewritten this often: a Redis that restart
 class EncoderDeployment:
     """Draws boxes on each frame and feeds the ffmpeg HLS segmenter, in a thread of its own."""
 
-    def __init__(self, args: PipelineArgs, camera_id: str):
+    def __init__(self, args: CameraStageArgs, camera_id: str):
         setup_logging()
-        cam = next(c for c in args.cameras if c.id == camera_id)
+        cam = args.camera
         self.camera_id = camera_id
         client = redis_client(args)
         self.args = args

@@ -11,7 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.common import redis_client, setup_logging
 from pipeline.bus import FrameBus, StatusStore
-from pipeline.config import PipelineArgs
+from pipeline.config import CameraStageArgs
 from pipeline.ingest import IngestLoop
 from pipeline.lease import Lease, LeaseKeeper, default_owner, lease_key
 from pipeline.logutil import scrub_url
@@ -35,9 +35,9 @@ class IngestDeployment:
     expires. A frame is only published while the lease is valid, so nothing is ingested twice.
     """
 
-    def __init__(self, args: PipelineArgs, camera_id: str, detector: DeploymentHandle | None):
+    def __init__(self, args: CameraStageArgs, camera_id: str, detector: DeploymentHandle | None):
         setup_logging()
-        self.cam = next(c for c in args.cameras if c.id == camera_id)
+        self.cam = args.camera
         self.args = args
         client = redis_client(args)
         self.bus = FrameBus(client, args.bus)

@@ -489,7 +489,37 @@ class HistoryConfig(_Model):
     retention_s: float = Field(7 * 86400, ge=60, le=3650 * 86400, description="Detections older than this are deleted.")
 
 
-class PipelineArgs(_Model):
+class _Located:
+    """Where Redis is and where relative paths start, for a config with `redis_url` and `base_dir`."""
+
+    redis_url: str | None
+    base_dir: str | None
+
+    @property
+    def resolved_redis_url(self) -> str:
+        return self.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
+    def resolve_path(self, p: str | None) -> str | None:
+        if p is None:
+            return None
+        path = Path(os.path.expanduser(p))
+        if not path.is_absolute():
+            path = Path(self.base_dir or os.getcwd()) / path
+        return str(path)
+
+
+class CameraStageArgs(_Located, _Model):
+    """What one camera's ingest and encoder replicas are bound: no other camera, no gateway, no secret."""
+
+    camera: CameraConfig = Field(description="The camera's own section.")
+    bus: BusConfig = Field(description="The frame bus.")
+    hls: HlsConfig = Field(description="Encoding and HLS.")
+    detector: DetectorConfig = Field(description="The detector (its per-camera in-flight limit, local routing).")
+    redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
+    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
+
+
+class PipelineArgs(_Located, _Model):
     """The `args` of serve_config.yaml."""
 
     cameras: list[CameraConfig] = Field(description="Cameras to watch.", min_length=1)
@@ -505,7 +535,9 @@ class PipelineArgs(_Model):
     events: EventsConfig = Field(default_factory=EventsConfig)
     clips: ClipConfig = Field(default_factory=ClipConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
-    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
+    base_dir: str | None = Field(
+        None, description="Relative paths are taken from here; default: the config file's folder (`lookout check`, "
+                          "scripts/run.sh), else the directory Ray was started in.")
 
     @field_validator("cameras")
     @classmethod
@@ -539,17 +571,16 @@ class PipelineArgs(_Model):
     def zones_by_camera(self) -> dict[str, list[ZoneConfig]]:
         return {c.id: list(c.zones) for c in self.cameras}
 
-    @property
-    def resolved_redis_url(self) -> str:
-        return self.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    def for_camera(self, camera_id: str) -> "CameraStageArgs":
+        """What the camera's ingest and encoder are bound: its own section, the bus, HLS, the detector's limits."""
+        cam = next(c for c in self.cameras if c.id == camera_id)
+        return CameraStageArgs(camera=cam, bus=self.bus, hls=self.hls, detector=self.detector,
+                               redis_url=self.redis_url, base_dir=self.base_dir)
 
-    def resolve_path(self, p: str | None) -> str | None:
-        if p is None:
-            return None
-        path = Path(os.path.expanduser(p))
-        if not path.is_absolute():
-            path = Path(self.base_dir or os.getcwd()) / path
-        return str(path)
+    def without_secrets(self) -> "PipelineArgs":
+        """This config with the gateway section (admin password, OIDC client secret) at its defaults:
+        what the detector and events stages are bound, so secrets stay in the gateway."""
+        return self.model_copy(update={"gateway": GatewayConfig()})
 
 
 class ConfigError(ValueError):
@@ -566,13 +597,88 @@ def parse_args(raw: dict[str, Any] | PipelineArgs) -> PipelineArgs:
         raise ConfigError(format_validation_error(exc)) from None
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def format_validation_error(exc: ValidationError, model: type[BaseModel] = PipelineArgs) -> str:
+    """One line per error: the field path, what is wrong, the value received (once, short) and, for an
+    unknown field, the nearest known name."""
     lines = [f"invalid Lookout config ({exc.error_count()} error(s)):"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        value = err.get("input")
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        lines.append(f"  {loc}: {err['msg']} (got {shown})")
+    lines += [f"  {describe_error(err, model)}" for err in exc.errors()]
     return "\n".join(lines)
+
+
+def describe_error(err: dict, model: type[BaseModel]) -> str:
+    """`loc: message (got value)` of one pydantic error."""
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        return f"{loc}: required field is missing"
+    shown = short_value(err.get("input"))
+    got = "" if shown is None or shown in msg else f" (got {shown})"  # a section is never shown; a value once
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown field{got}{unknown_field_hint(str(err['loc'][-1]), fields_at(model, err['loc'][:-1]))}"
+    return f"{loc}: {msg}{got}"
+
+
+def short_value(value: Any, limit: int = 60) -> str | None:
+    """repr of a scalar, cut to `limit` characters; None for sections (dicts, lists), never shown whole."""
+    if isinstance(value, (dict, list, tuple, set)):
+        return None
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+
+
+def unknown_field_hint(name: str, known: list[str]) -> str:
+    """'; did you mean 'x'?' for the nearest known field name, else the known names (few) or nothing."""
+    import difflib
+
+    near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    return f"; known: {', '.join(sorted(known))}" if 0 < len(known) <= 12 else ""
+
+
+def fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """Field names of the model(s) found at `path` (a pydantic error's loc) inside `model`."""
+    import types
+    import typing
+
+    def step(tp: Any, part: Any) -> list[Any]:
+        origin, targs = typing.get_origin(tp), typing.get_args(tp)
+        if origin is typing.Annotated:
+            return step(targs[0], part)
+        if origin in (typing.Union, types.UnionType):
+            found = [r for a in targs for r in step(a, part)]
+            # a tagged union puts the tag in the path: step over it
+            return found or [a for a in targs if isinstance(a, type) and issubclass(a, BaseModel)]
+        if origin in (list, tuple, set, frozenset) and isinstance(part, int):
+            return [targs[0]] if targs else []
+        if origin is dict:
+            return [targs[1]] if len(targs) == 2 else []
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+            return [tp.model_fields[part].annotation]
+        return []
+
+    found: list[Any] = [model]
+    for part in path:
+        found = [r for tp in found for r in step(tp, part)]
+    names: set[str] = set()
+    for tp in found:
+        for m in [tp, *typing.get_args(tp)]:
+            if isinstance(m, type) and issubclass(m, BaseModel):
+                names.update(m.model_fields)
+    return sorted(names)
+
+
+def missing_files(cfg: PipelineArgs) -> list[str]:
+    """The files the config names that are not there (file cameras run on this node, model cfg/weights):
+    one `field: file not found: path` each. `lookout check` and `build_app` refuse such a config alike."""
+    problems = []
+    for cam in cfg.cameras:
+        runs_here = cam.enabled and not cam.node_resource and not cam.node_labels  # pinned: its node's file
+        if runs_here and cam.kind == "file" and not Path(cfg.resolve_path(cam.source)).is_file():
+            problems.append(f"cameras[{cam.id}].source: file not found: {cfg.resolve_path(cam.source)}")
+    for field in ("cfg", "weights"):
+        value = getattr(cfg.model, field)
+        if value and not Path(cfg.resolve_path(value)).is_file():
+            problems.append(f"model.{field}: file not found: {cfg.resolve_path(value)} "
+                            "(run `lookout fetch-weights`)")
+    return problems

@@ -45,6 +45,7 @@ def test_build_app_wires_one_ingest_and_encoder_per_enabled_camera(tmp_path):
     from deployments.app import build_app
 
     args = args_for(tmp_path, onnx="m.onnx")
+    (tmp_path / "x.avi").write_bytes(b"")  # build_app refuses a file camera whose file is missing
     built = serve_build(build_app(args.model_dump()), name="lookout")
     names = sorted(d.name for d in built.deployments)
     assert names == ["detector", "encoder-a", "events", "gateway", "ingest-a"]

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from gateway.context import GatewayContext
+from pipeline.config import unknown_field_hint
 
 
 class BadParam(Exception):
@@ -20,8 +21,9 @@ class BadParam(Exception):
 
     def response(self) -> JSONResponse:
         body = {"error": "invalid parameter", "field": self.field, "detail": self.message}
-        if self.value is not None:
-            body["value"] = str(self.value)[:100]
+        if self.value is not None:  # the value as received, cut where it is long, marked as cut
+            shown = str(self.value)
+            body["value"] = shown if len(shown) <= 100 else shown[:99] + "…"
         return JSONResponse(body, status_code=422)
 
 
@@ -48,9 +50,14 @@ def parse_query(model: type[BaseModel], request: Request, fixed: dict[str, Any] 
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":  # its input is the whole query: name the field and stop
+            raise BadParam(loc, "is required") from None
+        if err["type"] == "extra_forbidden":
+            raise BadParam(loc, "unknown parameter" + unknown_field_hint(loc, list(model.model_fields))) from None
         if not loc:  # a model-level check: name the field it is about
             loc = next((f for f in model.model_fields if msg.startswith(f)), "query")
-        raise BadParam(loc, msg, err.get("input") if loc != "query" else None) from None
+        value = err.get("input") if loc != "query" else None
+        raise BadParam(loc, msg, value if isinstance(value, (str, int, float)) else None) from None
 
 
 async def call_stage(ctx: GatewayContext, stage: str, method: str, *args: Any) -> Any:
