@@ -125,7 +125,10 @@ class IngestDeployment:
     def check_health(self) -> None:
         if not self.keeper.alive():
             raise RuntimeError(f"camera {self.cam.id}: lease keeper died")
-        if self.keeper.held and self._thread is not None and (not self._thread.is_alive() or not self.loop.alive()):
+        # The loop alone judges itself: its thread may not have reached run() yet (pending, alive), and a
+        # crash or a stuck read shows in loop.alive() whatever state the thread object is in.
+        loop = self.loop
+        if self.keeper.held and loop is not None and not loop.alive():
             raise RuntimeError(f"camera {self.cam.id}: ingest loop is stuck or died")
 
     def status(self) -> dict:
@@ -143,6 +146,8 @@ def _node_id() -> str:
     try:
         import ray
 
+        if not ray.is_initialized():  # get_runtime_context() would start a local Ray
+            return "local"
         return ray.get_runtime_context().get_node_id()
     except Exception:  # noqa: BLE001 - outside Ray (tests)
         return "local"

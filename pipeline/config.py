@@ -48,6 +48,12 @@ class CameraConfig(_Model):
     read_timeout_s: float = Field(5.0, gt=0, le=120, description="A source silent this long is reconnected.")
     reconnect_min_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay.")
     reconnect_max_s: float = Field(10.0, gt=0, le=600, description="Longest reconnect delay (exponential back-off).")
+    failed_retry_max_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="A `failed` camera (a permanent error: a missing file, no GStreamer) is retried after "
+                    "reconnect_max_s, then ever more slowly (doubling) up to this delay (or reconnect_max_s "
+                    "if that is longer).",
+    )
     rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
     node_resource: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_.-]{1,64}$",

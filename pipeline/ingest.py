@@ -6,10 +6,13 @@ States: starting -> running -> reconnecting -> running ...
   and retry after an exponential back-off from reconnect_min_s to reconnect_max_s (+-20 % jitter,
   clamped to that range); the back-off resets once a connection has delivered frames for
   `good_period_s`.
-- Permanent errors (SourceError.permanent: a file that does not exist, OpenCV without GStreamer for
-  CSI, no ffmpeg) go to `failed`, and the loop keeps retrying slowly, every ~reconnect_max_s, so a
-  file that appears later (a late mount) is picked up without restarting anything. `failed` is
-  therefore a state to show, not a dead loop: alive() stays True.
+- Permanent errors (SourceError.permanent: a file that does not exist, also one deleted while it is
+  read, OpenCV without GStreamer for CSI, no ffmpeg) go to `failed`, and the loop keeps retrying
+  slowly, from reconnect_max_s doubling up to failed_retry_max_s, so a file that appears later (a late
+  mount) is picked up without restarting anything. `failed` is therefore a state to show, not a dead
+  loop: alive() stays True.
+- Logging: one WARNING (reconnecting) or ERROR (failed) when the state or the error changes; the
+  retries that end the same way are logged at DEBUG only (the status shows them: `reconnects`).
 - A file with loop=false that reaches its end ends run() cleanly (a last status with fps 0).
 - `last_error` keeps the most recent error (scrubbed) also after recovery; `since` (wall clock) tells
   when the current state began; `reconnects` counts open attempts after the first one; `frames`
@@ -101,6 +104,8 @@ class IngestLoop:
         self._done = threading.Event()
         self._window_start = time.monotonic()
         self._window_frames = 0
+        self._failed_attempt = 0  # retries since the last permanent error began (the slow back-off)
+        self._logged: tuple[CameraState, str | None] | None = None  # the last state + error logged
 
     # ---- read from any thread -------------------------------------------------------------
     def status(self) -> CameraStatus:
@@ -109,8 +114,11 @@ class IngestLoop:
             return replace(self._status)
 
     def alive(self) -> bool:
-        """Health check: run() is going and not stuck (or ended cleanly); False before run() and after a crash."""
-        if not self._started or self._crashed is not None:
+        """Health check: False after a crash, or when no heartbeat came for stall_limit_s (stuck).
+
+        A loop whose thread has not reached run() yet is pending, not dead: the heartbeat starts at
+        construction, so it is alive until stall_limit_s have passed without run() starting."""
+        if self._crashed is not None:
             return False
         if self._ended:
             return True
@@ -207,6 +215,8 @@ class IngestLoop:
             self._window_start = started
             self._window_frames = 0
         self._set_state(CameraState.RUNNING)
+        self._logged = None
+        self._failed_attempt = 0
         while not stop.is_set():
             try:
                 frame = source.read()
@@ -286,12 +296,21 @@ class IngestLoop:
         return permanent
 
     def _delay(self, attempt: int, permanent: bool) -> float:
+        with self._lock:
+            state, error = self._status.state, self._status.last_error
+        first = self._logged != (state, error)  # a new state or a new error: tell the operator, once
+        self._logged = (state, error)
         if permanent:
-            delay = backoff_delay(0, self.cfg.reconnect_max_s, self.cfg.reconnect_max_s)
-            log.error("%s (permanent); retrying in %.1fs", self._status.last_error, delay)
+            slow_max = max(self.cfg.failed_retry_max_s, self.cfg.reconnect_max_s)
+            delay = backoff_delay(self._failed_attempt, self.cfg.reconnect_max_s, slow_max)
+            self._failed_attempt += 1
+            log.log(logging.ERROR if first else logging.DEBUG,
+                    "%s (permanent); camera failed, retrying in %.1fs, then up to every %.0fs", error, delay, slow_max)
         else:
+            self._failed_attempt = 0
             delay = backoff_delay(attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
-            log.warning("%s; reconnecting in %.2fs (attempt %d)", self._status.last_error, delay, attempt + 1)
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "%s; reconnecting in %.2fs (attempt %d)", error, delay, attempt + 1)
         return delay
 
     def _wait(self, stop: threading.Event, delay_s: float) -> None:

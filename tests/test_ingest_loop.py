@@ -216,6 +216,55 @@ def test_permanent_error_is_failed_and_retried_slowly(start_loop):
     assert rec.states() == [S, FAIL, RUN]
 
 
+def test_permanent_error_backs_off_to_a_slow_retry_and_is_logged_once(start_loop, caplog):
+    """Issue 13 item 10: a missing file was retried every reconnect_max_s with an ERROR line each time."""
+    rec = Recorder()
+    opened: list[float] = []
+
+    def factory(cfg):
+        opened.append(time.monotonic())
+        return ScriptedSource(cfg, [SourceError("camera gone: video file /x.mp4 does not exist", permanent=True)])
+
+    cfg = cam(id="gone", reconnect_min_s=0.05, reconnect_max_s=0.1, failed_retry_max_s=0.4)
+    with caplog.at_level(logging.DEBUG, logger="pipeline.ingest"):
+        loop = start_loop(cfg, rec, factory)
+        wait_until(lambda: len(opened) >= 6, 10, what="6 open attempts")
+    gaps = [b - a for a, b in zip(opened, opened[1:])]
+    assert gaps[0] < 0.1 * 1.2 + 0.05 and gaps[-1] >= 0.4 * 0.8 - 0.02, gaps  # doubling up to the slow cap
+    status = loop.status()
+    assert status.state == FAIL and status.last_error == "camera gone: video file /x.mp4 does not exist"
+    assert status.reconnects >= 5 and loop.alive()
+    loud = [r for r in caplog.records if r.name == "pipeline.ingest" and r.levelno >= logging.WARNING]
+    assert len(loud) == 1 and loud[0].levelno == logging.ERROR, [r.getMessage() for r in loud]
+    assert "camera gone" in loud[0].getMessage() and "does not exist" in loud[0].getMessage()
+    assert sum("(permanent)" in r.getMessage() for r in caplog.records) >= 5  # the retries, at DEBUG
+
+
+def test_repeated_transient_error_is_logged_once_per_state_change(start_loop, caplog):
+    rec = Recorder()
+    script = [SourceError("camera cam1: refused")] * 5 + [(3, SourceError("camera cam1: dropped")), (None, None)]
+    with caplog.at_level(logging.DEBUG, logger="pipeline.ingest"):
+        start_loop(cam(), rec, scripted(script))
+        wait_until(lambda: rec.n_frames >= 10, 10, what="running again")
+    loud = [r.getMessage() for r in caplog.records if r.name == "pipeline.ingest" and r.levelno >= logging.WARNING]
+    assert len(loud) == 2 and "refused" in loud[0] and "dropped" in loud[1], loud
+
+
+def test_file_deleted_while_read_is_failed_not_reconnecting(start_loop, assets_dir, tmp_path):
+    """The file goes away at run time: at the end of the pass the camera is `failed` (permanent), with the path."""
+    import shutil
+
+    path = tmp_path / "clip.avi"
+    shutil.copy(assets_dir / "videos" / "Megamind.avi", path)
+    rec = Recorder()
+    loop = start_loop(CameraConfig(id="del", source=str(path), fps=100, reconnect_max_s=0.5), rec)
+    wait_until(lambda: rec.n_frames >= 5, 10, what="frames")
+    path.unlink()
+    status = wait_until(rec.state_is(FAIL), 30, what="failed")
+    assert status.last_error == f"camera del: video file {path} does not exist"
+    assert rec.states() == [S, RUN, FAIL] and loop.alive()
+
+
 def test_unexpected_exceptions_from_the_source_are_retried(start_loop, caplog):
     rec = Recorder()
     with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
@@ -262,7 +311,7 @@ def test_missing_file_is_failed_with_the_path(start_loop, tmp_path):
     assert loop.alive()
 
 
-def test_alive_is_false_before_run_after_a_crash_and_when_stuck(start_loop):
+def test_alive_is_false_after_a_crash_when_stuck_and_when_run_never_starts(start_loop):
     class Boom(BaseException):
         pass
 
@@ -270,7 +319,9 @@ def test_alive_is_false_before_run_after_a_crash_and_when_stuck(start_loop):
         raise Boom()
 
     loop = IngestLoop(cam(), print, print)
-    assert not loop.alive()
+    assert loop.alive()  # its thread has not reached run() yet: pending, not dead (issue 13 item 9)
+    loop.stall_limit_s = 0.3
+    wait_until(lambda: not loop.alive(), 5, what="a loop whose run() never starts to count as stuck")
 
     rec = Recorder(fail_frame=explode)
     crashed = IngestLoop(cam(), rec.on_frame, rec.on_status, source_factory=scripted([(None, None)]))

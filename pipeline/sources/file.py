@@ -48,6 +48,8 @@ class FileSource(FrameSource):
         self.lag_resets = 0
 
     def _open_capture(self) -> cv2.VideoCapture:
+        if not os.path.isfile(self.path):  # also at a rewind: the file may be deleted while it is read
+            raise SourceError(f"camera {self.cfg.id}: video file {self.path} does not exist", permanent=True)
         cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
         if not cap.isOpened():
             cap.release()
@@ -55,8 +57,6 @@ class FileSource(FrameSource):
         return cap
 
     def open(self) -> None:
-        if not os.path.isfile(self.path):
-            raise SourceError(f"camera {self.cfg.id}: video file {self.path} does not exist", permanent=True)
         self.close()
         self._wake.clear()
         cap = self._open_capture()
