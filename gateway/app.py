@@ -97,6 +97,11 @@ def create_app(ctx: GatewayContext) -> Starlette:
             return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    def favicon(request: Request) -> FileResponse:
+        # Public: browsers ask for it on the login page too, without credentials.
+        return FileResponse(WEB_DIR / "static" / "favicon.ico", media_type="image/x-icon",
+                            headers={"Cache-Control": "public, max-age=86400"})
+
     @requires(page=True)
     def index(request: Request) -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -119,6 +124,7 @@ def create_app(ctx: GatewayContext) -> Starlette:
     routes = [
         Route("/", index),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
         Route("/auth/me", me),
         *auth_routes,
         *(_guard(r, ctx) for r in [*cameras.make_routes(ctx), *detections_stream.make_routes(ctx),

@@ -1,5 +1,8 @@
-"""Units of the web page's server side: timecode, viewer tracking, the SSE endpoint, on-demand skipping."""
+"""Units of the web page: timecode, viewer tracking, the SSE endpoint, on-demand skipping, the favicon,
+and the page's own drawing helpers (draw.js, run in Node): label colours and label placement."""
+import itertools
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -7,6 +10,8 @@ import time
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
+
+from conftest import ROOT
 
 from gateway.api.detections_stream import parse_cameras, sse_event
 from gateway.app import ROUTE_POLICY, create_app
@@ -167,3 +172,105 @@ def test_stores_delete_the_playlist(redis_client, tmp_path):
         store.delete_playlist("cam")  # missing: no error
         with pytest.raises(ValueError, match="'../x'"):
             store.delete_playlist("../x")
+
+
+def test_favicon_is_public_and_an_image(ctx):
+    import cv2
+
+    r = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000").get("/favicon.ico")  # no credentials
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/x-icon"
+    ico = r.content
+    assert ico[:4] == b"\x00\x00\x01\x00" and int.from_bytes(ico[4:6], "little") >= 1  # an ICO directory
+    size, offset = int.from_bytes(ico[14:18], "little"), int.from_bytes(ico[18:22], "little")
+    img = cv2.imdecode(np.frombuffer(ico[offset:offset + size], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert img is not None and img.shape[0] == img.shape[1] >= 16
+
+
+DRAW_JS = ROOT / "gateway" / "web" / "static" / "draw.js"
+
+
+def run_draw(code: str, arg) -> object:
+    """Runs `code` in Node with `Draw` (the page's draw.js) and `arg` (JSON); returns what it prints as JSON."""
+    node = shutil.which("node")
+    assert node, "node is needed for the page's JavaScript units (make test installs it)"
+    script = (f"const Draw = require({json.dumps(str(DRAW_JS))});"
+              f"const arg = JSON.parse(require('fs').readFileSync(0, 'utf8'));\n{code}")
+    out = subprocess.run([node, "-e", script], input=json.dumps(arg), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def lab(color: str) -> tuple[float, float, float]:
+    """CIE L*a*b* (D65) of '#rrggbb' or 'hsl(h, s%, l%)'."""
+    import colorsys
+
+    if color.startswith("hsl("):
+        h, s, li = (float(v.strip(" %")) for v in color[4:-1].split(","))
+        rgb = colorsys.hls_to_rgb(h / 360, li / 100, s / 100)
+    else:
+        rgb = tuple(int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb)
+    x, y, z = ((0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b,
+               (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883)
+    f = lambda t: t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116  # noqa: E731
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+def test_label_colours_are_distinct_on_one_page():
+    import itertools
+    import math
+
+    from pipeline.models.labels import COCO_LABELS
+
+    got = run_draw("const c = Draw.makeColorFor(); const first = arg.map(c);"
+                   "console.log(JSON.stringify({first, again: arg.map(c), pb: [c('person'), c('backpack')],"
+                   " bp: (() => { const d = Draw.makeColorFor(); return [d('backpack'), d('person')]; })()}))",
+                   COCO_LABELS)
+    colors = dict(zip(COCO_LABELS, got["first"]))
+    assert len(set(got["first"])) == len(COCO_LABELS), colors  # every COCO label its own colour
+    assert got["again"] == got["first"]  # a label keeps its colour
+    assert got["pb"][0] != got["pb"][1] and got["bp"][0] != got["bp"][1]  # in either order
+    # The labels a page shows first (a scene has a few) are far apart, not just different strings.
+    close = [(a, b, round(math.dist(lab(colors[a]), lab(colors[b])), 1))
+             for a, b in itertools.combinations(COCO_LABELS[:15], 2) if math.dist(lab(colors[a]), lab(colors[b])) < 20]
+    assert not close, close
+
+
+def rects_overlap(a, b) -> bool:
+    return a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+
+
+def check_placement(items, bounds, rects):
+    placed = [r for r in rects if r]
+    for a, b in itertools.combinations(placed, 2):
+        assert not rects_overlap(a, b), (a, b)
+    for it, r in zip(items, rects):
+        if r:
+            x1, y1, x2, y2 = it["box"]
+            assert 0 <= r["x"] and r["x"] + r["w"] <= bounds["w"] and 0 <= r["y"] and r["y"] + r["h"] <= bounds["h"], r
+            assert y1 - r["h"] - 1e-9 <= r["y"] <= y2 + 1e-9, (it, r)  # next to its own box
+
+
+PLACE = "console.log(JSON.stringify(arg.map(([items, bounds]) => Draw.placeLabels(items, bounds))))"
+
+
+def test_labels_of_overlapping_boxes_do_not_overlap():
+    bounds = {"w": 384, "h": 216}
+    # A group of people standing close: five boxes almost on top of each other, one at the top edge.
+    crowd = [{"box": [100 + 4 * i, 60 + 3 * i, 160 + 4 * i, 200], "w": 70, "h": 15} for i in range(5)]
+    edge = [{"box": [0, 0, 50, 80], "w": 60, "h": 15}, {"box": [10, 2, 70, 90], "w": 60, "h": 15},
+            {"box": [340, 150, 384, 216], "w": 80, "h": 15}]
+    rng = np.random.default_rng(7)
+    scenes = [(crowd, bounds), (edge, bounds)]
+    for _ in range(200):
+        items = []
+        for _ in range(int(rng.integers(1, 12))):
+            x1, y1 = rng.uniform(0, 360), rng.uniform(0, 200)
+            items.append({"box": [x1, y1, x1 + rng.uniform(5, 150), y1 + rng.uniform(5, 150)],
+                          "w": float(rng.uniform(30, 90)), "h": 15})
+        scenes.append((items, bounds))
+    results = run_draw(PLACE, scenes)
+    for (items, b), rects in zip(scenes, results):
+        check_placement(items, b, rects)
+    assert all(results[0]) and all(results[1])  # tall enough boxes: every label finds a place

@@ -5,10 +5,10 @@
 const tiles = new Map();
 const STALL_AFTER_S = 3, RESTART_AFTER_S = 15, KEEP_DETECTIONS_S = 20;
 const BUCKET_S = 10, CHART_BUCKETS = 30, SYNC_TOLERANCE_MS = 400, FATAL_RESTART_MS = 1000;
-const PALETTE = ["#ff3838", "#ff9d97", "#ff701f", "#ffb21d", "#cfd231", "#48f90a", "#92cc17", "#3ddb86",
-                 "#1a9334", "#00d4bb", "#2c99a8", "#00c2ff", "#344593", "#6473ff", "#0018ec", "#8438ff"];
+const colorFor = Draw.makeColorFor();
 const params = new URLSearchParams(window.location.search);
-const only = params.get("camera");  // ?camera=<id>: just that one
+// ?camera=<id>[,<id>…]: just those
+const only = params.get("camera") ? new Set(params.get("camera").split(",").filter(Boolean)) : null;
 // ?measure=1 (every tile) or ?measure=<id>: read the burned capture time of every frame shown (benchmarks, tests).
 window.lookout = { tiles, loadedAt: Date.now(), measure: params.get("measure"), events: 0 };
 
@@ -33,12 +33,6 @@ function tuneLatency(tile, hls, details) {
   hls.config.liveMaxLatencyDuration = tile.lowLatency ? LL_MAX_LATENCY_S : STANDARD_MAX_LATENCY_S;
   if (tile.lowLatency) hls.config.liveSyncOnStallIncrease = LL_STALL_INCREASE_S;
   else hls.targetLatency = STANDARD_SYNC_S;
-}
-
-function colorFor(label) {
-  let h = 0;
-  for (const ch of label) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
-  return label === "person" ? PALETTE[0] : PALETTE[h % PALETTE.length];
 }
 
 function attachStream(tile) {
@@ -123,6 +117,7 @@ function detectionsAt(tile, ms) {
 }
 const PENDING = { pending: true, at: null, detections: [] };
 
+const LABEL_FONT_PX = 11;
 function drawBoxes(tile, det) {
   const { overlay, video } = tile;
   const w = video.clientWidth, h = video.clientHeight;
@@ -130,18 +125,35 @@ function drawBoxes(tile, det) {
   const g = overlay.getContext("2d");
   g.clearRect(0, 0, w, h);
   const src = tile.stream;
+  tile.labelRects = [];
   if (!det || !tile.showBoxes || !src || !video.videoWidth) return;
   // The video is letterboxed into the element (object-fit: contain); boxes are in source pixels.
   const scale = Math.min(w / video.videoWidth, h / video.videoHeight);
   const ox = (w - video.videoWidth * scale) / 2, oy = (h - video.videoHeight * scale) / 2;
   const sx = video.videoWidth * scale / src.source_width_px, sy = video.videoHeight * scale / src.source_height_px;
-  g.lineWidth = 2; g.font = "11px system-ui, sans-serif";
-  for (const d of det.detections) {
-    const [x1, y1, x2, y2] = d.box, c = colorFor(d.label);
-    g.strokeStyle = c; g.fillStyle = c;
-    g.strokeRect(ox + x1 * sx, oy + y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy);
-    g.fillText(`${d.label} ${(d.confidence * 100).toFixed(0)}%`, ox + x1 * sx + 2, oy + y1 * sy - 3);
+  g.lineWidth = 2; g.font = `${LABEL_FONT_PX}px system-ui, sans-serif`; g.textBaseline = "top";
+  // Most confident first: they get the best label places, and their boxes are drawn last (on top).
+  const dets = [...det.detections].sort((a, b) => b.confidence - a.confidence);
+  const items = dets.map((d) => {
+    const [x1, y1, x2, y2] = d.box, text = `${d.label} ${(d.confidence * 100).toFixed(0)}%`;
+    return { text, c: colorFor(d.label), box: [ox + x1 * sx, oy + y1 * sy, ox + x2 * sx, oy + y2 * sy],
+             w: Math.ceil(g.measureText(text).width) + 6, h: LABEL_FONT_PX + 4 };
+  });
+  const rects = Draw.placeLabels(items, { w, h });
+  for (let i = items.length - 1; i >= 0; i--) {
+    const { box: [x1, y1, x2, y2], c } = items[i];
+    g.strokeStyle = c;
+    g.strokeRect(x1, y1, x2 - x1, y2 - y1);
   }
+  items.forEach((it, i) => {
+    const r = rects[i];
+    if (!r) return;
+    g.fillStyle = it.c;
+    g.fillRect(r.x, r.y, r.w, r.h);
+    g.fillStyle = "#000";
+    g.fillText(it.text, r.x + 3, r.y + 2, r.w - 6);
+  });
+  tile.labelRects = rects.filter(Boolean);
 }
 
 function showDetections(tile) {
@@ -186,6 +198,10 @@ function tileFor(cam) {
     fps: null, frameMs: null, drawn: undefined,
   };
   tile.hls = attachStream(tile);
+  tile.video.addEventListener("loadedmetadata", () => {  // no letterbox bars inside the tile
+    const v = tile.video;
+    if (v.videoWidth && v.videoHeight) v.style.aspectRatio = `${v.videoWidth} / ${v.videoHeight}`;
+  });
   prefillChart(tile);
   node.querySelector(".screen").addEventListener("click", () => {
     node.classList.toggle("big");
@@ -206,7 +222,7 @@ async function refreshCameras() {
   try {
     const res = await fetch("/api/cameras", { credentials: "same-origin" });
     if (res.status === 401) { loginAgain(); return; }
-    const cameras = (await res.json()).cameras.filter(c => !only || c.id === only);
+    const cameras = (await res.json()).cameras.filter(c => !only || only.has(c.id));
     document.getElementById("summary").textContent =
       `${cameras.filter(c => c.state === "running").length}/${cameras.length} cameras running`;
     for (const cam of cameras) {
@@ -319,20 +335,50 @@ function renderLists() {
   for (const tile of tiles.values()) {
     if (!tile.listDirty) continue;
     tile.listDirty = false;
-    const dets = tile.latest ? tile.latest.detections : [];
-    tile.node.querySelector(".detections").replaceChildren(...dets.slice(0, 20).map(d => {
+    // One chip per label (count and best confidence), so that a crowd still fits a small tile.
+    const byLabel = new Map();
+    for (const d of tile.latest ? tile.latest.detections : []) {
+      const s = byLabel.get(d.label) || { n: 0, best: 0 };
+      s.n += 1; s.best = Math.max(s.best, d.confidence);
+      byLabel.set(d.label, s);
+    }
+    const rows = [...byLabel].sort((a, b) => b[1].n - a[1].n || b[1].best - a[1].best);
+    const chips = rows.map(([label, s]) => {
       const li = document.createElement("li");
-      li.textContent = `${d.label} ${(d.confidence * 100).toFixed(0)}%`;
-      li.style.borderLeftColor = colorFor(d.label);
+      li.textContent = `${label} ${(s.best * 100).toFixed(0)}%` + (s.n > 1 ? ` ×${s.n}` : "");
+      li.style.borderLeftColor = colorFor(label);
       return li;
-    }));
+    });
+    const ul = tile.node.querySelector(".detections");
+    ul.replaceChildren(...chips);
+    // As many chips as the list's rows hold; the others are counted in a "+N" chip (never a scroll box).
+    const over = () => ul.scrollHeight > ul.clientHeight + 1;
+    if (over()) {
+      const more = document.createElement("li");
+      more.className = "more";
+      ul.appendChild(more);
+      let hidden = 0;
+      do {
+        chips[chips.length - 1 - hidden].remove();
+        hidden += 1;
+        more.textContent = `+${hidden}`;
+      } while (hidden < chips.length && over());
+      more.title = rows.slice(rows.length - hidden).map(([label, s]) => `${label} ×${s.n}`).join(", ");
+    }
   }
 }
 
 function renderCharts() {
   const nowBucket = Math.floor(Date.now() / 1000 / BUCKET_S);
   for (const tile of tiles.values()) {
-    const c = tile.chart, g = c.getContext("2d"), w = c.width, h = c.height;
+    const c = tile.chart, dpr = window.devicePixelRatio || 1;
+    const w = c.clientWidth, h = c.clientHeight;  // the canvas follows its CSS size: sharp at any tile width
+    if (!w || !h) continue;
+    if (c.width !== Math.round(w * dpr) || c.height !== Math.round(h * dpr)) {
+      c.width = Math.round(w * dpr); c.height = Math.round(h * dpr);
+    }
+    const g = c.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
     g.clearRect(0, 0, w, h);
     const totals = {};
     for (const counts of tile.buckets.values()) {
@@ -342,7 +388,9 @@ function renderCharts() {
     let max = 1;
     for (const counts of tile.buckets.values()) for (const l of labels) max = Math.max(max, counts[l] || 0);
     g.font = "10px system-ui, sans-serif";
-    labels.forEach((label, i) => {
+    const scaleW = g.measureText(`${max}`).width + 8;
+    let legendX = 2;
+    labels.forEach((label) => {
       g.strokeStyle = g.fillStyle = colorFor(label);
       g.beginPath();
       for (let k = 0; k < CHART_BUCKETS; k++) {
@@ -352,16 +400,21 @@ function renderCharts() {
         k ? g.lineTo(x, y) : g.moveTo(x, y);
       }
       g.stroke();
-      g.fillText(label, 2 + i * 52, 10);
+      const tw = g.measureText(label).width;  // legend entries side by side, as many as fit
+      if (legendX + tw <= w - scaleW) g.fillText(label, legendX, 10);
+      legendX += tw + 10;
     });
-    g.fillStyle = "#888";
-    g.fillText(`${max}`, w - 14, 22);
+    if (!labels.length) continue;  // an empty chart, not a scale of 1
+    g.fillStyle = "#aaa";
+    g.textAlign = "right";
+    g.fillText(`${max}`, w - 2, 10);
+    g.textAlign = "left";
   }
 }
 
 function listenForDetections() {
   const state = document.getElementById("events-state");
-  const query = only ? `?cameras=${encodeURIComponent(only)}` : "";
+  const query = only ? `?cameras=${[...only].map(encodeURIComponent).join(",")}` : "";
   const source = new EventSource(`/api/detections/stream${query}`, { withCredentials: true });
   source.addEventListener("detections", (e) => addDetections(JSON.parse(e.data)));
   source.addEventListener("hello", () => { state.textContent = "live"; state.className = "live"; });

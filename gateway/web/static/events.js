@@ -15,7 +15,9 @@
     #events img, #events video { width: 100%; height: 112px; object-fit: cover; display: block; background: #222;
                                  margin: 0; aspect-ratio: auto; }
     #events img.playable { cursor: pointer; }
-    #events .open { color: #c33; font-weight: bold; }`;
+    #events .open { color: #ff6b6b; font-weight: bold; }
+    #events a:link, #events a:visited { color: #8ec5ff; }
+    #events a:hover, #events a:focus { color: #cfe6ff; }`;
   document.head.appendChild(style);
   box.innerHTML = '<h2>Recent events</h2><p class="empty">No events yet.</p><ol></ol>';
   const list = box.querySelector("ol"), empty = box.querySelector(".empty");
@@ -60,9 +62,9 @@
       const a = document.createElement("a");
       a.className = "clip";
       a.href = ev.clip_url;
-      a.textContent = " clip";
+      a.textContent = "clip";
       a.target = "_blank";
-      text.appendChild(a);
+      text.append(" · ", a);
     }
     li.appendChild(text);
     return li;

@@ -1,0 +1,67 @@
+// What the tiles draw with: a colour per label, distinct among the labels on the page, and label
+// placement without overlaps. No DOM here, so that the tests run it in Node as well.
+"use strict";
+const Draw = (() => {
+  // Well apart from each other (CIE76 ΔE ≥ 20) and readable on the page's dark background and under
+  // black text; "person", the most common label, keeps red.
+  const PALETTE = ["#ff3b30", "#ffd60a", "#30d158", "#40a0ff", "#ff9f0a", "#bf5af2", "#64d2ff", "#ff6bcb",
+                   "#b4f04a", "#9d9bff", "#2dd4bf", "#ffb3a7", "#d4a373", "#fff3a0", "#8fbc8f"];
+  const GOLDEN_ANGLE_DEG = 137.508;
+
+  function hash(label) {
+    let h = 0;
+    for (const ch of label) h = (h * 31 + ch.charCodeAt(0)) >>> 0;
+    return h;
+  }
+
+  // A colour function with its own registry: a label keeps the colour it got first; a new label takes
+  // its hash's palette slot, or the next free one, so that two labels never share a colour (a hash
+  // alone gave backpack person's red). Past the palette, hues go round by the golden angle.
+  function makeColorFor() {
+    const given = new Map(), taken = new Set();
+    return function colorFor(label) {
+      let c = given.get(label);
+      if (c !== undefined) return c;
+      if (taken.size < PALETTE.length) {
+        let i = label === "person" ? 0 : hash(label) % PALETTE.length;
+        while (taken.has(PALETTE[i])) i = (i + 1) % PALETTE.length;
+        c = PALETTE[i];
+      } else {
+        const k = taken.size - PALETTE.length;
+        c = `hsl(${((k + 1) * GOLDEN_ANGLE_DEG % 360).toFixed(1)}, ${[85, 65][k % 2]}%, ${[62, 74, 56][k % 3]}%)`;
+      }
+      given.set(label, c);
+      taken.add(c);
+      return c;
+    };
+  }
+
+  const clamp = (v, lo, hi) => Math.max(lo, Math.min(v, hi));
+  const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+
+  // Where each label goes: items [{box: [x1, y1, x2, y2], w, h}] in canvas pixels, most important
+  // first, within bounds {w, h}. A label sits above its box, else inside its top, below it, inside its
+  // bottom, further down inside it (left, then right edge); one that fits nowhere near its box gets
+  // null (its box is still drawn). The rects returned never overlap each other.
+  function placeLabels(items, bounds) {
+    const placed = [];
+    return items.map(({ box, w: tw, h }) => {
+      const [x1, y1, x2, y2] = box, w = Math.min(tw, bounds.w);
+      const ys = [y1 - h, y1, y2, y2 - h];
+      for (let y = y1 + h; y < y2 - h; y += h) ys.push(y);
+      for (const y of ys) {
+        for (const x of [x1, x2 - w]) {
+          const r = { x: clamp(x, 0, bounds.w - w), y: clamp(y, 0, bounds.h - h), w, h };
+          if (!placed.some((p) => overlaps(p, r))) {
+            placed.push(r);
+            return r;
+          }
+        }
+      }
+      return null;
+    });
+  }
+
+  return { PALETTE, makeColorFor, placeLabels, overlaps };
+})();
+if (typeof module !== "undefined") module.exports = Draw;
