@@ -12,8 +12,8 @@ from pipeline.logutil import STAGES, configure_logging
 
 
 def redis_client(args: PipelineArgs) -> redis.Redis:
-    return redisconn.connect(args.resolved_redis_url, socket_timeout=10, socket_connect_timeout=5,
-                             health_check_interval=30)
+    return redisconn.connect(args.resolved_redis_url, args.bus.redis_max_connections, args.bus.redis_pool_timeout_s,
+                             socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
 
 
 def replica_stage() -> tuple[str | None, str | None]:

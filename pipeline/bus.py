@@ -127,6 +127,18 @@ class FrameBus:
         entry_id, fields = entries[0]
         return _ref_from_entry(camera_id, entry_id, fields), fields[b"jpg"]
 
+    def frame_of(self, payload: dict[str, Any]) -> tuple[FrameRef, bytes] | None:
+        """The frame a detections payload (`result_to_json`) was made from, None when the bus no longer
+        holds it (streams keep `maxlen` frames) or the payload does not say where it was."""
+        entry_id = payload.get("frame_entry_id")
+        if not entry_id:
+            return None
+        cam = payload["camera_id"]
+        entries = self.client.xrange(keys.frames(cam), entry_id, entry_id, count=1)
+        if not entries or int(entries[0][1][b"seq"]) != payload["seq"]:
+            return None
+        return _ref_from_entry(cam, *entries[0]), entries[0][1][b"jpg"]
+
     def is_stale(self, ref: FrameRef, now: float | None = None) -> bool:
         return ref.age_s(now) > self.settings.max_age_s
 
@@ -136,6 +148,7 @@ def result_to_json(result: FrameResult, labels: list[str] | None) -> str:
         "camera_id": result.ref.camera_id,
         "seq": result.ref.seq,
         "captured_at": result.ref.captured_at,
+        "frame_entry_id": result.ref.entry_id,  # where the frame is on the bus (while it is kept)
         "model": result.model,
         "detections": result.detections.to_records(labels),
         "timings": {k: round(v, 6) for k, v in result.timings.items()},

@@ -162,6 +162,13 @@ class BusConfig(_Model):
     codec: Literal["jpeg", "raw"] = Field(
         "jpeg", description="Frames on the bus: 'jpeg' (small; for multi-node) or 'raw' (no codec CPU; one node)."
     )
+    redis_max_connections: int = Field(
+        256, ge=8, le=10_000,
+        description="Redis connections one process may open (its one shared pool; the gateway has one more for "
+                    "its server-sent event streams, one per stream). A request finding none free waits "
+                    "`redis_pool_timeout_s`, then gets 503 with Retry-After.")
+    redis_pool_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="How long a request waits for a free pooled Redis connection.")
 
 
 class DetectorAutoscaling(_Model):
@@ -416,6 +423,22 @@ class GatewayConfig(_Model):
                     "reloads each hold one); Serve's default of 5 queues viewers for seconds.")
     upload_max_bytes: int = Field(
         8 * 2**20, ge=1024, le=64 * 2**20, description="Largest image accepted by POST /api/detect.")
+    upload_max_pixels: int = Field(
+        4096 * 4096, ge=64, le=4096 * 4096,
+        description="Most pixels (width x height, read from the image header before decoding) of an image "
+                    "POST /api/detect accepts; each side must also be 8..4096 px.")
+    max_concurrent_decodes: int = Field(
+        2, ge=1, le=64, description="Uploaded images decoded at once per gateway process (off the event loop); "
+                                    "more wait up to 5 s, then get 503 with Retry-After.")
+    max_streams: int = Field(
+        200, ge=1, le=10_000,
+        description="Server-sent event streams (detections and events) one gateway process holds at once; "
+                    "beyond it 503 with Retry-After. Each holds one Redis connection: keep it below "
+                    "bus.redis_max_connections.")
+    max_streams_per_caller: int = Field(
+        8, ge=1, le=1000,
+        description="Server-sent event streams one caller (a user, or an API client) holds at once per gateway "
+                    "process; beyond it 429 with Retry-After, so one caller cannot take the streams of others.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication and authorization.")
 
     @model_validator(mode="after")
@@ -572,6 +595,13 @@ class PipelineArgs(_Located, _Model):
         if self.events.enabled and self.hls.enabled and self.hls.keep_segments < need:
             raise ValueError(f"clips.pre_s ({self.clips.pre_s}) needs hls.keep_segments >= {need} "
                              f"(got {self.hls.keep_segments}) so the pre-roll is still in the store")
+        return self
+
+    @model_validator(mode="after")
+    def _check_stream_pool(self) -> "PipelineArgs":
+        if self.gateway.max_streams >= self.bus.redis_max_connections:
+            raise ValueError(f"gateway.max_streams ({self.gateway.max_streams}) must be less than "
+                             f"bus.redis_max_connections ({self.bus.redis_max_connections}): each stream holds one")
         return self
 
     def zones_by_camera(self) -> dict[str, list[ZoneConfig]]:

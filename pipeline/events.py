@@ -30,6 +30,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.rules import EventUpdate
+from pipeline.types import UnixTimeS
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ class EventQuery(BaseModel):
 
     camera_id: str | None = Field(None, max_length=63, description="Only this camera.")
     rule_id: str | None = Field(None, max_length=63, description="Only this rule.")
-    since_s: float | None = Field(None, ge=0, description="Events starting at or after (Unix seconds).")
-    until_s: float | None = Field(None, ge=0, description="Events starting before (Unix seconds).")
+    since_s: UnixTimeS | None = Field(None, description="Events starting at or after (Unix seconds).")
+    until_s: UnixTimeS | None = Field(None, description="Events starting before (Unix seconds).")
     open_only: bool = Field(False, description="Only events that have not ended.")
     limit: int = Field(50, ge=1, le=1000, description="Most events per page.")
     cursor: str | None = Field(None, max_length=400, description="`next_cursor` of the previous page.")

@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.events import decode_cursor, encode_cursor
-from pipeline.types import Detections, FrameResult
+from pipeline.types import Detections, FrameResult, UnixTimeS
 from pipeline.zones import Zone, ZoneConfig, anchor_points
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ class HistoryQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     camera_id: str = Field(min_length=1, max_length=63, description="The camera.")
-    since_s: float = Field(ge=0, description="From this capture time (Unix seconds, inclusive).")
-    until_s: float = Field(ge=0, description="Until this capture time (Unix seconds, exclusive).")
+    since_s: UnixTimeS = Field(description="From this capture time (Unix seconds, inclusive).")
+    until_s: UnixTimeS = Field(description="Until this capture time (Unix seconds, exclusive).")
     label: str | None = Field(None, min_length=1, max_length=100, description="Only this label.")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="Least confidence.")
     zone: str | None = Field(None, min_length=1, max_length=63, description="Only detections inside this zone.")
@@ -92,8 +92,8 @@ class CountsQuery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     camera_id: str = Field(min_length=1, max_length=63, description="The camera.")
-    since_s: float = Field(ge=0, description="From this capture time (Unix seconds).")
-    until_s: float = Field(ge=0, description="Until this capture time (Unix seconds, exclusive).")
+    since_s: UnixTimeS = Field(description="From this capture time (Unix seconds).")
+    until_s: UnixTimeS = Field(description="Until this capture time (Unix seconds, exclusive).")
     interval: Literal["second", "minute", "hour"] = Field("minute", description="Bucket size.")
     label: str | None = Field(None, min_length=1, max_length=100, description="Only this label.")
 

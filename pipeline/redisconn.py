@@ -4,23 +4,67 @@ redis-py's pure-Python reply parser reads a large bulk reply in 64 KiB pieces an
 CPU per raw frame; hiredis' parser reads it in ~0.2 ms. hiredis' command packer, on the other hand,
 copies every argument into one new buffer (~1.9 ms per raw frame put, against 0.4 ms), while the Python packer
 hands large values to the socket as they are. So: hiredis to read, Python to write.
+
+Each client has one bounded pool (`bus.redis_max_connections`): a caller finding every connection
+in use waits `bus.redis_pool_timeout_s`, then gets `PoolExhausted` (the gateway answers 503 with
+Retry-After), instead of redis-py's default of failing at once past 100 connections.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import redis
-from redis.connection import Encoder, PythonRespSerializer
+import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool as AsyncBlockingPool
+from redis.connection import BlockingConnectionPool, Encoder, PythonRespSerializer
+from redis.exceptions import ConnectionError as RedisConnectionError, MaxConnectionsError
 from redis.utils import HIREDIS_AVAILABLE
 
 BUFFER_CUTOFF = 6000  # redis-py's own: values larger than this are sent by themselves, not copied
+MAX_CONNECTIONS = 256
+POOL_TIMEOUT_S = 2.0
+_NONE_FREE = "No connection available."  # redis-py's message when a blocking pool's wait ran out
 
 
-def connect(url: str, **kwargs: Any) -> redis.Redis:
-    """A client for `url` (redis:// or unix://); kwargs go to `redis.Redis.from_url`."""
+class PoolExhausted(MaxConnectionsError):
+    """Every connection of the pool stayed in use for the pool's timeout (overload, not a Redis failure)."""
+
+
+class _Pool(BlockingConnectionPool):
+    def get_connection(self, *args, **kwargs):
+        try:
+            return super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:
+            if str(exc) == _NONE_FREE:
+                raise PoolExhausted(f"all {self.max_connections} Redis connections in use for {self.timeout:g}s") from None
+            raise
+
+
+class _AsyncPool(AsyncBlockingPool):
+    async def get_connection(self, *args, **kwargs):
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:
+            if str(exc) == _NONE_FREE:
+                raise PoolExhausted(f"all {self.max_connections} Redis connections in use for {self.timeout:g}s") from None
+            raise
+
+
+def connect(url: str, max_connections: int = MAX_CONNECTIONS, pool_timeout_s: float = POOL_TIMEOUT_S,
+            **kwargs: Any) -> redis.Redis:
+    """A client for `url` (redis:// or unix://) with one bounded pool; kwargs go to the connections."""
     encoder = Encoder(kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"),
                       kwargs.get("decode_responses", False))
-    return redis.Redis.from_url(url, command_packer=PythonRespSerializer(BUFFER_CUTOFF, encoder.encode), **kwargs)
+    pool = _Pool.from_url(url, max_connections=max_connections, timeout=pool_timeout_s,
+                          command_packer=PythonRespSerializer(BUFFER_CUTOFF, encoder.encode), **kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
+def connect_async(url: str, max_connections: int = MAX_CONNECTIONS, pool_timeout_s: float = POOL_TIMEOUT_S,
+                  **kwargs: Any) -> aioredis.Redis:
+    """A redis.asyncio client for `url` with one bounded pool (use it from one event loop only)."""
+    pool = _AsyncPool.from_url(url, max_connections=max_connections, timeout=pool_timeout_s, **kwargs)
+    return aioredis.Redis(connection_pool=pool)
 
 
 def fast_replies() -> bool:

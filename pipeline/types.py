@@ -4,9 +4,14 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import numpy as np
+from pydantic import Field
+
+MAX_UNIX_S = 253402300799.0  # 9999-12-31T23:59:59Z: times past it (1e308, inf) only overflow
+UnixTimeS = Annotated[float, Field(ge=0, le=MAX_UNIX_S, allow_inf_nan=False)]
+"""A time parameter in Unix seconds: finite, from 1970 to the year 9999 (query models use it)."""
 
 
 @dataclass(frozen=True)

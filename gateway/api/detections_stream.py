@@ -3,28 +3,29 @@
 One connection per page (browsers allow ~6 per host over HTTP/1.1, so not one per camera). Each
 connection is a coroutine doing a blocking XREAD on the cameras' detection streams with
 `redis.asyncio`: no thread per client. A stream ends after `MAX_STREAM_S` (the browser's
-EventSource reconnects after `retry`), so a logged-out or revoked caller stops receiving.
+EventSource reconnects after `retry`), so a logged-out or revoked caller stops receiving. A caller
+holds at most `gateway.max_streams_per_caller` streams at once (429 beyond), a process at most
+`gateway.max_streams` (503 beyond), so one caller cannot take the Redis connections of the others.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from typing import Callable
+from typing import AsyncIterator
 
-import redis.asyncio as aioredis
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth.backend import can_view
-from gateway.context import GatewayContext
+from gateway.context import STREAM_BLOCK_S, GatewayContext
+from gateway.limits import REDIS_UNAVAILABLE, LimitedStream, caller_of
 from pipeline import keys
 from pipeline.config import CAMERA_ID_RE
 
 log = logging.getLogger(__name__)
-BLOCK_MS = 5000
+BLOCK_MS = int(STREAM_BLOCK_S * 1000)
 MAX_STREAM_S = 300.0
 RETRY_MS = 1000
 MAX_CAMERAS = 256
@@ -51,24 +52,28 @@ def parse_cameras(query: str | None, known: list[str]) -> list[str]:
     return [c for c in dict.fromkeys(wanted) if c in known]
 
 
-def async_redis(ctx: GatewayContext) -> Callable[[], aioredis.Redis]:
-    """A getter of one redis.asyncio client (and pool) per event loop, for XREADs that block BLOCK_MS."""
-    clients: dict[int, aioredis.Redis] = {}
+def stream_response(ctx: GatewayContext, request: Request, events: AsyncIterator[str], what: str) -> Response:
+    """`events` as an SSE response, if the caller and the process may hold one more stream (else 429/503).
+    A stream that ends for a Redis failure ends quietly (the browser reconnects after `retry`)."""
+    caller = caller_of(request)
+    refused = ctx.streams.acquire(caller)
+    if refused is not None:
+        return refused
 
-    def aclient() -> aioredis.Redis:
-        loop = id(asyncio.get_running_loop())
-        if loop not in clients:
-            clients[loop] = aioredis.Redis.from_url(  # socket timeout > the XREAD block (redis-py 8 defaults to 5 s)
-                ctx.args.resolved_redis_url, health_check_interval=30, socket_timeout=BLOCK_MS / 1000 + 10)
-        return clients[loop]
-    return aclient
+    async def guarded():
+        try:
+            async for chunk in events:
+                yield chunk
+        except REDIS_UNAVAILABLE as exc:
+            log.warning("%s stream of %s ended: Redis unavailable: %s", what, caller, exc)
+
+    return LimitedStream(guarded(), limiter=ctx.streams, caller=caller, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 def make_routes(ctx: GatewayContext) -> list[Route]:
-    aclient = async_redis(ctx)
-
     async def detections_stream(request: Request):
-        r = aclient()
+        r = ctx.aredis()
         known = sorted(k.decode() for k in await r.hkeys(keys.cameras()))
         try:
             asked = parse_cameras(request.query_params.get("cameras"), known)
@@ -97,7 +102,6 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
                         last[key] = entry_id
                         yield sse_event("detections", fields[b"json"].decode(), entry_id.decode())
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return stream_response(ctx, request, events(), f"detections (cameras {','.join(cams)[:200]})")
 
     return [Route("/api/detections/stream", detections_stream)]

@@ -3,13 +3,14 @@ an SSE stream of event updates (one coroutine per client with redis.asyncio, no 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.api.detections_stream import BLOCK_MS, MAX_STREAM_S, RETRY_MS, async_redis, parse_cameras, sse_event
+from gateway.api.detections_stream import BLOCK_MS, MAX_STREAM_S, RETRY_MS, parse_cameras, sse_event, stream_response
 from gateway.api.query import BadParam, parse_query
 from gateway.auth.backend import can_view
 from gateway.context import GatewayContext
@@ -17,6 +18,16 @@ from hls.clips import ClipStore
 from pipeline.events import STREAM, EventQuery, EventStore, encode_cursor
 
 EVENT_ID_MAX = 300
+STREAM_ID_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+U64_MAX = 2**64 - 1
+
+
+def parse_stream_id(value: str) -> str:
+    """A Redis stream id as this API sends it in `id:` ("<ms>-<seq>"); ValueError otherwise."""
+    m = STREAM_ID_RE.match(value)
+    if not m or int(m[1]) > U64_MAX or int(m[2]) > U64_MAX:
+        raise ValueError(f"not an event id this stream sent (<ms>-<seq>): {value[:60]!r}")
+    return value
 
 
 def event_view(ev) -> dict:
@@ -34,7 +45,6 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
     clip_cfg = ctx.args.clips
     clip_root = ctx.args.resolve_path(clip_cfg.dir)
     clip_store = ClipStore(clip_root, clip_cfg.max_total_bytes, clip_cfg.max_age_s)
-    aclient = async_redis(ctx)
 
     def list_events(request: Request) -> Response:
         """Events, newest first, of the cameras the caller may view; `next_cursor` pages on."""
@@ -97,7 +107,7 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
 
     async def stream(request: Request):
         """SSE: `event` messages carrying each update (start/update/end) of viewable cameras."""
-        r = aclient()
+        r = ctx.aredis()
         known = [c.id for c in ctx.args.cameras]
         try:
             asked = parse_cameras(request.query_params.get("cameras"), known)
@@ -108,6 +118,12 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         if not cams:
             return JSONResponse({"error": "no camera you may view among those asked for"}, status_code=403)
         last_id = request.headers.get("last-event-id") or None
+        if last_id is not None:
+            try:
+                last_id = parse_stream_id(last_id)
+            except ValueError as exc:
+                return JSONResponse({"error": "invalid parameter", "field": "Last-Event-ID", "detail": str(exc),
+                                     "value": last_id[:100]}, status_code=422)
 
         async def events():
             nonlocal last_id
@@ -128,8 +144,7 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
                         if upd.get("camera_id") in cams:
                             yield sse_event("event", json.dumps(upd), last_id)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return stream_response(ctx, request, events(), f"events (cameras {','.join(sorted(cams))[:200]})")
 
     return [
         Route("/api/events", list_events),

@@ -15,15 +15,17 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.query import BadParam, call_stage, parse_query, unavailable
+from gateway.api.upload import BadImage, Decoder, image_size
 from gateway.auth.http import BodyTooLarge
 from gateway.context import GatewayContext
+from gateway.limits import overloaded
 from hls.clips import ClipError, ClipMaker, SegmentIndex
 from pipeline import keys
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
 from pipeline.bus import FrameBus, decode_frame
 from pipeline.config import CAMERA_ID_RE
 from pipeline.history import CountsQuery, HistoryQuery
-from pipeline.types import Detections
+from pipeline.types import Detections, UnixTimeS
 
 log = logging.getLogger(__name__)
 UPLOAD_TYPES = {"image/jpeg": b"\xff\xd8\xff", "image/png": b"\x89PNG\r\n\x1a\n"}
@@ -33,13 +35,13 @@ TRACKED_MAX_LAG_S = 1.0
 
 class FrameQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    annotated: bool = Field(False, description="Draw the latest detections on the frame.")
+    annotated: bool = Field(False, description="The frame of the newest detections, with them drawn on it.")
 
 
 class ExportQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    since_s: float = Field(ge=0, description="Start (Unix seconds).")
-    until_s: float = Field(ge=0, description="End (Unix seconds).")
+    since_s: UnixTimeS = Field(description="Start (Unix seconds).")
+    until_s: UnixTimeS = Field(description="End (Unix seconds).")
 
     @model_validator(mode="after")
     def _check(self) -> "ExportQuery":
@@ -65,6 +67,8 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
     clips = ClipMaker(ctx.args.clips, ctx.hls_store, SegmentIndex(ctx.redis), base_dir=ctx.args.base_dir)
     annotators = [BoxAnnotator(), LabelAnnotator()]
     upload_limit = ctx.args.gateway.upload_max_bytes
+    max_pixels = ctx.args.gateway.upload_max_pixels
+    decoder = Decoder(ctx.args.gateway.max_concurrent_decodes)
 
     def known(cid: str) -> bool:
         return bool(CAMERA_ID_RE.match(cid)) and any(c.id == cid for c in ctx.args.cameras)
@@ -105,21 +109,25 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
             q = parse_query(FrameQuery, request, bools=("annotated",))
         except BadParam as exc:
             return exc.response()
-        got = bus.latest(cid)
+        payload = latest_detections(ctx, cid) if q.annotated else None
+        # The newest detections lag the newest frame: draw them on their own frame, never on a newer one.
+        got = bus.frame_of(payload) if payload is not None else None
+        if got is None:
+            got = bus.latest(cid)
         if got is None:
             return JSONResponse({"error": f"no frame of camera {cid!r} on the bus"}, status_code=404)
         ref, data = got
-        headers = {"Cache-Control": "no-store", "X-Captured-At": f"{ref.captured_at:.3f}"}
+        headers = {"Cache-Control": "no-store", "X-Captured-At": f"{ref.captured_at:.3f}", "X-Seq": str(ref.seq)}
         if not q.annotated and data[:3] == b"\xff\xd8\xff":
             return Response(data, media_type="image/jpeg", headers=headers)
         image = decode_frame(data).copy()
-        if q.annotated:
-            payload = latest_detections(ctx, cid)
-            if payload is not None:
-                dets = Detections.from_records(payload["detections"])
-                for a in annotators:
-                    image = a.annotate(image, dets)
-                headers["X-Detections-Captured-At"] = f"{payload['captured_at']:.3f}"
+        if payload is not None and (payload["seq"], payload["captured_at"]) == (ref.seq, ref.captured_at):
+            dets = Detections.from_records(payload["detections"])
+            for a in annotators:
+                image = a.annotate(image, dets)
+            headers["X-Detections-Captured-At"] = f"{payload['captured_at']:.3f}"
+        elif q.annotated:
+            headers["X-Detections"] = "none: no detections of this frame on the bus (the detector is behind)"
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         return Response(buf.tobytes(), media_type="image/jpeg", headers=headers)
 
@@ -164,14 +172,25 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         if not data.startswith(UPLOAD_TYPES[ctype]):
             return JSONResponse({"error": "invalid image", "field": "body",
                                  "detail": f"the body is not a {ctype} image ({len(data)} bytes)"}, status_code=400)
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
+        try:
+            w, h = image_size(data)  # from the header: a small file may declare a huge image
+        except BadImage as exc:
+            return JSONResponse({"error": "invalid image", "field": "body",
+                                 "detail": f"could not decode the {ctype} image ({len(data)} bytes): {exc}"},
+                                status_code=400)
+        if max(h, w) > MAX_UPLOAD_PX or min(h, w) < 8 or w * h > max_pixels:
+            return JSONResponse({"error": "invalid image", "field": "body",
+                                 "detail": f"image is {w}x{h} ({w * h} pixels); sides must be 8..{MAX_UPLOAD_PX} px "
+                                           f"and at most {max_pixels} pixels (gateway.upload_max_pixels)",
+                                 "limit_pixels": max_pixels, "limit_side_px": MAX_UPLOAD_PX},
+                                status_code=400 if min(h, w) < 8 else 413)
+        try:
+            image = await decoder.decode(data)
+        except TimeoutError:
+            return overloaded("every image decoder stayed busy (gateway.max_concurrent_decodes); try again", 2)
+        if image is None or image.shape[:2] != (h, w):
             return JSONResponse({"error": "invalid image", "field": "body",
                                  "detail": f"could not decode the {ctype} image ({len(data)} bytes)"}, status_code=400)
-        h, w = image.shape[:2]
-        if max(h, w) > MAX_UPLOAD_PX or min(h, w) < 8:
-            return JSONResponse({"error": "invalid image", "field": "body",
-                                 "detail": f"image is {w}x{h}; sides must be 8..{MAX_UPLOAD_PX} px"}, status_code=400)
         from deployments.detector import UPLOAD_CAMERA
 
         seq = int(ctx.redis.incr("lookout:upload:seq"))

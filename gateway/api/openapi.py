@@ -38,10 +38,12 @@ def op(summary: str, parameters: list, content: str = "application/json", body: 
     ok: dict[str, Any] = {"description": "OK", "content": {content: {"schema": {"$ref": f"#/components/schemas/{schema}"}
                                                                      if schema else {}}}}
     d: dict[str, Any] = {"summary": summary, "parameters": parameters,
-                         "responses": {"200": ok, "401": ERR, "403": ERR, "404": ERR, "422": ERR}}
+                         "responses": {"200": ok, "401": ERR, "403": ERR, "404": ERR, "422": ERR, "503": ERR}}
+    if content == "text/event-stream":
+        d["responses"]["429"] = ERR  # past gateway.max_streams_per_caller
     if body:
         d["requestBody"] = body
-        d["responses"].update({"400": ERR, "413": ERR, "415": ERR, "503": ERR})
+        d["responses"].update({"400": ERR, "413": ERR, "415": ERR})
     return d
 
 
@@ -101,7 +103,9 @@ def spec(ctx: GatewayContext) -> dict:
             "/api/events/stream": {"get": op(
                 "Server-sent events: every event update (start/update/end)",
                 [{"name": "cameras", "in": "query", "required": False, "schema": {"type": "string"},
-                  "description": "Comma-separated camera ids (default: all you may view)."}], "text/event-stream")},
+                  "description": "Comma-separated camera ids (default: all you may view)."},
+                 {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                  "description": "Resume after this `id:` of the stream (<ms>-<seq>)."}], "text/event-stream")},
             "/api/events/{event_id}": {"get": op("One event", [EVENT], schema="Event")},
             "/api/events/{event_id}/snapshot.jpg": {"get": op("The event's snapshot", [EVENT], "image/jpeg")},
             "/api/events/{event_id}/clip.mp4": {"get": op("The event's clip [start - pre_s, end + post_s]", [EVENT],
