@@ -21,6 +21,7 @@ from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, me, on_aut
 from gateway.auth.http import BodyLimitMiddleware
 from gateway.auth.scopes import ADMIN, DETECTIONS_READ
 from gateway.context import GatewayContext
+from gateway.limits import REDIS_UNAVAILABLE, store_unavailable
 from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -141,4 +142,5 @@ def create_app(ctx: GatewayContext) -> Starlette:
         Middleware(AuthenticationMiddleware, backend=LookoutAuthBackend(auth), on_error=on_auth_error),
     ]
     return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error})
+                     exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error,
+                                         **{e: store_unavailable for e in REDIS_UNAVAILABLE}})
