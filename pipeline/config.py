@@ -145,6 +145,11 @@ class ModelConfig(_Model):
     )
     engine_cache_dir: str = Field("data/engines", description="Where TensorRT engines are cached, per node.")
     calib_images: str | None = Field(None, description="Folder of real images for INT8 calibration.")
+    letter_box: bool | Literal["auto"] = Field(
+        "auto", description="How frames fill the network input, as the model was trained: true keeps the aspect "
+                            "ratio on grey padding, false stretches; 'auto': the darknet cfg's [net] letter_box, "
+                            "recorded in the ONNX file (false, darknet's default, when the file does not say).",
+    )
 
     @model_validator(mode="after")
     def _check_sources(self) -> "ModelConfig":

@@ -11,19 +11,24 @@ from pipeline.config import ModelConfig
 from pipeline.models.backends import Backend, create_backend
 from pipeline.models.labels import load_labels
 from pipeline.models.resolve import ResolvedModel
-from pipeline.models.yolo import postprocess, preprocess_batch
+from pipeline.models.yolo import postprocess, preprocess_batch, resolve_letter_box
 from pipeline.types import Detections
 
 log = logging.getLogger(__name__)
 
 
 class Detector:
-    """Letterbox a batch, run the backend once, and post-process each image."""
+    """Fit a batch to the network input (stretch or letterbox, as the model was trained), run the
+    backend once, and post-process each image."""
 
     def __init__(self, backend: Backend, labels: list[str], settings: ModelConfig):
         self.backend = backend
         self.labels = labels
         self.settings = settings
+        self.letter_box = resolve_letter_box(settings.letter_box, backend.letter_box)
+        recorded = "no letter_box flag" if backend.letter_box is None else f"letter_box={int(backend.letter_box)}"
+        log.info("detector input: %s to %d px (model.letter_box=%s; the model records %s)",
+                 "letterbox" if self.letter_box else "stretch", self.input_size_px, settings.letter_box, recorded)
         self.class_ids: np.ndarray | None = None
         if settings.classes:
             unknown = [c for c in settings.classes if c not in labels]
@@ -49,16 +54,16 @@ class Detector:
         if not images:
             return [], {}
         t0 = time.perf_counter()
-        if getattr(self.backend, "cuda", False):  # letterbox on the GPU: upload uint8, not float32
-            batch, metas = self.backend.preprocess_on_device(images)
+        if getattr(self.backend, "cuda", False):  # resize on the GPU: upload uint8, not float32
+            batch, fits = self.backend.preprocess_on_device(images, letter_box=self.letter_box)
         else:
-            batch, metas = preprocess_batch(images, self.input_size_px)
+            batch, fits = preprocess_batch(images, self.input_size_px, letter_box=self.letter_box)
         t1 = time.perf_counter()
         boxes, scores = self.backend.infer(batch)
         t2 = time.perf_counter()
         s = self.settings
         out = [
-            postprocess(boxes[i], scores[i], metas[i], s.conf_threshold, s.nms_iou_threshold,
+            postprocess(boxes[i], scores[i], fits[i], s.conf_threshold, s.nms_iou_threshold,
                         s.max_detections, self.class_ids)
             for i in range(len(images))
         ]

@@ -26,7 +26,7 @@ def coco_images(assets_dir) -> Path:
 
 
 def reference(paths: list[Path], size: int = SIZE) -> np.ndarray:
-    return preprocess_batch([cv2.imread(str(p)) for p in paths], size)[0]
+    return preprocess_batch([cv2.imread(str(p)) for p in paths], size, letter_box=False)[0]
 
 
 def test_lists_real_images_sorted(coco_images):
@@ -37,7 +37,7 @@ def test_lists_real_images_sorted(coco_images):
 
 
 def test_batches_match_inference_preprocessing(coco_images):
-    batches = CalibrationBatches(coco_images, SIZE, batch_size=3)
+    batches = CalibrationBatches(coco_images, SIZE, batch_size=3, letter_box=False)
     out = list(batches)
     assert len(out) == len(batches) == 2
     paths = list_images(coco_images)
@@ -50,9 +50,21 @@ def test_batches_match_inference_preprocessing(coco_images):
     assert batches.nbytes == out[0].nbytes
 
 
+def test_batches_fit_images_as_the_model_says(coco_images):
+    """Calibration sees the pixels inference will: stretched (darknet's default) or letterboxed."""
+    paths = list_images(coco_images)[:2]
+    images = [cv2.imread(str(p)) for p in paths]
+    for letter_box in (False, True):
+        (batch,) = list(CalibrationBatches(coco_images, SIZE, batch_size=2, max_images=2, letter_box=letter_box))
+        np.testing.assert_array_equal(batch, preprocess_batch(images, SIZE, letter_box=letter_box)[0])
+        grey = np.float32(127) * np.float32(1 / 255)
+        grey_rows = (batch[0] == grey).all(axis=(0, 2))  # 640x480: letterboxed, grey above and below
+        assert bool(grey_rows.any()) is letter_box
+
+
 def test_last_partial_batch_is_padded_with_the_first_images(coco_images):
     paths = list_images(coco_images)
-    batches = CalibrationBatches(coco_images, SIZE, batch_size=4)
+    batches = CalibrationBatches(coco_images, SIZE, batch_size=4, letter_box=False)
     out = list(batches)
     assert len(out) == 2
     np.testing.assert_array_equal(out[0], reference(paths[:4]))
@@ -62,23 +74,23 @@ def test_last_partial_batch_is_padded_with_the_first_images(coco_images):
 
 def test_batch_larger_than_the_folder_wraps_around(coco_images):
     paths = list_images(coco_images)
-    out = list(CalibrationBatches(coco_images, 320, batch_size=8))
+    out = list(CalibrationBatches(coco_images, 320, batch_size=8, letter_box=False))
     assert len(out) == 1 and out[0].shape == (8, 3, 320, 320)
     np.testing.assert_array_equal(out[0], reference(paths + paths[:2], 320))
 
 
 def test_drop_leaves_the_remainder_out(coco_images):
     paths = list_images(coco_images)
-    batches = CalibrationBatches(coco_images, SIZE, batch_size=4, last="drop")
+    batches = CalibrationBatches(coco_images, SIZE, batch_size=4, last="drop", letter_box=False)
     out = list(batches)
     assert len(batches) == len(out) == 1
     np.testing.assert_array_equal(out[0], reference(paths[:4]))
     with pytest.raises(ValueError, match=r"6 image\(s\), fewer than batch_size=8"):
-        CalibrationBatches(coco_images, SIZE, batch_size=8, last="drop")
+        CalibrationBatches(coco_images, SIZE, batch_size=8, last="drop", letter_box=False)
 
 
 def test_max_images(coco_images):
-    batches = CalibrationBatches(coco_images, SIZE, batch_size=2, max_images=5)
+    batches = CalibrationBatches(coco_images, SIZE, batch_size=2, max_images=5, letter_box=False)
     assert batches.num_images == 5 and len(batches) == 3
     assert [p.name for p in batches.batch_paths()[2]] == [batches.paths[4].name, batches.paths[0].name]
 
@@ -86,14 +98,14 @@ def test_max_images(coco_images):
 def test_missing_folder_is_named(tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(FileNotFoundError, match=str(missing)):
-        CalibrationBatches(missing, SIZE, batch_size=2)
+        CalibrationBatches(missing, SIZE, batch_size=2, letter_box=False)
 
 
 def test_folder_without_images_is_named(tmp_path):
     (tmp_path / "notes.txt").write_text("no pictures here")
     (tmp_path / "sub").mkdir()
     with pytest.raises(ValueError, match=f"{tmp_path}.*no .jpg/.jpeg/.png images"):
-        CalibrationBatches(tmp_path, SIZE, batch_size=2)
+        CalibrationBatches(tmp_path, SIZE, batch_size=2, letter_box=False)
 
 
 def test_only_image_files_are_used(tmp_path, coco_images):
@@ -102,13 +114,13 @@ def test_only_image_files_are_used(tmp_path, coco_images):
     cv2.imwrite(str(tmp_path / "a.png"), cv2.imread(str(src[1])))
     (tmp_path / "c.txt").write_text("x")
     assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.JPG"]
-    out = list(CalibrationBatches(tmp_path, SIZE, batch_size=2))
+    out = list(CalibrationBatches(tmp_path, SIZE, batch_size=2, letter_box=False))
     np.testing.assert_array_equal(out[0], reference([tmp_path / "a.png", src[0]]))
 
 
 def test_unreadable_image_is_named(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg at all")
-    batches = CalibrationBatches(tmp_path, SIZE, batch_size=1)
+    batches = CalibrationBatches(tmp_path, SIZE, batch_size=1, letter_box=False)
     with pytest.raises(ValueError, match="broken.jpg"):
         list(batches)
 
@@ -118,7 +130,7 @@ def test_unreadable_image_is_named(tmp_path):
     ({"last": "zeros"}, "last"), ({"max_images": 0}, "max_images"),
 ])
 def test_bad_arguments_are_named(coco_images, kwargs, name):
-    args = {"input_size_px": SIZE, "batch_size": 2, **kwargs}
+    args = {"input_size_px": SIZE, "batch_size": 2, "letter_box": False, **kwargs}
     with pytest.raises(ValueError, match=name):
         CalibrationBatches(coco_images, **args)
 
@@ -126,15 +138,16 @@ def test_bad_arguments_are_named(coco_images, kwargs, name):
 def test_fingerprint_follows_the_image_set(tmp_path, coco_images):
     for p in sorted(coco_images.glob("*.jpg"))[:3]:
         shutil.copy(p, tmp_path / p.name)
-    fp = CalibrationBatches(tmp_path, SIZE, 2).fingerprint()
-    assert fp == CalibrationBatches(tmp_path, SIZE, 2).fingerprint()
-    assert fp != CalibrationBatches(tmp_path, 320, 2).fingerprint()
-    assert fp != CalibrationBatches(tmp_path, SIZE, 3).fingerprint()
+    fp = CalibrationBatches(tmp_path, SIZE, 2, letter_box=False).fingerprint()
+    assert fp == CalibrationBatches(tmp_path, SIZE, 2, letter_box=False).fingerprint()
+    assert fp != CalibrationBatches(tmp_path, 320, 2, letter_box=False).fingerprint()
+    assert fp != CalibrationBatches(tmp_path, SIZE, 3, letter_box=False).fingerprint()
+    assert fp != CalibrationBatches(tmp_path, SIZE, 2, letter_box=True).fingerprint()
     victim = sorted(tmp_path.glob("*.jpg"))[0]
     image = cv2.imread(str(victim))
     image[0, 0] = 255 - image[0, 0]
     cv2.imwrite(str(victim), image)
-    assert CalibrationBatches(tmp_path, SIZE, 2).fingerprint() != fp
+    assert CalibrationBatches(tmp_path, SIZE, 2, letter_box=False).fingerprint() != fp
 
 
 def test_no_tensorrt_import_at_module_level():
@@ -148,7 +161,7 @@ def test_no_tensorrt_import_at_module_level():
 def test_calibrator_without_tensorrt_says_what_to_install(coco_images, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails even on a GPU host
     with pytest.raises(BackendUnavailable, match=r"pip install 'lookout\[tensorrt\]'"):
-        make_entropy_calibrator(CalibrationBatches(coco_images, SIZE, 2), "unused.calib")
+        make_entropy_calibrator(CalibrationBatches(coco_images, SIZE, 2, letter_box=False), "unused.calib")
 
 
 # A stand-in for the two library entry points the calibrator touches; the data path is real.
@@ -194,7 +207,7 @@ def fake_trt(monkeypatch):
 
 
 def test_calibrator_feeds_every_batch_through_one_device_buffer(coco_images, tmp_path, fake_trt):
-    batches = CalibrationBatches(coco_images, 320, batch_size=4)
+    batches = CalibrationBatches(coco_images, 320, batch_size=4, letter_box=False)
     cache = tmp_path / "engine.calib"
     calib = make_entropy_calibrator(batches, cache)
     assert isinstance(calib, sys.modules["tensorrt"].IInt8EntropyCalibrator2) and calib.base_initialised

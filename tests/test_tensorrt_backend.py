@@ -46,9 +46,9 @@ def coco_mini(assets_dir):
 
 @pytest.fixture(scope="module")
 def real_batch(coco_mini) -> np.ndarray:
-    """The six coco-mini images, letterboxed as the detector does, repeated to 12."""
+    """The six coco-mini images, stretched as the detector does for yolov4-tiny, repeated to 12."""
     images = [cv2.imread(str(p)) for p in list_images(coco_mini[0])]
-    batch, _ = preprocess_batch(images + images, 416)
+    batch, _ = preprocess_batch(images + images, 416, letter_box=False)
     return batch
 
 
@@ -598,11 +598,13 @@ def test_fake_int8_calibrates_on_real_images_and_passes_the_gate(fake_gpu, yolo_
     assert "int8" in backend.describe()
     # 6 images, calibration batch min(8, 6) = 6: one batch, identical to the detector's preprocessing.
     assert len(fake_gpu.calibration_batches) == 1
-    expected, _ = preprocess_batch([cv2.imread(str(p)) for p in list_images(images)], 416)
+    expected, _ = preprocess_batch([cv2.imread(str(p)) for p in list_images(images)], 416, letter_box=False)
     np.testing.assert_array_equal(fake_gpu.calibration_batches[0], expected)
     side = read_sidecar_for(backend.engine_file)
     assert side["key"]["precision"] == "int8" and side["key"]["calib"]
     assert side["build"]["calibration"]["images"] == 6
+    assert side["build"]["calibration"]["letter_box"] is False and side["build"]["model_letter_box"] is False
+    assert backend.letter_box is False  # what the model records, from the sidecar
     acc = side["build"]["accuracy"]
     assert acc["ok"] and acc["precision"] == "int8" and acc["tolerance_points"] == 1.5
     assert abs(acc["drop_points"]) <= 1.5 and acc["reference_map50"] > 20
@@ -613,6 +615,18 @@ def test_fake_int8_calibrates_on_real_images_and_passes_the_gate(fake_gpu, yolo_
     backend.engine_file.unlink()
     assert build_engine(yolo_tiny_onnx, "int8", 4, calib_images=images, cache_dir=tmp_path) == backend.engine_file
     assert len(fake_gpu.builds) == 2 and len(fake_gpu.calibration_batches) == 1
+
+
+def test_fake_int8_calibration_fits_images_as_model_letter_box_says(fake_gpu, yolo_tiny_onnx, tmp_path, coco_mini):
+    images, _ = coco_mini
+    pictures = [cv2.imread(str(p)) for p in list_images(images)]
+    stretched = build_engine(yolo_tiny_onnx, "int8", 4, calib_images=images, cache_dir=tmp_path)
+    boxed = build_engine(yolo_tiny_onnx, "int8", 4, calib_images=images, cache_dir=tmp_path, letter_box=True)
+    assert boxed != stretched, "a calibration on other pixels is another engine"
+    assert len(fake_gpu.calibration_batches) == 2
+    for batch, letter_box in zip(fake_gpu.calibration_batches, (False, True)):
+        np.testing.assert_array_equal(batch, preprocess_batch(pictures, 416, letter_box=letter_box)[0])
+    assert read_sidecar_for(boxed)["build"]["calibration"]["letter_box"] is True
 
 
 def test_fake_int8_engine_that_loses_accuracy_is_not_cached(fake_gpu, yolo_tiny_onnx, tmp_path, coco_mini):

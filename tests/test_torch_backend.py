@@ -27,7 +27,7 @@ from pipeline.models.labels import load_labels  # noqa: E402
 from pipeline.models.onnx_export import convert  # noqa: E402
 from pipeline.models.resolve import ResolvedModel  # noqa: E402
 from pipeline.models.torch_yolo import DarknetYolo, from_darknet, from_onnx  # noqa: E402
-from pipeline.models.yolo import letterbox, preprocess_batch  # noqa: E402
+from pipeline.models.yolo import fit_image, preprocess_batch  # noqa: E402
 
 # fp32 agreement with ONNX Runtime on the same float32 input (measured: boxes 1.2e-4 px, scores 1.1e-6).
 BOX_ATOL_PX, SCORE_ATOL = 2e-3, 2e-5
@@ -74,7 +74,7 @@ def mixed_images(assets_dir: Path) -> list[np.ndarray]:
 
 
 def test_yolov4_tiny_real_weights_match_onnxruntime(tiny_net, yolo_tiny_onnx, assets_dir):
-    x = letterbox(video_frame(assets_dir, 120), 416)[0][None]
+    x = fit_image(video_frame(assets_dir, 120), 416, letter_box=False)[0][None]
     ref = ort_run(yolo_tiny_onnx, x)
     ours = torch_run(tiny_net, x)
     assert_close(ours, ref, what="yolov4-tiny torch vs ORT")
@@ -83,7 +83,7 @@ def test_yolov4_tiny_real_weights_match_onnxruntime(tiny_net, yolo_tiny_onnx, as
 
 
 def test_from_onnx_equals_from_darknet(tiny_net, yolo_tiny, yolo_tiny_onnx, assets_dir, tmp_path):
-    x = letterbox(coco_image(assets_dir), 416)[0][None]
+    x = fit_image(coco_image(assets_dir), 416, letter_box=False)[0][None]
     want = torch_run(tiny_net, x)
     got = torch_run(from_onnx(yolo_tiny_onnx), x)  # the cfg is found next to the ONNX file by its metadata
     np.testing.assert_array_equal(got[0], want[0])
@@ -106,7 +106,7 @@ def test_full_yolov4_generated_weights_match_our_onnx(assets_dir, tmp_path):
     weights = random_weights(cfg, tmp_path / "yolov4-random.weights")
     size = 320
     onnx_path = convert(cfg, weights, tmp_path / "yolov4-320.onnx", size)
-    x = letterbox(coco_image(assets_dir, "000000565004.jpg"), size)[0][None]
+    x = fit_image(coco_image(assets_dir, "000000565004.jpg"), size, letter_box=False)[0][None]
     ref = ort_run(onnx_path, x)
     assert ref[1].std() > 0.02, "generated weights should give varied scores"
     net = from_darknet(cfg, weights, size)
@@ -121,13 +121,13 @@ def test_every_layer_variant_matches_our_onnx(assets_dir, tmp_path):
     cfg.write_text(ZOO_CFG)
     weights = random_weights(cfg, tmp_path / "zoo.weights", seed=3)
     onnx_path = convert(cfg, weights, tmp_path / "zoo.onnx", 64)
-    x = np.concatenate([letterbox(video_frame(assets_dir, 10), 64)[0][None],
-                        letterbox(coco_image(assets_dir), 64)[0][None]])
+    x = np.concatenate([fit_image(video_frame(assets_dir, 10), 64, letter_box=False)[0][None],
+                        fit_image(coco_image(assets_dir), 64, letter_box=False)[0][None]])
     assert_close(torch_run(from_darknet(cfg, weights, 64), x), ort_run(onnx_path, x), what="layer zoo")
 
 
 def test_channels_last_and_fp16_body_on_cpu(yolo_tiny, assets_dir):
-    x = letterbox(video_frame(assets_dir, 200), 160)[0][None]
+    x = fit_image(video_frame(assets_dir, 200), 160, letter_box=False)[0][None]
     ref = torch_run(from_darknet(yolo_tiny.cfg, yolo_tiny.weights, 160), x)
     cl = from_darknet(yolo_tiny.cfg, yolo_tiny.weights, 160).to(memory_format=torch.channels_last)
     assert_close(torch_run(cl, x), ref, what="channels_last")
@@ -156,7 +156,7 @@ def test_network_checks_its_input_and_cfg(tiny_net, yolo_tiny, tmp_path):
 
 
 def test_backend_batch_of_three_equals_singles(cpu_backend, yolo_tiny_onnx, assets_dir):
-    batch, _ = preprocess_batch(mixed_images(assets_dir), 416)
+    batch, _ = preprocess_batch(mixed_images(assets_dir), 416, letter_box=False)
     boxes3, scores3 = cpu_backend.infer(batch)
     assert boxes3.shape == (3, 2535, 4) and scores3.shape == (3, 2535, 80)
     assert boxes3.dtype == scores3.dtype == np.float32
@@ -170,19 +170,23 @@ def test_backend_batch_of_three_equals_singles(cpu_backend, yolo_tiny_onnx, asse
         cpu_backend.infer(batch[0])
 
 
-def test_device_letterbox_matches_numpy_letterbox(cpu_backend, assets_dir):
+@pytest.mark.parametrize("letter_box", [False, True])
+def test_device_fit_matches_numpy_fit(cpu_backend, assets_dir, letter_box):
     frame = video_frame(assets_dir, 50)
     rng = np.random.default_rng(1)
     images = mixed_images(assets_dir) + [frame, frame[::2].copy(), cv2.resize(frame, (200, 150)),
                                          rng.integers(0, 256, (300, 500, 3), dtype=np.uint8),
-                                         np.ascontiguousarray(frame[:, :416])]  # already 416 wide
-    x, metas = cpu_backend.preprocess_on_device(images)
-    ref, ref_metas = preprocess_batch(images, 416)
+                                         np.ascontiguousarray(frame[:, :416]),  # already 416 wide
+                                         np.ascontiguousarray(frame[:416, :416])]  # already the input size
+    x, metas = cpu_backend.preprocess_on_device(images, letter_box=letter_box)
+    ref, ref_metas = preprocess_batch(images, 416, letter_box=letter_box)
     assert isinstance(x, torch.Tensor) and x.dtype == torch.float32 and tuple(x.shape) == ref.shape
     assert metas == ref_metas
+    assert any(m.pad_y_px for m in metas) is letter_box
     diff = np.abs(x.numpy() - ref)
     worst, share = float(diff.max()) * 255, float((diff > 1e-6).mean())
-    print(f"\ndevice letterbox vs cv2: max {worst:.3f} grey levels, {share:.1%} of values differ")
+    print(f"\ndevice fit (letter_box={letter_box}) vs cv2: max {worst:.3f} grey levels, "
+          f"{share:.1%} of values differ")
     assert worst <= 1.0 + 1e-3, "bilinear on the device is within one grey level of cv2.INTER_LINEAR"
     assert share < 0.2
     for i, m in enumerate(metas):  # the padding is identical
@@ -192,7 +196,14 @@ def test_device_letterbox_matches_numpy_letterbox(cpu_backend, assets_dir):
     ref_boxes, ref_scores = cpu_backend.infer(ref)
     assert np.abs(scores - ref_scores).max() < 0.05
     with pytest.raises(ValueError, match=r"images\[1\] must be an HxWx3 uint8 BGR array"):
-        cpu_backend.preprocess_on_device([frame, frame.astype(np.float32)])
+        cpu_backend.preprocess_on_device([frame, frame.astype(np.float32)], letter_box=letter_box)
+
+
+def test_backend_reports_the_cfgs_letter_box(cpu_backend, yolo_tiny, tmp_path):
+    assert cpu_backend.letter_box is False  # yolov4-tiny.cfg: darknet stretches
+    cfg = tmp_path / "tiny-lb.cfg"
+    cfg.write_text(yolo_tiny.cfg.read_text().replace("[net]\n", "[net]\nletter_box=1\n", 1))
+    assert TorchBackend(from_darknet(cfg, yolo_tiny.weights, 160), "fp32", "cpu").letter_box is True
 
 
 def test_create_backend_torch_without_cuda_is_unavailable(yolo_tiny, yolo_tiny_onnx):
@@ -251,7 +262,7 @@ def test_cpu_speed_next_to_onnxruntime(cpu_backend, yolo_tiny_onnx, assets_dir):
     """Batch-1 latency of both on this CPU (reported; torch on CPU is a diagnostic path, not a target)."""
     from pipeline.models.backends.onnxruntime import OnnxRuntimeBackend
 
-    x, _ = preprocess_batch([video_frame(assets_dir, 5)], 416)
+    x, _ = preprocess_batch([video_frame(assets_dir, 5)], 416, letter_box=False)
     timings = {}
     for name, backend in (("onnxruntime", OnnxRuntimeBackend(yolo_tiny_onnx)), ("torch", cpu_backend)):
         backend.infer(x)
@@ -276,7 +287,7 @@ def test_gpu_fp32_matches_onnxruntime(gpu_model, yolo_tiny_onnx, assets_dir):
     settings = ModelConfig(onnx=str(yolo_tiny_onnx), backend="torch", precision="fp32")
     backend = create_backend(settings, gpu_model, 4)
     assert isinstance(backend, TorchBackend) and backend.cuda and backend.precision == "fp32"
-    batch, _ = preprocess_batch(mixed_images(assets_dir), 416)
+    batch, _ = preprocess_batch(mixed_images(assets_dir), 416, letter_box=False)
     assert_close(backend.infer(batch), ort_run(yolo_tiny_onnx, batch), box_atol=2e-2, score_atol=2e-4,
                  what="CUDA fp32 vs ORT CPU")
 
@@ -286,7 +297,7 @@ def test_gpu_fp16_outputs_and_map_close_to_onnxruntime(gpu_model, yolo_tiny, yol
     settings = ModelConfig(onnx=str(yolo_tiny_onnx), backend="torch", precision="fp16")
     backend = TorchBackend.from_model(gpu_model, settings, 4)
     assert backend.precision == "fp16" and "fp16" in backend.describe()
-    batch, _ = preprocess_batch(mixed_images(assets_dir), 416)
+    batch, _ = preprocess_batch(mixed_images(assets_dir), 416, letter_box=False)
     boxes, scores = backend.infer(batch)
     assert boxes.dtype == scores.dtype == np.float32
     ref_boxes, ref_scores = ort_run(yolo_tiny_onnx, batch)
@@ -303,13 +314,14 @@ def test_gpu_letterbox_and_tensor_input(gpu_model, yolo_tiny_onnx, assets_dir):
     backend = TorchBackend.from_model(gpu_model, ModelConfig(onnx=str(yolo_tiny_onnx), backend="torch",
                                                              precision="fp32"), 4)
     images = mixed_images(assets_dir)
-    x, metas = backend.preprocess_on_device(images)
-    assert x.device.type == "cuda"
-    ref, ref_metas = preprocess_batch(images, 416)
-    assert metas == ref_metas
-    assert float((x.cpu() - torch.from_numpy(ref)).abs().max()) * 255 <= 1.0 + 1e-3
-    on_device, from_host = backend.infer(x), backend.infer(ref)
-    assert np.abs(on_device[1] - from_host[1]).max() < 0.05
+    for letter_box in (False, True):
+        x, metas = backend.preprocess_on_device(images, letter_box=letter_box)
+        assert x.device.type == "cuda"
+        ref, ref_metas = preprocess_batch(images, 416, letter_box=letter_box)
+        assert metas == ref_metas
+        assert float((x.cpu() - torch.from_numpy(ref)).abs().max()) * 255 <= 1.0 + 1e-3
+        on_device, from_host = backend.infer(x), backend.infer(ref)
+        assert np.abs(on_device[1] - from_host[1]).max() < 0.05
 
 
 @pytest.mark.gpu
@@ -317,7 +329,7 @@ def test_gpu_letterbox_and_tensor_input(gpu_model, yolo_tiny_onnx, assets_dir):
 def test_gpu_throughput_batches_1_4_8(gpu_model, yolo_tiny_onnx, assets_dir):
     backend = TorchBackend.from_model(gpu_model, ModelConfig(onnx=str(yolo_tiny_onnx), backend="torch",
                                                              precision="fp16"), 8)
-    frame, _ = preprocess_batch([video_frame(assets_dir, 60)], 416)
+    frame, _ = preprocess_batch([video_frame(assets_dir, 60)], 416, letter_box=False)
     single = backend.infer(frame)
     rates = {}
     for n in (1, 4, 8):

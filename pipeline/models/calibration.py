@@ -1,4 +1,4 @@
-"""INT8 calibration data: real images, letterboxed exactly as at inference, in fixed-size batches.
+"""INT8 calibration data: real images, fitted to the input exactly as at inference, in fixed-size batches.
 
 Pure numpy/OpenCV; `make_entropy_calibrator` imports TensorRT and pycuda only when called.
 """
@@ -38,7 +38,8 @@ def list_images(images_dir: str | Path, max_images: int | None = None) -> list[P
 
 class CalibrationBatches:
     """Contiguous float32 (batch_size, 3, S, S) batches of real images, preprocessed with
-    `pipeline.models.yolo.preprocess_batch` (the same letterbox as inference).
+    `pipeline.models.yolo.preprocess_batch` (stretched, or letterboxed with `letter_box`: the fit the
+    detector will use, so that the INT8 scales see the same pixels as inference).
 
     Every batch has exactly `batch_size` images (TensorRT calibrates with one fixed shape).
     `last="pad"` (default) fills the last partial batch by wrapping around to the first images,
@@ -47,7 +48,7 @@ class CalibrationBatches:
     """
 
     def __init__(self, images_dir: str | Path, input_size_px: int, batch_size: int,
-                 max_images: int | None = None, last: Literal["pad", "drop"] = "pad"):
+                 max_images: int | None = None, last: Literal["pad", "drop"] = "pad", *, letter_box: bool):
         if isinstance(input_size_px, bool) or not isinstance(input_size_px, int) or input_size_px < 1:
             raise ValueError(f"input_size_px must be a positive integer, got {input_size_px!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -58,6 +59,7 @@ class CalibrationBatches:
         self.input_size_px = input_size_px
         self.batch_size = batch_size
         self.last = last
+        self.letter_box = bool(letter_box)
         self.paths = list_images(self.images_dir, max_images)
         if last == "drop" and len(self.paths) < batch_size:
             raise ValueError(f"calibration images folder {self.images_dir} has {len(self.paths)} image(s), "
@@ -92,7 +94,7 @@ class CalibrationBatches:
     def __iter__(self) -> Iterator[np.ndarray]:
         for paths in self.batch_paths():
             images = [self._read(p) for p in paths]
-            batch, _ = preprocess_batch(images, self.input_size_px)
+            batch, _ = preprocess_batch(images, self.input_size_px, letter_box=self.letter_box)
             yield np.ascontiguousarray(batch, dtype=np.float32)
 
     @staticmethod
@@ -104,7 +106,7 @@ class CalibrationBatches:
 
     def fingerprint(self) -> str:
         """sha256 over the images' names and bytes and the batching; changes when the set does."""
-        h = hashlib.sha256(f"s{self.input_size_px}/b{self.batch_size}/{self.last}".encode())
+        h = hashlib.sha256(f"s{self.input_size_px}/b{self.batch_size}/{self.last}/lb{int(self.letter_box)}".encode())
         for p in self.paths:
             h.update(p.name.encode() + b"\0")
             h.update(hashlib.sha256(p.read_bytes()).digest())
@@ -112,7 +114,7 @@ class CalibrationBatches:
 
     def __repr__(self) -> str:
         return (f"CalibrationBatches({str(self.images_dir)!r}, images={len(self.paths)}, "
-                f"batch_size={self.batch_size}, batches={len(self)}, last={self.last!r})")
+                f"batch_size={self.batch_size}, batches={len(self)}, last={self.last!r}, letter_box={self.letter_box})")
 
 
 def make_entropy_calibrator(batches: CalibrationBatches, cache_path: str | Path) -> Any:

@@ -133,6 +133,15 @@ class DarknetConfig:
     def channels(self) -> int:
         return self.net.getint("channels", 3)
 
+    @property
+    def letter_box(self) -> bool:
+        """[net] letter_box: darknet keeps the aspect ratio (pads) when 1, stretches to width x height
+        when 0, its default (parse_net_options; the same flag at training and inference)."""
+        value = self.net.getint("letter_box", 0)
+        if value not in (0, 1):
+            raise self.net.error(f"option 'letter_box' must be 0 or 1, got {value!r}")
+        return bool(value)
+
 
 def parse_cfg_text(text: str, source: str = "<cfg>") -> DarknetConfig:
     """Parse cfg text; `source` names it in error messages."""

@@ -2,7 +2,9 @@
 
 Graph contract:
 
-- input ``images``: float32 [N, 3, S, S], RGB, 0..1, letterboxed by the caller;
+- input ``images``: float32 [N, 3, S, S], RGB, 0..1, fitted by the caller as the cfg's
+  ``[net] letter_box`` says (stretched to S x S by default, letterboxed with 1), which the
+  model records in its metadata (``lookout.letter_box``, see :func:`letter_box_from_metadata`);
 - output ``boxes``: float32 [N, B, 4], x1, y1, x2, y2 in network-input pixels (0..S; not
   clipped, so boxes of objects cut by the border reach a little beyond);
 - output ``scores``: float32 [N, B, C], objectness * class probability.
@@ -10,7 +12,7 @@ Graph contract:
 B counts every anchor of every [yolo] layer: the yolo layers in cfg order, and within one
 layer the cells row by row with the anchors of a cell adjacent (the order OpenCV uses).
 Batch-norm is folded into the convolutions. Metadata (input size, classes, name, sha256 of
-the source files) is stored in the model's metadata_props; see :func:`load_graph_info`.
+the source files, letter_box) is stored in the model's metadata_props; see :func:`load_graph_info`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -46,10 +48,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 13
 MIN_OPSET = 13
-CONVERTER_VERSION = "1"
+CONVERTER_VERSION = "2"  # 2: records the cfg's letter_box
 BN_EPS = 1e-5  # darknet: (x - mean) / sqrt(var + .00001f)
 INPUT_NAME, BOXES_NAME, SCORES_NAME = "images", "boxes", "scores"
 _META_PREFIX = "lookout."
+LETTER_BOX_KEY = _META_PREFIX + "letter_box"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -263,7 +266,7 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
                                           producer_name="lookout", producer_version=CONVERTER_VERSION)
     meta = {"input_size": str(size), "num_classes": str(num_classes), "num_boxes": str(num_boxes),
             "model_name": name, "converter_version": CONVERTER_VERSION, "box_format": "xyxy_pixels",
-            "bn_eps": repr(float(bn_eps))}
+            "bn_eps": repr(float(bn_eps)), "letter_box": "1" if cfg.letter_box else "0"}
     meta.update(metadata or {})
     helper.set_model_props(model, {_META_PREFIX + k: str(v) for k, v in meta.items()})
     return model
@@ -319,10 +322,22 @@ def load_graph_info(onnx_path: str | Path) -> dict[str, Any]:
             except ValueError:
                 raise ModelFileError(f"ONNX model {onnx_path}: metadata {key}={info[key]!r} is not "
                                      f"an integer") from None
+    info["letter_box"] = letter_box_from_metadata({p.key: p.value for p in model.metadata_props}, onnx_path)
     info["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     info["inputs"] = [i.name for i in model.graph.input]
     info["outputs"] = [o.name for o in model.graph.output]
     return info
+
+
+def letter_box_from_metadata(props: Mapping[str, str], source: str | Path) -> bool | None:
+    """The cfg's letter_box flag an ONNX model's metadata records (`lookout.letter_box`, "0" or "1"),
+    or None when the model does not say (made by another tool, or before converter version 2)."""
+    raw = props.get(LETTER_BOX_KEY)
+    if raw is None:
+        return None
+    if raw not in ("0", "1"):
+        raise ModelFileError(f"ONNX model {source}: metadata {LETTER_BOX_KEY}={raw!r} must be '0' or '1'")
+    return raw == "1"
 
 
 def ensure_onnx(cfg: str | Path, weights: str | Path, onnx_path: str | Path, input_size: int = 416) -> Path:

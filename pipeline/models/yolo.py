@@ -1,4 +1,5 @@
-"""YOLO pre-processing (letterbox) and post-processing (thresholds, class-wise NMS)."""
+"""YOLO pre-processing (fit to the network input: stretch or letterbox) and post-processing
+(thresholds, class-wise NMS, boxes mapped back to the source image)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,43 +13,78 @@ PAD_VALUE = 127  # darknet letterboxes with 0.5 grey
 
 
 @dataclass(frozen=True)
-class Letterbox:
-    """How a source image was fitted into the square network input."""
+class InputFit:
+    """Where a source image went in the square network input: resized to resized_width_px x
+    resized_height_px at (pad_x_px, pad_y_px). A stretch fills the input, so x and y scale apart."""
 
-    scale: float
-    pad_x_px: int
-    pad_y_px: int
     src_width_px: int
     src_height_px: int
+    resized_width_px: int
+    resized_height_px: int
+    pad_x_px: int = 0
+    pad_y_px: int = 0
+
+    @property
+    def scale_x(self) -> float:
+        return self.resized_width_px / self.src_width_px
+
+    @property
+    def scale_y(self) -> float:
+        return self.resized_height_px / self.src_height_px
 
 
-def letterbox(image_bgr: np.ndarray, size_px: int, out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
-    """Resize keeping aspect ratio into a size×size RGB float32 CHW tensor in [0, 1].
+def resolve_letter_box(setting: bool | str, from_model: bool | None) -> bool:
+    """model.letter_box when set (not 'auto'), else the model's own flag, else darknet's default
+    (False: stretch)."""
+    if setting != "auto":
+        return bool(setting)
+    return bool(from_model)
+
+
+def fit_input(width_px: int, height_px: int, size_px: int, *, letter_box: bool) -> InputFit:
+    """How a width x height image fills a size x size input: darknet's plain resize (letter_box
+    False, its default) or an aspect-keeping resize centred on grey padding (letter_box True)."""
+    if size_px <= 0:
+        raise ValueError(f"size_px must be > 0, got {size_px}")
+    if width_px <= 0 or height_px <= 0:
+        raise ValueError(f"image must be at least 1x1 px, got {width_px}x{height_px}")
+    if not letter_box:
+        return InputFit(width_px, height_px, size_px, size_px)
+    scale = min(size_px / width_px, size_px / height_px)
+    new_w, new_h = max(1, round(width_px * scale)), max(1, round(height_px * scale))
+    return InputFit(width_px, height_px, new_w, new_h, (size_px - new_w) // 2, (size_px - new_h) // 2)
+
+
+def fit_image(image_bgr: np.ndarray, size_px: int, *, letter_box: bool,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, InputFit]:
+    """The image as a size×size RGB float32 CHW tensor in [0, 1], fitted as :func:`fit_input` says.
 
     `out`, when given, is a (3, size, size) float32 view filled in place (a slot of a batch).
     """
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise ValueError(f"image must be HxWx3 BGR, got shape {image_bgr.shape}")
-    if size_px <= 0:
-        raise ValueError(f"size_px must be > 0, got {size_px}")
     h, w = image_bgr.shape[:2]
-    scale = min(size_px / w, size_px / h)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-    pad_x, pad_y = (size_px - new_w) // 2, (size_px - new_h) // 2
-    canvas = np.full((size_px, size_px, 3), PAD_VALUE, np.uint8)
-    resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
+    fit = fit_input(w, h, size_px, letter_box=letter_box)
+    new_w, new_h = fit.resized_width_px, fit.resized_height_px
+    resized = image_bgr if (new_w, new_h) == (w, h) else cv2.resize(image_bgr, (new_w, new_h),
+                                                                     interpolation=cv2.INTER_LINEAR)
+    if (new_w, new_h) == (size_px, size_px):
+        canvas = resized
+    else:
+        canvas = np.full((size_px, size_px, 3), PAD_VALUE, np.uint8)
+        canvas[fit.pad_y_px:fit.pad_y_px + new_h, fit.pad_x_px:fit.pad_x_px + new_w] = resized
     if out is None:
         out = np.empty((3, size_px, size_px), np.float32)
     # BGR -> RGB and HWC -> CHW in one strided copy, scaled to [0, 1].
     np.multiply(canvas.transpose(2, 0, 1)[::-1], np.float32(1 / 255), out=out, casting="unsafe")
-    return out, Letterbox(scale, pad_x, pad_y, w, h)
+    return out, fit
 
 
-def preprocess_batch(images: list[np.ndarray], size_px: int) -> tuple[np.ndarray, list[Letterbox]]:
+def preprocess_batch(images: list[np.ndarray], size_px: int, *, letter_box: bool) -> tuple[np.ndarray, list[InputFit]]:
+    """(N, 3, size, size) float32 of :func:`fit_image` for each image, and each image's fit."""
     batch = np.empty((len(images), 3, size_px, size_px), np.float32)
-    metas = [letterbox(img, size_px, out=batch[i])[1] for i, img in enumerate(images)]
-    return batch, metas
+    fits = [fit_image(img, size_px, letter_box=letter_box, out=batch[i])[1] for i, img in enumerate(images)]
+    return batch, fits
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -74,13 +110,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 def postprocess(
     boxes: np.ndarray,
     scores: np.ndarray,
-    meta: Letterbox,
+    fit: InputFit,
     conf_threshold: float,
     iou_threshold: float,
     max_detections: int = 300,
     class_ids: np.ndarray | None = None,
 ) -> Detections:
-    """Turn one image's raw (B,4) network-pixel boxes and (B,C) scores into Detections.
+    """Turn one image's raw (B,4) network-pixel boxes and (B,C) scores into Detections, in the
+    pixels of the source image `fit` describes.
 
     Every (box, class) pair above `conf_threshold` is a candidate; NMS runs per class.
     `class_ids`, when given, keeps only those classes.
@@ -102,8 +139,8 @@ def postprocess(
     offset = cls[:, None].astype(np.float32) * (float(cand.max()) + 1.0)
     keep = nms(cand + offset, conf, iou_threshold)[:max_detections]
     xyxy = cand[keep]
-    xyxy[:, [0, 2]] = (xyxy[:, [0, 2]] - meta.pad_x_px) / meta.scale
-    xyxy[:, [1, 3]] = (xyxy[:, [1, 3]] - meta.pad_y_px) / meta.scale
-    xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, meta.src_width_px)
-    xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, meta.src_height_px)
+    xyxy[:, [0, 2]] = (xyxy[:, [0, 2]] - fit.pad_x_px) / fit.scale_x
+    xyxy[:, [1, 3]] = (xyxy[:, [1, 3]] - fit.pad_y_px) / fit.scale_y
+    xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]], 0, fit.src_width_px)
+    xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]], 0, fit.src_height_px)
     return Detections(xyxy=xyxy, confidence=conf[keep], class_id=cls[keep])

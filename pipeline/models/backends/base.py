@@ -14,6 +14,8 @@ class Backend(abc.ABC):
     """Runs the YOLO graph: (N,3,S,S) float32 RGB in [0,1] -> boxes (N,B,4), scores (N,B,C)."""
 
     name: str = "base"
+    # The model's own [net] letter_box (from its cfg or ONNX metadata); None when it does not say.
+    letter_box: bool | None = None
 
     @property
     @abc.abstractmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.models.backends.base import Backend, BackendUnavailable
+from pipeline.models.onnx_export import letter_box_from_metadata
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class OnnxRuntimeBackend(Backend):
         self._input = self.session.get_inputs()[0]
         self._size = int(self._input.shape[2])
         self.providers = self.session.get_providers()
+        self.letter_box = letter_box_from_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         log.info("onnxruntime session for %s on %s", path, self.providers)
 
     @property

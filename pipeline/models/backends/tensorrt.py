@@ -167,7 +167,8 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", max_batch: int 
                  calib_images: str | Path | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR,
                  input_size_px: int | None = None, *, eval_annotations: str | Path | None = None,
                  eval_images: str | Path | None = None, workspace_mb: int = DEFAULT_WORKSPACE_MB,
-                 force: bool = False, lock_timeout_s: float | None = None) -> Path:
+                 force: bool = False, lock_timeout_s: float | None = None,
+                 letter_box: bool | str = "auto") -> Path:
     """The cached engine for this ONNX file, precision, max batch, TensorRT version and GPU; built
     (once per node, under a file lock) when missing.
 
@@ -176,21 +177,26 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", max_batch: int 
     `eval_annotations` (COCO JSON; images from `eval_images`, default `calib_images`) the new engine's
     mAP@0.5 is compared with ONNX Runtime FP32 and an engine losing more than allowed (int8: 1.5
     points, fp16: 0.5) is rejected with AccuracyError and not cached. `force` rebuilds.
+    Calibration and the accuracy check fit images to the input as `letter_box` says (model.letter_box;
+    'auto': the ONNX model's recorded flag), as the detector will at inference.
     """
     from pipeline.models.calibration import CalibrationBatches, list_images
-    from pipeline.models.onnx_export import sha256_file
+    from pipeline.models.onnx_export import load_graph_info, sha256_file
+    from pipeline.models.yolo import resolve_letter_box
 
     onnx_path = Path(onnx_path)
     precision = _check_precision(precision)
     max_batch = _check_max_batch(max_batch)
     input_name, size = onnx_input(onnx_path, input_size_px)
+    model_letter_box = load_graph_info(onnx_path)["letter_box"]
+    fit_letter_box = resolve_letter_box(letter_box, model_letter_box)
     batches = None
     if precision == "int8":
         if calib_images is None:
             raise ValueError("precision 'int8' needs calibration images: set model.calib_images "
                              "(lookout build-engine --calib-images DIR) to a folder of real .jpg/.png images")
         n = len(list_images(calib_images))
-        batches = CalibrationBatches(calib_images, size, batch_size=min(CALIB_BATCH, n))
+        batches = CalibrationBatches(calib_images, size, batch_size=min(CALIB_BATCH, n), letter_box=fit_letter_box)
     if eval_annotations is not None:
         eval_annotations = Path(eval_annotations)
         if not eval_annotations.is_file():
@@ -213,8 +219,10 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", max_batch: int 
                 log.info("force: removed cached engine %s", key.filename)
 
             def build(tmp: Path) -> dict:
-                return _build(trt, gpu, onnx_path, input_name, key, tmp, batches,
-                              calibration_cache_path(cache_dir, key), workspace_mb, eval_images, eval_annotations)
+                info = _build(trt, gpu, onnx_path, input_name, key, tmp, batches,
+                              calibration_cache_path(cache_dir, key), workspace_mb, eval_images, eval_annotations,
+                              fit_letter_box)
+                return {**info, "model_letter_box": model_letter_box}
 
             return ensure_engine(key, cache_dir, build, lock_timeout_s=lock_timeout_s)
     finally:
@@ -223,7 +231,7 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", max_batch: int 
 
 def _build(trt: Any, gpu: _Gpu, onnx_path: Path, input_name: str, key: EngineKey, out: Path,
            batches: "CalibrationBatches | None", calib_cache: Path, workspace_mb: int,
-           eval_images: Path | None, eval_annotations: Path | None) -> dict:
+           eval_images: Path | None, eval_annotations: Path | None, letter_box: bool) -> dict:
     logger = _trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
@@ -270,14 +278,15 @@ def _build(trt: Any, gpu: _Gpu, onnx_path: Path, input_name: str, key: EngineKey
     if batches is not None:
         info["calibration"] = {"images_dir": str(batches.images_dir), "images": batches.num_images,
                                "batch_size": batches.batch_size, "batches": len(batches),
-                               "cache": calib_cache.name}
+                               "cache": calib_cache.name, "letter_box": batches.letter_box}
     if eval_annotations is not None:
-        info["accuracy"] = _accuracy_gate(out, onnx_path, key, eval_images, eval_annotations, calib_cache)
+        info["accuracy"] = _accuracy_gate(out, onnx_path, key, eval_images, eval_annotations, calib_cache,
+                                          letter_box)
     return info
 
 
 def _accuracy_gate(engine_file: Path, onnx_path: Path, key: EngineKey, images: Path, annotations: Path,
-                   calib_cache: Path) -> dict:
+                   calib_cache: Path, letter_box: bool) -> dict:
     """Compare the fresh engine with ORT FP32; an engine that loses too much is never cached."""
     from pipeline.detector import Detector
     from pipeline.models.accuracy import AccuracyError, check_accuracy, compare_backends, eval_settings
@@ -286,7 +295,8 @@ def _accuracy_gate(engine_file: Path, onnx_path: Path, key: EngineKey, images: P
     backend = TensorRTBackend(engine_file, precision=key.precision)
     try:
         candidate = Detector(backend, load_labels(None),
-                             eval_settings(onnx_path, key.input_size_px, backend="tensorrt", precision=key.precision))
+                             eval_settings(onnx_path, key.input_size_px, backend="tensorrt", precision=key.precision,
+                                           letter_box=letter_box))
         report = compare_backends(onnx_path, candidate, images, annotations, key.precision,
                                   batch_size=key.max_batch)
     finally:
@@ -367,6 +377,7 @@ class TensorRTBackend(Backend):
             raise EngineLoadError(f"engine {self.engine_file}: input {self._input!r} must be float32, "
                                   f"is {self._host[self._input].dtype}")
         side = read_sidecar_for(self.engine_file) or {}
+        self.letter_box = side.get("build", {}).get("model_letter_box")
         self.precision = self.precision or side.get("key", {}).get("precision", "?")
         self._describe = (f"tensorrt {trt.__version__} ({self.precision}, batch 1..{self.max_batch}, "
                           f"{self._size}px, {self._gpu.name}) {self.engine_file.name}")
@@ -387,13 +398,19 @@ class TensorRTBackend(Backend):
         annotations = coco_annotations_near(model.calib_images) if settings.precision == "int8" else None
         kwargs = dict(onnx_path=model.onnx, precision=settings.precision, max_batch=max(1, int(max_batch_size)),
                       calib_images=model.calib_images, cache_dir=model.engine_cache_dir,
-                      input_size_px=None if side else settings.input_size_px, eval_annotations=annotations)
+                      input_size_px=None if side else settings.input_size_px, eval_annotations=annotations,
+                      letter_box=settings.letter_box)
         path = build_engine(**kwargs)
         try:
-            return cls(path)
+            backend = cls(path)
         except EngineLoadError as exc:
             log.warning("%s; building it again", exc)
-            return cls(build_engine(**kwargs, force=True))
+            backend = cls(build_engine(**kwargs, force=True))
+        if backend.letter_box is None:  # an engine cached without its sidecar: ask the ONNX file
+            from pipeline.models.onnx_export import load_graph_info
+
+            backend.letter_box = load_graph_info(model.onnx)["letter_box"]
+        return backend
 
     @property
     def input_size_px(self) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.models.backends.base import Backend, BackendUnavailable
-from pipeline.models.yolo import PAD_VALUE, Letterbox
+from pipeline.models.yolo import PAD_VALUE, InputFit, fit_input
 
 try:
     import torch
@@ -86,6 +86,7 @@ class TorchBackend(Backend):
             net = net.to(memory_format=torch.channels_last)
         self.net = net
         self._size = net.input_size
+        self.letter_box = net.cfg.letter_box
         if warmup and self.cuda:
             self.warmup(sorted({1, max_batch_size}))
 
@@ -161,16 +162,18 @@ class TorchBackend(Backend):
             boxes, scores = self._download(boxes, scores)
         return boxes, scores
 
-    def preprocess_on_device(self, images: list[np.ndarray]) -> tuple["torch.Tensor", list[Letterbox]]:
-        """Letterbox HxWx3 uint8 BGR frames on the device: (N,3,S,S) float32 RGB 0..1 there, and the geometry.
+    def preprocess_on_device(self, images: list[np.ndarray], *,
+                             letter_box: bool) -> tuple["torch.Tensor", list[InputFit]]:
+        """Fit HxWx3 uint8 BGR frames to the input on the device (stretched, or letterboxed when
+        `letter_box`): (N,3,S,S) float32 RGB 0..1 there, and each frame's fit.
 
-        Same geometry as :func:`pipeline.models.yolo.letterbox`; the resize is bilinear with half-pixel
+        Same geometry as :func:`pipeline.models.yolo.fit_image`; the resize is bilinear with half-pixel
         centres like cv2.INTER_LINEAR and is rounded to whole levels like cv2's uint8 output. cv2 uses
         11-bit fixed-point weights, so pixels differ by at most 1/255 (measured in
         tests/test_torch_backend.py); the grey padding is identical.
         """
         size = self._size
-        metas: list[Letterbox | None] = [None] * len(images)
+        fits: list[InputFit | None] = [None] * len(images)
         out = torch.full((len(images), 3, size, size), PAD_VALUE, dtype=torch.float32, device=self.device)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
@@ -180,9 +183,8 @@ class TorchBackend(Backend):
             groups.setdefault(img.shape[:2], []).append(i)
         with torch.inference_mode():
             for (h, w), idx in groups.items():
-                scale = min(size / w, size / h)
-                new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
-                pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+                fit = fit_input(w, h, size, letter_box=letter_box)
+                new_w, new_h, pad_x, pad_y = fit.resized_width_px, fit.resized_height_px, fit.pad_x_px, fit.pad_y_px
                 host = torch.empty((len(idx), h, w, 3), dtype=torch.uint8, pin_memory=self.cuda)
                 staged = host.numpy()
                 for j, i in enumerate(idx):
@@ -198,9 +200,9 @@ class TorchBackend(Backend):
                     for j, i in enumerate(idx):
                         out[i, :, pad_y:pad_y + new_h, pad_x:pad_x + new_w] = x[j]
                 for i in idx:
-                    metas[i] = Letterbox(scale, pad_x, pad_y, w, h)
+                    fits[i] = fit
             out.mul_(float(np.float32(1 / 255)))
-        return out, metas  # type: ignore[return-value]
+        return out, fits  # type: ignore[return-value]
 
     def close(self) -> None:
         self.net = None
