@@ -99,10 +99,11 @@ def _check(a: argparse.Namespace) -> int:
 
 
 def _eval(a: argparse.Namespace) -> int:
-    from pipeline.evaluate import evaluate_folder
+    from pipeline.evaluate import evaluate_folder, format_per_class
 
     report = evaluate_folder(a.images, a.annotations, onnx_path=a.onnx, labels_path=a.labels,
-                             backend=a.backend, batch_size=a.batch)
+                             backend=a.backend, batch_size=a.batch, letter_box=a.letter_box)
+    print(format_per_class(report))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", default=None)
     e.add_argument("--backend", default="onnxruntime")
     e.add_argument("--batch", type=int, default=1)
+    e.add_argument("--letter-box", choices=["auto", "true", "false"], default="auto",
+                   help="fit images keeping their aspect ratio (true) or stretched (false); "
+                        "auto: as the model's darknet cfg says (model.letter_box)")
     e.set_defaults(func=_eval)
 
     g = sub.add_parser("build-engine", help="build (or reuse) a cached TensorRT engine for an ONNX model")
