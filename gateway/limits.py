@@ -7,7 +7,7 @@ import threading
 from collections import Counter
 
 from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeoutError
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 log = logging.getLogger(__name__)
@@ -70,15 +70,25 @@ class StreamLimiter:
 
 class LimitedStream(StreamingResponse):
     """A streaming response that gives its stream slot back however it ends (also when the client
-    left before the first byte, where the body generator never starts)."""
+    left before the first byte, where the body generator never starts), and for which a client
+    leaving is the normal end, not an error to log."""
 
     def __init__(self, *args, limiter: StreamLimiter, caller: str, **kwargs):
         super().__init__(*args, **kwargs)
         self._limiter, self._caller = limiter, caller
 
     async def __call__(self, scope, receive, send) -> None:
+        async def receive_or_gone():
+            try:
+                return await receive()
+            except Exception as exc:  # Serve's receive proxy raises (TaskCancelledError) once the client left
+                log.debug("stream of %s: client gone (%s)", self._caller, type(exc).__name__)
+                return {"type": "http.disconnect"}
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive_or_gone, send)
+        except ClientDisconnect:  # leaving a stream is how streams end: not an error
+            log.debug("stream of %s: client disconnected", self._caller)
         finally:
             self._limiter.release(self._caller)
 

@@ -44,7 +44,8 @@ def ctx(redis_server, tmp_path, monkeypatch):
 
 
 def token_client(ctx, scopes: set[str], app=None) -> TestClient:
-    client = TestClient(app or create_app(ctx), base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
+    client = TestClient(app or create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000),
+                        raise_server_exceptions=False)
     row, secret = ctx.auth.store.add_client("tests", scopes)
     tok = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret))
     assert tok.status_code == 200, tok.text
@@ -205,3 +206,41 @@ def test_annotated_frame_is_the_frame_of_the_detections_not_a_newer_one(ctx):
     assert r.headers["X-Captured-At"] == f"{t0 + 0.1:.3f}" and "X-Detections-Captured-At" not in r.headers
     assert r.headers["X-Detections"].startswith("none")
     assert cv2.imdecode(np.frombuffer(r.content, np.uint8), cv2.IMREAD_COLOR).max() < 10  # no boxes on it
+
+
+# -- 11. a client leaving an SSE stream -------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/api/detections/stream", "/api/events/stream"])
+def test_a_client_leaving_a_stream_ends_it_quietly(ctx, path, caplog):
+    """Under Serve, `receive` is a call to the proxy that raises TaskCancelledError once the client
+    left: the stream ends normally (no exception out of the app, nothing logged as an error)."""
+    import asyncio
+    import logging
+
+    from ray.exceptions import TaskCancelledError
+
+    app = create_app(ctx)
+    token = token_client(ctx, VIEWER, app).headers["Authorization"]
+    sent, calls = [], 0
+
+    async def receive():
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.sleep(0.5)
+        raise TaskCancelledError()
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.1"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", token.encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    with caplog.at_level(logging.INFO):
+        asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert any(b"retry:" in m.get("body", b"") for m in sent[1:])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert ctx.streams.open_streams() == 0
