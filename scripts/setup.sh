@@ -16,17 +16,8 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 SUDO=""
 [[ $(id -u) -ne 0 ]] && SUDO="sudo"
 
-apt_install() {
-  local missing=()
-  for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-  done
-  if ((${#missing[@]})); then
-    say "apt: installing ${missing[*]}"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
-}
+# shellcheck source=scripts/apt.sh
+. scripts/apt.sh
 
 PKGS=(redis-server ffmpeg ca-certificates)
 if ((WANT_TEST)); then
