@@ -292,6 +292,7 @@ class ClipMaker:
         if proc.returncode != 0 or not tmp_out.exists():
             tmp_out.unlink(missing_ok=True)
             raise ClipError(f"[{camera_id}] ffmpeg failed ({proc.returncode}) cutting {key}: {proc.stderr.strip()[-400:]}")
+        os.chmod(tmp_out, 0o640)  # not world-readable: the gateways run as this user (or its group)
         os.replace(tmp_out, out)
         size = out.stat().st_size
         log.info("[%s] clip %s: %.1fs from %d segment(s), %d bytes", camera_id, key, duration, len(files), size)

@@ -168,6 +168,9 @@ class HistoryStore:
             raise ValueError(f"retention_s must be > 0, got {retention_s!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Only this user may read what every camera saw: SQLite gives its -wal/-shm files the database's mode.
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(self.path, 0o600)  # also a file made 0644 by an older version
         self.retention_s = retention_s
         self.prune_every_s = prune_every_s
         self._local = threading.local()

@@ -136,6 +136,7 @@ def test_export_cuts_a_playable_mp4_to_the_second(hls):
     info = maker.export(CAM, T0 + 3.3, T0 + 7.6)
     probe = ffprobe(info.path)
     assert "mp4" in probe["format"]["format_name"] and probe["streams"][0]["codec_name"] == "h264"
+    assert info.path.stat().st_mode & 0o777 == 0o640  # not world-readable (issue 13, item 8)
     numbers = frame_numbers(info.path)
     # starts at the keyframe at or before 3.3 s (segment 3 starts at frame 30), ends at 7.6 s
     assert numbers[0] == 30 and numbers[-1] in (75, 76), numbers

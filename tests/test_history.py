@@ -194,3 +194,16 @@ def test_unknown_zone_and_bad_counts_name_the_field(store):
         CountsQuery(camera_id="a", since_s=T0, until_s=T0 + 1, interval="fortnight")
     with pytest.raises(ValidationError, match="buckets"):
         store.counts(camera_id="a", since_s=T0, until_s=T0 + 30 * 86400, interval="second")
+
+
+def test_database_and_its_wal_are_readable_by_this_user_only(tmp_path):
+    """Issue 13, item 8: the history (every camera's detections) was created 0644."""
+    (tmp_path / "old.sqlite3").write_bytes(b"")
+    (tmp_path / "old.sqlite3").chmod(0o644)  # made by an older version: tightened
+    for name in ("new.sqlite3", "old.sqlite3"):
+        s = HistoryStore(tmp_path / name)
+        s.add_many([("cam", 1000.0, 1, Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32),
+                                                  np.array([0]), data={"label": np.array(["person"])}))])
+        for f in (tmp_path / name, tmp_path / f"{name}-wal", tmp_path / f"{name}-shm"):
+            assert f.stat().st_mode & 0o777 == 0o600, f
+        s.close()
