@@ -9,8 +9,8 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway import hls_routes
@@ -18,7 +18,7 @@ from gateway.api import cameras, detections_stream
 from gateway.api import events as events_api, history as history_api, metrics as metrics_api, openapi
 from gateway.auth import hls_signing, login, server
 from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, me, on_auth_error, requires
-from gateway.auth.http import BodyLimitMiddleware
+from gateway.auth.http import BodyLimitMiddleware, ForwardedMiddleware, TrustedProxies
 from gateway.auth.scopes import ADMIN, DETECTIONS_READ
 from gateway.context import GatewayContext
 from gateway.limits import REDIS_UNAVAILABLE, store_unavailable
@@ -27,6 +27,16 @@ from pipeline.metrics import Metrics
 log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 PUBLIC_STATIC = ("/style.css",)
+# Every HTML response: no framing (clickjacking), scripts only from this origin; hls.js plays from
+# blob: URLs (MSE) and runs its worker from one; events.js adds its own <style>.
+HTML_SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data: blob:; media-src 'self' blob:; worker-src 'self' blob:; "
+                               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 # What each API/HLS route needs: (scopes, path parameter naming the camera). Routes not listed
 # here need `admin`, so a route added later is closed until someone opens it on purpose.
@@ -84,6 +94,29 @@ def _private_hls(endpoint, ctx: GatewayContext, playlist: bool):
     return wrapper
 
 
+class HtmlSecurityHeaders:
+    """Adds HTML_SECURITY_HEADERS to every text/html response, whichever route made it."""
+
+    def __init__(self, app):
+        self.app = app
+        self.extra = [(k.lower().encode(), v.encode()) for k, v in HTML_SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+                if ctype.lower().startswith(b"text/html"):
+                    have = {k.lower() for k, _ in headers}
+                    message = {**message, "headers": headers + [h for h in self.extra if h[0] not in have]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(ctx: GatewayContext) -> Starlette:
     auth = ctx.auth
     if auth is None:
@@ -107,8 +140,18 @@ def create_app(ctx: GatewayContext) -> Starlette:
     def index(request: Request) -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": "not found", "path": request.url.path[:200]}, status_code=404)
+    public_url = ctx.args.gateway.public_url.rstrip("/")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        # The trailing-slash redirect (Starlette's own is off: it echoes the request's Host header).
+        path = request.url.path
+        alt = path.rstrip("/") if path.endswith("/") else path + "/"
+        if request.method in ("GET", "HEAD") and alt and alt != path and any(
+                isinstance(r, Route) and r.matches({**request.scope, "path": alt})[0] == Match.FULL
+                for r in app.router.routes):
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(public_url + alt + query, status_code=307)
+        return JSONResponse({"error": "not found", "path": path[:200]}, status_code=404)
 
     async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": "method not allowed", "method": request.method}, status_code=405)
@@ -136,11 +179,15 @@ def create_app(ctx: GatewayContext) -> Starlette:
               name="static"),
     ]
     middleware = [
+        Middleware(ForwardedMiddleware, trusted=TrustedProxies(ctx.args.gateway.trusted_proxies)),
+        Middleware(HtmlSecurityHeaders),
         Middleware(metrics_api.AuthFailureCounter, metrics=Metrics(ctx.redis)),
         Middleware(BodyLimitMiddleware, max_bytes=auth.cfg.max_body_bytes,
                    path_limits={"/api/detect": ctx.args.gateway.upload_max_bytes}),
         Middleware(AuthenticationMiddleware, backend=LookoutAuthBackend(auth), on_error=on_auth_error),
     ]
-    return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error,
-                                         **{e: store_unavailable for e in REDIS_UNAVAILABLE}})
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error,
+                                        **{e: store_unavailable for e in REDIS_UNAVAILABLE}})
+    app.router.redirect_slashes = False
+    return app

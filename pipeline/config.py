@@ -387,7 +387,8 @@ class AuthConfig(_Model):
     )
     cookie_name: str = Field("lookout_session", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Session cookie name.")
     cookie_secure: Literal["auto", "always", "never"] = Field(
-        "auto", description="Secure flag of cookies; auto: set when the request came over https (or X-Forwarded-Proto: https)."
+        "auto", description="Secure flag of cookies; auto: set when the request came over https (or X-Forwarded-Proto: "
+                           "https from one of gateway.trusted_proxies)."
     )
     allow_plain_http: bool = Field(
         False, description="Accept logins and token requests over plain http from non-loopback hosts (else TLS via a proxy is required)."
@@ -396,8 +397,22 @@ class AuthConfig(_Model):
     admin_password: SecretStr | None = Field(
         None, description="First-start admin password; default: $LOOKOUT_ADMIN_PASSWORD, else random and logged once."
     )
-    login_max_failures: int = Field(5, ge=1, le=1000, description="Failed logins per user name (or client address) before a lock-out.")
+    login_max_failures: int = Field(
+        5, ge=1, le=1000, description="Failed logins for one user name from one client address (and failed client "
+                                      "secrets of one client) before that pair is locked out.")
     login_lockout_s: int = Field(300, ge=1, le=86400, description="How long a lock-out lasts.")
+    login_max_failures_per_address: int = Field(
+        20, ge=1, le=100_000,
+        description="Failed logins (and client secrets) from one client address, whatever the user name, before "
+                    "that address is locked out; not applied behind Ray Serve's HAProxy (no client address).")
+    login_max_concurrent_checks: int = Field(
+        2, ge=1, le=64,
+        description="Password checks (scrypt, ~64 MiB and a CPU core each) one gateway process runs at once; "
+                    "further logins get 503 with Retry-After at once.")
+    revocation_check_s: float = Field(
+        2.0, ge=0, le=60,
+        description="How long a gateway process caches the revocations of users, clients and grants (access "
+                    "tokens issued before one stop working within this time in every replica).")
     max_body_bytes: int = Field(65536, ge=1024, le=10 * 1024 * 1024, description="Largest request body accepted.")
     oidc: OidcConfig | None = Field(None, description="The external provider (mode: oidc).")
 
@@ -444,7 +459,23 @@ class GatewayConfig(_Model):
         8, ge=1, le=1000,
         description="Server-sent event streams one caller (a user, or an API client) holds at once per gateway "
                     "process; beyond it 429 with Retry-After, so one caller cannot take the streams of others.")
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"], max_length=256,
+        description="Addresses/CIDRs of reverse proxies whose X-Forwarded-For/-Proto headers are believed; "
+                    "from any other peer they are ignored. Default: loopback (a proxy on the same host).")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Authentication and authorization.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies: {net!r} is not an IP address or CIDR") from None
+        return v
 
     @model_validator(mode="after")
     def _check_auth_none(self) -> "GatewayConfig":

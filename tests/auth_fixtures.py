@@ -17,19 +17,22 @@ ADMIN_PASSWORD = "admin-password-for-tests"  # set through LOOKOUT_ADMIN_PASSWOR
 BASE_URL = "http://127.0.0.1:8000"
 
 
-def make_args(redis_url: str, tmp_path, cameras=("a", "b"), **auth):
+def make_args(redis_url: str, tmp_path, cameras=("a", "b"), gateway: dict | None = None, **auth):
+    """Args of a test gateway: `auth` settings, and other `gateway` settings."""
     auth = {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys"), **auth}
     return parse_args({"cameras": [{"id": c, "source": f"{c}.avi"} for c in cameras], "model": {"onnx": "m.onnx"},
-                       "redis_url": redis_url, "gateway": {"stale_after_s": 2, "auth": auth}})
+                       "redis_url": redis_url, "gateway": {"stale_after_s": 2, **(gateway or {}), "auth": auth}})
 
 
-def make_ctx(redis_url: str, tmp_path, monkeypatch, cameras=("a", "b"), **auth) -> GatewayContext:
+def make_ctx(redis_url: str, tmp_path, monkeypatch, cameras=("a", "b"), gateway: dict | None = None,
+             **auth) -> GatewayContext:
     monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    return GatewayContext.from_args(make_args(redis_url, tmp_path, cameras, **auth))
+    return GatewayContext.from_args(make_args(redis_url, tmp_path, cameras, gateway, **auth))
 
 
-def client_for(ctx: GatewayContext, base_url: str = BASE_URL) -> TestClient:
-    return TestClient(create_app(ctx), base_url=base_url, follow_redirects=False)
+def client_for(ctx: GatewayContext, base_url: str = BASE_URL, address: str = "127.0.0.1") -> TestClient:
+    """A client of the app connecting from `address` (default: this host, like a browser on it)."""
+    return TestClient(create_app(ctx), base_url=base_url, follow_redirects=False, client=(address, 50000))
 
 
 def csrf_of(page_html: str) -> str:

@@ -160,29 +160,34 @@ def test_login_brute_force_is_locked_out_with_a_clear_message(ctx, client):
         r = login_form(client, "admin", "wrong-password!")
         assert r.status_code == 401 and "Wrong user name or password." in r.text
     r = login_form(client, "admin", "wrong-password!")
-    assert r.status_code == 429 and "Too many failed logins. Try again in 60 s." in r.text
+    assert r.status_code == 429 and "Too many failed logins: try again in 60 s." in r.text
+    assert r.headers["retry-after"] == "60"
     r = login_form(client, "admin", ADMIN_PASSWORD)  # even the right password waits out the lock-out
-    assert r.status_code == 429 and "Try again in" in r.text
-    other = client_for(ctx)
-    ctx.auth.store.clear_failures("user:admin")
-    ctx.auth.store.clear_failures("addr:testclient")
-    assert login_form(other, "admin", ADMIN_PASSWORD).status_code == 303
+    assert r.status_code == 429 and "Try again in" in r.text and 30 <= int(r.headers["retry-after"]) <= 61
+    ctx.auth.store.clear_failures("user:admin|addr:127.0.0.1")
+    assert login_form(client_for(ctx), "admin", ADMIN_PASSWORD).status_code == 303
 
 
 @pytest.mark.parametrize("haproxy", [False, True])
-def test_failed_logins_behind_haproxy_lock_the_user_not_everyone(ctx, client, monkeypatch, haproxy):
-    # Behind Ray Serve's HAProxy every login comes from HAProxy's address: a lock per address would
-    # let anyone lock every user out. There only the user name is locked.
-    if haproxy:
-        monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    else:
+def test_failed_logins_lock_the_guesser_not_the_owner(redis_server, tmp_path, monkeypatch, haproxy):
+    # Issue 13 item 4: a lock per (user, address), so five wrong passwords for admin from one address
+    # do not lock the real admin out from another; and a limit per address across user names, left out
+    # behind Ray Serve's HAProxy, where every login comes from HAProxy's address (it would lock everyone).
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1") if haproxy else \
         monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    ctx = make_ctx(redis_server.url, tmp_path, monkeypatch, login_max_failures=3, login_max_failures_per_address=5,
+                   login_lockout_s=60)
+    guesser = client_for(ctx, address="127.0.0.9")
     for _ in range(3):
-        r = login_form(client, "mallory", "guess")
+        r = login_form(guesser, "admin", "guess-guess")
     assert r.status_code == 429
-    other = client_for(ctx)  # another browser, the same address
-    assert login_form(other, "admin", ADMIN_PASSWORD).status_code == (303 if haproxy else 429)
-    assert login_form(client_for(ctx), "mallory", "guess").status_code == 429
+    assert login_form(guesser, "admin", ADMIN_PASSWORD).status_code == 429  # the guesser's own lock
+    assert login_form(client_for(ctx), "admin", ADMIN_PASSWORD).status_code == 303  # the owner, elsewhere
+    for name in ("bob", "carol"):  # 3 + 2 failures from one address, none of them 3 for one name
+        assert login_form(guesser, name, "guess-guess").status_code in (401, 429)
+    r = login_form(guesser, "dave", "guess-guess")
+    assert r.status_code == (401 if haproxy else 429), r.text
+    assert login_form(client_for(ctx), "bob", "guess-guess").status_code == 401  # other addresses go on
 
 
 def test_oversized_bodies_are_refused(ctx, client):
@@ -216,16 +221,25 @@ def test_token_endpoint_bad_requests_are_short_json(ctx, client):
 
 
 def test_plain_http_from_the_network_is_refused_for_credentials(ctx):
-    lan = client_for(ctx, base_url="http://192.0.2.10:8000")
-    page = lan.get("/login")
-    r = lan.post("/login", data={"csrf": csrf_of(page.text), "next": "/", "username": "admin",
-                                 "password": ADMIN_PASSWORD})
-    assert r.status_code == 400 and "needs https" in r.text
-    r = lan.post("/oauth/token", data={"grant_type": "client_credentials"})
-    assert r.status_code == 400 and r.json()["error"] == "insecure_transport"
-    proxied = client_for(ctx, base_url="http://192.0.2.10:8000")
-    proxied.headers["x-forwarded-proto"] = "https"  # TLS ended at the reverse proxy
+    for host in ("192.0.2.10", "127.0.0.1"):  # Host: 127.0.0.1 is what the client says, not where it is
+        lan = client_for(ctx, base_url=f"http://{host}:8000", address="192.0.2.10")
+        page = lan.get("/login")
+        r = lan.post("/login", data={"csrf": csrf_of(page.text), "next": "/", "username": "admin",
+                                     "password": ADMIN_PASSWORD})
+        assert r.status_code == 400 and "needs https" in r.text
+        r = lan.post("/oauth/token", data={"grant_type": "client_credentials"})
+        assert r.status_code == 400 and r.json()["error"] == "insecure_transport"
+    # X-Forwarded-Proto: https counts only from a trusted proxy (default: loopback, e.g. Caddy on this host).
+    forged = client_for(ctx, base_url="http://192.0.2.2:8000", address="192.0.2.10")
+    forged.headers.update({"x-forwarded-proto": "https", "x-forwarded-for": "127.0.0.1"})
+    assert forged.post("/oauth/token", data={"grant_type": "client_credentials"}).json()["error"] == \
+        "insecure_transport"
+    proxied = client_for(ctx, base_url="http://lookout.example")  # from 127.0.0.1: the trusted proxy
+    proxied.headers.update({"x-forwarded-proto": "https", "x-forwarded-for": "192.0.2.10"})
     assert proxied.post("/oauth/token", data={"grant_type": "client_credentials"}).json()["error"] != \
+        "insecure_transport"
+    proxied.headers["x-forwarded-proto"] = "http"  # the proxy says the client came over plain http
+    assert proxied.post("/oauth/token", data={"grant_type": "client_credentials"}).json()["error"] == \
         "insecure_transport"
 
 

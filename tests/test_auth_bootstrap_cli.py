@@ -36,7 +36,7 @@ def test_first_start_prints_a_random_admin_password_once(redis_server, tmp_path,
     assert [u.username for u in AuthStore(tmp_path / "auth.sqlite3").list_users()] == ["admin"]
     # The printed password works on the real login page.
     client = TestClient(create_app(GatewayContext.from_args(args)), base_url="http://127.0.0.1:8000",
-                        follow_redirects=False)
+                        client=("127.0.0.1", 50000), follow_redirects=False)
     page = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
     r = client.post("/login", data={"csrf": csrf, "next": "/", "username": "admin", "password": password})
@@ -93,7 +93,7 @@ def test_clients_commands_and_the_secret_works(redis_server, tmp_path, monkeypat
     client_id = re.search(r"client_id: (\S+)", out).group(1)
     secret = re.search(r"client_secret: (\S+)  \(shown only this once\)", out).group(1)
     assert "grants: client_credentials; scopes: camera:a:view detections:read" in out
-    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000")
+    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
     tok = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)).json()
     assert tok["scope"] == "camera:a:view detections:read"
     assert main(["clients", "add", "app", "--public", "--redirect-uri", "https://app.example/cb",

@@ -65,6 +65,7 @@ def test_login_page_then_protected_stream_in_chromium(served, tmp_path):
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # to see Content-Security-Policy refusals
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
         driver.get(served + "/")
@@ -92,6 +93,8 @@ def test_login_page_then_protected_stream_in_chromium(served, tmp_path):
         loaded = driver.execute_script(
             "return performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/hls/a/'))")
         assert any("index.m3u8" in n for n in loaded) and any(".ts?exp=" in n for n in loaded)
+        refused = [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+        assert refused == []  # the page's CSP lets its scripts, hls.js (blob: media, worker) and API calls work
         driver.save_screenshot(str(ROOT / "data" / "auth-page.png"))
         # Camera b's playlist is refused to bob even from inside the page.
         status = driver.execute_script(

@@ -45,7 +45,7 @@ def ctx(redis_server, tmp_path, monkeypatch):
 
 
 def token_client(ctx, scopes: set[str]) -> TestClient:
-    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000")
+    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
     row, secret = ctx.auth.store.add_client("tests", scopes)
     tok = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret))
     client.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
@@ -159,7 +159,7 @@ def test_events_list_is_filtered_to_viewable_cameras_and_pages(ctx, admin):
     no_read = token_client(ctx, {"camera:a:view"})
     for path in ("/api/events", "/api/cameras/a/history?since_s=0&until_s=1", f"/api/events/{ids_a[0]}"):
         assert no_read.get(path).status_code == 403, path
-    anon = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000")
+    anon = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
     assert anon.get("/api/events").status_code == 401
     assert anon.post("/api/detect", content=b"x", headers={"Content-Type": "image/jpeg"}).status_code == 401
 

@@ -23,7 +23,7 @@ def ctx(redis_server, tmp_path):
 @pytest.fixture
 def client(ctx):
     """A client holding an admin access token (client credentials), as a service would."""
-    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000")
+    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
     row, secret = ctx.auth.store.add_client("tests", {"admin"})
     token = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret))
     client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
@@ -93,7 +93,7 @@ def test_metrics_endpoint_is_prometheus_text_for_admins_and_counts_auth_failures
     m = Metrics(ctx.redis)
     m.inc("lookout_frames_read_total", 5, camera="a")
     m.flush()
-    anonymous = TestClient(client.app, base_url="http://127.0.0.1:8000")
+    anonymous = TestClient(client.app, base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
     assert anonymous.get("/metrics").status_code == 401
     assert anonymous.get("/api/cameras", headers={"Authorization": "Bearer nope"}).status_code == 401
     r = client.get("/metrics")

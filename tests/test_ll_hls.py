@@ -283,7 +283,7 @@ def gateway(redis_server, tmp_path):
     from gateway.context import GatewayContext
 
     ctx = GatewayContext.from_args(args)
-    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000")
+    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
     row, secret = ctx.auth.store.add_client("tests", {"admin"})
     token = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret))
     client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"

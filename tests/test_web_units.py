@@ -110,7 +110,7 @@ def ctx(redis_server, tmp_path):
 
 
 def token_client(ctx, scopes):
-    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000")
+    client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
     row, secret = ctx.auth.store.add_client("tests", set(scopes))
     token = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret))
     client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"

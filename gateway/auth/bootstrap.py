@@ -18,7 +18,7 @@ from gateway.auth.hls_signing import HlsSigner
 from gateway.auth.keys import KeyStore
 from gateway.auth.server import WEB_CLIENT_ID, WEB_REDIRECT_URI, LookoutAuthServer
 from gateway.auth.store import AuthStore, User
-from gateway.auth.tokens import AccessTokens
+from gateway.auth.tokens import AccessTokens, Revocations
 from pipeline.config import AuthConfig, PipelineArgs
 
 log = logging.getLogger("lookout.auth")
@@ -34,7 +34,7 @@ def ensure_admin(store: AuthStore, cfg: AuthConfig, logger: logging.Logger = log
         password = given or secrets.token_urlsafe(18)
         store.add_user(cfg.admin_username, password, role="admin")
     if given:
-        logger.warning("first start: created admin user %r with the configured password", cfg.admin_username)
+        logger.info("first start: created admin user %r with the configured password", cfg.admin_username)
     else:
         logger.warning("first start: created admin user %r with password %s  (shown only this once; change it "
                        "with `lookout users passwd %s`)", cfg.admin_username, password, cfg.admin_username)
@@ -55,6 +55,7 @@ class AuthContext:
 
     cfg: AuthConfig
     issuer: str
+    public_url: str = "http://127.0.0.1:8000"  # gateway.public_url: every link and redirect it builds
     store: AuthStore | None = None
     keys: KeyStore | None = None
     tokens: AccessTokens | None = None
@@ -102,14 +103,14 @@ class AuthContext:
 def bootstrap(args: PipelineArgs, logger: logging.Logger = log) -> AuthContext:
     """Open (or create) the auth database and keys, make the first admin, build the AuthContext."""
     cfg = args.gateway.auth
-    ctx = AuthContext(cfg=cfg, issuer=args.gateway.issuer)
+    ctx = AuthContext(cfg=cfg, issuer=args.gateway.issuer, public_url=args.gateway.public_url.rstrip("/"))
     if cfg.mode == "none":
         logger.warning("gateway auth is OFF (mode none): serving loopback clients only")
         return ctx
     ctx.store = AuthStore(args.resolve_path(cfg.db_path))
     ctx.keys = KeyStore(args.resolve_path(cfg.key_dir))
     ctx.tokens = AccessTokens(ctx.keys, ctx.issuer, cfg.audience, cfg.access_token_ttl_s,
-                              is_revoked=ctx.store.is_jti_revoked)
+                              is_revoked=Revocations(ctx.store, cfg.revocation_check_s))
     ctx.hls = HlsSigner(ctx.keys.subkey("hls"), cfg.hls_url_ttl_s, cfg.hls_link_ttl_s)
     ctx.server = LookoutAuthServer(ctx.store, ctx.tokens, cfg)
     ensure_web_client(ctx.store)

@@ -70,7 +70,7 @@ def make_routes(auth) -> list:
     def hls_link(request: Request) -> JSONResponse:
         cid = request.path_params["camera_id"]
         path, exp = auth.hls.playlist_link(cid)
-        return JSONResponse({"camera_id": cid, "url": str(request.base_url).rstrip("/") + path, "expires_at": exp},
+        return JSONResponse({"camera_id": cid, "url": auth.public_url + path, "expires_at": exp},
                             headers={"Cache-Control": "no-store"})
 
     return [Route("/api/cameras/{camera_id}/hls-link", hls_link, methods=["GET"])]

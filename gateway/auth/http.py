@@ -1,6 +1,7 @@
 """HTTP helpers of the auth layer: body limits, bounded forms, https detection, cookies, errors."""
 from __future__ import annotations
 
+import ipaddress
 import json
 from urllib.parse import parse_qsl, urlsplit
 
@@ -8,8 +9,6 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
 from pipeline.config import AuthConfig
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 class BodyTooLarge(Exception):
@@ -87,21 +86,75 @@ def first(form: dict[str, list[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
+def _ip(host: str | None):
+    try:
+        return ipaddress.ip_address((host or "").strip("[]"))
+    except ValueError:
+        return None
+
+
+class TrustedProxies:
+    """The peers whose X-Forwarded-* headers are believed (gateway.trusted_proxies)."""
+
+    def __init__(self, networks: list[str]):
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def __contains__(self, host: str | None) -> bool:
+        ip = _ip(host)
+        return ip is not None and any(ip in net for net in self.networks)
+
+
+class ForwardedMiddleware:
+    """Resolves the real client address and scheme once per request: from X-Forwarded-For/-Proto
+    when the peer is a trusted proxy, else from the connection itself, the headers then being
+    dropped so that nothing downstream believes what any client can write."""
+
+    HEADERS = (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded")
+
+    def __init__(self, app, trusted: TrustedProxies):
+        self.app, self.trusted = app, trusted
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        peer = scope.get("client")
+        headers = scope.get("headers") or []
+        if peer and peer[0] in self.trusted:
+            scope = dict(scope)
+            values = {k: v.decode("latin-1") for k, v in headers if k in self.HEADERS}
+            hops = [h.strip() for h in values.get(b"x-forwarded-for", "").split(",") if h.strip()]
+            client = peer[0]
+            while hops and client in self.trusted:  # the nearest hop no trusted proxy vouches for
+                client = hops.pop()
+            if client != peer[0] and _ip(client) is not None:
+                scope["client"] = (client, 0)
+            proto = values.get(b"x-forwarded-proto", "").split(",")[0].strip().lower()
+            if proto in ("http", "https"):
+                scope["scheme"] = proto
+        else:
+            scope = {**scope, "headers": [(k, v) for k, v in headers if k not in self.HEADERS]}
+        await self.app(scope, receive, send)
+
+
+def client_address(conn: HTTPConnection) -> str:
+    """The client's address (resolved by ForwardedMiddleware), or 'unknown'."""
+    return conn.client.host if conn.client else "unknown"
+
+
 def is_https(conn: HTTPConnection) -> bool:
-    """True when the request came over TLS (directly or via a proxy that says X-Forwarded-Proto: https)."""
-    proto = conn.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
-    return conn.url.scheme == "https" or proto == "https"
+    """True when the request came over TLS (directly, or per a trusted proxy's X-Forwarded-Proto)."""
+    return conn.url.scheme == "https"
 
 
-def is_loopback_host(conn: HTTPConnection) -> bool:
-    """True when the request was addressed to a loopback host name (the Host header)."""
-    host = (conn.url.hostname or "").strip("[]")
-    return host in LOOPBACK or host.startswith("127.")
+def is_loopback_client(conn: HTTPConnection) -> bool:
+    """True when the client itself is on this host (its address, never the Host header)."""
+    ip = _ip(client_address(conn))
+    return ip is not None and ip.is_loopback
 
 
 def transport_ok(conn: HTTPConnection, cfg: AuthConfig) -> bool:
-    """Whether credentials may travel over this request (https, loopback, or plain http allowed)."""
-    return is_https(conn) or is_loopback_host(conn) or cfg.allow_plain_http
+    """Whether credentials may travel over this request (https, a loopback client, or plain http allowed)."""
+    return is_https(conn) or is_loopback_client(conn) or cfg.allow_plain_http
 
 
 def insecure_transport_response() -> JSONResponse:

@@ -13,8 +13,8 @@ import hashlib
 import hmac
 import html
 import logging
-import os
 import secrets
+import threading
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
@@ -27,6 +27,7 @@ from starlette.routing import Route
 from gateway.auth import http as h
 from gateway.auth import signed
 from gateway.auth.server import WEB_CLIENT_ID, WEB_REDIRECT_URI
+from gateway.auth.throttle import AttemptLimits
 
 if TYPE_CHECKING:
     from gateway.auth.bootstrap import AuthContext
@@ -51,13 +52,6 @@ PAGE = """<!doctype html>
 """
 
 
-def behind_haproxy() -> bool:
-    """Whether Ray Serve's HAProxy mode fronts the gateway: then every request comes from HAProxy's
-    address (it adds no X-Forwarded-For), so a lock per address would lock every user out at once,
-    and failed logins are throttled per user only."""
-    return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
-
-
 def _pkce_pair() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
@@ -69,14 +63,19 @@ def make_routes(auth: "AuthContext") -> list[Route]:
     csrf_key = auth.keys.subkey("csrf")
     flow_key = auth.keys.subkey("web-flow")
 
-    def page(request: Request, next_url: str, message: str = "", status: int = 200, username: str = "") -> Response:
+    attempts = AttemptLimits(store, cfg)
+    checks = threading.BoundedSemaphore(cfg.login_max_concurrent_checks)  # scrypt runs at once, this process
+
+    def page(request: Request, next_url: str, message: str = "", status: int = 200, username: str = "",
+             retry_after_s: float = 0) -> Response:
         token = request.cookies.get(auth.csrf_cookie) or secrets.token_urlsafe(24)
         body = PAGE.format(csrf=signed.mac(csrf_key, token), next=html.escape(next_url, quote=True),
                            username=html.escape(username, quote=True),
                            message=f'<p class="message" role="alert">{html.escape(message)}</p>' if message else "")
-        resp = HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store",
-                                                               "X-Frame-Options": "DENY",
-                                                               "Content-Security-Policy": "frame-ancestors 'none'"})
+        headers = {"Cache-Control": "no-store"}  # X-Frame-Options and CSP: gateway.app's HTML middleware
+        if retry_after_s:
+            headers["Retry-After"] = str(int(retry_after_s) + 1)
+        resp = HTMLResponse(body, status_code=status, headers=headers)
         h.set_cookie(resp, request, cfg, auth.csrf_cookie, token, max_age=3600, path="/login", samesite="strict")
         return resp
 
@@ -109,21 +108,29 @@ def make_routes(auth: "AuthContext") -> list[Route]:
                                            "Please try again.", 403)
         username = (h.first(form, "username") or "").strip()[:64]
         password = h.first(form, "password") or ""
-        client = request.client.host if request.client else "unknown"
-        keys = [f"user:{username.lower()}"] + ([] if behind_haproxy() else [f"addr:{client}"])
-        wait = max(store.locked_for(k) for k in keys)
+        client = h.client_address(request)
+        account = f"user:{username.lower()}"
+        wait, locks = attempts.begin(account, client)  # counted before the check: concurrent guesses cannot race it
         if wait > 0:
-            return page(request, next_url, f"Too many failed logins. Try again in {int(wait) + 1} s.", 429, username)
-        user = await run_in_threadpool(store.authenticate, username, password)
+            return page(request, next_url, f"Too many failed logins. Try again in {int(wait) + 1} s.", 429, username,
+                        retry_after_s=wait)
+        if not checks.acquire(blocking=False):
+            attempts.refund(account, client, succeeded=False)
+            log.warning("login of %r from %s refused: %d password checks already running", username, client,
+                        cfg.login_max_concurrent_checks)
+            return page(request, next_url, "Too many logins at once. Try again in a second.", 503, username,
+                        retry_after_s=0.5)
+        try:
+            user = await run_in_threadpool(store.authenticate, username, password)
+        finally:
+            checks.release()
         if user is None:
-            locks = [store.record_failure(k, cfg.login_max_failures, cfg.login_lockout_s) for k in keys]
             log.warning("failed login for %r from %s", username, client)
-            if max(locks) > 0:
-                return page(request, next_url, f"Too many failed logins. Try again in {int(max(locks))} s.", 429,
-                            username)
+            if locks > 0:
+                return page(request, next_url, f"Wrong user name or password. Too many failed logins: try again in "
+                                               f"{int(locks)} s.", 429, username, retry_after_s=locks - 1)
             return page(request, next_url, "Wrong user name or password.", 401, username)
-        for k in keys:
-            store.clear_failures(k)
+        attempts.refund(account, client, succeeded=True)
         store.purge_expired()
         log.info("user %s logged in from %s", user.username, client)
         sid = store.create_session("sso", user.username, " ".join(sorted(user.scopes)), cfg.session_ttl_s)

@@ -121,9 +121,7 @@ class OidcLogin:
         async def start(request: Request) -> Response:
             next_url = h.safe_next(request.query_params.get("next"))
             request.scope["session"] = {}
-            redirect_uri = str(request.url_for("oidc_callback"))
-            if h.is_https(request):
-                redirect_uri = redirect_uri.replace("http://", "https://", 1)
+            redirect_uri = f"{auth.public_url}/auth/oidc/callback"  # never from the request's Host header
             try:
                 resp = await self.client.authorize_redirect(request, redirect_uri)
             except Exception as exc:  # discovery failed: say so, briefly

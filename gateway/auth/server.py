@@ -43,6 +43,7 @@ from starlette.routing import Route
 from gateway.auth import http as h
 from gateway.auth import scopes as sc
 from gateway.auth.store import AuthStore, ClientRow, CodeRow, RefreshRow, User, digest
+from gateway.auth.throttle import AttemptLimits
 from gateway.auth.tokens import AccessTokens, TokenError
 
 if TYPE_CHECKING:
@@ -212,7 +213,18 @@ class PKCE(CodeChallenge):
         super().validate_code_challenge(grant, redirect_uri)
 
 
-class CodeGrant(grants.AuthorizationCodeGrant):
+class _OfGrant:
+    """Access tokens of a code or refresh grant name the grant (the refresh token family), so that
+    revoking the grant (replay, logout, RFC 7009) revokes them as well."""
+
+    def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True):
+        code, refresh = self.request.authorization_code, self.request.refresh_token
+        family = code.row.family if code is not None else refresh.row.family if refresh is not None else None
+        return self.server._generate_token(grant_type or self.GRANT_TYPE, self.request.client, user, scope,
+                                           expires_in, include_refresh_token, grant_id=family)
+
+
+class CodeGrant(_OfGrant, grants.AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
 
     def save_authorization_code(self, code: str, request: OAuth2Request) -> None:
@@ -245,15 +257,15 @@ class CodeGrant(grants.AuthorizationCodeGrant):
         return self.server.store.get_user(authorization_code.row.username)
 
 
-class RefreshGrant(grants.RefreshTokenGrant):
+class RefreshGrant(_OfGrant, grants.RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshToken | None:
         store: AuthStore = self.server.store
         row = store.get_refresh(refresh_token) if isinstance(refresh_token, str) and len(refresh_token) <= 256 else None
-        if row is None:
-            return None
+        if row is None or row.client_id != self.request.client.get_client_id():
+            return None  # another client's token is refused untouched: it stays usable by its own client
         if row.revoked or not store.revoke_refresh(row.token_hash):
             # A rotated (or revoked) token used again: someone has a copy; end the whole grant.
             log.warning("revoked refresh token of client %s presented: revoking that grant", row.client_id)
@@ -323,7 +335,7 @@ class LookoutAuthServer(AuthorizationServer):
 
     def _generate_token(self, grant_type: str, client: OAuthClient, user: User | None = None,
                         scope: str | None = None, expires_in: int | None = None,
-                        include_refresh_token: bool = True) -> dict:
+                        include_refresh_token: bool = True, grant_id: str | None = None) -> dict:
         """A JWT access token (scope narrowed to what client and user may have) and a refresh token."""
         import secrets
 
@@ -335,7 +347,8 @@ class LookoutAuthServer(AuthorizationServer):
             raise InvalidScopeError("none of the requested scopes is allowed")
         scope_str = sc.to_str(granted)
         sub = user.username if user else client.get_client_id()
-        token = {"token_type": "Bearer", "access_token": self.tokens.issue(sub, scope_str, client.get_client_id()),
+        access = self.tokens.issue(sub, scope_str, client.get_client_id(), grant_id=grant_id)
+        token = {"token_type": "Bearer", "access_token": access,
                  "expires_in": self.tokens.ttl_s, "scope": scope_str}
         if include_refresh_token and user is not None:
             token["refresh_token"] = secrets.token_urlsafe(32)
@@ -408,10 +421,48 @@ def metadata(issuer: str) -> dict:
     }
 
 
+def secret_client_id(prepared: PreparedRequest) -> str | None:
+    """The client id of a request that presents a client secret (HTTP Basic or form), else None."""
+    header = prepared.headers.get("authorization", "")
+    if header[:6].lower() == "basic ":
+        import base64
+        from urllib.parse import unquote_plus
+
+        try:
+            client_id, sep, _ = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+        except ValueError:
+            return None
+        return unquote_plus(client_id)[:64] if sep else None
+    if prepared.form.get("client_secret"):
+        return (prepared.form.get("client_id") or [""])[0][:64]
+    return None
+
+
 def make_routes(auth: "AuthContext") -> list[Route]:
     """The OAuth endpoints and discovery documents."""
     server: LookoutAuthServer = auth.server
     cfg = auth.cfg
+    attempts = AttemptLimits(auth.store, cfg)
+
+    def throttled(request: Request, prepared: PreparedRequest, respond) -> Response:
+        """`respond(prepared)` unless the presented client secret's (client, address) or the address is
+        locked out; a wrong secret counts towards the lock-out. Counted after the check, unlike
+        passwords: a secret has 256 random bits, so a race wins nothing, and counting first would
+        lock out a busy client's concurrent token requests."""
+        client_id = secret_client_id(prepared)
+        if client_id is None:
+            return respond(prepared)
+        address = h.client_address(request)
+        wait = attempts.locked_for(f"client:{client_id}", address)
+        if wait > 0:
+            return JSONResponse({"error": "slow_down", "error_description": "too many failed client "
+                                 f"authentications; try again in {int(wait) + 1} s"}, status_code=429,
+                                headers={"Retry-After": str(int(wait) + 1)})
+        response = respond(prepared)
+        if response.status_code in (400, 401) and b'"invalid_client"' in response.body:
+            log.warning("failed client authentication of %r from %s", client_id, address)
+            attempts.record_failure(f"client:{client_id}", address)
+        return response
 
     def discovery(request: Request) -> JSONResponse:
         return JSONResponse(metadata(auth.issuer), headers={"Cache-Control": "public, max-age=300"})
@@ -428,7 +479,7 @@ def make_routes(auth: "AuthContext") -> list[Route]:
             return JSONResponse({"error": "invalid_request", "error_description": str(exc)}, status_code=400)
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(server.create_token_response, prepared)
+        return await run_in_threadpool(throttled, request, prepared, server.create_token_response)
 
     async def revoke(request: Request) -> Response:
         if not h.transport_ok(request, cfg):
@@ -437,7 +488,7 @@ def make_routes(auth: "AuthContext") -> list[Route]:
             prepared = await prepare(request, cfg.max_body_bytes)
         except ValueError as exc:
             return JSONResponse({"error": "invalid_request", "error_description": str(exc)}, status_code=400)
-        return server.create_endpoint_response("revocation", prepared)
+        return throttled(request, prepared, lambda p: server.create_endpoint_response("revocation", p))
 
     async def authorize(request: Request) -> Response:
         if not h.transport_ok(request, cfg):

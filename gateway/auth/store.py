@@ -25,6 +25,7 @@ CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MIN_PASSWORD_LEN = 10
 MAX_PASSWORD_LEN = 1024
 SCRYPT_N_LOG2, SCRYPT_R, SCRYPT_P = 15, 8, 1
+MAX_ACCESS_TOKEN_S = 3600 + 60  # the longest access token (ttl limit + leeway) a "not before" must outlive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
   scope TEXT NOT NULL, expires_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS refresh_family ON refresh_tokens (family);
 CREATE TABLE IF NOT EXISTS revoked_jti (jti TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS token_not_before (key TEXT PRIMARY KEY, not_before REAL NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
   id_hash TEXT PRIMARY KEY, kind TEXT NOT NULL, username TEXT NOT NULL, scope TEXT NOT NULL,
   family TEXT, expires_at REAL NOT NULL);
@@ -235,15 +237,16 @@ class AuthStore:
         return self._conn().execute("SELECT COUNT(*) FROM users").fetchone()[0]
 
     def remove_user(self, username: str) -> None:
-        """Delete a user with their sessions and refresh tokens."""
+        """Delete a user with their sessions, refresh tokens and access tokens."""
         with self._conn() as db:
             if db.execute("DELETE FROM users WHERE username=?", (username,)).rowcount == 0:
                 raise ValueError(f"no user {username!r}")
             db.execute("DELETE FROM sessions WHERE username=?", (username,))
             db.execute("UPDATE refresh_tokens SET revoked=1 WHERE username=?", (username,))
+            self.revoke_tokens_of(f"user:{username}")
 
     def set_password(self, username: str, password: str) -> None:
-        """Change a password; every session and refresh token of the user ends."""
+        """Change a password; every session, refresh token and access token of the user ends."""
         with self._conn() as db:
             n = db.execute("UPDATE users SET password_hash=? WHERE username=?",
                            (hash_password(password), username)).rowcount
@@ -251,6 +254,7 @@ class AuthStore:
                 raise ValueError(f"no user {username!r}")
             db.execute("DELETE FROM sessions WHERE username=?", (username,))
             db.execute("UPDATE refresh_tokens SET revoked=1 WHERE username=?", (username,))
+            self.revoke_tokens_of(f"user:{username}")
 
     def authenticate(self, username: str, password: str) -> User | None:
         """The user when the password matches, else None (same cost either way)."""
@@ -300,11 +304,12 @@ class AuthStore:
         return [self.get_client(r["client_id"]) for r in rows]
 
     def remove_client(self, client_id: str) -> None:
-        """Delete a client and revoke its refresh tokens."""
+        """Delete a client and revoke its refresh and access tokens."""
         with self._conn() as db:
             if db.execute("DELETE FROM clients WHERE client_id=?", (client_id,)).rowcount == 0:
                 raise ValueError(f"no client {client_id!r}")
             db.execute("UPDATE refresh_tokens SET revoked=1 WHERE client_id=?", (client_id,))
+            self.revoke_tokens_of(f"client:{client_id}")
 
     # -- authorization codes -------------------------------------------------------------------
     def save_code(self, code: str, client_id: str, username: str, redirect_uri: str | None, scope: str,
@@ -350,10 +355,11 @@ class AuthStore:
                               (token_hash,)).rowcount == 1
 
     def revoke_family(self, family: str) -> None:
-        """Revoke every refresh token of a grant and end the sessions built on it."""
+        """Revoke every refresh and access token of a grant and end the sessions built on it."""
         with self._conn() as db:
             db.execute("UPDATE refresh_tokens SET revoked=1 WHERE family=?", (family,))
             db.execute("DELETE FROM sessions WHERE family=?", (family,))
+            self.revoke_tokens_of(f"grant:{family}")
 
     def family_alive(self, family: str) -> bool:
         row = self._conn().execute(
@@ -367,6 +373,19 @@ class AuthStore:
 
     def is_jti_revoked(self, jti: str) -> bool:
         return self._conn().execute("SELECT 1 FROM revoked_jti WHERE jti=?", (jti,)).fetchone() is not None
+
+    def revoke_tokens_of(self, key: str) -> None:
+        """End every access token issued until now to `key` ('user:<name>', 'client:<id>', 'grant:<family>')."""
+        now = time.time()
+        with self._conn() as db:
+            db.execute("INSERT OR REPLACE INTO token_not_before VALUES (?,?,?)", (key, now, now + MAX_ACCESS_TOKEN_S))
+
+    def not_before(self, keys: list[str]) -> dict[str, float]:
+        """key -> time of its latest revocation, for the `keys` that have one."""
+        marks = ",".join("?" * len(keys))
+        rows = self._conn().execute(f"SELECT key, not_before FROM token_not_before WHERE key IN ({marks})",
+                                    list(keys)).fetchall()
+        return {r["key"]: r["not_before"] for r in rows}
 
     # -- sessions ----------------------------------------------------------------------------
     def create_session(self, kind: str, username: str, scope: str, ttl_s: float, family: str | None = None) -> str:
@@ -406,15 +425,42 @@ class AuthStore:
 
     def record_failure(self, key: str, max_failures: int, lockout_s: float) -> float:
         """Count a failed login; returns the lock-out (s) it causes, 0 if none yet."""
+        with self._conn() as db:
+            return lockout_s if self._count(db, key, max_failures, lockout_s, time.time()) else 0.0
+
+    def begin_attempt(self, limits: dict[str, int], lockout_s: float) -> tuple[float, float]:
+        """Count an attempt on every key of `limits` (key -> failures allowed) *before* its secret is
+        checked, in one transaction, so concurrent attempts cannot all pass one check: (wait_s, 0)
+        when a key is locked (nothing counted), else (0, lockout_s if this attempt locked a key, else 0).
+        A checked attempt that succeeds (or was not checked) gives its count back: `refund_attempt`."""
         now = time.time()
         with self._conn() as db:
+            rows = [db.execute("SELECT locked_until FROM login_failures WHERE key=?", (k,)).fetchone() for k in limits]
+            wait = max([r["locked_until"] - now for r in rows if r is not None] + [0.0])
+            if wait > 0:
+                return wait, 0.0
+            locked = [self._count(db, k, n, lockout_s, now) for k, n in limits.items()]
+        return 0.0, (lockout_s if any(locked) else 0.0)
+
+    def refund_attempt(self, key: str, max_failures: int) -> None:
+        """Take back one attempt counted by `begin_attempt` (it succeeded or was never checked)."""
+        with self._conn() as db:
             row = db.execute("SELECT * FROM login_failures WHERE key=?", (key,)).fetchone()
-            failures = 1 if row is None or now - row["first_at"] > lockout_s else row["failures"] + 1
-            first = now if failures == 1 else row["first_at"]
-            locked = now + lockout_s if failures >= max_failures else 0.0
-            db.execute("INSERT OR REPLACE INTO login_failures VALUES (?,?,?,?)",
-                       (key, 0 if locked else failures, first, locked))
-        return lockout_s if locked else 0.0
+            if row is not None and row["failures"] > 0:
+                failures = row["failures"] - 1
+                db.execute("UPDATE login_failures SET failures=?, locked_until=? WHERE key=?",
+                           (failures, row["locked_until"] if failures >= max_failures else 0.0, key))
+
+    @staticmethod
+    def _count(db: "_Tx", key: str, max_failures: int, lockout_s: float, now: float) -> bool:
+        """One more failure on `key` (a window of `lockout_s` from the first); True when it locks the key."""
+        row = db.execute("SELECT * FROM login_failures WHERE key=?", (key,)).fetchone()
+        fresh = row is None or now - row["first_at"] > lockout_s
+        failures = 1 if fresh else row["failures"] + 1
+        locked = now + lockout_s if failures >= max_failures else 0.0
+        db.execute("INSERT OR REPLACE INTO login_failures VALUES (?,?,?,?)",
+                   (key, failures, now if fresh else row["first_at"], locked))
+        return locked > 0
 
     def clear_failures(self, key: str) -> None:
         with self._conn() as db:
@@ -425,7 +471,7 @@ class AuthStore:
         """Drop expired codes, tokens, sessions and revocations."""
         now = time.time()
         with self._conn() as db:
-            for table in ("auth_codes", "refresh_tokens", "revoked_jti", "sessions"):
+            for table in ("auth_codes", "refresh_tokens", "revoked_jti", "sessions", "token_not_before"):
                 db.execute(f"DELETE FROM {table} WHERE expires_at < ?", (now - 3600,))
             db.execute("DELETE FROM login_failures WHERE locked_until < ? AND first_at < ?", (now, now - 86400))
 
