@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -55,7 +56,8 @@ def test_api_signed_hls_and_bad_token_through_haproxy(app, tmp_path):
                "the camera running")
     status, body = http(app.base + "/api/cameras", token="not-a-token")
     assert status == 401 and json.loads(body)["error"]
-    link = app.json("/api/cameras/people/hls-link")["url"]
+    signed = urlsplit(app.json("/api/cameras/people/hls-link")["url"])  # on public_url, the config's port
+    link = f"{app.base}{signed.path}?{signed.query}"
     segments: list[str] = []
 
     def segment_listed() -> bool:
