@@ -111,6 +111,7 @@ def serve_app(tmp: Path, cameras: list[dict], hls: dict | None = None, ray_cpus:
             proc = subprocess.Popen([str(BIN / "serve"), "run", str(config)], cwd=ROOT, env=run_env, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         app = RunningApp(f"http://127.0.0.1:{port}", log_path, (row.client_id, secret), password, redis.url)
+        app.ray_address = run_env["RAY_ADDRESS"]  # for tests that run `serve` commands against this app
         wait_until(lambda: proc.poll() is not None or http(app.base + "/healthz")[0] == 200, 300, 1,
                    "the gateway to answer /healthz")
         assert proc.poll() is None, f"serve run exited:\n{app.log_tail()}"

@@ -49,7 +49,8 @@ def scaled_app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     master = tmp / "clip.avi"
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(assets_dir / "videos" / "vtest.avi"), "-frames:v", "50",
                     "-vf", "scale=416:312", "-c:v", "mpeg4", "-q:v", "4", str(master)], check=True, timeout=60)
-    live = tmp / "live.avi"  # the cameras' source: absent = no load
+    live = tmp / "live.avi"  # the cameras' source: empty = no load (absent: build_app refuses the config)
+    live.write_bytes(b"")
     redis_srv = RedisServer(tmp)
     port = free_port()
     args = parse_args({

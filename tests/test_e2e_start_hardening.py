@@ -1,15 +1,19 @@
 """Issue 13 on the real app (`serve run` through serve_app): "Lookout is up" only once a request would
-succeed, no secret in the ingest/encoder/detector/events replicas' environment, the history file 0600."""
+succeed, no secret in the ingest/encoder/detector/events replicas' environment, the history file 0600,
+and `serve run` refusing a config `lookout check` refuses."""
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from app_fixtures import serve_app
+from app_fixtures import BIN, serve_app
+from conftest import ROOT
 from rtsp_fixtures import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -66,3 +70,22 @@ def test_history_database_is_private(app):
     db = tmp / "history.sqlite3"
     wait_until(db.exists, 60, 0.5, "the events stage to create the history")
     assert db.stat().st_mode & 0o777 == 0o600
+
+
+def test_serve_run_refuses_a_missing_file_camera_with_the_check_message(app, tmp_path):
+    """Issue 13, item 10: `lookout check` refused this config, `serve run` started it. Last in this module:
+    it redeploys the app."""
+    running, tmp = app
+    doc = yaml.safe_load((tmp / "serve_config.yaml").read_text())
+    missing = tmp_path / "gone.avi"
+    doc["applications"][0]["args"]["cameras"] = [{"id": "gone", "source": str(missing)}]
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(yaml.safe_dump(doc))
+    expected = f"cameras[gone].source: file not found: {missing}"
+    check = subprocess.run([str(BIN / "lookout"), "check", str(config)], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 2 and expected in check.stderr
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": running.ray_address}
+    subprocess.run([str(BIN / "serve"), "run", "--non-blocking", str(config)], cwd=ROOT, env=env,
+                   capture_output=True, text=True, timeout=180)
+    wait_until(lambda: expected in running.log_path.read_text(errors="replace"), 180, 1,
+               f"serve run to refuse the config with {expected!r}")
