@@ -242,6 +242,21 @@ def test_failed_logins_are_counted_per_forwarded_address_only_behind_a_trusted_p
     assert ctx.auth.store.locked_for("user:admin|addr:198.51.100.8") == 0
 
 
+def test_behind_haproxy_a_forwarded_address_is_the_clients_own_claim(ctx, monkeypatch):
+    # HAProxy (loopback, trusted) adds no X-Forwarded-For: one that arrives was written by the client,
+    # who would name a new address for every guess to dodge the lock-out.
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    haproxy = client_for(ctx)
+    for i in range(3):
+        haproxy.headers["x-forwarded-for"] = f"198.51.100.{20 + i}"
+        r = login_form(haproxy, "admin", "guess-guess")
+    assert r.status_code == 429 and ctx.auth.store.locked_for("user:admin|addr:127.0.0.1") > 0
+    # Every client has HAProxy's loopback address: whether one is on the box, its Host header says.
+    lan = client_for(ctx, base_url="http://192.0.2.2:8000")
+    r = lan.post("/oauth/token", data={"grant_type": "client_credentials"})
+    assert r.status_code == 400 and r.json()["error"] == "insecure_transport"
+
+
 def test_links_and_redirects_come_from_public_url_not_the_host_header(ctx):
     cid, secret = add_client(ctx, {"camera:a:view"})
     evil = client_for(ctx, base_url="http://evil.example")

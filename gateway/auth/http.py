@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from urllib.parse import parse_qsl, urlsplit
 
 from starlette.requests import HTTPConnection, Request
@@ -86,6 +87,12 @@ def first(form: dict[str, list[str]], name: str) -> str | None:
     return values[0] if values else None
 
 
+def behind_haproxy() -> bool:
+    """Whether Ray Serve's HAProxy mode fronts the gateway: then every request comes from HAProxy's
+    address, and HAProxy adds no X-Forwarded-For (one that arrives is the client's own claim)."""
+    return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+
+
 def _ip(host: str | None):
     try:
         return ipaddress.ip_address((host or "").strip("[]"))
@@ -122,7 +129,8 @@ class ForwardedMiddleware:
         if peer and peer[0] in self.trusted:
             scope = dict(scope)
             values = {k: v.decode("latin-1") for k, v in headers if k in self.HEADERS}
-            hops = [h.strip() for h in values.get(b"x-forwarded-for", "").split(",") if h.strip()]
+            forwarded_for = "" if behind_haproxy() else values.get(b"x-forwarded-for", "")
+            hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
             client = peer[0]
             while hops and client in self.trusted:  # the nearest hop no trusted proxy vouches for
                 client = hops.pop()
@@ -147,7 +155,12 @@ def is_https(conn: HTTPConnection) -> bool:
 
 
 def is_loopback_client(conn: HTTPConnection) -> bool:
-    """True when the client itself is on this host (its address, never the Host header)."""
+    """True when the client itself is on this host: its address, not the Host header it sends. Behind
+    HAProxy every client has HAProxy's (loopback) address, so there the Host header decides, which
+    a client can only forge to send its own credentials in the clear."""
+    if behind_haproxy():
+        host = (conn.url.hostname or "").strip("[]")
+        return host == "localhost" or (_ip(host) is not None and _ip(host).is_loopback)
     ip = _ip(client_address(conn))
     return ip is not None and ip.is_loopback
 

@@ -4,22 +4,15 @@ limit per client address across accounts. Attempts are counted in the auth datab
 every gateway replica) before the secret is checked."""
 from __future__ import annotations
 
-import os
-
+from gateway.auth.http import behind_haproxy
 from gateway.auth.store import AuthStore
 from pipeline.config import AuthConfig
 
 
-def behind_haproxy() -> bool:
-    """Whether Ray Serve's HAProxy mode fronts the gateway: then every request comes from HAProxy's
-    address (it adds no X-Forwarded-For), so the limit per address (across user names) would lock
-    every user out at once and is left out; the lock per (user, address) becomes one per user."""
-    return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
-
-
 class AttemptLimits:
-    """The lock-out keys of one guess and their limits; behind HAProxy (no client address) only the
-    (account, address) key, which there is one per account."""
+    """The lock-out keys of one guess and their limits. Behind HAProxy every client has HAProxy's
+    address: the limit per address would lock every user out at once and is left out, and the lock
+    per (account, address) becomes one per account."""
 
     def __init__(self, store: AuthStore, cfg: AuthConfig):
         self.store, self.cfg = store, cfg
