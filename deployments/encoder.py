@@ -20,7 +20,7 @@ from pipeline.config import CameraStageArgs
 
 log = logging.getLogger(__name__)
 WATCH_POLL_S = 0.25
-INFO_EVERY_S = 30.0  # stream info is rewritten this often: a Redis that restarted empty has lost it
+INFO_EVERY_S = 5.0  # stream info is rewritten this often (one small SET): a Redis that restarted empty has lost it
 
 
 @serve.deployment(name="encoder", ray_actor_options={"num_cpus": 0.01}, health_check_period_s=10)

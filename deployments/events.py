@@ -239,8 +239,15 @@ class EventsDeployment:
     def _on_update(self, u: EventUpdate, frame: tuple[int, Detections] | None) -> None:
         self.updates += 1
         self.events.apply(u)
-        log.info("camera %s: event %s %s (rule %s, tracks %s)", u.camera_id, u.event_id, u.kind, u.rule_id,
-                 u.track_ids)
+        # start and end once each; an update (the tracks involved changed) only at DEBUG, and never the
+        # whole track list, which grows for as long as the event lasts
+        if u.kind == "update":
+            log.debug("camera %s: event %s update (rule %s, %d track(s) so far)", u.camera_id, u.event_id,
+                      u.rule_id, len(u.track_ids))
+        else:
+            took = f", {u.end_s - u.start_s:.1f}s" if u.kind == "end" and u.end_s is not None else ""
+            log.info("camera %s: event %s %s (rule %s, %d track(s)%s)", u.camera_id, u.event_id, u.kind, u.rule_id,
+                     len(u.track_ids), took)
         if u.kind == "start" and self.args.events.snapshot and frame is not None:
             try:
                 jpeg = self._snapshot(u.camera_id, *frame)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
@@ -20,7 +19,6 @@ from pipeline.sources.base import Frame
 from pipeline.types import CameraStatus, FrameRef
 
 log = logging.getLogger(__name__)
-REGISTER_EVERY_S = 5.0
 
 
 @serve.deployment(name="ingest", ray_actor_options={"num_cpus": 0.01}, health_check_period_s=5)
@@ -46,7 +44,6 @@ class IngestDeployment:
         self._reconnects_seen = 0
         self._info = {"name": self.cam.name or camera_id, "kind": self.cam.kind,
                       "source": scrub_url(self.cam.source), "detect": self.cam.detect}
-        self._registered_at = time.monotonic()
         self.statuses.register(camera_id, self._info)
         if detector is not None and args.detector.prefer_local:
             detector._init(_prefer_local_routing=True)  # fill batches on this node before crossing the network
@@ -56,6 +53,7 @@ class IngestDeployment:
         self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"detect-{camera_id}")
         self.seq = 0
         self.skipped = 0
+        self.skipped_unleased = 0
         self.takeovers = 0
         self._stop = threading.Event()
         self._loop_stop = threading.Event()
@@ -83,14 +81,17 @@ class IngestDeployment:
 
     def _on_lease_lost(self, lease: Lease) -> None:
         self._loop_stop.set()
-        log.warning("camera %s: lease lost on node %s; stopped reading", self.cam.id, self.node_id[:12])
+        if self._stop.is_set():  # the replica is shutting down and gave the lease back
+            log.info("camera %s: ingest stopped on node %s", self.cam.id, self.node_id[:12])
+        else:
+            log.warning("camera %s: lease lost on node %s; stopped reading", self.cam.id, self.node_id[:12])
 
     def _put_status(self, status: CameraStatus) -> None:
         if not self.lease.valid():
             return
-        if time.monotonic() - self._registered_at > REGISTER_EVERY_S:  # a Redis that restarted empty forgot it
-            self.statuses.register(self.cam.id, self._info)
-            self._registered_at = time.monotonic()
+        # With every status (once a second): a Redis that restarted empty forgot the camera, and until it is
+        # registered again /api/cameras does not list it (an HSET a second is nothing).
+        self.statuses.register(self.cam.id, self._info)
         self.statuses.put(status)
         cam = self.cam.id
         self.metrics.set("lookout_camera_fps", status.fps, camera=cam)
@@ -101,7 +102,9 @@ class IngestDeployment:
 
     def _on_frame(self, frame: Frame) -> None:
         if not self.lease.valid():
-            self._loop_stop.set()
+            # Not published. The keeper decides whether the lease is lost (and stops the loop then): a
+            # renewal that is only late, or a Redis that restarted empty, keeps it, and the camera stays open.
+            self.skipped_unleased += 1
             return
         ref = self.bus.put(self.cam.id, self.seq, frame.image, frame.captured_at, frame.pts_s)
         self.seq += 1

@@ -7,6 +7,12 @@
   ttl * (1 - margin). Redis started the key's PX after that instant, so the holder stops publishing
   before anyone else can acquire, even when a renewal reply is lost or Redis is unreachable.
 - Every acquisition takes a new epoch (INCR), a fencing number that grows with each holder.
+- A Redis that restarted empty (no persistence) has forgotten the lease: the holder, while its lease
+  is still valid locally, takes the missing key back at its next renewal (and restores the epoch
+  counter), so the reader goes on instead of stopping and reopening its camera. Nobody else can have
+  held it meanwhile: the key was ours until Redis lost it, and a missing key is free to take.
+- A renewal that comes late (a starved thread) but finds the key still ours extends it: nobody else
+  can have acquired meanwhile. The holder published nothing while its local validity had lapsed.
 """
 from __future__ import annotations
 
@@ -32,8 +38,16 @@ end
 return 0
 """)
 _RENEW = Script(None, b"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder and ARGV[4] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if (tonumber(redis.call('GET', KEYS[2])) or 0) < tonumber(ARGV[3]) then
+    redis.call('SET', KEYS[2], ARGV[3])
+  end
+  return 2
 end
 return 0
 """)
@@ -73,6 +87,7 @@ class Lease:
         self.epoch = 0
         self._valid_until = 0.0
         self._ttl_ms = max(1, int(round(self.ttl_s * 1000)))
+        self.retaken = 0  # keys taken back from a Redis that lost them
 
     def _extend(self, sent_at: float) -> None:
         self._valid_until = sent_at + self.ttl_s * (1.0 - self.margin)
@@ -91,12 +106,18 @@ class Lease:
         return False
 
     def renew(self) -> bool:
-        """Extend the lease; False (and no longer valid) when another holder has it or it expired."""
+        """Extend the lease; False (and no longer valid) when another holder has it or it expired.
+
+        Still valid locally, a key that Redis lost (restarted empty) is taken back (`retaken` counts it)."""
         if self.token is None:
             return False
         sent = self._clock()
-        if _RENEW(keys=[self.key], args=[self.token, self._ttl_ms], client=self.client) == 1:
+        may_retake = "1" if sent < self._valid_until else "0"
+        reply = _RENEW(keys=[self.key, self.key + ":epoch"], args=[self.token, self._ttl_ms, self.epoch, may_retake],
+                       client=self.client)
+        if reply in (1, 2):
             self._extend(sent)
+            self.retaken += reply == 2
             return True
         self.token, self._valid_until = None, 0.0
         return False
@@ -164,7 +185,7 @@ class LeaseKeeper:
                 stop.wait(self._step())
         finally:
             if self._held:
-                self._lose("stopping")
+                self._lose("stopping", clean=True)
             try:
                 self.lease.release()
             except redis.RedisError as exc:
@@ -175,9 +196,13 @@ class LeaseKeeper:
         lease = self.lease
         try:
             if self._held:
-                if lease.valid() and lease.renew():
+                retaken = lease.retaken
+                if lease.renew():
+                    if lease.retaken > retaken:
+                        log.info("%s: Redis had lost the lease (restarted?); taken back (epoch %d)", self.name,
+                                 lease.epoch)
                     return min(self.renew_s, lease.remaining_s())
-                self._lose("renewal refused or too late")
+                self._lose("renewal refused: another holder, or it expired")
                 return self.retry_s
             if lease.try_acquire():
                 self._held = True
@@ -198,10 +223,13 @@ class LeaseKeeper:
             log.warning("%s: lease acquisition failed: %s", self.name, exc)
             return self.retry_s
 
-    def _lose(self, why: str) -> None:
+    def _lose(self, why: str, clean: bool = False) -> None:
         self._held = False
-        self.losses += 1
-        log.warning("%s: lease lost (%s); stopping", self.name, why)
+        if clean:  # we are stopping: giving the lease back is the plan, not a loss
+            log.info("%s: lease released (%s)", self.name, why)
+        else:
+            self.losses += 1
+            log.warning("%s: lease lost (%s); stopping", self.name, why)
         self._call(self.on_lost)
         try:
             self.lease.release()

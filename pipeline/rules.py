@@ -316,7 +316,7 @@ class RuleEngine:
                            sorted(a.track_ids), count, boxes)
 
     def _end(self, cam: str, rule: Rule, a: _Active, t: float) -> EventUpdate:
-        log.info("[%s] rule %s: event %s ended", cam, rule.id, a.event_id)
+        log.debug("[%s] rule %s: event %s ended", cam, rule.id, a.event_id)
         return self._make("end", cam, rule, a, t, 0, {}, end_s=a.last_true_s)
 
     @staticmethod
@@ -345,7 +345,7 @@ class RuleEngine:
                             frozenset(ids))
                 st.active[None] = a
                 st.last_change_s = t
-                log.info("[%s] rule %s: event %s started (%d %s)", cam, rule.id, a.event_id, count, rule.label)
+                log.debug("[%s] rule %s: event %s started (%d %s)", cam, rule.id, a.event_id, count, rule.label)
                 return [self._make("start", cam, rule, a, t, count, self._boxes(d, mask))]
             return []
         st.above_since = None
@@ -380,7 +380,7 @@ class RuleEngine:
                     a = st.active[tid] = _Active(self._new_id(cam, rule, t, tid), t, {tid}, t, frozenset({tid}))
                     ts.fired = True
                     st.last_change_s = t
-                    log.info("[%s] rule %s: track %d entered %s (event %s)", cam, rule.id, tid, rule.zone, a.event_id)
+                    log.debug("[%s] rule %s: track %d entered %s (event %s)", cam, rule.id, tid, rule.zone, a.event_id)
                     out.append(self._make("start", cam, rule, a, t, 1, self._boxes(d, tids == tid)))
                 ts.inside = True
             else:
@@ -408,8 +408,8 @@ class RuleEngine:
                                              frozenset({tid}))
                 ts.fired = True
                 st.last_change_s = t
-                log.info("[%s] rule %s: track %d showed %s in %d/%d frames (event %s)", cam, rule.id, tid,
-                         rule.label, ts.votes, ts.frames, a.event_id)
+                log.debug("[%s] rule %s: track %d showed %s in %d/%d frames (event %s)", cam, rule.id, tid,
+                          rule.label, ts.votes, ts.frames, a.event_id)
                 out.append(self._make("start", cam, rule, a, t, ts.votes, self._boxes(d, tids == tid)))
         out += self._end_stale(cam, rule, st, t)
         return out

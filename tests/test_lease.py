@@ -129,6 +129,52 @@ def test_keeper_loses_before_expiry_when_redis_goes_away(redis_server):
     stop.set()
 
 
+def test_keeper_keeps_its_lease_across_a_redis_restart(redis_server):
+    """Issue 13 item 20: a Redis restarted empty forgot every lease, each holder's renewal was refused and
+    each camera's reader stopped and reopened its camera. Still valid, the holder takes the key back."""
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    lease = Lease(client, "k", 3.0, owner="a")
+    events: list[str] = []
+    keeper = LeaseKeeper(lease, lambda l: events.append("acquired"), lambda l: events.append("lost"), retry_s=0.05,
+                         renew_s=0.2)
+    stop = threading.Event()
+    keeper.start(stop)
+    try:
+        deadline = time.monotonic() + 5
+        while not keeper.held and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert keeper.held and lease.epoch == 1
+        for _ in range(2):  # the epoch counter too is gone after the first restart
+            client.incr("k:epoch")  # others acquired meanwhile: a later acquirer must still get a higher epoch
+        redis_server.stop()
+        time.sleep(0.3)
+        redis_server.start()  # same port, empty
+        deadline = time.monotonic() + 5
+        while client.get("k") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (client.get("k") or b"").decode() == lease.token and events == ["acquired"], events
+        assert lease.retaken == 1 and keeper.held and keeper.losses == 0
+        assert int(client.get("k:epoch")) == lease.epoch == 1
+        other = Lease(client, "k", 1.0, owner="b")
+        assert not other.try_acquire()
+    finally:
+        stop.set()
+        keeper._thread.join(5)
+    assert other.try_acquire() and other.epoch == 2  # released on stop; the fencing number still grows
+
+
+def test_late_renewal_extends_a_key_still_ours_but_never_takes_a_missing_one(redis_client):
+    now = [100.0]
+    a = Lease(redis_client, "k", 1.0, owner="a", clock=lambda: now[0])
+    assert a.try_acquire()
+    now[0] += 2.0  # a starved thread: local validity lapsed, the key (Redis's clock) not yet
+    assert not a.valid() and redis_client.get("k") is not None
+    assert a.renew() and a.valid()  # still ours in Redis: nobody else got in, extend
+    redis_client.delete("k")
+    now[0] += 2.0
+    assert not a.renew() and a.token is None and redis_client.get("k") is None  # lapsed: may have been others'
+
+
 def test_killed_holder_is_taken_over_within_ttl_and_never_two_holders(redis_server, tmp_path):
     """Three real processes contend; the holder is SIGKILLed again and again; validity never overlaps."""
     ttl = 0.6

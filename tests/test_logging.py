@@ -153,3 +153,25 @@ def test_inside_a_serve_replica_stage_and_camera_come_from_the_deployment_name(t
     rec = json.loads(out.stdout.split("OUT", 1)[1].splitlines()[0])
     assert (rec["stage"], rec["camera"], rec["logger"]) == ("encoder", "porch", "hls.segmenter")
     assert rec["message"] == "pushing to rtsp://***@127.0.0.1/x"
+
+
+def test_serve_queue_length_probe_warnings_are_logged_once_not_at_every_miss():
+    """Issue 13 item 19: Serve's router warned at every 0.1 s queue-length probe it missed on a busy box."""
+    from deployments.common import setup_logging
+
+    buf = io.StringIO()
+    setup_logging()
+    serve_log = logging.getLogger("ray.serve")  # Ray gives it its own handler (no propagation)
+    handler = logging.StreamHandler(buf)
+    serve_log.addHandler(handler)
+    try:
+        for _ in range(5):
+            serve_log.warning("Failed to get queue length from Replica(id='abc', deployment='detector', "
+                              "app='lookout') within 0.1s. If this happens repeatedly it's likely caused by high "
+                              "network latency in the cluster.")
+        serve_log.warning("Replica(id='x') will not be considered for future requests")
+    finally:
+        serve_log.removeHandler(handler)
+    lines = buf.getvalue().splitlines()
+    assert sum("Failed to get queue length" in line for line in lines) == 1, lines
+    assert any("will not be considered" in line for line in lines), lines  # the rest of Serve's logger untouched

@@ -404,7 +404,7 @@ def steady(mon: Monitor, cid: str, detect: bool, timeout_s: float = 120) -> None
         now = time.time()
         recent = mon.since(cid, now - 3)
         if len(recent) < 3 or any(s.state != "running" for s in recent) or recent[-1].size is None:
-            return False  # size: the encoder's stream info, rewritten every 30 s (lost when Redis restarts)
+            return False  # size: the encoder's stream info, rewritten every 5 s (lost when Redis restarts)
         if recent[-1].frames is None or recent[0].frames is None or recent[-1].frames <= recent[0].frames:
             return False
         if detect and (recent[-1].det_at or 0) < now - 10:
