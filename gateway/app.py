@@ -21,7 +21,7 @@ from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, me, on_aut
 from gateway.auth.http import BodyLimitMiddleware, ForwardedMiddleware, TrustedProxies
 from gateway.auth.scopes import ADMIN, DETECTIONS_READ
 from gateway.context import GatewayContext
-from gateway.limits import REDIS_UNAVAILABLE, store_unavailable
+from gateway.limits import REDIS_UNAVAILABLE, CallerRequestLimit, store_unavailable
 from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,7 @@ def create_app(ctx: GatewayContext) -> Starlette:
         Middleware(BodyLimitMiddleware, max_bytes=auth.cfg.max_body_bytes,
                    path_limits={"/api/detect": ctx.args.gateway.upload_max_bytes}),
         Middleware(AuthenticationMiddleware, backend=LookoutAuthBackend(auth), on_error=on_auth_error),
+        Middleware(CallerRequestLimit, max_per_caller=ctx.args.gateway.max_requests_per_caller),
     ]
     app = Starlette(routes=routes, middleware=middleware,
                     exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error,

@@ -97,3 +97,40 @@ async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """Exception handler: Redis busy (pool exhausted) or unreachable is 503 with Retry-After, not a 500."""
     log.warning("%s: Redis unavailable: %s", request.url.path[:200], exc)
     return overloaded(f"the store is busy or unreachable ({type(exc).__name__}); try again", STORE_RETRY_AFTER_S)
+
+
+class CallerRequestLimit:
+    """ASGI middleware (inside authentication): an authenticated caller has at most `max_per_caller`
+    API requests (/api/…, streams included) in work at once in this process; beyond it 429 with
+    Retry-After. Requests share one worker thread pool, so one caller's burst would otherwise queue
+    every other caller's playlists and segments behind it. HLS requests are not counted: a page
+    with many cameras legitimately has many in work."""
+
+    def __init__(self, app, max_per_caller: int):
+        self.app, self.max_per_caller = app, max_per_caller
+        self._busy: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope, receive, send) -> None:
+        user = scope.get("user")
+        if scope["type"] != "http" or not scope["path"].startswith("/api/") \
+                or getattr(user, "kind", "anonymous") == "anonymous" or not getattr(user, "is_authenticated", False):
+            return await self.app(scope, receive, send)
+        caller = caller_of(HTTPConnection(scope))
+        with self._lock:
+            busy = self._busy[caller]
+            if busy < self.max_per_caller:
+                self._busy[caller] += 1
+        if busy >= self.max_per_caller:
+            log.warning("request refused (429): %s has %d in work", caller, busy)
+            refused = overloaded(f"you have {busy} requests in work, at most {self.max_per_caller} "
+                                 "(gateway.max_requests_per_caller); wait for them", 1, 429,
+                                 limit=self.max_per_caller)
+            return await refused(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            with self._lock:
+                self._busy[caller] -= 1
+                if self._busy[caller] <= 0:
+                    del self._busy[caller]

@@ -459,6 +459,11 @@ class GatewayConfig(_Model):
         8, ge=1, le=1000,
         description="Server-sent event streams one caller (a user, or an API client) holds at once per gateway "
                     "process; beyond it 429 with Retry-After, so one caller cannot take the streams of others.")
+    max_requests_per_caller: int = Field(
+        24, ge=2, le=10_000,
+        description="API requests (/api/…, streams included) one authenticated caller has in work at once per "
+                    "gateway process; beyond it 429 with Retry-After, so one caller's burst cannot queue the "
+                    "others' playlists and segments behind it (the gateway works on ~40 at once).")
     trusted_proxies: list[str] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"], max_length=256,
         description="Addresses/CIDRs of reverse proxies whose X-Forwarded-For/-Proto headers are believed; "
@@ -635,6 +640,9 @@ class PipelineArgs(_Located, _Model):
 
     @model_validator(mode="after")
     def _check_stream_pool(self) -> "PipelineArgs":
+        if self.gateway.max_streams_per_caller >= self.gateway.max_requests_per_caller:
+            raise ValueError(f"gateway.max_streams_per_caller ({self.gateway.max_streams_per_caller}) must be less "
+                             f"than gateway.max_requests_per_caller ({self.gateway.max_requests_per_caller})")
         if self.gateway.max_streams >= self.bus.redis_max_connections:
             raise ValueError(f"gateway.max_streams ({self.gateway.max_streams}) must be less than "
                              f"bus.redis_max_connections ({self.bus.redis_max_connections}): each stream holds one")

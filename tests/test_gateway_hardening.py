@@ -244,3 +244,55 @@ def test_a_client_leaving_a_stream_ends_it_quietly(ctx, path, caplog):
     assert any(b"retry:" in m.get("body", b"") for m in sent[1:])
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert ctx.streams.open_streams() == 0
+
+
+def test_a_callers_burst_of_api_requests_is_bounded_while_another_is_served(ctx):
+    """One caller's requests in work are capped (429 + Retry-After beyond), so a burst cannot take
+    every worker thread from the others."""
+    import threading
+
+    from gateway.limits import CallerRequestLimit
+
+    release, inside = threading.Event(), threading.Semaphore(0)
+
+    async def slow_app(scope, receive, send):  # stands for an endpoint that holds a worker
+        import anyio
+
+        inside.release()
+        await anyio.to_thread.run_sync(release.wait)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    import asyncio
+    from types import SimpleNamespace
+
+    limit = CallerRequestLimit(slow_app, max_per_caller=3)
+    flooder = SimpleNamespace(kind="client", name="flooder", is_authenticated=True)
+    other = SimpleNamespace(kind="client", name="other", is_authenticated=True)
+
+    async def call(user, path="/api/cameras/a/detections/latest"):
+        sent = []
+
+        async def send(m):
+            sent.append(m)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+        scope = {"type": "http", "path": path, "user": user, "headers": [], "client": ("127.0.0.1", 1)}
+        await limit(scope, receive, send)
+        return sent[0]["status"], dict((k.decode(), v.decode()) for k, v in sent[0].get("headers", []))
+
+    async def main():
+        held = [asyncio.create_task(call(flooder)) for _ in range(3)]
+        for _ in range(3):
+            await asyncio.to_thread(inside.acquire)
+        status, headers = await call(flooder)
+        assert status == 429 and int(headers["retry-after"]) > 0
+        hls = asyncio.create_task(call(flooder, "/hls/a/seg_1.ts"))  # HLS is not counted
+        mine = asyncio.create_task(call(other))
+        for _ in range(2):
+            await asyncio.to_thread(inside.acquire)
+        release.set()
+        assert [s for s, _ in await asyncio.gather(*held, hls, mine)] == [200] * 5
+
+    asyncio.run(asyncio.wait_for(main(), 30))

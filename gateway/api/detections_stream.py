@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,7 +52,7 @@ def parse_cameras(query: str | None, known: list[str]) -> list[str]:
     return [c for c in dict.fromkeys(wanted) if c in known]
 
 
-def stream_response(ctx: GatewayContext, request: Request, events: AsyncIterator[str], what: str) -> Response:
+def stream_response(ctx: GatewayContext, request: Request, events: AsyncGenerator[str, None], what: str) -> Response:
     """`events` as an SSE response, if the caller and the process may hold one more stream (else 429/503).
     A stream that ends for a Redis failure ends quietly (the browser reconnects after `retry`)."""
     caller = caller_of(request)
@@ -66,6 +66,8 @@ def stream_response(ctx: GatewayContext, request: Request, events: AsyncIterator
                 yield chunk
         except REDIS_UNAVAILABLE as exc:
             log.warning("%s stream of %s ended: Redis unavailable: %s", what, caller, exc)
+        finally:
+            await events.aclose()
 
     return LimitedStream(guarded(), limiter=ctx.streams, caller=caller, media_type="text/event-stream",
                          headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
