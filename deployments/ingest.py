@@ -90,9 +90,10 @@ class IngestDeployment:
         if not self.lease.valid():
             return
         # With every status (once a second): a Redis that restarted empty forgot the camera, and until it is
-        # registered again /api/cameras does not list it (an HSET a second is nothing).
-        self.statuses.register(self.cam.id, self._info)
+        # registered again /api/cameras does not list it (an HSET a second is nothing). The status goes
+        # first, so a listed camera always has one (else it would show `starting` for a moment).
         self.statuses.put(status)
+        self.statuses.register(self.cam.id, self._info)
         cam = self.cam.id
         self.metrics.set("lookout_camera_fps", status.fps, camera=cam)
         self.metrics.set("lookout_camera_up", 1.0 if status.state.value == "running" else 0.0, camera=cam)

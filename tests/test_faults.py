@@ -29,6 +29,7 @@ CAM, OTHER_RTSP, OTHER_FILE = "flt-a", "flt-b", "flt-c"
 FPS = 10
 BIG = (480, 360)
 BOUND_S = 90  # generous: a loaded 2-core box; the typical figures are in docs/reliability.md
+REDIS_RESTART_BOUND_S = 30  # the goal is <= 10 s on a quiet box; 48.9 s before the lease fix (issue 13)
 RTSP_CAM = {"read_timeout_s": 3.0, "open_timeout_s": 5.0, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0}
 
 
@@ -243,14 +244,36 @@ def test_full_hls_disk_is_survived(rig):
 
 
 def test_redis_restart_under_load_is_survived(rig):
-    """Redis is killed and comes back empty (no persistence): every stage reconnects and re-creates its keys."""
-    res = rig.run(F.Fault("Redis restarted", CAM,
-                          lambda: rig.redis_procs.append(F.restart_redis(rig.redis_port, rig.app.log_path.parent))))
+    """Redis is killed and comes back empty (no persistence): every stage reconnects and re-creates its keys.
+
+    Issue 13 item 20: it took 48.9 s (5.9 s documented). The empty Redis had forgotten the ingest leases,
+    so every reader stopped and reopened its camera. Now each holder takes its lease back and reads on:
+    no camera's frame count starts again, and the recovery stays well inside REDIS_RESTART_BOUND_S."""
+    t0 = time.time()
+    down: list[float] = []
+
+    def restart() -> None:
+        t = time.monotonic()
+        rig.redis_procs.append(F.restart_redis(rig.redis_port, rig.app.log_path.parent))
+        down.append(time.monotonic() - t)
+
+    res = rig.run(F.Fault("Redis restarted", CAM, restart))
     for cid in (OTHER_RTSP, OTHER_FILE):
         wait_until(lambda: rig.monitor.latest(cid).state == "running"
                    and rig.monitor.newest_media_s(cid) > time.time() - 5, BOUND_S, 0.5, f"{cid} back after Redis")
     assert rig.metric("lookout_frames_read_total", CAM) > 0  # counters start again in the new Redis
     print(res)
+    # A lease outlives an outage shorter than its validity left at the last renewal (ttl 5 s: 4.5 s
+    # valid, renewed every 1.7 s); restart_redis is down ~1 s, longer only on a starved box.
+    if down and down[0] < 2.5:
+        for cid in (CAM, OTHER_RTSP, OTHER_FILE):  # no reader was restarted: its frame count never went back
+            frames = [s.frames for s in rig.monitor.since(cid, t0 - 1) if s.frames is not None]
+            assert frames and all(b >= a for a, b in zip(frames, frames[1:])), (cid, frames)
+            states = {s.state for s in rig.monitor.since(cid, t0 - 1)} - {None}  # None: the API had no answer
+            assert states == {"running"}, (cid, states)
+    else:
+        print(f"Redis was down {down} s, longer than a lease outlives: readers may restart")
+    assert res.recover_s <= REDIS_RESTART_BOUND_S, res
 
 
 def test_nothing_was_left_behind(rig):
