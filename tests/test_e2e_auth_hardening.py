@@ -51,6 +51,13 @@ def app(tmp_path_factory, assets_dir):
         yield running
 
 
+@pytest.fixture(scope="module")
+def dave(app) -> tuple[str, str]:
+    """A viewer of every camera for the tests that are not about lock-outs (admin's may be locked)."""
+    lookout(app, "users", "add", "dave", "--cameras", "*", "--password-stdin", stdin="dave-password-1\n")
+    return "dave", "dave-password-1"
+
+
 def lookout(app, *argv: str, stdin: str | None = None) -> str:
     """The real `lookout` command on the app's auth database."""
     done = subprocess.run([str(BIN / "lookout"), *argv, "--db", app.db], input=stdin, capture_output=True,
@@ -212,13 +219,13 @@ def test_removing_a_user_or_changing_the_password_ends_their_access_tokens(app):
     assert access(app, again["access_token"]) == 200  # issued after the change: works
 
 
-def test_code_and_refresh_token_replays_end_the_grants_access_tokens(app):
+def test_code_and_refresh_token_replays_end_the_grants_access_tokens(app, dave):
     cid = public_client(app)
-    first = user_grant(app, cid, "admin", app.admin_password)
+    first = user_grant(app, cid, *dave)
     r = httpx.post(app.base + "/oauth/token", data=first["code_form"], timeout=30)
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     assert_revoked_soon(app, first["access_token"], "a code replay")
-    second = user_grant(app, cid, "admin", app.admin_password)
+    second = user_grant(app, cid, *dave)
     rotated = refresh(app, cid, second["refresh_token"])
     assert rotated.status_code == 200
     assert refresh(app, cid, second["refresh_token"]).status_code == 400  # the replay
@@ -247,22 +254,22 @@ def test_headers_of_an_untrusted_peer_are_not_believed_and_links_use_public_url(
 
 
 # -- item 7 -----------------------------------------------------------------------------------------
-def test_refresh_token_with_another_clients_id_is_refused_and_stays_usable(app):
+def test_refresh_token_with_another_clients_id_is_refused_and_stays_usable(app, dave):
     mine, other = public_client(app), public_client(app)
-    tokens = user_grant(app, mine, "admin", app.admin_password)
+    tokens = user_grant(app, mine, *dave)
     r = refresh(app, other, tokens["refresh_token"])
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     r = refresh(app, mine, tokens["refresh_token"])
     assert r.status_code == 200, r.text
 
 
-def test_the_page_cannot_be_framed(app):
+def test_the_page_cannot_be_framed(app, dave):
     with browser(app) as client:
-        assert log_in(client, "admin", app.admin_password).status_code == 303
+        assert log_in(client, *dave).status_code == 303
         r = client.get("/auth/start?next=/")
         while r.status_code in (302, 303):
             r = client.get(r.headers["location"])
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert r.headers["x-frame-options"] == "DENY"
         assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
-        assert json.loads(client.get("/auth/me").text)["name"] == "admin"
+        assert json.loads(client.get("/auth/me").text)["name"] == "dave"
