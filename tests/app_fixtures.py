@@ -153,3 +153,39 @@ def log_in(driver, base: str, password: str, path: str = "/") -> None:
     driver.find_element("id", "login").click()
     wait_until(lambda: driver.current_url.startswith(base + path.rstrip("/")) and "/login" not in driver.current_url
                and "/oauth" not in driver.current_url, 30, 0.2, "back on the camera page")
+
+
+CONTRAST_JS = """
+const root = document.querySelector(arguments[0]);
+const parse = (c) => { const m = /rgba?\\(([^)]+)\\)/.exec(c); if (!m) return null;
+  const p = m[1].split(/[\\s,\\/]+/).filter(Boolean).map(parseFloat); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+const over = (top, under) => [0, 1, 2].map((i) => top[i] * top[3] + under[i] * (1 - top[3])).concat([1]);
+const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
+function background(el) {  // the ancestors' backgrounds composited, down to the first opaque one
+  const layers = [];
+  for (let e = el; e; e = e.parentElement) {
+    const c = parse(getComputedStyle(e).backgroundColor);
+    if (c && c[3] > 0) layers.push(c);
+    if (c && c[3] >= 1) break;
+  }
+  return layers.reverse().reduce((under, top) => over(top, under), [255, 255, 255, 1]);
+}
+const checked = [];
+for (const el of [root, ...root.querySelectorAll("*")]) {
+  const own = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join("").trim();
+  if (!own || !el.getClientRects().length || getComputedStyle(el).visibility === "hidden") continue;
+  const bg = background(el), fg = over(parse(getComputedStyle(el).color), bg);
+  const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+  checked.push({tag: el.tagName.toLowerCase(), cls: el.className, text: own.slice(0, 40),
+                color: getComputedStyle(el).color, bg: `rgb(${bg.slice(0, 3).map(Math.round)})`,
+                ratio: Math.round((a + 0.05) / (b + 0.05) * 100) / 100});
+}
+return checked;
+"""
+
+
+def text_contrast(driver, selector: str = "body") -> list[dict]:
+    """Every visible element under `selector` with text of its own: tag, class, text, colour, the
+    background behind it (ancestors' backgrounds composited) and their WCAG contrast ratio."""
+    return driver.execute_script(CONTRAST_JS, selector)

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from app_fixtures import chromium, log_in, serve_app
+from app_fixtures import chromium, log_in, serve_app, text_contrast
 from conftest import ROOT, free_port, wait_port
 from rtsp_fixtures import wait_until
 
@@ -162,6 +162,19 @@ def test_page_lists_the_event_with_its_snapshot_and_a_clip_that_plays(app, page)
     assert s["err"] is None and s["w"] == 384 and s["src"].endswith(ev["clip_url"]), s
     wait_until(lambda: js(player + "return v.ended || v.currentTime > 2.5"), 60, 0.3, "the clip to play on")
     assert js("return document.querySelector(arguments[0] + ' video.clip-player') !== null")
+
+
+def test_event_text_and_clip_link_are_readable(app, page):
+    """WCAG AA (4.5:1) for the text of the event list, its "clip" links included (they were the
+    browser's default dark blue on the page's near-black), from the computed styles."""
+    ev = first_event(app)
+    wait_until(lambda: page.execute_script("return !!document.querySelector(arguments[0])",
+                                           f'#events li[data-id="{ev["id"]}"] a.clip'), 60, 0.5, "the clip link")
+    checked = text_contrast(page, "#events")
+    links = [c for c in checked if c["tag"] == "a" and c["cls"] == "clip"]
+    assert links and any(c["tag"] == "h2" for c in checked), checked
+    low = [c for c in checked if c["ratio"] < 4.5]
+    assert not low, low
 
 
 def test_mqtt_subscriber_gets_the_start_and_end_of_the_event(app, broker):

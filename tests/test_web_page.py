@@ -9,14 +9,16 @@ timecode, so the page can check that boxes and PROGRAM-DATE-TIME line up with th
 """
 from __future__ import annotations
 
+import itertools
 import shutil
 import statistics
 import subprocess
 import time
+import urllib.request
 
 import pytest
 
-from app_fixtures import chromium, log_in, serve_app
+from app_fixtures import chromium, log_in, serve_app, text_contrast
 from conftest import ROOT, free_port
 from rtsp_fixtures import RtspTestServer, wait_until
 
@@ -150,6 +152,62 @@ def test_sse_delivers_detections_to_list_and_chart(app, page):
     assert page.execute_script("return document.getElementById('events-state').textContent") == "live"
 
 
+LAYOUT = """
+const out = {};
+for (const tile of document.querySelectorAll('#grid .tile')) {
+  const ul = tile.querySelector('.detections'), chart = tile.querySelector('.chart');
+  const scrollers = [];
+  for (const el of [tile, ...tile.querySelectorAll('*')]) {
+    const cs = getComputedStyle(el), can = (o) => o === 'auto' || o === 'scroll';
+    if (cs.overflowY === 'scroll' || cs.overflowX === 'scroll' || (can(cs.overflowY) && el.scrollHeight > el.clientHeight)
+        || (can(cs.overflowX) && el.scrollWidth > el.clientWidth)) scrollers.push(el.className || el.tagName);
+  }
+  const box = ul.getBoundingClientRect();
+  const clipped = [...ul.children].filter((li) => { const r = li.getBoundingClientRect();
+    return r.right > box.right + 0.5 || r.bottom > box.bottom + 0.5; }).map((li) => li.textContent);
+  out[tile.dataset.camera] = {listW: ul.clientWidth, listH: ul.clientHeight, tileW: tile.clientWidth,
+                              chartW: chart.clientWidth, items: ul.children.length, scrollers, clipped,
+                              text: ul.textContent};
+}
+return out;
+"""
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)])
+def test_detection_list_is_usable_in_a_grid_tile(app, page, size):
+    """Side by side with the chart, a grid tile's list was ~40 px wide with two scroll bars of its own."""
+    page.set_window_size(*size)
+    try:
+        wait_until(lambda: "person" in page.execute_script(LAYOUT).get("people", {}).get("text", ""), 120, 0.5,
+                   "16 tiles, person listed")
+        tiles = page.execute_script(LAYOUT)
+        assert len(tiles) == 16
+        for cid, t in tiles.items():
+            assert t["listW"] >= 0.8 * t["tileW"] and t["listH"] >= 28, (cid, size, t)  # two rows of chips
+            assert t["chartW"] >= 0.8 * t["tileW"], (cid, size, t)
+            assert not t["scrollers"], (cid, size, t)  # no scroll box inside a tile
+            assert not t["clipped"], (cid, size, t)  # every chip in the list is whole in view
+    finally:
+        page.set_window_size(1400, 1000)
+
+
+def test_favicon_is_served_without_login(app):
+    with urllib.request.urlopen(app.base + "/favicon.ico", timeout=10) as r:  # no token, no cookie
+        status, kind, body = r.status, r.headers["Content-Type"], r.read()
+    assert status == 200 and kind.startswith("image/") and body[:4] == b"\x00\x00\x01\x00", (status, kind, body[:60])
+
+
+def test_page_text_has_enough_contrast(app, page):
+    """WCAG AA (4.5:1) for every piece of text on the page, from the computed styles."""
+    wait_until(lambda: page.execute_script("return document.querySelectorAll('.detections li').length > 0 && "
+                                           "document.querySelectorAll('#grid .tile').length === 16"),
+               120, 0.5, "16 tiles, detections listed")
+    checked = text_contrast(page)
+    assert any(c["cls"].startswith("state") for c in checked) and any(c["tag"] == "li" for c in checked), checked
+    low = [c for c in checked if c["ratio"] < 4.5]
+    assert not low, low
+
+
 RED_OVERLAY = """
 const t = window.lookout.tiles.get('people'); const c = t.overlay;
 if (!c.width) return 0;
@@ -220,6 +278,32 @@ def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
     assert a["pdt_p50"] <= 1000 / fps and a["all_p95"] <= 1000 / fps, a
     assert len(a["wrong"]) <= max(2, a["drawn"] // 50), a["wrong"][:10]
     page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click()")
+
+
+LABEL_RECTS = "const t = window.lookout.tiles.get('people'); return t.labelRects || null"
+
+
+def test_box_labels_drawn_by_the_page_do_not_overlap(app, page):
+    """The labels over the video (placed by draw.js's placeLabels) never cover each other."""
+    page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click();"
+                        "document.querySelector('[data-camera=\"people\"]').scrollIntoView()")
+    try:
+        # Chromium on a starved 2-core box may present only a few frames a second of 16 videos.
+        wait_until(lambda: page.execute_script(LABEL_RECTS), 240, 0.3, "a label drawn over the people tile")
+        samples, t0 = [], time.monotonic()
+        while sum(len(r) >= 2 for r in samples) < 5 and time.monotonic() - t0 < 60:
+            rects = page.execute_script(LABEL_RECTS)
+            if rects:
+                samples.append(rects)
+            time.sleep(0.2)
+        assert samples, "no labels drawn over the people tile"
+        print(f"label placement: {len(samples)} frames with labels, {sum(len(r) >= 2 for r in samples)} with several")
+        for rects in samples:
+            for a, b in itertools.combinations(rects, 2):
+                assert not (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"]
+                            and b["y"] < a["y"] + a["h"]), (a, b)
+    finally:
+        page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click()")
 
 
 def test_stall_is_shown_and_playback_recovers_without_reload(app, page):
