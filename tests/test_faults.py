@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import time
@@ -30,13 +31,16 @@ FPS = 10
 BIG = (480, 360)
 BOUND_S = 90  # generous: a loaded 2-core box; the typical figures are in docs/reliability.md
 REDIS_RESTART_BOUND_S = 30  # the goal is <= 10 s on a quiet box; 48.9 s before the lease fix (issue 13)
+# Marks this app's processes (replicas and their ffmpegs inherit the Ray head's environment). Not the
+# admin password: only the gateway's environment holds that.
+RIG_MARKER_ENV = "LOOKOUT_FAULT_RIG"
 RTSP_CAM = {"read_timeout_s": 3.0, "open_timeout_s": 5.0, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0}
 
 
 class Rig:
-    def __init__(self, app, servers, proxies, work_dir, tmpfs: bool):
+    def __init__(self, app, servers, proxies, work_dir, tmpfs: bool, marker: str):
         self.app, self.servers, self.proxies, self.work_dir, self.tmpfs = app, servers, proxies, work_dir, tmpfs
-        self.marker = f"LOOKOUT_ADMIN_PASSWORD={app.admin_password}"
+        self.marker = f"{RIG_MARKER_ENV}={marker}"
         self.redis_port = int(app.redis_url.rsplit(":", 1)[1].split("/")[0])
         self.redis_procs: list[subprocess.Popen] = []
         import redis
@@ -97,10 +101,11 @@ def rig(tmp_path_factory, yolo_tiny_onnx, assets_dir):
                    {"id": OTHER_FILE, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": FPS, "detect": False}]
         os.environ["TMPDIR"] = str(work)  # the app's tempfile.gettempdir(): ffmpeg's HLS work directories
         os.environ["RAY_TMPDIR"] = "/tmp"  # Ray's own files stay where they always are
-        with serve_app(tmp, cameras) as app:
+        marker = secrets.token_hex(8)
+        with serve_app(tmp, cameras, env_extra={RIG_MARKER_ENV: marker}) as app:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-            r = Rig(app, servers, proxies, work, tmpfs)
+            r = Rig(app, servers, proxies, work, tmpfs, marker)
             try:
                 yield r
             finally:
