@@ -180,6 +180,7 @@ def test_detection_list_is_usable_in_a_grid_tile(app, page, size):
     try:
         wait_until(lambda: "person" in page.execute_script(LAYOUT).get("people", {}).get("text", ""), 120, 0.5,
                    "16 tiles, person listed")
+        time.sleep(2)  # the page fits its lists every 0.5 s; a resize must refit them without new detections
         tiles = page.execute_script(LAYOUT)
         assert len(tiles) == 16
         for cid, t in tiles.items():

@@ -444,4 +444,7 @@ refreshCameras().then(listenForDetections);
 setInterval(refreshCameras, 2000);
 setInterval(watchdog, 1000);
 setInterval(renderLists, 500);
+// A list's chips are fitted to its size: fit them again when the window (so the tile) changes size,
+// even for a camera with no new detections.
+window.addEventListener("resize", () => { for (const tile of tiles.values()) tile.listDirty = true; });
 setInterval(renderCharts, 2000);
