@@ -30,13 +30,18 @@ class PoolExhausted(MaxConnectionsError):
     """Every connection of the pool stayed in use for the pool's timeout (overload, not a Redis failure)."""
 
 
+def _raise_if_exhausted(pool: BlockingConnectionPool | AsyncBlockingPool, exc: RedisConnectionError) -> None:
+    """PoolExhausted when `exc` says the pool's wait ran out (other connection errors go on as they are)."""
+    if str(exc) == _NONE_FREE:
+        raise PoolExhausted(f"all {pool.max_connections} Redis connections in use for {pool.timeout:g}s") from None
+
+
 class _Pool(BlockingConnectionPool):
     def get_connection(self, *args, **kwargs):
         try:
             return super().get_connection(*args, **kwargs)
         except RedisConnectionError as exc:
-            if str(exc) == _NONE_FREE:
-                raise PoolExhausted(f"all {self.max_connections} Redis connections in use for {self.timeout:g}s") from None
+            _raise_if_exhausted(self, exc)
             raise
 
 
@@ -45,8 +50,7 @@ class _AsyncPool(AsyncBlockingPool):
         try:
             return await super().get_connection(*args, **kwargs)
         except RedisConnectionError as exc:
-            if str(exc) == _NONE_FREE:
-                raise PoolExhausted(f"all {self.max_connections} Redis connections in use for {self.timeout:g}s") from None
+            _raise_if_exhausted(self, exc)
             raise
 
 
