@@ -78,6 +78,20 @@ class CameraConfig(_Model):
     zones: list[ZoneConfig] = Field(
         default_factory=list, max_length=64, description="Named polygons (source pixels) that rules and queries use."
     )
+    detect_fps: float = Field(
+        5.0, gt=0, le=60,
+        description="Frames per second that go to the detector (camera worker path: decoded, scaled to the "
+                    "detector's input, at this rate; the video itself keeps the camera's rate).",
+    )
+    boxes: Literal["browser", "burned"] | None = Field(
+        None, description="How this camera's boxes are shown; default: hls.boxes. 'burned' re-encodes the video "
+                          "with the boxes drawn in (the annotate + encode path); 'browser' streams the camera's "
+                          "own video (copied, or transcoded once when its codec cannot be copied).",
+    )
+    hwaccel: Literal["none", "cuda", "vaapi", "jetson"] = Field(
+        "none", description="Hardware decoding in the camera's ffmpeg: none (software), cuda (NVDEC), vaapi "
+                            "(Intel/AMD, /dev/dri/renderD128), jetson (nvv4l2decoder through GStreamer).",
+    )
 
     @field_validator("id")
     @classmethod
@@ -605,6 +619,12 @@ class PipelineArgs(_Located, _Model):
     events: EventsConfig = Field(default_factory=EventsConfig)
     clips: ClipConfig = Field(default_factory=ClipConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
+    cameras_per_replica: int = Field(
+        8, ge=1, le=64,
+        description="Camera worker path: cameras one worker replica runs (each a thread and its ffmpeg), so "
+                    "100 cameras are not 100 actors. Cameras pinned to other nodes or with standbys are grouped "
+                    "only with cameras placed alike.",
+    )
     base_dir: str | None = Field(
         None, description="Relative paths are taken from here; default: the config file's folder (`lookout check`, "
                           "scripts/run.sh), else the directory Ray was started in.")
@@ -661,6 +681,18 @@ class PipelineArgs(_Located, _Model):
         """This config with the gateway section (admin password, OIDC client secret) at its defaults:
         what the detector and events stages are bound, so secrets stay in the gateway."""
         return self.model_copy(update={"gateway": GatewayConfig()})
+
+
+def camera_path(cam: CameraConfig, hls: HlsConfig) -> tuple[str, str]:
+    """Which path a camera's video takes and why: ("worker", why) — one ffmpeg copies (or transcodes once)
+    the camera's video into HLS and decodes frames for the detector at detect_fps — or ("annotate", why):
+    every frame on the bus, boxes burned in by the encoder."""
+    boxes = cam.boxes or hls.boxes
+    if boxes == "burned":
+        return "annotate", ("boxes: burned (camera)" if cam.boxes else "hls.boxes: burned") + " re-encodes the video"
+    if cam.kind == "csi":
+        return "annotate", "Jetson CSI sensors are read through OpenCV's GStreamer, not ffmpeg"
+    return "worker", f"boxes drawn by the browser; detection at {cam.detect_fps:g} fps"
 
 
 class ConfigError(ValueError):
