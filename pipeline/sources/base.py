@@ -18,11 +18,15 @@ __all__ = ["Frame", "SourceError", "EndOfStream", "FrameSource", "open_source", 
 
 @dataclass
 class Frame:
-    """One decoded frame: BGR pixels, its presentation time in the source, and when it was captured (wall clock)."""
+    """One decoded frame: BGR pixels, its presentation time in the source, and when it was captured (wall clock).
+
+    `source_size`: the camera's own (width, height) when the image was scaled down for the detector
+    (the camera worker path); None when the image is the source's size."""
 
     image: np.ndarray
     pts_s: float
     captured_at: float = field(default_factory=time.time)
+    source_size: tuple[int, int] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
