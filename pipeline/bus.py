@@ -62,6 +62,32 @@ def decode_frame(data: bytes) -> np.ndarray:
 
 
 
+def source_size_of(fields: dict) -> tuple[int, int] | None:
+    """The camera's own (width, height) a bus entry records, None when its image is the source's size."""
+    if b"sw" not in fields:
+        return None
+    return int(fields[b"sw"]), int(fields[b"sh"])
+
+
+def _image_wh(image: np.ndarray) -> tuple[int, int]:
+    return int(image.shape[1]), int(image.shape[0])
+
+
+def rescale_detections(dets: Detections, from_size: tuple[int, int], to_size: tuple[int, int]) -> Detections:
+    """`dets` with boxes taken from an image of `from_size` (w, h) to one of `to_size`; the same
+    object when the sizes are equal."""
+    if tuple(from_size) == tuple(to_size) or not len(dets):
+        return dets
+    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    return Detections(dets.xyxy * np.array([sx, sy, sx, sy], np.float32), dets.confidence, dets.class_id,
+                      dets.tracker_id, dict(dets.data))
+
+
+def detections_on_image(dets: Detections, source_size: tuple[int, int] | None, image: np.ndarray) -> Detections:
+    """Detections (source pixels) placed on a bus image, which may be smaller than the source."""
+    return dets if source_size is None else rescale_detections(dets, source_size, _image_wh(image))
+
+
 def _ref_from_entry(camera_id: str, entry_id: bytes | str, fields: dict) -> FrameRef:
     return FrameRef(
         camera_id=camera_id,
@@ -69,6 +95,7 @@ def _ref_from_entry(camera_id: str, entry_id: bytes | str, fields: dict) -> Fram
         captured_at=float(fields[b"t"]),
         pts_s=float(fields[b"pts"]),
         entry_id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+        source_size=source_size_of(fields),
     )
 
 
@@ -79,26 +106,34 @@ class FrameBus:
         self.client = client
         self.settings = settings or BusConfig()
 
-    def put(self, camera_id: str, seq: int, image: np.ndarray, captured_at: float, pts_s: float) -> FrameRef:
-        data = encode_frame(image, self.settings)
-        entry_id = self.client.xadd(
-            keys.frames(camera_id),
-            {"seq": seq, "t": repr(captured_at), "pts": repr(pts_s), "jpg": data},
-            maxlen=self.settings.maxlen,
-            approximate=True,
-        )
-        return FrameRef(camera_id, seq, captured_at, pts_s, entry_id.decode())
+    def put(self, camera_id: str, seq: int, image: np.ndarray, captured_at: float, pts_s: float,
+            source_size: tuple[int, int] | None = None) -> FrameRef:
+        """Add a frame; `source_size` is the camera's own (width, height) when `image` was scaled
+        down from it (the entry records it, and the detector gives boxes in those pixels)."""
+        fields: dict[str, Any] = {"seq": seq, "t": repr(captured_at), "pts": repr(pts_s)}
+        if source_size is not None:
+            if (len(source_size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in source_size)):
+                raise ValueError(f"camera {camera_id}: source_size must be (width, height) in pixels > 0, "
+                                 f"got {source_size!r}")
+            source_size = (int(source_size[0]), int(source_size[1]))
+            fields.update(sw=source_size[0], sh=source_size[1])
+        fields["jpg"] = encode_frame(image, self.settings)
+        entry_id = self.client.xadd(keys.frames(camera_id), fields, maxlen=self.settings.maxlen, approximate=True)
+        return FrameRef(camera_id, seq, captured_at, pts_s, entry_id.decode(), source_size)
 
-    def get_payloads(self, refs: Iterable[FrameRef]) -> list[bytes | None]:
-        """Encoded bytes of each ref (see `decode_frame`), or None where the frame was trimmed away."""
+    def get_frames(self, refs: Iterable[FrameRef]) -> list[tuple[bytes, tuple[int, int] | None] | None]:
+        """Encoded bytes of each ref (see `decode_frame`) with the source size its entry records
+        (`source_size_of`), or None where the frame was trimmed away."""
         refs = list(refs)
         pipe = self.client.pipeline(transaction=False)
         for ref in refs:
             pipe.xrange(keys.frames(ref.camera_id), ref.entry_id, ref.entry_id, count=1)
-        out: list[bytes | None] = []
-        for entries in pipe.execute():
-            out.append(entries[0][1][b"jpg"] if entries else None)
-        return out
+        return [(entries[0][1][b"jpg"], source_size_of(entries[0][1])) if entries else None
+                for entries in pipe.execute()]
+
+    def get_payloads(self, refs: Iterable[FrameRef]) -> list[bytes | None]:
+        """Encoded bytes of each ref (see `decode_frame`), or None where the frame was trimmed away."""
+        return [None if got is None else got[0] for got in self.get_frames(refs)]
 
     def get(self, ref: FrameRef) -> np.ndarray | None:
         data = self.get_payloads([ref])[0]

@@ -16,13 +16,17 @@ UnixTimeS = Annotated[float, Field(ge=0, le=MAX_UNIX_S, allow_inf_nan=False)]
 
 @dataclass(frozen=True)
 class FrameRef:
-    """A pointer to one captured frame on the frame bus; the only thing passed between stages."""
+    """A pointer to one captured frame on the frame bus; the only thing passed between stages.
+
+    `source_size`: the camera's own (width, height) when the bus image was scaled down from it
+    (detections are in source pixels); None when the bus image is the source's size."""
 
     camera_id: str
     seq: int
     captured_at: float
     pts_s: float = 0.0
     entry_id: str = ""
+    source_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.camera_id:
@@ -40,6 +44,7 @@ class FrameRef:
             "captured_at": self.captured_at,
             "pts_s": self.pts_s,
             "entry_id": self.entry_id,
+            **({"source_size": list(self.source_size)} if self.source_size else {}),
         }
 
     @classmethod
@@ -50,6 +55,7 @@ class FrameRef:
             captured_at=float(d["captured_at"]),
             pts_s=float(d.get("pts_s", 0.0)),
             entry_id=str(d.get("entry_id", "")),
+            source_size=tuple(int(v) for v in d["source_size"]) if d.get("source_size") else None,
         )
 
 
