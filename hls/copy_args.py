@@ -1,0 +1,160 @@
+"""Pure functions: the one ffmpeg of a camera (stream-copied HLS + detector frames) and its codec probe.
+
+`camera_ffmpeg_args` reads the source once and writes two outputs:
+
+- A, on stdout: the video as fragmented MP4 (`-c:v copy` for H.264/H.265; libx264, or the configured
+  `hls.encoder`, at the camera's own rate for codecs that cannot be copied), cut by hls/fmp4.py and
+  published by hls/copy_source.CopyPublisher;
+- B, on `pipe:<frames_fd>` (3): frames at `detect_fps`, scaled to fit the detector input, raw bgr24;
+  showinfo prints each one's `pts_time` on stderr.
+
+`-copyts` keeps the source's timestamps in both outputs (and `frag_discont` + `-avoid_negative_ts
+disabled` keep them in the fMP4's tfdt), so one per-run anchor maps both to capture time.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from hls.ffmpeg_args import encoder_args, gop_frames, part_frames
+from pipeline.config import CameraConfig, HlsConfig
+
+COPYABLE_CODECS = frozenset({"h264", "hevc"})
+PROBE_SIZE_BYTES = 1_000_000
+ANALYZE_DURATION_US = 2_000_000
+DEFAULT_FPS = 25.0
+FMP4_MOVFLAGS = "+frag_keyframe+empty_moov+default_base_moof+frag_discont"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the probe found of the source's first video stream."""
+
+    codec: str
+    width: int
+    height: int
+    fps: float | None  # nominal frame rate; None when the source does not say
+
+
+def copyable(codec: str) -> bool:
+    """Whether a codec goes into the HLS stream as it is (H.264, H.265)."""
+    return codec.lower() in COPYABLE_CODECS
+
+
+def detect_size(source_size: tuple[int, int], input_px: int) -> tuple[int, int]:
+    """The size that fits inside input_px x input_px with the source's aspect kept, both sides even."""
+    w, h = source_size
+    if w < 1 or h < 1:
+        raise ValueError(f"source size must be positive, got {w}x{h}")
+    if input_px < 2:
+        raise ValueError(f"detector input must be at least 2 px, got {input_px}")
+    scale = input_px / max(w, h)
+    return max(2, 2 * round(w * scale / 2)), max(2, 2 * round(h * scale / 2))
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _input_args(cam: CameraConfig) -> list[str]:
+    """Input options and the input itself, per source kind."""
+    kind = cam.kind
+    if kind == "rtsp":
+        timeout_us = int(max(cam.open_timeout_s, cam.read_timeout_s) * 1_000_000)
+        return ["-rtsp_transport", cam.rtsp_transport, "-timeout", str(timeout_us),
+                "-probesize", str(PROBE_SIZE_BYTES), "-analyzeduration", str(ANALYZE_DURATION_US),
+                "-i", cam.source]
+    if kind == "file":
+        path = cam.source[len("file://"):] if cam.source.startswith("file://") else cam.source
+        args = ["-re"] if cam.realtime else []
+        args += ["-stream_loop", "-1"] if cam.loop else []
+        return args + ["-i", path]
+    if kind == "v4l2":
+        dev = cam.source[len("v4l2://"):] if cam.source.startswith("v4l2://") else cam.source
+        args = ["-f", "v4l2"]
+        if cam.width_px is not None and cam.height_px is not None:
+            args += ["-video_size", f"{cam.width_px}x{cam.height_px}"]
+        if cam.fps is not None:
+            args += ["-framerate", _num(cam.fps)]
+        return args + ["-i", dev]
+    raise ValueError(f"camera {cam.id}: source kind {kind!r} has no camera ffmpeg (use boxes: burned)")
+
+
+def probe_args(cam: CameraConfig, ffprobe: str = "ffprobe") -> list[str]:
+    """The ffprobe argv that reports the codec, size and rate of the camera's first video stream as JSON."""
+    inp = _input_args(cam)
+    inp = [a for a in inp if a not in ("-re",)]
+    if "-stream_loop" in inp:
+        i = inp.index("-stream_loop")
+        del inp[i:i + 2]
+    return [ffprobe, "-hide_banner", "-v", "error", *inp[:-2], "-select_streams", "v:0",
+            "-show_entries", "stream=codec_name,width,height,avg_frame_rate,r_frame_rate",
+            "-of", "json", inp[-1]]
+
+
+def _rate(text: str | None) -> float | None:
+    if not text or text in ("0/0", "0"):
+        return None
+    num, _, den = text.partition("/")
+    try:
+        value = float(num) / float(den or 1)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value if math.isfinite(value) and 0 < value <= 1000 else None
+
+
+def parse_probe(text: str | bytes | dict) -> SourceInfo:
+    """SourceInfo of ffprobe's JSON output (ValueError when it lists no usable video stream)."""
+    data = json.loads(text) if isinstance(text, (str, bytes)) else text
+    streams = data.get("streams") or []
+    if not streams:
+        raise ValueError("the source has no video stream")
+    s = streams[0]
+    codec, w, h = s.get("codec_name"), s.get("width"), s.get("height")
+    if not codec or not isinstance(w, int) or not isinstance(h, int) or w < 1 or h < 1:
+        raise ValueError(f"the source's video stream is unusable (codec {codec!r}, size {w}x{h})")
+    fps = _rate(s.get("avg_frame_rate")) or _rate(s.get("r_frame_rate"))
+    return SourceInfo(codec, w, h, fps)
+
+
+def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_size_px: tuple[int, int],
+                       decode_args: list[str] = [], ffmpeg: str = "ffmpeg", source_fps: float | None = None,
+                       frames_fd: int = 3) -> list[str]:
+    """The argv of a camera's one ffmpeg: output A (fMP4 video) on pipe:1, output B (detector frames) on
+    pipe:<frames_fd>.
+
+    `video`: "copy" or "transcode". `source_fps`: the source's rate (probe) for the transcode's
+    keyframe spacing and the LL-HLS part length; default cam.fps, else 25. `decode_args` (hardware
+    decoding) go right before `-i`.
+    """
+    if video not in ("copy", "transcode"):
+        raise ValueError(f"video must be 'copy' or 'transcode', got {video!r}")
+    dw, dh = detect_size_px
+    if dw < 2 or dh < 2:
+        raise ValueError(f"detect_size_px must be at least 2x2, got {dw}x{dh}")
+    fps = float(cam.fps or source_fps or DEFAULT_FPS)
+    inp = _input_args(cam)
+    args = [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "verbose",
+            *inp[:-2], *decode_args, *inp[-2:], "-copyts"]
+    # A: the video, copied or transcoded once, as fragmented MP4 with the source's timestamps.
+    args += ["-map", "0:v:0", "-an", "-sn", "-dn"]
+    if video == "copy":
+        args += ["-c:v", "copy"]
+    else:
+        gop = gop_frames(fps, hls.segment_s)
+        enc = encoder_args(hls, 0, 0, fps)
+        for key, value in enc.items():
+            args += [f"-{key}", value]
+        args += ["-pix_fmt", "yuv420p", "-bf", "0", "-g", str(gop), "-keyint_min", str(gop),
+                 "-sc_threshold", "0", "-fps_mode", "passthrough"]
+    args += ["-avoid_negative_ts", "disabled", "-f", "mp4", "-movflags", FMP4_MOVFLAGS]
+    if hls.low_latency:
+        n = part_frames(fps, hls.part_s)
+        args += ["-frag_duration", str(round((n - 0.5) / fps * 1_000_000))]
+    args += ["-flush_packets", "1", "pipe:1"]
+    # B: frames for the detector, each one's pts on stderr (showinfo).
+    args += ["-map", "0:v:0", "-an", "-sn", "-dn",
+             "-vf", f"fps={_num(cam.detect_fps)},scale={dw}:{dh},showinfo",
+             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", f"pipe:{frames_fd}"]
+    return args
