@@ -1,6 +1,6 @@
 """`lookout bench faults --repeats N`: inject each fault N times into a running app; time to recover, frames lost.
 
-Starts its own Redis, two RTSP cameras (tests/rtsp_server.py under the system python, each behind a
+Starts its own Redis, two RTSP cameras (tools/rtsp_server.py under the system python, each behind a
 tools.faults.FaultProxy), a file camera, and the app on its own local Ray. ffmpeg's HLS work
 directory ($TMPDIR of the app) is a 48 MiB tmpfs when mounting is allowed (root), so the disk can be
 filled; otherwise that fault is left out. Every fault hits camera `fa` (RTSP, detection on); `fb`
@@ -25,7 +25,7 @@ from tools.procs import free_port
 from tools.scale_bench import init_ray
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER = ROOT / "tests" / "rtsp_server.py"
+SERVER = ROOT / "tools" / "rtsp_server.py"
 FPS = 10
 RTSP_CAM = {"read_timeout_s": 3.0, "open_timeout_s": 5.0, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0}
 

@@ -165,8 +165,7 @@ def failover(a: argparse.Namespace) -> list[dict]:
     """Kills the node reading the RTSP camera `a.kills` times; seconds to frames, segments and detections."""
     import ray
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from rtsp_fixtures import RtspTestServer  # the GStreamer RTSP server the tests use (system python)
+    from tools.rtsp import RtspTestServer  # the GStreamer RTSP server the tests use (system python)
 
     clip = a.clip or "data/demo/vtest.avi"
     rds = LocalRedis()
