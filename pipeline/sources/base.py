@@ -163,6 +163,10 @@ def open_source(cfg: CameraConfig) -> FrameSource:
         from .file import FileSource
 
         return FileSource(cfg)
+    if kind == "rtsp" and cfg.hwaccel == "jetson":
+        from .csi import JetsonRtspSource
+
+        return JetsonRtspSource(cfg)
     if kind == "rtsp":
         from .rtsp import RtspSource
 

@@ -1,4 +1,5 @@
-"""Jetson CSI cameras: an nvarguscamerasrc GStreamer pipeline opened with cv2.CAP_GSTREAMER."""
+"""Jetson cameras through OpenCV's GStreamer (cv2.CAP_GSTREAMER): CSI sensors (nvarguscamerasrc) and
+RTSP cameras decoded by the hardware decoder (nvv4l2decoder, `hwaccel: jetson`)."""
 from __future__ import annotations
 
 import functools
@@ -9,6 +10,7 @@ from fractions import Fraction
 import cv2
 
 from ..config import CameraConfig
+from ..logutil import scrub_url
 from .base import SourceError
 from .v4l2 import OpenCvCaptureSource
 
@@ -95,3 +97,57 @@ class CsiSource(OpenCvCaptureSource):
             raise SourceError(f"camera {self.cfg.id}: cannot open CSI sensor {self.sensor_id} with "
                               f"pipeline {self.pipeline!r} (is nvargus-daemon running?)")
         return cap
+
+
+# RTP depayloader and parser of each codec Jetson's nvv4l2decoder takes from RTSP
+_RTSP_DEPAY = {"h264": ("rtph264depay", "h264parse"), "hevc": ("rtph265depay", "h265parse")}
+
+
+def gst_rtsp_pipeline(url: str, codec: str = "h264", transport: str = "tcp", latency_ms: int = 200) -> str:
+    """The GStreamer pipeline string that decodes an RTSP camera on a Jetson's hardware decoder
+    (nvv4l2decoder), converts in NVMM memory (nvvidconv) and ends in a BGR appsink."""
+    if not isinstance(url, str) or not url.lower().startswith(("rtsp://", "rtsps://")):
+        raise ValueError(f"url must be an rtsp:// URL, got {url!r}")
+    if any(c in url for c in ' "!\n'):
+        raise ValueError("url must not contain spaces, quotes, '!' or newlines")
+    if codec not in _RTSP_DEPAY:
+        raise ValueError(f"codec must be one of {', '.join(_RTSP_DEPAY)}, got {codec!r}")
+    if transport not in ("tcp", "udp"):
+        raise ValueError(f"transport must be 'tcp' or 'udp', got {transport!r}")
+    if isinstance(latency_ms, bool) or not isinstance(latency_ms, int) or latency_ms < 0:
+        raise ValueError(f"latency_ms must be an int >= 0, got {latency_ms!r}")
+    depay, parse = _RTSP_DEPAY[codec]
+    return (
+        f'rtspsrc location="{url}" protocols={transport} latency={latency_ms} ! '
+        f"{depay} ! {parse} ! nvv4l2decoder ! nvvidconv ! video/x-raw,format=BGRx ! "
+        "videoconvert ! video/x-raw,format=BGR ! appsink drop=true max-buffers=1"
+    )
+
+
+class JetsonRtspSource(OpenCvCaptureSource):
+    """An RTSP camera decoded by a Jetson's nvv4l2decoder through OpenCV's GStreamer (`hwaccel: jetson`
+    on the annotate path). The codec is not known before the stream is described, so H.264 is tried
+    first, then H.265; the one that opened is tried first on the next reconnect."""
+
+    def __init__(self, cfg: CameraConfig):
+        super().__init__(cfg)
+        self._codecs = list(_RTSP_DEPAY)
+
+    def _create_capture(self) -> cv2.VideoCapture:
+        name = scrub_url(self.cfg.source)
+        if not opencv_has_gstreamer():
+            raise SourceError(
+                f"camera {self.cfg.id}: hwaccel jetson for {name} needs OpenCV built with GStreamer, but this "
+                f"OpenCV {cv2.__version__} has none (use JetPack's python3-opencv, or hwaccel: none)",
+                permanent=True)
+        for codec in list(self._codecs):
+            pipeline = gst_rtsp_pipeline(self.cfg.source, codec, self.cfg.rtsp_transport)
+            cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
+            if cap.isOpened():
+                self._codecs.remove(codec)
+                self._codecs.insert(0, codec)
+                log.info("camera %s: %s decoded by nvv4l2decoder (%s)", self.cfg.id, name, codec)
+                return cap
+            cap.release()
+        raise SourceError(f"camera {self.cfg.id}: cannot open {name} with nvv4l2decoder "
+                          f"(tried {', '.join(self._codecs)}; is it reachable, and is this a Jetson?)")
