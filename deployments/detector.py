@@ -56,22 +56,23 @@ class DetectorDeployment:
 
     def _run_batch(self, refs: list[FrameRef]) -> list[int]:
         t0 = time.time()
-        payloads = self.bus.get_payloads(refs)
+        frames = self.bus.get_frames(refs)
         codes = [0] * len(refs)
-        todo, images = [], []
-        for i, (ref, data) in enumerate(zip(refs, payloads)):
-            if data is None:
+        todo, images, sizes = [], [], []
+        for i, (ref, got) in enumerate(zip(refs, frames)):
+            if got is None:
                 codes[i] = SKIPPED_MISSING
             elif self.bus.is_stale(ref, t0):
                 codes[i] = SKIPPED_STALE
                 log.debug("camera %s: frame %d is %.2fs old, skipped", ref.camera_id, ref.seq, ref.age_s(t0))
             else:
                 todo.append(i)
-                images.append(decode_frame(data))
+                images.append(decode_frame(got[0]))
+                sizes.append(got[1])  # the entry's, not the ref's: the bus is where the image is
         if not todo:
             return codes
         t1 = time.time()
-        dets, timings = self.detector.detect(images)
+        dets, timings = self.detector.detect(images, sizes)
         timings["decode_s"] = t1 - t0
         timings["batch_size"] = float(len(todo))
         done = time.time()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.bus import rescale_detections
 from pipeline.config import ModelConfig
 from pipeline.models.backends import Backend, create_backend
 from pipeline.models.labels import load_labels
@@ -49,10 +50,16 @@ class Detector:
     def input_size_px(self) -> int:
         return self.backend.input_size_px
 
-    def detect(self, images: list[np.ndarray]) -> tuple[list[Detections], dict[str, float]]:
-        """Detections per image, and the seconds spent per stage for the whole batch."""
+    def detect(self, images: list[np.ndarray], source_sizes: list[tuple[int, int] | None] | None = None
+               ) -> tuple[list[Detections], dict[str, float]]:
+        """Detections per image, and the seconds spent per stage for the whole batch.
+
+        `source_sizes[i]`, when not None, is the (width, height) image i was scaled down from:
+        its boxes are then given in those pixels."""
         if not images:
             return [], {}
+        if source_sizes is not None and len(source_sizes) != len(images):
+            raise ValueError(f"source_sizes has {len(source_sizes)} entries for {len(images)} images")
         t0 = time.perf_counter()
         if getattr(self.backend, "cuda", False):  # resize on the GPU: upload uint8, not float32
             batch, fits = self.backend.preprocess_on_device(images, letter_box=self.letter_box)
@@ -67,5 +74,8 @@ class Detector:
                         s.max_detections, self.class_ids)
             for i in range(len(images))
         ]
+        if source_sizes is not None:
+            out = [d if size is None else rescale_detections(d, (img.shape[1], img.shape[0]), size)
+                   for d, img, size in zip(out, images, source_sizes)]
         t3 = time.perf_counter()
         return out, {"preprocess_s": t1 - t0, "infer_s": t2 - t1, "postprocess_s": t3 - t2}

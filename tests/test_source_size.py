@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import keys
-from pipeline.bus import FrameBus, detections_on_image, rescale_detections
+from pipeline.bus import FrameBus, detections_from_json, detections_on_image, rescale_detections
 from pipeline.config import BusConfig
 from pipeline.types import Detections, FrameRef
 
@@ -78,3 +78,51 @@ def test_rescale_detections_maps_boxes_between_sizes():
     image = np.zeros((SCALED[1], SCALED[0], 3), np.uint8)
     assert detections_on_image(dets, None, image) is dets
     np.testing.assert_allclose(detections_on_image(dets, SOURCE, image).xyxy, small.xyxy)
+
+
+def iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture
+def detector_stage(redis_server, yolo_tiny_onnx):
+    """The detector deployment's class (no Ray) with the real YOLOv4-tiny, on a real Redis."""
+    from deployments.detector import DetectorDeployment
+    from pipeline.config import parse_args
+
+    args = parse_args({"cameras": [{"id": "cam", "source": "x.avi"}],
+                       "model": {"onnx": str(yolo_tiny_onnx), "backend": "onnxruntime"},
+                       "redis_url": redis_server.url, "hls": {"enabled": False}})
+    return DetectorDeployment.func_or_class(args)
+
+
+def confident(payload: dict, min_confidence: float = 0.5) -> list[tuple[str, list[float]]]:
+    return [(d["label"], d["box"]) for d in payload["detections"] if d["confidence"] >= min_confidence]
+
+
+def test_detector_gives_boxes_of_a_scaled_frame_in_source_pixels(detector_stage, redis_client, vtest_frame):
+    from pipeline.bus import ResultStore
+
+    bus = FrameBus(redis_client, BusConfig(codec="raw"))  # the resampling is the only difference
+    now = time.time()
+    full = bus.put("full", 0, vtest_frame, now, 0.0)
+    small = bus.put("small", 0, scaled(vtest_frame), now, 0.0, source_size=SOURCE)
+    plain = bus.put("plain", 0, scaled(vtest_frame), now, 0.0)  # no source size: boxes in its own pixels
+    codes = detector_stage._run_batch([full, small, plain])
+    results = ResultStore(redis_client)
+    want, got = confident(results.latest("full")), confident(results.latest("small"))
+    assert sum(label == "person" for label, _ in want) >= 5, f"expected people in frame 100 of vtest.avi: {want}"
+    all_want, all_got = confident(results.latest("full"), 0), confident(results.latest("small"), 0)
+    for one, other in ((want, all_got), (got, all_want)):  # every confident box has its twin, in the same place
+        for label, box in one:
+            best = max((iou(box, b) for lab, b in other if lab == label), default=0.0)
+            assert best > 0.9, f"{label} at {box}: best IoU {best:.3f} among {other}"
+    assert max(b[2] for _, b in got) > SCALED[0] + 100  # source pixels, not the bus image's
+    assert all(0 <= b[0] < b[2] <= SOURCE[0] and 0 <= b[1] < b[3] <= SOURCE[1] for _, b in got)
+    # the same pixels without a source size: the same boxes, in the bus image's own pixels
+    assert codes[1] == codes[2]
+    back = rescale_detections(detections_from_json(results.latest("small")), SOURCE, SCALED)
+    np.testing.assert_allclose(detections_from_json(results.latest("plain")).xyxy, back.xyxy, atol=0.2)
