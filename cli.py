@@ -200,15 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "faults: inject each fault --repeats times, time to recover and frames lost")
     b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi)")
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
-    b.add_argument("--backend", default="onnxruntime")
+    b.add_argument("--backend", default="onnxruntime",
+                   help="model.backend; pipeline: several, comma-separated (openvino,onnxruntime), compares the "
+                        "bare detector of each side by side instead of running the pipeline")
     b.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
     b.add_argument("--cameras", type=int, default=None, help="cameras (default: 2 for pipeline, 4 for soak)")
     b.add_argument("--seconds", type=float, default=40.0, help="pipeline, load: measuring window")
     b.add_argument("--frames", type=int, default=200, help="frames in the bare run")
-    b.add_argument("--threads", type=int, default=0, help="pipeline: ONNX Runtime threads per replica (0: default)")
+    b.add_argument("--threads", type=int, default=0,
+                   help="pipeline: inference threads per replica, model.intra_op_threads (0: default)")
     b.add_argument("--replicas", default=None,
                    help="pipeline: detector replicas (default 1); scale: replica counts, e.g. 1,2,4 (default 1,2)")
-    b.add_argument("--bare-threads", type=int, default=0, help="bare loop: ONNX Runtime threads (0: default)")
+    b.add_argument("--bare-threads", default="0", help="bare loop: inference threads (0: default); with several "
+                   "--backend, comma-separated thread counts to compare, e.g. 1,2")
+    b.add_argument("--openvino-streams", type=int, default=1, help="model.openvino_streams of an openvino backend")
     b.add_argument("--bus-codec", choices=["jpeg", "raw"], default="jpeg", help="pipeline: frames on the bus")
     b.add_argument("--preset", default="veryfast", help="pipeline: libx264 preset of the HLS encoders")
     b.add_argument("--boxes", default="burned,browser", help="latency: hls.boxes variants to measure")

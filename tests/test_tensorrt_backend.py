@@ -1,6 +1,6 @@
 """The TensorRT backend.
 
-- Without TensorRT (this CPU machine): the errors say what to install, and `auto` picks ONNX Runtime.
+- Without TensorRT (this CPU machine): the errors say what to install, and `auto` picks a CPU backend.
 - With a strict stand-in for TensorRT 10 and pycuda whose "GPU" runs the real ONNX model through
   ONNX Runtime: the build/cache/calibration/accuracy-gate flow and the named-tensor inference path
   (page-locked buffers, one stream, async copies, per-batch input shapes, chunking) on CPU.
@@ -93,7 +93,8 @@ def test_from_model_without_tensorrt_says_what_to_install(no_tensorrt, yolo_tiny
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
-def test_auto_picks_onnxruntime_here(yolo_tiny_onnx):
+def test_auto_picks_onnxruntime_here_without_openvino(yolo_tiny_onnx, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # else auto picks OpenVINO on x86 (test_openvino_backend)
     assert choose_backend("auto") == "onnxruntime"
     backend = create_backend(ModelConfig(onnx=str(yolo_tiny_onnx), backend="auto"),
                              ResolvedModel(onnx=yolo_tiny_onnx), 4)

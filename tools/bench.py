@@ -4,6 +4,10 @@ Both runs use the same clip, model and backend in one process tree, so their rat
 on a noisy machine. The pipeline's cameras together offer frames at the bare detector's measured
 rate; the pipeline's detections/s over that rate is how much of the detector's speed survives
 the frame bus, the batching, the Ray calls and the HLS encoders competing for the same CPUs.
+
+`--backend a,b` (several backends) compares the bare detector of each instead, side by side: ms per
+frame at each thread count and batch size, measured in alternating halves (a b b a) so that a
+machine's drift weighs on every backend alike. No pipeline runs then.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import argparse
 import json
 import os
 import time
+from typing import get_args
 
 import cv2
 import numpy as np
@@ -88,7 +93,8 @@ def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: floa
     args = parse_args({
         "redis_url": redis_url,
         "cameras": [{"id": f"bench{i}", "source": clip, "fps": per_cam} for i in range(a.cameras)],
-        "model": {"onnx": a.onnx, "backend": a.backend, "intra_op_threads": a.threads},
+        "model": {"onnx": a.onnx, "backend": a.backend, "intra_op_threads": a.threads,
+                  "openvino_streams": a.openvino_streams},
         "detector": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01, "num_replicas": a.replicas,
                      "num_cpus": round(1.0 / a.replicas, 2), "max_inflight_per_camera": max(2, batch) * a.replicas},
         "hls": {"enabled": hls, "preset": a.preset},
@@ -139,14 +145,92 @@ def _ms(infer: dict[int, float]) -> str:
     return ", ".join(f"{b}: {s * 1000:.1f}" for b, s in sorted(infer.items()))
 
 
+def int_list(text: str | int, flag: str, low: int) -> list[int]:
+    """'1,4' -> [1, 4]; a bad item is an error naming the flag and the value."""
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if any(v < low for v in values):
+        raise ValueError(f"{flag}: every value must be >= {low}, got {text!r}")
+    return values
+
+
+def backend_list(text: str) -> list[str]:
+    """'openvino,onnxruntime' -> the backends, each one ModelConfig accepts, no repeats."""
+    allowed = get_args(ModelConfig.model_fields["backend"].annotation)
+    names = [n.strip() for n in text.split(",")]
+    for n in names:
+        if n not in allowed:
+            raise ValueError(f"--backend: unknown backend {n!r} in {text!r} (choose from {', '.join(allowed)})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"--backend: a backend appears twice in {text!r}")
+    return names
+
+
+def compare_backends(a: argparse.Namespace, backends: list[str]) -> int:
+    """The bare detector of each backend on the same decoded frames, printed side by side."""
+    clip = a.clip or "data/demo/vtest.avi"
+    batches = int_list(a.batch, "--batch", 1)
+    threads = int_list(a.bare_threads, "--bare-threads", 0)
+    frames = load_frames(clip, a.frames)
+    rows = []
+    for t in threads:
+        detectors = {}
+        for name in backends:
+            settings = ModelConfig(onnx=a.onnx, backend=name, intra_op_threads=t, openvino_streams=a.openvino_streams)
+            detectors[name] = Detector.from_config(settings, a.onnx, None)
+        for b in batches:
+            n = max(2 * b, len(frames) - len(frames) % (2 * b))
+            halves = (frames[: n // 2], frames[n // 2: n])
+            runs: dict[str, list[dict]] = {name: [] for name in backends}
+            for half, order in zip(halves, (backends, backends[::-1])):
+                for name in order:
+                    runs[name].append(bare_run(detectors[name], half, b))
+            row = {"threads": t, "batch": b, "frames": n}
+            for name, parts in runs.items():
+                done = sum(p["frames"] for p in parts)
+                infer_s = sum(p["infer_s"] * p["frames"] / b for p in parts)
+                wall_s = sum(p["frames"] / p["fps"] for p in parts)
+                row[name] = {"infer_ms_per_frame": infer_s / done * 1000, "fps": done / wall_s,
+                             "describe": detectors[name].backend.describe()}
+            rows.append(row)
+        for det in detectors.values():
+            det.backend.close()
+    first = backends[0]
+    print(f"clip={clip} frames={len(frames)} cpus={os.cpu_count()} backends: {', '.join(backends)}")
+    for r in rows:
+        if r["batch"] == batches[0]:
+            print(f"  threads {r['threads'] or 'default'}: " + "; ".join(r[name]["describe"] for name in backends))
+    print("inference ms per frame (decode excluded), and detector fps (pre + inference + post), per backend")
+    head = f"{'threads':>7} {'batch':>5}" + "".join(f" {name + ' ms':>16} {name + ' fps':>16}" for name in backends)
+    head += "".join(f" {first + ' ms / ' + name + ' ms':>28}" for name in backends[1:])
+    print(head)
+    for r in rows:
+        line = f"{r['threads'] or 'default':>7} {r['batch']:>5}"
+        line += "".join(f" {r[name]['infer_ms_per_frame']:>16.1f} {r[name]['fps']:>16.1f}" for name in backends)
+        line += "".join(f" {r[first]['infer_ms_per_frame'] / r[name]['infer_ms_per_frame']:>28.2f}"
+                        for name in backends[1:])
+        print(line)
+    print(json.dumps({"backends": backends, "rows": rows}))
+    return 0
+
+
 def main(a: argparse.Namespace) -> int:
+    backends = backend_list(a.backend)
+    if len(backends) > 1:
+        return compare_backends(a, backends)
     import ray
     from ray import serve
 
     clip = a.clip or "data/demo/vtest.avi"
     batches = [int(b) for b in str(a.batch).split(",")]
-    detector = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend, intra_op_threads=a.bare_threads),
-                                    a.onnx, None)
+    bare_threads = int_list(a.bare_threads, "--bare-threads", 0)
+    if len(bare_threads) > 1:
+        raise ValueError(f"--bare-threads: one value unless --backend lists several, got {a.bare_threads!r}")
+    a.bare_threads = bare_threads[0]
+    detector = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend, intra_op_threads=a.bare_threads,
+                                                openvino_streams=a.openvino_streams), a.onnx, None)
     frames = load_frames(clip, a.frames)
     bare = {b: bare_run(detector, frames[: max(b, a.frames - a.frames % b)], b) for b in batches}
     bare_decode = {b: bare_run_with_decode(detector, clip, max(b, a.frames - a.frames % b), b) for b in batches}
@@ -156,7 +240,8 @@ def main(a: argparse.Namespace) -> int:
     del detector
     same_infer = bare_infer
     if a.threads != a.bare_threads:  # the replicas' own session, to tell their overhead from their slower inference
-        same = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend, intra_op_threads=a.threads), a.onnx, None)
+        same = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend, intra_op_threads=a.threads,
+                                                openvino_streams=a.openvino_streams), a.onnx, None)
         same_infer = {b: bare_run(same, frames[: b * 6], b)["infer_s"] for b in range(1, max(batches) + 1)}
         same.backend.close()
         del same

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import platform
 from typing import TYPE_CHECKING
 
 from pipeline.models.backends.base import Backend, BackendUnavailable
@@ -13,13 +14,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-AUTO_ORDER = ("tensorrt", "torch", "onnxruntime")
+AUTO_ORDER = ("tensorrt", "torch", "openvino", "onnxruntime")
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
 
 
 def _gpu_reason(kind: str) -> str | None:
     """Why `kind` cannot run here, or None if it might."""
     if kind == "onnxruntime":
         return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
+    if kind == "openvino":
+        return None if importlib.util.find_spec("openvino") else "openvino is not installed (pip install openvino)"
     if kind == "tensorrt":
         missing = [m for m in ("tensorrt", "pycuda") if importlib.util.find_spec(m) is None]
         if missing:
@@ -34,6 +38,16 @@ def _gpu_reason(kind: str) -> str | None:
     return f"unknown backend {kind!r}"
 
 
+def _auto_reason(kind: str) -> str | None:
+    """Why `auto` passes over `kind` here, or None if it may pick it."""
+    if kind == "openvino":
+        machine = platform.machine()
+        if machine.lower() not in X86_MACHINES:
+            # OpenVINO's ARM CPU plugin exists, but ONNX Runtime is the one measured there.
+            return f"not an x86 CPU ({machine}); set backend: openvino to use it anyway"
+    return _gpu_reason(kind)
+
+
 def choose_backend(requested: str) -> str:
     """Resolve 'auto' to the first backend that can run here, logging the reasons for skipping."""
     if requested != "auto":
@@ -42,7 +56,7 @@ def choose_backend(requested: str) -> str:
             raise BackendUnavailable(f"backend {requested!r} cannot run here: {reason}")
         return requested
     for kind in AUTO_ORDER:
-        reason = _gpu_reason(kind)
+        reason = _auto_reason(kind)
         if reason is None:
             log.info("backend auto -> %s", kind)
             return kind
@@ -57,6 +71,10 @@ def create_backend(settings: "ModelConfig", model: "ResolvedModel", max_batch_si
         from pipeline.models.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model.onnx, intra_op_threads=settings.intra_op_threads)
+    if kind == "openvino":
+        from pipeline.models.backends.openvino import OpenVinoBackend
+
+        return OpenVinoBackend(model.onnx, threads=settings.intra_op_threads, streams=settings.openvino_streams)
     if kind == "tensorrt":
         from pipeline.models.backends.tensorrt import TensorRTBackend
 
