@@ -89,11 +89,16 @@ def _check(a: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"{a.config}: {exc}" if not str(exc).startswith(a.config) else str(exc), file=sys.stderr)
         return 2
-    problems = missing_files(cfg)
+    from hls.hwaccel import hwaccel_problems
+    from hls.video_path import check_lines
+
+    problems = missing_files(cfg) + hwaccel_problems(cfg)
     for p in problems:
         print(f"{a.config}: {p}", file=sys.stderr)
     if problems:
         return 2
+    for line in check_lines(cfg):  # which path each camera's video takes, and why
+        print(f"{a.config}: {line}")
     print(f"{a.config}: OK ({len(cfg.cameras)} camera(s), model {cfg.model.name})")
     return 0
 

@@ -28,7 +28,7 @@ from hls.clips import ClipMaker, EventClipper, SegmentIndex
 from hls.store import make_store
 from pipeline import keys
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
-from pipeline.bus import decode_frame
+from pipeline.bus import decode_frame, detections_on_image, source_size_of
 from pipeline.config import PipelineArgs
 from pipeline.events import DeliveryRecord, EventStore, MqttSink, WebhookSink
 from pipeline.history import CountsQuery, HistoryQuery, HistoryStore, QueryError
@@ -78,6 +78,21 @@ def history_counts(store: HistoryStore | None, params: dict) -> dict:
         return {"counts": store.counts(CountsQuery(**params))}
     except ValidationError as exc:
         return _validation(exc)
+
+
+def snapshot_jpeg(client, camera_id: str, seq: int, dets: Detections, annotators: list) -> bytes | None:
+    """Frame `seq` of a camera from the bus (the newest one if it was trimmed) with `dets` drawn
+    on it, as JPEG; boxes are in source pixels and the bus frame may be smaller."""
+    entries = client.xrevrange(keys.frames(camera_id), count=64)
+    if not entries:
+        return None
+    chosen = next((f for _, f in entries if int(f[b"seq"]) == seq), entries[0][1])
+    image = decode_frame(chosen[b"jpg"]).copy()
+    dets = detections_on_image(dets, source_size_of(chosen), image)
+    for a in annotators:
+        image = a.annotate(image, dets)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return buf.tobytes() if ok else None
 
 
 def _fits(rule, zones: dict) -> bool:
@@ -261,16 +276,7 @@ class EventsDeployment:
             s.submit(u)
 
     def _snapshot(self, camera_id: str, seq: int, dets: Detections) -> bytes | None:
-        """The event's frame from the bus (the newest one if it was trimmed), annotated, as JPEG."""
-        entries = self.redis.xrevrange(keys.frames(camera_id), count=64)
-        if not entries:
-            return None
-        chosen = next((f for _, f in entries if int(f[b"seq"]) == seq), entries[0][1])
-        image = decode_frame(chosen[b"jpg"]).copy()
-        for a in self.annotators:
-            image = a.annotate(image, dets)
-        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
-        return buf.tobytes() if ok else None
+        return snapshot_jpeg(self.redis, camera_id, seq, dets, self.annotators)
 
     # ----------------------------------------------------------------- queries (for the gateway)
 

@@ -609,6 +609,19 @@ class CameraStageArgs(_Located, _Model):
     base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
 
+class CameraGroupArgs(_Located, _Model):
+    """What one camera worker replica is bound: its group's cameras, no other camera, no gateway, no secret."""
+
+    cameras: list[CameraConfig] = Field(description="The cameras of the group (worker path).", min_length=1)
+    bus: BusConfig = Field(description="The frame bus.")
+    hls: HlsConfig = Field(description="HLS (segment length, store, LL-HLS).")
+    detector: DetectorConfig = Field(description="The detector (its per-camera in-flight limit, local routing).")
+    detect_input_px: int = Field(416, ge=32, le=1536, description="The model's input side: frames for the "
+                                                                  "detector are scaled to fit inside it.")
+    redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
+    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
+
+
 class PipelineArgs(_Located, _Model):
     """The `args` of serve_config.yaml."""
 
@@ -683,6 +696,13 @@ class PipelineArgs(_Located, _Model):
         return CameraStageArgs(camera=cam, bus=self.bus, hls=self.hls, detector=self.detector,
                                redis_url=self.redis_url, base_dir=self.base_dir)
 
+    def for_group(self, camera_ids: list[str]) -> "CameraGroupArgs":
+        """What a camera worker replica running these cameras is bound."""
+        cams = [next(c for c in self.cameras if c.id == cid) for cid in camera_ids]
+        return CameraGroupArgs(cameras=cams, bus=self.bus, hls=self.hls, detector=self.detector,
+                               detect_input_px=self.model.input_size_px, redis_url=self.redis_url,
+                               base_dir=self.base_dir)
+
     def without_secrets(self) -> "PipelineArgs":
         """This config with the gateway section (admin password, OIDC client secret) at its defaults:
         what the detector and events stages are bound, so secrets stay in the gateway."""
@@ -698,7 +718,8 @@ def camera_path(cam: CameraConfig, hls: HlsConfig) -> tuple[str, str]:
         return "annotate", ("boxes: burned (camera)" if cam.boxes else "hls.boxes: burned") + " re-encodes the video"
     if cam.kind == "csi":
         return "annotate", "Jetson CSI sensors are read through OpenCV's GStreamer, not ffmpeg"
-    return "worker", f"boxes drawn by the browser; detection at {cam.detect_fps:g} fps"
+    return "worker", "boxes drawn by the browser; " + (f"detection at {cam.detect_fps:g} fps" if cam.detect
+                                                       else "detection off")
 
 
 class ConfigError(ValueError):

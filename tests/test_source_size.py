@@ -126,3 +126,92 @@ def test_detector_gives_boxes_of_a_scaled_frame_in_source_pixels(detector_stage,
     assert codes[1] == codes[2]
     back = rescale_detections(detections_from_json(results.latest("small")), SOURCE, SCALED)
     np.testing.assert_allclose(detections_from_json(results.latest("plain")).xyxy, back.xyxy, atol=0.2)
+
+
+@pytest.fixture(scope="module")
+def people(yolo_tiny_onnx, vtest_frame) -> Detections:
+    """The people YOLOv4-tiny finds in the full-size frame (source pixels), confident ones only."""
+    from pipeline.config import ModelConfig
+    from pipeline.detector import Detector
+
+    detector = Detector.from_config(ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime"), yolo_tiny_onnx)
+    (dets,), _ = detector.detect([vtest_frame])
+    people = dets[np.flatnonzero((dets.class_id == 0) & (dets.confidence >= 0.8))]
+    assert len(people) >= 3, f"expected people in frame 100 of vtest.avi, got {dets.to_records()}"
+    return people
+
+
+def on_bottom_edges(image: np.ndarray, dets: Detections) -> list[bool]:
+    """Whether each box's bottom edge (the label sits on the top one) is drawn in its class colour."""
+    from pipeline.annotate import color_for
+
+    out = []
+    for (x1, y1, x2, y2), cid in zip(dets.xyxy.astype(int), dets.class_id):
+        if not (0 <= x1 < x2 < image.shape[1] and 0 <= y2 < image.shape[0]):
+            out.append(False)
+            continue
+        xs = np.linspace(x1 + (x2 - x1) * 0.3, x1 + (x2 - x1) * 0.7, 5).astype(int)
+        diffs = np.abs(image[y2, xs].astype(int) - np.array(color_for(int(cid)))).max(axis=1)
+        out.append(bool(np.median(diffs) <= 60))
+    return out
+
+
+def test_event_snapshot_of_a_scaled_frame_has_its_boxes_on_the_people(redis_client, vtest_frame, people):
+    from deployments.events import snapshot_jpeg
+    from pipeline.annotate import BoxAnnotator, LabelAnnotator
+
+    small = scaled(vtest_frame)
+    FrameBus(redis_client).put("cam", 4, small, time.time(), 0.0, source_size=SOURCE)
+    FrameBus(redis_client).put("cam", 5, small[::-1].copy(), time.time(), 0.0, source_size=SOURCE)  # not ours
+    jpeg = snapshot_jpeg(redis_client, "cam", 4, people, [BoxAnnotator(), LabelAnnotator()])
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[:2] == (SCALED[1], SCALED[0])  # the bus frame as it is
+    on_small = rescale_detections(people, SOURCE, SCALED)
+    assert not any(on_bottom_edges(small, on_small))  # the colour is not in the frame by itself
+    assert all(on_bottom_edges(image, on_small)), on_small.xyxy
+
+
+def test_event_snapshot_of_a_full_size_frame_is_as_before(redis_client, vtest_frame, people):
+    from deployments.events import snapshot_jpeg
+    from pipeline.annotate import BoxAnnotator
+
+    FrameBus(redis_client).put("cam", 4, vtest_frame, time.time(), 0.0)
+    image = cv2.imdecode(np.frombuffer(snapshot_jpeg(redis_client, "cam", 4, people, [BoxAnnotator()]), np.uint8),
+                         cv2.IMREAD_COLOR)
+    assert image.shape == vtest_frame.shape and all(on_bottom_edges(image, people))
+
+
+def test_frame_jpg_serves_a_scaled_frame_as_it_is_with_boxes_scaled_to_it(redis_server, tmp_path, monkeypatch,
+                                                                        vtest_frame, people):
+    from auth_fixtures import ADMIN_PASSWORD
+    from gateway.context import GatewayContext
+    from pipeline.bus import ResultStore
+    from pipeline.config import parse_args
+    from pipeline.types import FrameResult
+    from test_events_api import token_client
+
+    monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    ctx = GatewayContext.from_args(parse_args({
+        "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}], "model": {"onnx": "m.onnx"},
+        "redis_url": redis_server.url, "base_dir": str(tmp_path),
+        "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")}}}))
+    client = token_client(ctx, {"admin"})
+    bus = FrameBus(ctx.redis, ctx.args.bus)
+    small = scaled(vtest_frame)
+    ref = bus.put("a", 1, small, time.time(), 0.0, source_size=SOURCE)
+    ResultStore(ctx.redis).publish([FrameResult(ref, people, "m")], ["person"])
+    on_small = rescale_detections(people, SOURCE, SCALED)
+    raw = client.get("/api/cameras/a/frame.jpg")
+    assert raw.status_code == 200 and raw.headers["x-source-size"] == "768x576"
+    image = cv2.imdecode(np.frombuffer(raw.content, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[:2] == (SCALED[1], SCALED[0]) and not any(on_bottom_edges(image, on_small))
+    ann = client.get("/api/cameras/a/frame.jpg", params={"annotated": "true"})
+    assert ann.status_code == 200 and ann.headers["x-detections-captured-at"]
+    image = cv2.imdecode(np.frombuffer(ann.content, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape[:2] == (SCALED[1], SCALED[0]) and all(on_bottom_edges(image, on_small)), on_small.xyxy
+    full = bus.put("b", 1, vtest_frame, time.time(), 0.0)  # a frame at the source's size: as before
+    ResultStore(ctx.redis).publish([FrameResult(full, people, "m")], ["person"])
+    ann = client.get("/api/cameras/b/frame.jpg", params={"annotated": "true"})
+    assert "x-source-size" not in ann.headers
+    image = cv2.imdecode(np.frombuffer(ann.content, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == vtest_frame.shape and all(on_bottom_edges(image, people))

@@ -22,7 +22,7 @@ from gateway.limits import overloaded
 from hls.clips import ClipError, ClipMaker, SegmentIndex
 from pipeline import keys
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
-from pipeline.bus import FrameBus, decode_frame
+from pipeline.bus import FrameBus, decode_frame, detections_on_image
 from pipeline.config import CAMERA_ID_RE
 from pipeline.history import CountsQuery, HistoryQuery
 from pipeline.types import Detections, UnixTimeS
@@ -118,11 +118,13 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
             return JSONResponse({"error": f"no frame of camera {cid!r} on the bus"}, status_code=404)
         ref, data = got
         headers = {"Cache-Control": "no-store", "X-Captured-At": f"{ref.captured_at:.3f}", "X-Seq": str(ref.seq)}
+        if ref.source_size is not None:  # scaled down for the detector; boxes are in the camera's own pixels
+            headers["X-Source-Size"] = "%dx%d" % ref.source_size
         if not q.annotated and data[:3] == b"\xff\xd8\xff":
             return Response(data, media_type="image/jpeg", headers=headers)
         image = decode_frame(data).copy()
         if payload is not None and (payload["seq"], payload["captured_at"]) == (ref.seq, ref.captured_at):
-            dets = Detections.from_records(payload["detections"])
+            dets = detections_on_image(Detections.from_records(payload["detections"]), ref.source_size, image)
             for a in annotators:
                 image = a.annotate(image, dets)
             headers["X-Detections-Captured-At"] = f"{payload['captured_at']:.3f}"

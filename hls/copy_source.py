@@ -1,0 +1,442 @@
+"""A camera's one ffmpeg (hls/copy_args.py): its video published as live HLS, its scaled frames as a FrameSource.
+
+`CopySource` is the `FrameSource` the camera worker's IngestLoop drives; each open() starts one
+ffmpeg run. `CopyPublisher` lives across runs and reconnects: it cuts each run's fMP4 (output A)
+into init sections, LL-HLS parts and segments with the Segmenter's machinery (`StreamPublisher`),
+keeps the media sequence and names going, and marks every new run with a discontinuity.
+
+Time mapping. With `-copyts` both outputs keep the source's timestamps: the tfdt of a fragment and
+showinfo's `pts_time` of a detector frame are on the same clock. Per run, one anchor = wall clock −
+pts, the minimum over the detector frames' arrival times (arrival − pts): the frame that came with
+the least delay. A frame's `captured_at` = anchor + pts; a segment's PROGRAM-DATE-TIME = anchor +
+tfdt / timescale. Boxes (timed by captured_at) and video (timed by PDT) therefore agree exactly;
+the anchor itself is off the true capture time by ffmpeg's and the network's least delay. Before
+the run's first frame, a segment's PDT is estimated from its fragment's arrival. The anchor only
+moves earlier, so a source clock that runs slower than the wall clock lets captured_at drift back
+slowly within one run (ppm: seconds a day); every reconnect starts afresh.
+
+Segments are cut at keyframes, at the first keyframe at or after `hls.segment_s`: a camera with a
+10 s GOP gets 10 s segments (and a target duration to match), still a playable stream.
+
+On demand (`cam.on_demand`, else `hls.on_demand`): ffmpeg always runs, since the detector needs
+its frames and copying costs next to nothing; segments are published only while the camera's
+viewer key lives (hls/viewers.py, touched by the gateway on each playlist request). When it
+expires (`hls.on_demand_idle_s` without a request) the playlist is removed; the next viewer's
+stream starts at the next keyframe with a discontinuity and the numbering carried on.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hls.copy_args import SourceInfo, camera_ffmpeg_args, copyable, detect_size, parse_probe, probe_args
+from hls.ffmpeg_args import part_frames
+from hls.fmp4 import Fragment
+from hls.llhls import part_target_s
+from hls.segmenter import StreamPublisher
+from hls.store import HlsStore
+from hls.viewers import ViewerTracker, put_stream_info
+from pipeline.config import CameraConfig, HlsConfig
+from pipeline.logutil import scrub_url
+from pipeline.sources.base import EndOfStream, Frame, FrameSource, SourceError, ThreadedReader
+
+logger = logging.getLogger(__name__)
+
+_SHOWINFO_RE = re.compile(r"Parsed_showinfo_\d+ @ \w+\] n:\s*(\d+) pts:\s*(-?\d+) pts_time:(-?[0-9.e+-]+)")
+_GRAPH_SIZE_RE = re.compile(r"\[graph[ _]\d+ input from stream [\d:]+ @ \w+\] w:(\d+) h:(\d+)")
+_LOG_PREFIX_RE = re.compile(r"^\[[\w.:-]+ @ (0x)?[0-9a-fA-F]+\]\s*")
+WATCH_POLL_S = 0.25
+INFO_EVERY_S = 5.0  # stream info is rewritten this often: a Redis that restarted empty has lost it
+STDERR_LINES = 40
+
+
+@dataclass(eq=False)
+class CopyRun:
+    """One ffmpeg run as the publisher sees it (the attributes StreamPublisher._read_fmp4 uses)."""
+
+    number: int
+    proc: subprocess.Popen
+    fps: float
+    reader_done: threading.Event = field(default_factory=threading.Event)
+    reader: threading.Thread | None = None
+    superseded: bool = False
+    kill_reason: str | None = None
+    init_name: str | None = None
+    init: bytes = b""
+    first_decode: int | None = None
+    frames: int = 0
+    last_segment: float = 0.0
+    frames_at_last_segment: int = 0
+    anchor: float | None = None  # wall clock - source pts, the minimum over the detector frames' arrivals
+
+    def note_frame(self, arrival: float, pts_s: float) -> float:
+        """Take one detector frame's arrival (wall clock) into the anchor; its capture time."""
+        offset = arrival - pts_s
+        if self.anchor is None or offset < self.anchor:
+            self.anchor = offset
+        self.frames += 1
+        return self.anchor + pts_s
+
+    def captures_ms(self, *args) -> None:
+        """Copied video shows every frame in its own slot: no capture list."""
+        return None
+
+
+class CopyPublisher(StreamPublisher):
+    """Publishes the fMP4 output of a camera's ffmpeg runs as one live HLS stream in `store`.
+
+    `redis` (may be None with a dir store: no stream info, no on-demand) gets the stream info
+    (`put_stream_info`) and holds the viewer key. `on_demand` defaults to hls.on_demand."""
+
+    def __init__(self, camera_id: str, hls: HlsConfig, store: HlsStore, redis=None, *, on_demand: bool | None = None):
+        super().__init__(camera_id, hls, store, fmp4=True)
+        self.fps = 25.0
+        self.redis = redis
+        self.on_demand = bool(hls.on_demand if on_demand is None else on_demand) and redis is not None
+        self._viewers = ViewerTracker(redis, hls.on_demand_idle_s) if self.on_demand else None
+        self._watched, self._watch_checked = not self.on_demand, 0.0
+        self._runs: list[CopyRun] = []
+        self._runs_started = 0
+        self.info: dict = {}  # what the stream info says (besides size, boxes and fps)
+        self._size: tuple[int, int] | None = None
+        self._info_at = 0.0
+
+    def start_run(self, proc: subprocess.Popen, *, fps: float, video: str, video_reason: str | None,
+                  source_size: tuple[int, int]) -> CopyRun:
+        """Read `proc`'s stdout (fMP4) in a thread of its own and publish it after the earlier runs."""
+        with self._pub:
+            self._runs_started += 1
+            run = CopyRun(self._runs_started, proc, float(fps), last_segment=time.monotonic())
+            self.fps = run.fps
+            if self.settings.low_latency:
+                self._part_target = part_target_s(part_frames(run.fps, self.settings.part_s), run.fps)
+            older = [r for r in self._runs if not r.reader_done.is_set()]
+            self._runs = [*older, run]
+            self._size = source_size
+            self.info = {"video": video, "video_reason": video_reason,
+                         "segment_s": self.info.get("segment_s", self.settings.segment_s)}
+            self._put_info(force=True)
+        run.reader = threading.Thread(target=self._read_fmp4, args=(run, older),
+                                      name=f"hls-copy-{self.camera_id}-run{run.number}", daemon=True)
+        run.reader.start()
+        return run
+
+    def _put_info(self, force: bool = False) -> None:
+        if self.redis is None or self._size is None:
+            return
+        if not force and time.monotonic() - self._info_at < INFO_EVERY_S:
+            return
+        self._info_at = time.monotonic()
+        try:
+            put_stream_info(self.redis, self.camera_id, *self._size, "browser", self.fps, **self.info)
+        except Exception as exc:  # Redis may be back at the next segment
+            self.log.warning("cannot write the stream info: %r", exc)
+
+    def _cuts_before(self, frag: Fragment) -> bool:
+        # At the first keyframe at or after segment_s (half a frame of slack for rounding).
+        return frag.independent and bool(self._open_data) and self._open_s >= self.settings.segment_s - 0.5 / self.fps
+
+    def _segment_start(self, run: CopyRun, frag: Fragment, start_s: float) -> tuple[float, int]:
+        pts_s = frag.decode_time / frag.timescale
+        anchor = run.anchor
+        if anchor is None:  # no detector frame yet: the fragment has just arrived whole
+            anchor = time.time() - pts_s - frag.duration_s
+        return anchor + pts_s, 0
+
+    def _watching(self) -> bool:
+        if self._viewers is None:
+            return True
+        now = time.monotonic()
+        if now - self._watch_checked >= WATCH_POLL_S:
+            self._watch_checked = now
+            try:
+                watched = self._viewers.watched(self.camera_id)
+            except Exception as exc:  # keep publishing while Redis is away
+                self.log.warning("cannot read the viewer key: %r", exc)
+                watched = True
+            if watched != self._watched:
+                self.log.info("%s", "a viewer came: publishing HLS" if watched else
+                              f"no viewer for {self.settings.on_demand_idle_s:g}s: HLS stops")
+                if not watched:
+                    self._stop_publishing()
+            self._watched = watched
+        return self._watched
+
+    def _stop_publishing(self) -> None:
+        """Drop the open segment and the playlist; the next segment carries on the numbering."""
+        self._open, self._open_run, self._open_data, self._open_names = None, None, [], []
+        self._playlist.drop_front(len(self._playlist.entries))
+        self._prev_run = -1  # the next segment starts with a discontinuity
+        self.store.delete_playlist(self.camera_id)
+
+    def _on_fragment(self, run: CopyRun, frag: Fragment) -> None:
+        if not self._watching():
+            return
+        if self._open is None and not frag.independent:
+            return  # a segment must start with a keyframe (after an on-demand pause)
+        super()._on_fragment(run, frag)
+
+    def _finish_segment(self, run: CopyRun) -> None:
+        before = self.segments_published
+        super()._finish_segment(run)
+        if self.segments_published > before and self._playlist.entries:
+            seg_s = round(self._playlist.entries[-1].duration_s, 3)
+            if abs(seg_s - self.info.get("segment_s", 0)) > 0.5 / self.fps:
+                self.info["segment_s"] = seg_s
+                self._put_info(force=True)
+            else:
+                self._put_info()
+
+    def healthy(self) -> bool:
+        """False while the store has been failing for a while (30 s, or 5 segments)."""
+        since = self._store_failing_since
+        return since is None or time.monotonic() - since < max(30.0, 5 * self.settings.segment_s)
+
+
+def probe(cfg: CameraConfig, ffprobe: str = "ffprobe") -> SourceInfo:
+    """Run ffprobe on the camera's source (within open_timeout_s); SourceError when that fails."""
+    argv = probe_args(cfg, ffprobe)
+    try:
+        out = subprocess.run(argv, capture_output=True, timeout=cfg.open_timeout_s + 5, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise SourceError(f"camera {cfg.id}: probing {cfg.source} timed out after {cfg.open_timeout_s:g}s") from None
+    except OSError as exc:
+        raise SourceError(f"camera {cfg.id}: cannot run {ffprobe!r}: {exc}", permanent=True) from None
+    err = " | ".join(out.stderr.decode(errors="replace").strip().splitlines()[-2:])
+    if out.returncode != 0:
+        missing = cfg.kind == "file" and not os.path.exists(argv[-1])
+        raise SourceError(f"camera {cfg.id}: cannot open {cfg.source}: {err or f'ffprobe exit {out.returncode}'}",
+                          permanent=missing)
+    try:
+        return parse_probe(out.stdout)
+    except ValueError as exc:
+        raise SourceError(f"camera {cfg.id}: {cfg.source}: {exc}") from None
+
+
+class CopySource(FrameSource):
+    """Runs the camera's one ffmpeg: its video goes to `publisher` (HLS), its detector frames come out of read().
+
+    Frames are scaled to fit `detect_input_px` (aspect kept) at cfg.detect_fps; `pts_s` is the
+    source pts, `captured_at` = the run's anchor + pts (module docstring), `source_size` the
+    camera's size. Output B is always drained; read() gets the newest frames only.
+    """
+
+    def __init__(self, cfg: CameraConfig, publisher: CopyPublisher, *, detect_input_px: int = 416,
+                 decode_args: list[str] | None = None, ffmpeg: str = "ffmpeg", ffprobe: str = "ffprobe"):
+        super().__init__(cfg)
+        self.publisher = publisher
+        self.detect_input_px = detect_input_px
+        self.decode_args = list(decode_args or [])
+        self._ffmpeg, self._ffprobe = ffmpeg, ffprobe
+        self._info: SourceInfo | None = None
+        self._decision: tuple[str, str | None] | None = None
+        self._proc: subprocess.Popen | None = None
+        self._run: CopyRun | None = None
+        self._frames_file = None
+        self._reader: ThreadedReader | None = None
+        self._first: Frame | None = None
+        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self._pts: collections.deque[float] = collections.deque()
+        self._pts_cv = threading.Condition()
+        self._resized: str | None = None
+        self.video: str | None = None  # "copy" or "transcode" of the current run
+
+    # ----------------------------------------------------------------- FrameSource
+
+    def open(self) -> None:
+        self.close()
+        try:
+            self._open()
+        except SourceError:
+            self._info = None  # re-probe after a failure
+            self.close()
+            raise
+
+    def _open(self) -> None:
+        cfg = self.cfg
+        if self._info is None:
+            self._info = probe(cfg, self._ffprobe)
+        info = self._info
+        if copyable(info.codec):
+            video, reason = "copy", None
+        else:
+            video, reason = "transcode", f"source codec {info.codec} cannot be copied"
+        if self._decision != (video, reason):
+            logger.info("camera %s: %s %s video (%dx%d, %s fps)%s", cfg.id, "copying" if video == "copy" else
+                        "transcoding", info.codec, info.width, info.height,
+                        f"{info.fps:g}" if info.fps else "?", f": {reason}" if reason else "")
+            self._decision = (video, reason)
+        self.video = video
+        src_size = (info.width, info.height)
+        dw, dh = detect_size(src_size, self.detect_input_px)
+        fps = float(cfg.fps or info.fps or 25.0)
+        r_fd, w_fd = os.pipe()
+        argv = camera_ffmpeg_args(cfg, self.publisher.settings, video=video, detect_size_px=(dw, dh),
+                                  decode_args=self.decode_args, ffmpeg=self._ffmpeg, source_fps=fps,
+                                  frames_fd=w_fd)
+        self._stderr.clear()
+        with self._pts_cv:
+            self._pts.clear()
+        self._resized = None
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    pass_fds=(w_fd,), bufsize=0)
+        except OSError as exc:
+            os.close(r_fd)
+            os.close(w_fd)
+            raise SourceError(f"camera {cfg.id}: cannot start {self._ffmpeg!r}: {exc}", permanent=True) from None
+        os.close(w_fd)
+        self._proc = proc
+        self._frames_file = os.fdopen(r_fd, "rb", buffering=0)
+        threading.Thread(target=self._pump_stderr, args=(proc.stderr, src_size),
+                         name=f"copy-stderr-{cfg.id}", daemon=True).start()
+        run = self.publisher.start_run(proc, fps=fps, video=video, video_reason=reason, source_size=src_size)
+        self._run = run
+        self._reader = ThreadedReader(self._grab_fn(run, (dw, dh), src_size), name=f"copy-read-{cfg.id}")
+        try:
+            first = self._reader.get(cfg.open_timeout_s)
+        except EndOfStream:
+            raise SourceError(f"camera {cfg.id}: {self.name} gave no frame ({self._stderr_tail()})") from None
+        except SourceError as exc:
+            raise SourceError(f"{exc} ({self._stderr_tail()})") from None
+        if first is None:
+            raise SourceError(f"camera {cfg.id}: opening {self.name} timed out after {cfg.open_timeout_s:g}s "
+                              f"({self._stderr_tail()})")
+        self._first = first
+        logger.info("camera %s: ffmpeg started (pid %d, %s, detector frames %dx%d at %g fps)", cfg.id, proc.pid,
+                    video, dw, dh, cfg.detect_fps)
+
+    def _grab_fn(self, run: CopyRun, size: tuple[int, int], src_size: tuple[int, int]):
+        nbytes = size[0] * size[1] * 3
+        frames, cfg = self._frames_file, self.cfg
+
+        def grab() -> Frame:
+            buf = bytearray(nbytes)
+            view = memoryview(buf)
+            got = 0
+            while got < nbytes:
+                try:
+                    n = frames.readinto(view[got:])
+                except (OSError, ValueError):  # close() closed it under us
+                    n = 0
+                if not n:
+                    try:
+                        code = run.proc.wait(2.0) if got == 0 else None
+                    except subprocess.TimeoutExpired:
+                        code = None
+                    if code == 0 and cfg.kind == "file" and not cfg.loop:
+                        raise EndOfStream()
+                    how = f"exited with code {code}" if code is not None else "output ended"
+                    raise SourceError(f"camera {cfg.id}: ffmpeg for {self.name} {how}")
+                got += n
+            arrival = time.time()
+            with self._pts_cv:
+                if not self._pts_cv.wait_for(lambda: self._pts, cfg.read_timeout_s):
+                    raise SourceError(f"camera {cfg.id}: a frame without its showinfo line")
+                pts = self._pts.popleft()
+            image = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
+            return Frame(image=image, pts_s=pts, captured_at=run.note_frame(arrival, pts), source_size=src_size)
+
+        return grab
+
+    def _pump_stderr(self, stream, src_size: tuple[int, int]) -> None:
+        for raw in iter(lambda: _readline(stream), b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            m = _SHOWINFO_RE.search(line)
+            if m:
+                with self._pts_cv:
+                    self._pts.append(float(m.group(3)))
+                    self._pts_cv.notify_all()
+                continue
+            m = _GRAPH_SIZE_RE.search(line)
+            if m:
+                size = (int(m.group(1)), int(m.group(2)))
+                if size != src_size and self._resized is None:
+                    self._resized = f"{src_size[0]}x{src_size[1]} -> {size[0]}x{size[1]}"
+                continue
+            if "showinfo" in line or line.lstrip().startswith(("side data", "frame=")):
+                continue
+            self._stderr.append(line)
+
+    def _stderr_tail(self, n: int = 3) -> str:
+        lines = [_LOG_PREFIX_RE.sub("", ln).strip() for ln in list(self._stderr)]
+        lines = [ln for ln in lines if ln]
+        return scrub_url(" | ".join(lines[-n:])) if lines else "no output"
+
+    def read(self) -> Frame:
+        if self._reader is None:
+            raise SourceError(f"camera {self.cfg.id}: {self.name} is not open")
+        if self._first is not None:
+            frame, self._first = self._first, None
+            return frame
+        try:
+            frame = self._reader.get(self.cfg.read_timeout_s)
+        except SourceError as exc:
+            self._info = None
+            raise SourceError(f"{exc} ({self._stderr_tail()})") from None
+        if frame is None:
+            self._info = None
+            raise SourceError(f"camera {self.cfg.id}: no frame from {self.name} for "
+                              f"{self.cfg.read_timeout_s:g}s (stalled; {self._stderr_tail()})")
+        if self._resized:
+            self._info = None  # the reopen probes the new size
+            raise SourceError(f"camera {self.cfg.id}: {self.name} changed resolution ({self._resized}); reopening")
+        return frame
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        reader, self._reader = self._reader, None
+        run, self._run = self._run, None
+        frames, self._frames_file = self._frames_file, None
+        self._first = None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # lets ffmpeg send TEARDOWN and finish the fMP4 it has
+            _wait_or_kill(proc, 2.0)
+        if frames is not None:
+            try:
+                frames.close()
+            except OSError:
+                pass
+        if reader is not None:
+            reader.stop(1.0)
+        if run is not None and run.reader is not None:
+            run.reader.join(5.0)  # its last segment is published before the next run's first
+        if proc is not None and proc.stderr is not None:
+            try:
+                proc.stderr.close()
+            except OSError:
+                pass
+
+    @property
+    def fps(self) -> float | None:
+        if self.cfg.fps:
+            return float(self.cfg.fps)
+        return self._info.fps if self._info is not None else None
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return (self._info.width, self._info.height) if self._info is not None else None
+
+
+def _wait_or_kill(proc: subprocess.Popen, grace_s: float) -> int:
+    """Wait for `proc` to end; kill it after `grace_s`."""
+    try:
+        return proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5.0)
+
+
+def _readline(stream) -> bytes:
+    try:
+        return stream.readline()
+    except (OSError, ValueError):
+        return b""
