@@ -7,6 +7,7 @@ from typing import Any
 
 from ray.serve import Application, Deployment
 
+from deployments.camera_worker import CameraWorkerDeployment
 from deployments.detector import DetectorDeployment
 from deployments.encoder import EncoderDeployment
 from deployments.events import EventsDeployment, runtime_config
@@ -14,14 +15,16 @@ from deployments.gateway import GatewayDeployment
 from deployments.ingest import IngestDeployment
 from gateway.auth.bootstrap import ADMIN_PASSWORD_ENV
 from gateway.auth.oidc import CLIENT_SECRET_ENV
-from pipeline.config import CameraConfig, ConfigError, DetectorConfig, PipelineArgs, missing_files, parse_args
+from pipeline.config import (CameraConfig, ConfigError, DetectorConfig, PipelineArgs, camera_path, missing_files,
+                             parse_args)
 
 log = logging.getLogger(__name__)
 SECRET_ENV_VARS = (ADMIN_PASSWORD_ENV, CLIENT_SECRET_ENV)
 
 
 def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
-    """Validate the args and wire one ingest and one encoder per camera, a shared detector and the gateway."""
+    """Validate the args and wire the cameras (worker groups for `boxes: browser`, else one ingest and one
+    encoder per camera), a shared detector, the events stage and the gateway."""
     cfg = parse_args(args)
     problems = missing_files(cfg)  # the same checks as `lookout check`, so `serve run` refuses what it refuses
     if problems:
@@ -35,8 +38,12 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
         user_config={"max_batch_size": det.max_batch_size, "batch_wait_timeout_s": det.batch_wait_timeout_s},
     ).bind(cfg.without_secrets())
     stages = []
+    for name, group in camera_groups(cfg):
+        worker = CameraWorkerDeployment.options(name=name, **without_secret_env(CameraWorkerDeployment,
+                                                                                  ingest_options(group[0])))
+        stages.append(worker.bind(cfg.for_group([c.id for c in group]), detector))
     for cam in cfg.cameras:
-        if not cam.enabled:
+        if not cam.enabled or worker_camera(cam, cfg):
             continue
         ingest = IngestDeployment.options(name=f"ingest-{cam.id}",
                                           **without_secret_env(IngestDeployment, ingest_options(cam)))
@@ -49,6 +56,29 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
                       .bind(cfg.without_secrets()))
     gateway = GatewayDeployment.options(max_ongoing_requests=cfg.gateway.max_ongoing_requests)
     return gateway.bind(cfg, detector, *stages)
+
+
+def worker_camera(cam: CameraConfig, cfg: PipelineArgs) -> bool:
+    """Whether the camera runs in a camera worker (its video copied into HLS by one ffmpeg) rather than
+    through ingest + encoder. Without HLS there is nothing to copy into: the plain ingest reads it."""
+    return cam.enabled and cfg.hls.enabled and camera_path(cam, cfg.hls)[0] == "worker"
+
+
+def camera_groups(cfg: PipelineArgs) -> list[tuple[str, list[CameraConfig]]]:
+    """(deployment name, cameras) of each camera worker: up to cfg.cameras_per_replica cameras each, in
+    config order, grouped only with cameras placed alike (node resource, node labels, standbys), named
+    cameras-0, cameras-1, ... in the order of their first camera."""
+    by_placement: dict[tuple, list[list[CameraConfig]]] = {}
+    for cam in cfg.cameras:
+        if not worker_camera(cam, cfg):
+            continue
+        key = (cam.node_resource, tuple(sorted((cam.node_labels or {}).items())), cam.standby_replicas)
+        groups = by_placement.setdefault(key, [[]])
+        if len(groups[-1]) >= cfg.cameras_per_replica:
+            groups.append([])
+        groups[-1].append(cam)
+    ordered = sorted((g for gs in by_placement.values() for g in gs), key=lambda g: cfg.cameras.index(g[0]))
+    return [(f"cameras-{i}", g) for i, g in enumerate(ordered)]
 
 
 def without_secret_env(deployment: Deployment, opts: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -88,7 +118,8 @@ def _check_autoscaling_reach(cfg: PipelineArgs) -> None:
 
 
 def ingest_options(cam: CameraConfig) -> dict[str, Any]:
-    """Serve options of a camera's ingest: pinned to its node (resource or labels); standbys on other nodes."""
+    """Serve options of a camera's ingest (or of a camera worker, whose cameras are all placed like `cam`):
+    pinned to its node (resource or labels); standbys on other nodes."""
     # A token CPU: ingest is light, and dozens of cameras must fit beside the detector on a small box.
     actor: dict[str, Any] = {"num_cpus": 0.01}
     if cam.node_resource:

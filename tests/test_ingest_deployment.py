@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-import deployments.ingest as ingest_dep
+import pipeline.camera_service as camera_service
 from deployments.ingest import IngestDeployment
 from pipeline.config import parse_args
 from pipeline.ingest import IngestLoop
@@ -31,11 +31,7 @@ def deployment(redis_server, assets_dir):
 
     yield make
     for d in made:
-        d._loop_stop.set()
-        d._stop.set()
-        if d._thread is not None:
-            d._thread.join(10)
-        d.keeper._thread.join(10)
+        d.service.stop()
 
 
 def test_health_check_before_the_reading_thread_runs_is_not_a_dead_loop(deployment, monkeypatch):
@@ -48,12 +44,13 @@ def test_health_check_before_the_reading_thread_runs_is_not_a_dead_loop(deployme
             gate.wait(30)  # started, not scheduled yet (a loaded box)
             super().run(stop)
 
-    monkeypatch.setattr(ingest_dep, "IngestLoop", LateThread)
+    monkeypatch.setattr(camera_service, "IngestLoop", LateThread)
     dep = deployment()
-    wait_until(lambda: dep.keeper.held and dep.loop is not None, 10, 0.05, "the lease and a loop")
+    wait_until(lambda: dep.service.keeper.held and dep.service.loop is not None, 10, 0.05, "the lease and a loop")
     dep.check_health()  # pending: not dead
     gate.set()
-    wait_until(lambda: dep.loop.status().state == CameraState.RUNNING and dep.loop.status().frames > 3, 30, 0.1,
+    loop = dep.service.loop
+    wait_until(lambda: loop.status().state == CameraState.RUNNING and loop.status().frames > 3, 30, 0.1,
                "frames read")
     dep.check_health()
 
@@ -66,11 +63,11 @@ def test_health_check_fails_when_the_reading_thread_never_runs(deployment, monke
         def run(self, stop):
             never.wait(30)
 
-    monkeypatch.setattr(ingest_dep, "IngestLoop", NeverRuns)
+    monkeypatch.setattr(camera_service, "IngestLoop", NeverRuns)
     dep = deployment()
-    wait_until(lambda: dep.keeper.held and dep.loop is not None, 10, 0.05, "the lease and a loop")
+    wait_until(lambda: dep.service.keeper.held and dep.service.loop is not None, 10, 0.05, "the lease and a loop")
     dep.check_health()
-    dep.loop.stall_limit_s = 0.3
+    dep.service.loop.stall_limit_s = 0.3
     with pytest.raises(RuntimeError, match="camera cam: ingest loop is stuck or died"):
         wait_until(lambda: dep.check_health() and False, 5, 0.05, "the health check to fail")
     never.set()

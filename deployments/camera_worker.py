@@ -1,0 +1,109 @@
+"""Camera workers (the default path for `boxes: browser`): one replica runs a group of cameras.
+
+Each camera of the group is a `pipeline.camera_service.CameraService` (its own lease, IngestLoop thread and
+ffmpeg) whose source is an `hls.copy_source.CopySource`: one ffmpeg copies the camera's video into HLS and
+decodes small frames for the detector at the camera's detect_fps. The group shares one Redis pool and one
+detector handle; cameras are independent otherwise.
+
+Health: a camera whose source fails is a status (`reconnecting`, `failed`), never a replica restart. A
+camera whose loop crashed or hangs, or whose lease keeper died, is restarted in place by the health check,
+and the other cameras of the replica go on. The replica itself fails its health check only when no camera
+of it can be brought back (every camera broken at once: the process is sick, not a camera).
+"""
+from __future__ import annotations
+
+import logging
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.common import redis_client, setup_logging
+from deployments.ingest import node_id
+from hls.copy_source import CopyPublisher, CopySource, probe
+from hls.hwaccel import decode_args
+from hls.store import HlsStore, make_store
+from pipeline.camera_service import CameraService
+from pipeline.config import CameraConfig, CameraGroupArgs
+from pipeline.logutil import scrub_url
+from pipeline.sources.base import FrameSource
+from pipeline.types import FrameRef
+
+log = logging.getLogger(__name__)
+
+
+class CameraStream:
+    """The HLS side of one worker camera. Its CopySource (whose codec probe is kept across reconnects)
+    and CopyPublisher (numbering, discontinuities) live across reconnects and start afresh each time
+    the lease is taken: another replica may have published in between."""
+
+    def __init__(self, cam: CameraConfig, args: CameraGroupArgs, store: HlsStore, client):
+        self.cam, self.args, self.store, self.client = cam, args, store, client
+        self._source: CopySource | None = None
+
+    def reset(self) -> None:
+        self._source = None
+
+    def source(self, cam: CameraConfig) -> FrameSource:
+        """The source IngestLoop opens for each connection (the same one: open() starts a new run)."""
+        if self._source is None:
+            publisher = CopyPublisher(cam.id, self.args.hls, self.store, self.client, on_demand=cam.on_demand)
+            # Jetson's ffmpeg decoders are per codec; the others decode whatever the source sends.
+            codec = probe(cam).codec if cam.hwaccel == "jetson" else None
+            self._source = CopySource(cam, publisher, detect_input_px=self.args.detect_input_px,
+                                      decode_args=decode_args(cam, codec))
+        return self._source
+
+
+@serve.deployment(name="cameras", ray_actor_options={"num_cpus": 0.01}, health_check_period_s=5)
+class CameraWorkerDeployment:
+    """Runs the cameras of one group (see the module doc); each is read only while this replica holds its lease."""
+
+    def __init__(self, args: CameraGroupArgs, detector: DeploymentHandle | None):
+        setup_logging()
+        self.args = args
+        if detector is not None and args.detector.prefer_local:
+            detector._init(_prefer_local_routing=True)  # fill batches on this node before crossing the network
+        self.detector = detector
+        self.client = redis_client(args)
+        self.store = make_store(args.hls, self.client, args.base_dir)
+        self.node_id = node_id()
+        self.streams = {cam.id: CameraStream(cam, args, self.store, self.client) for cam in args.cameras}
+        self.services = {cam.id: self._service(cam).start() for cam in args.cameras}
+        log.info("camera worker on node %s runs camera(s) %s", self.node_id[:12],
+                 ", ".join(f"{c.id} ({c.kind} {scrub_url(c.source)})" for c in args.cameras))
+
+    def _service(self, cam: CameraConfig) -> CameraService:
+        stream = self.streams[cam.id]
+        return CameraService(cam, self.client, self.args.bus, self.args.detector,
+                             self._detect if self.detector is not None else None,
+                             source_factory=stream.source, node_id=self.node_id, on_acquired=stream.reset)
+
+    def _detect(self, ref: FrameRef) -> None:
+        self.detector.detect.remote(ref).result(timeout_s=30)
+
+    def check_health(self) -> None:
+        broken = []
+        for cam in self.args.cameras:
+            service = self.services[cam.id]
+            problem = service.problem()
+            if problem is None:
+                continue
+            try:
+                if not service.keeper.alive():  # the lease keeper died: a fresh service takes the lease again
+                    log.error("%s; restarting the camera in place", problem)
+                    service.stop(join_timeout_s=1.0)
+                    self.services[cam.id] = self._service(cam).start()
+                else:
+                    service.revive()
+            except Exception as exc:  # noqa: BLE001 - e.g. no thread can be started: judged below
+                log.error("camera %s: could not be restarted: %s", cam.id, exc)
+                broken.append(f"{problem} (restart failed: {exc})")
+        if broken and len(broken) == len(self.args.cameras):
+            raise RuntimeError("; ".join(broken))
+
+    def status(self) -> list[dict]:
+        return [s.status() for s in self.services.values()]
+
+    def __del__(self) -> None:
+        for service in getattr(self, "services", {}).values():  # __init__ may have failed before it existed
+            service.stop(join_timeout_s=0)
