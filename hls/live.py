@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.bus import FrameBus, ResultStore, decode_frame, detections_from_json
+from pipeline.bus import FrameBus, ResultStore, decode_frame, detections_from_json, detections_on_image
 from pipeline.types import Detections, FrameRef
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class AnnotatedStream:
             image = decode_frame(jpeg)
             if not image.flags.writeable:  # raw payloads are read-only views; annotators draw in place
                 image = image.copy()
-            dets = self._detections_for(ref)
+            dets = detections_on_image(self._detections_for(ref), ref.source_size, image)
             for annotator in self.annotators:
                 image = annotator.annotate(image, dets)
             self.sink(image, ref.captured_at)

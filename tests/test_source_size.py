@@ -215,3 +215,23 @@ def test_frame_jpg_serves_a_scaled_frame_as_it_is_with_boxes_scaled_to_it(redis_
     assert "x-source-size" not in ann.headers
     image = cv2.imdecode(np.frombuffer(ann.content, np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == vtest_frame.shape and all(on_bottom_edges(image, people))
+
+
+@pytest.mark.parametrize("source_size", [SOURCE, None])
+def test_burned_stream_draws_boxes_scaled_to_a_scaled_frame(redis_client, vtest_frame, people, source_size):
+    from hls.live import AnnotatedStream
+    from pipeline.annotate import BoxAnnotator
+    from pipeline.bus import ResultStore
+    from pipeline.types import FrameResult
+
+    bus, results, out = FrameBus(redis_client, BusConfig(codec="raw")), ResultStore(redis_client), []
+    stream = AnnotatedStream("cam", bus, results, [BoxAnnotator()], lambda img, t: out.append(img),
+                             annotation_delay_s=5.0, max_age_s=30.0)
+    stream.step(block_ms=1)
+    image = scaled(vtest_frame) if source_size else vtest_frame
+    ref = bus.put("cam", 0, image, time.time(), 0.0, source_size=source_size)
+    results.publish([FrameResult(ref, people, "m")], ["person"])
+    assert stream.step(block_ms=50) == 1
+    want = rescale_detections(people, SOURCE, SCALED) if source_size else people
+    assert out[0].shape == image.shape and not any(on_bottom_edges(image, want))
+    assert all(on_bottom_edges(out[0], want)), want.xyxy
