@@ -64,8 +64,9 @@ def decode_args(cam: CameraConfig, codec: str | None) -> list[str]:
 
 
 def hwaccel_failure(cam: CameraConfig, stderr_lines: Iterable[str]) -> str | None:
-    """Why `cam`'s hardware decoder did not start, from its ffmpeg's stderr: one line naming the camera
-    and the field, or None when the lines show no such failure (or the camera decodes in software)."""
+    """Why `cam`'s hardware decoder did not start, from its ffmpeg's stderr: one line naming the field
+    (cameras[id].hwaccel), or None when the lines show no such failure (or the camera decodes in software).
+    ffmpeg's last lines after such a failure are its I/O statistics, so a plain stderr tail loses the why."""
     if cam.hwaccel == "none":
         return None
     found: list[str] = []
@@ -75,7 +76,7 @@ def hwaccel_failure(cam: CameraConfig, stderr_lines: Iterable[str]) -> str | Non
             found.append(m.group(0).rstrip(". "))
     if not found:
         return None
-    return (f"camera {cam.id}: hwaccel {cam.hwaccel} failed ({'; '.join(found[:3])}); "
+    return (f"hwaccel {cam.hwaccel} failed ({'; '.join(found[:3])}); "
             f"set cameras[{cam.id}].hwaccel: none to decode in software")
 
 

@@ -77,7 +77,7 @@ def test_cuda_without_a_gpu_fails_with_a_message_the_status_keeps():
     proc = run_decode(c, "h264")
     assert proc.returncode != 0
     why = hwaccel_failure(c, proc.stderr.decode().splitlines())
-    assert why == ("camera gate: hwaccel cuda failed (Cannot load libcuda.so.1; Could not dynamically load CUDA; "
+    assert why == ("hwaccel cuda failed (Cannot load libcuda.so.1; Could not dynamically load CUDA; "
                    "Device creation failed: -1); set cameras[gate].hwaccel: none to decode in software")
 
 
@@ -97,7 +97,7 @@ def test_vaapi_without_a_render_node_fails_with_a_message_the_status_keeps():
     assert proc.returncode != 0
     why = hwaccel_failure(c, proc.stderr.decode().splitlines())
     assert why is not None and "No VA display found for device /dev/dri/renderD128" in why
-    assert why.startswith("camera gate: hwaccel vaapi failed (")
+    assert why.startswith("hwaccel vaapi failed (")
 
 
 def test_jetson_decoder_missing_from_this_ffmpeg_is_named():
@@ -105,7 +105,7 @@ def test_jetson_decoder_missing_from_this_ffmpeg_is_named():
     proc = run_decode(c, "h264")
     assert proc.returncode != 0  # Debian's ffmpeg has no L4T decoders
     assert hwaccel_failure(c, proc.stderr.decode().splitlines()) == (
-        "camera gate: hwaccel jetson failed (Unknown decoder 'h264_nvv4l2dec'); "
+        "hwaccel jetson failed (Unknown decoder 'h264_nvv4l2dec'); "
         "set cameras[gate].hwaccel: none to decode in software")
 
 
