@@ -11,7 +11,7 @@ from gateway.api.history import latest_detections as newest_detections
 from gateway.auth.backend import can_view
 from gateway.context import GatewayContext
 from hls.viewers import get_stream_info
-from pipeline.config import CAMERA_ID_RE
+from pipeline.config import CAMERA_ID_RE, camera_path
 
 
 def _not_found(camera_id: str) -> JSONResponse:
@@ -35,6 +35,7 @@ def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
         "detections_url": f"/api/cameras/{camera_id}/detections/latest",
         "stream": get_stream_info(ctx.redis, camera_id),  # source size and box mode, once encoded
     }
+    view.update(video_path_view(ctx, camera_id, view["stream"]))
     if status is not None:
         d = status.to_dict()
         view.update({k: d[k] for k in ("state", "fps", "last_error", "since", "frames", "reconnects")})
@@ -43,6 +44,25 @@ def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
             view["state"] = "failed"
             view["fps"] = 0.0
             view["last_error"] = f"no status from the ingest for {silent_s:.0f}s (last: {status.state.value})"
+    return view
+
+
+def video_path_view(ctx: GatewayContext, camera_id: str, stream: dict | None) -> dict:
+    """Which path the camera's video takes and why (from the config), whether it is detected, and what
+    the running camera said of its video (copy or transcode, why, the segment duration it forces);
+    those three are None until the camera has said (or on a path that does not say)."""
+    cam = next((c for c in ctx.args.cameras if c.id == camera_id), None)
+    stream = stream or {}
+    view = {"path": None, "path_reason": None, "detect": None, "detect_fps": None,
+            "video": stream.get("video"), "video_reason": stream.get("video_reason"),
+            "segment_s": stream.get("segment_s")}
+    if cam is not None:
+        if ctx.args.hls.enabled:
+            view["path"], view["path_reason"] = camera_path(cam, ctx.args.hls)
+        else:
+            view["path"], view["path_reason"] = "ingest", "hls.enabled: false: no video is streamed"
+        # detect_fps holds on the worker path; the annotate path offers the detector every frame
+        view.update(detect=cam.detect, detect_fps=cam.detect_fps if cam.detect and view["path"] == "worker" else None)
     return view
 
 

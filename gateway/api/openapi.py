@@ -78,6 +78,26 @@ def spec(ctx: GatewayContext) -> dict:
                 "EventPage": {"type": "object", "properties": {
                     "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                     "next_cursor": {"type": ["string", "null"]}}},
+                "Camera": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "kind": {"type": ["string", "null"]},
+                    "state": {"type": "string"}, "fps": {"type": "number"}, "last_error": {"type": ["string", "null"]},
+                    "hls_url": {"type": "string"}, "detections_url": {"type": "string"},
+                    "stream": {"type": ["object", "null"], "description": "What the camera's video process wrote: "
+                               "source size, box mode, fps (null until it runs)."},
+                    "path": {"enum": ["worker", "annotate", "ingest", None], "description":
+                             "worker: one ffmpeg copies (or transcodes once) the video, boxes drawn by the browser; "
+                             "annotate: boxes burned in by the encoder; ingest: hls disabled, no video."},
+                    "path_reason": {"type": ["string", "null"], "description": "Why the camera takes that path."},
+                    "detect": {"type": ["boolean", "null"], "description": "Whether its frames go to the detector."},
+                    "detect_fps": {"type": ["number", "null"],
+                                   "description": "Detector frames per second (worker path, detection on)."},
+                    "video": {"enum": ["copy", "transcode", None], "description":
+                              "Worker path, once running: the video stream-copied or transcoded once."},
+                    "video_reason": {"type": ["string", "null"], "description": "Why it is transcoded."},
+                    "segment_s": {"type": ["number", "null"], "description":
+                                  "HLS segment duration in use (a long keyframe interval forces longer ones)."}}},
+                "CameraList": {"type": "object", "properties": {
+                    "cameras": {"type": "array", "items": {"$ref": "#/components/schemas/Camera"}}}},
                 "DetectResult": {"type": "object", "properties": {
                     "width": {"type": "integer"}, "height": {"type": "integer"}, "model": {"type": "string"},
                     "detections": {"type": "array", "items": {"$ref": "#/components/schemas/Detection"}}}},
@@ -85,6 +105,9 @@ def spec(ctx: GatewayContext) -> dict:
         },
         "security": [{"bearer": []}],
         "paths": {
+            "/api/cameras": {"get": op("Cameras you may view: state, video path and why, detection",
+                                       [], schema="CameraList")},
+            "/api/cameras/{camera_id}": {"get": op("One camera", [CAMERA], schema="Camera")},
             "/api/cameras/{camera_id}/history": {"get": op(
                 "Detections of a camera by time range, label, confidence, zone and track (paged)",
                 [CAMERA, *params(HistoryQuery, ("camera_id",))], schema="HistoryPage")},
