@@ -63,7 +63,8 @@ def test_one_line_per_camera_with_path_reason_and_video():
 
 
 def test_real_files_are_copied_or_transcoded_by_their_codec(assets_dir):
-    cfg = config({"id": "h264", "source": str(H264_CLIP)}, {"id": "avi", "source": str(assets_dir / "videos/vtest.avi")},
+    cfg = config({"id": "h264", "source": str(H264_CLIP)},
+                 {"id": "avi", "source": str(assets_dir / "videos/vtest.avi")},
                  {"id": "gone", "source": "missing.mp4"}, base_dir="/nonexistent")
     assert check_lines(cfg) == [
         "camera h264: worker path (boxes drawn by the browser; detection at 5 fps); "
