@@ -86,3 +86,20 @@ def test_openapi_describes_the_camera_fields(api):
         "schema"] == {"$ref": "#/components/schemas/Camera"}
     assert doc["paths"]["/api/cameras"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/CameraList"}
+
+
+def test_the_pages_info_line_from_the_apis_answer(api):
+    from test_web_units import run_draw  # draw.js in Node
+
+    ctx, client = api
+    put_stream_info(ctx.redis, "copy", 768, 576, "browser", 10.0, video="copy", video_reason=None, segment_s=10.0)
+    put_stream_info(ctx.redis, "mpeg", 768, 576, "browser", 10.0, video="transcode",
+                    video_reason="source codec mpeg4 cannot be copied", segment_s=2.0)
+    cams = client.get("/api/cameras").json()["cameras"]
+    lines = run_draw("console.log(JSON.stringify(arg.map((c) => [c.id, Draw.videoPathText(c)])))", cams)
+    assert dict(lines) == {
+        "copy": "video copied · 10 s segments · detection 5 fps",
+        "mpeg": "video transcoded (source codec mpeg4 cannot be copied) · 2 s segments · detection 2 fps",
+        "quiet": "detection off",  # not running yet: its video is not known
+        "burn": "video re-encoded, boxes burned in",
+    }

@@ -167,7 +167,9 @@ for (const tile of document.querySelectorAll('#grid .tile')) {
     return r.right > box.right + 0.5 || r.bottom > box.bottom + 0.5; }).map((li) => li.textContent);
   out[tile.dataset.camera] = {listW: ul.clientWidth, listH: ul.clientHeight, tileW: tile.clientWidth,
                               chartW: chart.clientWidth, items: ul.children.length, scrollers, clipped,
-                              text: ul.textContent};
+                              text: ul.textContent, off: tile.classList.contains('detect-off'),
+                              empty: getComputedStyle(ul, '::before').content,
+                              path: tile.querySelector('.path').textContent};
 }
 return out;
 """
@@ -185,7 +187,12 @@ def test_detection_list_is_usable_in_a_grid_tile(app, page, size):
         assert len(tiles) == 16
         for cid, t in tiles.items():
             assert t["listW"] >= 0.8 * t["tileW"] and t["listH"] >= 28, (cid, size, t)  # two rows of chips
-            assert t["chartW"] >= 0.8 * t["tileW"], (cid, size, t)
+            if cid in ("people", "ondemand"):
+                assert not t["off"] and t["chartW"] >= 0.8 * t["tileW"], (cid, size, t)
+                assert "detection 5 fps" in t["path"], (cid, size, t)
+            else:  # detection off: said so, no empty chart
+                assert t["off"] and t["chartW"] == 0 and t["empty"] == '"detection off"', (cid, size, t)
+                assert t["path"].endswith("detection off"), (cid, size, t)
             assert not t["scrollers"], (cid, size, t)  # no scroll box inside a tile
             assert not t["clipped"], (cid, size, t)  # every chip in the list is whole in view
     finally:

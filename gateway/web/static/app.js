@@ -236,6 +236,8 @@ async function refreshCameras() {
       state.textContent = `${cam.state} · ${cam.fps.toFixed(1)} fps`;
       state.className = `state ${cam.state}`;
       tile.node.querySelector(".error").textContent = cam.state === "running" ? "" : (cam.last_error || "");
+      tile.node.classList.toggle("detect-off", cam.detect === false);  // "detection off", not an empty list
+      tile.node.querySelector(".path").textContent = Draw.videoPathText(cam);
       showVideoState(tile);
     }
   } catch (err) {

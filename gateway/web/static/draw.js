@@ -1,5 +1,6 @@
 // What the tiles draw with: a colour per label, distinct among the labels on the page, and label
-// placement without overlaps. No DOM here, so that the tests run it in Node as well.
+// placement without overlaps, and the text of a tile's info line. No DOM here, so that the tests run it
+// in Node as well.
 "use strict";
 const Draw = (() => {
   // Well apart from each other (CIE76 ΔE ≥ 20) and readable on the page's dark background and under
@@ -62,6 +63,19 @@ const Draw = (() => {
     });
   }
 
-  return { PALETTE, makeColorFor, placeLabels, overlaps };
+  // A tile's info line from its /api/cameras entry: how the video gets here (copied, transcoded once,
+  // boxes burned in) and the detection rate, or that detection is off.
+  function videoPathText(cam) {
+    let video = "";
+    if (cam.path === "annotate") video = "video re-encoded, boxes burned in";
+    else if (cam.path === "ingest") video = "no video (hls disabled)";
+    else if (cam.video === "copy") video = "video copied";
+    else if (cam.video === "transcode") video = `video transcoded${cam.video_reason ? ` (${cam.video_reason})` : ""}`;
+    if (video && cam.segment_s) video += ` · ${cam.segment_s} s segments`;
+    const detect = cam.detect === false ? "detection off" : cam.detect_fps ? `detection ${cam.detect_fps} fps` : "";
+    return [video, detect].filter(Boolean).join(" · ");
+  }
+
+  return { PALETTE, makeColorFor, placeLabels, overlaps, videoPathText };
 })();
 if (typeof module !== "undefined") module.exports = Draw;
