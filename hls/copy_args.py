@@ -5,8 +5,8 @@
 - A, on stdout: the video as fragmented MP4 (`-c:v copy` for H.264/H.265; libx264, or the configured
   `hls.encoder`, at the camera's own rate for codecs that cannot be copied), cut by hls/fmp4.py and
   published by hls/copy_source.CopyPublisher;
-- B, on `pipe:<frames_fd>` (3): frames at `detect_fps`, scaled to fit the detector input, raw bgr24;
-  showinfo prints each one's `pts_time` on stderr.
+- B, on `pipe:<frames_fd>` (3): frames at `detect_fps` (`detect_select`), scaled to fit the detector
+  input, raw bgr24; showinfo prints each one's `pts_time` on stderr.
 
 `-copyts` keeps the source's timestamps in both outputs (and `frag_discont` + `-avoid_negative_ts
 disabled` keep them in the fMP4's tfdt), so one per-run anchor maps both to capture time.
@@ -21,8 +21,8 @@ from hls.ffmpeg_args import encoder_args, gop_frames, part_frames
 from pipeline.config import CameraConfig, HlsConfig
 
 COPYABLE_CODECS = frozenset({"h264", "hevc"})
-PROBE_SIZE_BYTES = 1_000_000
-ANALYZE_DURATION_US = 2_000_000
+PROBE_SIZE_BYTES = 500_000
+ANALYZE_DURATION_US = 1_000_000  # what ffmpeg reads before its first output comes as one burst
 DEFAULT_FPS = 25.0
 FMP4_MOVFLAGS = "+frag_keyframe+empty_moov+default_base_moof+frag_discont"
 
@@ -118,6 +118,17 @@ def parse_probe(text: str | bytes | dict) -> SourceInfo:
     return SourceInfo(codec, w, h, fps)
 
 
+def detect_select(detect_fps: float) -> str:
+    """The filter that passes `detect_fps` frames a second: the first frame of each 1/detect_fps slot of pts.
+
+    Not the fps filter: it holds each frame until the next one shows which is nearest its slot, a
+    delay that varies with the source's jitter (0..1 output period) and so shakes the anchor of the
+    time mapping; it also moves each frame's pts onto its slot. select passes frames at once, with
+    their own pts."""
+    f = _num(detect_fps)
+    return f"select='isnan(prev_selected_t)+gt(floor(t*{f}),floor(prev_selected_t*{f}))'"
+
+
 def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_size_px: tuple[int, int],
                        decode_args: list[str] = [], ffmpeg: str = "ffmpeg", source_fps: float | None = None,
                        frames_fd: int = 3) -> list[str]:
@@ -155,6 +166,6 @@ def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_
     args += ["-flush_packets", "1", "pipe:1"]
     # B: frames for the detector, each one's pts on stderr (showinfo).
     args += ["-map", "0:v:0", "-an", "-sn", "-dn",
-             "-vf", f"fps={_num(cam.detect_fps)},scale={dw}:{dh},showinfo",
+             "-vf", f"{detect_select(cam.detect_fps)},scale={dw}:{dh},showinfo",
              "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", f"pipe:{frames_fd}"]
     return args

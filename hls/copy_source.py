@@ -7,13 +7,16 @@ keeps the media sequence and names going, and marks every new run with a discont
 
 Time mapping. With `-copyts` both outputs keep the source's timestamps: the tfdt of a fragment and
 showinfo's `pts_time` of a detector frame are on the same clock. Per run, one anchor = wall clock −
-pts, the minimum over the detector frames' arrival times (arrival − pts): the frame that came with
-the least delay. A frame's `captured_at` = anchor + pts; a segment's PROGRAM-DATE-TIME = anchor +
-tfdt / timescale. Boxes (timed by captured_at) and video (timed by PDT) therefore agree exactly;
-the anchor itself is off the true capture time by ffmpeg's and the network's least delay. Before
-the run's first frame, a segment's PDT is estimated from its fragment's arrival. The anchor only
-moves earlier, so a source clock that runs slower than the wall clock lets captured_at drift back
-slowly within one run (ppm: seconds a day); every reconnect starts afresh.
+pts, the minimum of (arrival − pts) over the detector frames that arrive in the run's first
+ANCHOR_SETTLE_S: the frame that came with the least delay (the first frames come in a burst, what
+ffmpeg read while probing). A frame's `captured_at` = anchor + pts; a segment's PROGRAM-DATE-TIME =
+anchor + tfdt / timescale. Boxes (timed by captured_at) and video (timed by PDT) therefore agree
+exactly while the anchor holds; it is off the true capture time by the least delay of the network
+and ffmpeg. After settling the anchor stays put, so jitter moves nothing; it moves only when the
+source's clock has gone ANCHOR_STEP_S off the wall clock (a camera clock that drifts, a timestamp
+jump: at once when frames come that early, after ANCHOR_WINDOW_S when they all come that late), and
+says so in the log. Every reconnect starts afresh. Before the run's first frame, a segment's PDT is
+estimated from its fragment's arrival.
 
 Segments are cut at keyframes, at the first keyframe at or after `hls.segment_s`: a camera with a
 10 s GOP gets 10 s segments (and a target duration to match), still a playable stream.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import re
 import subprocess
@@ -56,6 +60,9 @@ _LOG_PREFIX_RE = re.compile(r"^\[[\w.:-]+ @ (0x)?[0-9a-fA-F]+\]\s*")
 WATCH_POLL_S = 0.25
 INFO_EVERY_S = 5.0  # stream info is rewritten this often: a Redis that restarted empty has lost it
 STDERR_LINES = 40
+ANCHOR_SETTLE_S = 3.0  # the anchor is the least arrival - pts over a run's first frames of this long
+ANCHOR_STEP_S = 1.0  # afterwards it moves only when the source's clock is this far off (drift, a jump) ...
+ANCHOR_WINDOW_S = 10.0  # ... all the time (upwards: over this window)
 
 
 @dataclass(eq=False)
@@ -65,6 +72,7 @@ class CopyRun:
     number: int
     proc: subprocess.Popen
     fps: float
+    camera_id: str = ""
     reader_done: threading.Event = field(default_factory=threading.Event)
     reader: threading.Thread | None = None
     superseded: bool = False
@@ -75,15 +83,39 @@ class CopyRun:
     frames: int = 0
     last_segment: float = 0.0
     frames_at_last_segment: int = 0
-    anchor: float | None = None  # wall clock - source pts, the minimum over the detector frames' arrivals
+    anchor: float | None = None  # wall clock - source pts (module docstring)
+    closing: bool = False  # ffmpeg was told to stop: frames flushed now come early, not faster
+    reanchors: int = 0
+    _settled_at: float = 0.0  # wall clock: the anchor is the minimum over frames arriving before this
+    _window_min: float = math.inf  # the least arrival - pts since _window_end - ANCHOR_WINDOW_S
+    _window_end: float = 0.0
 
     def note_frame(self, arrival: float, pts_s: float) -> float:
         """Take one detector frame's arrival (wall clock) into the anchor; its capture time."""
         offset = arrival - pts_s
-        if self.anchor is None or offset < self.anchor:
-            self.anchor = offset
+        if self.closing:
+            pass
+        elif self.anchor is None:
+            self.anchor, self._settled_at = offset, arrival + ANCHOR_SETTLE_S
+            self._window_end = arrival + ANCHOR_WINDOW_S
+        elif arrival < self._settled_at:
+            self.anchor = min(self.anchor, offset)
+        elif offset < self.anchor - ANCHOR_STEP_S:  # the source's clock runs fast, or jumped ahead
+            self._reanchor(offset)
+        else:
+            self._window_min = min(self._window_min, offset)
+            if arrival >= self._window_end:
+                if self._window_min > self.anchor + ANCHOR_STEP_S:  # runs slow, or jumped back
+                    self._reanchor(self._window_min)
+                self._window_min, self._window_end = math.inf, arrival + ANCHOR_WINDOW_S
         self.frames += 1
-        return self.anchor + pts_s
+        return (offset if self.anchor is None else self.anchor) + pts_s
+
+    def _reanchor(self, offset: float) -> None:
+        logger.info("camera %s: the source's clock moved %+.3fs against the wall clock; capture times follow",
+                    self.camera_id, self.anchor - offset)
+        self.anchor = offset
+        self.reanchors += 1
 
     def captures_ms(self, *args) -> None:
         """Copied video shows every frame in its own slot: no capture list."""
@@ -114,7 +146,7 @@ class CopyPublisher(StreamPublisher):
         """Read `proc`'s stdout (fMP4) in a thread of its own and publish it after the earlier runs."""
         with self._pub:
             self._runs_started += 1
-            run = CopyRun(self._runs_started, proc, float(fps), last_segment=time.monotonic())
+            run = CopyRun(self._runs_started, proc, float(fps), self.camera_id, last_segment=time.monotonic())
             self.fps = run.fps
             if self.settings.low_latency:
                 self._part_target = part_target_s(part_frames(run.fps, self.settings.part_s), run.fps)
@@ -397,6 +429,8 @@ class CopySource(FrameSource):
         run, self._run = self._run, None
         frames, self._frames_file = self._frames_file, None
         self._first = None
+        if run is not None:
+            run.closing = True
         if proc is not None and proc.poll() is None:
             proc.terminate()  # lets ffmpeg send TEARDOWN and finish the fMP4 it has
             _wait_or_kill(proc, 2.0)

@@ -22,7 +22,8 @@ A_MUX = ["-avoid_negative_ts", "disabled", "-f", "mp4",
 
 
 def b_out(fps: str, w: int, h: int, fd: int = 3) -> list[str]:
-    return ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", f"fps={fps},scale={w}:{h},showinfo",
+    sel = f"select='isnan(prev_selected_t)+gt(floor(t*{fps}),floor(prev_selected_t*{fps}))'"
+    return ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", f"{sel},scale={w}:{h},showinfo",
             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", f"pipe:{fd}"]
 
 
@@ -52,8 +53,8 @@ def test_rtsp_copy_argv():
                        detect_fps=5)
     argv = camera_ffmpeg_args(cam, HlsConfig(), video="copy", detect_size_px=(416, 234))
     assert argv == [
-        *HEAD, "-rtsp_transport", "tcp", "-timeout", "8000000", "-probesize", "1000000",
-        "-analyzeduration", "2000000", "-i", "rtsp://u:p@10.0.0.2/s", "-copyts",
+        *HEAD, "-rtsp_transport", "tcp", "-timeout", "8000000", "-probesize", "500000",
+        "-analyzeduration", "1000000", "-i", "rtsp://u:p@10.0.0.2/s", "-copyts",
         *A_MAP, "-c:v", "copy", *A_MUX, "-flush_packets", "1", "pipe:1",
         *b_out("5", 416, 234),
     ]
@@ -132,7 +133,7 @@ def test_probe_argv():
         "ffprobe", "-hide_banner", "-v", "error", *entries, "a.mp4"]
     assert probe_args(CameraConfig(id="door", source="rtsp://h/s", open_timeout_s=3), "/x/ffprobe") == [
         "/x/ffprobe", "-hide_banner", "-v", "error", "-rtsp_transport", "tcp", "-timeout", "5000000",
-        "-probesize", "1000000", "-analyzeduration", "2000000", *entries, "rtsp://h/s"]
+        "-probesize", "500000", "-analyzeduration", "1000000", *entries, "rtsp://h/s"]
     assert probe_args(CameraConfig(id="usb", source="/dev/video0", fps=30)) == [
         "ffprobe", "-hide_banner", "-v", "error", "-f", "v4l2", "-framerate", "30", *entries, "/dev/video0"]
 

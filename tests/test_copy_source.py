@@ -1,0 +1,208 @@
+"""hls/copy_source.py with real ffmpeg, real video, a real GStreamer RTSP server and a real Redis.
+
+One ffmpeg per camera: the H.264 video goes into the HLS store as it is (no encoder runs), frames for
+the detector come out scaled at detect_fps, and frame capture times agree with the segments'
+PROGRAM-DATE-TIME; an MPEG-4 file is transcoded instead (and says why); a reconnect carries on the
+playlist with a discontinuity; a 10 s GOP still makes a playable stream.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from hls.copy_source import CopyPublisher, CopySource
+from hls.fmp4 import FragmentSplitter
+from hls.segmenter import MediaPlaylist
+from hls.store import DirHlsStore, RedisHlsStore
+from hls.viewers import get_stream_info
+from pipeline.config import CameraConfig, HlsConfig
+from pipeline.sources.base import EndOfStream, SourceError
+from rtsp_fixtures import rtsp_server_factory, wait_until  # noqa: F401
+
+ROOT = Path(__file__).resolve().parents[1]
+H264_CLIP = ROOT / "data" / "demo" / "vtest-h264.mp4"
+CAM = "cam1"
+
+
+def playlist(store) -> MediaPlaylist:
+    text = store.get_playlist(CAM)
+    assert text, "no playlist published"
+    return MediaPlaylist.parse(text)
+
+
+def segment_bytes(store, entry) -> bytes:
+    init, data = store.get_segment(CAM, entry.init), store.get_segment(CAM, entry.name)
+    assert init and data, f"{entry.name} or its init {entry.init} is gone"
+    return init + data
+
+
+def first_fragment(store, entry):
+    pieces = FragmentSplitter().feed(segment_bytes(store, entry))
+    return pieces[1]  # pieces[0] is the init section
+
+
+def ffprobe_json(path: Path | str, *extra: str) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", *extra, "-of", "json", str(path)],
+                         capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode()
+    return json.loads(out.stdout)
+
+
+def video_stream(path: Path | str) -> dict:
+    s = ffprobe_json(path, "-select_streams", "v:0", "-show_streams")["streams"][0]
+    return {k: s.get(k) for k in ("codec_name", "profile", "width", "height", "pix_fmt", "level")}
+
+
+def read_for(src: CopySource, seconds: float) -> list:
+    frames, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        frames.append(src.read())
+    return frames
+
+
+def test_h264_rtsp_camera_is_copied_and_frame_times_match_the_segments(rtsp_server_factory, tmp_path):
+    server = rtsp_server_factory(file=H264_CLIP)  # x264 (gst), 768x576, 10 fps, a keyframe a second
+    store = DirHlsStore(tmp_path / "hls")
+    cfg = CameraConfig(id=CAM, source=server.url, detect_fps=5, read_timeout_s=5, open_timeout_s=20)
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(segment_s=1.0, list_size=20, keep_segments=40), store))
+    try:
+        src.open()
+        assert src.video == "copy" and src.size == (768, 576) and src.fps == pytest.approx(10, abs=0.1)
+        frames = read_for(src, 10.0)
+    finally:
+        src.close()
+
+    # Detector frames: scaled to fit 416, at ~detect_fps, pts on the source's clock.
+    assert {f.size for f in frames} == {(416, 312)} and {f.source_size for f in frames} == {(768, 576)}
+    span = frames[-1].pts_s - frames[0].pts_s
+    assert 8.0 < span < 12.0
+    assert 0.6 * 5 * span <= len(frames) - 1 <= 1.4 * 5 * span
+    assert all(b.pts_s > a.pts_s for a, b in zip(frames, frames[1:]))
+
+    # Segments: the source's own H.264, no encoder of ours in between.
+    pl = playlist(store)
+    assert len(pl.entries) >= 5
+    source = video_stream(server.url)
+    for e in pl.entries[:3]:
+        path = tmp_path / e.name.replace(".m4s", ".mp4")
+        path.write_bytes(segment_bytes(store, e))
+        assert video_stream(path) == source
+        data = path.read_bytes()
+        assert b"crf=26" not in data  # libx264 of the transcode path would announce its settings
+    assert source["profile"] == "Constrained Baseline"
+
+    # Times: captured_at - PDT of the segment holding the frame == pts - the segment's first pts.
+    starts = [(first_fragment(store, e).start_s, e) for e in pl.entries]
+    checked = 0
+    for f in frames:
+        if f.pts_s < frames[0].pts_s + 4.5:
+            continue  # the anchor settles (a min-filter) over the first 3 s, after ffmpeg's probing burst
+        seg = [(s, e) for s, e in starts if s <= f.pts_s + 1e-6]
+        if not seg or f.pts_s > seg[-1][0] + seg[-1][1].duration_s:
+            continue
+        s, e = seg[-1]
+        # within 1 ms: the playlist's PROGRAM-DATE-TIME has ms
+        assert abs((f.captured_at - e.program_date_time) - (f.pts_s - s)) <= 0.0011, (f.pts_s, s)
+        checked += 1
+    assert checked >= 10
+    # And the capture times are the wall clock's, to the delay of the pipeline.
+    assert all(abs(f.captured_at - time.time()) < 30 for f in frames)
+
+
+def test_mpeg4_file_is_transcoded_and_says_why(redis_client, assets_dir):
+    store = RedisHlsStore(redis_client, 120)
+    cfg = CameraConfig(id=CAM, source=str(assets_dir / "videos" / "vtest.avi"), detect_fps=5)
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(segment_s=1.0), store, redis_client))
+    try:
+        src.open()
+        assert src.video == "transcode"
+        frames = read_for(src, 4.0)
+        wait_until(lambda: len(playlist(store).entries) >= 2, 20, what="two segments")
+    finally:
+        src.close()
+    assert {f.size for f in frames} == {(416, 312)}
+    info = get_stream_info(redis_client, CAM)
+    assert info["video"] == "transcode" and info["video_reason"] == "source codec msmpeg4v3 cannot be copied"
+    assert (info["source_width_px"], info["source_height_px"], info["boxes"]) == (768, 576, "browser")
+    assert info["fps"] == 10
+    pl = playlist(store)
+    e = pl.entries[0]
+    data = segment_bytes(store, e)
+    assert b"x264" in data and b"crf=26" in data  # our libx264, once
+    durations = [round(x.duration_s, 3) for x in pl.entries]
+    assert all(abs(d - 1.0) < 0.05 for d in durations[:-1]), durations  # the last one: cut by close()
+
+
+def test_reconnect_continues_the_playlist_with_a_discontinuity(rtsp_server_factory, tmp_path):
+    server = rtsp_server_factory(file=H264_CLIP)
+    store = DirHlsStore(tmp_path / "hls")
+    cfg = CameraConfig(id=CAM, source=server.url, read_timeout_s=2, open_timeout_s=20)
+    publisher = CopyPublisher(CAM, HlsConfig(segment_s=1.0, list_size=30, keep_segments=60), store)
+    src = CopySource(cfg, publisher)
+    try:
+        src.open()
+        read_for(src, 3.0)
+        wait_until(lambda: len(playlist(store).entries) >= 2, 20, what="segments of the first run")
+        before = playlist(store)
+        server.stop()
+        with pytest.raises(SourceError) as err:
+            read_for(src, 30.0)
+        assert CAM in str(err.value)
+        src.close()
+        server.start()
+        src.open()
+        read_for(src, 3.0)
+        wait_until(lambda: len(playlist(store).entries) >= len(before.entries) + 2, 20,
+                   what="segments of the second run")
+    finally:
+        src.close()
+    after = playlist(store)
+    assert after.media_sequence == before.media_sequence
+    names = [e.name for e in after.entries]
+    assert names[:len(before.entries)] == [e.name for e in before.entries]
+    assert names == sorted(names) and len(set(names)) == len(names)
+    firsts = [i for i, e in enumerate(after.entries) if e.discontinuity]
+    assert len(firsts) == 1 and firsts[0] >= len(before.entries)
+    new = after.entries[firsts[0]]
+    assert new.init != before.entries[0].init  # the new run's own init section
+    assert "#EXT-X-DISCONTINUITY" in store.get_playlist(CAM)
+    assert after.entries[firsts[0]].program_date_time > before.entries[-1].program_date_time
+
+
+def test_a_10s_gop_gives_10s_segments_and_a_playable_stream(tmp_path):
+    clip = tmp_path / "gop10.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-t", "30", "-i", str(H264_CLIP), "-c:v", "libx264",
+                    "-preset", "ultrafast", "-g", "100", "-keyint_min", "100", "-sc_threshold", "0",
+                    "-bf", "0", "-an", str(clip)], check=True, timeout=120)
+    store = DirHlsStore(tmp_path / "hls")
+    cfg = CameraConfig(id=CAM, source=str(clip), loop=False, realtime=False, detect_fps=2)
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(segment_s=2.0, list_size=10), store))
+    try:
+        src.open()
+        with pytest.raises(EndOfStream):
+            for _ in range(10_000):
+                src.read()
+        wait_until(lambda: len(playlist(store).entries) == 3, 20, what="three segments")
+    finally:
+        src.close()
+    pl = playlist(store)
+    assert [round(e.duration_s, 3) for e in pl.entries] == [10.0, 10.0, 10.0]
+    assert "#EXT-X-TARGETDURATION:10\n" in store.get_playlist(CAM)
+    # Playable: init + every segment decode without an error, 30 s of video.
+    whole = tmp_path / "whole.mp4"
+    whole.write_bytes(store.get_segment(CAM, pl.entries[0].init)
+                      + b"".join(store.get_segment(CAM, e.name) for e in pl.entries))
+    out = subprocess.run(["ffmpeg", "-v", "error", "-xerror", "-i", str(whole), "-f", "null", "-"],
+                         capture_output=True, timeout=120)
+    assert out.returncode == 0 and not out.stderr.strip(), out.stderr.decode()
+    frames = ffprobe_json(whole, "-count_frames", "-select_streams", "v:0", "-show_entries",
+                          "stream=nb_read_frames")["streams"][0]["nb_read_frames"]
+    assert int(frames) == 300
+    # Copied: the first keyframe's bytes are the source file's own.
+    seg = store.get_segment(CAM, pl.entries[1].name)
+    mdat = seg.index(b"mdat") + 4
+    assert seg[mdat + 100:mdat + 4196] in clip.read_bytes()
