@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from hls.copy_args import SourceInfo, copyable, parse_probe, probe_args
@@ -19,6 +20,7 @@ from pipeline.logutil import scrub_url
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 5.0
+PROBES_AT_ONCE = 8
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ def _unknown(kind: str, why: str) -> str:
 def check_lines(cfg: PipelineArgs, probe: Callable[[CameraConfig, PipelineArgs], Probe] = probe_camera) -> list[str]:
     """One line per camera: its path and why, whether it is detected, and for a worker camera whose
     source could be probed its codec and whether its video is copied or transcoded."""
+    worker = [c for c in cfg.cameras if c.enabled and cfg.hls.enabled and camera_path(c, cfg.hls)[0] == "worker"]
+    # probed side by side: cameras that do not answer wait out their timeouts together
+    with ThreadPoolExecutor(max_workers=max(1, min(PROBES_AT_ONCE, len(worker)))) as pool:
+        probes = dict(zip([c.id for c in worker], pool.map(lambda c: probe(c, cfg), worker)))
     lines = []
     for cam in cfg.cameras:
         if not cam.enabled:
@@ -88,7 +94,7 @@ def check_lines(cfg: PipelineArgs, probe: Callable[[CameraConfig, PipelineArgs],
         if path == "annotate" and not cam.detect:
             line += "; detection off"
         if path == "worker":
-            found = probe(cam, cfg)
+            found = probes[cam.id]
             if found.info is not None:
                 _, reason = video_plan(cam, found.info)
                 line += f"; video {found.info.width}x{found.info.height}: {reason}"
