@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from hls.copy_args import SourceInfo, copyable, parse_probe, probe_args
+from hls.hwaccel import decode_args
 from pipeline.config import CameraConfig, PipelineArgs, camera_path
 from pipeline.logutil import scrub_url
 
@@ -100,7 +101,9 @@ def check_lines(cfg: PipelineArgs, probe: Callable[[CameraConfig, PipelineArgs],
                 line += f"; video {found.info.width}x{found.info.height}: {reason}"
             else:
                 line += f"; video: {found.why_unknown}"
-            if cam.hwaccel != "none":
+            if cam.hwaccel != "none" and found.info is not None and not decode_args(cam, found.info.codec):
+                line += f"; hwaccel {cam.hwaccel} has no decoder for {found.info.codec}: decoded in software"
+            elif cam.hwaccel != "none":
                 line += f"; decoded by {cam.hwaccel}"
         lines.append(line)
     return lines

@@ -58,6 +58,16 @@ def test_one_line_per_camera_with_path_reason_and_video():
         "camera off: disabled",
     ]
     assert sorted(asked) == ["copy", "far", "mpeg"]  # only worker cameras are probed, once each
+    jetson = config({"id": "usb", "source": "u.avi", "hwaccel": "jetson"},
+                    {"id": "cam", "source": "c.mp4", "hwaccel": "jetson"})
+    codecs = {"usb": Probe(SourceInfo("mjpeg", 640, 480, 30.0)), "cam": Probe(SourceInfo("hevc", 1920, 1080, 25.0))}
+    assert check_lines(jetson, lambda cam, cfg: codecs[cam.id]) == [
+        "camera usb: worker path (boxes drawn by the browser; detection at 5 fps); "
+        "video 640x480: mjpeg cannot be copied: transcoded once at 30 fps; "
+        "hwaccel jetson has no decoder for mjpeg: decoded in software",
+        "camera cam: worker path (boxes drawn by the browser; detection at 5 fps); "
+        "video 1920x1080: hevc is copied as it is (no re-encode); decoded by jetson",
+    ]
     no_hls = config({"id": "a", "source": "rtsp://h/a"}, hls={"enabled": False})
     assert check_lines(no_hls, probe) == ["camera a: ingest only (hls.enabled: false): no video is streamed"]
 
