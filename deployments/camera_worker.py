@@ -33,15 +33,22 @@ log = logging.getLogger(__name__)
 
 class CameraStream:
     """The HLS side of one worker camera. Its CopySource (whose codec probe is kept across reconnects)
-    and CopyPublisher (numbering, discontinuities) live across reconnects and start afresh each time
-    the lease is taken: another replica may have published in between."""
+    and CopyPublisher (numbering, discontinuities) live across reconnects and start afresh with each
+    reading loop: when the lease is taken another replica may have published in between."""
 
     def __init__(self, cam: CameraConfig, args: CameraGroupArgs, store: HlsStore, client):
         self.cam, self.args, self.store, self.client = cam, args, store, client
         self._source: CopySource | None = None
 
     def reset(self) -> None:
-        self._source = None
+        """A new reading loop begins: the previous one's source (a crashed loop's ffmpeg may still run and
+        publish) is closed, and the next connection gets a new source and publisher."""
+        source, self._source = self._source, None
+        if source is not None:
+            try:
+                source.close()
+            except Exception:  # noqa: BLE001 - it is being replaced anyway
+                log.warning("camera %s: closing the previous source failed", self.cam.id, exc_info=True)
 
     def source(self, cam: CameraConfig) -> FrameSource:
         """The source IngestLoop opens for each connection (the same one: open() starts a new run)."""
@@ -76,7 +83,7 @@ class CameraWorkerDeployment:
         stream = self.streams[cam.id]
         return CameraService(cam, self.client, self.args.bus, self.args.detector,
                              self._detect if self.detector is not None else None,
-                             source_factory=stream.source, node_id=self.node_id, on_acquired=stream.reset)
+                             source_factory=stream.source, node_id=self.node_id, on_reading=stream.reset)
 
     def _detect(self, ref: FrameRef) -> None:
         self.detector.detect.remote(ref).result(timeout_s=30)

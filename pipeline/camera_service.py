@@ -39,20 +39,21 @@ __all__ = ["CameraService"]
 class CameraService:
     """Reads one camera while it holds the camera's lease (see the module doc).
 
-    `source_factory(cam)` makes the source for each (re)connection; `on_acquired()` is called each time
-    the lease is taken, before reading starts; `detect(ref)` blocks until the detector has the frame."""
+    `source_factory(cam)` makes the source for each (re)connection; `on_reading()` is called before each
+    new reading loop starts (the lease was taken, or a broken loop is replaced); `detect(ref)` blocks
+    until the detector has the frame."""
 
     def __init__(self, cam: CameraConfig, client: redis.Redis, bus: BusConfig, detector: DetectorConfig,
                  detect: Callable[[FrameRef], None] | None, *,
                  source_factory: Callable[[CameraConfig], FrameSource] = open_source,
-                 node_id: str = "local", on_acquired: Callable[[], None] | None = None):
+                 node_id: str = "local", on_reading: Callable[[], None] | None = None):
         self.cam = cam
         self.bus = FrameBus(client, bus)
         self.statuses = StatusStore(client)
         self.metrics = Metrics(client)
         self.detect = detect if cam.detect else None
         self.source_factory = source_factory
-        self._on_acquired = on_acquired
+        self._on_reading = on_reading
         self.node_id = node_id
         self._reconnects_seen = 0
         self._info = {"name": cam.name or cam.id, "kind": cam.kind, "source": scrub_url(cam.source),
@@ -98,14 +99,14 @@ class CameraService:
         last = self.bus.latest(self.cam.id)
         self.seq = last[0].seq + 1 if last else 0  # carry on the camera's numbering after a takeover
         self.takeovers += 1
-        if self._on_acquired is not None:  # e.g. the worker's HLS publisher starts afresh from the store
-            self._on_acquired()
         self._start_loop()
         log.info("camera %s: reading on node %s (lease epoch %d, from seq %d)", self.cam.id,
                  self.node_id[:12], lease.epoch, self.seq)
 
     def _start_loop(self) -> None:
         with self._loop_lock:
+            if self._on_reading is not None:  # e.g. the worker's source and HLS publisher start afresh
+                self._on_reading()
             stop = self._loop_stop = threading.Event()
             # Bound to this loop's stop: a stuck loop left behind by revive() publishes nothing more.
             self.loop = IngestLoop(self.cam, on_frame=partial(self._on_frame, stop=stop),

@@ -8,6 +8,9 @@ import cv2
 import pytest
 
 import pipeline.camera_service as camera_service
+from conftest import ROOT
+from deployments.camera_worker import CameraStream, CameraWorkerDeployment
+from hls.store import make_store
 from pipeline.bus import FrameBus, StatusStore
 from pipeline.camera_service import CameraService
 from pipeline.config import BusConfig, CameraConfig, DetectorConfig, parse_args
@@ -119,20 +122,18 @@ def test_a_crashed_loop_is_revived_in_place(services, redis_client, assets_dir, 
             super()._run(stop)
 
     monkeypatch.setattr(camera_service, "IngestLoop", CrashesFirst)
-    acquired = []
-    service = start(services, file_cam(assets_dir), redis_client, on_acquired=lambda: acquired.append(1))
+    readings = []
+    service = start(services, file_cam(assets_dir), redis_client, on_reading=lambda: readings.append(1))
     wait_until(lambda: service.problem() is not None, 20, 0.05, "the crash to show")
     assert service.problem() == "camera cam: ingest loop is stuck or died"
     assert service.revive() is True and service.restarts == 1
     wait_until(lambda: service.loop.status().frames > 3, 30, 0.1, "frames after the restart")
-    assert service.problem() is None and len(runs) == 2 and acquired == [1]
+    assert service.problem() is None and len(runs) == 2 and readings == [1, 1]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_worker_health_check_restarts_one_camera_and_leaves_the_others(redis_server, assets_dir, tmp_path,
                                                                        monkeypatch):
-    from deployments.camera_worker import CameraStream, CameraWorkerDeployment
-
     monkeypatch.setattr(CameraStream, "source", lambda self, cam: open_source(cam))  # no HLS needed here
     crash = {"b": 1}
 
@@ -164,3 +165,25 @@ def test_worker_health_check_restarts_one_camera_and_leaves_the_others(redis_ser
     finally:
         for s in worker.services.values():
             s.stop()
+
+
+def test_a_new_reading_loop_gets_a_new_source_and_the_old_ffmpeg_is_stopped(redis_client, tmp_path):
+    cfg = parse_args({"cameras": [{"id": "cam", "source": str(ROOT / "data" / "demo" / "vtest-h264.mp4"),
+                                   "boxes": "browser"}],
+                      "model": {"onnx": "m.onnx", "input_size_px": 320}, "hls": {"store": "dir",
+                                                                                  "dir": str(tmp_path)}})
+    args = cfg.for_group(["cam"])
+    stream = CameraStream(args.cameras[0], args, make_store(args.hls, redis_client), redis_client)
+    source = stream.source(args.cameras[0])
+    assert stream.source(args.cameras[0]) is source  # reconnects reuse it (and its codec probe)
+    source.open()
+    try:
+        frame = source.read()
+        assert frame.source_size == (768, 576) and frame.size == (320, 240)
+        proc = source._proc
+        assert proc.poll() is None
+        stream.reset()
+        wait_until(lambda: proc.poll() is not None, 10, 0.05, "the old ffmpeg to end")
+        assert stream.source(args.cameras[0]) is not source
+    finally:
+        source.close()
