@@ -143,6 +143,10 @@ def _bench(a: argparse.Namespace) -> int:
         from tools.fault_bench import main as faults_main
 
         return faults_main(a)
+    if a.what == "capacity":
+        from tools.capacity_bench import main as capacity_main
+
+        return capacity_main(a)
     if a.what == "latency":
         from tools.latency_bench import main as latency_main
 
@@ -196,13 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_build_engine)
 
     b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side; `bench latency`: glass to glass")
-    b.add_argument("what", nargs="?", choices=["pipeline", "latency", "soak", "scale", "load", "faults"],
-                   default="pipeline",
+    b.add_argument("what", nargs="?", default="pipeline",
+                   choices=["pipeline", "latency", "soak", "scale", "load", "faults", "capacity"],
                    help="pipeline (default): detector vs pipeline; latency: HLS glass-to-glass in Chromium; "
                         "soak: N minutes of 4 cameras, fails if anything grows without bound; "
                         "scale: frames/s with 1, 2, ... detector replicas and recovery after node kills; "
                         "load: N HLS viewers + API clients on one camera through the gateway; "
-                        "faults: inject each fault --repeats times, time to recover and frames lost")
+                        "faults: inject each fault --repeats times, time to recover and frames lost; "
+                        "capacity: most RTSP cameras the copy, transcode and user-loop paths keep up with")
     b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi)")
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
     b.add_argument("--backend", default="onnxruntime",
@@ -247,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", default=None, help="faults: comma-separated parts of fault names to run (default: all)")
     b.add_argument("--timeout-s", type=float, default=120.0, help="faults: longest wait for a recovery")
     b.add_argument("--faults-json", default=None, help="faults: also write every run's figures to this JSON file")
+    b.add_argument("--modes", default="copy,transcode,loop", help="capacity: paths to measure, comma-separated: "
+                   "copy (camera worker, boxes: browser), transcode (boxes: burned), loop (tools/user_loop.py)")
+    b.add_argument("--max-cameras", type=int, default=16, help="capacity: most cameras tried")
+    b.add_argument("--start", type=int, default=1, help="capacity: cameras of the first step (then doubled, bisected)")
+    b.add_argument("--window-s", type=float, default=30.0, help="capacity: measuring window of each step")
+    b.add_argument("--warmup-s", type=float, default=10.0, help="capacity: warm-up once every camera streams")
+    b.add_argument("--quick", action="store_true", help="capacity: a smoke run (1 camera, short windows)")
     b.set_defaults(func=_bench)
 
     from gateway.auth.manage import add_subcommands
