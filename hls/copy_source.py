@@ -406,11 +406,10 @@ class CopySource(FrameSource):
     def read(self) -> Frame:
         if self._reader is None:
             raise SourceError(f"camera {self.cfg.id}: {self.name} is not open")
-        if self._first is not None:
-            frame, self._first = self._first, None
-            return frame
+        first, self._first = self._first, None
         try:
-            frame = self._reader.get(self.cfg.read_timeout_s)
+            frame = self._reader.get(0 if first is not None else self.cfg.read_timeout_s)
+            frame = frame or first  # open()'s frame, unless newer ones came meanwhile
         except SourceError as exc:
             self._info = None
             raise SourceError(f"{exc} ({self._stderr_tail()})") from None

@@ -206,3 +206,63 @@ def test_a_10s_gop_gives_10s_segments_and_a_playable_stream(tmp_path):
     seg = store.get_segment(CAM, pl.entries[1].name)
     mdat = seg.index(b"mdat") + 4
     assert seg[mdat + 100:mdat + 4196] in clip.read_bytes()
+
+
+def test_low_latency_parts_of_copied_video(tmp_path):
+    store = DirHlsStore(tmp_path / "hls")
+    cfg = CameraConfig(id=CAM, source=str(H264_CLIP), detect_fps=5)  # 10 fps, a keyframe every 2 s
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(low_latency=True, part_s=0.3, segment_s=2.0), store))
+    try:
+        src.open()
+        read_for(src, 1.0)
+        wait_until(lambda: len(playlist(store).entries) >= 2, 20, what="two segments")
+        text = store.get_playlist(CAM)
+    finally:
+        src.close()
+    assert "#EXT-X-PART-INF:PART-TARGET=0.30000" in text and "CAN-BLOCK-RELOAD=YES" in text
+    parts = [float(line.split("DURATION=")[1].split(",")[0]) for line in text.splitlines()
+             if line.startswith("#EXT-X-PART:")]
+    assert len(parts) >= 10 and max(parts) <= 0.30000 + 1e-9
+    assert sum(1 for line in text.splitlines() if "INDEPENDENT=YES" in line) >= 2  # one per keyframe
+    listed, pending = [], []  # (EXTINF, its parts' durations) of the segments that list parts
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-PART:"):
+            pending.append(float(line.split("DURATION=")[1].split(",")[0]))
+        elif line.startswith("#EXTINF:"):
+            listed.append((float(line[8:].rstrip(",")), pending))
+            pending = []
+    assert listed and all(abs(d - 2.0) < 0.05 for d, _ in listed)  # a 2 s GOP: 2 s segments
+    for d, p in listed:
+        assert len(p) == 7 and abs(sum(p) - d) < 1e-3  # 6 parts of 3 frames and one of 2, per segment
+
+
+def test_on_demand_publishes_only_while_watched_and_frames_never_wait(redis_client, tmp_path):
+    from hls.viewers import ViewerTracker
+
+    store = DirHlsStore(tmp_path / "hls")
+    cfg = CameraConfig(id=CAM, source=str(H264_CLIP), detect_fps=5, read_timeout_s=10)
+    hls = HlsConfig(segment_s=1.0, on_demand=True, on_demand_idle_s=2)
+    viewers = ViewerTracker(redis_client, hls.on_demand_idle_s)
+    src = CopySource(cfg, CopyPublisher(CAM, hls, store, redis_client))
+    try:
+        src.open()  # nobody watches: ffmpeg runs (the detector's frames), no HLS
+        time.sleep(3.0)  # and nobody reads frames meanwhile: output B is drained all the same
+        assert store.get_playlist(CAM) is None
+
+        def watched_segments(n: int):  # a player asks for the playlist all along
+            viewers.touch(CAM)
+            return store.get_playlist(CAM) and len(playlist(store).entries) >= n
+
+        wait_until(lambda: watched_segments(2), 20, what="segments")
+        first = playlist(store)
+        # no more playlist requests: after on_demand_idle_s the playlist goes
+        wait_until(lambda: store.get_playlist(CAM) is None, 20, what="the playlist removed")
+        wait_until(lambda: watched_segments(1), 20, what="new segments")
+        second = playlist(store)
+        fresh = src.read()
+        assert time.time() - fresh.captured_at < 2.0  # the newest frames, not 10 s old ones
+    finally:
+        src.close()
+    assert second.entries[0].discontinuity
+    assert second.media_sequence > first.media_sequence
+    assert second.entries[0].name > first.entries[-1].name
