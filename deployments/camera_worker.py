@@ -76,7 +76,8 @@ class CameraWorkerDeployment:
         self.node_id = node_id()
         self.streams = {cam.id: CameraStream(cam, args, self.store, self.client) for cam in args.cameras}
         self.services = {cam.id: self._service(cam).start() for cam in args.cameras}
-        log.info("camera worker on node %s runs camera(s) %s", self.node_id[:12],
+        # "cameras <ids>", not "camera worker": the log tags a record with the id after "camera ".
+        log.info("worker replica on node %s runs cameras %s", self.node_id[:12],
                  ", ".join(f"{c.id} ({c.kind} {scrub_url(c.source)})" for c in args.cameras))
 
     def _service(self, cam: CameraConfig) -> CameraService:

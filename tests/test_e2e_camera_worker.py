@@ -66,9 +66,9 @@ def results_since(app, cid: str, after: str) -> list[dict]:
 
 def test_both_cameras_run_in_one_worker_replica(app):
     def started() -> list[str]:  # replicas' lines reach `serve run`'s log prefixed with the replica
-        return re.findall(r"\(ServeReplica:lookout:(\S+) pid=\d+\).*camera worker on node \S+ runs camera\(s\) (.*)",
+        return re.findall(r"\(ServeReplica:lookout:(\S+) pid=\d+\).*worker replica on node \S+ runs cameras (.*)",
                           app.log_path.read_text(errors="replace"))
-    found = wait_until(started, 180, 1, f"the camera worker to start (log:\n{app.log_tail()})")
+    found = wait_until(started, 180, 1, f"the worker replica to start (log:\n{app.log_tail()})")
     assert len(found) == 1 and found[0][0] == "cameras-0", found
     assert re.fullmatch(r"door \(rtsp rtsp://127.0.0.1:\d+/door\), street \(file \S+vtest-h264.mp4\)", found[0][1])
     assert "ServeReplica:lookout:ingest-" not in app.log_path.read_text(errors="replace")
