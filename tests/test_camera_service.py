@@ -187,3 +187,32 @@ def test_a_new_reading_loop_gets_a_new_source_and_the_old_ffmpeg_is_stopped(redi
         assert stream.source(args.cameras[0]) is not source
     finally:
         source.close()
+
+
+def test_a_standby_worker_takes_over_each_camera_of_its_group(redis_server, assets_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(CameraStream, "source", lambda self, cam: open_source(cam))  # the lease is what is tested
+    video = str(assets_dir / "videos" / "vtest.avi")
+    cfg = parse_args({"cameras": [{"id": c, "source": video, "fps": 10, "detect": False, "boxes": "browser",
+                                   "lease_ttl_s": 1, "standby_replicas": 1} for c in ("a", "b")],
+                      "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
+                      "hls": {"dir": str(tmp_path / "hls")}})
+    group = cfg.for_group(["a", "b"])
+    first = CameraWorkerDeployment.func_or_class(group, None)
+    standby = None
+    try:
+        wait_until(lambda: all(s.keeper.held for s in first.services.values()), 20, 0.05, "the first reading")
+        standby = CameraWorkerDeployment.func_or_class(group, None)
+        bus = FrameBus(first.client)
+        wait_until(lambda: all(bus.latest(c) and bus.latest(c)[0].seq > 5 for c in ("a", "b")), 30, 0.1, "frames")
+        assert not any(s.keeper.held for s in standby.services.values())  # only one replica reads a camera
+        seqs = {c: bus.latest(c)[0].seq for c in ("a", "b")}
+        for s in first.services.values():
+            s.stop()
+        wait_until(lambda: all(s.keeper.held for s in standby.services.values()), 20, 0.05, "the takeover")
+        wait_until(lambda: all(bus.latest(c)[0].seq > seqs[c] + 5 for c in ("a", "b")), 30, 0.1,
+                   "frames from the standby")
+        assert all(s.status()["takeovers"] == 1 for s in standby.services.values())
+    finally:
+        for worker in (first, standby):
+            for s in (worker.services.values() if worker else ()):
+                s.stop()
