@@ -266,3 +266,53 @@ def test_on_demand_publishes_only_while_watched_and_frames_never_wait(redis_clie
     assert second.entries[0].discontinuity
     assert second.media_sequence > first.media_sequence
     assert second.entries[0].name > first.entries[-1].name
+
+
+def test_resolution_change_reopens_at_the_new_size(rtsp_server_factory, tmp_path):
+    import signal
+
+    server = rtsp_server_factory(fps=10, extra=["--switch-size", "640x360"])  # a 320x240 test pattern
+    store = DirHlsStore(tmp_path / "hls")
+    cfg = CameraConfig(id=CAM, source=server.url, read_timeout_s=5, open_timeout_s=20)
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(segment_s=1.0, list_size=30, keep_segments=60), store))
+    errors, frame = [], None
+    try:
+        src.open()
+        assert src.size == (320, 240) and src.read().size == (416, 312)
+        wait_until(lambda: store.get_playlist(CAM), 20, what="a segment at 320x240")
+        server.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                frame = src.read()
+            except SourceError as exc:  # as the ingest loop does: reopen
+                errors.append(str(exc))
+                try:
+                    src.open()
+                except SourceError as exc2:
+                    errors.append(str(exc2))
+                continue
+            if frame.source_size == (640, 360):
+                break
+        assert frame is not None and frame.source_size == (640, 360) and frame.size == (416, 234), errors
+        assert src.size == (640, 360)
+        wait_until(lambda: any(e.discontinuity for e in playlist(store).entries), 20, what="the new run's segment")
+    finally:
+        src.close()
+    assert any("changed resolution (320x240 -> 640x360)" in e for e in errors) or \
+        all("stalled" in e or "timed out" in e for e in errors), errors
+    new = next(e for e in playlist(store).entries if e.discontinuity)
+    path = tmp_path / "new.mp4"
+    path.write_bytes(segment_bytes(store, new))
+    assert (video_stream(path)["width"], video_stream(path)["height"]) == (640, 360)
+
+
+def test_a_refused_login_is_a_clear_error_without_the_password(rtsp_server_factory, tmp_path):
+    server = rtsp_server_factory(fps=10, user="cam", password="right")
+    cfg = CameraConfig(id=CAM, source=server.url_with("cam", "hunter2"), open_timeout_s=10)
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(), DirHlsStore(tmp_path / "hls")))
+    with pytest.raises(SourceError) as err:
+        src.open()
+    src.close()
+    text = str(err.value)
+    assert CAM in text and "hunter2" not in text and "401" in text, text
