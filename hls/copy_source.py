@@ -204,6 +204,8 @@ class CopyPublisher(StreamPublisher):
 
     def _stop_publishing(self) -> None:
         """Drop the open segment and the playlist; the next segment carries on the numbering."""
+        for name in self._open_names:  # its parts: listed nowhere now
+            self.store.delete_segment(self.camera_id, name)
         self._open, self._open_run, self._open_data, self._open_names = None, None, [], []
         self._playlist.drop_front(len(self._playlist.entries))
         self._prev_run = -1  # the next segment starts with a discontinuity
@@ -268,7 +270,8 @@ class CopySource(FrameSource):
         self.detect_input_px = detect_input_px
         self.decode_args = list(decode_args or [])
         self._ffmpeg, self._ffprobe = ffmpeg, ffprobe
-        self._info: SourceInfo | None = None
+        self._info: SourceInfo | None = None  # the last probe's
+        self._reprobe = True  # at the next open: after a failure, the source may have changed
         self._decision: tuple[str, str | None] | None = None
         self._proc: subprocess.Popen | None = None
         self._run: CopyRun | None = None
@@ -288,14 +291,15 @@ class CopySource(FrameSource):
         try:
             self._open()
         except SourceError:
-            self._info = None  # re-probe after a failure
+            self._reprobe = True
             self.close()
             raise
 
     def _open(self) -> None:
         cfg = self.cfg
-        if self._info is None:
+        if self._reprobe or self._info is None:
             self._info = probe(cfg, self._ffprobe)
+            self._reprobe = False
         info = self._info
         if copyable(info.codec):
             video, reason = "copy", None
@@ -411,14 +415,14 @@ class CopySource(FrameSource):
             frame = self._reader.get(0 if first is not None else self.cfg.read_timeout_s)
             frame = frame or first  # open()'s frame, unless newer ones came meanwhile
         except SourceError as exc:
-            self._info = None
+            self._reprobe = True
             raise SourceError(f"{exc} ({self._stderr_tail()})") from None
         if frame is None:
-            self._info = None
+            self._reprobe = True
             raise SourceError(f"camera {self.cfg.id}: no frame from {self.name} for "
                               f"{self.cfg.read_timeout_s:g}s (stalled; {self._stderr_tail()})")
         if self._resized:
-            self._info = None  # the reopen probes the new size
+            self._reprobe = True  # the reopen probes the new size
             raise SourceError(f"camera {self.cfg.id}: {self.name} changed resolution ({self._resized}); reopening")
         return frame
 

@@ -316,3 +316,12 @@ def test_a_refused_login_is_a_clear_error_without_the_password(rtsp_server_facto
     src.close()
     text = str(err.value)
     assert CAM in text and "hunter2" not in text and "401" in text, text
+
+
+def test_a_missing_file_is_a_permanent_error(tmp_path):
+    cfg = CameraConfig(id=CAM, source=str(tmp_path / "gone.mp4"))
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(), DirHlsStore(tmp_path / "hls")))
+    with pytest.raises(SourceError) as err:
+        src.open()
+    src.close()
+    assert err.value.permanent and CAM in str(err.value) and "gone.mp4" in str(err.value)
