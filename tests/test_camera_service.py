@@ -216,3 +216,36 @@ def test_a_standby_worker_takes_over_each_camera_of_its_group(redis_server, asse
         for worker in (first, standby):
             for s in (worker.services.values() if worker else ()):
                 s.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_the_worker_fails_its_health_check_only_when_no_camera_can_be_restarted(redis_server, assets_dir, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setattr(CameraStream, "source", lambda self, cam: open_source(cam))
+
+    class Crashes(IngestLoop):
+        def _run(self, stop):
+            raise RuntimeError("a bug in the loop")
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")  # what a process out of threads says
+
+    monkeypatch.setattr(camera_service, "IngestLoop", Crashes)
+    video = str(assets_dir / "videos" / "vtest.avi")
+    cfg = parse_args({"cameras": [{"id": c, "source": video, "detect": False, "boxes": "browser"} for c in "ab"],
+                      "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
+                      "hls": {"dir": str(tmp_path / "hls")}})
+    worker = CameraWorkerDeployment.func_or_class(cfg.for_group(["a", "b"]), None)
+    try:
+        wait_until(lambda: all(s.problem() for s in worker.services.values()), 20, 0.05, "both loops crashed")
+        with monkeypatch.context() as m:
+            m.setattr(worker.services["a"], "revive", no_thread.__get__(worker.services["a"]))
+            worker.check_health()  # b could be restarted: the replica stays
+        wait_until(lambda: worker.services["b"].problem(), 20, 0.05, "b crashed again")
+        monkeypatch.setattr(camera_service.CameraService, "revive", no_thread)
+        with pytest.raises(RuntimeError, match="camera a: ingest loop is stuck or died .*can't start new thread.*"
+                                               "camera b: ingest loop is stuck or died"):
+            worker.check_health()
+    finally:
+        for s in worker.services.values():
+            s.stop()
