@@ -173,14 +173,14 @@ def test_reconnect_continues_the_playlist_with_a_discontinuity(rtsp_server_facto
     assert after.entries[firsts[0]].program_date_time > before.entries[-1].program_date_time
 
 
-def test_a_10s_gop_gives_10s_segments_and_a_playable_stream(tmp_path):
+def test_a_10s_gop_gives_10s_segments_and_a_playable_stream(tmp_path, redis_client):
     clip = tmp_path / "gop10.mp4"
     subprocess.run(["ffmpeg", "-v", "error", "-t", "30", "-i", str(H264_CLIP), "-c:v", "libx264",
                     "-preset", "ultrafast", "-g", "100", "-keyint_min", "100", "-sc_threshold", "0",
                     "-bf", "0", "-an", str(clip)], check=True, timeout=120)
     store = DirHlsStore(tmp_path / "hls")
     cfg = CameraConfig(id=CAM, source=str(clip), loop=False, realtime=False, detect_fps=2)
-    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(segment_s=2.0, list_size=10), store))
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(segment_s=2.0, list_size=10), store, redis_client))
     try:
         src.open()
         with pytest.raises(EndOfStream):
@@ -192,6 +192,8 @@ def test_a_10s_gop_gives_10s_segments_and_a_playable_stream(tmp_path):
     pl = playlist(store)
     assert [round(e.duration_s, 3) for e in pl.entries] == [10.0, 10.0, 10.0]
     assert "#EXT-X-TARGETDURATION:10\n" in store.get_playlist(CAM)
+    info = get_stream_info(redis_client, CAM)  # the page and /api/cameras say what the camera forces
+    assert (info["video"], info["video_reason"], info["segment_s"]) == ("copy", None, 10.0)
     # Playable: init + every segment decode without an error, 30 s of video.
     whole = tmp_path / "whole.mp4"
     whole.write_bytes(store.get_segment(CAM, pl.entries[0].init)
