@@ -3,7 +3,9 @@
 One process per camera: OpenCV reads the stream, ONNX Runtime detects every `--detect-every`-th frame
 (one thread by default), the newest boxes are drawn on every frame, and the frames are piped to an
 ffmpeg libx264 (veryfast) HLS muxer. For the benchmark it also appends one JSON line per detected
-frame to `--detections`: {"captured_at", "detected_at", "boxes"} (capture = when OpenCV returned it).
+frame to `--detections`: {"captured_at", "detected_at", "boxes"}. The capture time is the frame's
+timestamp on the clock of the first frames (anchor = the least wall clock - pts seen so far, as the
+camera workers do), so frames that wait in OpenCV's buffer while the loop is behind count as late.
 
     python -m tools.user_loop rtsp://127.0.0.1:8554/cam --hls-dir /tmp/cam0 --detections /tmp/cam0.jsonl
 """
@@ -60,6 +62,7 @@ def run(source: str, hls_dir: Path, detections_path: Path, onnx: str, detect_eve
     ffmpeg = out = None
     last = Detections.empty()
     n = 0
+    anchor = float("inf")
     try:
         out = open(detections_path, "a", buffering=1)
         while not stop.is_set():
@@ -67,7 +70,10 @@ def run(source: str, hls_dir: Path, detections_path: Path, onnx: str, detect_eve
             if not ok:
                 log.warning("camera %s: the stream ended", scrub_url(source))
                 break
-            captured = time.time()
+            read_at = time.time()
+            pts_s = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            anchor = min(anchor, read_at - pts_s)
+            captured = anchor + pts_s
             if ffmpeg is None:
                 h, w = frame.shape[:2]
                 ffmpeg = subprocess.Popen(hls_argv(hls_dir, w, h, fps, preset), stdin=subprocess.PIPE)
