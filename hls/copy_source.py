@@ -101,21 +101,22 @@ class CopyRun:
         elif arrival < self._settled_at:
             self.anchor = min(self.anchor, offset)
         elif offset < self.anchor - ANCHOR_STEP_S:  # the source's clock runs fast, or jumped ahead
-            self._reanchor(offset)
+            self._reanchor(offset, arrival)
         else:
             self._window_min = min(self._window_min, offset)
             if arrival >= self._window_end:
                 if self._window_min > self.anchor + ANCHOR_STEP_S:  # runs slow, or jumped back
-                    self._reanchor(self._window_min)
+                    self._reanchor(self._window_min, arrival)
                 self._window_min, self._window_end = math.inf, arrival + ANCHOR_WINDOW_S
         self.frames += 1
         return (offset if self.anchor is None else self.anchor) + pts_s
 
-    def _reanchor(self, offset: float) -> None:
+    def _reanchor(self, offset: float, arrival: float) -> None:
         logger.info("camera %s: the source's clock moved %+.3fs against the wall clock; capture times follow",
                     self.camera_id, self.anchor - offset)
         self.anchor = offset
         self.reanchors += 1
+        self._window_min, self._window_end = math.inf, arrival + ANCHOR_WINDOW_S  # frames after the move only
 
     def captures_ms(self, *args) -> None:
         """Copied video shows every frame in its own slot: no capture list."""

@@ -327,3 +327,41 @@ def test_a_missing_file_is_a_permanent_error(tmp_path):
         src.open()
     src.close()
     assert err.value.permanent and CAM in str(err.value) and "gone.mp4" in str(err.value)
+
+
+def test_anchor_settles_then_holds_and_follows_only_real_clock_moves():
+    from hls.copy_source import ANCHOR_SETTLE_S, ANCHOR_STEP_S, ANCHOR_WINDOW_S, CopyRun
+
+    run = CopyRun(1, proc=None, fps=5.0, camera_id=CAM)
+    cap = 1000.0  # frame k is captured at cap + 0.2 k and comes 0.15 s later, but for ffmpeg's probing
+    # burst: the frames of the first second all come together, 1.15 s after the first one's capture
+    assert run.note_frame(cap + 1.15, 0.0) == cap + 1.15
+    for k in range(1, 6):
+        run.note_frame(cap + 1.15 + 0.01 * k, 0.2 * k)
+    for k in range(6, 20):
+        run.note_frame(cap + 0.2 * k + 0.15, 0.2 * k)
+    settled = run.anchor
+    assert settled == pytest.approx(cap + 0.15) and cap + 0.2 * 19 < cap + 1.15 + ANCHOR_SETTLE_S
+    # after settling, jitter (even a frame 0.3 s early) moves nothing: frames and segments stay in step
+    k = 40
+    for jitter in (0.0, -0.3, 0.4, -0.1):
+        k += 1
+        assert run.note_frame(settled + 0.2 * k + jitter, 0.2 * k) == pytest.approx(settled + 0.2 * k)
+    assert run.anchor == settled and run.reanchors == 0
+    # the source's clock jumps 5 s ahead: frames come "early" by more than a step: at once
+    k += 1
+    run.note_frame(settled + 0.2 * k, 0.2 * k + 5.0)
+    assert run.anchor == pytest.approx(settled - 5.0) and run.reanchors == 1
+    # it jumps back 3 s: every frame late by more than a step for a whole window
+    jumped, now, seen = run.anchor, settled + 0.2 * k, set()
+    for i in range(int(ANCHOR_WINDOW_S / 0.2) * 2 + 2):
+        now += 0.2
+        run.note_frame(now, now - jumped - 3.0)
+        seen.add(round(run.anchor - jumped, 6))
+    assert seen == {0.0, 3.0} and run.reanchors == 2  # straight there, once
+    assert ANCHOR_STEP_S < 3.0
+    # frames that ffmpeg flushes while it is being stopped come early: they do not count
+    run.closing = True
+    before = run.anchor
+    assert run.note_frame(now + 0.2 - 2.0, now + 0.2 - before) == pytest.approx(now + 0.2)
+    assert run.anchor == before
