@@ -15,6 +15,7 @@ from deployments.gateway import GatewayDeployment
 from deployments.ingest import IngestDeployment
 from gateway.auth.bootstrap import ADMIN_PASSWORD_ENV
 from gateway.auth.oidc import CLIENT_SECRET_ENV
+from hls.hwaccel import hwaccel_problems
 from pipeline.config import (CameraConfig, ConfigError, DetectorConfig, PipelineArgs, camera_path, missing_files,
                              parse_args)
 
@@ -29,6 +30,10 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
     problems = missing_files(cfg)  # the same checks as `lookout check`, so `serve run` refuses what it refuses
     if problems:
         raise ConfigError("invalid Lookout config:\n" + "\n".join(f"  {p}" for p in problems))
+    # Not refused: in a cluster an unpinned camera may run on another node that has the device.
+    for problem in hwaccel_problems(cfg):
+        log.warning("%s (this node; the camera's ffmpeg fails and says so in its status on a node without it)",
+                    problem)
     det = cfg.detector
     _check_autoscaling_reach(cfg)
     # Each stage is bound only what it needs; the admin password and the OIDC client secret (in the

@@ -50,6 +50,7 @@ def scrub_url(url: str | os.PathLike[str]) -> str:
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("lookout_log_context", default={})
 # Logger name prefix -> stage, for records that carry none (the CLI, tests, a process without defaults).
 _LOGGER_STAGES = (("pipeline.ingest", "ingest"), ("pipeline.sources", "ingest"), ("deployments.ingest", "ingest"),
+                  ("pipeline.camera_service", "ingest"), ("deployments.camera_worker", "ingest"),
                   ("pipeline.detector", "detector"), ("pipeline.models", "detector"), ("deployments.detector", "detector"),
                   ("hls", "encoder"), ("pipeline.annotate", "encoder"), ("deployments.encoder", "encoder"),
                   ("pipeline.events", "events"), ("pipeline.tracking", "events"), ("pipeline.history", "events"),
