@@ -146,7 +146,7 @@ def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_
         raise ValueError(f"detect_size_px must be at least 2x2, got {dw}x{dh}")
     fps = float(cam.fps or source_fps or DEFAULT_FPS)
     inp = _input_args(cam)
-    args = [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "verbose",
+    args = [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+verbose",
             *inp[:-2], *decode_args, *inp[-2:], "-copyts"]
     # A: the video, copied or transcoded once, as fragmented MP4 with the source's timestamps.
     args += ["-map", "0:v:0", "-an", "-sn", "-dn"]

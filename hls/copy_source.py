@@ -54,9 +54,11 @@ from pipeline.sources.base import EndOfStream, Frame, FrameSource, SourceError, 
 
 logger = logging.getLogger(__name__)
 
-_SHOWINFO_RE = re.compile(r"Parsed_showinfo_\d+ @ \w+\] n:\s*(\d+) pts:\s*(-?\d+) pts_time:(-?[0-9.e+-]+)")
-_GRAPH_SIZE_RE = re.compile(r"\[graph[ _]\d+ input from stream [\d:]+ @ \w+\] w:(\d+) h:(\d+)")
-_LOG_PREFIX_RE = re.compile(r"^\[[\w.:-]+ @ (0x)?[0-9a-fA-F]+\]\s*")
+# ffmpeg runs at `-loglevel level+verbose`: "[context @ 0x...] [level] message"
+_SHOWINFO_RE = re.compile(r"Parsed_showinfo_\d+ @ \w+\] (?:\[\w+\] )?n:\s*(\d+) pts:\s*(-?\d+) pts_time:(-?[0-9.e+-]+)")
+_GRAPH_SIZE_RE = re.compile(r"\[graph[ _]\d+ input from stream [\d:]+ @ \w+\] (?:\[\w+\] )?w:(\d+) h:(\d+)")
+_LOG_PREFIX_RE = re.compile(r"^(\[[\w.:/-]+ @ (0x)?[0-9a-fA-F]+\]\s*)?\[(\w+)\]\s*")
+_ERROR_LEVELS = ("warning", "error", "fatal", "panic")
 WATCH_POLL_S = 0.25
 INFO_EVERY_S = 5.0  # stream info is rewritten this often: a Redis that restarted empty has lost it
 STDERR_LINES = 40
@@ -245,7 +247,9 @@ def probe(cfg: CameraConfig, ffprobe: str = "ffprobe") -> SourceInfo:
         raise SourceError(f"camera {cfg.id}: probing {cfg.source} timed out after {cfg.open_timeout_s:g}s") from None
     except OSError as exc:
         raise SourceError(f"camera {cfg.id}: cannot run {ffprobe!r}: {exc}", permanent=True) from None
-    err = " | ".join(out.stderr.decode(errors="replace").strip().splitlines()[-2:])
+    lines = (re.sub(r"^\[[\w.:/-]+ @ (0x)?[0-9a-fA-F]+\]\s*", "", ln).strip()
+             for ln in out.stderr.decode(errors="replace").strip().splitlines())
+    err = " | ".join([ln for ln in lines if ln][-2:])
     if out.returncode != 0:
         missing = cfg.kind == "file" and not os.path.exists(argv[-1])
         raise SourceError(f"camera {cfg.id}: cannot open {cfg.source}: {err or f'ffprobe exit {out.returncode}'}",
@@ -348,6 +352,7 @@ class CopySource(FrameSource):
             raise SourceError(f"camera {cfg.id}: opening {self.name} timed out after {cfg.open_timeout_s:g}s "
                               f"({self._stderr_tail()})")
         self._first = first
+        self._stderr.clear()  # from here on the tail tells why the run ends, not how it started
         logger.info("camera %s: ffmpeg started (pid %d, %s, detector frames %dx%d at %g fps)", cfg.id, proc.pid,
                     video, dw, dh, cfg.detect_fps)
 
@@ -371,7 +376,9 @@ class CopySource(FrameSource):
                         code = None
                     if code == 0 and cfg.kind == "file" and not cfg.loop:
                         raise EndOfStream()
-                    how = f"exited with code {code}" if code is not None else "output ended"
+                    if code == 0:
+                        raise SourceError(f"camera {cfg.id}: stream {self.name} ended (ffmpeg exited)")
+                    how = f"exited with code {code}" if code is not None else "stopped writing frames"
                     raise SourceError(f"camera {cfg.id}: ffmpeg for {self.name} {how}")
                 got += n
             arrival = time.time()
@@ -399,14 +406,13 @@ class CopySource(FrameSource):
                 if size != src_size and self._resized is None:
                     self._resized = f"{src_size[0]}x{src_size[1]} -> {size[0]}x{size[1]}"
                 continue
-            if "showinfo" in line or line.lstrip().startswith(("side data", "frame=")):
-                continue
-            self._stderr.append(line)
+            m = _LOG_PREFIX_RE.match(line)
+            if m and m.group(3) in _ERROR_LEVELS and line[m.end():].strip():
+                self._stderr.append(line[m.end():].strip())  # why a run ends: not its chatter
 
     def _stderr_tail(self, n: int = 3) -> str:
-        lines = [_LOG_PREFIX_RE.sub("", ln).strip() for ln in list(self._stderr)]
-        lines = [ln for ln in lines if ln]
-        return scrub_url(" | ".join(lines[-n:])) if lines else "no output"
+        lines = list(self._stderr)
+        return scrub_url(" | ".join(lines[-n:])) if lines else "ffmpeg logged no error"
 
     def read(self) -> Frame:
         if self._reader is None:

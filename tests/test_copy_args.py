@@ -15,7 +15,7 @@ from pipeline.config import CameraConfig, HlsConfig
 ROOT = Path(__file__).resolve().parents[1]
 H264_CLIP = ROOT / "data" / "demo" / "vtest-h264.mp4"
 
-HEAD = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "verbose"]
+HEAD = ["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+verbose"]
 A_MAP = ["-map", "0:v:0", "-an", "-sn", "-dn"]
 A_MUX = ["-avoid_negative_ts", "disabled", "-f", "mp4",
          "-movflags", "+frag_keyframe+empty_moov+default_base_moof+frag_discont"]
