@@ -53,6 +53,7 @@ DETECT_FPS = 5.0
 POLL_S = 0.1
 READY_TIMEOUT_S = 240.0
 NOT_VIDEO = ("ServeReplica:lookout:detector", "ServeReplica:lookout:events", "ServeReplica:lookout:gateway")
+CAMERA_WORKER = "ServeReplica:lookout:cameras-"  # deployments.app.camera_groups names them cameras-0, cameras-1...
 
 
 # --- what the HLS stream holds -------------------------------------------------------------------
@@ -274,14 +275,18 @@ def own_pids(exclude: set[int]) -> list[str]:
     return [p for p in own_processes() if int(p) not in exclude]
 
 
-def video_pids(pids: list[str]) -> list[str]:
+def video_pids(pids: list[str], workers_only: bool = False) -> list[str]:
     """Of `pids`, the video path's: the app's camera replicas (not the detector, events or gateway), their
-    ffmpeg children and Redis; not Ray's own processes."""
+    ffmpeg children and Redis; not Ray's own processes (`workers_only`: the camera worker replicas alone)."""
     out = []
     for pid in pids:
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
+            continue
+        if workers_only:
+            if CAMERA_WORKER in cmd:
+                out.append(pid)
             continue
         camera_replica = "ServeReplica:lookout:" in cmd and not any(n in cmd for n in NOT_VIDEO)
         if camera_replica or cmd.split(" ", 1)[0].rsplit("/", 1)[-1] in ("ffmpeg", "redis-server"):
@@ -297,11 +302,13 @@ def measure_window(cameras: list[str], watcher: HlsWatcher, detections: Callable
     time.sleep(warmup_s)
     pids = own_pids(exclude)
     before, video_before = read_stages(pids), totals(read_stages(video_pids(pids)))[0]
+    workers_before = totals(read_stages(video_pids(pids, workers_only=True)))[0]
     t0 = time.time()
     time.sleep(window_s)
     t1 = time.time()
     pids = own_pids(exclude)
     after, video_after = read_stages(pids), totals(read_stages(video_pids(pids)))[0]
+    workers_after = totals(read_stages(video_pids(pids, workers_only=True)))[0]
     time.sleep(2.0)  # results and segments of the window's last frames
     cams = {}
     for c in cameras:
@@ -309,6 +316,9 @@ def measure_window(cameras: list[str], watcher: HlsWatcher, detections: Callable
         fig["behind"] = behind(fig, detect_fps)
         cams[c] = fig
     cpu = {k: (after[k].cpu_s - before.get(k, StageReading()).cpu_s) / (t1 - t0) for k in after}
+    workers = (workers_after - workers_before) / (t1 - t0)
+    if workers > 0:  # tools.procs files camera worker replicas under "ray" with Ray's own processes
+        cpu["camera workers"], cpu["ray"] = workers, cpu.get("ray", 0.0) - workers
     return {"n": len(cameras), "cameras": cams, "keeps_up": not any(f["behind"] for f in cams.values()),
             "cores": sum(cpu.values()), "cores_by_stage": {k: round(v, 3) for k, v in cpu.items()},
             "video_cores": (video_after - video_before) / (t1 - t0),
@@ -495,8 +505,10 @@ def print_report(summaries: list[dict], a: argparse.Namespace) -> None:
         for r in sorted(s["rows"], key=lambda r: r["n"]):
             worst = min(r["cameras"].values(), key=lambda c: c["hls_ratio"])
             why = sorted({w for c in r["cameras"].values() for w in c["behind"]})
-            print(f"  {s['mode']} N={r['n']}: {'keeps up' if r['keeps_up'] else 'behind'}; {r['cores']:.2f} cores, "
-                  f"RSS {r['rss_mb']:.0f} MB, worst HLS {worst['hls_ratio']:.1%}, load {r['load']:.1f}"
+            stages = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["cores_by_stage"].items(), key=lambda kv: -kv[1])
+                               if v >= 0.005)
+            print(f"  {s['mode']} N={r['n']}: {'keeps up' if r['keeps_up'] else 'behind'}; {r['cores']:.2f} cores "
+                  f"({stages}), RSS {r['rss_mb']:.0f} MB, worst HLS {worst['hls_ratio']:.1%}, load {r['load']:.1f}"
                   + (f"; {'; '.join(why)}" if why else ""))
     for s in summaries:
         if "video_alone_row" in s:
