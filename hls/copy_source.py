@@ -260,6 +260,49 @@ def probe(cfg: CameraConfig, ffprobe: str = "ffprobe") -> SourceInfo:
         raise SourceError(f"camera {cfg.id}: {cfg.source}: {exc}") from None
 
 
+class _RunOutput:
+    """What one ffmpeg run says on stderr: each detector frame's pts (showinfo), a change of the
+    input size, and its warnings and errors (the tail a SourceError quotes)."""
+
+    def __init__(self, src_size: tuple[int, int]):
+        self.src_size = src_size
+        self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self.resized: str | None = None
+        self._pts: collections.deque[float] = collections.deque()
+        self._cv = threading.Condition()
+
+    def next_pts(self, timeout_s: float) -> float | None:
+        """The pts of the next frame on output B (its showinfo line comes first), None after timeout_s."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: self._pts, timeout_s):
+                return None
+            return self._pts.popleft()
+
+    def pump(self, stream) -> None:
+        for raw in iter(lambda: _readline(stream), b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            m = _SHOWINFO_RE.search(line)
+            if m:
+                with self._cv:
+                    self._pts.append(float(m.group(3)))
+                    self._cv.notify_all()
+                continue
+            m = _GRAPH_SIZE_RE.search(line)
+            if m:
+                size = (int(m.group(1)), int(m.group(2)))
+                if size != self.src_size and self.resized is None:
+                    w, h = self.src_size
+                    self.resized = f"{w}x{h} -> {size[0]}x{size[1]}"
+                continue
+            m = _LOG_PREFIX_RE.match(line)
+            if m and m.group(3) in _ERROR_LEVELS and line[m.end():].strip():
+                self.tail.append(line[m.end():].strip())  # why a run ends: not its chatter
+
+    def tail_text(self, n: int = 3) -> str:
+        lines = list(self.tail)
+        return scrub_url(" | ".join(lines[-n:])) if lines else "ffmpeg logged no error"
+
+
 class CopySource(FrameSource):
     """Runs the camera's one ffmpeg: its video goes to `publisher` (HLS), its detector frames come out of read().
 
@@ -283,10 +326,7 @@ class CopySource(FrameSource):
         self._frames_file = None
         self._reader: ThreadedReader | None = None
         self._first: Frame | None = None
-        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
-        self._pts: collections.deque[float] = collections.deque()
-        self._pts_cv = threading.Condition()
-        self._resized: str | None = None
+        self._out = _RunOutput((0, 0))  # the current run's stderr, read by a thread of its own
         self.video: str | None = None  # "copy" or "transcode" of the current run
 
     # ----------------------------------------------------------------- FrameSource
@@ -323,10 +363,7 @@ class CopySource(FrameSource):
         argv = camera_ffmpeg_args(cfg, self.publisher.settings, video=video, detect_size_px=(dw, dh),
                                   decode_args=self.decode_args, ffmpeg=self._ffmpeg, source_fps=fps,
                                   frames_fd=w_fd)
-        self._stderr.clear()
-        with self._pts_cv:
-            self._pts.clear()
-        self._resized = None
+        out = self._out = _RunOutput(src_size)  # a run of its own: an old run's last lines never mix in
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     pass_fds=(w_fd,), bufsize=0)
@@ -337,11 +374,11 @@ class CopySource(FrameSource):
         os.close(w_fd)
         self._proc = proc
         self._frames_file = os.fdopen(r_fd, "rb", buffering=0)
-        threading.Thread(target=self._pump_stderr, args=(proc.stderr, src_size),
+        threading.Thread(target=out.pump, args=(proc.stderr,),
                          name=f"copy-stderr-{cfg.id}", daemon=True).start()
         run = self.publisher.start_run(proc, fps=fps, video=video, video_reason=reason, source_size=src_size)
         self._run = run
-        self._reader = ThreadedReader(self._grab_fn(run, (dw, dh), src_size), name=f"copy-read-{cfg.id}")
+        self._reader = ThreadedReader(self._grab_fn(run, out, (dw, dh), src_size), name=f"copy-read-{cfg.id}")
         try:
             first = self._reader.get(cfg.open_timeout_s)
         except EndOfStream:
@@ -352,11 +389,11 @@ class CopySource(FrameSource):
             raise SourceError(f"camera {cfg.id}: opening {self.name} timed out after {cfg.open_timeout_s:g}s "
                               f"({self._stderr_tail()})")
         self._first = first
-        self._stderr.clear()  # from here on the tail tells why the run ends, not how it started
+        out.tail.clear()  # from here on the tail tells why the run ends, not how it started
         logger.info("camera %s: ffmpeg started (pid %d, %s, detector frames %dx%d at %g fps)", cfg.id, proc.pid,
                     video, dw, dh, cfg.detect_fps)
 
-    def _grab_fn(self, run: CopyRun, size: tuple[int, int], src_size: tuple[int, int]):
+    def _grab_fn(self, run: CopyRun, out: "_RunOutput", size: tuple[int, int], src_size: tuple[int, int]):
         nbytes = size[0] * size[1] * 3
         frames, cfg = self._frames_file, self.cfg
 
@@ -382,37 +419,16 @@ class CopySource(FrameSource):
                     raise SourceError(f"camera {cfg.id}: ffmpeg for {self.name} {how}")
                 got += n
             arrival = time.time()
-            with self._pts_cv:
-                if not self._pts_cv.wait_for(lambda: self._pts, cfg.read_timeout_s):
-                    raise SourceError(f"camera {cfg.id}: a frame without its showinfo line")
-                pts = self._pts.popleft()
+            pts = out.next_pts(cfg.read_timeout_s)
+            if pts is None:
+                raise SourceError(f"camera {cfg.id}: a frame without its showinfo line")
             image = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
             return Frame(image=image, pts_s=pts, captured_at=run.note_frame(arrival, pts), source_size=src_size)
 
         return grab
 
-    def _pump_stderr(self, stream, src_size: tuple[int, int]) -> None:
-        for raw in iter(lambda: _readline(stream), b""):
-            line = raw.decode("utf-8", "replace").rstrip()
-            m = _SHOWINFO_RE.search(line)
-            if m:
-                with self._pts_cv:
-                    self._pts.append(float(m.group(3)))
-                    self._pts_cv.notify_all()
-                continue
-            m = _GRAPH_SIZE_RE.search(line)
-            if m:
-                size = (int(m.group(1)), int(m.group(2)))
-                if size != src_size and self._resized is None:
-                    self._resized = f"{src_size[0]}x{src_size[1]} -> {size[0]}x{size[1]}"
-                continue
-            m = _LOG_PREFIX_RE.match(line)
-            if m and m.group(3) in _ERROR_LEVELS and line[m.end():].strip():
-                self._stderr.append(line[m.end():].strip())  # why a run ends: not its chatter
-
-    def _stderr_tail(self, n: int = 3) -> str:
-        lines = list(self._stderr)
-        return scrub_url(" | ".join(lines[-n:])) if lines else "ffmpeg logged no error"
+    def _stderr_tail(self) -> str:
+        return self._out.tail_text()
 
     def read(self) -> Frame:
         if self._reader is None:
@@ -428,9 +444,9 @@ class CopySource(FrameSource):
             self._reprobe = True
             raise SourceError(f"camera {self.cfg.id}: no frame from {self.name} for "
                               f"{self.cfg.read_timeout_s:g}s (stalled; {self._stderr_tail()})")
-        if self._resized:
+        if self._out.resized:
             self._reprobe = True  # the reopen probes the new size
-            raise SourceError(f"camera {self.cfg.id}: {self.name} changed resolution ({self._resized}); reopening")
+            raise SourceError(f"camera {self.cfg.id}: {self.name} changed resolution ({self._out.resized}); reopening")
         return frame
 
     def close(self) -> None:
