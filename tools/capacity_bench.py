@@ -362,7 +362,8 @@ class AppMode:
             "redis_url": self.redis_url,
             "cameras": [{"id": f"{self.mode}{i}", "source": self.url, "boxes": boxes, "detect_fps": DETECT_FPS,
                          "detect": detect} for i in range(n)],
-            "model": {"onnx": self.a.onnx, "backend": self.a.backend},
+            "model": {"onnx": self.a.onnx, "backend": self.a.backend,
+                      **({"intra_op_threads": self.a.threads} if getattr(self.a, "threads", 0) else {})},
             "hls": {"boxes": boxes},
             "events": {"enabled": False},
             "gateway": {"public_url": f"http://127.0.0.1:{self.port}", "auth": {"mode": "none"}},
@@ -492,7 +493,8 @@ def summarize(mode: str, best: int, rows: list[dict], deployments: list[str]) ->
 
 def print_report(summaries: list[dict], a: argparse.Namespace) -> None:
     print(f"\ncapacity: clip={a.clip or DEFAULT_CLIP} over RTSP, detection at {DETECT_FPS:g} fps, window "
-          f"{a.window_s:g} s, backend {a.backend}, cpus={os.cpu_count()}, load at the end {os.getloadavg()[0]:.1f}")
+          f"{a.window_s:g} s, backend {a.backend} ({getattr(a, 'threads', 0) or 'default'} thread(s)), "
+          f"cpus={os.cpu_count()}, load at the end {os.getloadavg()[0]:.1f}")
     print(f"{'mode':>10} {'cameras':>8} {'cores/camera':>13} {'cores/added camera':>19} {'RSS MB':>8} "
           f"{'MB/added camera':>16} {'latency p50 ms':>15} {'video path cores/camera':>24}")
     for s in summaries:
