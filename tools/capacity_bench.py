@@ -512,6 +512,9 @@ def print_report(summaries: list[dict], a: argparse.Namespace) -> None:
             print(f"  {s['mode']} N={r['n']}: {'keeps up' if r['keeps_up'] else 'behind'}; {r['cores']:.2f} cores "
                   f"({stages}), RSS {r['rss_mb']:.0f} MB, worst HLS {worst['hls_ratio']:.1%}, load {r['load']:.1f}"
                   + (f"; {'; '.join(why)}" if why else ""))
+    if getattr(a, "quick", False):
+        print("  --quick: a smoke run; its few-second windows judge the HLS ratio to about +-2 %, so a verdict "
+              "here is not a measurement")
     for s in summaries:
         if "video_alone_row" in s:
             r = s["video_alone_row"]
