@@ -44,6 +44,7 @@ import numpy as np
 from hls.copy_args import SourceInfo, camera_ffmpeg_args, copyable, detect_size, parse_probe, probe_args
 from hls.ffmpeg_args import part_frames
 from hls.fmp4 import Fragment
+from hls.hwaccel import hwaccel_failure
 from hls.llhls import part_target_s
 from hls.segmenter import StreamPublisher
 from hls.store import HlsStore
@@ -428,7 +429,8 @@ class CopySource(FrameSource):
         return grab
 
     def _stderr_tail(self) -> str:
-        return self._out.tail_text()
+        why = hwaccel_failure(self.cfg, list(self._out.tail))  # names the field to change
+        return scrub_url(why) if why else self._out.tail_text()
 
     def read(self) -> Frame:
         if self._reader is None:

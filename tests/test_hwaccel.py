@@ -81,6 +81,26 @@ def test_cuda_without_a_gpu_fails_with_a_message_the_status_keeps():
                    "Device creation failed: -1); set cameras[gate].hwaccel: none to decode in software")
 
 
+@pytest.mark.skipif(has_nvidia_gpu(), reason="this machine has an NVIDIA GPU: test_cuda_decodes_on_a_gpu runs instead")
+def test_camera_ffmpeg_without_a_gpu_says_which_field_to_change(tmp_path):
+    """The camera worker's CopySource: the error (so the camera's status) names cameras[id].hwaccel."""
+    from hls.copy_source import CopyPublisher, CopySource
+    from hls.store import make_store
+    from pipeline.config import HlsConfig
+
+    c = cam("cuda", source=str(H264_CLIP))
+    hls = HlsConfig(store="dir", dir=str(tmp_path))
+    source = CopySource(c, CopyPublisher(c.id, hls, make_store(hls, None, None), None),
+                        decode_args=decode_args(c, "h264"))
+    with pytest.raises(SourceError) as err:
+        try:
+            source.open()
+        finally:
+            source.close()
+    assert "hwaccel cuda failed (" in str(err.value), str(err.value)
+    assert "set cameras[gate].hwaccel: none to decode in software" in str(err.value)
+
+
 @pytest.mark.gpu
 def test_cuda_decodes_on_a_gpu():
     c = cam("cuda", source=str(H264_CLIP))
