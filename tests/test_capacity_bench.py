@@ -205,3 +205,25 @@ def test_app_modes_configure_the_paths_they_name(yolo_tiny_onnx):
             assert cfg.model.intra_op_threads == 1 and not cfg.events.enabled
         groups = camera_groups(parse_args(runner.args(3)))
         assert [len(g) for _, g in groups] == ([3] if mode == "copy" else [])
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_copy_mode_one_camera_for_real(rtsp_server_factory, assets_dir, yolo_tiny_onnx, monkeypatch):  # noqa: F811
+    """The copy mode at N=1 as the tool runs it (Redis, Ray Serve, the app, then detection off): its camera is
+    stream-copied by a camera worker, and every figure comes from the app's real output."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    server = rtsp_server_factory(name="cap", file=assets_dir / CLIP)
+    a = argparse.Namespace(onnx=str(yolo_tiny_onnx), backend="onnxruntime", threads=1, warmup_s=1.0, window_s=4.0,
+                           start=1, max_cameras=1)
+    [summary] = cb._app_modes(a, ["copy"], server.url, 10.0, {server.proc.pid})
+    assert any(d.startswith("cameras-") for d in summary["deployments"])
+    [row] = summary["rows"]
+    cam = row["cameras"]["copy0"]
+    assert cam["video"] == "copy"  # what the running camera wrote: its H.264 is copied, not re-encoded
+    assert cam["hls_ratio"] > 0 and cam["detect_fps"] > 0 and 0 < cam["latency_p50_s"] <= cam["latency_p95_s"]
+    assert row["cores_by_stage"]["detector"] > 0 and row["cores_by_stage"]["camera workers"] > 0
+    assert row["rss_mb"] > 100
+    alone = summary["video_alone_row"]
+    assert alone["cameras"]["copy0"]["hls_ratio"] > 0 and alone["video_cores"] > 0
+    assert alone["cameras"]["copy0"]["detect_fps"] == 0  # detect: false sends nothing to the detector
