@@ -54,7 +54,7 @@ def test_rtsp_copy_argv():
     argv = camera_ffmpeg_args(cam, HlsConfig(), video="copy", detect_size_px=(416, 234))
     assert argv == [
         *HEAD, "-rtsp_transport", "tcp", "-timeout", "8000000", "-probesize", "500000",
-        "-analyzeduration", "1000000", "-i", "rtsp://u:p@10.0.0.2/s", "-copyts",
+        "-analyzeduration", "1000000", "-flags", "low_delay", "-i", "rtsp://u:p@10.0.0.2/s", "-copyts",
         *A_MAP, "-c:v", "copy", *A_MUX, "-flush_packets", "1", "pipe:1",
         *b_out("5", 416, 234),
     ]
@@ -76,7 +76,7 @@ def test_file_transcode_argv():
     hls = HlsConfig(segment_s=2.0)
     argv = camera_ffmpeg_args(cam, hls, video="transcode", detect_size_px=(416, 312), source_fps=10)
     assert argv == [
-        *HEAD, "-re", "-stream_loop", "-1", "-i", "data/demo/vtest.avi", "-copyts",
+        *HEAD, "-re", "-stream_loop", "-1", "-flags", "low_delay", "-i", "data/demo/vtest.avi", "-copyts",
         *A_MAP, "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-crf", "26",
         "-pix_fmt", "yuv420p", "-bf", "0", "-g", "20", "-keyint_min", "20", "-sc_threshold", "0",
         "-fps_mode", "passthrough", *A_MUX, "-flush_packets", "1", "pipe:1",
@@ -89,7 +89,7 @@ def test_file_not_looped_nor_paced_and_cam_fps_wins():
     argv = camera_ffmpeg_args(cam, HlsConfig(segment_s=1.0, bitrate_kbps=800), video="transcode",
                               detect_size_px=(416, 312), source_fps=10)
     i = argv.index("-i")
-    assert argv[len(HEAD):i + 2] == ["-i", "/v/a.mp4"]
+    assert argv[len(HEAD):i + 2] == ["-flags", "low_delay", "-i", "/v/a.mp4"]
     assert argv[argv.index("-g") + 1] == "15"  # the camera's configured rate
     assert argv[argv.index("-b:v") + 1] == "800k" and "-crf" not in argv
 
@@ -98,11 +98,11 @@ def test_v4l2_argv():
     cam = CameraConfig(id="usb", source="/dev/video2", width_px=1280, height_px=720, fps=30, detect_fps=4)
     argv = camera_ffmpeg_args(cam, HlsConfig(), video="transcode", detect_size_px=(416, 234))
     assert argv[len(HEAD):argv.index("-copyts")] == [
-        "-f", "v4l2", "-video_size", "1280x720", "-framerate", "30", "-i", "/dev/video2"]
+        "-f", "v4l2", "-video_size", "1280x720", "-framerate", "30", "-flags", "low_delay", "-i", "/dev/video2"]
     assert argv[argv.index("-g") + 1] == "30"
     bare = camera_ffmpeg_args(CameraConfig(id="usb", source="v4l2:///dev/video0"), HlsConfig(), video="copy",
                               detect_size_px=(416, 312))
-    assert bare[len(HEAD):bare.index("-copyts")] == ["-f", "v4l2", "-i", "/dev/video0"]
+    assert bare[len(HEAD):bare.index("-copyts")] == ["-f", "v4l2", "-flags", "low_delay", "-i", "/dev/video0"]
 
 
 def test_low_latency_cuts_fragments_of_part_s():
