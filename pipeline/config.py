@@ -275,8 +275,10 @@ class HlsConfig(_Model):
         0.5, ge=0, le=10, description="How long a frame waits for its detections before it is encoded."
     )
     boxes: Literal["burned", "browser"] = Field(
-        "burned", description="burned: boxes drawn into the video; browser: the video stays unannotated and "
-                              "the page draws boxes from the detections, timed by PROGRAM-DATE-TIME.",
+        "browser", description="browser: the camera's own video is streamed (copied, or transcoded once when its "
+                               "codec cannot be copied) and the page draws boxes from the detections, timed by "
+                               "PROGRAM-DATE-TIME; burned: every frame is re-encoded with the boxes drawn in "
+                               "(cameras can override it: cameras[].boxes).",
     )
     on_demand: bool = Field(False, description="Encode each camera's HLS only while someone watches it.")
     on_demand_idle_s: float = Field(

@@ -22,9 +22,9 @@ def built(args) -> dict:
 
 
 def test_browser_cameras_run_in_workers_and_burned_ones_keep_ingest_and_encoder(tmp_path):
-    cams = [{"id": "a", "source": "a.avi", "boxes": "browser"},
+    cams = [{"id": "a", "source": "a.avi"},  # hls.boxes: browser (the default)
             {"id": "b", "source": "rtsp://u:cam-b-pass@10.0.0.2/s", "boxes": "browser"},
-            {"id": "c", "source": "c.avi"},  # hls.boxes: burned (the default)
+            {"id": "c", "source": "c.avi", "boxes": "burned"},
             {"id": "d", "source": "d.avi", "boxes": "browser", "enabled": False}]
     bound = built(config(tmp_path, cams, gateway={"auth": {"admin_password": "admin-pw-4f9c2e"}}))
     assert sorted(bound) == ["cameras-0", "detector", "encoder-c", "events", "gateway", "ingest-c"]

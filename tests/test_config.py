@@ -155,7 +155,8 @@ def test_build_app_binds_each_stage_only_its_config_and_no_secret(tmp_path):
         (tmp_path / name).write_bytes(b"")
     admin_pw, oidc_secret = "admin-pw-4f9c2e", "oidc-secret-8d1a7b"
     args = {"cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "rtsp://u:cam-b-pass@10.0.0.2/s"}],
-            "model": {"onnx": "m.onnx"}, "base_dir": str(tmp_path),
+            "model": {"onnx": "m.onnx"}, "base_dir": str(tmp_path), "hls": {"boxes": "burned"},  # worker groups:
+            # tests/test_camera_groups.py
             "gateway": {"public_url": "https://lookout.example", "auth": {
                 "admin_password": admin_pw,
                 "oidc": {"issuer": "https://idp.example", "client_id": "lookout", "client_secret": oidc_secret}}}}

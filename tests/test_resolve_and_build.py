@@ -39,16 +39,18 @@ def test_resolve_converts_once_and_finds_labels(tmp_path, yolo_tiny):
     assert resolve_model(args.model, args).onnx.stat().st_mtime_ns == mtime  # not rebuilt
 
 
-def test_build_app_wires_one_ingest_and_encoder_per_enabled_camera(tmp_path):
+@pytest.mark.parametrize("boxes, stages", [("browser", ["cameras-0"]), ("burned", ["encoder-a", "ingest-a"])])
+def test_build_app_wires_each_enabled_camera_by_its_path(tmp_path, boxes, stages):
     from ray.serve._private.build_app import build_app as serve_build
 
     from deployments.app import build_app
 
-    args = args_for(tmp_path, onnx="m.onnx")
+    args = args_for(tmp_path, onnx="m.onnx").model_dump()
+    args["hls"]["boxes"] = boxes
     (tmp_path / "x.avi").write_bytes(b"")  # build_app refuses a file camera whose file is missing
-    built = serve_build(build_app(args.model_dump()), name="lookout")
+    built = serve_build(build_app(args), name="lookout")
     names = sorted(d.name for d in built.deployments)
-    assert names == ["detector", "encoder-a", "events", "gateway", "ingest-a"]
+    assert names == sorted(["detector", "events", "gateway", *stages])
     det = next(d for d in built.deployments if d.name == "detector")
     assert det.user_config == {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}
     events = next(d for d in built.deployments if d.name == "events")
