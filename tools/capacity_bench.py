@@ -107,7 +107,20 @@ def segment_frames(data: bytes, captures_ms: list[int] | None = None) -> int:
     return ts_video_frames(data) if data[:1] == b"\x47" else fmp4_frames(data)
 
 
+
+def replicas(a) -> int:
+    """Detector replicas of the app modes (`--replicas`, one number; default 1)."""
+    value = getattr(a, "replicas", None)
+    try:
+        n = int(value) if value not in (None, "") else 1
+    except ValueError:
+        raise SystemExit(f"--replicas: capacity takes one number, got {value!r}") from None
+    if n < 1:
+        raise SystemExit(f"--replicas must be >= 1, got {n}")
+    return n
+
 @dataclass
+
 class Seen:
     """One segment as the watcher first saw it in the playlist."""
 
@@ -364,6 +377,8 @@ class AppMode:
                          "detect": detect} for i in range(n)],
             "model": {"onnx": self.a.onnx, "backend": self.a.backend,
                       **({"intra_op_threads": self.a.threads} if getattr(self.a, "threads", 0) else {})},
+            # Ray CPUs shared out, so that several replicas fit the head's CPUs: threads say what they use.
+            "detector": {"num_replicas": replicas(self.a), "num_cpus": round(1 / replicas(self.a), 2)},
             "hls": {"boxes": boxes},
             "events": {"enabled": False},
             "gateway": {"public_url": f"http://127.0.0.1:{self.port}", "auth": {"mode": "none"}},
@@ -493,7 +508,8 @@ def summarize(mode: str, best: int, rows: list[dict], deployments: list[str]) ->
 
 def print_report(summaries: list[dict], a: argparse.Namespace) -> None:
     print(f"\ncapacity: clip={a.clip or DEFAULT_CLIP} over RTSP, detection at {DETECT_FPS:g} fps, window "
-          f"{a.window_s:g} s, backend {a.backend} ({getattr(a, 'threads', 0) or 'default'} thread(s)), "
+          f"{a.window_s:g} s, backend {a.backend} ({replicas(a)} replica(s) of {getattr(a, 'threads', 0) or 'default'} "
+          f"thread(s)), "
           f"cpus={os.cpu_count()}, load at the end {os.getloadavg()[0]:.1f}")
     print(f"{'mode':>10} {'cameras':>8} {'cores/camera':>13} {'cores/added camera':>19} {'RSS MB':>8} "
           f"{'MB/added camera':>16} {'latency p50 ms':>15} {'video path cores/camera':>24}")
