@@ -48,7 +48,8 @@ class EncoderDeployment:
         self._info_at = 0.0
         self._hls_error: str | None = None
         self.pacer: FramePacer | None = None
-        burned = args.hls.boxes == "burned"
+        self.boxes = cam.boxes or args.hls.boxes
+        burned = self.boxes == "burned"
         self.stream = AnnotatedStream(
             camera_id, FrameBus(client, args.bus), ResultStore(client),
             [BoxAnnotator(), LabelAnnotator()] if burned else [], self._write,
@@ -59,7 +60,7 @@ class EncoderDeployment:
         self._thread = threading.Thread(target=self.stream.run, args=(self._stop,), name=f"encode-{camera_id}",
                                         daemon=True)
         self._thread.start()
-        log.info("camera %s: encoder started (%s, boxes %s%s)", camera_id, args.hls.encoder, args.hls.boxes,
+        log.info("camera %s: encoder started (%s, boxes %s%s)", camera_id, args.hls.encoder, self.boxes,
                  ", on demand" if self.on_demand else "")
 
     def _measure_fps(self) -> bool:
@@ -109,7 +110,7 @@ class EncoderDeployment:
         if self._size != (w, h) or hls_error != self._hls_error or time.monotonic() - self._info_at > INFO_EVERY_S:
             self._size, self._info_at, self._hls_error = (w, h), time.monotonic(), hls_error
             errors = {"hls_error": hls_error, "hls_restarts": self.segmenter.restarts} if hls_error else {}
-            put_stream_info(self.redis, self.camera_id, w, h, self.args.hls.boxes, self.fps, **errors)
+            put_stream_info(self.redis, self.camera_id, w, h, self.boxes, self.fps, **errors)
         if self.args.hls.timecode:
             if not image.flags.writeable:
                 image = image.copy()

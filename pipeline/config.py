@@ -258,7 +258,8 @@ class HlsConfig(_Model):
     """Encoding and HLS segmenting."""
 
     enabled: bool = Field(True, description="Encode an annotated HLS stream per camera.")
-    width_px: int | None = Field(None, ge=16, le=7680, description="Output width; default: the source's.")
+    width_px: int | None = Field(None, ge=16, le=7680, description="Output width; default: the source's. Scaling "
+                                                                  "re-encodes every camera (the annotate path).")
     height_px: int | None = Field(None, ge=16, le=4320, description="Output height; default: the source's.")
     segment_s: float = Field(1.0, ge=0.5, le=10, description="Target segment duration.")
     list_size: int = Field(6, ge=2, le=100, description="Segments in the rolling playlist.")
@@ -286,7 +287,7 @@ class HlsConfig(_Model):
     )
     timecode: bool = Field(
         False, description="Burn each frame's capture time (ms) as black/white blocks into the top-left corner "
-                           "(for `lookout bench latency`).",
+                           "(for `lookout bench latency`); the video is then re-encoded (the annotate path).",
     )
     container: Literal["mpegts", "fmp4"] | None = Field(
         None, description="Segment container: MPEG-TS (.ts) or fragmented MP4 (.m4s + an EXT-X-MAP init "
@@ -714,10 +715,14 @@ class PipelineArgs(_Located, _Model):
 def camera_path(cam: CameraConfig, hls: HlsConfig) -> tuple[str, str]:
     """Which path a camera's video takes and why: ("worker", why) — one ffmpeg copies (or transcodes once)
     the camera's video into HLS and decodes frames for the detector at detect_fps — or ("annotate", why):
-    every frame on the bus, boxes burned in by the encoder."""
+    every frame on the bus, re-encoded by the encoder (boxes burned in, or drawn by the browser)."""
     boxes = cam.boxes or hls.boxes
     if boxes == "burned":
         return "annotate", ("boxes: burned (camera)" if cam.boxes else "hls.boxes: burned") + " re-encodes the video"
+    if hls.timecode:  # lookout bench latency and the page's timing tests read it from each frame
+        return "annotate", "hls.timecode burns each frame's capture time in: the video is re-encoded"
+    if hls.width_px is not None:
+        return "annotate", f"hls.width_px/height_px scale the video to {hls.width_px}x{hls.height_px}: it is re-encoded"
     if cam.kind == "csi":
         return "annotate", "Jetson CSI sensors are read through OpenCV's GStreamer, not ffmpeg"
     return "worker", "boxes drawn by the browser; " + (f"detection at {cam.detect_fps:g} fps" if cam.detect

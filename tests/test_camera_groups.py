@@ -6,7 +6,7 @@ import pytest
 from ray.serve._private.build_app import build_app as serve_build
 
 from deployments.app import build_app, camera_groups
-from pipeline.config import parse_args
+from pipeline.config import camera_path, parse_args
 
 
 def config(tmp_path, cameras, **extra):
@@ -62,6 +62,19 @@ def test_without_hls_or_for_csi_cameras_the_ingest_reads(tmp_path):
         ["detector", "events", "gateway", "ingest-a", "ingest-j"]
     assert sorted(built(config(tmp_path, cams, hls={"boxes": "browser"}))) == \
         ["cameras-0", "detector", "encoder-j", "events", "gateway", "ingest-j"]
+
+
+def test_a_burned_in_timecode_or_scaling_re_encodes_every_camera(tmp_path):
+    """hls.timecode (lookout bench latency, the page's timing tests) and scaling need each frame re-encoded."""
+    cams = [{"id": "a", "source": "rtsp://10.0.0.1/s"}]
+    assert sorted(built(config(tmp_path, cams, hls={"boxes": "browser", "timecode": True}))) == \
+        ["detector", "encoder-a", "events", "gateway", "ingest-a"]
+    cfg = parse_args(config(tmp_path, cams, hls={"timecode": True}))
+    assert camera_path(cfg.cameras[0], cfg.hls) == (
+        "annotate", "hls.timecode burns each frame's capture time in: the video is re-encoded")
+    cfg = parse_args(config(tmp_path, cams, hls={"width_px": 640, "height_px": 360}))
+    assert camera_path(cfg.cameras[0], cfg.hls) == (
+        "annotate", "hls.width_px/height_px scale the video to 640x360: it is re-encoded")
 
 
 @pytest.mark.parametrize("bad", [0, 65, "two"])
