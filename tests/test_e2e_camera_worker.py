@@ -23,6 +23,7 @@ from test_e2e_logs import loud_lines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CLIP = ROOT / "data" / "demo" / "vtest-h264.mp4"  # H.264 768x576 at 10 fps
+MPEG4 = ROOT / "data" / "demo" / "vtest.avi"  # its source: MPEG-4 part 2 (msmpeg4v3)
 SRC_W, SRC_H = 768, 576
 DETECT_FPS = 5.0
 
@@ -37,6 +38,10 @@ def app(tmp_path_factory, yolo_tiny_onnx):
         {"id": "door", "source": rtsp.url, "boxes": "browser", "detect_fps": DETECT_FPS, "reconnect_min_s": 0.5,
          "reconnect_max_s": 2.0, "read_timeout_s": 3.0, "open_timeout_s": 5.0},
         {"id": "street", "source": str(CLIP), "boxes": "browser", "detect_fps": DETECT_FPS},
+        # MPEG-4 (msmpeg4v3) cannot be copied: the worker transcodes it once; and a burned-boxes camera
+        # under the default hls.boxes: browser goes through ingest + encoder. No detection: cheap.
+        {"id": "yard", "source": str(MPEG4), "detect": False},
+        {"id": "lobby", "source": str(MPEG4), "boxes": "burned", "detect": False, "fps": 5},
     ]
     try:
         with serve_app(tmp, cameras) as running:
@@ -71,9 +76,10 @@ def test_both_cameras_run_in_one_worker_replica(app):
                           app.log_path.read_text(errors="replace"))
     found = wait_until(started, 180, 1, f"the worker replica to start (log:\n{app.log_tail()})")
     assert len(found) == 1 and found[0][0] == "cameras-0", found
-    assert re.fullmatch(r"door \(rtsp rtsp://127.0.0.1:\d+/door\), street \(file \S+vtest-h264.mp4\)", found[0][1])
+    assert re.fullmatch(r"door \(rtsp rtsp://127.0.0.1:\d+/door\), street \(file \S+vtest-h264.mp4\), "
+                        r"yard \(file \S+vtest.avi\)", found[0][1])
     log = app.log_path.read_text(errors="replace")
-    assert "ServeReplica:lookout:ingest-" not in log
+    assert not re.search(r"ServeReplica:lookout:(ingest|encoder)-(door|street|yard)\b", log)
     # A normal start of the worker says nothing loud (Ray's notes of a starved box aside).
     loud = loud_lines(log)
     assert not loud, "\n".join(loud[:20])
@@ -132,3 +138,19 @@ def test_a_dead_rtsp_camera_leaves_the_other_camera_flowing_and_comes_back(app):
     flowing("door", "door is back")
     flowing("street", "door is back")
     assert app.json("/api/cameras/door")["reconnects"] >= 1
+
+
+def test_an_mpeg4_camera_is_transcoded_once_and_says_so_and_burned_boxes_keep_their_encoder(app):
+    def camera(cid: str) -> dict:
+        return app.json(f"/api/cameras/{cid}") or {}
+
+    yard = wait_until(lambda: camera("yard") if camera("yard").get("video") else None, 120, 1,
+                      "the yard camera's video path in /api/cameras")
+    assert yard["path"] == "worker" and yard["video"] == "transcode", yard
+    assert "msmpeg4v3" in yard["video_reason"] and "cannot be copied" in yard["video_reason"], yard
+    wait_until(lambda: len(segments(app, "yard")) >= 2, 120, 1, "the yard camera's transcoded segments")
+    lobby = wait_until(lambda: camera("lobby") if (camera("lobby").get("stream") or {}).get("boxes") else None,
+                       120, 1, "the lobby camera's stream info")
+    assert lobby["path"] == "annotate" and "boxes: burned (camera)" in lobby["path_reason"], lobby
+    assert lobby["stream"]["boxes"] == "burned", lobby  # its own setting, not hls.boxes (browser)
+    wait_until(lambda: len(segments(app, "lobby")) >= 2, 120, 1, "the lobby camera's encoded segments")

@@ -88,7 +88,8 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     ]
     try:
         # Its own Ray head (serve_app): a plain `serve run` would join any Ray cluster left on the machine.
-        with serve_app(tmp, cameras, hls={"width_px": OUT_W, "height_px": OUT_H}) as running:
+        # Scaled, boxes burned in: the annotate path (the camera worker path: tests/test_e2e_camera_worker.py).
+        with serve_app(tmp, cameras, hls={"width_px": OUT_W, "height_px": OUT_H, "boxes": "burned"}) as running:
             yield App(running.base, running.log_path, rtsp, running.client, running.admin_password)
     finally:
         rtsp.stop()

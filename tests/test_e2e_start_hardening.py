@@ -1,5 +1,5 @@
 """Issue 13 on the real app (`serve run` through serve_app): "Lookout is up" only once a request would
-succeed, no secret in the ingest/encoder/detector/events replicas' environment, the history file 0600,
+succeed, no secret in the camera worker/ingest/encoder/detector/events replicas' environment, the history file 0600,
 and `serve run` refusing a config `lookout check` refuses."""
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ CAMERA = f"start-{secrets.token_hex(3)}"  # unique: other Ray clusters on this b
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, assets_dir):
     tmp = tmp_path_factory.mktemp("e2e-start")
-    cameras = [{"id": CAMERA, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2}]
+    cameras = [{"id": CAMERA, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2},  # a camera worker
+               {"id": f"{CAMERA}-b", "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2, "boxes": "burned",
+                "detect": False}]  # ingest + encoder
     with serve_app(tmp, cameras, ray_cpus=6) as running:
         yield running, tmp
 
@@ -55,7 +57,7 @@ def test_only_the_gateway_holds_the_admin_password(app):
     password = running.admin_password
     gateway = [environ(pid).get("LOOKOUT_ADMIN_PASSWORD") for pid in replicas("gateway")]
     assert password in gateway  # the check sees it where it is
-    stages = {name: replicas(name) for name in (f"ingest-{CAMERA}", f"encoder-{CAMERA}")}
+    stages = {name: replicas(name) for name in ("cameras-0", f"ingest-{CAMERA}-b", f"encoder-{CAMERA}-b")}
     assert all(stages.values()), stages
     stages.update({name: replicas(name) for name in ("detector", "events")})
     for name, pids in stages.items():

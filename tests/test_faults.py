@@ -1,9 +1,11 @@
 """Fault injection against the real app (`serve run`, real RTSP cameras, Redis, ffmpeg, detector).
 
-One app for the module, three cameras: `flt-a` (RTSP through a FaultProxy, the camera every
-per-camera fault hits, with detection), `flt-b` (RTSP through its own proxy) and `flt-c` (a file),
-the two undisturbed ones. ffmpeg's HLS work directory ($TMPDIR of the app) is a small tmpfs, so
-the disk can be filled. Each test injects one fault and checks that the camera recovers by itself
+One app for the module, three cameras: `flt-a` (RTSP through a FaultProxy, the camera the source
+faults hit, with detection), `flt-b` (RTSP through its own proxy) and `flt-c` (a file). `flt-a` and
+`flt-b` take the shipped default path (camera workers: one ffmpeg per camera copies the video into
+HLS, so that ffmpeg is the "ingest ffmpeg" and there is no HLS-only one); `flt-c` has burned boxes
+(ingest + annotate + encode), and the HLS faults (its encoder's ffmpeg killed, its disk full) hit
+it. ffmpeg's HLS work directory ($TMPDIR of the app) is a small tmpfs, so the disk can be filled. Each test injects one fault and checks that the camera recovers by itself
 (bounded waits, no timing asserts), that the other cameras are not disturbed, and that the error
 shows in /api/cameras and /metrics; the last test checks that nothing was left behind.
 Figures for docs/reliability.md come from `lookout bench faults` (tools/fault_bench.py).
@@ -98,7 +100,8 @@ def rig(tmp_path_factory, yolo_tiny_onnx, assets_dir):
             proxies.append(F.FaultProxy(s.port))
         cameras = [{"id": CAM, "source": proxies[0].url("a"), **RTSP_CAM},
                    {"id": OTHER_RTSP, "source": proxies[1].url("b"), "detect": False, **RTSP_CAM},
-                   {"id": OTHER_FILE, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": FPS, "detect": False}]
+                   {"id": OTHER_FILE, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": FPS, "detect": False,
+                    "boxes": "burned"}]
         os.environ["TMPDIR"] = str(work)  # the app's tempfile.gettempdir(): ffmpeg's HLS work directories
         os.environ["RAY_TMPDIR"] = "/tmp"  # Ray's own files stay where they always are
         marker = secrets.token_hex(8)
@@ -217,13 +220,15 @@ def test_killed_ingest_ffmpeg_is_restarted(rig):
 
 
 def test_killed_hls_ffmpeg_is_restarted(rig):
-    segments = rig.metric("lookout_hls_segments_total", CAM)
-    res = rig.run(F.Fault("HLS ffmpeg killed", CAM, F.kill_matching(rig.pids, "ffmpeg", f"lookout-hls-{CAM}-")))
+    """The encoder's ffmpeg of a burned-boxes camera (a worker camera's one ffmpeg: the ingest test)."""
+    segments = rig.metric("lookout_hls_segments_total", OTHER_FILE)
+    res = rig.run(F.Fault("HLS ffmpeg killed", OTHER_FILE,
+                          F.kill_matching(rig.pids, "ffmpeg", f"lookout-hls-{OTHER_FILE}-")), others=(CAM, OTHER_RTSP))
     rig.assert_others_undisturbed(res)
     assert res.reconnects == 0, "the camera itself was not touched"
-    cam = rig.app.json(f"/api/cameras/{CAM}")
+    cam = rig.app.json(f"/api/cameras/{OTHER_FILE}")
     assert "ffmpeg exited with code -9" in ((cam.get("stream") or {}).get("hls_error") or ""), cam
-    assert rig.metric("lookout_hls_segments_total", CAM) > segments
+    assert rig.metric("lookout_hls_segments_total", OTHER_FILE) > segments
 
 
 def test_killed_detector_replica_is_replaced(rig):
@@ -238,12 +243,13 @@ def test_full_hls_disk_is_survived(rig):
     if not rig.tmpfs:
         pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN) for the HLS work directory")
     filler = []
-    res = rig.run(F.Fault("HLS disk full", CAM, lambda: filler.append(F.DiskFiller(rig.work_dir)),
-                          heal=lambda: filler[0].heal(), hold_s=8.0))
-    cam = rig.app.json(f"/api/cameras/{CAM}")
+    res = rig.run(F.Fault("HLS disk full", OTHER_FILE, lambda: filler.append(F.DiskFiller(rig.work_dir)),
+                          heal=lambda: filler[0].heal(), hold_s=8.0), others=(CAM, OTHER_RTSP))
+    cam = rig.app.json(f"/api/cameras/{OTHER_FILE}")
     assert "disk full?" in ((cam.get("stream") or {}).get("hls_error") or ""), cam
     assert res.frames_lost > 0, "segments ffmpeg could not write were published as if whole"
-    for cid in (OTHER_RTSP, OTHER_FILE):  # they share the disk: their HLS must come back too
+    # The worker cameras' video goes from ffmpeg's pipe to the store without touching the disk.
+    for cid in (CAM, OTHER_RTSP):
         wait_until(lambda: rig.monitor.newest_media_s(cid) > time.time() - 5, BOUND_S, 0.5, f"{cid}'s HLS back")
         assert res.others[cid]["reconnects"] == 0
 
@@ -284,7 +290,7 @@ def test_redis_restart_under_load_is_survived(rig):
 def test_nothing_was_left_behind(rig):
     """After all the faults: one ffmpeg per stream, no connection or disk or stream growth."""
     pids = rig.pids
-    expected = 2 + 3  # two RTSP ingests, three HLS encoders
+    expected = 2 + 1  # each worker camera's one ffmpeg; the burned-boxes file camera's encoder
     wait_until(lambda: len(F.find(pids(), "ffmpeg")) == expected, 60, 1,
                f"{expected} ffmpeg processes (have {[F.cmdline(p)[:80] for p in F.find(pids(), 'ffmpeg')]})")
     for proxy in rig.proxies:

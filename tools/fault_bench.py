@@ -3,8 +3,9 @@
 Starts its own Redis, two RTSP cameras (tools/rtsp_server.py under the system python, each behind a
 tools.faults.FaultProxy), a file camera, and the app on its own local Ray. ffmpeg's HLS work
 directory ($TMPDIR of the app) is a 48 MiB tmpfs when mounting is allowed (root), so the disk can be
-filled; otherwise that fault is left out. Every fault hits camera `fa` (RTSP, detection on); `fb`
-(RTSP) and `fc` (file) are watched for disturbance. See tools/faults.py for how recovery and lost
+filled; otherwise that fault is left out. The source faults hit camera `fa` (RTSP, detection on, the
+default camera worker path), the HLS faults (encoder ffmpeg killed, disk full) the file camera `fc`
+(burned boxes: ingest + encoder); the other cameras are watched for disturbance. See tools/faults.py for how recovery and lost
 frames are measured, and docs/reliability.md for the figures.
 """
 from __future__ import annotations
@@ -110,7 +111,7 @@ def main(a: argparse.Namespace) -> int:
             "redis_url": f"redis://127.0.0.1:{redis_port}/0",
             "cameras": [{"id": "fa", "source": proxies[0].url("a"), **RTSP_CAM},
                         {"id": "fb", "source": proxies[1].url("b"), "detect": False, **RTSP_CAM},
-                        {"id": "fc", "source": clip, "fps": FPS, "detect": False}],
+                        {"id": "fc", "source": clip, "fps": FPS, "detect": False, "boxes": "burned"}],
             "model": {"onnx": a.onnx, "backend": a.backend},
             "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
             "history": {"db_path": str(tmp / "history.sqlite3")},
@@ -128,13 +129,14 @@ def main(a: argparse.Namespace) -> int:
         def restart() -> None:
             procs.append(F.restart_redis(redis_port, tmp))
 
-        kinds = F.standard_faults("fa", sa.pid, proxies[0], "a", F.descendants, restart, work if tmpfs else None)
+        kinds = F.standard_faults("fa", sa.pid, proxies[0], "a", F.descendants, restart, work if tmpfs else None,
+                                  hls_cam="fc")
         wanted = [k for k in kinds if not a.only or any(w in k.name for w in a.only.split(","))]
         results: dict[str, list[F.Result]] = {k.name: [] for k in wanted}
         for i in range(a.repeats):
             for fault in wanted:
                 try:
-                    res = F.measure(mon, fault, FPS, ["fb", "fc"], timeout_s=a.timeout_s,
+                    res = F.measure(mon, fault, FPS, [c for c in cams if c != fault.camera], timeout_s=a.timeout_s,
                                     log=lambda s: print(f"[{i + 1}/{a.repeats}] {s}", flush=True))
                 except TimeoutError as exc:
                     print(f"[{i + 1}/{a.repeats}] {fault.name}: NOT RECOVERED: {exc}; now: "

@@ -502,11 +502,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def standard_faults(cam: str, server_pid: int, proxy: FaultProxy, proxy_path: str, pids: Callable[[], list[int]],
-                    restart_redis_: Callable[[], None], work_dir: Path | None, disk_hold_s: float = 8.0
-                    ) -> list[Fault]:
+                    restart_redis_: Callable[[], None], work_dir: Path | None, disk_hold_s: float = 8.0,
+                    hls_cam: str | None = None) -> list[Fault]:
     """The faults of issue 8 on camera `cam` (RTSP through `proxy`, served by rtsp_server.py with
     --switch-size and --jump-s); the disk-full fault only when `work_dir` is a small file system
-    holding the app's HLS work directories."""
+    holding the app's HLS work directories. The HLS faults (encoder ffmpeg killed, disk full) hit
+    `hls_cam` (default `cam`): a camera with burned boxes, since a camera worker's video has no
+    encoder of its own (its one ffmpeg is the ingest's) and never touches the disk."""
+    hls_cam = hls_cam or cam
     filler: list[DiskFiller] = []
     out = [
         Fault("camera clock jump (-20 s)", cam, lambda: os.kill(server_pid, signal.SIGUSR2)),
@@ -515,11 +518,11 @@ def standard_faults(cam: str, server_pid: int, proxy: FaultProxy, proxy_path: st
         Fault("RTSP garbage", cam, proxy.garbage, seen=reconnected),
         Fault("ingest ffmpeg killed", cam, kill_matching(pids, "ffmpeg", f":{proxy.port}/{proxy_path}"),
               seen=reconnected),
-        Fault("HLS ffmpeg killed", cam, kill_matching(pids, "ffmpeg", f"lookout-hls-{cam}-")),
+        Fault("HLS ffmpeg killed", hls_cam, kill_matching(pids, "ffmpeg", f"lookout-hls-{hls_cam}-")),
         Fault("detector replica killed", cam, kill_matching(pids, "ServeReplica:lookout:detector")),
     ]
     if work_dir is not None:
-        out.append(Fault("HLS disk full", cam, lambda: filler.append(DiskFiller(work_dir)),
+        out.append(Fault("HLS disk full", hls_cam, lambda: filler.append(DiskFiller(work_dir)),
                          heal=lambda: filler.pop().heal(), hold_s=disk_hold_s))
     out.append(Fault("Redis restarted", cam, restart_redis_))
     return out
