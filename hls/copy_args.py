@@ -126,7 +126,8 @@ def detect_select(detect_fps: float) -> str:
     time mapping; it also moves each frame's pts onto its slot. select passes frames at once, with
     their own pts."""
     f = _num(detect_fps)
-    return f"select='isnan(prev_selected_t)+gt(floor(t*{f}),floor(prev_selected_t*{f}))'"
+    # lt(): a frame whose pts went back (the camera's clock jumped) passes at once, so the reader sees it.
+    return f"select='isnan(prev_selected_t)+gt(floor(t*{f}),floor(prev_selected_t*{f}))+lt(t,prev_selected_t)'"
 
 
 def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_size_px: tuple[int, int],

@@ -64,6 +64,7 @@ WATCH_POLL_S = 0.25
 INFO_EVERY_S = 5.0  # stream info is rewritten this often: a Redis that restarted empty has lost it
 STDERR_LINES = 40
 ANCHOR_SETTLE_S = 3.0  # the anchor is the least arrival - pts over a run's first frames of this long
+CLOCK_BACK_S = 0.5  # a pts this far before the previous frame's: the camera's clock went back
 ANCHOR_STEP_S = 1.0  # afterwards it moves only when the source's clock is this far off (drift, a jump) ...
 ANCHOR_WINDOW_S = 10.0  # ... all the time (upwards: over this window)
 
@@ -397,6 +398,7 @@ class CopySource(FrameSource):
     def _grab_fn(self, run: CopyRun, out: "_RunOutput", size: tuple[int, int], src_size: tuple[int, int]):
         nbytes = size[0] * size[1] * 3
         frames, cfg = self._frames_file, self.cfg
+        last_pts: list[float] = []
 
         def grab() -> Frame:
             buf = bytearray(nbytes)
@@ -423,6 +425,11 @@ class CopySource(FrameSource):
             pts = out.next_pts(cfg.read_timeout_s)
             if pts is None:
                 raise SourceError(f"camera {cfg.id}: a frame without its showinfo line")
+            if last_pts and pts < last_pts[0] - CLOCK_BACK_S:
+                # The copied video's timestamps went back with it (ffmpeg bends them into garbage): a new
+                # run starts a new timeline, anchor and init section, after a discontinuity.
+                raise SourceError(f"camera {cfg.id}: the camera's clock went back {last_pts[0] - pts:.1f}s; reopening")
+            last_pts[:] = [pts]
             image = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
             return Frame(image=image, pts_s=pts, captured_at=run.note_frame(arrival, pts), source_size=src_size)
 

@@ -22,7 +22,7 @@ A_MUX = ["-avoid_negative_ts", "disabled", "-f", "mp4",
 
 
 def b_out(fps: str, w: int, h: int, fd: int = 3) -> list[str]:
-    sel = f"select='isnan(prev_selected_t)+gt(floor(t*{fps}),floor(prev_selected_t*{fps}))'"
+    sel = f"select='isnan(prev_selected_t)+gt(floor(t*{fps}),floor(prev_selected_t*{fps}))+lt(t,prev_selected_t)'"
     return ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", f"{sel},scale={w}:{h},showinfo",
             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", f"pipe:{fd}"]
 

@@ -10,9 +10,11 @@ or not a client is connected.
   --user/--password require RTSP basic authentication.
   --switch-size WxH SIGUSR1 toggles the served resolution between the source's and WxH (same
                     stream, new SPS: a camera whose resolution is changed mid-stream).
-  --jump-s S        SIGUSR2 adds S seconds to every later timestamp: a camera whose clock (RTP
-                    timestamps, RTCP sender reports) jumps mid-stream. Use S < 0: the server's
-                    sinks hold frames stamped in the future, so a forward jump stalls the stream.
+  --jump-s S        SIGUSR2 adds S seconds to every later timestamp of the sessions open then: a
+                    camera whose clock (RTP timestamps, RTCP sender reports) jumps mid-stream; a
+                    session opened later starts a timeline of its own, as a camera's does. Use
+                    S < 0: the server's sinks hold frames stamped in the future, so a forward jump
+                    stalls the stream.
 
 Prints "READY <url>" on stdout once it listens; exits on SIGTERM/SIGINT.
 """
@@ -70,7 +72,7 @@ class Feeder:
         self.jump_ns = int((args.jump_s or 0) * Gst.SECOND)
         self.stall_after = args.stall_after
         self.lock = threading.Lock()
-        self.medias: dict[int, tuple[Gst.Element, float]] = {}
+        self.medias: dict[int, list] = {}  # [appsrc, started (monotonic), clock offset (ns)]
         self.pipeline.set_state(Gst.State.PLAYING)
         threading.Thread(target=self._run, daemon=True).start()
 
@@ -88,8 +90,11 @@ class Feeder:
         return True
 
     def jump(self) -> bool:
-        """SIGUSR2: later timestamps move by --jump-s."""
+        """SIGUSR2: later timestamps of the open sessions move by --jump-s."""
         self.pts_offset += self.jump_ns
+        with self.lock:
+            for media in self.medias.values():
+                media[2] += self.jump_ns
         print(f"JUMP {self.pts_offset / Gst.SECOND:+g}s", flush=True)
         return True
 
@@ -98,7 +103,7 @@ class Feeder:
         appsrc.set_property("caps", self.caps)
         key = id(media)
         with self.lock:
-            self.medias[key] = (appsrc, time.monotonic())
+            self.medias[key] = [appsrc, time.monotonic(), 0]  # its clock's jumps (ns)
         media.connect("unprepared", lambda *_: self._remove(key))
 
     def _remove(self, key: int) -> None:
@@ -117,7 +122,7 @@ class Feeder:
             self.cur_size, self.caps = size, self._caps(size)
             with self.lock:
                 targets = list(self.medias.values())
-            for appsrc, _ in targets:
+            for appsrc, _, _ in targets:
                 appsrc.set_property("caps", self.caps)
         return sample.get_buffer()
 
@@ -135,18 +140,18 @@ class Feeder:
             now = time.monotonic()
             with self.lock:
                 targets = list(self.medias.values())
-            for appsrc, started in targets:
+            for appsrc, started, offset_ns in targets:
                 if self.stall_after is not None and now - started >= self.stall_after:
                     continue
-                self._push(appsrc, buf)
+                self._push(appsrc, buf, offset_ns)
 
-    def _push(self, appsrc: Gst.Element, buf: Gst.Buffer) -> None:
+    def _push(self, appsrc: Gst.Element, buf: Gst.Buffer, offset_ns: int) -> None:
         # stamp with the media pipeline's running time; before it plays there is none, so skip
         clock = appsrc.get_clock()
         if clock is None or appsrc.get_state(0)[1] != Gst.State.PLAYING:
             return
         out = buf.copy()
-        out.pts = max(0, clock.get_time() - appsrc.get_base_time() + self.pts_offset)
+        out.pts = max(0, clock.get_time() - appsrc.get_base_time() + offset_ns)
         out.dts = Gst.CLOCK_TIME_NONE
         out.duration = int(Gst.SECOND / self.fps)
         appsrc.emit("push-buffer", out)
