@@ -52,6 +52,7 @@ from hls.viewers import ViewerTracker, put_stream_info
 from pipeline.config import CameraConfig, HlsConfig
 from pipeline.logutil import scrub_url
 from pipeline.sources.base import EndOfStream, Frame, FrameSource, SourceError, ThreadedReader
+from pipeline.sources.file import file_path
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ WATCH_POLL_S = 0.25
 INFO_EVERY_S = 5.0  # stream info is rewritten this often: a Redis that restarted empty has lost it
 STDERR_LINES = 40
 ANCHOR_SETTLE_S = 3.0  # the anchor is the least arrival - pts over a run's first frames of this long
+FILE_CHECK_S = 1.0  # a file camera's file is looked for this often
 CLOCK_BACK_S = 0.5  # a pts this far before the previous frame's: the camera's clock went back
 ANCHOR_STEP_S = 1.0  # afterwards it moves only when the source's clock is this far off (drift, a jump) ...
 ANCHOR_WINDOW_S = 10.0  # ... all the time (upwards: over this window)
@@ -328,6 +330,7 @@ class CopySource(FrameSource):
         self._frames_file = None
         self._reader: ThreadedReader | None = None
         self._first: Frame | None = None
+        self._file_checked = 0.0
         self._out = _RunOutput((0, 0))  # the current run's stderr, read by a thread of its own
         self.video: str | None = None  # "copy" or "transcode" of the current run
 
@@ -342,8 +345,18 @@ class CopySource(FrameSource):
             self.close()
             raise
 
+    def _check_file(self) -> None:
+        """A file camera's file must still be there: ffmpeg loops the one it opened even after it was
+        deleted, so the deletion would go unnoticed (FileSource checks at each rewind)."""
+        if self.cfg.kind == "file":
+            path = file_path(self.cfg.source)
+            if not os.path.isfile(path):
+                raise SourceError(f"camera {self.cfg.id}: video file {path} does not exist", permanent=True)
+
     def _open(self) -> None:
         cfg = self.cfg
+        self._check_file()
+        self._file_checked = time.monotonic()
         if self._reprobe or self._info is None:
             self._info = probe(cfg, self._ffprobe)
             self._reprobe = False
@@ -453,6 +466,9 @@ class CopySource(FrameSource):
             self._reprobe = True
             raise SourceError(f"camera {self.cfg.id}: no frame from {self.name} for "
                               f"{self.cfg.read_timeout_s:g}s (stalled; {self._stderr_tail()})")
+        if self.cfg.kind == "file" and time.monotonic() - self._file_checked >= FILE_CHECK_S:
+            self._file_checked = time.monotonic()
+            self._check_file()
         if self._out.resized:
             self._reprobe = True  # the reopen probes the new size
             raise SourceError(f"camera {self.cfg.id}: {self.name} changed resolution ({self._out.resized}); reopening")

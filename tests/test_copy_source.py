@@ -8,6 +8,7 @@ playlist with a discontinuity; a 10 s GOP still makes a playable stream.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -374,3 +375,22 @@ def test_anchor_settles_then_holds_and_follows_only_real_clock_moves():
     before = run.anchor
     assert run.note_frame(now + 0.2 - 2.0, now + 0.2 - before) == pytest.approx(now + 0.2)
     assert run.anchor == before
+
+
+def test_a_file_deleted_while_it_is_read_is_a_permanent_error(tmp_path):
+    """ffmpeg loops the file it opened even once it is deleted: the source looks for it (FileSource's message)."""
+    clip = tmp_path / "gone.mp4"
+    shutil.copy(H264_CLIP, clip)
+    cfg = CameraConfig(id=CAM, source=str(clip))
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(), DirHlsStore(tmp_path / "hls")))
+    try:
+        src.open()
+        src.read()
+        clip.unlink()
+        with pytest.raises(SourceError) as err:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                src.read()
+    finally:
+        src.close()
+    assert err.value.permanent and str(err.value) == f"camera {CAM}: video file {clip} does not exist"
