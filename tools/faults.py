@@ -518,11 +518,12 @@ def standard_faults(cam: str, server_pid: int, proxy: FaultProxy, proxy_path: st
         Fault("RTSP garbage", cam, proxy.garbage, seen=reconnected),
         Fault("ingest ffmpeg killed", cam, kill_matching(pids, "ffmpeg", f":{proxy.port}/{proxy_path}"),
               seen=reconnected),
-        Fault("HLS ffmpeg killed", hls_cam, kill_matching(pids, "ffmpeg", f"lookout-hls-{hls_cam}-")),
+        Fault("HLS ffmpeg killed", hls_cam, kill_matching(pids, "ffmpeg", f"lookout-hls-{hls_cam}-"),
+              detect=hls_cam == cam),
         Fault("detector replica killed", cam, kill_matching(pids, "ServeReplica:lookout:detector")),
     ]
     if work_dir is not None:
         out.append(Fault("HLS disk full", hls_cam, lambda: filler.append(DiskFiller(work_dir)),
-                         heal=lambda: filler.pop().heal(), hold_s=disk_hold_s))
+                         heal=lambda: filler.pop().heal(), hold_s=disk_hold_s, detect=hls_cam == cam))
     out.append(Fault("Redis restarted", cam, restart_redis_))
     return out
