@@ -103,3 +103,14 @@ def test_the_pages_info_line_from_the_apis_answer(api):
         "quiet": "detection off",  # not running yet: its video is not known
         "burn": "video re-encoded, boxes burned in",
     }
+
+
+def test_the_info_line_of_a_re_encoded_camera_says_burned_only_when_it_is():
+    from test_web_units import run_draw  # draw.js in Node
+
+    cams = [{"id": "tc", "path": "annotate", "path_reason": "hls.timecode burns each frame's capture time in: the "
+             "video is re-encoded", "detect": False, "stream": {"boxes": "browser"}},
+            {"id": "burn", "path": "annotate", "path_reason": "hls.boxes: burned re-encodes the video", "detect": True,
+             "stream": None}]
+    lines = run_draw("console.log(JSON.stringify(arg.map((c) => [c.id, Draw.videoPathText(c)])))", cams)
+    assert dict(lines) == {"tc": "video re-encoded · detection off", "burn": "video re-encoded, boxes burned in"}

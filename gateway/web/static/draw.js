@@ -67,7 +67,10 @@ const Draw = (() => {
   // boxes burned in) and the detection rate, or that detection is off.
   function videoPathText(cam) {
     let video = "";
-    if (cam.path === "annotate") video = "video re-encoded, boxes burned in";
+    if (cam.path === "annotate") {  // re-encoded for burned boxes, or for hls.timecode / scaling with browser boxes
+      const burned = (cam.stream && cam.stream.boxes === "burned") || /boxes: burned/.test(cam.path_reason || "");
+      video = burned ? "video re-encoded, boxes burned in" : "video re-encoded";
+    }
     else if (cam.path === "ingest") video = "no video (hls disabled)";
     else if (cam.video === "copy") video = "video copied";
     else if (cam.video === "transcode") video = `video transcoded${cam.video_reason ? ` (${cam.video_reason})` : ""}`;
