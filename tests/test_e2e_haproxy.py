@@ -59,16 +59,24 @@ def test_api_signed_hls_and_bad_token_through_haproxy(app, tmp_path):
     signed = urlsplit(app.json("/api/cameras/people/hls-link")["url"])  # on public_url, the config's port
     link = f"{app.base}{signed.path}?{signed.query}"
     segments: list[str] = []
+    playlist: list[str] = []
 
     def segment_listed() -> bool:
         status, text = http(link, timeout_s=10)
-        segments[:] = [ln for ln in text.decode().splitlines() if ln and not ln.startswith("#")] if status == 200 else []
+        playlist[:] = text.decode().splitlines() if status == 200 else []
+        segments[:] = [ln for ln in playlist if ln and not ln.startswith("#")]
         return len(segments) >= 2
 
     wait_until(segment_listed, 180, 1, "a signed playlist with 2 segments")
     status, data = http(link.split("index.m3u8")[0] + segments[-1], timeout_s=10)
     assert status == 200 and len(data) > 1000
-    seg = tmp_path / "seg.ts"
+    # fMP4 (the camera worker's copied video): a segment plays after its EXT-X-MAP init section.
+    init = next((re.search(r'URI="([^"]+)"', ln).group(1) for ln in playlist if ln.startswith("#EXT-X-MAP")), None)
+    if init is not None:
+        status, head = http(link.split("index.m3u8")[0] + init, timeout_s=10)
+        assert status == 200, status
+        data = head + data
+    seg = tmp_path / "seg.mp4"
     seg.write_bytes(data)
     probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name",
                             "-of", "json", str(seg)], capture_output=True, text=True, check=True)
