@@ -51,8 +51,8 @@ from hls.store import HlsStore
 from hls.viewers import ViewerTracker, put_stream_info
 from pipeline.config import CameraConfig, HlsConfig
 from pipeline.logutil import scrub_url
-from pipeline.sources.base import EndOfStream, Frame, FrameSource, SourceError, ThreadedReader
-from pipeline.sources.file import file_path
+from pipeline.sources.base import EndOfStream, Frame, FrameSource, SourceError, ThreadedReader, readline
+from pipeline.sources.file import existing_file
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class _RunOutput:
             return self._pts.popleft()
 
     def pump(self, stream) -> None:
-        for raw in iter(lambda: _readline(stream), b""):
+        for raw in iter(lambda: readline(stream), b""):
             line = raw.decode("utf-8", "replace").rstrip()
             m = _SHOWINFO_RE.search(line)
             if m:
@@ -349,9 +349,7 @@ class CopySource(FrameSource):
         """A file camera's file must still be there: ffmpeg loops the one it opened even after it was
         deleted, so the deletion would go unnoticed (FileSource checks at each rewind)."""
         if self.cfg.kind == "file":
-            path = file_path(self.cfg.source)
-            if not os.path.isfile(path):
-                raise SourceError(f"camera {self.cfg.id}: video file {path} does not exist", permanent=True)
+            existing_file(self.cfg)
 
     def _open(self) -> None:
         cfg = self.cfg
@@ -518,10 +516,3 @@ def _wait_or_kill(proc: subprocess.Popen, grace_s: float) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait(5.0)
-
-
-def _readline(stream) -> bytes:
-    try:
-        return stream.readline()
-    except (OSError, ValueError):
-        return b""

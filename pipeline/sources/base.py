@@ -13,7 +13,7 @@ import numpy as np
 from ..config import CameraConfig
 from ..logutil import scrub_url
 
-__all__ = ["Frame", "SourceError", "EndOfStream", "FrameSource", "open_source", "ThreadedReader"]
+__all__ = ["Frame", "SourceError", "EndOfStream", "FrameSource", "open_source", "ThreadedReader", "readline"]
 
 
 @dataclass
@@ -101,6 +101,14 @@ class FrameSource(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.cfg.id!r}, {self.name!r})"
+
+
+def readline(stream) -> bytes:
+    """A line of a subprocess's pipe; b"" at its end or once it was closed under the reader."""
+    try:
+        return stream.readline()
+    except (OSError, ValueError):
+        return b""
 
 
 class ThreadedReader:

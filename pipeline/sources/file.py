@@ -25,6 +25,14 @@ def file_path(source: str) -> str:
     return os.path.expanduser(source)
 
 
+def existing_file(cfg: CameraConfig) -> str:
+    """The path of a file camera's video; a permanent SourceError when the file is not (or no longer) there."""
+    path = file_path(cfg.source)
+    if not os.path.isfile(path):
+        raise SourceError(f"camera {cfg.id}: video file {path} does not exist", permanent=True)
+    return path
+
+
 class FileSource(FrameSource):
     """Reads a video file; loops when cfg.loop; paces at cfg.fps or the file's rate when cfg.realtime.
 
@@ -48,8 +56,7 @@ class FileSource(FrameSource):
         self.lag_resets = 0
 
     def _open_capture(self) -> cv2.VideoCapture:
-        if not os.path.isfile(self.path):  # also at a rewind: the file may be deleted while it is read
-            raise SourceError(f"camera {self.cfg.id}: video file {self.path} does not exist", permanent=True)
+        existing_file(self.cfg)  # also at a rewind: the file may be deleted while it is read
         cap = cv2.VideoCapture(self.path, cv2.CAP_FFMPEG)
         if not cap.isOpened():
             cap.release()

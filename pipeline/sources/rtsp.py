@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import CameraConfig
 from ..logutil import scrub_url
-from .base import Frame, FrameSource, SourceError, ThreadedReader
+from .base import Frame, FrameSource, SourceError, ThreadedReader, readline
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +84,6 @@ def parse_ffmpeg_header(lines: list[str]) -> tuple[tuple[int, int] | None, float
     return size, fps
 
 
-def _readline(stream) -> bytes:
-    try:
-        return stream.readline()
-    except (OSError, ValueError):  # close() closed the pipe under us
-        return b""
-
-
 class RtspSource(FrameSource):
     """Reads an RTSP stream through ffmpeg; open and read timeouts from cfg; credentials never logged."""
 
@@ -117,7 +110,7 @@ class RtspSource(FrameSource):
 
     def _pump_stderr(self, stream) -> None:
         in_output = False
-        for raw in iter(lambda: _readline(stream), b""):
+        for raw in iter(lambda: readline(stream), b""):
             line = raw.decode("utf-8", "replace").rstrip()
             m = _INPUT_SIZE_RE.search(line)
             if m:
