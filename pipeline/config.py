@@ -24,6 +24,35 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MotionConfig(_Model):
+    """Motion gating of one camera's detection (camera worker path): the detector runs while something moves
+    or a tracked object is still in view, and once every `keepalive_s` otherwise."""
+
+    enabled: bool = Field(True, description="Detect only while something moves (or an object is still present), "
+                                            "plus a keep-alive frame; false: every frame at detect_fps.")
+    threshold: int = Field(25, ge=1, le=255, description="Grey-level change (0-255) a pixel needs to count as moving.")
+    contour_area_px: int = Field(
+        30, ge=1, le=100000, description="Smallest moving blob, in pixels of the motion frame (frame_height_px "
+                                         "high), that counts as motion.")
+    frame_height_px: int = Field(100, ge=32, le=1080, description="Height the detect frame is shrunk to (grey) "
+                                                                  "before the difference is taken.")
+    background_alpha: float = Field(0.05, gt=0, le=1, description="Weight of each new frame in the running "
+                                                                  "background average.")
+    keepalive_s: float = Field(10.0, gt=0, le=3600, description="With no motion, one frame is still detected this "
+                                                                "often.")
+    hold_s: float = Field(2.0, ge=0, le=600, description="Detection goes on this long after motion stops.")
+
+
+class CameraRecordConfig(_Model):
+    """A camera's changes to the `record` section (unset: the section's value)."""
+
+    enabled: bool | None = Field(None, description="Record this camera; default: record.enabled.")
+    mode: Literal["continuous", "motion", "events"] | None = Field(None, description="Default: record.mode.")
+    retain_days: float | None = Field(None, gt=0, le=3650, description="Default: record.retain_days.")
+    pre_s: float | None = Field(None, ge=0, le=300, description="Default: record.pre_s.")
+    post_s: float | None = Field(None, ge=0, le=300, description="Default: record.post_s.")
+
+
 class CameraConfig(_Model):
     """One camera: where its frames come from and how they are read."""
 
@@ -88,6 +117,9 @@ class CameraConfig(_Model):
                           "with the boxes drawn in (the annotate + encode path); 'browser' streams the camera's "
                           "own video (copied, or transcoded once when its codec cannot be copied).",
     )
+    motion: MotionConfig = Field(default_factory=MotionConfig, description="Motion gating of detection.")
+    record: CameraRecordConfig = Field(default_factory=CameraRecordConfig,
+                                       description="This camera's changes to the record section.")
     hwaccel: Literal["none", "cuda", "vaapi", "jetson"] = Field(
         "none", description="Hardware decoding in the camera's ffmpeg: none (software), cuda (NVDEC), vaapi "
                             "(Intel/AMD, /dev/dri/renderD128), jetson (nvv4l2decoder through GStreamer).",
@@ -582,6 +614,64 @@ class HistoryConfig(_Model):
     retention_s: float = Field(7 * 86400, ge=60, le=3650 * 86400, description="Detections older than this are deleted.")
 
 
+class S3Config(_Model):
+    """An S3-compatible object store (AWS S3, MinIO, SeaweedFS) for recordings."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://10.0.0.5:8333; default: AWS S3 itself.")
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="Bucket (created if missing).")
+    prefix: str = Field("", pattern=r"^([A-Za-z0-9_.-]+/)*$", description="Key prefix, ending in '/' (or empty).")
+    region: str = Field("us-east-1", description="Region name sent with requests.")
+    access_key_id: str | None = Field(None, description="Default: $LOOKOUT_S3_ACCESS_KEY_ID, then boto3's chain "
+                                                       "($AWS_ACCESS_KEY_ID, ~/.aws, instance roles).")
+    secret_access_key: SecretStr | None = Field(None, description="Default: $LOOKOUT_S3_SECRET_ACCESS_KEY, then "
+                                                                 "boto3's chain.")
+    timeout_s: float = Field(10.0, gt=0, le=300, description="Connect and read timeout of each request.")
+
+
+class RecordConfig(_Model):
+    """Recording (DVR): each camera's own stream, copied into segments, kept for `retain_days`.
+
+    Camera worker cameras only (the copy path): a camera whose video is re-encoded is not recorded."""
+
+    enabled: bool = Field(False, description="Record the cameras (each camera's `record.enabled` overrides it).")
+    mode: Literal["continuous", "motion", "events"] = Field(
+        "continuous", description="continuous: everything; motion: segments with motion (± pre_s/post_s); "
+                                  "events: segments within an event's time (± pre_s/post_s).")
+    segment_s: float = Field(10.0, ge=1, le=60, description="Recorded segment length (cut at the first keyframe "
+                                                             "after it).")
+    retain_days: float = Field(7.0, gt=0, le=3650, description="Segments older than this are deleted.")
+    events_retain_days: float = Field(
+        30.0, gt=0, le=3650, description="Segments within an event's clip range (clips.pre_s/post_s) are kept "
+                                         "this long instead.")
+    max_total_gb: float | None = Field(None, gt=0, description="Oldest segments are deleted when all recordings "
+                                                               "together pass this size.")
+    min_free_gb: float = Field(1.0, ge=0, description="Local store: oldest segments are deleted at once while the "
+                                                      "disk has less free space than this.")
+    pre_s: float = Field(5.0, ge=0, le=300, description="mode motion/events: seconds kept before the activity.")
+    post_s: float = Field(5.0, ge=0, le=300, description="mode motion/events: seconds kept after the activity.")
+    store: Literal["local", "s3"] = Field("local", description="Where segments go: local disk (dir) or S3 (s3).")
+    dir: str = Field("data/recordings", description="Local store: <dir>/<camera>/<date>/<hour>/...; relative to "
+                                                    "the config's folder.")
+    index_path: str | None = Field(None, description="SQLite index of the segments (rebuilt from the store when "
+                                                     "lost); default: <dir>/index.sqlite3 (local disk of each "
+                                                     "node).")
+    s3: S3Config | None = Field(None, description="The object store (store: s3).")
+    sweep_s: float = Field(60.0, ge=1, le=3600, description="How often retention runs.")
+    max_queue_segments: int = Field(32, ge=1, le=10000, description="Segments waiting to be written per camera; "
+                                                                    "beyond it the oldest waiting is dropped.")
+
+    @model_validator(mode="after")
+    def _check_store(self) -> "RecordConfig":
+        if self.store == "s3" and self.s3 is None:
+            raise ValueError("store is 's3' but s3 (endpoint_url, bucket, ...) is not set")
+        return self
+
+    def for_camera(self, cam: "CameraConfig") -> "RecordConfig":
+        """This section with the camera's own `record` changes applied."""
+        changes = {k: v for k, v in cam.record.model_dump().items() if v is not None}
+        return self.model_copy(update=changes) if changes else self
+
+
 class _Located:
     """Where Redis is and where relative paths start, for a config with `redis_url` and `base_dir`."""
 
@@ -621,6 +711,8 @@ class CameraGroupArgs(_Located, _Model):
     detector: DetectorConfig = Field(description="The detector (its per-camera in-flight limit, local routing).")
     detect_input_px: int = Field(416, ge=32, le=1536, description="The model's input side: frames for the "
                                                                   "detector are scaled to fit inside it.")
+    record: "RecordConfig" = Field(default_factory=lambda: RecordConfig(), description="Recording (each camera's "
+                                                                                   "changes in cameras[].record).")
     redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
     base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
@@ -641,6 +733,7 @@ class PipelineArgs(_Located, _Model):
     events: EventsConfig = Field(default_factory=EventsConfig)
     clips: ClipConfig = Field(default_factory=ClipConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
+    record: RecordConfig = Field(default_factory=RecordConfig, description="Recording (DVR).")
     cameras_per_replica: int = Field(
         8, ge=1, le=64,
         description="Camera worker path: cameras one worker replica runs (each a thread and its ffmpeg), so "
@@ -703,7 +796,7 @@ class PipelineArgs(_Located, _Model):
         """What a camera worker replica running these cameras is bound."""
         cams = [next(c for c in self.cameras if c.id == cid) for cid in camera_ids]
         return CameraGroupArgs(cameras=cams, bus=self.bus, hls=self.hls, detector=self.detector,
-                               detect_input_px=self.model.input_size_px, redis_url=self.redis_url,
+                               detect_input_px=self.model.input_size_px, record=self.record, redis_url=self.redis_url,
                                base_dir=self.base_dir)
 
     def without_secrets(self) -> "PipelineArgs":

@@ -33,12 +33,28 @@ def test_source_kind_is_inferred():
     (with_(model={"onnx": "m.onnx", "conf_threshold": 1.5}), "model.conf_threshold", "1.5"),
     (with_(hls={"encoder": "vp9"}), "hls.encoder", "'vp9'"),
     (with_(detector={"max_batch_size": 0}), "detector.max_batch_size", "0"),
+    (with_(record={"mode": "always"}), "record.mode", "'always'"),
+    (with_(record={"retain_dayz": 3}), "record.retain_dayz", "3"),
+    (with_(cameras=[{"id": "a", "source": "x", "record": {"retain_days": 0}}]), "cameras.0.record.retain_days", "0"),
+    (with_(cameras=[{"id": "a", "source": "x", "motion": {"keepalive_s": -1}}]), "cameras.0.motion.keepalive_s", "-1"),
 ])
 def test_errors_name_field_and_value(raw, field, value):
     with pytest.raises(ConfigError) as info:
         parse_args(raw)
     msg = str(info.value)
     assert field in msg and f"got {value}" in msg
+
+
+def test_record_section_applies_each_cameras_changes():
+    args = parse_args(with_(record={"enabled": True, "retain_days": 7},
+                            cameras=[{"id": "a", "source": "x", "record": {"retain_days": 2, "mode": "motion"}},
+                                     {"id": "b", "source": "y", "record": {"enabled": False}}]))
+    a, b = (args.record.for_camera(c) for c in args.cameras)
+    assert (a.enabled, a.mode, a.retain_days) == (True, "motion", 2.0)
+    assert (b.enabled, b.mode, b.retain_days) == (False, "continuous", 7.0)
+    assert args.for_group(["a"]).record == args.record  # the worker gets the section; overrides ride on cameras
+    with pytest.raises(ConfigError, match=r"record: store is 's3' but s3 \(endpoint_url"):
+        parse_args(with_(record={"enabled": True, "store": "s3"}))
 
 
 def test_duplicate_camera_ids_and_missing_model():
