@@ -35,7 +35,7 @@ def test_source_kind_is_inferred():
     (with_(detector={"max_batch_size": 0}), "detector.max_batch_size", "0"),
     (with_(record={"mode": "always"}), "record.mode", "'always'"),
     (with_(record={"retain_dayz": 3}), "record.retain_dayz", "3"),
-    (with_(cameras=[{"id": "a", "source": "x", "record": {"retain_days": 0}}]), "cameras.0.record.retain_days", "0"),
+    (with_(cameras=[{"id": "a", "source": "x", "record": {"retain_days": -2}}]), "cameras.0.record.retain_days", "-2"),
     (with_(cameras=[{"id": "a", "source": "x", "motion": {"keepalive_s": -1}}]), "cameras.0.motion.keepalive_s", "-1"),
 ])
 def test_errors_name_field_and_value(raw, field, value):
