@@ -42,3 +42,8 @@ def hls_segment(camera_id: str, name: str) -> str:
 def detections_tracked(camera_id: str) -> str:
     """JSON of the newest tracked detections of one camera (with tracker_id; the events stage)."""
     return f"{PREFIX}:detections:{camera_id}:tracked"
+
+
+def motion(camera_id: str, hour: int) -> str:
+    """Hash second -> max motion activity of one camera in one hour (`hour` = epoch seconds // 3600)."""
+    return f"{PREFIX}:motion:{camera_id}:{hour}"
