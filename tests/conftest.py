@@ -115,3 +115,6 @@ def yolo_tiny_onnx(yolo_tiny) -> Path:
     from pipeline.models.onnx_export import ensure_onnx
 
     return ensure_onnx(yolo_tiny.cfg, yolo_tiny.weights, ROOT / "data" / "models" / "yolov4-tiny-416.onnx", 416)
+
+
+from s3_fixtures import seaweedfs  # noqa: E402,F401 - the real SeaweedFS S3 server fixture
