@@ -188,6 +188,7 @@ function tileFor(cam) {
   const node = document.getElementById("tile").content.firstElementChild.cloneNode(true);
   node.dataset.camera = cam.id;
   node.querySelector(".name").textContent = cam.name;
+  node.querySelector(".review-link").href = `#review/${encodeURIComponent(cam.id)}`;  // review.js
   document.getElementById("grid").appendChild(node);
   tile = {
     id: cam.id, node, url: cam.hls_url, video: node.querySelector("video"),
