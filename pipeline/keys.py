@@ -47,3 +47,8 @@ def detections_tracked(camera_id: str) -> str:
 def motion(camera_id: str, hour: int) -> str:
     """Hash second -> max motion activity of one camera in one hour (`hour` = epoch seconds // 3600)."""
     return f"{PREFIX}:motion:{camera_id}:{hour}"
+
+
+def record_sweep_lock() -> str:
+    """Token of the one recordings retention sweep running in the cluster (SET NX PX)."""
+    return f"{PREFIX}:record:sweep_lock"
