@@ -18,7 +18,9 @@ clip covers [start - pre_s, end + post_s]; `EventClipper` copies the event's seg
 staging folder while they are still there, so only the pre-roll must fit in the store:
 `keep_segments * segment_s >= pre_s + poll interval + 2 * segment_s` (e.g. pre_s 10 with 1 s
 segments and a 1 s poll: keep_segments >= 13; the default 12 allows pre_s <= 9).
-`export()` of an arbitrary range can only use segments still in the store.
+`export()` of an arbitrary range can only use segments still in the store; `export_recorded()`
+cuts the same way from recorded segments (hls/record_store.py), starting at the keyframe fragment at
+or before the requested start inside the first one (a GOP early at most).
 
 Clips are files under `ClipConfig.dir/<camera>/<name>.mp4` (a filesystem every gateway can
 read); a budget (total bytes, age) deletes the oldest.
@@ -35,8 +37,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
+from hls.fmp4 import Fragment, FragmentSplitter
 from hls.segmenter import MediaPlaylist
 from hls.store import HlsStore, check_camera_id
 from pipeline.config import ClipConfig
@@ -44,7 +47,7 @@ from pipeline.config import ClipConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["ClipConfig", "SegmentInfo", "SegmentIndex", "ClipStore", "ClipMaker", "EventClipper", "ClipError",
-           "segments_for_range", "concat_list", "clip_args", "ClipInfo"]
+           "segments_for_range", "concat_list", "clip_args", "ClipInfo", "from_keyframe"]
 
 CLIP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}$")
 
@@ -120,6 +123,25 @@ def clip_args(list_path: str, out_path: str, duration_s: float, ffmpeg_bin: str 
             "-f", "concat", "-safe", "0", "-i", list_path,
             "-t", f"{duration_s:.3f}", "-map", "0:v:0", "-c", "copy",
             "-movflags", "+faststart", "-f", "mp4", "-y", out_path]
+
+
+def from_keyframe(data: bytes, start_s: float, at_s: float) -> tuple[bytes, float]:
+    """A standalone fMP4 segment (init + fragments) that starts at wall clock `start_s`, cut to begin at its
+    last keyframe fragment at or before `at_s`: (its init + the fragments from there, their wall-clock start)."""
+    pieces = FragmentSplitter().feed(data)
+    init, frags = pieces[0], [p for p in pieces[1:] if isinstance(p, Fragment)]
+    if not isinstance(init, bytes) or not frags:
+        return data, start_s
+    base = frags[0].decode_time
+    first = 0
+    for i, f in enumerate(frags):
+        t = start_s + (f.decode_time - base) / f.timescale
+        if t > at_s + 1e-6:
+            break
+        if f.independent:
+            first = i
+    t0 = start_s + (frags[first].decode_time - base) / frags[first].timescale
+    return init + b"".join(f.data for f in frags[first:]), t0
 
 
 # --------------------------------------------------------------------------- segment index
@@ -258,6 +280,42 @@ class ClipMaker:
             name = name or f"export_{int(start_s * 1000)}_{int(end_s * 1000)}"
             return self._cut(camera_id, files, start_s, end_s, name)
 
+    def live_start(self, camera_id: str, start_s: float, end_s: float) -> float | None:
+        """Where an export of [start_s, end_s] from the live store would start (None: nothing of it is there)."""
+        self.index.refresh(camera_id, self.store)
+        for s in segments_for_range(self.index.segments(camera_id, start_s, end_s), start_s, end_s):
+            if self.store.get_segment(camera_id, s.name) is not None:
+                return s.start_s
+        return None
+
+    def export_recorded(self, camera_id: str, segments: Iterable, get: Callable[[str], bytes | None],
+                        start_s: float, end_s: float, name: str | None = None) -> ClipInfo:
+        """An MP4 of [start_s, end_s] from recorded segments (`RecordedSegment`s; `get(key)` reads one, None
+        once deleted). Same errors as `export`."""
+        check_camera_id(camera_id)
+        if not end_s > start_s:
+            raise ValueError(f"end_s ({end_s}) must be greater than start_s ({start_s})")
+        if end_s - start_s > self.settings.max_clip_s:
+            raise ValueError(f"range of {end_s - start_s:.1f}s is longer than max_clip_s ({self.settings.max_clip_s})")
+        with tempfile.TemporaryDirectory(prefix="lookout-clip-") as tmp:
+            files: list[tuple[SegmentInfo, Path]] = []
+            for i, seg in enumerate(sorted(segments, key=lambda s: s.start_s)):
+                if not (seg.end_s > start_s and seg.start_s < end_s):
+                    continue
+                data = get(seg.key)
+                if data is None:
+                    continue  # deleted by retention since it was listed: the clip starts later
+                seg_start, seg_end = seg.start_s, seg.end_s
+                if not files and seg_start < start_s:
+                    data, seg_start = from_keyframe(data, seg_start, start_s)
+                path = Path(tmp) / f"{i:06d}.mp4"
+                path.write_bytes(data)
+                files.append((SegmentInfo(seg_start, path.name, seg_end - seg_start), path))
+            name = name or f"export_{int(start_s * 1000)}_{int(end_s * 1000)}"
+            if not files:
+                raise ClipError(f"[{camera_id}] nothing is recorded between {start_s:.3f} and {end_s:.3f}")
+            return self._cut(camera_id, files, start_s, end_s, name)
+
     def segment_file_bytes(self, camera_id: str, seg: SegmentInfo, inits: dict[str, bytes | None]) -> bytes | None:
         """The segment as a file ffmpeg can open on its own (fMP4: its init section first); None once expired.
         `inits` caches init sections across calls."""
@@ -276,7 +334,8 @@ class ClipMaker:
                             f"(raise hls.keep_segments for longer pre-roll)")
         first = files[0][0]
         clip_start = first.start_s  # its keyframe: at or before start_s when the segment is there
-        duration = min(end_s, files[-1][0].end_s) - clip_start
+        # The concat timeline has no holes: a gap between segments (a reconnect) is not in the clip.
+        duration = sum(min(s.end_s, end_s) - s.start_s for s, _ in files)
         key = self.clips.key(camera_id, name)
         out = self.clips.path(key)
         out.parent.mkdir(parents=True, exist_ok=True)

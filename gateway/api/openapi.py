@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway.api.history import ExportQuery, FrameQuery
+from gateway.api.recordings import RangeQuery, SegmentQuery
 from gateway.context import GatewayContext
 from pipeline.events import EventQuery
 from pipeline.history import CountsQuery, HistoryQuery
@@ -98,6 +99,14 @@ def spec(ctx: GatewayContext) -> dict:
                                   "HLS segment duration in use (a long keyframe interval forces longer ones)."}}},
                 "CameraList": {"type": "object", "properties": {
                     "cameras": {"type": "array", "items": {"$ref": "#/components/schemas/Camera"}}}},
+                "Recordings": {"type": "object", "properties": {
+                    "camera_id": {"type": "string"}, "since_s": {"type": "number"}, "until_s": {"type": "number"},
+                    "spans": {"type": "array", "items": {"$ref": "#/components/schemas/Span"},
+                              "description": "Recorded spans (a hole over 1 s splits them), clipped to the range."},
+                    "gaps": {"type": "array", "items": {"$ref": "#/components/schemas/Span"},
+                             "description": "What is not recorded in the range, up to now."},
+                    "segments": {"type": "integer"}, "bytes": {"type": "integer"}}},
+                "Span": {"type": "object", "properties": {"start_s": {"type": "number"}, "end_s": {"type": "number"}}},
                 "DetectResult": {"type": "object", "properties": {
                     "width": {"type": "integer"}, "height": {"type": "integer"}, "model": {"type": "string"},
                     "detections": {"type": "array", "items": {"$ref": "#/components/schemas/Detection"}}}},
@@ -117,8 +126,19 @@ def spec(ctx: GatewayContext) -> dict:
             "/api/cameras/{camera_id}/frame.jpg": {"get": op(
                 "The newest frame as JPEG, raw or annotated", [CAMERA, *params(FrameQuery)], "image/jpeg")},
             "/api/cameras/{camera_id}/export.mp4": {"get": op(
-                "MP4 of a time range (to the second) from the stored HLS segments",
+                "MP4 of a time range (to the second) from the stored HLS segments, else the recordings",
                 [CAMERA, *params(ExportQuery)], "video/mp4")},
+            "/api/cameras/{camera_id}/recordings": {"get": op(
+                "Recorded spans and gaps of a camera (default: the last 24 h; at most 31 days)",
+                [CAMERA, *params(RangeQuery)], schema="Recordings")},
+            "/api/cameras/{camera_id}/vod.m3u8": {"get": op(
+                "VOD HLS playlist of the recordings of a range (at most 24 h), with signed segment URLs",
+                [CAMERA, *params(RangeQuery)], "application/vnd.apple.mpegurl")},
+            "/api/cameras/{camera_id}/recordings/{key}": {"get": op(
+                "One recorded segment (a VOD playlist's URL): init section, fragments, or the standalone MP4",
+                [CAMERA, {"name": "key", "in": "path", "required": True, "schema": {"type": "string"},
+                          "description": "<camera>/<date>/<hour>/<start_ms>_<dur_ms>_<run>.mp4"},
+                 *params(SegmentQuery)], "video/mp4")},
             "/api/detect": {"post": op("Detections of an uploaded image (same batched detector)", [], body=image_body,
                                        schema="DetectResult")},
             "/api/events": {"get": op("Events, newest first (cameras you may view)", params(EventQuery),

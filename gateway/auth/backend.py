@@ -1,7 +1,7 @@
 """Who is calling and what they may do: a Starlette AuthenticationBackend and `requires`.
 
 Credentials, in order: `Authorization: Bearer <JWT>` (Lookout's own, or the external OIDC
-provider's), the session cookie of the web page, or a signed HLS URL (that one camera only).
+provider's), the session cookie of the web page, or a signed HLS URL (that one camera only; a recorded segment's: that object only).
 A bad credential is a 401 with a short JSON body; none at all is anonymous, and `requires`
 answers 401 (JSON) or, for a browser asking for a page, a redirect to /login.
 """
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from gateway.auth.bootstrap import AuthContext
 
 _HLS_PATH_RE = re.compile(r"^/hls/([a-z0-9][a-z0-9_-]{0,62})/[^/]+$")
+_RECORDING_PATH_RE = re.compile(r"^/api/cameras/([a-z0-9][a-z0-9_-]{0,62})/recordings/((?:[a-z0-9][a-z0-9_-]{0,62})/.+)$")
 CLIENT_AUTH_PATHS = ("/oauth/token", "/oauth/revoke")
 LOOPBACK_CLIENTS = ("127.0.0.1", "::1", "localhost")
 
@@ -93,6 +94,13 @@ class LookoutAuthBackend(AuthenticationBackend):
             cid = m.group(1)
             if not auth.hls.verify(cid, conn.query_params.get("exp"), conn.query_params.get("sig")):
                 raise InvalidCredentials("bad or expired HLS URL signature")
+            return self._credentials("signed-url", "signed-url", "hls-signature", frozenset({sc.camera_scope(cid)}))
+        m = _RECORDING_PATH_RE.match(conn.url.path)
+        if m and "sig" in conn.query_params:  # a VOD playlist's segment: signed for that one object
+            cid, key = m.groups()
+            if not key.startswith(cid + "/") or not auth.hls.verify_recording(
+                    key, conn.query_params.get("exp"), conn.query_params.get("sig")):
+                raise InvalidCredentials("bad or expired recording URL signature")
             return self._credentials("signed-url", "signed-url", "hls-signature", frozenset({sc.camera_scope(cid)}))
         return None
 

@@ -1,7 +1,8 @@
 """Signed, short-lived HLS URLs for players that cannot send a header or cookie.
 
 A signature covers the camera id and an expiry: `?exp=<unix s>&sig=<HMAC-SHA256>`. It opens
-that one camera's playlist and segments until `exp`, nothing else. Playlists served by the
+that one camera's playlist and segments until `exp`, nothing else. A recorded segment's URL (in a
+VOD playlist) is signed for that one object's key instead. Playlists served by the
 gateway get their segment URIs rewritten with fresh signatures, so a native player that was
 handed a signed playlist link (GET /api/cameras/<id>/hls-link) can fetch every segment.
 """
@@ -33,12 +34,28 @@ class HlsSigner:
 
     def verify(self, camera_id: str, exp: str | None, sig: str | None) -> bool:
         """True when `sig` opens `camera_id` now (not expired, not from further ahead than allowed)."""
+        exp_i = self._valid_exp(exp, sig)
+        return exp_i is not None and signed.check_mac(self.key, self._message(camera_id, exp_i), sig)
+
+    def _valid_exp(self, exp: str | None, sig: str | None) -> int | None:
+        """`exp` as an int when it has not passed and is not further ahead than any URL we make, else None."""
         if not exp or not sig or not exp.isdigit() or len(exp) > 12:
-            return False
+            return None
         exp_i, now = int(exp), time.time()
         if exp_i < now or exp_i > now + max(self.segment_ttl_s, self.link_ttl_s) + MAX_CLOCK_SKEW_S:
-            return False
-        return signed.check_mac(self.key, self._message(camera_id, exp_i), sig)
+            return None
+        return exp_i
+
+    def recording_query(self, key: str, ttl_s: int | None = None, now_s: float | None = None) -> str:
+        """The `exp=…&sig=…` query string opening the recorded object `key` ("<camera>/…") alone, for
+        `ttl_s` (default: the playlist link TTL: a VOD playlist is loaded once and played for long)."""
+        exp = int(time.time() if now_s is None else now_s) + (ttl_s or self.link_ttl_s)
+        return f"exp={exp}&sig={signed.mac(self.key, f'rec|{key}|{exp}')}"
+
+    def verify_recording(self, key: str, exp: str | None, sig: str | None) -> bool:
+        """True when `sig` opens the recorded object `key` now."""
+        exp_i = self._valid_exp(exp, sig)
+        return exp_i is not None and signed.check_mac(self.key, f"rec|{key}|{exp_i}", sig)
 
     def rewrite_playlist(self, text: str, camera_id: str) -> str:
         """The playlist with every segment URI (and EXT-X-MAP URI) carrying a fresh signature."""
