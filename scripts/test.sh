@@ -4,7 +4,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
-"$VENV/bin/python" -m pytest -ra "$@"
+"$VENV/bin/python" -m pytest -ra --durations=30 "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then
   echo "pytest ran no tests: treating as failure" >&2
