@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import bisect
 import logging
+import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from hls.record_index import RecordingIndex
 from hls.record_store import RecordedSegment, RecordStore, RecordStoreError
 from pipeline import keys
 from pipeline.config import RecordConfig
+from pipeline.events import EventQuery, EventStore
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +183,12 @@ class Retention:
 
 
 @contextmanager
-def sweep_lock(redis_client, ttl_s: float) -> Iterator[bool]:
-    """`with sweep_lock(r, ttl_s) as mine:` -- mine is True for the one holder in the cluster.
+def sweep_lock(redis_client, ttl_s: float, scope: str = "cluster") -> Iterator[bool]:
+    """`with sweep_lock(r, ttl_s) as mine:` -- mine is True for the one holder of the scope.
 
-    SET NX PX on `keys.record_sweep_lock()`; released on exit only if still held by this token (the
-    TTL frees it when a holder dies). Redis unreachable: not held (False), nothing raised."""
-    key, token = keys.record_sweep_lock(), uuid.uuid4().hex
+    SET NX PX on `keys.record_sweep_lock(scope)`; released on exit only if still held by this token
+    (the TTL frees it when a holder dies). Redis unreachable: not held (False), nothing raised."""
+    key, token = keys.record_sweep_lock(scope), uuid.uuid4().hex
     try:
         held = bool(redis_client.set(key, token, nx=True, px=max(1, int(ttl_s * 1000))))
     except Exception as e:  # noqa: BLE001 - no Redis: skip this sweep, never fail the caller
@@ -202,3 +205,89 @@ def sweep_lock(redis_client, ttl_s: float) -> Iterator[bool]:
 
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+# How far before a range the event lookup starts: an event that began earlier may still reach into it.
+LONGEST_EVENT_S = DAY_S
+
+
+def event_ranges(events: EventStore, pre_s: float, post_s: float,
+                 now: Callable[[], float] = time.time) -> Protected:
+    """A `protected` callable for `Retention`: each event's clip range [start - pre_s, end + post_s]
+    (an open event: until now) of the camera, from the event store."""
+
+    def protected(camera_id: str, since_s: float, until_s: float) -> list[tuple[float, float]]:
+        out, cursor = [], None
+        lo = max(0.0, since_s - LONGEST_EVENT_S - pre_s)
+        while True:
+            page = events.list(EventQuery(camera_id=camera_id, since_s=lo, until_s=until_s + pre_s, limit=1000,
+                                          cursor=cursor))
+            for ev in page.events:
+                a, b = ev.start_s - pre_s, (ev.end_s if ev.end_s is not None else now()) + post_s
+                if b > since_s and a < until_s:
+                    out.append((a, b))
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    return protected
+
+
+class RetentionLoop:
+    """Runs `Retention.sweep` every `sweep_s` on a daemon thread, one sweeper per scope at a time.
+
+    Scope: a store with a free-space figure is a node's own disk (scope: this host), an object store
+    is shared by the cluster (scope "cluster"). For an object store the sweeper's index is first
+    made whole from the store's listing (other nodes' cameras), at most every `refresh_index_s`."""
+
+    def __init__(self, retention: Retention, *, sweep_s: float, redis_client=None, scope: str | None = None,
+                 refresh_index_s: float = 3600.0):
+        self.retention = retention
+        self.sweep_s = sweep_s
+        self.redis = redis_client
+        self.shared = retention.store.free_bytes() is None
+        self.scope = scope or ("cluster" if self.shared else socket.gethostname())
+        self.refresh_index_s = refresh_index_s
+        self._refreshed_at: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last: dict | None = None
+
+    def run_once(self, now_s: float | None = None) -> dict | None:
+        """One sweep if this process gets the scope's lock (or has no Redis); None when another holds it."""
+        if self.redis is None:
+            return self._sweep(now_s)
+        with sweep_lock(self.redis, ttl_s=max(60.0, 10 * self.sweep_s), scope=self.scope) as mine:
+            return self._sweep(now_s) if mine else None
+
+    def _sweep(self, now_s: float | None) -> dict:
+        if self.shared and (self._refreshed_at is None
+                            or time.monotonic() - self._refreshed_at >= self.refresh_index_s):
+            try:
+                self.retention.index.rebuild(self.retention.store)
+                self._refreshed_at = time.monotonic()
+            except Exception as e:  # noqa: BLE001 - sweep what the index knows
+                log.warning("recordings retention: cannot refresh the index from %s: %s",
+                            self.retention.store.describe(), e)
+        self.last = self.retention.sweep(now_s)
+        return self.last
+
+    def _run(self) -> None:
+        delay = 0.0  # the first sweep at once: a disk may have filled while nothing ran
+        while not self._stop.wait(delay):
+            try:
+                self.run_once()
+            except Exception:  # noqa: BLE001 - the loop outlives any one sweep
+                log.exception("recordings retention: sweep failed in %s", self.retention.store.describe())
+            delay = self.sweep_s
+
+    def start(self) -> "RetentionLoop":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="record-retention", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None

@@ -49,6 +49,7 @@ def motion(camera_id: str, hour: int) -> str:
     return f"{PREFIX}:motion:{camera_id}:{hour}"
 
 
-def record_sweep_lock() -> str:
-    """Token of the one recordings retention sweep running in the cluster (SET NX PX)."""
-    return f"{PREFIX}:record:sweep_lock"
+def record_sweep_lock(scope: str = "cluster") -> str:
+    """Token of the one recordings retention sweep running in a scope: the cluster (a shared store) or one
+    node (its local disk) (SET NX PX)."""
+    return f"{PREFIX}:record:sweep_lock:{scope}"

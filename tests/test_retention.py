@@ -14,9 +14,11 @@ from conftest import ROOT, free_port
 from hls.fmp4 import FragmentSplitter
 from hls.record_index import RecordingIndex
 from hls.record_store import LocalRecordStore, RecordStoreError, S3RecordStore, parse_segment_key, segment_key
-from hls.retention import Retention, _Ranges, sweep_lock
+from hls.retention import Retention, RetentionLoop, _Ranges, event_ranges, sweep_lock
 from pipeline import keys
 from pipeline.config import RecordConfig
+from pipeline.events import EventStore
+from pipeline.rules import EventUpdate
 
 NOW = 1_780_000_000.0
 DAY = 86400.0
@@ -220,3 +222,65 @@ def test_sweep_lock_without_redis():
     client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
     with sweep_lock(client, ttl_s=10) as held:
         assert held is False
+
+
+def test_sweep_lock_scopes_are_separate(redis_client):
+    with sweep_lock(redis_client, ttl_s=30) as cluster, sweep_lock(redis_client, ttl_s=30, scope="node-a") as node_a:
+        assert cluster and node_a
+        with sweep_lock(redis_client, ttl_s=30, scope="node-a") as again:
+            assert not again
+
+
+def _event(store, eid, cam, start, end):
+    store.apply(EventUpdate("start", eid, cam, "r", "count_above", "person", None, start, start, None, [1], 1))
+    if end is not None:
+        store.apply(EventUpdate("end", eid, cam, "r", "count_above", "person", None, end, start, end, [1], 1))
+
+
+def test_event_ranges_from_the_event_store(redis_client):
+    events = EventStore(redis_client)
+    _event(events, "a1", "cam-a", NOW - 1000, NOW - 990)
+    _event(events, "a2", "cam-a", NOW - 5 * 3600, NOW - 500)  # began long before the range, ends in it
+    _event(events, "a3", "cam-a", NOW - 50, None)  # still open
+    _event(events, "a4", "cam-a", NOW - 9000, NOW - 8990)  # outside the range
+    _event(events, "b1", "cam-b", NOW - 1000, NOW - 990)
+    protected = event_ranges(events, pre_s=5, post_s=7, now=lambda: NOW)
+    assert sorted(protected("cam-a", NOW - 2000, NOW)) == [(NOW - 5 * 3600 - 5, NOW - 493),
+                                                           (NOW - 1005, NOW - 983), (NOW - 55, NOW + 7)]
+    assert protected("cam-c", NOW - 2000, NOW) == []
+    # a short range inside one event's clip range
+    assert protected("cam-b", NOW - 1003, NOW - 1001) == [(NOW - 1005, NOW - 983)]
+
+
+def test_retention_loop_sweeps_under_the_node_lock(rec, redis_client):
+    cfg = RecordConfig(retain_days=1, min_free_gb=0)
+    old = rec.put("cam-a", NOW - 3 * DAY)
+    young = rec.put("cam-a", time.time() - 60)
+    loop = RetentionLoop(Retention(cfg, rec.store, rec.index), sweep_s=0.2, redis_client=redis_client)
+    assert loop.scope != "cluster"  # a local disk: one sweeper per node
+    with sweep_lock(redis_client, ttl_s=30, scope=loop.scope):
+        assert loop.run_once() is None  # another sweeper of this node holds it
+        assert old in rec.keys()
+    loop.start()
+    try:
+        deadline = time.monotonic() + 30
+        while old in rec.keys() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        loop.stop()
+    assert rec.keys() == {young} and loop.last["errors"] == 0
+
+
+def test_retention_loop_on_s3_sees_other_nodes_segments(seaweedfs, tmp_path, segment_data, redis_client):
+    store = S3RecordStore(seaweedfs.s3_config("rec-" + uuid.uuid4().hex[:10]))
+    rec = Rec(store, tmp_path / "index.sqlite3", segment_data)
+    mine = rec.put("cam-a", NOW - 3 * DAY)
+    theirs = segment_key("cam-b", NOW - 3 * DAY, 2.0, "n2")  # written by another node: not in this index
+    store.put(theirs, segment_data[0])
+    kept = rec.put("cam-a", NOW - 60)
+    loop = RetentionLoop(Retention(RecordConfig(retain_days=2), store, rec.index), sweep_s=60,
+                         redis_client=redis_client)
+    assert loop.scope == "cluster"
+    counts = loop.run_once(now_s=NOW)
+    assert counts["by_age"] == 2 and rec.keys() == {kept}
+    assert mine not in rec.keys() and theirs not in rec.keys()
