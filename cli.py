@@ -151,6 +151,10 @@ def _bench(a: argparse.Namespace) -> int:
         from tools.latency_bench import main as latency_main
 
         return latency_main(a)
+    if a.what == "motion":
+        from tools.motion_bench import main as motion_main
+
+        return motion_main(a)
     from tools.bench import main as bench_main
 
     return bench_main(a)
@@ -201,14 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side; `bench latency`: glass to glass")
     b.add_argument("what", nargs="?", default="pipeline",
-                   choices=["pipeline", "latency", "soak", "scale", "load", "faults", "capacity"],
+                   choices=["pipeline", "latency", "soak", "scale", "load", "faults", "capacity", "motion"],
                    help="pipeline (default): detector vs pipeline; latency: HLS glass-to-glass in Chromium; "
                         "soak: N minutes of 4 cameras, fails if anything grows without bound; "
                         "scale: frames/s with 1, 2, ... detector replicas and recovery after node kills; "
                         "load: N HLS viewers + API clients on one camera through the gateway; "
                         "faults: inject each fault --repeats times, time to recover and frames lost; "
-                        "capacity: most RTSP cameras the copy, transcode and user-loop paths keep up with")
-    b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi)")
+                        "capacity: most RTSP cameras the copy, transcode and user-loop paths keep up with; "
+                        "motion: motion-gated vs always-on detection on one clip (detector CPU, events found)")
+    b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi; motion: "
+                   "../shared/assets/videos/one-by-one-person-detection.mp4)")
+    b.add_argument("--detect-fps", type=float, default=5.0, help="motion: detector frames per second")
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
     b.add_argument("--backend", default="onnxruntime",
                    help="model.backend; pipeline: several, comma-separated (openvino,onnxruntime), compares the "
@@ -258,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--start", type=int, default=1, help="capacity: cameras of the first step (then doubled, bisected)")
     b.add_argument("--window-s", type=float, default=30.0, help="capacity: measuring window of each step")
     b.add_argument("--warmup-s", type=float, default=10.0, help="capacity: warm-up once every camera streams")
-    b.add_argument("--quick", action="store_true", help="capacity: a smoke run (1 camera, short windows)")
+    b.add_argument("--quick", action="store_true", help="capacity: a smoke run (1 camera, short windows); "
+                   "motion: the clip's first 30 s")
     b.set_defaults(func=_bench)
 
     from gateway.auth.manage import add_subcommands

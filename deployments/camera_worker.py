@@ -25,6 +25,7 @@ from hls.store import HlsStore, make_store
 from pipeline.camera_service import CameraService
 from pipeline.config import CameraConfig, CameraGroupArgs
 from pipeline.logutil import scrub_url
+from pipeline.motion import MotionLog, motion_retain_s
 from pipeline.sources.base import FrameSource
 from pipeline.types import FrameRef
 
@@ -74,6 +75,9 @@ class CameraWorkerDeployment:
         self.client = redis_client(args)
         self.store = make_store(args.hls, self.client, args.base_dir)
         self.node_id = node_id()
+        # Per camera, kept across service restarts; also what record.mode motion keeps segments by.
+        self.motion_logs = {cam.id: MotionLog(self.client, motion_retain_s(rec.enabled, rec.retain_days))
+                            for cam in args.cameras for rec in [args.record.for_camera(cam)]}
         self.streams = {cam.id: CameraStream(cam, args, self.store, self.client) for cam in args.cameras}
         self.services = {cam.id: self._service(cam).start() for cam in args.cameras}
         # "cameras <ids>", not "camera worker": the log tags a record with the id after "camera ".
@@ -84,10 +88,12 @@ class CameraWorkerDeployment:
         stream = self.streams[cam.id]
         return CameraService(cam, self.client, self.args.bus, self.args.detector,
                              self._detect if self.detector is not None else None,
-                             source_factory=stream.source, node_id=self.node_id, on_reading=stream.reset)
+                             source_factory=stream.source, node_id=self.node_id, on_reading=stream.reset,
+                             motion_log=self.motion_logs[cam.id])
 
-    def _detect(self, ref: FrameRef) -> None:
-        self.detector.detect.remote(ref).result(timeout_s=30)
+    def _detect(self, ref: FrameRef) -> int:
+        """The frame's number of objects (negative: the detector skipped it as stale or gone)."""
+        return self.detector.detect.remote(ref).result(timeout_s=30)
 
     def check_health(self) -> None:
         broken = []

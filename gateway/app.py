@@ -16,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 from gateway import hls_routes
 from gateway.api import cameras, detections_stream
 from gateway.api import events as events_api, history as history_api, metrics as metrics_api, openapi
+from gateway.api import motion as motion_api
 from gateway.api import recordings as recordings_api
 from gateway.auth import hls_signing, login, server
 from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, me, on_auth_error, requires
@@ -52,6 +53,7 @@ ROUTE_POLICY: dict[str, tuple[tuple[str, ...], str | None]] = {
     "/api/cameras/{camera_id}/export.mp4": ((DETECTIONS_READ,), "camera_id"),
     "/api/cameras/{camera_id}/recordings": ((), "camera_id"),  # recorded video: like live HLS, camera view
     "/api/cameras/{camera_id}/vod.m3u8": ((), "camera_id"),
+    "/api/cameras/{camera_id}/motion": ((), "camera_id"),  # the timeline's motion: camera view, as recordings
     "/api/cameras/{camera_id}/recordings/{key:path}": ((), "camera_id"),  # or a signed URL of that object
     "/api/detect": ((DETECTIONS_READ,), None),
     "/api/events": ((DETECTIONS_READ,), None),  # lists only events of cameras the caller may view
@@ -178,6 +180,7 @@ def create_app(ctx: GatewayContext) -> Starlette:
         *(_guard(r, ctx) for r in [*cameras.make_routes(ctx), *detections_stream.make_routes(ctx),
                                    *hls_routes.make_routes(ctx), *history_api.make_routes(ctx),
                                    *events_api.make_routes(ctx), *openapi.make_routes(ctx),
+                                   *motion_api.make_routes(ctx),
                                    *metrics_api.make_routes(ctx), *recordings_api.make_routes(ctx)]),
         Mount("/static", app=RequireAuthASGI(StaticFiles(directory=WEB_DIR / "static"), PUBLIC_STATIC),
               name="static"),

@@ -8,6 +8,9 @@ one, a camera worker runs a group of them); tests drive it without Ray.
   A frame is only published while the lease is valid, so nothing is ingested twice.
 - At most `detector.max_inflight_per_camera` frames wait for `detect(ref)`; newer frames skip detection
   instead of queueing, so a slow detector never builds a backlog.
+- Motion gating (the camera worker passes a `MotionLog`): each frame's motion activity is measured
+  (pipeline.motion) and logged; with `cam.motion.enabled` a frame goes to the detector only when the
+  `MotionGate` says so (motion, hold, objects still seen, keep-alive). The frame is on the bus either way.
 - A source that fails is a status (`reconnecting`, `failed`), never an exception out of here. A loop
   thread that crashed is replaced in place by `revive()` (the worker's health check calls it), so one
   broken camera never takes its replica, and the other cameras in it, down.
@@ -28,6 +31,7 @@ from .ingest import IngestLoop
 from .lease import Lease, LeaseKeeper, default_owner, lease_key
 from .logutil import scrub_url
 from .metrics import Metrics
+from .motion import MotionDetector, MotionGate, MotionLog
 from .sources.base import Frame, FrameSource, open_source
 from .types import CameraStatus, FrameRef
 
@@ -41,17 +45,23 @@ class CameraService:
 
     `source_factory(cam)` makes the source for each (re)connection; `on_reading()` is called before each
     new reading loop starts (the lease was taken, or a broken loop is replaced); `detect(ref)` blocks
-    until the detector has the frame."""
+    until the detector has the frame and may return its number of objects (for the motion gate).
+    With `motion_log`, motion is measured and logged, and gates detection when `cam.motion.enabled`."""
 
     def __init__(self, cam: CameraConfig, client: redis.Redis, bus: BusConfig, detector: DetectorConfig,
-                 detect: Callable[[FrameRef], None] | None, *,
+                 detect: Callable[[FrameRef], int | None] | None, *,
                  source_factory: Callable[[CameraConfig], FrameSource] = open_source,
-                 node_id: str = "local", on_reading: Callable[[], None] | None = None):
+                 node_id: str = "local", on_reading: Callable[[], None] | None = None,
+                 motion_log: MotionLog | None = None):
         self.cam = cam
         self.bus = FrameBus(client, bus)
         self.statuses = StatusStore(client)
         self.metrics = Metrics(client)
         self.detect = detect if cam.detect else None
+        self.motion_log = motion_log
+        self.motion = MotionDetector(cam.motion) if motion_log is not None else None
+        gated = motion_log is not None and cam.motion.enabled and self.detect is not None
+        self.gate = MotionGate(cam.motion) if gated else None
         self.source_factory = source_factory
         self._on_reading = on_reading
         self.node_id = node_id
@@ -108,6 +118,8 @@ class CameraService:
             if self._on_reading is not None:  # e.g. the worker's source and HLS publisher start afresh
                 self._on_reading()
             stop = self._loop_stop = threading.Event()
+            if self.motion is not None:  # the new connection's first frame starts the background again
+                self.motion.reset()
             # Bound to this loop's stop: a stuck loop left behind by revive() publishes nothing more.
             self.loop = IngestLoop(self.cam, on_frame=partial(self._on_frame, stop=stop),
                                   on_status=partial(self._put_status, stop=stop),
@@ -158,6 +170,7 @@ class CameraService:
         # registered again /api/cameras does not list it (an HSET a second is nothing). The status goes
         # first, so a listed camera always has one (else it would show `starting` for a moment).
         self.statuses.put(status)
+        self._info["detection"] = self.detection_state()  # shown by /api/cameras
         self.statuses.register(self.cam.id, self._info)
         cam = self.cam.id
         self.metrics.set("lookout_camera_fps", status.fps, camera=cam)
@@ -178,9 +191,17 @@ class CameraService:
                            source_size=frame.source_size)
         self.seq += 1
         self.metrics.inc("lookout_frames_read_total", camera=self.cam.id)
+        if self.motion is not None:
+            activity = self.motion.update(frame.image)
+            self.motion_log.add(self.cam.id, frame.captured_at, activity)
+            if self.gate is not None and not self.gate.should_detect(activity):
+                self.metrics.inc("lookout_frames_dropped_total", camera=self.cam.id, reason="no_motion")
+                return
         if self.detect is None:
             return
         if not self._slots.acquire(blocking=False):
+            if self.gate is not None:
+                self.gate.not_sent()
             self.skipped += 1
             self.metrics.inc("lookout_frames_dropped_total", camera=self.cam.id, reason="detector_busy")
             return
@@ -188,7 +209,9 @@ class CameraService:
 
     def _detect(self, ref: FrameRef) -> None:
         try:
-            self.detect(ref)
+            found = self.detect(ref)
+            if self.gate is not None and isinstance(found, int):
+                self.gate.note_result(found)
         except Exception as exc:  # the detector may be restarting; the next frame tries again
             log.warning("camera %s: detection of frame %d failed: %s", ref.camera_id, ref.seq, exc)
         finally:
@@ -198,4 +221,13 @@ class CameraService:
         """Counters of this replica's view of the camera (for the deployment's `status()`)."""
         return {"camera_id": self.cam.id, "frames": self.seq, "skipped_detection": self.skipped,
                 "reading": self.keeper.held, "node_id": self.node_id, "lease_epoch": self.lease.epoch,
-                "takeovers": self.takeovers, "loop_restarts": self.restarts}
+                "takeovers": self.takeovers, "loop_restarts": self.restarts, "detection": self.detection_state(),
+                "motion_detected": self.gate.detected if self.gate else None,
+                "motion_skipped": self.gate.skipped if self.gate else None}
+
+    def detection_state(self) -> str:
+        """`off` (no detection), `always` (every frame), else why the last frame was detected or skipped
+        (`motion`, `objects`, `keepalive`, `idle`)."""
+        if self.detect is None:
+            return "off"
+        return self.gate.state if self.gate is not None else "always"

@@ -34,10 +34,12 @@ def app(tmp_path_factory, yolo_tiny_onnx):
     tmp = tmp_path_factory.mktemp("e2e-worker")
     rtsp = RtspTestServer(free_port(), name="door", file=CLIP)
     rtsp.start()
+    # motion gating off: the rate test counts every frame at detect_fps
     cameras = [
         {"id": "door", "source": rtsp.url, "boxes": "browser", "detect_fps": DETECT_FPS, "reconnect_min_s": 0.5,
-         "reconnect_max_s": 2.0, "read_timeout_s": 3.0, "open_timeout_s": 5.0},
-        {"id": "street", "source": str(CLIP), "boxes": "browser", "detect_fps": DETECT_FPS},
+         "reconnect_max_s": 2.0, "read_timeout_s": 3.0, "open_timeout_s": 5.0, "motion": {"enabled": False}},
+        {"id": "street", "source": str(CLIP), "boxes": "browser", "detect_fps": DETECT_FPS,
+         "motion": {"enabled": False}},
         # MPEG-4 (msmpeg4v3) cannot be copied: the worker transcodes it once; and a burned-boxes camera
         # under the default hls.boxes: browser goes through ingest + encoder. No detection: cheap.
         {"id": "yard", "source": str(MPEG4), "detect": False},

@@ -1,14 +1,91 @@
-"""Motion gating: MotionDetector on real video, MotionGate's rules, MotionLog on a real redis-server."""
+"""Motion gating: MotionDetector on real video, MotionGate's rules, MotionLog on a real redis-server, and
+the gate in a real CameraService (real ffmpeg CopySource, real Redis, no Ray)."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
+import cv2
+import numpy as np
 import pytest
 import redis
 
+from hls.copy_source import CopyPublisher, CopySource
+from hls.store import DirHlsStore
 from pipeline import keys
-from pipeline.config import MotionConfig
-from pipeline.motion import BUFFER_MAX_SECONDS, MotionGate, MotionLog, motion_retain_s
+from pipeline.bus import FrameBus, StatusStore
+from pipeline.camera_service import CameraService
+from pipeline.config import BusConfig, CameraConfig, DetectorConfig, HlsConfig, MotionConfig
+from pipeline.motion import BUFFER_MAX_SECONDS, MotionDetector, MotionGate, MotionLog, motion_retain_s
+from rtsp_fixtures import wait_until
+
+CLIP = "one-by-one-person-detection.mp4"  # 768x432, 10 fps, 139 s
+# (enter, leave) of each visit, seconds into the clip: tests/test_zones_rules.py (read off rendered frames)
+VISITS = [(6.2, 19.6), (22.9, 44.6), (50.4, 69.7), (74.5, 86.7), (92.2, 119.6), (123.5, 135.7)]
+DETECT_FPS = 5
+
+
+@pytest.fixture(scope="module")
+def clip_frames(assets_dir) -> list[tuple[float, np.ndarray]]:
+    """(seconds into the clip, frame) at DETECT_FPS, scaled as the worker's ffmpeg scales detect frames (416 wide)."""
+    cap = cv2.VideoCapture(str(assets_dir / "videos" / CLIP))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    step = round(fps / DETECT_FPS)
+    out, i = [], 0
+    while True:
+        ok, img = cap.read()
+        if not ok:
+            break
+        if i % step == 0:
+            out.append((i / fps, cv2.resize(img, (416, 234), interpolation=cv2.INTER_AREA)))
+        i += 1
+    cap.release()
+    assert len(out) > 130 * DETECT_FPS
+    return out
+
+
+# ---- MotionDetector -----------------------------------------------------------------------------
+def test_detector_static_scene_settles_to_zero(clip_frames):
+    det = MotionDetector(MotionConfig())
+    still = clip_frames[0][1]
+    rng = np.random.default_rng(1)
+    acts = [det.update(np.clip(still + rng.normal(0, 2.0, still.shape), 0, 255).astype(np.uint8))
+            for _ in range(50)]  # a still frame with sensor noise
+    assert max(acts) == 0.0
+    # the clip's real empty room (compression noise, no one there yet)
+    det = MotionDetector(MotionConfig())
+    acts = [det.update(img) for t, img in clip_frames if t < VISITS[0][0] - 1.0]
+    assert len(acts) >= 20 and max(acts) == 0.0
+
+
+def test_detector_sees_each_person_walk_in(clip_frames):
+    det = MotionDetector(MotionConfig())
+    acts = [(t, det.update(img)) for t, img in clip_frames]
+    first = next(t for t, a in acts if a > 0)
+    assert VISITS[0][0] - 1.0 <= first <= VISITS[0][0] + 1.0 / DETECT_FPS, first
+    for enter, _ in VISITS:  # someone walking in moves: activity within half a second of each entry
+        near = [a for t, a in acts if abs(t - enter) <= 0.5]
+        assert max(near) > 0.01, (enter, near)
+    assert all(0.0 <= a <= 1.0 for _, a in acts)
+    # what it costs per 416x234 detect frame (reported, not asserted)
+    img = clip_frames[40][1]
+    t0 = time.process_time()
+    for _ in range(100):
+        det.update(img)
+    print(f"MotionDetector: {(time.process_time() - t0) * 10:.2f} ms CPU per 416x234 frame")
+
+
+def test_detector_reseeds_on_a_lighting_change(clip_frames):
+    det = MotionDetector(MotionConfig())
+    img = clip_frames[0][1]
+    det.update(img)
+    assert det.update(img) == 0.0
+    bright = cv2.add(img, np.full_like(img, 90))
+    assert det.update(bright) >= 0.5  # the whole frame changed: counts as motion once...
+    assert det.update(bright) == 0.0  # ...and is the background from then on
+    det.reset()
+    assert det.update(img) == 0.0  # a new connection: the first frame only starts the background
 
 
 # ---- MotionLog ----------------------------------------------------------------------------------
@@ -134,3 +211,147 @@ def test_gate_busy_detector_leaves_keepalive_due():
     gate.not_sent()  # the detector was busy: the next frame is the keep-alive
     assert gate.detected == 1
     assert gate.should_detect(0.0, 10.2)
+
+
+# ---- the gate in a real CameraService -------------------------------------------------------------
+def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(redis_client, assets_dir, tmp_path):
+    """The clip's first 6 s are an empty room, then someone walks in (VISITS[0]). Only keep-alives go to
+    the detector while nothing moves; the first moving frame goes at once; every frame is on the bus."""
+    motion = MotionConfig(keepalive_s=2.0, hold_s=1.0)
+    cam = CameraConfig(id="people", source=str(assets_dir / "videos" / CLIP), detect_fps=DETECT_FPS, lease_ttl_s=2,
+                       motion=motion)
+    sent: list = []
+
+    def detect(ref) -> int:
+        sent.append(ref.pts_s)
+        return 0  # nobody found: only motion and keep-alives keep detection going
+
+    def source(c: CameraConfig) -> CopySource:
+        return CopySource(c, CopyPublisher(c.id, HlsConfig(segment_s=1.0), DirHlsStore(tmp_path / "hls")))
+
+    mlog = MotionLog(redis_client, retain_s=600)
+    service = CameraService(cam, redis_client, BusConfig(codec="raw"), DetectorConfig(max_inflight_per_camera=2),
+                            detect, source_factory=source, motion_log=mlog)
+    frames: list[list] = []  # [pts, captured_at, activity] of every frame, in order
+    lock = threading.Lock()
+    on_frame, should_detect = service._on_frame, service.gate.should_detect
+
+    def spy_frame(frame, stop):
+        with lock:
+            frames.append([frame.pts_s, frame.captured_at, None])
+        on_frame(frame, stop)
+
+    def spy_gate(activity, now=None):
+        frames[-1][2] = activity
+        return should_detect(activity, now)
+
+    service._on_frame, service.gate.should_detect = spy_frame, spy_gate
+    service.start()
+    try:
+        wait_until(lambda: any(f[0] >= VISITS[0][0] + 3.0 for f in frames), 60, 0.2, "9 s of the clip")
+    finally:
+        service.stop()
+    with lock:
+        seen = [f for f in frames if f[0] < VISITS[0][0] + 3.0 and f[2] is not None]
+    assert len(seen) >= (VISITS[0][0] + 2.0) * DETECT_FPS * 0.8  # ~detect_fps frames came
+    start = next(f for f in seen if f[2] > 0)
+    # motion starts as the person comes in, and that very frame went to the detector (within one detect interval)
+    assert VISITS[0][0] - 1.0 <= start[0] <= VISITS[0][0] + 1.0 / DETECT_FPS, start
+    assert start[0] in sent
+    static_sent = [p for p in sent if p < start[0]]
+    # the empty room: keep-alives only, keepalive_s apart (pts follow the wall clock: the file is paced)
+    assert 2 <= len(static_sent) <= start[0] / motion.keepalive_s + 1, static_sent
+    assert all(b - a >= motion.keepalive_s - 0.5 for a, b in zip(static_sent, static_sent[1:])), static_sent
+    assert len([f for f in seen if f[0] < start[0]]) >= 4 * len(static_sent)  # most static frames were skipped
+    # while something moves every frame is detected
+    moving = [f[0] for f in seen if f[2] > 0]
+    assert set(moving) <= set(sent)
+    assert service.gate.skipped > 0 and service.status()["motion_skipped"] == service.gate.skipped
+    ref, _ = FrameBus(redis_client).latest("people")  # skipped or not, every frame is on the bus
+    assert ref.seq == service.seq - 1 >= len(seen) - 1
+    # the motion history has the second the person came in
+    mlog.flush()
+    got = mlog.activity("people", start[1] - 1, start[1] + 3)
+    assert got and got[0][0] == int(start[1]), (got, start)
+    # /api/cameras shows the gate's state (registered with each status)
+    assert StatusStore(redis_client).camera_info()["people"]["detection"] in ("motion", "idle", "keepalive")
+    service.metrics.flush()
+    dropped = redis_client.hget("lookout:metrics:lookout_frames_dropped_total",
+                                '{"camera":"people","reason":"no_motion"}')
+    assert float(dropped) == service.gate.skipped
+
+
+# ---- GET /api/cameras/{id}/motion ---------------------------------------------------------------
+@pytest.fixture
+def gateway(redis_server, tmp_path, monkeypatch):
+    from starlette.testclient import TestClient
+
+    from auth_fixtures import ADMIN_PASSWORD
+    from gateway.app import create_app
+    from gateway.context import GatewayContext
+    from pipeline.config import parse_args
+
+    monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    args = parse_args({"cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}],
+                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url, "base_dir": str(tmp_path),
+                       "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"),
+                                            "key_dir": str(tmp_path / "keys")}}})
+    ctx = GatewayContext.from_args(args)
+    app = create_app(ctx)
+
+    def client(scopes: set[str]) -> TestClient:
+        c = TestClient(app, base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
+        row, secret = ctx.auth.store.add_client("tests", scopes)
+        tok = c.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret))
+        c.headers["Authorization"] = f"Bearer {tok.json()['access_token']}"
+        return c
+
+    return ctx, client
+
+
+def test_motion_api_serves_the_log_per_camera_scope(gateway):
+    ctx, client = gateway
+    t0 = 1_790_000_000 - 1_790_000_000 % 3600 - 5
+    mlog = MotionLog(ctx.redis)
+    for dt, a in ((0, 0.1), (1, 0.3), (7, 0.05), (9, 0.2)):  # across an hour boundary (t0 + 5)
+        mlog.add("a", t0 + dt + 0.5, a)
+    mlog.add("b", t0, 0.9)
+    mlog.flush()
+    viewer = client({"camera:a:view"})
+    r = viewer.get("/api/cameras/a/motion", params={"since_s": t0, "until_s": t0 + 60})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"camera_id": "a", "since_s": t0, "until_s": t0 + 60, "step_s": 1,
+                        "seconds": [[t0, 0.1], [t0 + 1, 0.3], [t0 + 7, 0.05], [t0 + 9, 0.2]]}
+    r = viewer.get("/api/cameras/a/motion", params={"since_s": t0 + 1, "until_s": t0 + 8})
+    assert [s for s, _ in r.json()["seconds"]] == [t0 + 1, t0 + 7]
+    r = viewer.get("/api/cameras/a/motion", params={"since_s": t0, "until_s": t0 + 60, "step_s": 5})
+    assert t0 % 5 == 0 and r.json()["seconds"] == [[t0, 0.3], [t0 + 5, 0.2]]  # the max of each 5 s
+    # another camera's motion is not this viewer's
+    r = viewer.get("/api/cameras/b/motion", params={"since_s": t0, "until_s": t0 + 60})
+    assert r.status_code == 403 and r.json()["needs"] == "camera:b:view"
+    assert client({"camera:b:view"}).get("/api/cameras/b/motion", params={"since_s": t0, "until_s": t0 + 1}
+                                         ).json()["seconds"] == [[t0, 0.9]]
+    doc = client({"admin"}).get("/api/openapi.json").json()
+    params = {p["name"] for p in doc["paths"]["/api/cameras/{camera_id}/motion"]["get"]["parameters"]}
+    assert params == {"camera_id", "since_s", "until_s", "step_s"}
+    assert client({"admin"}).get("/api/cameras/zz/motion", params={"since_s": t0, "until_s": t0 + 1}
+                                 ).status_code == 404
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"until_s": 100}, "since_s"),
+    ({"since_s": 100}, "until_s"),
+    ({"since_s": 200, "until_s": 100}, "until_s"),
+    ({"since_s": "nan", "until_s": 100}, "since_s"),
+    ({"since_s": 0, "until_s": "inf"}, "until_s"),
+    ({"since_s": "x", "until_s": 100}, "since_s"),
+    ({"since_s": 0, "until_s": 8 * 86400}, "until_s"),
+    ({"since_s": 0, "until_s": 2 * 86400}, "step_s"),  # a point a second: too many
+    ({"since_s": 0, "until_s": 100, "step_s": 0}, "step_s"),
+    ({"since_s": 0, "until_s": 100, "limit": 3}, "limit"),
+])
+def test_motion_api_bad_ranges_are_422_naming_the_parameter(gateway, params, field):
+    ctx, client = gateway
+    r = client({"camera:a:view"}).get("/api/cameras/a/motion", params=params)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field, r.json()

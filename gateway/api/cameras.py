@@ -34,6 +34,7 @@ def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
         "hls_url": f"/hls/{camera_id}/index.m3u8",
         "detections_url": f"/api/cameras/{camera_id}/detections/latest",
         "stream": get_stream_info(ctx.redis, camera_id),  # source size and box mode, once encoded
+        "detection": info.get("detection"),  # off, always, or the motion gate's: motion, objects, keepalive, idle
     }
     view.update(video_path_view(ctx, camera_id, view["stream"]))
     if status is not None:

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from gateway.api.history import ExportQuery, FrameQuery
 from gateway.api.recordings import RangeQuery, SegmentQuery
+from gateway.api.motion import MotionQuery
 from gateway.context import GatewayContext
 from pipeline.events import EventQuery
 from pipeline.history import CountsQuery, HistoryQuery
@@ -90,6 +91,10 @@ def spec(ctx: GatewayContext) -> dict:
                              "annotate: boxes burned in by the encoder; ingest: hls disabled, no video."},
                     "path_reason": {"type": ["string", "null"], "description": "Why the camera takes that path."},
                     "detect": {"type": ["boolean", "null"], "description": "Whether its frames go to the detector."},
+                    "detection": {"enum": ["off", "always", "motion", "objects", "keepalive", "idle", None],
+                                  "description": "Detection now: off, always (every frame), or motion-gated: "
+                                                 "why the last frame was detected (motion, objects still seen, "
+                                                 "keepalive) or idle (skipped: nothing moves)."},
                     "detect_fps": {"type": ["number", "null"],
                                    "description": "Detector frames per second (worker path, detection on)."},
                     "video": {"enum": ["copy", "transcode", None], "description":
@@ -99,6 +104,12 @@ def spec(ctx: GatewayContext) -> dict:
                                   "HLS segment duration in use (a long keyframe interval forces longer ones)."}}},
                 "CameraList": {"type": "object", "properties": {
                     "cameras": {"type": "array", "items": {"$ref": "#/components/schemas/Camera"}}}},
+                "Motion": {"type": "object", "properties": {
+                    "camera_id": {"type": "string"}, "since_s": {"type": "number"}, "until_s": {"type": "number"},
+                    "step_s": {"type": "integer"},
+                    "seconds": {"type": "array", "description": "[t, activity]: each second (or step) with motion, "
+                                "activity the moving fraction of the frame (0..1]; seconds not listed had none.",
+                                "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}}}},
                 "Recordings": {"type": "object", "properties": {
                     "camera_id": {"type": "string"}, "since_s": {"type": "number"}, "until_s": {"type": "number"},
                     "spans": {"type": "array", "items": {"$ref": "#/components/schemas/Span"},
@@ -128,6 +139,9 @@ def spec(ctx: GatewayContext) -> dict:
             "/api/cameras/{camera_id}/export.mp4": {"get": op(
                 "MP4 of a time range (to the second) from the stored HLS segments, else the recordings",
                 [CAMERA, *params(ExportQuery)], "video/mp4")},
+            "/api/cameras/{camera_id}/motion": {"get": op(
+                "Motion activity of a camera by time range (per second, or the max per step_s)",
+                [CAMERA, *params(MotionQuery)], schema="Motion")},
             "/api/cameras/{camera_id}/recordings": {"get": op(
                 "Recorded spans and gaps of a camera (default: the last 24 h; at most 31 days)",
                 [CAMERA, *params(RangeQuery)], schema="Recordings")},
