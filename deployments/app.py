@@ -16,6 +16,7 @@ from deployments.ingest import IngestDeployment
 from gateway.auth.bootstrap import ADMIN_PASSWORD_ENV
 from gateway.auth.oidc import CLIENT_SECRET_ENV
 from hls.hwaccel import hwaccel_problems
+from hls.video_path import recording_plan
 from pipeline.config import (CameraConfig, ConfigError, DetectorConfig, PipelineArgs, camera_path, missing_files,
                              parse_args)
 
@@ -34,6 +35,10 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
     for problem in hwaccel_problems(cfg):
         log.warning("%s (this node; the camera's ffmpeg fails and says so in its status on a node without it)",
                     problem)
+    for cam in cfg.cameras:  # a re-encoded camera runs outside the camera workers, which record
+        recorded, why = recording_plan(cam, cfg.hls, cfg.record)
+        if cam.enabled and not recorded and cfg.record.for_camera(cam).enabled:
+            log.warning("camera %s: not recorded: %s", cam.id, why)
     det = cfg.detector
     _check_autoscaling_reach(cfg)
     # Each stage is bound only what it needs; the admin password and the OIDC client secret (in the

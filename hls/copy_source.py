@@ -26,6 +26,10 @@ its frames and copying costs next to nothing; segments are published only while 
 viewer key lives (hls/viewers.py, touched by the gateway on each playlist request). When it
 expires (`hls.on_demand_idle_s` without a request) the playlist is removed; the next viewer's
 stream starts at the next keyframe with a discontinuity and the numbering carried on.
+
+Recording (`recorder`, an hls.recorder.Recorder): every run's init section, every fragment with its wall
+clock (anchor + tfdt, as a segment's PDT) and the run's end go to it before the on-demand check, so a
+camera is recorded while nobody watches. A run is named `<publisher epoch ms>-r<run number>` in recordings.
 """
 from __future__ import annotations
 
@@ -135,8 +139,10 @@ class CopyPublisher(StreamPublisher):
     `redis` (may be None with a dir store: no stream info, no on-demand) gets the stream info
     (`put_stream_info`) and holds the viewer key. `on_demand` defaults to hls.on_demand."""
 
-    def __init__(self, camera_id: str, hls: HlsConfig, store: HlsStore, redis=None, *, on_demand: bool | None = None):
+    def __init__(self, camera_id: str, hls: HlsConfig, store: HlsStore, redis=None, *, on_demand: bool | None = None,
+                 recorder=None):
         super().__init__(camera_id, hls, store, fmp4=True)
+        self.recorder = recorder  # an hls.recorder.Recorder: fed every run's output, watched or not
         self.fps = 25.0
         self.redis = redis
         self.on_demand = bool(hls.on_demand if on_demand is None else on_demand) and redis is not None
@@ -190,6 +196,28 @@ class CopyPublisher(StreamPublisher):
             anchor = time.time() - pts_s - frag.duration_s
         return anchor + pts_s, 0
 
+    def run_id(self, run: CopyRun) -> str:
+        """The run's name in recordings: unique across runs, publishers (reconnects, replicas) and restarts."""
+        return f"{self._epoch_ms}-r{run.number}"
+
+    def _record(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - recording never stops live video
+            self.log.warning("recording failed: %r", exc)
+
+    def _read_fmp4(self, run: CopyRun, older: list[CopyRun]) -> None:
+        try:
+            super()._read_fmp4(run, older)
+        finally:
+            if self.recorder is not None:
+                self._record(self.recorder.end_run, self.run_id(run))
+
+    def _on_init(self, run: CopyRun, init: bytes) -> None:
+        if self.recorder is not None:
+            self._record(self.recorder.on_init, self.run_id(run), init)
+        super()._on_init(run, init)
+
     def _watching(self) -> bool:
         if self._viewers is None:
             return True
@@ -219,6 +247,10 @@ class CopyPublisher(StreamPublisher):
         self.store.delete_playlist(self.camera_id)
 
     def _on_fragment(self, run: CopyRun, frag: Fragment) -> None:
+        if self.recorder is not None:  # before the viewer check: recording goes on while nobody watches
+            with self._lock:
+                start_s = self._segment_start(run, frag, 0.0)[0]
+            self._record(self.recorder.on_fragment, self.run_id(run), frag, start_s)
         if not self._watching():
             return
         if self._open is None and not frag.independent:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from hls.copy_args import SourceInfo, copyable, parse_probe, probe_args
 from hls.hwaccel import decode_args
-from pipeline.config import CameraConfig, PipelineArgs, camera_path
+from pipeline.config import CameraConfig, HlsConfig, PipelineArgs, RecordConfig, camera_path
 from pipeline.logutil import scrub_url
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,24 @@ def video_plan(cam: CameraConfig, info: SourceInfo) -> tuple[str, str]:
     fps = cam.fps or info.fps
     rate = f" at {fps:g} fps" if fps else " at the source's rate"
     return "transcode", f"{info.codec} cannot be copied: transcoded once{rate}"
+
+
+def recording_plan(cam: CameraConfig, hls: HlsConfig, record: RecordConfig) -> tuple[bool, str]:
+    """(recorded?, why) of a camera: only the camera worker's copied (or once transcoded) video is recorded."""
+    rec = record.for_camera(cam)
+    if not rec.enabled:
+        where = "cameras[].record.enabled" if cam.record.enabled is not None else "record.enabled"
+        return False, f"{where}: false"
+    if not cam.enabled:
+        return False, "the camera is disabled"
+    if not hls.enabled:
+        return False, "hls.enabled: false: no video is streamed"
+    path, why = camera_path(cam, hls)
+    if path != "worker":
+        burned = (cam.boxes or hls.boxes) == "burned"
+        return False, f"its video is re-encoded ({'boxes burned' if burned else why})"
+    where = f"s3 bucket {rec.s3.bucket}" if rec.store == "s3" and rec.s3 else rec.dir
+    return True, f"{rec.mode}, kept {rec.retain_days:g} days, in {where}"
 
 
 def probe_camera(cam: CameraConfig, cfg: PipelineArgs, timeout_s: float = PROBE_TIMEOUT_S,
@@ -105,5 +123,8 @@ def check_lines(cfg: PipelineArgs, probe: Callable[[CameraConfig, PipelineArgs],
                 line += f"; hwaccel {cam.hwaccel} has no decoder for {found.info.codec}: decoded in software"
             elif cam.hwaccel != "none":
                 line += f"; decoded by {cam.hwaccel}"
+        recorded, why = recording_plan(cam, cfg.hls, cfg.record)
+        if recorded or cfg.record.enabled:  # silent where nobody asked for recording
+            line += f"; recorded ({why})" if recorded else f"; not recorded: {why}"
         lines.append(line)
     return lines

@@ -45,6 +45,9 @@ SPECS: dict[str, MetricSpec] = {s.name: s for s in (
     MetricSpec("lookout_detector_queue_age_seconds", "histogram", "Frame age when its batch starts.",
                LATENCY_BUCKETS_S),
     MetricSpec("lookout_hls_segments_total", "counter", "HLS segments published."),
+    MetricSpec("lookout_record_segments_total", "counter", "Recorded segments written to the record store."),
+    MetricSpec("lookout_record_dropped_total", "counter", "Recorded segments lost, by reason (queue_full, "
+               "store_error)."),
     MetricSpec("lookout_auth_failures_total", "counter", "Requests refused for bad or missing credentials."),
     MetricSpec("lookout_redis_used_memory_bytes", "gauge", "Memory used by the Redis that holds the bus."),
 )}

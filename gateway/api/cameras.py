@@ -10,6 +10,7 @@ from starlette.routing import Route
 from gateway.api.history import latest_detections as newest_detections
 from gateway.auth.backend import can_view
 from gateway.context import GatewayContext
+from hls.video_path import recording_plan
 from hls.viewers import get_stream_info
 from pipeline.config import CAMERA_ID_RE, camera_path
 
@@ -49,15 +50,17 @@ def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
 
 
 def video_path_view(ctx: GatewayContext, camera_id: str, stream: dict | None) -> dict:
-    """Which path the camera's video takes and why (from the config), whether it is detected, and what
+    """Which path the camera's video takes and why (from the config), whether it is detected and recorded, and what
     the running camera said of its video (copy or transcode, why, the segment duration it forces);
     those three are None until the camera has said (or on a path that does not say)."""
     cam = next((c for c in ctx.args.cameras if c.id == camera_id), None)
     stream = stream or {}
     view = {"path": None, "path_reason": None, "detect": None, "detect_fps": None,
             "video": stream.get("video"), "video_reason": stream.get("video_reason"),
-            "segment_s": stream.get("segment_s")}
+            "segment_s": stream.get("segment_s"), "recording": None}
     if cam is not None:
+        on, why = recording_plan(cam, ctx.args.hls, ctx.args.record)
+        view["recording"] = {"on": on, "why": why}
         if ctx.args.hls.enabled:
             view["path"], view["path_reason"] = camera_path(cam, ctx.args.hls)
         else:

@@ -1,0 +1,369 @@
+"""Recording (DVR): a camera's copied fMP4 stream cut into standalone segments, written to a RecordStore.
+
+`CopyPublisher` feeds a camera's `Recorder` every init section and every fragment of every ffmpeg run,
+watched or not. The recorder cuts a segment at the first keyframe at or after `record.segment_s`, and
+always where a run ends: a reconnect is a gap between two runs, never a segment spanning both. Each
+recorded object is the run's init section followed by the segment's fragments, a standalone fMP4
+(ffmpeg plays it as it is; the gateway splits init from media for HLS).
+
+The live path never waits on recording: finished segments go to a bounded queue that one writer thread
+drains into the store and the index; when it is full the oldest waiting segment is dropped. Store
+failures (a full disk, an unreachable S3) are logged once per episode and counted, the segment is lost,
+and live video and detection go on. In modes `motion` and `events` a finished segment waits (in memory,
+bounded) until `pre_s` after its end, so that activity just after it still keeps it (pre-roll), and is
+kept only when activity lies within [start - post_s, end + pre_s].
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from hls.fmp4 import Fragment
+from hls.record_index import RecordingIndex
+from hls.record_store import RecordedSegment, RecordStore, default_index_path, make_record_store, segment_key
+from hls.video_path import recording_plan
+from pipeline.config import CameraGroupArgs, RecordConfig
+from pipeline.events import EventStore
+from pipeline.logutil import scrub_url
+from pipeline.metrics import Metrics
+from pipeline.motion import MotionLog, motion_retain_s
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.5  # the writer looks at waiting segments this often
+DECIDE_SLACK_S = 3.0  # motion and events reach Redis a little after the frame (buffering, detection)
+PUT_RETRIES = 3  # tries of one segment before it is dropped (a store that blinks loses nothing)
+RETRY_BACKOFF_S = (0.5, 1.0, 2.0)
+FAILING_PAUSE_S = 5.0  # after a dropped segment, the writer waits this long before the next try
+EVENTS_LOOKBACK_S = 86400.0  # an event that started this long before a segment is not looked for
+EVENTS_PAGE = 200
+
+
+class MotionSource(Protocol):
+    def any_motion(self, camera_id: str, since_s: float, until_s: float) -> bool: ...
+
+
+@dataclass
+class _Open:
+    """The segment being cut."""
+
+    run_id: str
+    start_s: float
+    fragments: list[bytes] = field(default_factory=list)
+    duration_s: float = 0.0
+    nbytes: int = 0
+
+
+@dataclass
+class _Episode:
+    """Log a failure once while it lasts, and once more when it ends."""
+
+    what: str
+    camera_id: str
+    failures: int = 0
+
+    def fail(self, detail: str) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            logger.warning("camera %s: %s: %s (logged once until it works again)", self.camera_id, self.what, detail)
+
+    def ok(self) -> None:
+        if self.failures:
+            logger.info("camera %s: over after %d time(s): %s", self.camera_id, self.failures, self.what)
+            self.failures = 0
+
+
+class Recorder:
+    """Records one camera's copied stream (see the module doc). `motion`: a `pipeline.motion.MotionLog`
+    (mode motion); `events`: a `pipeline.events.EventStore` (mode events); `metrics`: a
+    `pipeline.metrics.Metrics`. None of the feeding calls blocks or raises."""
+
+    def __init__(self, camera_id: str, cfg: RecordConfig, store: RecordStore, index: RecordingIndex, *,
+                 motion: MotionSource | None = None, events=None, metrics=None,
+                 clock: Callable[[], float] = time.time):
+        if cfg.mode == "motion" and motion is None:
+            raise ValueError(f"camera {camera_id}: record.mode is 'motion' but no motion log was given")
+        if cfg.mode == "events" and events is None:
+            raise ValueError(f"camera {camera_id}: record.mode is 'events' but no event store was given")
+        self.camera_id, self.cfg = camera_id, cfg
+        self.store, self.index = store, index
+        self.motion, self.events, self.metrics = motion, events, metrics
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._inits: dict[str, bytes] = {}
+        self._open: _Open | None = None
+        self._fps = 25.0  # of the last run: a cut is due half a frame before segment_s (rounding)
+        # waiting for their pre-roll decision (motion, events): (due wall clock, segment, data)
+        self._pending: collections.deque[tuple[float, RecordedSegment, bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[RecordedSegment, bytes]] = collections.deque()
+        self._writing = False
+        self._unreported_drops = 0
+        self._closing = False
+        self._stop = threading.Event()  # set by close(): no more pauses
+        self._closed = False
+        self.written = self.dropped = self.skipped = 0
+        self._full = _Episode("recording queue full, oldest segments dropped", camera_id)
+        self._store_ep = _Episode("recording store failing, segments lost", camera_id)
+        self._index_ep = _Episode("recording index failing (the store has the segments)", camera_id)
+        self._decide_ep = _Episode(f"cannot read {cfg.mode} activity (segments kept)", camera_id)
+        self._feed_ep = _Episode("recorder input ignored", camera_id)
+        self._writer = threading.Thread(target=self._write_loop, name=f"record-{camera_id}", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------------ feeding (the publisher's threads)
+
+    def on_init(self, run_id: str, init: bytes) -> None:
+        """A run's init section (ftyp+moov): every segment of the run starts with it."""
+        with self._lock:
+            if self._closing:
+                return
+            self._inits[run_id] = bytes(init)
+
+    def on_fragment(self, run_id: str, frag: Fragment, start_s: float) -> None:
+        """One moof+mdat of run `run_id`; `start_s` = its wall clock (the run's anchor + tfdt)."""
+        with self._lock:
+            if self._closing:
+                return
+            if run_id not in self._inits:
+                self._feed_ep.fail(f"a fragment of run {run_id} before its init section")
+                return
+            if frag.duration > 0 and frag.samples > 0:
+                self._fps = frag.samples / frag.duration_s
+            seg = self._open
+            if seg is not None and (seg.run_id != run_id or (
+                    frag.independent and seg.duration_s >= self.cfg.segment_s - 0.5 / self._fps)):
+                self._finish_locked()
+            if self._open is None:
+                if not frag.independent:
+                    return  # a segment starts with a keyframe (a run's output always does)
+                self._open = _Open(run_id, float(start_s))
+            seg = self._open
+            seg.fragments.append(frag.data)
+            seg.duration_s += frag.duration_s
+            seg.nbytes += len(frag.data)
+
+    def end_run(self, run_id: str) -> None:
+        """Run `run_id`'s output ended: its open segment is complete."""
+        with self._lock:
+            if self._open is not None and self._open.run_id == run_id:
+                self._finish_locked()
+            self._inits.pop(run_id, None)
+
+    def begin_close(self) -> None:
+        """Stop taking input: finish the open segment; the writer decides the waiting ones now and writes out."""
+        with self._lock:
+            if self._closing:
+                return
+            if self._open is not None:
+                self._finish_locked()
+            self._closing = True
+            self._stop.set()
+            self._wake.notify_all()
+
+    def close(self, timeout_s: float = 10.0) -> bool:
+        """`begin_close()`, then wait (up to timeout_s) until everything is written; False if some was not."""
+        self.begin_close()
+        with self._lock:
+            if self._closed:
+                return True
+        self._writer.join(timeout_s)
+        with self._lock:
+            self._closed = True
+            left = len(self._queue) + len(self._pending) + int(self._writing)
+        if left:
+            logger.warning("camera %s: recorder closed with %d segment(s) not written", self.camera_id, left)
+        return not left
+
+    # ------------------------------------------------------------------ cutting
+
+    def _finish_locked(self) -> None:
+        seg, self._open = self._open, None
+        if seg is None or not seg.fragments:
+            return
+        init = self._inits.get(seg.run_id, b"")
+        try:
+            key = segment_key(self.camera_id, seg.start_s, seg.duration_s, seg.run_id)
+        except ValueError as exc:  # a clock before 1970, a bad run id: not recordable, live goes on
+            self._feed_ep.fail(f"segment at {seg.start_s!r} not recorded: {exc}")
+            return
+        data = b"".join([init, *seg.fragments])
+        rec = RecordedSegment(self.camera_id, seg.start_s, seg.duration_s, len(data), key, seg.run_id)
+        if self.cfg.mode == "continuous":
+            self._enqueue_locked(rec, data)
+        else:
+            self._pending.append((rec.end_s + self.cfg.pre_s + DECIDE_SLACK_S, rec, data))
+        self._wake.notify_all()
+
+    def _enqueue_locked(self, rec: RecordedSegment, data: bytes) -> None:
+        self._queue.append((rec, data))
+        dropped = 0
+        while len(self._queue) > self.cfg.max_queue_segments and not self._closing:
+            old, _ = self._queue.popleft()
+            dropped += 1
+            self._full.fail(f"{len(self._queue)} waiting, dropped {old.key}")
+        if dropped:
+            self.dropped += dropped
+            self._unreported_drops += dropped  # counted by the writer: a metrics flush is network I/O
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                if self._write_step():
+                    return
+            except Exception:  # noqa: BLE001 - a bug here must not end recording for good
+                logger.exception("camera %s: recorder writer failed; going on", self.camera_id)
+                time.sleep(POLL_S)
+
+    def _write_step(self) -> bool:
+        """Decide the due segments, write one; True when closed and all is written."""
+        with self._lock:
+            while not self._closing and not self._queue and not self._due_locked():
+                self._wake.wait(POLL_S)
+            due = self._take_due_locked(everything=self._closing)
+            drops, self._unreported_drops = self._unreported_drops, 0
+        if drops:
+            self._count(lambda m: m.inc("lookout_record_dropped_total", drops, camera=self.camera_id,
+                                        reason="queue_full"))
+        for rec, data in due:  # Redis reads: outside the lock, off the live path
+            keep = self._keep(rec)
+            with self._lock:
+                if keep:
+                    self._enqueue_locked(rec, data)
+                else:
+                    self.skipped += 1
+        with self._lock:
+            if not self._queue:
+                self._full.ok()  # caught up: a new overflow is a new episode
+                return self._closing and not self._pending
+            rec, data = self._queue.popleft()
+            self._writing = True
+        try:
+            self._write(rec, data)
+        finally:
+            with self._lock:
+                self._writing = False
+        return False
+
+    @property
+    def _pending_limit(self) -> int:
+        """Segments held for their decision: enough for pre_s, and beyond it the oldest is decided early."""
+        return max(self.cfg.max_queue_segments, math.ceil(self.cfg.pre_s / self.cfg.segment_s) + 2)
+
+    def _due_locked(self) -> bool:
+        return bool(self._pending) and (len(self._pending) > self._pending_limit
+                                        or self._pending[0][0] <= self._clock())
+
+    def _take_due_locked(self, everything: bool) -> list[tuple[RecordedSegment, bytes]]:
+        out = []
+        while self._pending and (everything or self._due_locked()):
+            _, rec, data = self._pending.popleft()
+            out.append((rec, data))
+        return out
+
+    def _keep(self, rec: RecordedSegment) -> bool:
+        """Mode motion/events: whether activity lies within [start - post_s, end + pre_s]."""
+        lo, hi = rec.start_s - self.cfg.post_s, rec.end_s + self.cfg.pre_s
+        try:
+            if self.cfg.mode == "motion":
+                keep = bool(self.motion.any_motion(self.camera_id, lo, hi))
+            else:
+                keep = self._any_event(lo, hi)
+        except Exception as exc:  # noqa: BLE001 - Redis away: better kept than lost
+            self._decide_ep.fail(repr(exc))
+            return True
+        self._decide_ep.ok()
+        return keep
+
+    def _any_event(self, lo: float, hi: float) -> bool:
+        page = self.events.list(camera_id=self.camera_id, since_s=max(0.0, lo - EVENTS_LOOKBACK_S), until_s=hi,
+                                limit=EVENTS_PAGE)
+        return any(ev.end_s is None or ev.end_s >= lo for ev in page.events)
+
+    def _write(self, rec: RecordedSegment, data: bytes) -> None:
+        for attempt in range(PUT_RETRIES):
+            try:
+                self.store.put(rec.key, data)
+                break
+            except Exception as exc:  # noqa: BLE001 - a full disk or a store away never stops the camera
+                last = exc
+                with self._lock:
+                    closing = self._closing
+                if attempt + 1 < PUT_RETRIES and not closing:
+                    time.sleep(RETRY_BACKOFF_S[attempt])
+        else:
+            self._store_ep.fail(f"{rec.key}: {last!r}")
+            self._count(lambda m: m.inc("lookout_record_dropped_total", camera=self.camera_id, reason="store_error"))
+            with self._lock:
+                self.dropped += 1
+            self._stop.wait(FAILING_PAUSE_S)  # segments meanwhile wait (and overflow) in the queue
+            return
+        self._store_ep.ok()
+        with self._lock:
+            self.written += 1
+        self._count(lambda m: m.inc("lookout_record_segments_total", camera=self.camera_id))
+        try:
+            self.index.add(rec)
+            self._index_ep.ok()
+        except Exception as exc:  # noqa: BLE001 - the index is rebuilt from the store
+            self._index_ep.fail(f"{rec.key}: {exc!r}")
+
+    def _count(self, update: Callable) -> None:
+        if self.metrics is None:
+            return
+        try:
+            update(self.metrics)
+        except Exception:  # noqa: BLE001 - metrics never break recording
+            logger.debug("camera %s: a recording metric was not counted", self.camera_id, exc_info=True)
+
+
+class GroupRecording:
+    """The recording side of one camera worker replica: one store and index (opened only when a camera of the
+    group is recorded), a `Recorder` per recorded camera. A store that cannot be opened is logged and leaves
+    the cameras unrecorded: live video and detection never wait on it."""
+
+    def __init__(self, args: CameraGroupArgs, client, *, motion_logs: dict[str, MotionLog] | None = None):
+        self.args = args
+        self.recorders: dict[str, Recorder] = {}
+        self.store: RecordStore | None = None
+        self.index: RecordingIndex | None = None
+        plans = {cam.id: recording_plan(cam, args.hls, args.record) for cam in args.cameras}
+        recorded = [cam for cam in args.cameras if plans[cam.id][0]]  # build_app logs why a camera is not
+        if not recorded:
+            return
+        try:
+            self.store = make_record_store(args.record, args.resolve_path)
+            self.index = RecordingIndex.open_or_rebuild(default_index_path(args.record, args.resolve_path),
+                                                        self.store)
+        except Exception as exc:  # noqa: BLE001 - a store away must not stop the cameras
+            for cam in recorded:
+                logger.error("camera %s: not recorded: cannot open the record store: %s", cam.id,
+                             scrub_url(str(exc)))
+            self.store = self.index = None
+            return
+        metrics, events = Metrics(client), EventStore(client)
+        motion_logs = motion_logs or {}
+        for cam in recorded:
+            rec = args.record.for_camera(cam)
+            motion = motion_logs.get(cam.id) or MotionLog(client, motion_retain_s(True, rec.retain_days))
+            self.recorders[cam.id] = Recorder(cam.id, rec, self.store, self.index, motion=motion, events=events,
+                                              metrics=metrics)
+            logger.info("camera %s: recorded (%s)", cam.id, plans[cam.id][1])
+
+    def recorder(self, camera_id: str) -> Recorder | None:
+        return self.recorders.get(camera_id)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write out every camera's open and waiting segments (within timeout_s in all)."""
+        end = time.monotonic() + timeout_s
+        for rec in self.recorders.values():
+            rec.begin_close()
+        for rec in self.recorders.values():
+            rec.close(max(0.1, end - time.monotonic()))
