@@ -11,8 +11,8 @@ import os
 import sqlite3
 import threading
 import time
-from datetime import datetime, timezone
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Iterable
 
 from hls.record_store import RecordedSegment, RecordStore, hour_prefixes, parse_segment_key
@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS segments (
 );
 CREATE INDEX IF NOT EXISTS segments_camera_start ON segments (camera, start_ms);
 CREATE INDEX IF NOT EXISTS segments_start ON segments (start_ms);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _COLS = "camera, start_ms, dur_ms, size, key, run_id"
 
@@ -80,9 +81,10 @@ class RecordingIndex:
 
     @classmethod
     def open_or_rebuild(cls, path: str | os.PathLike, store: RecordStore) -> "RecordingIndex":
-        """Open the index at `path`; when the file is missing or unreadable, make it anew from the store."""
+        """Open the index at `path`; when the file is missing or unreadable (or its last rebuild did not
+        finish), make it anew from the store. A store that cannot be listed now is logged, and the
+        rebuild is tried again at the next open: the index is usable meanwhile."""
         path = str(path)
-        missing = not os.path.exists(path) or os.path.getsize(path) == 0
         try:
             index = cls(path)
         except sqlite3.DatabaseError as e:
@@ -95,13 +97,24 @@ class RecordingIndex:
                     os.unlink(path + suffix)
                 except FileNotFoundError:
                     pass
-            index, missing = cls(path), True
-        if missing:
+            index = cls(path)
+        if not index.complete:
             t0 = time.monotonic()
-            n = index.rebuild(store)
-            log.info("recording index %s rebuilt from %s: %d segments in %.1f s", path, store.describe(), n,
-                     time.monotonic() - t0)
+            try:
+                n = index.rebuild(store)
+            except Exception as e:  # noqa: BLE001 - the store away (RecordStoreError) must not stop recording
+                log.warning("recording index %s: cannot rebuild it from %s now (%s); it lists only what is "
+                            "recorded from now on until the next open", path, store.describe(), e)
+            else:
+                log.info("recording index %s rebuilt from %s: %d segments in %.1f s", path, store.describe(), n,
+                         time.monotonic() - t0)
         return index
+
+    @property
+    def complete(self) -> bool:
+        """True once a rebuild from the store's whole listing has finished in this file."""
+        rows = self._query("SELECT value FROM meta WHERE name = 'rebuilt_s'")
+        return bool(rows)
 
     def close(self) -> None:
         with self._lock:
@@ -212,6 +225,8 @@ class RecordingIndex:
     def rebuild(self, store: RecordStore) -> int:
         """Make the index match the store's whole listing; returns how many segments it now holds."""
         added, removed = self._reconcile(store, "", "1", ())
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('rebuilt_s', ?)", (str(time.time()),))
         if added or removed:
             log.info("recording index %s: %d segments added, %d removed from %s", self.path, added, removed,
                      store.describe())

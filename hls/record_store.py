@@ -346,11 +346,18 @@ class S3RecordStore(RecordStore):
         from botocore.exceptions import BotoCoreError, ClientError
 
         obj = self._obj(key)
-        self._ensure_bucket(key)
-        try:
-            self._client.put_object(Bucket=self.cfg.bucket, Key=obj, Body=data, ContentType="video/mp4")
-        except (BotoCoreError, ClientError) as e:
-            raise self._err("write", key, e) from None
+        for attempt in range(2):
+            self._ensure_bucket(key)
+            try:
+                self._client.put_object(Bucket=self.cfg.bucket, Key=obj, Body=data, ContentType="video/mp4")
+                return
+            except ClientError as e:
+                if attempt == 0 and e.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                    self._bucket_ok = False  # deleted since: make it again
+                    continue
+                raise self._err("write", key, e) from None
+            except BotoCoreError as e:
+                raise self._err("write", key, e) from None
 
     def get(self, key: str) -> bytes | None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -353,6 +353,22 @@ def test_index_rebuilt_when_missing_or_corrupt(store, fmp4, tmp_path):
     idx.close()
 
 
+def test_index_rebuild_waits_for_a_reachable_store(seaweedfs, tmp_path):
+    bucket = "rec-" + uuid.uuid4().hex[:10]
+    live = S3RecordStore(seaweedfs.s3_config(bucket))
+    key = segment_key("cam-a", T0, 2.0, "r1")
+    live.put(key, b"seg")
+    down = S3RecordStore(seaweedfs.s3_config(bucket, endpoint_url=f"http://127.0.0.1:{free_port()}", timeout_s=2))
+    path = tmp_path / "index.sqlite3"
+    idx = RecordingIndex.open_or_rebuild(path, down)  # logged, not raised: recording goes on meanwhile
+    assert idx.count() == 0 and not idx.complete
+    idx.add(seg("cam-a", T0 + 2))  # recorded while the store's listing was out of reach
+    idx.close()
+    idx = RecordingIndex.open_or_rebuild(path, live)
+    assert idx.complete and [s.key for s in idx.oldest(5)] == [key]  # the unlisted one was never stored there
+    idx.close()
+
+
 class ListingSpy:
     """A real store whose list() calls are recorded (to check which prefixes sync lists)."""
 
