@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 from hls.fmp4 import Mp4Error, box_header
 from pipeline.config import CAMERA_ID_RE, RecordConfig, S3Config
+from pipeline.logutil import scrub_url
 
 log = logging.getLogger(__name__)
 
@@ -309,12 +310,12 @@ class S3RecordStore(RecordStore):
         self._bucket_ok = False
 
     def describe(self) -> str:
-        return f"s3:{self.cfg.endpoint_url or 'aws'}/{self.cfg.bucket}/{self.cfg.prefix}"
+        return scrub_url(f"s3:{self.cfg.endpoint_url or 'aws'}/{self.cfg.bucket}/{self.cfg.prefix}")
 
     def _err(self, what: str, key: str, e: Exception) -> RecordStoreError:
         code = (getattr(e, "response", None) or {}).get("Error", {}).get("Code")
         detail = f"{code}: {e}" if code else str(e)
-        return RecordStoreError(f"cannot {what} recording {key} in {self.describe()}: {detail}")
+        return RecordStoreError(scrub_url(f"cannot {what} recording {key} in {self.describe()}: {detail}"))
 
     def _ensure_bucket(self, key: str) -> None:
         if self._bucket_ok:

@@ -243,6 +243,13 @@ def test_s3_store_bad_credentials_and_unreachable(seaweedfs):
         down.put(key, b"x")
     with pytest.raises(RecordStoreError):
         list(down.list(""))
+    # credentials in an endpoint URL stay out of messages
+    userinfo = S3RecordStore(seaweedfs.s3_config("rec-x3", endpoint_url=f"http://u:{secret}@127.0.0.1:{free_port()}",
+                                                 timeout_s=2.0))
+    assert secret not in userinfo.describe()
+    with pytest.raises(RecordStoreError) as e:
+        userinfo.put(key, b"x")
+    assert secret not in str(e.value)
 
 
 def test_s3_credentials_from_environment(seaweedfs, monkeypatch):
