@@ -21,6 +21,7 @@ from deployments.common import redis_client, setup_logging
 from deployments.ingest import node_id
 from hls.copy_source import CopyPublisher, CopySource, probe
 from hls.hwaccel import decode_args
+from hls.recorder import GroupRecording, Recorder
 from hls.store import HlsStore, make_store
 from pipeline.camera_service import CameraService
 from pipeline.config import CameraConfig, CameraGroupArgs
@@ -37,8 +38,10 @@ class CameraStream:
     and CopyPublisher (numbering, discontinuities) live across reconnects and start afresh with each
     reading loop: when the lease is taken another replica may have published in between."""
 
-    def __init__(self, cam: CameraConfig, args: CameraGroupArgs, store: HlsStore, client):
+    def __init__(self, cam: CameraConfig, args: CameraGroupArgs, store: HlsStore, client,
+                 recorder: Recorder | None = None):
         self.cam, self.args, self.store, self.client = cam, args, store, client
+        self.recorder = recorder  # lives across reconnects and publishers: each run is recorded
         self._source: CopySource | None = None
 
     def reset(self) -> None:
@@ -54,7 +57,8 @@ class CameraStream:
     def source(self, cam: CameraConfig) -> FrameSource:
         """The source IngestLoop opens for each connection (the same one: open() starts a new run)."""
         if self._source is None:
-            publisher = CopyPublisher(cam.id, self.args.hls, self.store, self.client, on_demand=cam.on_demand)
+            publisher = CopyPublisher(cam.id, self.args.hls, self.store, self.client, on_demand=cam.on_demand,
+                                      recorder=self.recorder)
             # Jetson's ffmpeg decoders are per codec; the others decode whatever the source sends.
             codec = probe(cam).codec if cam.hwaccel == "jetson" else None
             self._source = CopySource(cam, publisher, detect_input_px=self.args.detect_input_px,
@@ -78,7 +82,9 @@ class CameraWorkerDeployment:
         # Per camera, kept across service restarts; also what record.mode motion keeps segments by.
         self.motion_logs = {cam.id: MotionLog(self.client, motion_retain_s(rec.enabled, rec.retain_days))
                             for cam in args.cameras for rec in [args.record.for_camera(cam)]}
-        self.streams = {cam.id: CameraStream(cam, args, self.store, self.client) for cam in args.cameras}
+        self.recording = GroupRecording(args, self.client, motion_logs=self.motion_logs)
+        self.streams = {cam.id: CameraStream(cam, args, self.store, self.client, self.recording.recorder(cam.id))
+                        for cam in args.cameras}
         self.services = {cam.id: self._service(cam).start() for cam in args.cameras}
         # "cameras <ids>", not "camera worker": the log tags a record with the id after "camera ".
         log.info("worker replica on node %s runs cameras %s", self.node_id[:12],
@@ -121,3 +127,5 @@ class CameraWorkerDeployment:
     def __del__(self) -> None:
         for service in getattr(self, "services", {}).values():  # __init__ may have failed before it existed
             service.stop(join_timeout_s=0)
+        if getattr(self, "recording", None) is not None:  # a clean stop writes the open segments out
+            self.recording.close(timeout_s=10.0)

@@ -26,6 +26,7 @@ from typing import Callable, Protocol
 from hls.fmp4 import Fragment
 from hls.record_index import RecordingIndex
 from hls.record_store import RecordedSegment, RecordStore, default_index_path, make_record_store, segment_key
+from hls.retention import Retention, RetentionLoop, event_ranges
 from hls.video_path import recording_plan
 from pipeline.config import CameraGroupArgs, RecordConfig
 from pipeline.events import EventStore
@@ -326,14 +327,17 @@ class Recorder:
 
 class GroupRecording:
     """The recording side of one camera worker replica: one store and index (opened only when a camera of the
-    group is recorded), a `Recorder` per recorded camera. A store that cannot be opened is logged and leaves
-    the cameras unrecorded: live video and detection never wait on it."""
+    group is recorded), a `Recorder` per recorded camera, and a retention loop (one sweeper per node's disk,
+    or per cluster for S3, through the sweep lock; every camera's retain_days; event clip ranges by
+    clips.pre_s/post_s). A store that cannot be opened is logged and leaves the cameras unrecorded: live video
+    and detection never wait on it."""
 
     def __init__(self, args: CameraGroupArgs, client, *, motion_logs: dict[str, MotionLog] | None = None):
         self.args = args
         self.recorders: dict[str, Recorder] = {}
         self.store: RecordStore | None = None
         self.index: RecordingIndex | None = None
+        self.retention: RetentionLoop | None = None
         plans = {cam.id: recording_plan(cam, args.hls, args.record) for cam in args.cameras}
         recorded = [cam for cam in args.cameras if plans[cam.id][0]]  # build_app logs why a camera is not
         if not recorded:
@@ -356,6 +360,11 @@ class GroupRecording:
             self.recorders[cam.id] = Recorder(cam.id, rec, self.store, self.index, motion=motion, events=events,
                                               metrics=metrics)
             logger.info("camera %s: recorded (%s)", cam.id, plans[cam.id][1])
+        per_camera = {cid: args.record.changed(changes) for cid, changes in args.record_cameras.items()}
+        per_camera.update({cam.id: args.record.for_camera(cam) for cam in args.cameras})
+        retention = Retention(args.record, self.store, self.index, per_camera=per_camera,
+                              protected=event_ranges(events, args.clips.pre_s, args.clips.post_s))
+        self.retention = RetentionLoop(retention, sweep_s=args.record.sweep_s, redis_client=client).start()
 
     def recorder(self, camera_id: str) -> Recorder | None:
         return self.recorders.get(camera_id)
@@ -363,6 +372,8 @@ class GroupRecording:
     def close(self, timeout_s: float = 10.0) -> None:
         """Write out every camera's open and waiting segments (within timeout_s in all)."""
         end = time.monotonic() + timeout_s
+        if self.retention is not None:
+            self.retention.stop(timeout_s=0)  # a sweep under way finishes on its own (a daemon thread)
         for rec in self.recorders.values():
             rec.begin_close()
         for rec in self.recorders.values():

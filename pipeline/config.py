@@ -668,7 +668,11 @@ class RecordConfig(_Model):
 
     def for_camera(self, cam: "CameraConfig") -> "RecordConfig":
         """This section with the camera's own `record` changes applied."""
-        changes = {k: v for k, v in cam.record.model_dump().items() if v is not None}
+        return self.changed(cam.record)
+
+    def changed(self, record: CameraRecordConfig) -> "RecordConfig":
+        """This section with a camera's `record` changes applied."""
+        changes = {k: v for k, v in record.model_dump().items() if v is not None}
         return self.model_copy(update=changes) if changes else self
 
 
@@ -713,6 +717,11 @@ class CameraGroupArgs(_Located, _Model):
                                                                   "detector are scaled to fit inside it.")
     record: "RecordConfig" = Field(default_factory=lambda: RecordConfig(), description="Recording (each camera's "
                                                                                    "changes in cameras[].record).")
+    record_cameras: dict[str, CameraRecordConfig] = Field(
+        default_factory=dict, description="Every camera's record changes: retention sweeps the segments of a "
+                                          "node's store whichever group recorded them.")
+    clips: "ClipConfig" = Field(default_factory=lambda: ClipConfig(), description="Clips (retention keeps an "
+                                                                                 "event's clip range longer).")
     redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
     base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
@@ -796,8 +805,9 @@ class PipelineArgs(_Located, _Model):
         """What a camera worker replica running these cameras is bound."""
         cams = [next(c for c in self.cameras if c.id == cid) for cid in camera_ids]
         return CameraGroupArgs(cameras=cams, bus=self.bus, hls=self.hls, detector=self.detector,
-                               detect_input_px=self.model.input_size_px, record=self.record, redis_url=self.redis_url,
-                               base_dir=self.base_dir)
+                               detect_input_px=self.model.input_size_px, record=self.record,
+                               record_cameras={c.id: c.record for c in self.cameras}, clips=self.clips,
+                               redis_url=self.redis_url, base_dir=self.base_dir)
 
     def without_secrets(self) -> "PipelineArgs":
         """This config with the gateway section (admin password, OIDC client secret) at its defaults:

@@ -332,6 +332,43 @@ def test_motion_mode_keeps_only_the_segments_around_motion(redis_client, tmp_pat
     assert kept == [16.0, 20.0, 36.0]  # motion in second 21 (pre-roll in [16, 20)) and in second 38
 
 
+def test_the_worker_records_only_its_recorded_cameras_and_sweeps_them(redis_server, tmp_path):
+    from deployments.camera_worker import CameraWorkerDeployment
+    from pipeline.config import parse_args
+
+    retain_s = 8.0
+    cams = [{"id": "a", "source": str(H264_CLIP), "detect": False, "detect_fps": 2, "boxes": "browser",
+             "record": {"retain_days": retain_s / 86400}},
+            {"id": "b", "source": str(H264_CLIP), "detect": False, "detect_fps": 2, "boxes": "browser",
+             "record": {"enabled": False}},
+            {"id": "x", "source": "rtsp://h/x", "record": {"retain_days": 30}}]  # another group's
+    cfg = parse_args({"cameras": cams, "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
+                      "hls": {"dir": str(tmp_path / "hls")},
+                      "record": {"enabled": True, "dir": str(tmp_path / "rec"), "segment_s": 2, "sweep_s": 1}})
+    worker = CameraWorkerDeployment.func_or_class(cfg.for_group(["a", "b"]), None)
+    try:
+        assert set(worker.recording.recorders) == {"a"}
+        assert worker.streams["a"].recorder is worker.recording.recorders["a"] and worker.streams["b"].recorder is None
+        per_camera = worker.recording.retention.retention.per_camera
+        assert per_camera["x"].retain_days == 30 and per_camera["a"].retain_days == retain_s / 86400
+        index, recorder = worker.recording.index, worker.recording.recorders["a"]
+        # 2 s segments kept 8 s: the oldest go while new ones come
+        wait_until(lambda: recorder.written >= 8 and index.count() < recorder.written, 90, 0.2,
+                   "camera a's segments recorded and the oldest swept")
+        now = time.time()
+        assert all(s.end_s > now - retain_s - 5 for s in index.segments("a", 0, now + 60))
+    finally:
+        for s in worker.services.values():
+            s.stop()
+        worker.recording.close(timeout_s=30)
+    assert index.cameras() == ["a"]
+    assert (tmp_path / "rec" / "index.sqlite3").exists() and not (tmp_path / "rec" / "b").exists()
+    kept = index.segments("a", 0, time.time() + 60)
+    on_disk = sorted(p.relative_to(tmp_path / "rec").as_posix() for p in (tmp_path / "rec" / "a").rglob("*.mp4"))
+    assert on_disk == sorted(s.key for s in kept)  # swept from the store and the index alike
+    assert decodes_cleanly(worker.recording.store.local_path(kept[-1].key)) == round(kept[-1].duration_s / FRAME_S)
+
+
 def test_who_is_recorded_and_why_is_said_at_start_in_lookout_check_and_the_api(redis_server, tmp_path, caplog):
     from deployments.app import build_app
     from hls.video_path import Probe, check_lines, recording_plan
