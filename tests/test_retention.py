@@ -2,7 +2,6 @@
 tmpfs disk, store and index failures, and the cluster-wide sweep lock on a real Redis."""
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
