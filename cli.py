@@ -216,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi; motion: "
                    "../shared/assets/videos/one-by-one-person-detection.mp4)")
     b.add_argument("--detect-fps", type=float, default=5.0, help="motion: detector frames per second")
+    b.add_argument("--objects-interval-s", type=float, default=1.0, help="motion: a third run that, while "
+                   "objects are seen, detects once per this interval only (0: no third run)")
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
     b.add_argument("--backend", default="onnxruntime",
                    help="model.backend; pipeline: several, comma-separated (openvino,onnxruntime), compares the "

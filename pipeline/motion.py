@@ -84,11 +84,15 @@ class MotionDetector:
 class MotionGate:
     """Decides per frame whether it goes to the detector (see the module doc); counts both outcomes.
 
-    `state` is why the last frame was detected (`motion`, `objects`, `keepalive`) or `idle` when skipped."""
+    `state` is why the last frame was detected (`motion`, `objects`, `keepalive`) or `idle` when skipped.
+    `objects_interval_s` > 0 (not in the config yet; `lookout bench motion` measures it): while the last
+    detection found objects, detect once per that interval only, moving or not, instead of every frame."""
 
-    def __init__(self, cfg: MotionConfig, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, cfg: MotionConfig, clock: Callable[[], float] = time.monotonic,
+                 objects_interval_s: float = 0.0):
         self.cfg = cfg
         self.clock = clock
+        self.objects_interval_s = objects_interval_s
         self.detected = 0
         self.skipped = 0
         self.state = "idle"
@@ -102,13 +106,18 @@ class MotionGate:
         now = self.clock() if now is None else now
         if activity > 0:
             self._last_motion = now
-        if self._last_motion is not None and now - self._last_motion <= self.cfg.hold_s:
+        since_sent = math.inf if self._last_sent is None else now - self._last_sent
+        if self.objects > 0 and self.objects_interval_s > 0:
+            state = "objects" if since_sent >= self.objects_interval_s else None
+        elif self._last_motion is not None and now - self._last_motion <= self.cfg.hold_s:
             state = "motion"
         elif self.objects > 0:
             state = "objects"
-        elif self._last_sent is None or now - self._last_sent >= self.cfg.keepalive_s:
+        elif since_sent >= self.cfg.keepalive_s:
             state = "keepalive"
         else:
+            state = None
+        if state is None:
             self.state = "idle"
             self.skipped += 1
             return False

@@ -204,6 +204,16 @@ def test_gate_objects_present_keep_detection_on():
     assert not gate.should_detect(0.0, 10.0)
 
 
+def test_gate_objects_interval_throttles_detection_while_objects_are_seen():
+    gate = MotionGate(MotionConfig(keepalive_s=10.0, hold_s=2.0), objects_interval_s=1.0)
+    assert gate.should_detect(0.3, 0.0) and gate.state == "motion"
+    gate.note_result(1)
+    sent = [t / 5 for t in range(1, 26) if gate.should_detect(0.3, t / 5)]  # moving, someone seen: once a second
+    assert sent == [1.0, 2.0, 3.0, 4.0, 5.0] and gate.state == "objects"
+    gate.note_result(0)  # gone: every moving frame again
+    assert gate.should_detect(0.3, 5.2) and gate.should_detect(0.3, 5.4) and gate.state == "motion"
+
+
 def test_gate_busy_detector_leaves_keepalive_due():
     gate = _gate()
     assert gate.should_detect(0.0, 0.0)
