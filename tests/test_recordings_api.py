@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from auth_fixtures import add_client, bearer, client_for, client_token, make_args
+from auth_fixtures import ADMIN_PASSWORD, add_client, bearer, client_for, client_token, make_args
 from conftest import free_port, wait_port
 from gateway.app import create_app
 from gateway.auth import scopes as sc
@@ -77,14 +77,18 @@ def recorded(tmp_path_factory):
     return root, segs
 
 
+def recording_ctx(redis_url: str, tmp_path: Path, base_dir: Path, record_dir: str) -> GatewayContext:
+    """A gateway (cameras a and b, auth in tmp_path) reading the recordings under base_dir/record_dir."""
+    args = make_args(redis_url, tmp_path)
+    return GatewayContext.from_args(parse_args({
+        **json.loads(args.model_dump_json(exclude_none=True, exclude={"base_dir"})),
+        "base_dir": str(base_dir), "record": {"enabled": True, "dir": record_dir}}))
+
+
 @pytest.fixture
 def ctx(redis_server, recorded, tmp_path, monkeypatch):
-    root, _ = recorded
-    monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", "admin-password-for-tests")
-    args = make_args(redis_server.url, tmp_path)
-    args = parse_args({**json.loads(args.model_dump_json(exclude_none=True, exclude={"base_dir"})),
-                       "base_dir": str(root), "record": {"enabled": True, "dir": "recordings"}})
-    return GatewayContext.from_args(args)
+    monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    return recording_ctx(redis_server.url, tmp_path, recorded[0], "recordings")
 
 
 def token_client(ctx, scopes: set[str]):
@@ -287,3 +291,15 @@ def test_export_over_recordings_cuts_at_the_keyframe_before_and_to_the_end(viewe
     # Nothing recorded (nor live) there: a clear 404.
     r = viewer_a.get("/api/cameras/a/export.mp4", params={"since_s": T0 + 13, "until_s": T0 + 19})
     assert r.status_code == 404 and r.json()["error"] == "not available"
+
+
+def test_an_unreadable_store_is_503_never_500(redis_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    (tmp_path / "not-a-dir").write_text("a file where the recordings folder should be")
+    viewer = token_client(recording_ctx(redis_server.url, tmp_path, tmp_path, "not-a-dir"),
+                          {sc.camera_scope("a"), sc.DETECTIONS_READ})
+    rng = {"since_s": T0, "until_s": T0 + 10}
+    for path in ("recordings", "vod.m3u8", "export.mp4"):
+        r = viewer.get(f"/api/cameras/a/{path}", params=rng)
+        assert r.status_code == 503, (path, r.text)
+        assert r.json()["error"] == "unavailable" and "recordings" in r.json()["detail"], r.text
