@@ -254,12 +254,12 @@ class Recorder:
         return False
 
     @property
-    def _pending_limit(self) -> int:
-        """Segments held for their decision: enough for pre_s, and beyond it the oldest is decided early."""
-        return max(self.cfg.max_queue_segments, math.ceil(self.cfg.pre_s / self.cfg.segment_s) + 2)
+    def pending_limit(self) -> int:
+        """Segments held for their decision: enough for pre_s; beyond it (Redis slow) the oldest is decided early."""
+        return math.ceil((self.cfg.pre_s + DECIDE_SLACK_S) / self.cfg.segment_s) + 2
 
     def _due_locked(self) -> bool:
-        return bool(self._pending) and (len(self._pending) > self._pending_limit
+        return bool(self._pending) and (len(self._pending) > self.pending_limit
                                         or self._pending[0][0] <= self._clock())
 
     def _take_due_locked(self, everything: bool) -> list[tuple[RecordedSegment, bytes]]:

@@ -276,11 +276,20 @@ def test_events_mode_keeps_only_the_segments_around_an_event(redis_client, tmp_p
     index = RecordingIndex(tmp_path / "index.sqlite3")
     recorder = Recorder(CAM, cfg, LocalRecordStore(tmp_path / "rec"), index, events=events,
                         clock=lambda: now[0])
-    feed_run(recorder, "1000-r1", init, frags, t0)
-    time.sleep(1.0)
-    assert index.count() == 0  # each waits until pre_s after its end has passed
-    now[0] = t0 + 100
-    wait_until(lambda: index.count() >= 3, 10, what="the decided segments")
+    recorder.on_init("1000-r1", init)
+    checked = []
+    for f in frags:  # as a camera would: the clock follows the video
+        now[0] = t0 + f.start_s
+        recorder.on_fragment("1000-r1", f, t0 + f.start_s)
+        if round(f.start_s, 3) == 23.0:
+            time.sleep(1.0)
+            assert index.count() == 0  # [16, 20) waits until pre_s (and some slack) after its end
+            checked.append(23)
+        if round(f.start_s, 3) == 25.0:
+            wait_until(lambda: index.count() == 1, 10, what="[16, 20) kept")
+            checked.append(25)
+    assert checked == [23, 25]
+    recorder.end_run("1000-r1")
     assert recorder.close(timeout_s=30)
     kept = [round(s.start_s - t0, 3) for s in index.segments(CAM, t0 - 10, t0 + 100)]
     # 4 s segments: [16, 20) holds e1's pre-roll, [20, 24) e1; 24 is after e1's post-roll; [36, 40) e2
@@ -407,3 +416,20 @@ def test_who_is_recorded_and_why_is_said_at_start_in_lookout_check_and_the_api(r
     got = {c["id"]: c["recording"] for c in client.get("/api/cameras").json()["cameras"]}
     assert got["burn"] == {"on": False, "why": "its video is re-encoded (boxes burned)"}
     assert got["copy"]["on"] is True and got["copy"]["why"].startswith("continuous, kept 3 days")
+    props = client.get("/api/openapi.json").json()["components"]["schemas"]["Camera"]["properties"]
+    assert set(props["recording"]["properties"]) == set(got["copy"])
+
+
+def test_segments_waiting_for_their_decision_are_bounded(redis_client, tmp_path):
+    init, frags = fmp4_pieces(tmp_path)  # ten 4 s segments
+    t0 = float(int(time.time()) - 7200)
+    index = RecordingIndex(tmp_path / "index.sqlite3")
+    cfg = record_cfg(tmp_path, mode="events", segment_s=3.0, pre_s=1.5, post_s=1.5)
+    recorder = Recorder(CAM, cfg, LocalRecordStore(tmp_path / "rec"), index, events=EventStore(redis_client),
+                        clock=lambda: t0 - 1000)  # a clock that never lets pre_s pass
+    assert recorder.pending_limit == 4  # pre_s and the slack over 3 s segments, and two more
+    feed_run(recorder, "1000-r1", init, frags, t0)
+    wait_until(lambda: recorder.skipped == 10 - recorder.pending_limit, 10, what="the oldest decided early")
+    time.sleep(0.5)
+    assert recorder.skipped == 6 and index.count() == 0  # no event: none kept
+    assert recorder.close(timeout_s=30) and recorder.skipped == 10

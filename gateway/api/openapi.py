@@ -101,7 +101,11 @@ def spec(ctx: GatewayContext) -> dict:
                               "Worker path, once running: the video stream-copied or transcoded once."},
                     "video_reason": {"type": ["string", "null"], "description": "Why it is transcoded."},
                     "segment_s": {"type": ["number", "null"], "description":
-                                  "HLS segment duration in use (a long keyframe interval forces longer ones)."}}},
+                                  "HLS segment duration in use (a long keyframe interval forces longer ones)."},
+                    "recording": {"type": ["object", "null"], "description":
+                                  "Whether the camera is recorded (`on`) and why (`why`: mode, retention, "
+                                  "store; or why not, e.g. its video is re-encoded).", "properties": {
+                                      "on": {"type": "boolean"}, "why": {"type": "string"}}}}},
                 "CameraList": {"type": "object", "properties": {
                     "cameras": {"type": "array", "items": {"$ref": "#/components/schemas/Camera"}}}},
                 "Motion": {"type": "object", "properties": {
