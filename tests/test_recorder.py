@@ -433,3 +433,52 @@ def test_segments_waiting_for_their_decision_are_bounded(redis_client, tmp_path)
     time.sleep(0.5)
     assert recorder.skipped == 6 and index.count() == 0  # no event: none kept
     assert recorder.close(timeout_s=30) and recorder.skipped == 10
+
+
+KILLED_CHILD = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from hls.copy_source import CopyPublisher, CopySource
+from hls.record_index import RecordingIndex
+from hls.record_store import LocalRecordStore
+from hls.recorder import Recorder
+from hls.store import DirHlsStore
+from pipeline.config import CameraConfig, HlsConfig, RecordConfig
+rec = sys.argv[2]
+recorder = Recorder("cam1", RecordConfig(enabled=True, dir=rec, segment_s=2), LocalRecordStore(rec),
+                    RecordingIndex(rec + "/index.sqlite3"))
+src = CopySource(CameraConfig(id="cam1", source=sys.argv[3], detect_fps=2),
+                 CopyPublisher("cam1", HlsConfig(segment_s=1.0), DirHlsStore(rec + "-hls"), recorder=recorder))
+src.open()
+while True:
+    src.read()
+"""
+
+
+def test_a_killed_recorder_loses_at_most_the_segment_being_cut(tmp_path):
+    import os
+    import signal
+
+    rec = tmp_path / "rec"
+    child = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-c", KILLED_CHILD, str(ROOT), str(rec),
+                              str(H264_CLIP)], start_new_session=True)
+    try:
+        wait_until(lambda: child.poll() is not None or (rec / "index.sqlite3").exists()
+                   and RecordingIndex(rec / "index.sqlite3").count() >= 4, 60, 0.2, "segments from the child")
+        assert child.poll() is None
+        os.killpg(child.pid, signal.SIGKILL)  # the recorder and its ffmpeg, no clean stop
+        killed_at = time.time()
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    index = RecordingIndex.open_or_rebuild(rec / "index.sqlite3", LocalRecordStore(rec))
+    segs = index.segments(CAM, 0, killed_at + 60)
+    on_disk = sorted(p.relative_to(rec).as_posix() for p in rec.rglob("*.mp4"))
+    assert on_disk == sorted(s.key for s in segs)  # whole segments only, each indexed
+    for s in segs:
+        assert decodes_cleanly(rec / s.key) == round(s.duration_s / FRAME_S)
+    for a, b in zip(segs[1:], segs[2:]):
+        assert abs(a.end_s - b.start_s) <= FRAME_S
+    # lost: the segment being cut (2 s of keyframe interval) and what ffmpeg had not yet handed over
+    assert killed_at - segs[-1].end_s < 2 * 2.0 + 2.0
