@@ -43,6 +43,8 @@ RETRY_BACKOFF_S = (0.5, 1.0, 2.0)
 FAILING_PAUSE_S = 5.0  # after a dropped segment, the writer waits this long before the next try
 EVENTS_LOOKBACK_S = 86400.0  # an event that started this long before a segment is not looked for
 EVENTS_PAGE = 200
+MAX_SEGMENT_S = 600.0  # a camera without keyframes this long: its segment ends anyway (the rest waits for one)
+MAX_SEGMENT_BYTES = 256 << 20
 
 
 class MotionSource(Protocol):
@@ -148,6 +150,8 @@ class Recorder:
             seg.fragments.append(frag.data)
             seg.duration_s += frag.duration_s
             seg.nbytes += len(frag.data)
+            if seg.duration_s >= MAX_SEGMENT_S or seg.nbytes >= MAX_SEGMENT_BYTES:  # memory stays bounded
+                self._finish_locked()
 
     def end_run(self, run_id: str) -> None:
         """Run `run_id`'s output ended: its open segment is complete."""

@@ -482,3 +482,20 @@ def test_a_killed_recorder_loses_at_most_the_segment_being_cut(tmp_path):
         assert abs(a.end_s - b.start_s) <= FRAME_S
     # lost: the segment being cut (2 s of keyframe interval) and what ffmpeg had not yet handed over
     assert killed_at - segs[-1].end_s < 2 * 2.0 + 2.0
+
+
+def test_a_camera_without_keyframes_for_long_still_has_bounded_segments(tmp_path, monkeypatch):
+    import hls.recorder
+
+    init, frags = fmp4_pieces(tmp_path, 12.0)  # keyframes every 2 s
+    monkeypatch.setattr(hls.recorder, "MAX_SEGMENT_S", 3.0)  # as if the camera's GOP were longer than the cap
+    index = RecordingIndex(tmp_path / "index.sqlite3")
+    recorder = Recorder(CAM, record_cfg(tmp_path, segment_s=10.0), LocalRecordStore(tmp_path / "rec"), index)
+    t0 = float(int(time.time()))
+    feed_run(recorder, "1000-r1", init, frags, t0)
+    assert recorder.close(timeout_s=30)
+    segs = index.segments(CAM, t0 - 10, t0 + 100)
+    # cut at 3 s without a keyframe; the rest of that GOP waits for the next keyframe (at 4 s, 8 s)
+    assert [(round(s.start_s - t0, 3), round(s.duration_s, 3)) for s in segs] == [(0, 3.0), (4, 3.0), (8, 3.0)]
+    for s in segs:
+        assert decodes_cleanly(tmp_path / "rec" / s.key) == 30
