@@ -62,6 +62,7 @@ class CameraService:
         self.motion = MotionDetector(cam.motion) if motion_log is not None else None
         gated = motion_log is not None and cam.motion.enabled and self.detect is not None
         self.gate = MotionGate(cam.motion) if gated else None
+        self._motion_failed = False
         self.source_factory = source_factory
         self._on_reading = on_reading
         self.node_id = node_id
@@ -192,7 +193,7 @@ class CameraService:
         self.seq += 1
         self.metrics.inc("lookout_frames_read_total", camera=self.cam.id)
         if self.motion is not None:
-            activity = self.motion.update(frame.image)
+            activity = self._motion_activity(frame)
             self.motion_log.add(self.cam.id, frame.captured_at, activity)
             if self.gate is not None and not self.gate.should_detect(activity):
                 self.metrics.inc("lookout_frames_dropped_total", camera=self.cam.id, reason="no_motion")
@@ -206,6 +207,18 @@ class CameraService:
             self.metrics.inc("lookout_frames_dropped_total", camera=self.cam.id, reason="detector_busy")
             return
         self._pool.submit(self._detect, ref)
+
+    def _motion_activity(self, frame: Frame) -> float:
+        try:
+            activity = self.motion.update(frame.image)
+        except Exception as exc:  # noqa: BLE001 - an odd frame must not stop the camera: detect it instead
+            if not self._motion_failed:
+                log.warning("camera %s: motion detection failed (frames are detected as if moving): %s",
+                            self.cam.id, exc)
+            self._motion_failed = True
+            return 1.0
+        self._motion_failed = False
+        return activity
 
     def _detect(self, ref: FrameRef) -> None:
         try:

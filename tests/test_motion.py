@@ -365,3 +365,23 @@ def test_motion_api_bad_ranges_are_422_naming_the_parameter(gateway, params, fie
     r = client({"camera:a:view"}).get("/api/cameras/a/motion", params=params)
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field, r.json()
+
+
+def test_a_frame_the_motion_detector_cannot_read_is_detected_not_fatal(redis_client, caplog):
+    from pipeline.sources.base import Frame
+
+    cam = CameraConfig(id="odd", source="odd.mp4")
+    sent = []
+    service = CameraService(cam, redis_client, BusConfig(codec="raw"), DetectorConfig(),
+                            lambda ref: sent.append(ref.seq) or 0, motion_log=MotionLog(redis_client))
+    service.lease.valid = lambda: True  # frames fed by hand, as IngestLoop would while the lease is held
+    stop = threading.Event()
+    good = np.zeros((234, 416, 3), np.uint8)
+    service._on_frame(Frame(good, 0.0, time.time()), stop)  # the first: a keep-alive
+    service._on_frame(Frame(good, 0.2, time.time()), stop)  # nothing moves: skipped
+    service._on_frame(Frame(np.zeros((234, 416, 3), np.float64), 0.4, time.time()), stop)  # cv2 refuses it
+    service._on_frame(Frame(np.zeros((234, 416, 3), np.float64), 0.6, time.time()), stop)
+    wait_until(lambda: len(sent) == 3, 10, 0.05, "three frames detected")
+    service.stop()
+    assert sent == [0, 2, 3]
+    assert len([r for r in caplog.records if "motion detection failed" in r.getMessage()]) == 1
