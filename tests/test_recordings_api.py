@@ -20,7 +20,8 @@ from gateway.auth import scopes as sc
 from gateway.context import GatewayContext
 from hls.fmp4 import Fragment, FragmentSplitter
 from hls.record_index import RecordingIndex
-from hls.record_store import LocalRecordStore, RecordedSegment, default_index_path, segment_key
+from hls.record_store import (LocalRecordStore, RecordedSegment, S3RecordStore, default_index_path, segment_key,
+                              split_init)
 from pipeline.config import parse_args
 
 T0 = float(int(time.time()) - 1800)  # the recordings start half an hour ago (inside the default 24 h)
@@ -77,12 +78,13 @@ def recorded(tmp_path_factory):
     return root, segs
 
 
-def recording_ctx(redis_url: str, tmp_path: Path, base_dir: Path, record_dir: str) -> GatewayContext:
-    """A gateway (cameras a and b, auth in tmp_path) reading the recordings under base_dir/record_dir."""
+def recording_ctx(redis_url: str, tmp_path: Path, base_dir: Path, record_dir: str, **record) -> GatewayContext:
+    """A gateway (cameras a and b, auth in tmp_path) reading the recordings under base_dir/record_dir (or
+    where `record` says)."""
     args = make_args(redis_url, tmp_path)
     return GatewayContext.from_args(parse_args({
         **json.loads(args.model_dump_json(exclude_none=True, exclude={"base_dir"})),
-        "base_dir": str(base_dir), "record": {"enabled": True, "dir": record_dir}}))
+        "base_dir": str(base_dir), "record": {"enabled": True, "dir": record_dir, **record}}))
 
 
 @pytest.fixture
@@ -303,3 +305,47 @@ def test_an_unreadable_store_is_503_never_500(redis_server, tmp_path, monkeypatc
         r = viewer.get(f"/api/cameras/a/{path}", params=rng)
         assert r.status_code == 503, (path, r.text)
         assert r.json()["error"] == "unavailable" and "recordings" in r.json()["detail"], r.text
+
+
+def test_a_gateway_on_another_node_plays_s3_recordings(redis_server, recorded, seaweedfs, tmp_path, monkeypatch):
+    """The segments in a real S3 server (SeaweedFS); the gateway has an index of its own (built from the
+    bucket's listing, then brought up to date for the hours each request asks for) and lists, plays and
+    exports like on the recording node."""
+    root, segs = recorded
+    bucket = f"rec-{int(time.time() * 1000) % 10**9}"
+    s3 = S3RecordStore(seaweedfs.s3_config(bucket, prefix="site/"))
+    local = LocalRecordStore(root / "recordings")
+    for seg in segs:
+        s3.put(seg.key, local.get(seg.key))
+    monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    monkeypatch.setenv("LOOKOUT_S3_SECRET_ACCESS_KEY", seaweedfs.s3_config(bucket).secret_access_key.get_secret_value())
+    s3_section = {"endpoint_url": seaweedfs.endpoint_url, "bucket": bucket, "prefix": "site/",
+                  "access_key_id": seaweedfs.s3_config(bucket).access_key_id}
+    ctx = recording_ctx(redis_server.url, tmp_path, tmp_path, "unused", store="s3", s3=s3_section,
+                        index_path=str(tmp_path / "node2" / "index.sqlite3"))
+    viewer = token_client(ctx, {sc.camera_scope("a"), sc.DETECTIONS_READ})
+    body = viewer.get("/api/cameras/a/recordings", params={"since_s": T0 - 10, "until_s": T0 + 40}).json()
+    assert [(s["start_s"], s["end_s"]) for s in body["spans"]] == [
+        pytest.approx((T0, T0 + 12), abs=0.01), pytest.approx((T0 + 20, T0 + 26), abs=0.01)]
+    assert body["segments"] == len(segs)
+    uris = signed_uris(viewer, T0, T0 + 4)
+    r = client_for(ctx).get(f"/api/cameras/a/{uris[0]}")
+    assert r.status_code == 200 and r.content == split_init(local.get(segs[0].key))[1]
+    r = viewer.get("/api/cameras/a/export.mp4", params={"since_s": T0 + 3.5, "until_s": T0 + 9.2})
+    assert r.status_code == 200 and float(r.headers["X-Clip-Start"]) == pytest.approx(T0 + 3, abs=0.01)
+    # Segments deleted from the bucket (by another node's retention) are gone here too at the next request.
+    s3.delete([s.key for s in segs[:3]])
+    body = viewer.get("/api/cameras/a/recordings", params={"since_s": T0 - 10, "until_s": T0 + 40}).json()
+    assert body["segments"] == len(segs) - 3 and body["spans"][0]["start_s"] == pytest.approx(T0 + 6, abs=0.01)
+
+
+def test_an_unreachable_s3_store_is_503(redis_server, recorded, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    ctx = recording_ctx(redis_server.url, tmp_path, tmp_path, "unused", store="s3",
+                        s3={"endpoint_url": f"http://127.0.0.1:{free_port()}", "bucket": "nowhere", "timeout_s": 1,
+                            "access_key_id": "k", "secret_access_key": "s3cret-not-shown"},
+                        index_path=str(tmp_path / "index.sqlite3"))
+    viewer = token_client(ctx, {sc.camera_scope("a"), sc.DETECTIONS_READ})
+    for path in ("recordings", "vod.m3u8"):
+        r = viewer.get(f"/api/cameras/a/{path}", params={"since_s": T0, "until_s": T0 + 10})
+        assert r.status_code == 503 and "s3cret" not in r.text, (path, r.text)
