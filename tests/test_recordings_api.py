@@ -15,6 +15,7 @@ import uvicorn
 
 from auth_fixtures import ADMIN_PASSWORD, add_client, bearer, client_for, client_token, make_args
 from conftest import free_port, wait_port
+from gateway.api.recordings import RecordingsReader
 from gateway.app import create_app
 from gateway.auth import scopes as sc
 from gateway.context import GatewayContext
@@ -22,7 +23,7 @@ from hls.fmp4 import Fragment, FragmentSplitter
 from hls.record_index import RecordingIndex
 from hls.record_store import (LocalRecordStore, RecordedSegment, S3RecordStore, default_index_path, segment_key,
                               split_init)
-from pipeline.config import parse_args
+from pipeline.config import RecordConfig, parse_args
 
 T0 = float(int(time.time()) - 1800)  # the recordings start half an hour ago (inside the default 24 h)
 FPS, GOP = 10, 10  # one keyframe a second
@@ -349,3 +350,38 @@ def test_an_unreachable_s3_store_is_503(redis_server, recorded, tmp_path, monkey
     for path in ("recordings", "vod.m3u8"):
         r = viewer.get(f"/api/cameras/a/{path}", params={"since_s": T0, "until_s": T0 + 10})
         assert r.status_code == 503 and "s3cret" not in r.text, (path, r.text)
+
+
+def test_s3_hours_are_listed_again_only_after_a_sweep_interval(recorded, seaweedfs, tmp_path):
+    """A past hour listed less than record.sweep_s ago is not listed again; the last two hours always are."""
+    root, segs = recorded
+    old = T0 - 2 * 86400
+    bucket = f"sync-{int(time.time() * 1000) % 10**9}"
+
+    class CountingS3(S3RecordStore):
+        listed: list[str] = []
+
+        def list(self, prefix):
+            self.listed.append(prefix)
+            return super().list(prefix)
+
+    cfg = RecordConfig(enabled=True, store="s3", s3=seaweedfs.s3_config(bucket), sweep_s=1,
+                       index_path=str(tmp_path / "index.sqlite3"))
+    store = CountingS3(cfg.s3)
+    local = LocalRecordStore(root / "recordings")
+    reader = RecordingsReader(cfg, str, store=store)
+    assert reader.segments("a", old, old + 40) == ([], [])  # opens (and builds) the index: nothing yet
+    for seg in segs[:3]:  # another node's segments of 2 days ago (a late upload) and of now
+        store.put(segment_key("a", seg.start_s - 2 * 86400, seg.duration_s, seg.run_id), local.get(seg.key))
+        store.put(seg.key, local.get(seg.key))
+    store.listed.clear()
+    assert reader.segments("a", old, old + 40)[0] == [] and store.listed == []  # that hour was listed just now
+    assert len(reader.segments("a", T0, T0 + 40)[0]) == 3 and store.listed  # the last two hours: always
+    time.sleep(1.1)  # record.sweep_s
+    store.listed.clear()
+    got, spans = reader.segments("a", old, old + 40)
+    assert len(got) == 3 and spans == [pytest.approx((old, old + 6), abs=0.01)]
+    assert store.listed and all(p.startswith("a/") for p in store.listed)
+    store.delete([got[0].key])
+    time.sleep(1.1)
+    assert len(reader.segments("a", old, old + 40)[0]) == 2

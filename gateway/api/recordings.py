@@ -60,17 +60,18 @@ class RecordingsUnavailable(RuntimeError):
 class RecordingsReader:
     """The gateway's read side of the recordings: store and index, opened on first use."""
 
-    def __init__(self, cfg: RecordConfig, resolve_path):
+    def __init__(self, cfg: RecordConfig, resolve_path, store: RecordStore | None = None):
         self.cfg, self.resolve_path = cfg, resolve_path
-        self._store: RecordStore | None = None
+        self._store: RecordStore | None = store
         self._index: RecordingIndex | None = None
         self._lock = threading.Lock()
+        self._synced: dict[tuple[str, int], float] = {}  # (camera, hour start) -> when listed (monotonic)
 
     def _open(self) -> tuple[RecordStore, RecordingIndex]:
         with self._lock:
             if self._index is None:
                 try:
-                    store = make_record_store(self.cfg, self.resolve_path)
+                    store = self._store or make_record_store(self.cfg, self.resolve_path)
                     index = RecordingIndex.open_or_rebuild(default_index_path(self.cfg, self.resolve_path), store)
                     self._store, self._index = store, index
                 except Exception as exc:  # noqa: BLE001 - a missing store is a 503, never a 500
@@ -88,11 +89,32 @@ class RecordingsReader:
         store, index = self._open()
         try:
             if self.cfg.store == "s3":
-                index.sync(store, camera_id, since_s, until_s)
+                self._sync(store, index, camera_id, since_s, until_s)
             return (index.segments(camera_id, since_s, until_s),
                     index.spans(camera_id, since_s, until_s, MAX_GAP_S))
         except Exception as exc:  # noqa: BLE001 - an unreachable store or a locked index: 503
             raise RecordingsUnavailable(f"cannot read the recordings of camera {camera_id!r}: {exc}") from exc
+
+    def _sync(self, store: RecordStore, index: RecordingIndex, camera_id: str, since_s: float,
+              until_s: float) -> None:
+        """Index what the store has of the range (other nodes' segments). An hour listed less than
+        `record.sweep_s` ago (retention deletes no faster) is not listed again, but for the last two:
+        those are still being written."""
+        mono = time.monotonic()
+        recent = (int(time.time()) // 3600 - 1) * 3600
+        hours = [h for h in range(int(since_s) // 3600 * 3600, int(until_s) // 3600 * 3600 + 1, 3600)
+                 if h >= recent or mono - self._synced.get((camera_id, h), -1e18) > self.cfg.sweep_s]
+        runs: list[list[int]] = []
+        for h in hours:
+            if runs and h == runs[-1][1] + 3600:
+                runs[-1][1] = h
+            else:
+                runs.append([h, h])
+        for first, last in runs:
+            index.sync(store, camera_id, max(since_s, first), min(until_s, last + 3599.999))
+        if len(self._synced) > 100_000:
+            self._synced = {k: t for k, t in self._synced.items() if mono - t <= self.cfg.sweep_s}
+        self._synced.update({(camera_id, h): mono for h in hours})
 
     def get(self, key: str) -> bytes | None:
         try:
