@@ -385,3 +385,12 @@ def test_s3_hours_are_listed_again_only_after_a_sweep_interval(recorded, seaweed
     store.delete([got[0].key])
     time.sleep(1.1)
     assert len(reader.segments("a", old, old + 40)[0]) == 2
+
+
+def test_openapi_describes_the_playback_routes(viewer_a):
+    paths = viewer_a.get("/api/openapi.json").json()["paths"]
+    for path in ("recordings", "vod.m3u8"):
+        names = {p["name"]: p["required"] for p in paths[f"/api/cameras/{{camera_id}}/{path}"]["get"]["parameters"]}
+        assert names == {"camera_id": True, "since_s": False, "until_s": False}, (path, names)
+    seg = {p["name"] for p in paths["/api/cameras/{camera_id}/recordings/{key}"]["get"]["parameters"]}
+    assert seg == {"camera_id", "key", "part", "exp", "sig"}
