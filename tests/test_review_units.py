@@ -65,12 +65,17 @@ def test_motion_fills_the_columns_of_its_seconds_with_the_most_activity():
     got = run_timeline("""
       const day = {start_s: arg.now - 86400, span_s: 86400}, min10 = {start_s: arg.now - 600, span_s: 600};
       const a = Timeline.motionColumns(arg.seconds, day, 864), b = Timeline.motionColumns(arg.seconds, min10, 600);
-      return {a: a.map((v, x) => [x, v]).filter(([, v]) => v > 0), b: b.map((v, x) => [x, v]).filter(([, v]) => v > 0)};""",
-                       {"now": NOW, "seconds": seconds})
+      const c = Timeline.motionColumns([[arg.now - 600, 0.3]], min10, 600, 60);  // a point per minute
+      const nz = (cols) => cols.map((v, x) => [x, v]).filter(([, v]) => v > 0);
+      return {a: nz(a), b: nz(b), c: nz(c), steps: [[129600, 1500], [3600, 1200], [600, 1200], [7 * 86400, 100000]]
+              .map(([r, w]) => Timeline.motionStep(r, w))};""", {"now": NOW, "seconds": seconds})
     # 24 h over 864 px: 100 s a column, the two first seconds share one column (their max)
     assert got["a"] == [[858, 0.5], [861, 0.1]]
     # 10 min over 600 px: a second is one column
     assert got["b"] == [[0, 0.2], [1, 0.5], [300, 0.1]]
+    assert got["c"] == [[x, 0.3] for x in range(60)]  # a minute's point fills the minute
+    # about a point per pixel, never over the API's 86400 points per call
+    assert got["steps"] == [86, 3, 1, 7]
 
 
 def test_event_bars_have_a_least_width_and_open_events_run_to_now():

@@ -198,7 +198,7 @@ function tileFor(cam) {
     restarts: 0, lastRestart: 0, restartTimer: null, samples: [], showBoxes: true, boxesInBrowser: false, stream: null,
     fps: null, frameMs: null, drawn: undefined,
   };
-  tile.hls = attachStream(tile);
+  tile.hls = window.lookout.livePaused ? null : attachStream(tile);
   tile.video.addEventListener("loadedmetadata", () => {  // no letterbox bars inside the tile
     const v = tile.video;
     if (v.videoWidth && v.videoHeight) v.style.aspectRatio = `${v.videoWidth} / ${v.videoHeight}`;
@@ -265,6 +265,7 @@ function showVideoState(tile) {
 // it, and after RESTART_AFTER_S without progress the player is rebuilt (never the page).
 function watchdog() {
   const now = Date.now();
+  if (window.lookout.livePaused) return;
   for (const tile of tiles.values()) {
     const v = tile.video, t = v.currentTime;
     if (t !== tile.lastT) {
@@ -289,6 +290,21 @@ function watchdog() {
     showVideoState(tile);
   }
 }
+
+// While the review view (review.js) hides the grid, its players stop: the browser's few connections
+// per host go to the recording being played, not to live playlists nobody sees.
+window.lookout.pauseLive = (paused) => {
+  if (paused === !!window.lookout.livePaused) return;
+  window.lookout.livePaused = paused;
+  for (const tile of tiles.values()) {
+    if (!paused) { restartStream(tile, "back from review"); continue; }
+    clearTimeout(tile.restartTimer);
+    tile.restartTimer = null;
+    if (tile.hls) tile.hls.destroy();
+    tile.hls = null;
+    tile.video.pause();
+  }
+};
 
 function addDetections(result) {
   const tile = tiles.get(result.camera_id);

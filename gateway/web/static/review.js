@@ -69,9 +69,10 @@
     const seq = ++fetchSeq, v = state.view, cam = state.camera;
     const since_s = Math.floor(v.start_s - v.span_s / 4), until_s = Math.ceil(Math.min(v.start_s + 1.25 * v.span_s, now() + 1));
     const q = `since_s=${since_s}&until_s=${until_s}`, base = `/api/cameras/${enc(cam)}`;
+    const step_s = Timeline.motionStep(until_s - since_s, 1.5 * (canvas.clientWidth || 1000));
     // Events that began before the range may still run into it: an hour more back.
     const [rec, motion, events] = await Promise.allSettled([
-      getJSON(`${base}/recordings?${q}`), getJSON(`${base}/motion?${q}`),
+      getJSON(`${base}/recordings?${q}`), getJSON(`${base}/motion?${q}&step_s=${step_s}`),
       getJSON(`/api/events?camera_id=${enc(cam)}&since_s=${since_s - 3600}&until_s=${until_s}&limit=1000`)]);
     if (seq !== fetchSeq || cam !== state.camera) return;
     state.fetched = { since_s, until_s, span_s: v.span_s };
@@ -80,7 +81,7 @@
       state.spans = Timeline.mergeSpans(rec.value.spans || []);
       state.gaps = Timeline.gaps(state.spans, since_s, Math.min(until_s, now()));
     } else state.errors.recordings = rec.reason.message;
-    if (motion.status === "fulfilled") state.motion = motion.value.seconds || [];
+    if (motion.status === "fulfilled") { state.motion = motion.value.seconds || []; state.motionStep = step_s; }
     else state.errors.motion = motion.reason.message;
     if (events.status === "fulfilled") state.events = events.value.events || [];
     else state.errors.events = events.reason.message;
@@ -124,7 +125,7 @@
     };
     for (const s of state.gaps) lane("rec", COLORS.gap, X(s.start_s), X(s.end_s));
     for (const s of state.spans) lane("rec", COLORS.rec, X(s.start_s), X(s.end_s));
-    Timeline.motionColumns(state.motion, v, w).forEach((a, x) => {
+    Timeline.motionColumns(state.motion, v, w, state.motionStep || 1).forEach((a, x) => {
       if (a > 0) lane("motion", `rgba(${COLORS.motion}, ${Math.min(1, 0.35 + 2 * Math.sqrt(a)).toFixed(2)})`, x, x + 1);
     });
     const bars = Timeline.eventBars(state.events, v, w, now());
@@ -389,6 +390,7 @@
   async function open(camera, t) {
     document.body.classList.add("reviewing");
     root.hidden = false;
+    if (window.lookout.pauseLive) window.lookout.pauseLive(true);
     if (!state.cameras.length) await loadCameras();
     if (camera !== state.camera) {
       stopPlayer();
@@ -422,6 +424,7 @@
     state.camera = null;
     root.hidden = true;
     document.body.classList.remove("reviewing");
+    if (window.lookout.pauseLive) window.lookout.pauseLive(false);
   }
 
   function route() {
@@ -436,7 +439,8 @@
   cameraSelect.addEventListener("change", () => openAt(cameraSelect.value, null));
   for (const b of root.querySelectorAll(".zooms button")) {
     b.addEventListener("click", () => {
-      const v = state.view, mid = state.cursor_s !== null ? state.cursor_s : v.start_s + v.span_s / 2;
+      const v = state.view, atNow = v.start_s + v.span_s >= now();
+      const mid = state.cursor_s !== null ? state.cursor_s : atNow ? now() : v.start_s + v.span_s / 2;
       setView(Timeline.centerOn(mid, Number(b.dataset.span), now()));
     });
   }
@@ -444,5 +448,13 @@
   filters.addEventListener("submit", (e) => { e.preventDefault(); refreshList(); });
   window.addEventListener("resize", redraw);
   window.addEventListener("hashchange", route);
+  // Chromium keeps a page it leaves in its back/forward cache with its connections open (about a
+  // minute): a player still loading there and the detection stream left the next page's first requests
+  // waiting for one of the 6 connections per host. So both close as the page goes; it reloads if shown again.
+  window.addEventListener("pagehide", () => {
+    stopPlayer();
+    if (window.lookout.eventSource) window.lookout.eventSource.close();
+  });
+  window.addEventListener("pageshow", (e) => { if (e.persisted) window.location.reload(); });
   route();
 })();

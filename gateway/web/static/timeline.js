@@ -71,17 +71,23 @@ const Timeline = (() => {
     return null;
   }
 
-  // The most activity (0..1) per pixel column of `seconds` ([t, activity] pairs, one per second).
-  function motionColumns(seconds, view, width) {
+  // The most activity (0..1) per pixel column of `seconds` ([t, activity] pairs, each the most of
+  // the `step_s` seconds from t).
+  function motionColumns(seconds, view, width, step_s = 1) {
     const cols = new Array(Math.max(0, Math.ceil(width))).fill(0);
     for (const [t, a] of seconds) {
-      const x0 = Math.floor(timeToX(view, t, width)), x1 = Math.floor(timeToX(view, t + 1, width));
+      const x0 = Math.floor(timeToX(view, t, width)), x1 = Math.floor(timeToX(view, t + step_s, width));
       for (let x = Math.max(0, x0); x <= Math.min(cols.length - 1, Math.max(x0, x1 - 1)); x++) {
         cols[x] = Math.max(cols[x], a);
       }
     }
     return cols;
   }
+
+  // The motion API's step_s for `range_s` seconds shown over `width` px: about a point per pixel, at
+  // most `maxPoints` points (the API's limit).
+  const motionStep = (range_s, width, maxPoints = 86400) =>
+    Math.min(3600, Math.max(1, Math.floor(range_s / Math.max(1, width)), Math.ceil(range_s / maxPoints)));
 
   // Bars of `events` within the width: at least `minW` px wide so that a short event shows; an open
   // event lasts until `now_s`.
@@ -175,7 +181,7 @@ const Timeline = (() => {
   }
 
   return { MIN_SPAN_S, MAX_SPAN_S, ZOOMS_S, timeToX, xToTime, clampView, zoomAt, centerOn, pan, mergeSpans, gaps,
-           playableAt, motionColumns, eventBars, ticks, neighbourEvent, mediaPosition, groupDetections,
+           playableAt, motionColumns, motionStep, eventBars, ticks, neighbourEvent, mediaPosition, groupDetections,
            detectionsAt, filterEvents, vodRange, percentile };
 })();
 if (typeof module !== "undefined") module.exports = Timeline;
