@@ -315,6 +315,27 @@
     }
   });
 
+  // The seek benchmark (issue 15: click -> first frame of that second, p50 <= 1 s): `n` seeks to
+  // random recorded seconds of the fetched range, each loading its playlist anew like a click outside
+  // the loaded range; resolves to {latencies_ms, p50_ms, p90_ms, missed}.
+  state.measureSeeks = async (n = 20, seed = 1) => {
+    const spans = state.spans.filter((s) => s.end_s - s.start_s > 12);
+    if (!spans.length) throw new Error(`camera ${state.camera}: nothing recorded in the timeline's range`);
+    let r = seed;
+    const rand = () => (r = (r * 16807) % 2147483647) / 2147483647;
+    const latencies_ms = [], missed = [];
+    for (let i = 0; i < n; i++) {
+      const s = spans[Math.floor(rand() * spans.length)], t = s.start_s + 1 + rand() * (s.end_s - s.start_s - 11);
+      stopPlayer();
+      const k = state.seeks.length, began = performance.now();
+      seekTo(t, "measure");
+      while (state.seeks.length === k && performance.now() - began < 15000) await new Promise((ok) => setTimeout(ok, 20));
+      if (state.seeks.length > k) latencies_ms.push(state.seeks[k].latency_ms); else missed.push(t);
+    }
+    return { latencies_ms, p50_ms: Timeline.percentile(latencies_ms, 50), p90_ms: Timeline.percentile(latencies_ms, 90),
+             missed };
+  };
+
   function stepEvent(dir) {
     const t = state.cursor_s !== null ? state.cursor_s : state.view.start_s + state.view.span_s;
     const ev = Timeline.neighbourEvent(state.events, t, dir);
