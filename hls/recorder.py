@@ -56,7 +56,7 @@ class _Open:
     """The segment being cut."""
 
     run_id: str
-    start_s: float
+    start_s: float  # the newest fragment's start - the duration before it (see on_fragment)
     fragments: list[bytes] = field(default_factory=list)
     duration_s: float = 0.0
     nbytes: int = 0
@@ -147,6 +147,10 @@ class Recorder:
                     return  # a segment starts with a keyframe (a run's output always does)
                 self._open = _Open(run_id, float(start_s))
             seg = self._open
+            # A run's anchor settles over its first seconds (hls/copy_source.py): the newest fragment's
+            # start is the best known, so the segment's start follows it back (else a run's first segment
+            # starts late and overlaps the next).
+            seg.start_s = float(start_s) - seg.duration_s
             seg.fragments.append(frag.data)
             seg.duration_s += frag.duration_s
             seg.nbytes += len(frag.data)

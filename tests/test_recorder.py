@@ -114,10 +114,10 @@ def test_a_copied_camera_is_recorded_in_standalone_segments_cut_at_keyframes(red
     # a clean stop loses nothing: every fragment fed is in a written segment
     assert sum(s.duration_s for s in segs) == pytest.approx(recorder.fed_s, abs=1e-6)
     assert recorder.fed_s >= 12.0
-    # continuous: each segment starts where the one before ended, within a frame (once the anchor settled)
-    for a, b in zip(segs[1:], segs[2:]):
+    # continuous: each segment starts where the one before ended, within a frame; also the run's first,
+    # whose start follows the anchor as it settles (over the run's first 3 s)
+    for a, b in zip(segs, segs[1:]):
         assert abs(a.end_s - b.start_s) <= FRAME_S, (a, b)
-    assert abs(segs[0].end_s - segs[1].start_s) <= 1.0  # the anchor settles over the run's first 3 s
     assert all(abs(s.start_s - t0) < 60 for s in segs)  # wall clock
 
     source = video_stream(H264_CLIP)
@@ -170,6 +170,9 @@ def test_a_reconnect_is_a_new_run_and_a_gap_never_a_corrupt_segment(rtsp_server_
     second = [s for s in segs if s.run_id == runs[1]]
     assert len(first) >= 2 and len(second) >= 2
     assert first[-1].end_s < second[0].start_s - 1.0  # the camera was away: a gap, and no segment spans it
+    for run in (first, second):  # within a run contiguous, also where the anchor was still settling
+        for a, b in zip(run, run[1:]):
+            assert abs(a.end_s - b.start_s) <= 2 * FRAME_S, (a, b)  # RTP timestamps jitter a little
     spans = index.spans(CAM, t0 - 60, time.time() + 60)
     assert len(spans) == 2 and spans[0][1] == pytest.approx(first[-1].end_s, abs=1e-3)
     for s in segs:  # including each run's last segment, cut where its ffmpeg ended
