@@ -274,6 +274,29 @@ def test_timeline_draws_spans_gaps_motion_and_events_at_their_time(site, driver)
     assert px["person"][:3] == rgb(colors[0]) and px["car"][:3] == rgb(colors[1]), (px, colors)
     assert px["no event"][3] < 0x40, px
 
+    # the wheel zooms about the time under the pointer; a drag pans (and plays nothing)
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    canvas = driver.find_element("css selector", "#review canvas.timeline")
+    n = len(review(driver)["seeks"])
+    anchor = t0 + 30
+    ax = (anchor - view["start_s"]) / view["span_s"] * w
+    ax = driver.execute_script(  # an event's clientX is whole pixels: the x it makes is returned
+        "const c = arguments[0], r = c.getBoundingClientRect(), x = Math.round(r.left + arguments[1]);"
+        "c.dispatchEvent(new WheelEvent('wheel', {deltaY: -300, clientX: x, clientY: r.top + 30, bubbles: true,"
+        " cancelable: true})); return x - r.left;", canvas, ax)
+    anchor = view["start_s"] + ax / w * view["span_s"]
+    z = wait_until(lambda: (r := review(driver)) and r["layout"]["view"]["span_s"] < 600 and r["layout"], 10, 0.1,
+                   "zoomed in")["view"]
+    assert z["span_s"] == pytest.approx(600 * 2.718281828 ** (-0.6), rel=1e-3)
+    assert (anchor - z["start_s"]) / z["span_s"] * w == pytest.approx(ax, abs=0.01)  # still under the pointer
+    ActionChains(driver).move_to_element_with_offset(canvas, 0, 0).click_and_hold().move_by_offset(-100, 0) \
+        .move_by_offset(-100, 0).release().perform()
+    p = wait_until(lambda: (r := review(driver)) and r["layout"]["view"]["start_s"] != z["start_s"] and r["layout"],
+                   10, 0.1, "panned")["view"]
+    assert p["start_s"] - z["start_s"] == pytest.approx(200 / w * z["span_s"], rel=0.02)  # content follows the pointer
+    assert len(review(driver)["seeks"]) == n  # a drag is no click
+
 
 def test_click_plays_that_second_and_events_step_with_boxes(site, driver):
     from selenium.webdriver.common.action_chains import ActionChains
@@ -334,10 +357,12 @@ def rect_problems(driver) -> list[str]:
       const box = (e) => { const r = e.getBoundingClientRect();
         return {name: e.tagName + (e.className ? '.' + String(e.className).split(' ')[0] : ''), x: r.left, y: r.top,
                 w: r.width, h: r.height, text: (e.textContent || '').trim().slice(0, 30)}; };
-      const groups = ['#review', '#review .review-bar', '.tile .head', '#review .zooms', '#review .steps', '#review .filters',
+      const groups = ['#review', '#review .review-bar', '.tile .head', '#review .zooms', '#review .steps',
+                      '#review .filters',
                       '#review .legend', '#review .review-events ol li:first-child'];
       return {page: [document.documentElement.scrollWidth, window.innerWidth],
-              groups: groups.map((g) => [...(document.querySelector(g) || {children: []}).children].filter(vis).map(box))};
+              groups: groups.map((g) => [...(document.querySelector(g) || {children: []}).children]
+                                 .filter(vis).map(box))};
     """)
     problems = []
     if rects["page"][0] > rects["page"][1]:

@@ -50,7 +50,8 @@ def test_spans_merge_across_small_holes_and_gaps_are_the_rest():
     got = run_timeline("""
       const m = Timeline.mergeSpans(arg.spans, 1.0);
       return {m, gaps: Timeline.gaps(m, 0, 100), playable: [5, 25, 41, 95].map((t) => Timeline.playableAt(m, t))};""",
-                       {"spans": [{"start_s": 30, "end_s": 40}, [10, 20], [20.5, 25], [40, 40], {"start_s": 42, "end_s": 50},
+                       {"spans": [{"start_s": 30, "end_s": 40}, [10, 20], [20.5, 25], [40, 40],
+                                  {"start_s": 42, "end_s": 50},
                                   [12, 14]]})
     # 20 -> 20.5 is a segment boundary, not a gap; 25 -> 30 and 40 -> 42 are gaps; the empty span is dropped
     assert got["m"] == [{"start_s": 10, "end_s": 25}, {"start_s": 30, "end_s": 40}, {"start_s": 42, "end_s": 50}]
@@ -101,7 +102,8 @@ def test_ticks_are_round_local_times_far_enough_apart():
 
 def test_previous_and_next_event_from_the_playing_time():
     events = [{"id": i, "start_s": s} for i, s in (("b", 200), ("a", 100), ("c", 300))]
-    got = run_timeline("return arg.q.map(([t, dir]) => (Timeline.neighbourEvent(arg.events, t, dir) || {}).id || null);",
+    got = run_timeline("return arg.q.map(([t, dir]) => (Timeline.neighbourEvent(arg.events, t, dir) || {}).id"
+                       " || null);",
                        {"events": events, "q": [[150, 1], [200, 1], [200.2, 1], [300, 1], [200, -1], [201, -1],
                                                 [202, -1], [100, -1]]})
     # next after the one playing (just started at 200) is c; previous from 200..201.5 is a, later it is b
@@ -111,7 +113,8 @@ def test_previous_and_next_event_from_the_playing_time():
 def test_media_position_of_a_wall_clock_time_across_a_gap():
     t0 = NOW * 1000
     # two runs: 0..20 s of media recorded from t0, then (after a 60 s gap, a discontinuity) 20..30 s
-    frags = [{"start": 0, "duration": 10, "programDateTime": t0}, {"start": 10, "duration": 10, "programDateTime": t0 + 10000},
+    frags = [{"start": 0, "duration": 10, "programDateTime": t0},
+             {"start": 10, "duration": 10, "programDateTime": t0 + 10000},
              {"start": 20, "duration": 10, "programDateTime": t0 + 80000}]
     got = run_timeline("return arg.q.map((ms) => Timeline.mediaPosition(arg.frags, ms));",
                        {"frags": frags, "q": [t0, t0 + 12500, t0 + 40000, t0 + 85250, t0 + 95000, t0 - 5000]})

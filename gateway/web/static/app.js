@@ -297,7 +297,11 @@ window.lookout.pauseLive = (paused) => {
   if (paused === !!window.lookout.livePaused) return;
   window.lookout.livePaused = paused;
   for (const tile of tiles.values()) {
-    if (!paused) { restartStream(tile, "back from review"); continue; }
+    if (!paused) {
+      tile.lastProgress = Date.now();  // not stalled: it was stopped
+      restartStream(tile, "back from review");
+      continue;
+    }
     clearTimeout(tile.restartTimer);
     tile.restartTimer = null;
     if (tile.hls) tile.hls.destroy();

@@ -15,7 +15,8 @@
     listNote = $(".review-events .count"), cameraSelect = $(".review-bar select.camera");
   const REFRESH_MS = 10000, HISTORY_AHEAD_S = 60, SEEK_MATCH_MS = 1000, DRAW_EVERY_MS = 250, EVENTS_LIMIT = 200;
   const LANES = { axis: [0, 16], rec: [18, 10], motion: [30, 12], events: [44, 16] };
-  const COLORS = { rec: "#2f9e5a", gap: "#4a2020", motion: "255, 196, 0", now: "#888", cursor: "#fff", tick: "#ffffff22",
+  const COLORS = { rec: "#2f9e5a", gap: "#4a2020", motion: "255, 196, 0", now: "#888", cursor: "#fff",
+                   tick: "#ffffff22",
                    text: "#bbb" };
 
   const state = {
@@ -42,7 +43,8 @@
   async function getJSON(url) {
     const r = await fetch(url, { credentials: "same-origin" });
     if (r.status === 401) {
-      window.location.assign(`/login?next=${enc(window.location.pathname + window.location.search + window.location.hash)}`);
+      const here = window.location.pathname + window.location.search + window.location.hash;
+      window.location.assign(`/login?next=${enc(here)}`);
       throw new Error("logged out");
     }
     if (!r.ok) {
@@ -67,7 +69,8 @@
 
   async function fetchData() {
     const seq = ++fetchSeq, v = state.view, cam = state.camera;
-    const since_s = Math.floor(v.start_s - v.span_s / 4), until_s = Math.ceil(Math.min(v.start_s + 1.25 * v.span_s, now() + 1));
+    const since_s = Math.floor(v.start_s - v.span_s / 4);
+    const until_s = Math.ceil(Math.min(v.start_s + 1.25 * v.span_s, now() + 1));
     const q = `since_s=${since_s}&until_s=${until_s}`, base = `/api/cameras/${enc(cam)}`;
     const step_s = Timeline.motionStep(until_s - since_s, 1.5 * (canvas.clientWidth || 1000));
     // Events that began before the range may still run into it: an hour more back.
@@ -138,7 +141,8 @@
         g.fillStyle = COLORS.cursor; g.fillRect(Math.round(x) - 1, LANES.axis[1], 2, h - LANES.axis[1]);
       }
     }
-    state.layout = { width: w, height: h, lanes: LANES, view: { ...v }, bars: bars.map((b) => ({ x: b.x, w: b.w, id: b.ev.id })) };
+    state.layout = { width: w, height: h, lanes: LANES, view: { ...v },
+                     bars: bars.map((b) => ({ x: b.x, w: b.w, id: b.ev.id })) };
   }
 
   function setView(view) {
@@ -225,7 +229,11 @@
       if (hls !== state.hls) return;
       state.details = data.details;
       const pos = Timeline.mediaPosition(data.details.fragments, t * 1000);
-      if (pos === null) { badge.textContent = "not recorded"; say(`nothing recorded at or after ${dateTime(t)}`); return; }
+      if (pos === null) {
+        badge.textContent = "not recorded";
+        say(`nothing recorded at or after ${dateTime(t)}`);
+        return;
+      }
       hls.startLoad(pos);
       video.currentTime = pos;
       video.play().catch(() => {});
@@ -329,7 +337,9 @@
       stopPlayer();
       const k = state.seeks.length, began = performance.now();
       seekTo(t, "measure");
-      while (state.seeks.length === k && performance.now() - began < 15000) await new Promise((ok) => setTimeout(ok, 20));
+      while (state.seeks.length === k && performance.now() - began < 15000) {
+        await new Promise((ok) => setTimeout(ok, 20));
+      }
       if (state.seeks.length > k) latencies_ms.push(state.seeks[k].latency_ms); else missed.push(t);
     }
     return { latencies_ms, p50_ms: Timeline.percentile(latencies_ms, 50), p90_ms: Timeline.percentile(latencies_ms, 90),
@@ -355,7 +365,12 @@
     if (q.since_s !== null) url += `&since_s=${q.since_s}`;
     if (q.until_s !== null) url += `&until_s=${q.until_s}`;
     let events;
-    try { events = (await getJSON(url)).events; } catch (err) { listNote.textContent = `events: ${err.message}`; return; }
+    try {
+      events = (await getJSON(url)).events;
+    } catch (err) {
+      listNote.textContent = `events: ${err.message}`;
+      return;
+    }
     fillOptions(filters.elements.label, events.map((e) => e.label), "all labels");
     fillOptions(filters.elements.zone, events.map((e) => e.zone).filter(Boolean), "all zones");
     const shown = Timeline.filterEvents(events, q);
@@ -430,7 +445,7 @@
       refreshList();
     }
     if (t !== null) {
-      if (!state.fetched) await new Promise((resolve) => { const w = () => state.fetched ? resolve() : setTimeout(w, 50); w(); });
+      while (!state.fetched) await new Promise((ok) => setTimeout(ok, 50));
       seekTo(t, "link");
     }
     clearInterval(refresher);

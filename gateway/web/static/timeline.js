@@ -36,7 +36,8 @@ const Timeline = (() => {
   // Spans ([start, end] pairs or {start_s, end_s}) sorted and merged where they overlap or the hole
   // between them is at most `maxGap_s`.
   function mergeSpans(spans, maxGap_s = 1.0) {
-    const list = spans.map((s) => Array.isArray(s) ? { start_s: s[0], end_s: s[1] } : { start_s: s.start_s, end_s: s.end_s })
+    const list = spans
+      .map((s) => Array.isArray(s) ? { start_s: s[0], end_s: s[1] } : { start_s: s.start_s, end_s: s.end_s })
       .filter((s) => s.end_s > s.start_s).sort((a, b) => a.start_s - b.start_s);
     const out = [];
     for (const s of list) {
