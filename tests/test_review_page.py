@@ -296,6 +296,16 @@ def test_timeline_draws_spans_gaps_motion_and_events_at_their_time(site, driver)
                    10, 0.1, "panned")["view"]
     assert p["start_s"] - z["start_s"] == pytest.approx(200 / w * z["span_s"], rel=0.02)  # content follows the pointer
     assert len(review(driver)["seeks"]) == n  # a drag is no click
+    # and the keyboard: a tenth to the left, then twice as close
+    from selenium.webdriver.common.keys import Keys
+
+    canvas.send_keys(Keys.ARROW_LEFT)
+    k = wait_until(lambda: (r := review(driver)) and r["layout"]["view"]["start_s"] != p["start_s"] and r["layout"],
+                   10, 0.1, "panned by key")["view"]
+    assert k["start_s"] == pytest.approx(p["start_s"] - p["span_s"] / 10, abs=0.01)
+    canvas.send_keys("+")
+    wait_until(lambda: review(driver)["layout"]["view"]["span_s"] == pytest.approx(p["span_s"] / 2), 10, 0.1,
+               "zoomed by key")
 
 
 def test_click_plays_that_second_and_events_step_with_boxes(site, driver):

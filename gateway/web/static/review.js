@@ -13,7 +13,8 @@
   const video = $("video"), canvas = $("canvas.timeline"), atText = $(".at"), badge = $(".badge"),
     message = $(".review-error"), list = $(".review-events ol"), filters = $(".review-events form"),
     listNote = $(".review-events .count"), cameraSelect = $(".review-bar select.camera");
-  const REFRESH_MS = 10000, HISTORY_AHEAD_S = 60, SEEK_MATCH_MS = 1000, DRAW_EVERY_MS = 250, EVENTS_LIMIT = 200;
+  const EVENT_PAGES = 5, REFRESH_MS = 10000, HISTORY_AHEAD_S = 60, SEEK_MATCH_MS = 1000, DRAW_EVERY_MS = 250;
+  const EVENTS_LIMIT = 200;
   const LANES = { axis: [0, 16], rec: [18, 10], motion: [30, 12], events: [44, 16] };
   const COLORS = { rec: "#2f9e5a", gap: "#4a2020", motion: "255, 196, 0", now: "#888", cursor: "#fff",
                    tick: "#ffffff22",
@@ -76,7 +77,7 @@
     // Events that began before the range may still run into it: an hour more back.
     const [rec, motion, events] = await Promise.allSettled([
       getJSON(`${base}/recordings?${q}`), getJSON(`${base}/motion?${q}&step_s=${step_s}`),
-      getJSON(`/api/events?camera_id=${enc(cam)}&since_s=${since_s - 3600}&until_s=${until_s}&limit=1000`)]);
+      eventsIn(cam, since_s - 3600, until_s)]);
     if (seq !== fetchSeq || cam !== state.camera) return;
     state.fetched = { since_s, until_s, span_s: v.span_s };
     state.errors = {};
@@ -86,13 +87,27 @@
     } else state.errors.recordings = rec.reason.message;
     if (motion.status === "fulfilled") { state.motion = motion.value.seconds || []; state.motionStep = step_s; }
     else state.errors.motion = motion.reason.message;
-    if (events.status === "fulfilled") state.events = events.value.events || [];
+    if (events.status === "fulfilled") state.events = events.value;
     else state.errors.events = events.reason.message;
     const errs = Object.entries(state.errors).map(([k, e]) => `${k}: ${e}`);
     if (errs.length) say(errs.join(" · "));
     else if (message.dataset.kind === "data") say("");
     message.dataset.kind = errs.length ? "data" : "";
     draw();
+  }
+
+  // The camera's events starting in [since_s, until_s), newest first, a few pages of them at most.
+  async function eventsIn(cam, since_s, until_s) {
+    const out = [];
+    let cursor = null;
+    for (let page = 0; page < EVENT_PAGES; page++) {
+      const body = await getJSON(`/api/events?camera_id=${enc(cam)}&since_s=${since_s}&until_s=${until_s}` +
+                                 `&limit=1000${cursor ? `&cursor=${enc(cursor)}` : ""}`);
+      out.push(...(body.events || []));
+      cursor = body.next_cursor;
+      if (!cursor) break;
+    }
+    return out;
   }
 
   // ------------------------------------------------------------------ the timeline
@@ -197,6 +212,20 @@
     const anchor = Timeline.xToTime(state.view, xOf(e), canvas.clientWidth);
     setView(Timeline.zoomAt(state.view, Math.exp(Math.max(-3, Math.min(3, e.deltaY * 0.002))), anchor, now()));
   }, { passive: false });
+
+  // Keys on the focused timeline: arrows pan by a tenth, + and - zoom about the middle, Enter plays
+  // the middle.
+  canvas.addEventListener("keydown", (e) => {
+    const v = state.view, w = canvas.clientWidth || 1, mid = v.start_s + v.span_s / 2;
+    if (e.key === "ArrowLeft" || e.key === "ArrowRight") {
+      setView(Timeline.pan(v, (e.key === "ArrowLeft" ? 1 : -1) * w / 10, w, now()));
+    }
+    else if (e.key === "+" || e.key === "=") setView(Timeline.zoomAt(v, 0.5, mid, now()));
+    else if (e.key === "-") setView(Timeline.zoomAt(v, 2, mid, now()));
+    else if (e.key === "Enter") seekTo(mid, "key");
+    else return;
+    e.preventDefault();
+  });
 
   // ------------------------------------------------------------------ playback
 
