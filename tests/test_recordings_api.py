@@ -394,3 +394,38 @@ def test_openapi_describes_the_playback_routes(viewer_a):
         assert names == {"camera_id": True, "since_s": False, "until_s": False}, (path, names)
     seg = {p["name"] for p in paths["/api/cameras/{camera_id}/recordings/{key}"]["get"]["parameters"]}
     assert seg == {"camera_id", "key", "part", "exp", "sig"}
+
+
+def test_an_event_clip_is_cut_from_the_recordings_once_its_file_is_gone(ctx, viewer_a, tmp_path):
+    from pipeline.events import EventStore, EventUpdate
+
+    store = EventStore(ctx.redis)
+
+    def put_event(eid: str, start: float, end: float | None, clip_key: str | None = None) -> str:
+        store.apply(EventUpdate("start", eid, "a", "someone", "count_above", "person", None, start, start, None,
+                                [1], 1))
+        if end is not None:
+            store.apply(EventUpdate("end", eid, "a", "someone", "count_above", "person", None, end, start, end,
+                                    [1], 0))
+        if clip_key:
+            store.set_clip(eid, clip_key)
+        return eid
+
+    # Its clip was deleted by the clips budget: cut again over [start - pre_s, end + post_s] from the recordings.
+    eid = put_event(f"a.someone.{int(T0 * 1000) + 4000}", T0 + 4, T0 + 6, clip_key="a/deleted-clip.mp4")
+    r = viewer_a.get(f"/api/events/{eid}/clip.mp4")
+    assert r.status_code == 200, r.text
+    pre, post = ctx.args.clips.pre_s, ctx.args.clips.post_s
+    start = float(r.headers["X-Clip-Start"])
+    assert start == pytest.approx(max(T0, T0 + 4 - pre), abs=0.01)  # the recording starts at T0
+    clip = tmp_path / "event.mp4"
+    clip.write_bytes(r.content)
+    info = ffprobe(clip)
+    assert info["streams"][0]["codec_name"] == "h264"
+    assert float(info["format"]["duration"]) == pytest.approx(T0 + 6 + post - start, abs=1.5 / FPS)
+    # Nothing recorded there any more: 410 says so; an open event has no clip yet: 404.
+    gone = put_event(f"a.someone.{int(T0 * 1000) + 900000}", T0 + 900, T0 + 901)
+    r = viewer_a.get(f"/api/events/{gone}/clip.mp4")
+    assert r.status_code == 410 and "no longer recorded" in r.json()["error"], r.text
+    still_open = put_event(f"a.someone.{int(T0 * 1000) + 8000}", T0 + 8, None)
+    assert viewer_a.get(f"/api/events/{still_open}/clip.mp4").status_code == 404

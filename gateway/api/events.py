@@ -2,7 +2,9 @@
 an SSE stream of event updates (one coroutine per client with redis.asyncio, no thread)."""
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import time
 
@@ -11,15 +13,19 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.detections_stream import BLOCK_MS, MAX_STREAM_S, RETRY_MS, parse_cameras, sse_event, stream_response
-from gateway.api.query import BadParam, parse_query
+from gateway.api.query import BadParam, parse_query, unavailable
+from gateway.api.recordings import Exporter, RecordingsUnavailable
 from gateway.auth.backend import can_view
 from gateway.context import GatewayContext
-from hls.clips import ClipStore
+from hls.clips import ClipError, ClipStore
 from pipeline.events import STREAM, EventQuery, EventStore, encode_cursor
 
 EVENT_ID_MAX = 300
 STREAM_ID_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 U64_MAX = 2**64 - 1
+
+
+log = logging.getLogger(__name__)
 
 
 def parse_stream_id(value: str) -> str:
@@ -45,6 +51,7 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
     clip_cfg = ctx.args.clips
     clip_root = ctx.args.resolve_path(clip_cfg.dir)
     clip_store = ClipStore(clip_root, clip_cfg.max_total_bytes, clip_cfg.max_age_s)
+    exporter = Exporter(ctx)
 
     def list_events(request: Request) -> Response:
         """Events, newest first, of the cameras the caller may view; `next_cursor` pages on."""
@@ -90,20 +97,38 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
             return JSONResponse({"error": f"event {ev.id!r} has no snapshot"}, status_code=404)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    def clip(request: Request) -> Response:
+    async def clip(request: Request) -> Response:
+        """The event's clip; once the clips budget deleted it (or none was cut), cut again from the recordings."""
         ev, err = load(request)
         if err:
             return err
-        if not ev.clip_key:
+        path = None
+        if ev.clip_key:
+            try:
+                path = clip_store.path(ev.clip_key)
+            except ValueError:
+                path = None
+        if path is not None and path.is_file():
+            return FileResponse(path, media_type="video/mp4", headers={"Cache-Control": "private, max-age=3600"})
+        deleted = JSONResponse({"error": f"the clip of event {ev.id!r} was deleted (clips budget)"}, status_code=410)
+        if ev.end_s is None or not exporter.recording:
+            if ev.clip_key:
+                return deleted
             detail = "not cut yet (the event is open or its post-roll is still being recorded)"
             return JSONResponse({"error": f"event {ev.id!r} has no clip", "detail": detail}, status_code=404)
+        since_s = ev.start_s - clip_cfg.pre_s
+        until_s = min(ev.end_s + clip_cfg.post_s, since_s + clip_cfg.max_clip_s)
         try:
-            path = clip_store.path(ev.clip_key)
-        except ValueError:
-            path = None
-        if path is None or not path.is_file():
-            return JSONResponse({"error": f"the clip of event {ev.id!r} was deleted (clips budget)"}, status_code=410)
-        return FileResponse(path, media_type="video/mp4", headers={"Cache-Control": "private, max-age=3600"})
+            info = await asyncio.to_thread(exporter.export, ev.camera_id, since_s, until_s, f"event_{ev.id}_rec")
+        except (ClipError, ValueError) as exc:
+            return JSONResponse({"error": f"the clip of event {ev.id!r} is gone and its video is no longer "
+                                          "recorded", "detail": str(exc)}, status_code=410)
+        except RecordingsUnavailable as exc:
+            log.warning("camera %s: clip of event %s: %s", ev.camera_id, ev.id, exc)
+            return unavailable(str(exc))
+        return FileResponse(info.path, media_type="video/mp4",
+                            headers={"Cache-Control": "private, no-store", "X-Clip-Start": f"{info.start_s:.3f}",
+                                     "X-Clip-Duration": f"{info.duration_s:.3f}"})
 
     async def stream(request: Request):
         """SSE: `event` messages carrying each update (start/update/end) of viewable cameras."""

@@ -15,12 +15,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.api.query import BadParam, call_stage, parse_query, unavailable
-from gateway.api.recordings import RecordingsReader, RecordingsUnavailable
+from gateway.api.recordings import Exporter, RecordingsUnavailable
 from gateway.api.upload import BadImage, Decoder, image_size
 from gateway.auth.http import BodyTooLarge
 from gateway.context import GatewayContext
 from gateway.limits import overloaded
-from hls.clips import ClipError, ClipMaker, SegmentIndex
+from hls.clips import ClipError
 from pipeline import keys
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
 from pipeline.bus import FrameBus, decode_frame, detections_on_image
@@ -65,9 +65,7 @@ def latest_detections(ctx: GatewayContext, camera_id: str) -> dict | None:
 
 def make_routes(ctx: GatewayContext) -> list[Route]:
     bus = FrameBus(ctx.redis, ctx.args.bus)
-    clips = ClipMaker(ctx.args.clips, ctx.hls_store, SegmentIndex(ctx.redis), base_dir=ctx.args.base_dir)
-    recordings = RecordingsReader(ctx.args.record, ctx.args.resolve_path)
-    recording = ctx.args.record.enabled or any(c.record.enabled for c in ctx.args.cameras)
+    exporter = Exporter(ctx)
     annotators = [BoxAnnotator(), LabelAnnotator()]
     upload_limit = ctx.args.gateway.upload_max_bytes
     max_pixels = ctx.args.gateway.upload_max_pixels
@@ -136,18 +134,6 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
         return Response(buf.tobytes(), media_type="image/jpeg", headers=headers)
 
-    def export_clip(cid: str, since_s: float, until_s: float):
-        """From the live HLS store when it still holds the start of the range, else from the recordings."""
-        if not recording:
-            return clips.export(cid, since_s, until_s)
-        live_from = clips.live_start(cid, since_s, until_s)
-        if live_from is not None and live_from <= since_s:
-            return clips.export(cid, since_s, until_s)
-        segs, _ = recordings.segments(cid, since_s, until_s)
-        if not segs:
-            return clips.export(cid, since_s, until_s)
-        return clips.export_recorded(cid, segs, recordings.get, since_s, until_s)
-
     async def export(request: Request) -> Response:
         """MP4 of [since_s, until_s] cut from the HLS segments still stored, or from the recordings (starts
         at the keyframe at or before since_s: within one segment, or a GOP, of it)."""
@@ -162,7 +148,7 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         except BadParam as exc:
             return exc.response()
         try:
-            info = await asyncio.to_thread(export_clip, cid, q.since_s, q.until_s)
+            info = await asyncio.to_thread(exporter.export, cid, q.since_s, q.until_s)
         except ClipError as exc:
             return JSONResponse({"error": "not available", "detail": str(exc)}, status_code=404)
         except RecordingsUnavailable as exc:

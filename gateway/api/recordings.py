@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from gateway.api.query import BadParam, parse_query, unavailable
 from gateway.context import GatewayContext
+from hls.clips import ClipInfo, ClipMaker, SegmentIndex
 from hls.record_index import RecordingIndex, gaps_between
 from hls.record_store import (RecordedSegment, RecordStore, default_index_path, make_record_store, parse_segment_key,
                               split_init)
@@ -123,6 +124,28 @@ class RecordingsReader:
             raise
         except Exception as exc:  # noqa: BLE001
             raise RecordingsUnavailable(f"cannot read recording {key!r}: {exc}") from exc
+
+
+class Exporter:
+    """MP4 cuts of a camera's video (export.mp4, event clips): from the live HLS store while it still holds the
+    start of the range, else from the recordings. Raises ClipError (nothing there), ValueError (a bad range),
+    RecordingsUnavailable."""
+
+    def __init__(self, ctx: GatewayContext, reader: RecordingsReader | None = None):
+        self.clips = ClipMaker(ctx.args.clips, ctx.hls_store, SegmentIndex(ctx.redis), base_dir=ctx.args.base_dir)
+        self.reader = reader or RecordingsReader(ctx.args.record, ctx.args.resolve_path)
+        self.recording = ctx.args.record.enabled or any(c.record.enabled for c in ctx.args.cameras)
+
+    def export(self, camera_id: str, since_s: float, until_s: float, name: str | None = None) -> ClipInfo:
+        if not self.recording:
+            return self.clips.export(camera_id, since_s, until_s, name)
+        live_from = self.clips.live_start(camera_id, since_s, until_s)
+        if live_from is not None and live_from <= since_s:
+            return self.clips.export(camera_id, since_s, until_s, name)
+        segs, _ = self.reader.segments(camera_id, since_s, until_s)
+        if not segs:
+            return self.clips.export(camera_id, since_s, until_s, name)
+        return self.clips.export_recorded(camera_id, segs, self.reader.get, since_s, until_s, name)
 
 
 def parse_range(request: Request, max_range_s: float, now_s: float | None = None) -> tuple[float, float]:
