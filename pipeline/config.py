@@ -41,6 +41,9 @@ class MotionConfig(_Model):
     keepalive_s: float = Field(10.0, gt=0, le=3600, description="With no motion, one frame is still detected this "
                                                                 "often.")
     hold_s: float = Field(2.0, ge=0, le=600, description="Detection goes on this long after motion stops.")
+    stationary_interval_s: float = Field(
+        5.0, ge=0, le=3600, description="While the last detection found objects but nothing moves (a parked car), "
+                                        "detect once per this interval; 0: every frame while objects are seen.")
 
 
 class CameraRecordConfig(_Model):

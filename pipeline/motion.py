@@ -2,8 +2,10 @@
 
 `MotionDetector` compares each detect frame, shrunk and grey, with a running background average and
 reports the fraction of the frame that moves. `MotionGate` turns that into "detect this frame or skip it":
-detection runs while something moves, for `hold_s` after, while the last detection still saw objects, and
-once every `keepalive_s` otherwise (so an object that came in without moving enough is still found).
+detection runs while something moves and for `hold_s` after; while the last detection still saw objects but
+nothing moves (they are stationary: a parked car would otherwise keep the detector on for good), once every
+`stationary_interval_s`; and once every `keepalive_s` otherwise (so an object that came in without moving
+enough is still found).
 `MotionLog` keeps the per-second maximum activity of each camera in one Redis hash per camera-hour
 (pipeline.keys.motion), written once a second in one round trip; it is what the motion API reads and what
 `record.mode: motion` keeps segments by. Only seconds with motion are stored.
@@ -111,8 +113,9 @@ class MotionGate:
             state = "objects" if since_sent >= self.objects_interval_s else None
         elif self._last_motion is not None and now - self._last_motion <= self.cfg.hold_s:
             state = "motion"
-        elif self.objects > 0:
-            state = "objects"
+        elif self.objects > 0:  # seen, not moving: stationary, checked now and then
+            gap = self.cfg.stationary_interval_s
+            state = "objects" if since_sent >= gap else None
         elif since_sent >= self.cfg.keepalive_s:
             state = "keepalive"
         else:

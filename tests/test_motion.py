@@ -193,7 +193,7 @@ def test_gate_motion_and_hold():
 
 
 def test_gate_objects_present_keep_detection_on():
-    gate = _gate()
+    gate = _gate(stationary_interval_s=0)
     assert gate.should_detect(0.5, 0.0)
     gate.note_result(2)
     for t in (3.0, 4.0, 9.0):  # no motion, but the last result had objects
@@ -202,6 +202,18 @@ def test_gate_objects_present_keep_detection_on():
     assert gate.should_detect(0.0, 9.5)
     gate.note_result(0)
     assert not gate.should_detect(0.0, 10.0)
+
+
+def test_gate_stationary_objects_are_checked_now_and_then_moving_ones_every_frame():
+    gate = _gate(stationary_interval_s=5.0)  # keepalive 10 s, hold 2 s
+    assert gate.should_detect(0.5, 0.0) and gate.state == "motion"
+    gate.note_result(1)  # a parked car
+    sent = [t / 5 for t in range(1, 101) if gate.should_detect(0.0, t / 5)]  # 20 s without motion
+    # within hold_s of the motion every frame, then once per stationary_interval_s, not every frame
+    assert sent == [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0, 7.0, 12.0, 17.0], sent
+    assert gate.state == "idle" and gate.objects == 1
+    assert gate.should_detect(0.2, 20.2) and gate.state == "motion"  # it moves: every frame again
+    assert gate.should_detect(0.2, 20.4)
 
 
 def test_gate_objects_interval_throttles_detection_while_objects_are_seen():
