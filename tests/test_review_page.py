@@ -1,8 +1,8 @@
 """The review view in headless Chromium against a gateway served by uvicorn (no Ray) with real Redis.
 
 Camera `a` has two recorded runs made by ffmpeg (H.264, fragmented MP4, every frame carrying its
-capture time burned in: hls/timecode.py) written as 10 s segments into the record store and index
-the gateway reads; a 60 s gap between them. Events go through the real EventStore (one with a real
+capture time burned in: hls/timecode.py), cut by the camera's Recorder into 10 s segments in the
+record store and index the gateway reads; a 60 s gap between them. Events go through the real EventStore (one with a real
 clip), motion through MotionLog, detections through HistoryStore (the events stage's query method
 on a local object, as the gateway tests do). The page must draw spans, gaps, motion and events at
 their x, play the clicked second (the burned capture time of the frame shown within 1 s of it),
@@ -65,33 +65,19 @@ def encode_run(t0: float, seconds: int, out: Path) -> bytes:
     return out.read_bytes()
 
 
-def record_run(store, index, camera_id: str, t0: float, seconds: int, run: int, tmp: Path) -> list:
-    """Writes one ffmpeg run as the recorder does: standalone segments (init + fragments), cut at the
-    first keyframe at or after SEGMENT_S; returns the RecordedSegments."""
+def record_run(recorder, t0: float, seconds: int, run: int, tmp: Path) -> None:
+    """Feeds one ffmpeg run to the camera's Recorder as CopyPublisher does: its init section, then every
+    fragment with its wall clock (t0 + tfdt), then the run's end."""
     from hls.fmp4 import FragmentSplitter
-    from hls.record_store import RecordedSegment, segment_key
 
-    data = encode_run(t0, seconds, tmp / f"run{run}.mp4")
-    pieces = FragmentSplitter().feed(data)
+    pieces = FragmentSplitter().feed(encode_run(t0, seconds, tmp / f"run{run}.mp4"))
     init, frags = pieces[0], pieces[1:]
     assert isinstance(init, bytes) and len(frags) == seconds, len(frags)
-    run_id, groups, cur = f"{int(t0 * 1000)}-r{run}", [], []
+    run_id = f"{int(t0 * 1000)}-r{run}"
+    recorder.on_init(run_id, init)
     for f in frags:
-        if cur and f.independent and sum(x.duration_s for x in cur) >= SEGMENT_S:
-            groups.append(cur)
-            cur = []
-        cur.append(f)
-    groups.append(cur)
-    segs = []
-    for g in groups:
-        start, dur = t0 + g[0].start_s, sum(x.duration_s for x in g)
-        body = init + b"".join(x.data for x in g)
-        key = segment_key(camera_id, start, dur, run_id)
-        store.put(key, body)
-        seg = RecordedSegment(camera_id, start, dur, len(body), key, run_id)
-        index.add(seg)
-        segs.append(seg)
-    return segs
+        recorder.on_fragment(run_id, f, t0 + f.start_s)
+    recorder.end_run(run_id)
 
 
 class HistoryStage:
@@ -118,6 +104,7 @@ def site(tmp_path_factory):
     from hls.clips import ClipStore
     from hls.record_index import RecordingIndex
     from hls.record_store import default_index_path, make_record_store
+    from hls.recorder import Recorder
     from pipeline.bus import StatusStore
     from pipeline.config import parse_args
     from pipeline.events import EventStore
@@ -149,8 +136,12 @@ def site(tmp_path_factory):
         t0 = float(int(time.time()) - 600)
         store = make_record_store(args.record, args.resolve_path)
         index = RecordingIndex(default_index_path(args.record, args.resolve_path))
-        segs = record_run(store, index, "a", t0, RUN_S, 1, tmp)
-        record_run(store, index, "a", t0 + RUN_S + GAP_S, RUN_S, 2, tmp)
+        recorder = Recorder("a", args.record.for_camera(args.cameras[0]), store, index)
+        record_run(recorder, t0, RUN_S, 1, tmp)
+        record_run(recorder, t0 + RUN_S + GAP_S, RUN_S, 2, tmp)
+        assert recorder.close(60)
+        segs = index.segments("a", t0, t0 + 2 * RUN_S + GAP_S)
+        assert len(segs) == 2 * RUN_S // SEGMENT_S, segs
 
         events = EventStore(ctx.redis)
         ids = {}
@@ -165,7 +156,7 @@ def site(tmp_path_factory):
         clips = ClipStore(args.resolve_path(args.clips.dir), args.clips.max_total_bytes, args.clips.max_age_s)
         key = clips.key("a", "ev-person")
         clips.path(key).parent.mkdir(parents=True, exist_ok=True)
-        clip = store.get(segs[2].key)
+        clip = store.get(next(sg.key for sg in segs if sg.start_s <= t0 + 20 < sg.end_s))
         clips.path(key).write_bytes(clip)
         events.set_clip(ids["person"], key)
 
