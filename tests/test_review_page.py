@@ -2,9 +2,9 @@
 
 Camera `a` has two recorded runs made by ffmpeg (H.264, fragmented MP4, every frame carrying its
 capture time burned in: hls/timecode.py), cut by the camera's Recorder into 10 s segments in the
-record store and index the gateway reads; a 60 s gap between them. Events go through the real EventStore (one with a real
-clip), motion through MotionLog, detections through HistoryStore (the events stage's query method
-on a local object, as the gateway tests do). The page must draw spans, gaps, motion and events at
+record store and index the gateway reads; a 60 s gap between them. Events go through the real
+EventStore (one with a real clip), motion through MotionLog, detections through HistoryStore (the
+events stage's query method on a local object, as the gateway tests do). The page must draw spans, gaps, motion and events at
 their x, play the clicked second (the burned capture time of the frame shown within 1 s of it),
 step to the previous / next event with boxes from history, filter the events list, and lay out
 without overflow at 1280x800 and 390x844 (screenshots in docs/screenshots/).
