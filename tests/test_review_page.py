@@ -1,13 +1,14 @@
 """The review view in headless Chromium against a gateway served by uvicorn (no Ray) with real Redis.
 
 Camera `a` has two recorded runs made by ffmpeg (H.264, fragmented MP4, every frame carrying its
-capture time burned in: hls/timecode.py), cut by the camera's Recorder into 10 s segments in the
-record store and index the gateway reads; a 60 s gap between them. Events go through the real
-EventStore (one with a real clip), motion through MotionLog, detections through HistoryStore (the
-events stage's query method on a local object, as the gateway tests do). The page must draw spans, gaps, motion and events at
-their x, play the clicked second (the burned capture time of the frame shown within 1 s of it),
-step to the previous / next event with boxes from history, filter the events list, and lay out
-without overflow at 1280x800 and 390x844 (screenshots in docs/screenshots/).
+capture time burned in: hls/timecode.py) a minute apart, and a short one two hours earlier, cut by
+the camera's Recorder into 10 s segments in the record store and index the gateway reads. Events go
+through the real EventStore (one with a real clip), motion through MotionLog, detections through
+HistoryStore (the events stage's query method on a local object, as the gateway tests do). The page
+must draw spans, gaps, motion and events at their x, play the clicked second (the burned capture
+time of the frame shown within 1 s of it), step to the previous / next event (also one out of the
+timeline's range) with boxes from history, filter the events list, and lay out without overflow at
+1280x800 and 390x844 (screenshots in docs/screenshots/).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ SCREENSHOTS = ROOT / "docs" / "screenshots"
 class Site:
     base: str
     t0: float  # the first run: [t0, t0 + RUN_S); the second: [t0 + RUN_S + GAP_S, t0 + 2 * RUN_S + GAP_S)
+    t_far: float  # a short run two hours before t0, out of the timeline's range while t0's minutes are shown
     events: dict  # name -> event id
     clip_bytes: bytes
 
@@ -137,6 +139,8 @@ def site(tmp_path_factory):
         store = make_record_store(args.record, args.resolve_path)
         index = RecordingIndex(default_index_path(args.record, args.resolve_path))
         recorder = Recorder("a", args.record.for_camera(args.cameras[0]), store, index)
+        t_far = t0 - 7200
+        record_run(recorder, t_far, 20, 0, tmp)
         record_run(recorder, t0, RUN_S, 1, tmp)
         record_run(recorder, t0 + RUN_S + GAP_S, RUN_S, 2, tmp)
         assert recorder.close(60)
@@ -145,7 +149,8 @@ def site(tmp_path_factory):
 
         events = EventStore(ctx.redis)
         ids = {}
-        for name, rule, label, zone, start, end in (("person", "walk-in", "person", None, t0 + 20, t0 + 30),
+        for name, rule, label, zone, start, end in (("bike", "ride-by", "bicycle", None, t_far + 5, t_far + 9),
+                                                    ("person", "walk-in", "person", None, t0 + 20, t0 + 30),
                                                     ("car", "parked", "car", "door", t0 + RUN_S + GAP_S + 20,
                                                      t0 + RUN_S + GAP_S + 32)):
             eid = f"ev-{name}"
@@ -177,7 +182,7 @@ def site(tmp_path_factory):
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
         wait_port(port)
-        yield Site(f"http://127.0.0.1:{port}", t0, ids, clip)
+        yield Site(f"http://127.0.0.1:{port}", t0, t_far, ids, clip)
     finally:
         if server is not None:
             server.should_exit = True
@@ -344,6 +349,18 @@ def test_click_plays_that_second_and_events_step_with_boxes(site, driver):
     r = wait_until(lambda: (s := review(driver)) and s["seeks"][-1]["why"] == "next-event" and s, 30, 0.1, "next event")
     assert abs(r["seeks"][-1]["shown_ms"] / 1000 - (t0 + RUN_S + GAP_S + 20)) <= 1, r["seeks"][-1]
     wait_until(lambda: review(driver)["labels"] == 0, 20, 0.1, "no boxes where history has none")
+    # previous twice: the person event again, then one two hours earlier, out of the timeline's range
+    # (found through the API; the view follows it there)
+    for want_s, what in ((t0 + 20, "person"), (site.t_far + 5, "bike")):
+        n = len(review(driver)["seeks"])
+        driver.find_element("css selector", "#review .prev").click()
+        r = wait_until(lambda: (s := review(driver)) and len(s["seeks"]) > n and s, 30, 0.1, f"back to {what}")
+        assert r["seeks"][-1]["why"] == "prev-event" and abs(r["seeks"][-1]["shown_ms"] / 1000 - want_s) <= 1, r
+    f = wait_until(lambda: (s := shown_frame(driver)) and s["tc"] and s, 10, 0.05, "a shown frame")
+    assert abs(f["tc"] / 1000 - (site.t_far + 5)) < 2.5, f
+    view = wait_until(lambda: (s := review(driver)) and s["layout"]["view"]["start_s"] < site.t_far + 5 and s, 10, 0.1,
+                      "the view at the far event")["layout"]["view"]
+    assert view["start_s"] + view["span_s"] > site.t_far + 5, view
 
     driver.find_element("css selector", "#review .live").click()
     wait_until(lambda: driver.execute_script(
@@ -388,7 +405,7 @@ def test_layout_events_list_and_clip_at_desktop_and_phone_width(site, driver, wi
     open_review(driver, site, t0 + 22 + width / 1000)  # another link each time
     zoom_to(driver, 600)
     wait_until(lambda: driver.execute_script("return document.querySelectorAll('#review .review-events li').length")
-               == 2, 20, 0.1, "both events listed")
+               == len(site.events), 20, 0.1, "every event listed")
     wait_until(lambda: review(driver)["labels"] > 0, 20, 0.1, "the person's box")
     inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
     assert inner == [width, height], inner  # the checks and screenshots below are about this size
@@ -415,7 +432,7 @@ def test_layout_events_list_and_clip_at_desktop_and_phone_width(site, driver, wi
     Select(driver.find_element("css selector", "#review .filters select[name=zone]")).select_by_value("door")
     wait_until(lambda: listed() == [site.events["car"]], 20, 0.1, "only the event in zone door")
     Select(driver.find_element("css selector", "#review .filters select[name=zone]")).select_by_value("")
-    wait_until(lambda: sorted(listed()) == sorted(site.events.values()), 20, 0.1, "both again")
+    wait_until(lambda: sorted(listed()) == sorted(site.events.values()), 20, 0.1, "all again")
     # the clip link downloads the event's real clip (with the session's cookie)
     href = driver.execute_script(
         f"return document.querySelector('#review li[data-id=\"{site.events['person']}\"] a.clip').href")

@@ -281,7 +281,9 @@
   // Play the recording from wall-clock second `t`: inside the loaded VOD range a seek, else a new
   // playlist from there.
   function seekTo(t, why) {
-    const start = state.fetched && !state.errors.recordings ? Timeline.playableAt(state.spans, t) : t;
+    // What the timeline fetched says where recordings are, inside its range; elsewhere the playlist will.
+    const f = state.fetched, known = f && !state.errors.recordings && t >= f.since_s && t < f.until_s;
+    const start = known ? Timeline.playableAt(state.spans, t) : t;
     if (start === null) { say(`nothing recorded at or after ${dateTime(t)}`); return; }
     say("");
     state.pendingSeek = { target_s: start, clicked: performance.now(), why };
@@ -375,10 +377,33 @@
              missed };
   };
 
-  function stepEvent(dir) {
+  // The event before or after `t`: among the timeline's (they cover its range and an hour before), else
+  // asked of the API: the newest before it, or the oldest in widening windows after it (of the newest
+  // 1000 in the first window that has any).
+  async function neighbour(t, dir) {
+    const ev = Timeline.neighbourEvent(state.events, t, dir), cam = enc(state.camera);
+    if (ev) return ev;
+    if (dir < 0) {
+      return (await getJSON(`/api/events?camera_id=${cam}&until_s=${(t - 1.5).toFixed(3)}&limit=1`)).events[0] || null;
+    }
+    for (const ahead_s of [3600, 86400, 7 * 86400, 31 * 86400]) {
+      const evs = (await getJSON(`/api/events?camera_id=${cam}&since_s=${(t + 0.5).toFixed(3)}` +
+                                 `&until_s=${(t + ahead_s).toFixed(3)}&limit=1000`)).events;
+      if (evs.length) return evs.reduce((a, b) => (b.start_s < a.start_s ? b : a));
+    }
+    return null;
+  }
+
+  async function stepEvent(dir) {
     const t = state.cursor_s !== null ? state.cursor_s : state.view.start_s + state.view.span_s;
-    const ev = Timeline.neighbourEvent(state.events, t, dir);
-    if (!ev) { say(dir > 0 ? "no later event in this range" : "no earlier event in this range"); return; }
+    let ev;
+    try {
+      ev = await neighbour(t, dir);
+    } catch (err) {
+      say(`events: ${err.message}`);
+      return;
+    }
+    if (!ev) { say(dir > 0 ? "no later event" : "no earlier event"); return; }
     seekTo(ev.start_s, dir > 0 ? "next-event" : "prev-event");
   }
 
