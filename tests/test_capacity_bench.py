@@ -194,17 +194,19 @@ def test_app_modes_configure_the_paths_they_name(yolo_tiny_onnx):
     from pipeline.config import camera_path, parse_args
 
     a = argparse.Namespace(onnx=str(yolo_tiny_onnx), backend="onnxruntime", threads=1)
-    for mode, path in (("copy", "worker"), ("transcode", "annotate")):
+    for mode, path in (("copy", "worker"), ("record", "worker"), ("transcode", "annotate")):
         runner = cb.AppMode.__new__(cb.AppMode)  # the config only: no Redis, no Ray
         runner.a, runner.mode, runner.url = a, mode, "rtsp://127.0.0.1:8554/capacity"
         runner.redis_url, runner.port = "redis://127.0.0.1:6379/0", 8000
+        runner.record_dir = "/tmp/rec" if mode == "record" else None
         for detect in (True, False):
             cfg = parse_args(runner.args(3, detect))
             assert [camera_path(c, cfg.hls)[0] for c in cfg.cameras] == [path] * 3
             assert [c.detect for c in cfg.cameras] == [detect] * 3
             assert cfg.model.intra_op_threads == 1 and not cfg.events.enabled
+            assert [cfg.record.for_camera(c).enabled for c in cfg.cameras] == [mode == "record"] * 3
         groups = camera_groups(parse_args(runner.args(3)))
-        assert [len(g) for _, g in groups] == ([3] if mode == "copy" else [])
+        assert [len(g) for _, g in groups] == ([3] if path == "worker" else [])
 
 
 @pytest.mark.e2e

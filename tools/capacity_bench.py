@@ -13,6 +13,8 @@ first that did not. A camera falls behind when, over the window:
 Modes:
 - copy: the camera worker path (`boxes: browser`): one ffmpeg per camera copies the H.264 into HLS
   and decodes 5 fps scaled for the detector;
+- record: copy with every camera recorded (`record.enabled`, local disk in a temp dir, removed after):
+  what recording adds (issue 15: ≤ 5 % on cameras and CPU per camera);
 - transcode: today's path with burned boxes (`boxes: burned`): ingest -> bus -> detector, annotate +
   libx264 encode;
 - loop: the single-process loop a user would write (tools/user_loop.py), one process per camera.
@@ -20,7 +22,7 @@ Modes:
 Reported per mode: the largest N that keeps up, CPU cores per camera and total RSS at that N (sum
 over the mode's processes: Ray workers, ffmpeg children, Redis; not the RTSP server nor this
 process), RSS MB per added camera (slope over the N measured), latency p50 at the smallest N
-(unsaturated), and for copy the video path alone: a last step at that N with `detect: false` (decode +
+(unsaturated), and for copy and record the video path alone: a last step at that N with `detect: false` (decode +
 copy + bus: the camera replicas, their ffmpeg and Redis, not Ray's own processes) in cores per camera.
 """
 from __future__ import annotations
@@ -45,7 +47,7 @@ from tools.procs import StageReading, free_port, read_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP = "data/demo/vtest-h264.mp4"
-MODES = ("copy", "transcode", "loop")
+MODES = ("copy", "record", "transcode", "loop")
 MIN_HLS_RATIO = 0.99
 MIN_DETECT_RATIO = 0.95
 MAX_LATENCY_P95_S = 1.0
@@ -368,10 +370,14 @@ class AppMode:
         self.client = redis.Redis.from_url(redis_url)
         self.store = RedisHlsStore(self.client, ttl_s=60)
         self.deployments: list[str] = []
+        # record: the copy path with every camera recorded to local disk (what recording costs on top)
+        self.record_dir = tempfile.mkdtemp(prefix="lookout-capacity-rec-") if mode == "record" else None
 
     def args(self, n: int, detect: bool = True) -> dict:
-        boxes = "browser" if self.mode == "copy" else "burned"
+        boxes = "burned" if self.mode == "transcode" else "browser"
+        record = {"record": {"enabled": True, "dir": self.record_dir}} if self.record_dir else {}
         return {
+            **record,
             "redis_url": self.redis_url,
             "cameras": [{"id": f"{self.mode}{i}", "source": self.url, "boxes": boxes, "detect_fps": DETECT_FPS,
                          "detect": detect} for i in range(n)],
@@ -416,6 +422,8 @@ class AppMode:
 
         serve.delete("lookout")
         self.client.close()
+        if self.record_dir:
+            shutil.rmtree(self.record_dir, ignore_errors=True)
 
 
 class LoopMode:
@@ -624,7 +632,7 @@ def _run_mode(a: argparse.Namespace, mode: str, runner, fps: float) -> dict:
     video_alone = None
     try:
         best = search(keeps_up, a.start, a.max_cameras)
-        if mode == "copy":  # the video path alone: the same cameras with detection off (frames still on the bus)
+        if mode in ("copy", "record"):  # the video path alone: the same cameras, detection off (frames still on the bus)
             n = max(best, 1)
             print(f"copy, detection off: {n} camera(s) ...", flush=True)
             try:
