@@ -185,6 +185,8 @@ class IngestLoop:
             with self._lock:
                 self._status.nominal_fps = source.fps
             outcome, exc, good = self._stream(source, stop)
+            if outcome == "error" and stop.is_set():  # the source went down with the stop (shutdown): no error
+                outcome = "stop"
             permanent = False
             if outcome == "error":
                 permanent = self._record_error("read", exc)  # report before close(), which may take a moment

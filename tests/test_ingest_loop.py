@@ -355,6 +355,31 @@ def test_stop_event_ends_run_promptly(start_loop):
     assert not loop.thread.is_alive() and time.monotonic() - t0 < 2 and loop.ended
 
 
+def test_a_source_that_fails_with_the_stop_is_no_warning(start_loop, caplog):
+    """Shutting down stops the loop and takes the source's process down with it: the read error that
+    follows is the stop, not a camera problem to warn about."""
+    stop_now = threading.Event()
+
+    class DiesWithTheStop(ScriptedSource):
+        def read(self) -> Frame:
+            if stop_now.is_set():
+                self.loop.stop_event.set()  # the stop comes first, then the source fails
+                raise SourceError("ffmpeg exited with code -9")
+            return super().read()
+
+    made = []
+    rec = Recorder()
+    loop = start_loop(cam(), rec, lambda cfg: made.append(DiesWithTheStop(cfg, [(None, None)])) or made[-1])
+    wait_until(lambda: rec.n_frames > 3, 5, what="frames")
+    made[-1].loop = loop
+    with caplog.at_level(logging.DEBUG, logger="pipeline.ingest"):
+        stop_now.set()
+        loop.thread.join(5)
+    assert not loop.thread.is_alive()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert rec.last.state != CameraState.RECONNECTING
+
+
 # ---- real RTSP server ---------------------------------------------------------------------------------
 
 def rtsp_cam(url: str, **kw) -> CameraConfig:
