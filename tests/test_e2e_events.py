@@ -145,7 +145,7 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     finally:
         for p in (proc, head):
             if p is not None and p.poll() is None:
-                os.killpg(p.pid, signal.SIGINT if p is proc else signal.SIGTERM)
+                os.killpg(p.pid, signal.SIGINT if p is proc else signal.SIGKILL)  # as tests/app_fixtures.py
                 try:
                     p.wait(20)
                 except subprocess.TimeoutExpired:
