@@ -543,7 +543,7 @@ def print_report(summaries: list[dict], a: argparse.Namespace) -> None:
         if "video_alone_row" in s:
             r = s["video_alone_row"]
             worst = min(c["hls_ratio"] for c in r["cameras"].values())
-            print(f"  copy, detection off, N={r['n']}: video path (camera replicas + ffmpeg + Redis) "
+            print(f"  {s['mode']}, detection off, N={r['n']}: video path (camera replicas + ffmpeg + Redis) "
                   f"{r['video_cores']:.3f} cores, all processes {r['cores']:.2f} cores, worst HLS {worst:.1%}")
         if s["deployments"]:
             videos = sorted({str(c.get("video")) for r in s["rows"] for c in r["cameras"].values()})
@@ -634,11 +634,11 @@ def _run_mode(a: argparse.Namespace, mode: str, runner, fps: float) -> dict:
         best = search(keeps_up, a.start, a.max_cameras)
         if mode in ("copy", "record"):  # the video path alone: the same cameras, detection off (frames still on the bus)
             n = max(best, 1)
-            print(f"copy, detection off: {n} camera(s) ...", flush=True)
+            print(f"{mode}, detection off: {n} camera(s) ...", flush=True)
             try:
                 video_alone = runner.measure(n, fps, detect=False)
             except RuntimeError as exc:
-                print(f"copy, detection off: {n} camera(s): {exc}", flush=True)
+                print(f"{mode}, detection off: {n} camera(s): {exc}", flush=True)
     finally:
         runner.close()
     out = summarize(mode, best, rows, runner.deployments)
