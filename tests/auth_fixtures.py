@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import secrets
+import threading
 from urllib.parse import parse_qs, urlsplit
 
+import uvicorn
 from starlette.testclient import TestClient
 
+from conftest import free_port, wait_port
 from gateway.app import create_app
 from gateway.context import GatewayContext
 from pipeline.config import parse_args
@@ -100,3 +104,18 @@ def authorize_code(client: TestClient, client_id: str, redirect_uri: str, challe
     q = parse_qs(loc.query)
     assert q["state"] == [state]
     return q["code"][0]
+
+
+@contextlib.contextmanager
+def served_gateway(ctx: GatewayContext):
+    """The gateway app served by uvicorn on a free loopback port (for browsers and ffmpeg); yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from auth_fixtures import make_ctx
-from conftest import ROOT, free_port, wait_port
-from gateway.app import create_app
+from auth_fixtures import make_ctx, served_gateway
+from conftest import ROOT
 from gateway.auth import scopes as sc
 from pipeline.bus import StatusStore
 from pipeline.types import CameraState, CameraStatus
@@ -44,14 +41,8 @@ def served(redis_server, tmp_path, monkeypatch):
         ctx.hls_store.put_segment("a", seg.name, seg.read_bytes())
     ctx.hls_store.put_playlist("a", (hls_dir / "index.m3u8").read_text())
     ctx.auth.store.add_user("bob", "bobs-password-1", scopes={sc.camera_scope("a"), sc.DETECTIONS_READ})
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_port(port)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served_gateway(ctx) as base:
+        yield base
 
 
 def test_login_page_then_protected_stream_in_chromium(served, tmp_path):

@@ -6,17 +6,15 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from auth_fixtures import ADMIN_PASSWORD, add_client, bearer, client_for, client_token, make_args
-from conftest import free_port, wait_port
+from auth_fixtures import (ADMIN_PASSWORD, add_client, bearer, client_for, client_token, make_args,
+                           served_gateway)
+from conftest import free_port
 from gateway.api.recordings import RecordingsReader
-from gateway.app import create_app
 from gateway.auth import scopes as sc
 from gateway.context import GatewayContext
 from hls.fmp4 import Fragment, FragmentSplitter
@@ -238,14 +236,8 @@ def test_signed_urls_open_their_object_only_and_expire(ctx, viewer_a, recorded):
 
 @pytest.fixture
 def served(ctx):
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_port(port)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served_gateway(ctx) as base:
+        yield base
 
 
 def ffprobe(path: Path) -> dict:

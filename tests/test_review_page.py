@@ -16,7 +16,6 @@ import itertools
 import shutil
 import statistics
 import subprocess
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -24,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 
 from app_fixtures import chromium, log_in, text_contrast
-from auth_fixtures import ADMIN_PASSWORD
-from conftest import ROOT, RedisServer, free_port, wait_port
+from auth_fixtures import ADMIN_PASSWORD, served_gateway
+from conftest import ROOT, RedisServer
 from rtsp_fixtures import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("chromedriver") is None,
@@ -101,7 +99,6 @@ class HistoryStage:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    from gateway.app import create_app
     from gateway.context import GatewayContext
     from hls.clips import ClipStore
     from hls.record_index import RecordingIndex
@@ -121,7 +118,6 @@ def site(tmp_path_factory):
     redis.start()
     mp = pytest.MonkeyPatch()
     mp.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    server = thread = None
     try:
         args = parse_args({
             "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}], "model": {"onnx": "m.onnx"},
@@ -177,16 +173,9 @@ def site(tmp_path_factory):
                                               np.array([0])), ["person"])
         ctx.stages["events"] = HistoryStage(history)
 
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        wait_port(port)
-        yield Site(f"http://127.0.0.1:{port}", t0, t_far, ids, clip)
+        with served_gateway(ctx) as base:
+            yield Site(base, t0, t_far, ids, clip)
     finally:
-        if server is not None:
-            server.should_exit = True
-            thread.join(10)
         mp.undo()
         redis.stop()
 
