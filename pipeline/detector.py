@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bus import rescale_detections
+from pipeline.bus import decode_frame, rescale_detections
 from pipeline.config import ModelConfig
 from pipeline.models.backends import Backend, create_backend
 from pipeline.models.labels import load_labels
@@ -79,3 +79,33 @@ class Detector:
                    for d, img, size in zip(out, images, source_sizes)]
         t3 = time.perf_counter()
         return out, {"preprocess_s": t1 - t0, "infer_s": t2 - t1, "postprocess_s": t3 - t2}
+
+    def detect_encoded(self, payloads: list[bytes], source_sizes: list[tuple[int, int] | None] | None = None
+                       ) -> tuple[list[Detections], dict[str, float]]:
+        """:meth:`detect` for frames as the bus carries them (JPEG bytes, or raw frames).
+
+        A backend with `detect_encoded` (torch) takes JPEGs straight to the device: decode, fit,
+        inference and NMS there. Other backends, or any raw payload in the batch: decoded on the
+        host, then :meth:`detect`."""
+        if not payloads:
+            return [], {}
+        if source_sizes is not None and len(source_sizes) != len(payloads):
+            raise ValueError(f"source_sizes has {len(source_sizes)} entries for {len(payloads)} payloads")
+        on_device = getattr(self.backend, "detect_encoded", None)
+        if on_device is None or any(bytes(p[:2]) != b"\xff\xd8" for p in payloads):
+            t0 = time.perf_counter()
+            images = [decode_frame(p) for p in payloads]
+            t1 = time.perf_counter()
+            out, timings = self.detect(images, source_sizes)
+            timings["preprocess_s"] = timings.get("preprocess_s", 0.0) + t1 - t0
+            return out, timings
+        s = self.settings
+        out, sizes, timings = on_device(payloads, letter_box=self.letter_box, conf_threshold=s.conf_threshold,
+                                        iou_threshold=s.nms_iou_threshold, max_detections=s.max_detections,
+                                        class_ids=self.class_ids)
+        if source_sizes is not None:
+            t0 = time.perf_counter()
+            out = [d if size is None else rescale_detections(d, wh, size)
+                   for d, wh, size in zip(out, sizes, source_sizes)]
+            timings["postprocess_s"] += time.perf_counter() - t0
+        return out, timings

@@ -53,6 +53,11 @@ if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" ]]; then
     # is used: PyPI's default torch pulls gigabytes of CUDA libraries. Without one they are skipped.
     "$VENV/bin/python" -m pip install -q "torch==2.13.0+cpu" >/dev/null 2>&1 \
       || echo "note: no CPU PyTorch wheel found; the torch backend tests will be skipped"
+    # torchvision (decode_jpeg, batched_nms of the torch JPEG path) the same way: a local CPU wheel only;
+    # PyPI's is built for CUDA torch and cannot load next to CPU torch. Without it the path decodes
+    # on the host and runs its own NMS, and the tests still run.
+    "$VENV/bin/python" -m pip install -q "torchvision==0.28.0+cpu" >/dev/null 2>&1 \
+      || echo "note: no CPU torchvision wheel found; the torch JPEG path decodes JPEGs on the host"
   fi
   touch "$STAMP"
 fi

@@ -25,6 +25,39 @@ from pipeline.detector import Detector
 from tools.procs import LocalRedis, cpu_by_stage, free_port
 
 WARMUP_S = 12.0
+MATCH_IOU = 0.5
+
+
+def detection_diff(ours: list, ref: list, conf_threshold: float, borderline: float) -> dict:
+    """How far two runs' Detections of the same frames are apart: each reference box is paired with
+    the same-class box of highest IoU (>= MATCH_IOU); the largest coordinate and score gaps of the
+    pairs, and the boxes left unpaired, except those scoring within `borderline` of the threshold
+    (a tiny score change moves them across it)."""
+    worst_px = worst_score = 0.0
+    pairs = unpaired = 0
+    for a, b in zip(ours, ref, strict=True):
+        used = np.zeros(len(a), bool)
+        for j in np.argsort(-b.confidence):
+            same = (a.class_id == b.class_id[j]) & ~used
+            if same.any():
+                iou = _iou(a.xyxy, b.xyxy[j]) * same
+                i = int(iou.argmax())
+                if iou[i] >= MATCH_IOU:
+                    used[i] = True
+                    pairs += 1
+                    worst_px = max(worst_px, float(np.abs(a.xyxy[i] - b.xyxy[j]).max()))
+                    worst_score = max(worst_score, abs(float(a.confidence[i]) - float(b.confidence[j])))
+                    continue
+            unpaired += int(b.confidence[j] > conf_threshold + borderline)
+        unpaired += int((a.confidence[~used] > conf_threshold + borderline).sum())
+    return {"pairs": pairs, "max_box_diff_px": worst_px, "max_score_diff": worst_score, "unpaired": unpaired}
+
+
+def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    wh = np.clip(np.minimum(boxes[:, 2:], box[2:]) - np.maximum(boxes[:, :2], box[:2]), 0, None)
+    inter = wh[:, 0] * wh[:, 1]
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / np.maximum(area(boxes) + area(box) - inter, 1e-9)
 
 
 def load_frames(clip: str, n: int) -> list[np.ndarray]:
