@@ -180,8 +180,11 @@ class CopyPublisher(StreamPublisher):
         if not force and time.monotonic() - self._info_at < INFO_EVERY_S:
             return
         self._info_at = time.monotonic()
+        info = self.info
+        if self.recorder is not None:  # what keeps the camera's recording from its store (/api/cameras says it)
+            info = {**info, "recording_problem": self.recorder.problem()}
         try:
-            put_stream_info(self.redis, self.camera_id, *self._size, "browser", self.fps, **self.info)
+            put_stream_info(self.redis, self.camera_id, *self._size, "browser", self.fps, **info)
         except Exception as exc:  # Redis may be back at the next segment
             self.log.warning("cannot write the stream info: %r", exc)
 

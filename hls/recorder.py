@@ -41,6 +41,7 @@ DECIDE_SLACK_S = 3.0  # motion and events reach Redis a little after the frame (
 PUT_RETRIES = 3  # tries of one segment before it is dropped (a store that blinks loses nothing)
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0)
 FAILING_PAUSE_S = 5.0  # after a dropped segment, the writer waits this long before the next try
+OPEN_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # between tries to open a record store (then every last one)
 EVENTS_LOOKBACK_S = 86400.0  # an event that started this long before a segment is not looked for
 EVENTS_PAGE = 200
 MAX_SEGMENT_S = 600.0  # a camera without keyframes this long: its segment ends anyway (the rest waits for one)
@@ -84,9 +85,11 @@ class _Episode:
 class Recorder:
     """Records one camera's copied stream (see the module doc). `motion`: a `pipeline.motion.MotionLog`
     (mode motion); `events`: a `pipeline.events.EventStore` (mode events); `metrics`: a
-    `pipeline.metrics.Metrics`. None of the feeding calls blocks or raises."""
+    `pipeline.metrics.Metrics`. None of the feeding calls blocks or raises. `store` and `index` may be None
+    while the store cannot be opened yet (`attach` gives them): segments are cut and wait in the bounded
+    queue meanwhile, those beyond it are lost (counted as store_error)."""
 
-    def __init__(self, camera_id: str, cfg: RecordConfig, store: RecordStore, index: RecordingIndex, *,
+    def __init__(self, camera_id: str, cfg: RecordConfig, store: RecordStore | None, index: RecordingIndex | None, *,
                  motion: MotionSource | None = None, events=None, metrics=None,
                  clock: Callable[[], float] = time.time):
         if cfg.mode == "motion" and motion is None:
@@ -107,6 +110,8 @@ class Recorder:
         self._queue: collections.deque[tuple[RecordedSegment, bytes]] = collections.deque()
         self._writing = False
         self._unreported_drops = 0
+        self._unreported_store_drops = 0  # dropped while the store was not open yet
+        self.store_problem: str | None = None  # why the store is not open yet (GroupRecording retries)
         self._closing = False
         self._stop = threading.Event()  # set by close(): no more pauses
         self._closed = False
@@ -118,6 +123,21 @@ class Recorder:
         self._feed_ep = _Episode("recorder input ignored", camera_id)
         self._writer = threading.Thread(target=self._write_loop, name=f"record-{camera_id}", daemon=True)
         self._writer.start()
+
+    def attach(self, store: RecordStore, index: RecordingIndex) -> None:
+        """The store opened at last: the waiting segments are written from now on."""
+        with self._lock:
+            self.store, self.index, self.store_problem = store, index, None
+            self._wake.notify_all()
+
+    def problem(self) -> str | None:
+        """What keeps this camera's segments from the store now (None while they are written)."""
+        with self._lock:
+            if self.store is None:
+                return f"the record store is not open yet (retrying): {self.store_problem or 'opening'}"
+            if self._store_ep.failures:
+                return f"the record store is failing ({self._store_ep.failures} segment(s) lost)"
+            return None
 
     # ------------------------------------------------------------------ feeding (the publisher's threads)
 
@@ -215,10 +235,15 @@ class Recorder:
         while len(self._queue) > self.cfg.max_queue_segments and not self._closing:
             old, _ = self._queue.popleft()
             dropped += 1
-            self._full.fail(f"{len(self._queue)} waiting, dropped {old.key}")
+            if self.store is not None:  # else the store's failure to open was logged (GroupRecording)
+                self._full.fail(f"{len(self._queue)} waiting, dropped {old.key}")
         if dropped:
             self.dropped += dropped
-            self._unreported_drops += dropped  # counted by the writer: a metrics flush is network I/O
+            # counted by the writer: a metrics flush is network I/O
+            if self.store is None:
+                self._unreported_store_drops += dropped
+            else:
+                self._unreported_drops += dropped
 
     # ------------------------------------------------------------------ the writer thread
 
@@ -234,13 +259,14 @@ class Recorder:
     def _write_step(self) -> bool:
         """Decide the due segments, write one; True when closed and all is written."""
         with self._lock:
-            while not self._closing and not self._queue and not self._due_locked():
+            while not self._closing and not (self._queue and self.store is not None) and not self._due_locked():
                 self._wake.wait(POLL_S)
             due = self._take_due_locked(everything=self._closing)
             drops, self._unreported_drops = self._unreported_drops, 0
-        if drops:
-            self._count(lambda m: m.inc("lookout_record_dropped_total", drops, camera=self.camera_id,
-                                        reason="queue_full"))
+            store_drops, self._unreported_store_drops = self._unreported_store_drops, 0
+        for n, reason in ((drops, "queue_full"), (store_drops, "store_error")):
+            if n:
+                self._count(lambda m: m.inc("lookout_record_dropped_total", n, camera=self.camera_id, reason=reason))
         for rec, data in due:  # Redis reads: outside the lock, off the live path
             keep = self._keep(rec)
             with self._lock:
@@ -249,6 +275,8 @@ class Recorder:
                 else:
                     self.skipped += 1
         with self._lock:
+            if self.store is None:  # not open yet: the queue waits (closing leaves it unwritten)
+                return self._closing
             if not self._queue:
                 self._full.ok()  # caught up: a new overflow is a new episode
                 return self._closing and not self._pending
@@ -337,42 +365,74 @@ class GroupRecording:
     """The recording side of one camera worker replica: one store and index (opened only when a camera of the
     group is recorded), a `Recorder` per recorded camera, and a retention loop (one sweeper per node's disk,
     or per cluster for S3, through the sweep lock; every camera's retain_days; event clip ranges by
-    clips.pre_s/post_s). A store that cannot be opened is logged and leaves the cameras unrecorded: live video
-    and detection never wait on it."""
+    clips.pre_s/post_s). A store that cannot be opened (a folder not writable yet, a mount not there yet) is
+    logged once per camera and opened again in the background with backoff (`open_backoff_s`); the recorders
+    cut and queue meanwhile, and live video and detection never wait on it."""
 
-    def __init__(self, args: CameraGroupArgs, client, *, motion_logs: dict[str, MotionLog] | None = None):
-        self.args = args
+    def __init__(self, args: CameraGroupArgs, client, *, motion_logs: dict[str, MotionLog] | None = None,
+                 open_backoff_s: tuple[float, ...] = OPEN_BACKOFF_S):
+        self.args, self.client = args, client
         self.recorders: dict[str, Recorder] = {}
         self.store: RecordStore | None = None
         self.index: RecordingIndex | None = None
         self.retention: RetentionLoop | None = None
+        self.open_tries = 0
+        self._backoff = tuple(open_backoff_s) or OPEN_BACKOFF_S
+        self._stop = threading.Event()
+        self._opener: threading.Thread | None = None
         plans = {cam.id: recording_plan(cam, args.hls, args.record) for cam in args.cameras}
         recorded = [cam for cam in args.cameras if plans[cam.id][0]]  # build_app logs why a camera is not
         if not recorded:
             return
-        try:
-            self.store = make_record_store(args.record, args.resolve_path)
-            self.index = RecordingIndex.open_or_rebuild(default_index_path(args.record, args.resolve_path),
-                                                        self.store)
-        except Exception as exc:  # noqa: BLE001 - a store away must not stop the cameras
-            for cam in recorded:
-                logger.error("camera %s: not recorded: cannot open the record store: %s", cam.id,
-                             scrub_url(str(exc)))
-            self.store = self.index = None
-            return
-        metrics, events = Metrics(client), EventStore(client)
+        self.events = EventStore(client)
+        metrics = Metrics(client)
         motion_logs = motion_logs or {}
         for cam in recorded:
             rec = args.record.for_camera(cam)
             motion = motion_logs.get(cam.id) or MotionLog(client, motion_retain_s(True, rec.retain_days))
-            self.recorders[cam.id] = Recorder(cam.id, rec, self.store, self.index, motion=motion, events=events,
+            self.recorders[cam.id] = Recorder(cam.id, rec, None, None, motion=motion, events=self.events,
                                               metrics=metrics)
-            logger.info("camera %s: recorded (%s)", cam.id, plans[cam.id][1])
+        self._plans = plans
+        error = self._try_open()
+        if error is not None:
+            for cam_id, recorder in self.recorders.items():
+                recorder.store_problem = error
+                logger.error("camera %s: not recorded yet: cannot open the record store: %s (trying again in the "
+                             "background; recording starts once it opens)", cam_id, error)
+            self._opener = threading.Thread(target=self._open_loop, name="record-store-open", daemon=True)
+            self._opener.start()
+
+    def _try_open(self) -> str | None:
+        """Open the store and index and start recording; the error (scrubbed) if they cannot be opened."""
+        self.open_tries += 1
+        try:
+            store = make_record_store(self.args.record, self.args.resolve_path)
+            index = RecordingIndex.open_or_rebuild(default_index_path(self.args.record, self.args.resolve_path), store)
+        except Exception as exc:  # noqa: BLE001 - a store away must not stop the cameras
+            return scrub_url(f"{type(exc).__name__}: {exc}")
+        self.store, self.index = store, index
+        for cam_id, recorder in self.recorders.items():
+            recorder.attach(store, index)
+            after = f" after {self.open_tries} tries" if self.open_tries > 1 else ""
+            logger.info("camera %s: recorded (%s)%s", cam_id, self._plans[cam_id][1], after)
+        args = self.args
         per_camera = {cid: args.record.changed(changes) for cid, changes in args.record_cameras.items()}
         per_camera.update({cam.id: args.record.for_camera(cam) for cam in args.cameras})
-        retention = Retention(args.record, self.store, self.index, per_camera=per_camera,
-                              protected=event_ranges(events, args.clips.pre_s, args.clips.post_s))
-        self.retention = RetentionLoop(retention, sweep_s=args.record.sweep_s, redis_client=client).start()
+        retention = Retention(args.record, store, index, per_camera=per_camera,
+                              protected=event_ranges(self.events, args.clips.pre_s, args.clips.post_s))
+        self.retention = RetentionLoop(retention, sweep_s=args.record.sweep_s, redis_client=self.client).start()
+        return None
+
+    def _open_loop(self) -> None:
+        step = 0
+        while not self._stop.wait(self._backoff[min(step, len(self._backoff) - 1)]):
+            step += 1
+            error = self._try_open()
+            if error is None:
+                return
+            for cam_id, recorder in self.recorders.items():
+                recorder.store_problem = error
+                logger.debug("camera %s: record store still not open (try %d): %s", cam_id, self.open_tries, error)
 
     def recorder(self, camera_id: str) -> Recorder | None:
         return self.recorders.get(camera_id)
@@ -380,6 +440,9 @@ class GroupRecording:
     def close(self, timeout_s: float = 10.0) -> None:
         """Write out every camera's open and waiting segments (within timeout_s in all)."""
         end = time.monotonic() + timeout_s
+        self._stop.set()
+        if self._opener is not None:
+            self._opener.join(max(0.0, end - time.monotonic()))
         if self.retention is not None:
             self.retention.stop(timeout_s=0)  # a sweep under way finishes on its own (a daemon thread)
         for rec in self.recorders.values():

@@ -24,6 +24,7 @@ from hls.record_index import RecordingIndex
 from hls.record_store import LocalRecordStore, RecordStore, parse_segment_key, split_init
 from hls.recorder import Recorder
 from hls.store import DirHlsStore
+from hls.viewers import get_stream_info, put_stream_info
 from pipeline.config import CameraConfig, HlsConfig, RecordConfig
 from pipeline.events import EventStore
 from pipeline.metrics import Metrics
@@ -104,6 +105,7 @@ def test_a_copied_camera_is_recorded_in_standalone_segments_cut_at_keyframes(red
         src.close()
     assert recorder.close(timeout_s=30)
     assert hls_store.get_playlist(CAM) is None  # nobody watched
+    assert get_stream_info(redis_client, CAM)["recording_problem"] is None  # what /api/cameras shows: none
 
     segs = index.segments(CAM, t0 - 60, time.time() + 60)
     assert len(segs) >= 3, segs
@@ -415,10 +417,14 @@ def test_who_is_recorded_and_why_is_said_at_start_in_lookout_check_and_the_api(r
     said = [r.getMessage() for r in caplog.records if "recorded" in r.getMessage()]
     assert said == ["camera burn: not recorded: its video is re-encoded (boxes burned)"]
 
-    _, client = make_client(redis_server, tmp_path, record=rec)
+    ctx, client = make_client(redis_server, tmp_path, record=rec)
+    problem = "the record store is not open yet (retrying): PermissionError: [Errno 13] Permission denied"
+    for cid in ("copy", "burn"):  # what the worker's publisher says of the camera's recorder
+        put_stream_info(ctx.redis, cid, 640, 480, "browser", recording_problem=problem)
     got = {c["id"]: c["recording"] for c in client.get("/api/cameras").json()["cameras"]}
-    assert got["burn"] == {"on": False, "why": "its video is re-encoded (boxes burned)"}
+    assert got["burn"] == {"on": False, "why": "its video is re-encoded (boxes burned)", "problem": None}
     assert got["copy"]["on"] is True and got["copy"]["why"].startswith("continuous, kept 3 days")
+    assert got["copy"]["problem"] == problem and got["quiet"] == {**got["quiet"], "problem": None}  # not said yet
     props = client.get("/api/openapi.json").json()["components"]["schemas"]["Camera"]["properties"]
     assert set(props["recording"]["properties"]) == set(got["copy"])
 
@@ -502,3 +508,44 @@ def test_a_camera_without_keyframes_for_long_still_has_bounded_segments(tmp_path
     assert [(round(s.start_s - t0, 3), round(s.duration_s, 3)) for s in segs] == [(0, 3.0), (4, 3.0), (8, 3.0)]
     for s in segs:
         assert decodes_cleanly(tmp_path / "rec" / s.key) == 30
+
+
+def test_a_store_that_cannot_be_opened_at_start_is_opened_later_and_recording_starts(redis_client, tmp_path, caplog):
+    from hls.recorder import GroupRecording
+    from pipeline.config import parse_args
+
+    blocker = tmp_path / "mnt"
+    blocker.write_bytes(b"")  # record.dir under a file: cannot be created (as root too) until the file goes
+    cfg = parse_args({"cameras": [{"id": CAM, "source": "rtsp://h/c", "detect": False, "boxes": "browser"}],
+                      "model": {"onnx": "m.onnx"}, "hls": {"dir": str(tmp_path / "hls")},
+                      "record": {"enabled": True, "dir": str(blocker / "rec"), "segment_s": 3,
+                                 "max_queue_segments": 2}})
+    init, frags = fmp4_pieces(tmp_path, seconds=20.0)  # five 4 s segments
+    t0 = float(int(time.time()) - 600)
+    caplog.set_level(logging.INFO, logger="hls.recorder")
+    group = GroupRecording(cfg.for_group([CAM]), redis_client, open_backoff_s=(0.2,))
+    try:
+        recorder = group.recorder(CAM)
+        assert recorder is not None and group.store is None  # live video does not wait: the camera has a recorder
+        assert "record store is not open yet" in recorder.problem() and "NotADirectoryError" in recorder.problem()
+        feed_run(recorder, "1000-r1", init, frags, t0)  # the camera runs meanwhile: 2 segments wait, 3 are lost
+        wait_until(lambda: group.open_tries >= 3, 10, 0.05, "the store retried in the background")
+        assert recorder.written == 0 and recorder.dropped == 3
+        said = [r.getMessage() for r in caplog.records if "cannot open the record store" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith(f"camera {CAM}: not recorded yet") and "NotADirectory" in said[0]
+
+        blocker.unlink()  # the mount appears
+        wait_until(lambda: recorder.written == 2, 10, 0.05, "the waiting segments written once the store opened")
+        assert group.store is not None and group.retention is not None and recorder.problem() is None
+        feed_run(recorder, "1000-r2", init, frags[:int(8 / FRAME_S)], t0 + 100)  # and what comes next is recorded
+        wait_until(lambda: recorder.written == 4, 10, 0.05, "new segments recorded")
+        keys = sorted(p.relative_to(blocker / "rec").as_posix() for p in (blocker / "rec" / CAM).rglob("*.mp4"))
+        assert keys == sorted(s.key for s in group.index.segments(CAM, 0, time.time()))
+        assert len(keys) == 4 and decodes_cleanly(blocker / "rec" / keys[-1]) == 40
+    finally:
+        group.close(timeout_s=10)
+    recorder.metrics.flush()
+    drops = {json.loads(k)["reason"]: float(v) for k, v in
+             redis_client.hgetall("lookout:metrics:lookout_record_dropped_total").items()}
+    assert drops == {"store_error": 3.0}  # lost while the store was not open: the store's failure, not a full queue
+    assert any(f"camera {CAM}: recorded (" in r.getMessage() and "tries" in r.getMessage() for r in caplog.records)

@@ -51,8 +51,9 @@ def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
 
 def video_path_view(ctx: GatewayContext, camera_id: str, stream: dict | None) -> dict:
     """Which path the camera's video takes and why (from the config), whether it is detected and recorded, and what
-    the running camera said of its video (copy or transcode, why, the segment duration it forces);
-    those three are None until the camera has said (or on a path that does not say)."""
+    the running camera said of its video (copy or transcode, why, the segment duration it forces) and of its
+    recording (what keeps it from the store); those are None until the camera has said (or on a path that
+    does not say)."""
     cam = next((c for c in ctx.args.cameras if c.id == camera_id), None)
     stream = stream or {}
     view = {"path": None, "path_reason": None, "detect": None, "detect_fps": None,
@@ -60,7 +61,7 @@ def video_path_view(ctx: GatewayContext, camera_id: str, stream: dict | None) ->
             "segment_s": stream.get("segment_s"), "recording": None}
     if cam is not None:
         on, why = recording_plan(cam, ctx.args.hls, ctx.args.record)
-        view["recording"] = {"on": on, "why": why}
+        view["recording"] = {"on": on, "why": why, "problem": stream.get("recording_problem") if on else None}
         if ctx.args.hls.enabled:
             view["path"], view["path_reason"] = camera_path(cam, ctx.args.hls)
         else:

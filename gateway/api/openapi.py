@@ -104,8 +104,11 @@ def spec(ctx: GatewayContext) -> dict:
                                   "HLS segment duration in use (a long keyframe interval forces longer ones)."},
                     "recording": {"type": ["object", "null"], "description":
                                   "Whether the camera is recorded (`on`) and why (`why`: mode, retention, "
-                                  "store; or why not, e.g. its video is re-encoded).", "properties": {
-                                      "on": {"type": "boolean"}, "why": {"type": "string"}}}}},
+                                  "store; or why not, e.g. its video is re-encoded), and what keeps its "
+                                  "segments from the store now (`problem`, e.g. a store that cannot be opened "
+                                  "yet and is retried; null while they are written).", "properties": {
+                                      "on": {"type": "boolean"}, "why": {"type": "string"},
+                                      "problem": {"type": ["string", "null"]}}}}},
                 "CameraList": {"type": "object", "properties": {
                     "cameras": {"type": "array", "items": {"$ref": "#/components/schemas/Camera"}}}},
                 "Motion": {"type": "object", "properties": {
