@@ -144,7 +144,8 @@ def create_app(ctx: GatewayContext) -> Starlette:
 
     @requires(page=True)
     def index(request: Request) -> FileResponse:
-        return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+        # no-store: Chromium's back/forward cache would otherwise restore the page (live and review) stale
+        return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-store"})
 
     public_url = ctx.args.gateway.public_url.rstrip("/")
 

@@ -80,6 +80,7 @@ def test_hls_playlist_and_segments(ctx, client):
 def test_index_page_and_vendored_player(client):
     page = client.get("/")
     assert page.status_code == 200 and "/static/vendor/hls.min.js" in page.text
+    assert page.headers["cache-control"] == "no-store"  # never restored stale from the back/forward cache
     js = client.get("/static/vendor/hls.min.js")
     assert js.status_code == 200 and len(js.content) > 100_000
     assert client.get("/static/app.js").status_code == 200
