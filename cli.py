@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "--backend, comma-separated thread counts to compare, e.g. 1,2")
     b.add_argument("--openvino-streams", type=int, default=1, help="model.openvino_streams of an openvino backend")
     b.add_argument("--bus-codec", choices=["jpeg", "raw"], default="jpeg", help="pipeline: frames on the bus")
+    b.add_argument("--bare", action="store_true", help="pipeline with --backend torch: no Ray, no Redis; inference "
+                   "on prepared tensors and the JPEG-bytes path, FP16 and FP32, then the accuracy check")
+    b.add_argument("--device", default=None, help="--bare: torch device, cuda (default) or cpu")
+    b.add_argument("--iterations", default="50", help="--bare: timed batches per batch size")
     b.add_argument("--preset", default="veryfast", help="pipeline: libx264 preset of the HLS encoders")
     b.add_argument("--boxes", default="burned,browser", help="latency: hls.boxes variants to measure")
     b.add_argument("--segment-s", type=float, default=1.0, help="latency, load: HLS segment duration")

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 from typing import get_args
 
 import cv2
@@ -250,6 +251,8 @@ def compare_backends(a: argparse.Namespace, backends: list[str]) -> int:
 
 
 def main(a: argparse.Namespace) -> int:
+    if getattr(a, "bare", False):
+        return bare_torch(a)
     backends = backend_list(a.backend)
     if len(backends) > 1:
         return compare_backends(a, backends)
@@ -325,3 +328,189 @@ def main(a: argparse.Namespace) -> int:
               + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v > 0.05))
     print(json.dumps({"rows": rows, "live": live}))
     return 0
+
+
+class GraphedNet:
+    """A network's forward captured as a CUDA graph for one input shape: each call copies its input
+    into the captured buffer and replays the graph (no Python or launch overhead per layer)."""
+
+    def __init__(self, net, example):
+        import torch
+
+        self.static_in = example.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # cuDNN picks its algorithms before the capture, not during it
+                net(self.static_in)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = net(self.static_in)
+
+    def __call__(self, x):
+        self.static_in.copy_(x)
+        self.graph.replay()
+        return self.static_out
+
+
+def _timed(fn, iterations: int, sync) -> dict:
+    """Wall ms per call and process CPU ms per call of `fn(i)`, after two untimed calls."""
+    for i in range(2):
+        fn(i)
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(iterations):
+        fn(i)
+    sync()
+    return {"ms": (time.perf_counter() - t0) * 1000 / iterations, "cpu_ms": (time.process_time() - c0) * 1000 / iterations}
+
+
+def bare_torch(a: argparse.Namespace) -> int:
+    """`lookout bench --backend torch --bare`: no Ray, no Redis. Per precision and batch size, images/s
+    and ms per batch of (a) inference alone on prepared device tensors and (b) the JPEG-bytes path
+    (decode, fit, inference, NMS on the device, Detections on the host) with its host CPU ms per frame;
+    on CUDA both again with the network captured as a CUDA graph. Then the accuracy check: the JPEG
+    path against ONNX Runtime's host path on the same frames, and coco-mini mAP of each."""
+    import torch
+
+    from pipeline.bus import decode_frame, encode_jpeg
+    from pipeline.evaluate import default_assets, evaluate
+    from pipeline.models.backends.torch_cuda import TorchBackend, torchvision_ops
+    from pipeline.models.labels import load_labels
+    from pipeline.models.resolve import ResolvedModel
+
+    if a.backend != "torch":
+        raise ValueError(f"--bare measures the torch backend: use --backend torch, got --backend {a.backend!r}")
+    device = a.device or "cuda"
+    cuda = device.startswith("cuda")
+    batches = int_list(a.batch, "--batch", 1)
+    iterations = int_list(a.iterations, "--iterations", 1)[0]
+    assets = default_assets()
+    clip = a.clip or str(assets / "videos" / "vtest.avi")
+    onnx = Path(a.onnx)
+    model = ResolvedModel(onnx=onnx, labels=onnx.parent / "coco.names")
+    labels = load_labels(model.labels)
+    frames = load_frames(clip, max(a.frames, max(batches)))
+    jpegs = [encode_jpeg(f, 85) for f in frames]
+    precisions = ["fp16", "fp32"] if cuda else ["fp32"]
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    rows: list[dict] = []
+    notes: list[str] = [] if cuda else ["fp16: CUDA only (CPU torch runs fp32)", "CUDA graphs: CUDA only"]
+    parity: dict[str, dict] = {}
+    maps: dict[str, dict] = {}
+    describe = ""
+    coco = assets / "coco-mini"
+    eval_settings = {"conf_threshold": 0.001, "nms_iou_threshold": 0.45, "max_detections": 100}
+
+    def slice_of(i: int, b: int) -> list[bytes]:
+        start = i * b
+        return [jpegs[(start + k) % len(jpegs)] for k in range(b)]
+
+    with torch.inference_mode():
+        for precision in precisions:
+            settings = ModelConfig(onnx=str(onnx), backend="torch", precision=precision)
+            backend = TorchBackend.from_model(model, settings, max(batches), device=device)
+            describe = backend.describe()
+            det = Detector(backend, labels, settings)
+            net = backend.net
+            for b in batches:
+                x, _ = backend.fit_decoded(backend.decode_on_device(jpegs[:b]), letter_box=det.letter_box)
+                if backend.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                variants = [("bare", lambda i: net(x)), ("jpeg path", lambda i: det.detect_encoded(slice_of(i, b)))]
+                if cuda:
+                    try:
+                        graphed = GraphedNet(net, x)
+                    except Exception as exc:  # noqa: BLE001 - the figures without graphs still count
+                        notes.append(f"CUDA graph capture failed at {precision} batch {b}: {type(exc).__name__}: {exc}")
+                        graphed = None
+                    if graphed is not None:
+                        def graph_path(i: int, g=graphed) -> None:
+                            backend.net = g
+                            try:
+                                det.detect_encoded(slice_of(i, b))
+                            finally:
+                                backend.net = net
+                        variants += [("bare, CUDA graph", lambda i, g=graphed: g(x)), ("jpeg path, CUDA graph", graph_path)]
+                for name, fn in variants:
+                    t = _timed(fn, iterations, sync)
+                    rows.append({"precision": precision, "batch": b, "variant": name, "ms_per_batch": t["ms"],
+                                 "images_per_s": b * 1000 / t["ms"],
+                                 "host_cpu_ms_per_frame": t["cpu_ms"] / b if "jpeg" in name else None})
+            ort = Detector.from_config(ModelConfig(onnx=str(onnx), backend="onnxruntime"), onnx, model.labels)
+            few = jpegs[:min(len(jpegs), 16)]
+            ours, _ = det.detect_encoded(few)
+            ref, _ = ort.detect([decode_frame(j) for j in few])
+            parity[precision] = detection_diff(ours, ref, settings.conf_threshold, borderline=1e-3)
+            if (coco / "instances.json").exists():
+                eval_det = Detector(backend, labels, ModelConfig(onnx=str(onnx), backend="torch", precision=precision,
+                                                                 **eval_settings))
+                maps[f"torch {precision}"] = evaluate(eval_det, coco / "images", coco / "instances.json")
+            backend.close()
+    if (coco / "instances.json").exists():
+        ort_eval = Detector.from_config(ModelConfig(onnx=str(onnx), backend="onnxruntime", **eval_settings), onnx,
+                                        model.labels)
+        maps["onnxruntime"] = evaluate(ort_eval, coco / "images", coco / "instances.json")
+    else:
+        notes.append(f"no coco-mini at {coco}: mAP not measured")
+
+    h, w = frames[0].shape[:2]
+    print("## Bench")
+    print(f"{describe}; torchvision: {'yes' if torchvision_ops() else 'no (host decode, torch NMS)'}; "
+          f"{len(jpegs)} frames of {Path(clip).name} ({w}x{h}) as JPEG q85; {iterations} timed batches per row; "
+          f"cpus={os.cpu_count()}")
+    print("(a) bare: inference on prepared device tensors; (b) jpeg path: JPEG bytes -> decode, fit, inference, NMS "
+          "on the device -> Detections on the host. Host CPU: process CPU time / frames (it includes a CUDA "
+          "sync's spin-wait).")
+    print()
+    print("| precision | batch | variant | images/s | ms/batch | host CPU ms/frame |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    for r in rows:
+        cpu = "" if r["host_cpu_ms_per_frame"] is None else f"{r['host_cpu_ms_per_frame']:.2f}"
+        print(f"| {r['precision']} | {r['batch']} | {r['variant']} | {r['images_per_s']:.1f} | {r['ms_per_batch']:.2f} "
+              f"| {cpu} |")
+    print()
+    for line in _bench_goals(rows, batches):
+        print(line)
+    for n in notes:
+        print(f"- {n}")
+    print()
+    print("## Accuracy")
+    for precision, d in parity.items():
+        print(f"- JPEG path {precision} vs ONNX Runtime (OpenCV decode, host NMS), {min(len(jpegs), 16)} frames: "
+              f"{d['pairs']} boxes paired, max box diff {d['max_box_diff_px']:.3f} px, max score diff "
+              f"{d['max_score_diff']:.4f}, unpaired {d['unpaired']} (goal: within 1 px)")
+    for name, m in maps.items():
+        print(f"- coco-mini mAP@0.5 {m['map50']:.2f}, mAP@0.5:0.95 {m['map50_95']:.2f}: {name} ({m['backend']})")
+    if "onnxruntime" in maps:
+        for name, m in maps.items():
+            if name != "onnxruntime":
+                print(f"- {name} - onnxruntime: mAP@0.5 {m['map50'] - maps['onnxruntime']['map50']:+.2f}, "
+                      f"mAP@0.5:0.95 {m['map50_95'] - maps['onnxruntime']['map50_95']:+.2f} points (goal: within 0.5)")
+    print("json: " + json.dumps({"describe": describe, "rows": rows, "parity": parity,
+                                 "map": {k: {"map50": v["map50"], "map50_95": v["map50_95"]} for k, v in maps.items()},
+                                 "notes": notes}))
+    return 0
+
+
+def _bench_goals(rows: list[dict], batches: list[int]) -> list[str]:
+    """Issue 16's goals, read off the rows (FP16 where measured, else FP32)."""
+    by = {(r["precision"], r["batch"], r["variant"]): r for r in rows}
+    p = "fp16" if any(r["precision"] == "fp16" for r in rows) else "fp32"
+    lo, hi = min(batches), max(batches)
+    out = []
+    for v in ("bare", "jpeg path"):
+        if (p, lo, v) in by and (p, hi, v) in by:
+            out.append(f"- {p} {v}: batch {hi} gives {by[(p, hi, v)]['images_per_s'] / by[(p, lo, v)]['images_per_s']:.1f}x "
+                       f"the images/s of batch {lo} (goal: >= 8x, 32 vs 1)")
+    for b in batches:
+        if (p, b, "bare") in by and (p, b, "jpeg path") in by:
+            out.append(f"- {p} batch {b}: jpeg path at {by[(p, b, 'jpeg path')]['images_per_s'] / by[(p, b, 'bare')]['images_per_s']:.0%} "
+                       f"of bare inference (goal: >= 90 %)")
+    if (p, 1, "jpeg path") in by:
+        out.append(f"- {p} batch-1 latency of the whole path: {by[(p, 1, 'jpeg path')]['ms_per_batch']:.2f} ms (goal: <= 3 ms)")
+    cpu = [r["host_cpu_ms_per_frame"] for r in rows if r["precision"] == p and r["variant"] == "jpeg path"]
+    if cpu:
+        out.append(f"- {p} host CPU per frame on the jpeg path: {min(cpu):.2f} to {max(cpu):.2f} ms (goal: <= 1 ms)")
+    return out
