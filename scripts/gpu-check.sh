@@ -127,7 +127,15 @@ install_missing() {
   done
   if ((${#missing[@]} == 0)); then echo "nothing missing"; return 0; fi
   echo "installing from $WHEELS: ${missing[*]}"
-  "$PY" -m pip install -q --no-index --no-deps --find-links "$WHEELS" "${missing[@]}"
+  local pip=("$PY" -m pip install -q --no-index --no-deps --find-links "$WHEELS")
+  # a system Python refuses plain installs (PEP 668), a read-only one wants --user
+  "${pip[@]}" "${missing[@]}" || "${pip[@]}" --break-system-packages "${missing[@]}" || "${pip[@]}" --user "${missing[@]}"
+  local rc=$? still=()
+  for item in "${NEEDED[@]}"; do
+    "$PY" -c "import ${item%%:*}" 2>/dev/null || still+=("${item%%:*}")
+  done
+  ((${#still[@]} == 0)) || { echo "still cannot import: ${still[*]}"; return 1; }
+  return $rc
 }
 
 models() {
