@@ -2,7 +2,8 @@
 # Issue 16's GPU check in one command: the torch backend's figures and accuracy on an NVIDIA GPU.
 #   scripts/gpu-check.sh --prepare   on the CPU box (it has a package registry): builds build/gpu-check/,
 #                                    a wheelhouse of what the GPU machine lacks (<= 30 MiB), the model's
-#                                    cfg + weights and the test assets. Carry that one folder.
+#                                    cfg + weights and the test assets (48 MiB). Carry that one folder
+#                                    only (data/models with its ONNX would pass the 64 MiB carry limit).
 #   scripts/gpu-check.sh             on the GPU machine, from the repo root: installs what is missing from
 #                                    the wheelhouse (no registry there), converts the model, runs
 #                                    `pytest -m gpu`, `lookout bench --backend torch --bare` (images/s, ms per
@@ -57,6 +58,8 @@ if [[ "$MODE" == prepare ]]; then
     echo "the wheelhouse is ${mib} MiB, more than ${MAX_WHEELS_MIB} MiB: $(ls "$WHEELS")" >&2
     exit 1
   fi
+  [[ -f data/models/yolov4-tiny.weights ]] \
+    || "$PY" -c 'import sys, cli; sys.exit(cli.main())' fetch-weights --dest data/models || exit 1
   for f in "${MODEL_FILES[@]}"; do cp "data/models/$f" "$PREP/models/" || exit 1; done
   cp "$ASSETS_SRC/videos/vtest.avi" "$PREP/assets/videos/" && cp -r "$ASSETS_SRC/coco-mini" "$PREP/assets/" || exit 1
   chmod -R u+w "$PREP"
