@@ -5,8 +5,12 @@
 - A, on stdout: the video as fragmented MP4 (`-c:v copy` for H.264/H.265; libx264, or the configured
   `hls.encoder`, at the camera's own rate for codecs that cannot be copied), cut by hls/fmp4.py and
   published by hls/copy_source.CopyPublisher;
-- B, on `pipe:<frames_fd>` (3): frames at `detect_fps` (`detect_select`), scaled to fit the detector
-  input, raw bgr24; showinfo prints each one's `pts_time` on stderr.
+- B, on `pipe:<frames_fd>` (3): every frame, scaled to fit the detector input, raw bgr24; showinfo
+  prints each one's `pts_time` on stderr. The reader keeps `detect_fps` of them (`SlotSelector`).
+  Why not select them in ffmpeg: ffmpeg (5.1) serves the output that is furthest behind first, and an
+  output that drops frames falls behind; each kept frame then waited in the filter graph for the next
+  packet, one source frame (100 ms at 10 fps), in most runs. Passing every frame costs a scale of the
+  others (~0.005 core per 10 fps camera) and takes that delay away (docs/benchmarks.md).
 
 `-copyts` keeps the source's timestamps in both outputs (and `frag_discont` + `-avoid_negative_ts
 disabled` keep them in the fMP4's tfdt), so one per-run anchor maps both to capture time.
@@ -118,6 +122,25 @@ def parse_probe(text: str | bytes | dict) -> SourceInfo:
     return SourceInfo(codec, w, h, fps)
 
 
+class SlotSelector:
+    """Keeps `detect_fps` frames a second: the first frame of each 1/detect_fps slot of pts, at once, with
+    its own pts (not the nearest to the slot: that would wait for the next frame). A frame whose pts
+    went back (the camera's clock jumped) is kept, so the reader sees the jump."""
+
+    def __init__(self, detect_fps: float):
+        if not detect_fps > 0:
+            raise ValueError(f"detect_fps must be > 0, got {detect_fps!r}")
+        self.detect_fps = float(detect_fps)
+        self._last: float | None = None
+
+    def take(self, pts_s: float) -> bool:
+        last = self._last
+        if last is None or pts_s < last or math.floor(pts_s * self.detect_fps) > math.floor(last * self.detect_fps):
+            self._last = pts_s
+            return True
+        return False
+
+
 def detect_select(detect_fps: float) -> str:
     """The filter that passes `detect_fps` frames a second: the first frame of each 1/detect_fps slot of pts.
 
@@ -166,8 +189,8 @@ def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_
         n = part_frames(fps, hls.part_s)
         args += ["-frag_duration", str(round((n - 0.5) / fps * 1_000_000))]
     args += ["-flush_packets", "1", "pipe:1"]
-    # B: frames for the detector, each one's pts on stderr (showinfo).
+    # B: every frame for the detector (the reader keeps detect_fps of them), each one's pts on stderr.
     args += ["-map", "0:v:0", "-an", "-sn", "-dn",
-             "-vf", f"{detect_select(cam.detect_fps)},scale={dw}:{dh},showinfo",
+             "-vf", f"scale={dw}:{dh},showinfo",
              "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", f"pipe:{frames_fd}"]
     return args

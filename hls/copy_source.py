@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hls.copy_args import SourceInfo, camera_ffmpeg_args, copyable, detect_size, parse_probe, probe_args
+from hls.copy_args import (SlotSelector, SourceInfo, camera_ffmpeg_args, copyable, detect_size, parse_probe,
+                            probe_args)
 from hls.ffmpeg_args import part_frames
 from hls.fmp4 import Fragment
 from hls.hwaccel import hwaccel_failure
@@ -445,9 +446,20 @@ class CopySource(FrameSource):
         nbytes = size[0] * size[1] * 3
         frames, cfg = self._frames_file, self.cfg
         last_pts: list[float] = []
+        keep = SlotSelector(cfg.detect_fps)
+        buf = bytearray(nbytes)
 
         def grab() -> Frame:
-            buf = bytearray(nbytes)
+            nonlocal buf
+            while True:  # ffmpeg passes every frame; detect_fps of them are kept (hls.copy_args)
+                arrival, pts = read_one()
+                captured_at = run.note_frame(arrival, pts)
+                if keep.take(pts):
+                    image = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
+                    buf = bytearray(nbytes)  # the kept frame owns its buffer
+                    return Frame(image=image, pts_s=pts, captured_at=captured_at, source_size=src_size)
+
+        def read_one() -> tuple[float, float]:
             view = memoryview(buf)
             got = 0
             while got < nbytes:
@@ -476,8 +488,7 @@ class CopySource(FrameSource):
                 # run starts a new timeline, anchor and init section, after a discontinuity.
                 raise SourceError(f"camera {cfg.id}: the camera's clock went back {last_pts[0] - pts:.1f}s; reopening")
             last_pts[:] = [pts]
-            image = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
-            return Frame(image=image, pts_s=pts, captured_at=run.note_frame(arrival, pts), source_size=src_size)
+            return arrival, pts
 
         return grab
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hls.copy_args import SourceInfo, camera_ffmpeg_args, copyable, detect_size, parse_probe, probe_args
+from hls.copy_args import SlotSelector, SourceInfo, camera_ffmpeg_args, copyable, detect_size, parse_probe, probe_args
 from pipeline.config import CameraConfig, HlsConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,9 +21,8 @@ A_MUX = ["-avoid_negative_ts", "disabled", "-f", "mp4",
          "-movflags", "+frag_keyframe+empty_moov+default_base_moof+frag_discont"]
 
 
-def b_out(fps: str, w: int, h: int, fd: int = 3) -> list[str]:
-    sel = f"select='isnan(prev_selected_t)+gt(floor(t*{fps}),floor(prev_selected_t*{fps}))+lt(t,prev_selected_t)'"
-    return ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", f"{sel},scale={w}:{h},showinfo",
+def b_out(w: int, h: int, fd: int = 3) -> list[str]:
+    return ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", f"scale={w}:{h},showinfo",
             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", f"pipe:{fd}"]
 
 
@@ -56,7 +55,7 @@ def test_rtsp_copy_argv():
         *HEAD, "-rtsp_transport", "tcp", "-timeout", "8000000", "-probesize", "500000",
         "-analyzeduration", "1000000", "-flags", "low_delay", "-i", "rtsp://u:p@10.0.0.2/s", "-copyts",
         *A_MAP, "-c:v", "copy", *A_MUX, "-flush_packets", "1", "pipe:1",
-        *b_out("5", 416, 234),
+        *b_out(416, 234),
     ]
 
 
@@ -68,7 +67,7 @@ def test_rtsp_udp_decode_args_and_frames_fd():
     i = argv.index("-i")
     assert argv[i - 2:i + 2] == ["-hwaccel", "cuda", "-i", "rtsp://10.0.0.2/s"]
     assert argv[argv.index("-rtsp_transport") + 1] == "udp"
-    assert argv[-len(b_out("2.5", 416, 312, 7)):] == b_out("2.5", 416, 312, 7)
+    assert argv[-len(b_out(416, 312, 7)):] == b_out(416, 312, 7)
 
 
 def test_file_transcode_argv():
@@ -80,7 +79,7 @@ def test_file_transcode_argv():
         *A_MAP, "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-crf", "26",
         "-pix_fmt", "yuv420p", "-bf", "0", "-g", "20", "-keyint_min", "20", "-sc_threshold", "0",
         "-fps_mode", "passthrough", *A_MUX, "-flush_packets", "1", "pipe:1",
-        *b_out("5", 416, 312),
+        *b_out(416, 312),
     ]
 
 
@@ -160,3 +159,15 @@ def test_probe_runs_for_real(path, expected, assets_dir):
     out = subprocess.run(probe_args(CameraConfig(id="demo", source=src)), capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert parse_probe(out.stdout) == expected
+
+
+def test_slot_selector_keeps_the_first_frame_of_each_detect_slot_at_once():
+    keep = SlotSelector(5)
+    pts = [0.0, 0.1, 0.2, 0.3, 0.41, 0.5, 0.58, 0.7, 0.79, 0.81]
+    assert [p for p in pts if keep.take(p)] == [0.0, 0.2, 0.41, 0.7, 0.81]
+    assert keep.take(0.3)  # the camera's clock went back: kept, so the reader sees the jump
+    assert not keep.take(0.35) and keep.take(0.4)
+    slow = SlotSelector(2.5)
+    assert [p / 10 for p in range(0, 21) if slow.take(p / 10)] == [0.0, 0.4, 0.8, 1.2, 1.6, 2.0]
+    with pytest.raises(ValueError, match="detect_fps must be > 0, got 0"):
+        SlotSelector(0)
