@@ -196,9 +196,11 @@ class ModelConfig(_Model):
         1, ge=1, le=64, description="OpenVINO: parts a batch is split into and run in parallel, each on its share "
                                     "of the threads (1: one request on all threads, the lowest latency).")
     precision: Literal["fp32", "fp16", "int8"] = Field(
-        "fp16", description="GPU backends: numeric precision (ONNX Runtime and OpenVINO on CPU always run fp32)."
-    )
-    engine_cache_dir: str = Field("data/engines", description="Where TensorRT engines are cached, per node.")
+        "fp16", description="Numeric precision. GPU backends: fp16 (default), fp32 or int8. ONNX Runtime and OpenVINO "
+                            "on CPU run fp32 unless this is int8 (quantized once per node on calib_images, "
+                            "checked against fp32).")
+    engine_cache_dir: str = Field("data/engines", description="Where TensorRT engines and INT8 models are "
+                                                              "cached, per node.")
     calib_images: str | None = Field(None, description="Folder of real images for INT8 calibration.")
     letter_box: bool | Literal["auto"] = Field(
         "auto", description="How frames fill the network input, as the model was trained: true keeps the aspect "

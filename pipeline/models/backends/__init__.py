@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from pipeline.models.backends.base import Backend, BackendUnavailable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pipeline.config import ModelConfig
     from pipeline.models.resolve import ResolvedModel
 
@@ -70,11 +72,12 @@ def create_backend(settings: "ModelConfig", model: "ResolvedModel", max_batch_si
     if kind == "onnxruntime":
         from pipeline.models.backends.onnxruntime import OnnxRuntimeBackend
 
-        return OnnxRuntimeBackend(model.onnx, intra_op_threads=settings.intra_op_threads)
+        return OnnxRuntimeBackend(cpu_model_file(settings, model), intra_op_threads=settings.intra_op_threads)
     if kind == "openvino":
         from pipeline.models.backends.openvino import OpenVinoBackend
 
-        return OpenVinoBackend(model.onnx, threads=settings.intra_op_threads, streams=settings.openvino_streams)
+        return OpenVinoBackend(cpu_model_file(settings, model), threads=settings.intra_op_threads,
+                               streams=settings.openvino_streams)
     if kind == "tensorrt":
         from pipeline.models.backends.tensorrt import TensorRTBackend
 
@@ -86,4 +89,23 @@ def create_backend(settings: "ModelConfig", model: "ResolvedModel", max_batch_si
     raise BackendUnavailable(f"unknown backend {kind!r}")
 
 
-__all__ = ["Backend", "BackendUnavailable", "choose_backend", "create_backend"]
+def cpu_model_file(settings: "ModelConfig", model: "ResolvedModel") -> "Path":
+    """The ONNX file a CPU backend loads: the model's own, or with `precision: int8` its quantized copy
+    (pipeline.models.quantize). An INT8 model that fails its check against FP32 is not used: the
+    detector runs FP32 and says why (the camera keeps its detections)."""
+    if settings.precision != "int8":
+        return model.onnx
+    from pipeline.models.quantize import QuantizationError, ensure_int8
+
+    try:
+        q = ensure_int8(model.onnx, settings.calib_images, settings.engine_cache_dir, letter_box=settings.letter_box,
+                        conf_threshold=settings.conf_threshold, iou_threshold=settings.nms_iou_threshold)
+    except QuantizationError as exc:
+        log.error("model.precision int8 not used, running FP32: %s", exc)
+        return model.onnx
+    log.info("INT8 model %s (finds %.1f %% of FP32's detections on %d calibration images)", q.path,
+             100 * q.agreement, q.images)
+    return q.path
+
+
+__all__ = ["Backend", "BackendUnavailable", "choose_backend", "cpu_model_file", "create_backend"]
