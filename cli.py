@@ -266,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--timeout-s", type=float, default=120.0, help="faults: longest wait for a recovery")
     b.add_argument("--faults-json", default=None, help="faults: also write every run's figures to this JSON file")
     b.add_argument("--modes", default="copy,transcode,loop", help="capacity: paths to measure, comma-separated: "
-                   "copy (camera worker, boxes: browser), record (copy + recording), transcode (boxes: burned), "
-                   "loop (tools/user_loop.py)")
+                   "copy (camera worker, boxes: browser), int8 (copy with model.precision int8), record (copy + "
+                   "recording), transcode (boxes: burned), loop (tools/user_loop.py)")
+    b.add_argument("--calib-images", default=None, help="capacity: int8's calibration frames (default: the clip's, "
+                   "one every 5 s)")
     b.add_argument("--max-cameras", type=int, default=16, help="capacity: most cameras tried")
     b.add_argument("--start", type=int, default=1, help="capacity: cameras of the first step (then doubled, bisected)")
     b.add_argument("--window-s", type=float, default=30.0, help="capacity: measuring window of each step")

@@ -86,7 +86,8 @@ class DetectorDeployment:
                 self._uploads[refs[i].seq] = d.to_records(self.detector.labels)
                 continue
             results.append(FrameResult(refs[i], d, self.args.model.name,
-                                       {**timings, "detected_at": done, "latency_s": done - refs[i].captured_at}))
+                                       {**timings, "batch_started_at": t0, "detected_at": done,
+                                        "latency_s": done - refs[i].captured_at}))
         self.results.publish(results, self.detector.labels)
         m = self.metrics
         m.observe("lookout_detector_batch_size", len(todo))

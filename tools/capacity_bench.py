@@ -47,7 +47,7 @@ from tools.procs import StageReading, free_port, read_stages
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP = "data/demo/vtest-h264.mp4"
-MODES = ("copy", "record", "transcode", "loop")
+MODES = ("copy", "int8", "record", "transcode", "loop")
 MIN_HLS_RATIO = 0.99
 MIN_DETECT_RATIO = 0.95
 MAX_LATENCY_P95_S = 1.0
@@ -210,19 +210,26 @@ def pct(xs: list[float], p: float) -> float:
 def detection_figures(records: list[tuple[float, float]], t0: float, t1: float) -> dict:
     """(captured_at, available_at) of each detected frame -> detections/s and latency p50/p95 over the frames
     captured in [t0, t1]."""
-    lat = [done - cap for cap, done in records if t0 <= cap <= t1]
-    return {"detect_fps": len(lat) / (t1 - t0), "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95)}
+    lat = [r[1] - r[0] for r in records if t0 <= r[0] <= t1]
+    out = {"detect_fps": len(lat) / (t1 - t0), "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95)}
+    # the app's records carry the batch's start: capture -> detector (bus, Ray call, batch wait) and the batch
+    waits = [r[2] - r[0] for r in records if len(r) > 2 and r[2] is not None and t0 <= r[0] <= t1]
+    if waits:
+        out["to_detector_p50_s"] = pct(waits, 50)
+        out["in_detector_p50_s"] = pct([r[1] - r[2] for r in records if len(r) > 2 and r[2] is not None
+                                        and t0 <= r[0] <= t1], 50)
+    return out
 
 
-def app_detections(client, camera: str, since_s: float) -> list[tuple[float, float]]:
-    """(captured_at, detected_at) of the camera's results in Redis captured since `since_s`."""
+def app_detections(client, camera: str, since_s: float) -> list[tuple[float, float, float | None]]:
+    """(captured_at, detected_at, batch_started_at) of the camera's results in Redis captured since `since_s`."""
     from pipeline.bus import ResultStore
 
     store, out, last = ResultStore(client), [], f"{int(since_s * 1000)}-0"
     while chunk := store.read_after(camera, last, count=1000):
         last = chunk[-1][0]
-        out += [(p["captured_at"], p["timings"].get("detected_at", p["captured_at"] + p["timings"].get("latency_s", 0)))
-                for _eid, p in chunk]
+        out += [(p["captured_at"], p["timings"].get("detected_at", p["captured_at"] + p["timings"].get("latency_s", 0)),
+                 p["timings"].get("batch_started_at")) for _eid, p in chunk]
     return out
 
 
@@ -358,8 +365,29 @@ def wait_ready(cameras: list[str], watcher: HlsWatcher, detections: Callable[[st
 
 # --- the modes -----------------------------------------------------------------------------------
 
+def calibration_frames(clip: Path, every_s: float = 5.0) -> str:
+    """A temporary folder of JPEG frames of `clip`, one every `every_s`: what an `int8` run calibrates on
+    (as a user would, on frames of their own camera)."""
+    import cv2
+
+    folder = tempfile.mkdtemp(prefix="lookout-capacity-calib-")
+    cap = cv2.VideoCapture(str(clip))
+    step = max(1, round((cap.get(cv2.CAP_PROP_FPS) or 10.0) * every_s))
+    i = n = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i % step == 0:
+            cv2.imwrite(os.path.join(folder, f"{n:04d}.jpg"), frame)
+            n += 1
+        i += 1
+    cap.release()
+    return folder
+
+
 class AppMode:
-    """copy or transcode: the app on a local Ray with N RTSP cameras (redeployed for each N)."""
+    """copy, int8, record or transcode: the app on a local Ray with N RTSP cameras (redeployed for each N)."""
 
     def __init__(self, a: argparse.Namespace, mode: str, url: str, redis_url: str, port: int, exclude: set[int]):
         import redis
@@ -372,6 +400,10 @@ class AppMode:
         self.deployments: list[str] = []
         # record: the copy path with every camera recorded to local disk (what recording costs on top)
         self.record_dir = tempfile.mkdtemp(prefix="lookout-capacity-rec-") if mode == "record" else None
+        # int8: the copy path with the detector's model quantized (model.precision int8) on frames of the clip
+        self.int8 = {} if mode != "int8" else {
+            "precision": "int8", "engine_cache_dir": tempfile.mkdtemp(prefix="lookout-capacity-int8-"),
+            "calib_images": getattr(a, "calib_images", None) or calibration_frames(Path(a.clip or DEFAULT_CLIP))}
 
     def args(self, n: int, detect: bool = True) -> dict:
         boxes = "burned" if self.mode == "transcode" else "browser"
@@ -382,7 +414,7 @@ class AppMode:
             "cameras": [{"id": f"{self.mode}{i}", "source": self.url, "boxes": boxes, "detect_fps": DETECT_FPS,
                          "detect": detect} for i in range(n)],
             "model": {"onnx": self.a.onnx, "backend": self.a.backend,
-                      **({"intra_op_threads": self.a.threads} if getattr(self.a, "threads", 0) else {})},
+                      **({"intra_op_threads": self.a.threads} if getattr(self.a, "threads", 0) else {}), **self.int8},
             # Ray CPUs shared out, so that several replicas fit the head's CPUs: threads say what they use.
             "detector": {"num_replicas": replicas(self.a), "num_cpus": round(1 / replicas(self.a), 2)},
             "hls": {"boxes": boxes},
@@ -511,6 +543,9 @@ def summarize(mode: str, best: int, rows: list[dict], deployments: list[str]) ->
             "latency_p50_ms": (1000 * statistics.median(c["latency_p50_s"] for c in smallest["cameras"].values())
                                if smallest else float("nan")),
             "latency_at_n": smallest["n"] if smallest else 0,
+            **{f"{part}_p50_ms": 1000 * statistics.median(c[f"{part}_p50_s"] for c in smallest["cameras"].values())
+               for part in ("to_detector", "in_detector")
+               if smallest and all(f"{part}_p50_s" in c for c in smallest["cameras"].values())},
             "deployments": deployments, "rows": rows}
 
 
@@ -540,6 +575,10 @@ def print_report(summaries: list[dict], a: argparse.Namespace) -> None:
         print("  --quick: a smoke run; its few-second windows judge the HLS ratio to about +-2 %, so a verdict "
               "here is not a measurement")
     for s in summaries:
+        if "to_detector_p50_ms" in s:
+            print(f"  {s['mode']}, latency p50 at N={s['latency_at_n']}: capture -> batch start "
+                  f"{s['to_detector_p50_ms']:.0f} ms (bus, Ray call, batch wait), batch start -> detections "
+                  f"{s['in_detector_p50_ms']:.0f} ms (bus read, decode, inference, results)")
         if "video_alone_row" in s:
             r = s["video_alone_row"]
             worst = min(c["hls_ratio"] for c in r["cameras"].values())
@@ -632,7 +671,7 @@ def _run_mode(a: argparse.Namespace, mode: str, runner, fps: float) -> dict:
     video_alone = None
     try:
         best = search(keeps_up, a.start, a.max_cameras)
-        if mode in ("copy", "record"):  # the video path alone: the same cameras, detection off (frames still on the bus)
+        if mode in ("copy", "int8", "record"):  # the video path alone: the same cameras, detection off (frames still on the bus)
             n = max(best, 1)
             print(f"{mode}, detection off: {n} camera(s) ...", flush=True)
             try:
