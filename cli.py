@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--interval-s", type=float, default=10.0, help="soak: seconds between samples")
     b.add_argument("--out", default="docs/soak", help="soak: folder for soak.csv and soak.png")
     b.add_argument("--camera-fps", type=float, default=25.0, help="scale: frames/s each camera offers")
-    b.add_argument("--max-batch", type=int, default=4, help="scale: detector max_batch_size")
+    b.add_argument("--max-batch", type=int, default=4, help="scale, capacity: detector max_batch_size")
     b.add_argument("--kills", type=int, default=3, help="scale: node kills for the failover timing (0: none)")
     b.add_argument("--viewers", type=int, default=200, help="load: concurrent HLS viewers of one camera")
     b.add_argument("--api-clients", type=int, default=10, help="load: concurrent API clients")

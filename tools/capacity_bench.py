@@ -416,7 +416,8 @@ class AppMode:
             "model": {"onnx": self.a.onnx, "backend": self.a.backend,
                       **({"intra_op_threads": self.a.threads} if getattr(self.a, "threads", 0) else {}), **self.int8},
             # Ray CPUs shared out, so that several replicas fit the head's CPUs: threads say what they use.
-            "detector": {"num_replicas": replicas(self.a), "num_cpus": round(1 / replicas(self.a), 2)},
+            "detector": {"num_replicas": replicas(self.a), "num_cpus": round(1 / replicas(self.a), 2),
+                         **({"max_batch_size": self.a.max_batch} if getattr(self.a, "max_batch", 0) else {})},
             "hls": {"boxes": boxes},
             "events": {"enabled": False},
             "gateway": {"public_url": f"http://127.0.0.1:{self.port}", "auth": {"mode": "none"}},
@@ -552,7 +553,7 @@ def summarize(mode: str, best: int, rows: list[dict], deployments: list[str]) ->
 def print_report(summaries: list[dict], a: argparse.Namespace) -> None:
     print(f"\ncapacity: clip={a.clip or DEFAULT_CLIP} over RTSP, detection at {DETECT_FPS:g} fps, window "
           f"{a.window_s:g} s, backend {a.backend} ({replicas(a)} replica(s) of {getattr(a, 'threads', 0) or 'default'} "
-          f"thread(s)), "
+          f"thread(s), max batch {getattr(a, 'max_batch', 0) or 'as shipped'}), "
           f"cpus={os.cpu_count()}, load at the end {os.getloadavg()[0]:.1f}")
     print(f"{'mode':>10} {'cameras':>8} {'cores/camera':>13} {'cores/added camera':>19} {'RSS MB':>8} "
           f"{'MB/added camera':>16} {'latency p50 ms':>15} {'video path cores/camera':>24}")
