@@ -115,13 +115,17 @@ def test_app_detections_read_real_results(redis_client):
 
     now = time.time()
     results = [FrameResult(FrameRef("cam", i, now - 1 + i * 0.2), Detections.empty(), "m",
-                           {"detected_at": now - 1 + i * 0.2 + 0.05, "latency_s": 0.05}) for i in range(5)]
+                           {"batch_started_at": now - 1 + i * 0.2 + 0.01, "detected_at": now - 1 + i * 0.2 + 0.05,
+                            "latency_s": 0.05}) for i in range(5)]
     ResultStore(redis_client).publish(results, None)
     records = cb.app_detections(redis_client, "cam", now - 10)
-    assert [round(d - c, 3) for c, d in records] == [0.05] * 5
+    assert [(round(d - c, 3), round(b - c, 3)) for c, d, b in records] == [(0.05, 0.01)] * 5
     fig = cb.detection_figures(records, now - 1, now)
     assert fig["detect_fps"] == pytest.approx(5.0)
     assert fig["latency_p50_s"] == pytest.approx(0.05, abs=1e-5)  # timings are kept to the microsecond
+    assert fig["to_detector_p50_s"] == pytest.approx(0.01, abs=1e-5)
+    assert fig["in_detector_p50_s"] == pytest.approx(0.04, abs=1e-5)
+    assert "to_detector_p50_s" not in cb.detection_figures([(c, d) for c, d, _ in records], now - 1, now)
 
 
 @pytest.mark.slow
@@ -188,17 +192,24 @@ def test_bad_options_are_named(capsys, argv, message):
     assert message in err and "Traceback" not in err
 
 
-def test_app_modes_configure_the_paths_they_name(yolo_tiny_onnx):
+def test_app_modes_configure_the_paths_they_name(yolo_tiny_onnx, assets_dir):
     """The config each app mode deploys is valid and puts its cameras on the path the mode is named for."""
     from deployments.app import camera_groups
     from pipeline.config import camera_path, parse_args
 
-    a = argparse.Namespace(onnx=str(yolo_tiny_onnx), backend="onnxruntime", threads=1)
-    for mode, path in (("copy", "worker"), ("record", "worker"), ("transcode", "annotate")):
+    a = argparse.Namespace(onnx=str(yolo_tiny_onnx), backend="onnxruntime", threads=1, max_batch=1,
+                           clip=str(assets_dir / "videos" / "vtest.avi"))
+    for mode, path in (("copy", "worker"), ("int8", "worker"), ("record", "worker"), ("transcode", "annotate")):
         runner = cb.AppMode.__new__(cb.AppMode)  # the config only: no Redis, no Ray
         runner.a, runner.mode, runner.url = a, mode, "rtsp://127.0.0.1:8554/capacity"
         runner.redis_url, runner.port = "redis://127.0.0.1:6379/0", 8000
         runner.record_dir = "/tmp/rec" if mode == "record" else None
+        runner.int8 = cb.int8_model(a) if mode == "int8" else {}
+        model = parse_args(runner.args(1)).model
+        assert model.precision == ("int8" if mode == "int8" else "fp16")  # fp16: the default, FP32 on a CPU
+        if mode == "int8":  # calibrated on frames of the clip, one every 5 s (vtest.avi: 79 s)
+            assert len(list(Path(model.calib_images).glob("*.jpg"))) == 16
+        assert parse_args(runner.args(1)).detector.max_batch_size == 1
         for detect in (True, False):
             cfg = parse_args(runner.args(3, detect))
             assert [camera_path(c, cfg.hls)[0] for c in cfg.cameras] == [path] * 3

@@ -386,6 +386,13 @@ def calibration_frames(clip: Path, every_s: float = 5.0) -> str:
     return folder
 
 
+def int8_model(a: argparse.Namespace) -> dict:
+    """The `model` settings of the int8 mode: precision int8, calibrated on `--calib-images` or on frames
+    of the clip, quantized into a cache folder of its own."""
+    return {"precision": "int8", "engine_cache_dir": tempfile.mkdtemp(prefix="lookout-capacity-int8-"),
+            "calib_images": getattr(a, "calib_images", None) or calibration_frames(Path(a.clip or DEFAULT_CLIP))}
+
+
 class AppMode:
     """copy, int8, record or transcode: the app on a local Ray with N RTSP cameras (redeployed for each N)."""
 
@@ -401,9 +408,7 @@ class AppMode:
         # record: the copy path with every camera recorded to local disk (what recording costs on top)
         self.record_dir = tempfile.mkdtemp(prefix="lookout-capacity-rec-") if mode == "record" else None
         # int8: the copy path with the detector's model quantized (model.precision int8) on frames of the clip
-        self.int8 = {} if mode != "int8" else {
-            "precision": "int8", "engine_cache_dir": tempfile.mkdtemp(prefix="lookout-capacity-int8-"),
-            "calib_images": getattr(a, "calib_images", None) or calibration_frames(Path(a.clip or DEFAULT_CLIP))}
+        self.int8 = int8_model(a) if mode == "int8" else {}
 
     def args(self, n: int, detect: bool = True) -> dict:
         boxes = "burned" if self.mode == "transcode" else "browser"
