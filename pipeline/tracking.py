@@ -93,6 +93,22 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
+def pair_same_class(dets: Detections, ref: Detections, min_iou: float = 0.5) -> list[tuple[int, int]]:
+    """(i in dets, j in ref) pairs: each box of `ref`, by falling confidence, with the unused box of `dets` of
+    the same class and the highest IoU, when that IoU is >= `min_iou` (how two runs of a model on the same
+    frame are compared)."""
+    iou = iou_matrix(dets.xyxy, ref.xyxy) * (dets.class_id[:, None] == ref.class_id[None, :])
+    used = np.zeros(len(dets), bool)
+    pairs = []
+    for j in np.argsort(-ref.confidence, kind="stable"):
+        col = np.where(used, 0.0, iou[:, j])
+        if len(col) and col.max() >= min_iou:
+            i = int(col.argmax())
+            used[i] = True
+            pairs.append((i, int(j)))
+    return pairs
+
+
 def _hungarian(cost: np.ndarray) -> list[tuple[int, int]]:
     """Minimum-cost assignment of every row of an n x m matrix, n <= m (shortest augmenting path)."""
     n, m = cost.shape

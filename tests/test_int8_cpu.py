@@ -13,7 +13,8 @@ from pipeline.config import ModelConfig
 from pipeline.detector import Detector
 from pipeline.models.backends import cpu_model_file, create_backend
 from pipeline.models.calibration import CalibrationBatches
-from pipeline.models.quantize import QuantizationError, _matches, agreement, ensure_int8, fp32_nodes
+from pipeline.models.quantize import QuantizationError, agreement, ensure_int8, fp32_nodes
+from pipeline.tracking import pair_same_class
 from pipeline.models.resolve import ResolvedModel
 
 
@@ -86,7 +87,7 @@ def test_int8_detects_held_out_frames_like_fp32_on_both_cpu_backends(int8, yolo_
         assert cpu_model_file(settings, model).parent == cache
         det = Detector(create_backend(settings, model), [str(i) for i in range(80)], settings)
         got = det.detect(held_out)[0]
-        found = sum(_matches(r.xyxy, r.class_id, g.xyxy, g.class_id) for r, g in zip(ref, got))
+        found = sum(len(pair_same_class(g, r)) for r, g in zip(ref, got))
         assert found / total >= 0.9, (backend, found, total)
 
 

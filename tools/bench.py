@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline.config import ModelConfig, parse_args
 from pipeline.detector import Detector
+from pipeline.tracking import pair_same_class
 from tools.procs import LocalRedis, cpu_by_stage, free_port
 
 WARMUP_S = 12.0
@@ -37,28 +38,18 @@ def detection_diff(ours: list, ref: list, conf_threshold: float, borderline: flo
     worst_px = worst_score = 0.0
     pairs = unpaired = 0
     for a, b in zip(ours, ref, strict=True):
-        used = np.zeros(len(a), bool)
-        for j in np.argsort(-b.confidence):
-            same = (a.class_id == b.class_id[j]) & ~used
-            if same.any():
-                iou = _iou(a.xyxy, b.xyxy[j]) * same
-                i = int(iou.argmax())
-                if iou[i] >= MATCH_IOU:
-                    used[i] = True
-                    pairs += 1
-                    worst_px = max(worst_px, float(np.abs(a.xyxy[i] - b.xyxy[j]).max()))
-                    worst_score = max(worst_score, abs(float(a.confidence[i]) - float(b.confidence[j])))
-                    continue
-            unpaired += int(b.confidence[j] > conf_threshold + borderline)
-        unpaired += int((a.confidence[~used] > conf_threshold + borderline).sum())
+        matched = pair_same_class(a, b, MATCH_IOU)
+        for i, j in matched:
+            worst_px = max(worst_px, float(np.abs(a.xyxy[i] - b.xyxy[j]).max()))
+            worst_score = max(worst_score, abs(float(a.confidence[i]) - float(b.confidence[j])))
+        pairs += len(matched)
+        left_a = np.ones(len(a), bool)
+        left_b = np.ones(len(b), bool)
+        left_a[[i for i, _ in matched]] = False
+        left_b[[j for _, j in matched]] = False
+        unpaired += int((a.confidence[left_a] > conf_threshold + borderline).sum())
+        unpaired += int((b.confidence[left_b] > conf_threshold + borderline).sum())
     return {"pairs": pairs, "max_box_diff_px": worst_px, "max_score_diff": worst_score, "unpaired": unpaired}
-
-
-def _iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    wh = np.clip(np.minimum(boxes[:, 2:], box[2:]) - np.maximum(boxes[:, :2], box[:2]), 0, None)
-    inter = wh[:, 0] * wh[:, 1]
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / np.maximum(area(boxes) + area(box) - inter, 1e-9)
 
 
 def load_frames(clip: str, n: int) -> list[np.ndarray]:

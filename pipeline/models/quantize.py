@@ -29,6 +29,7 @@ from pipeline.models.calibration import CalibrationBatches
 from pipeline.models.engine_cache import atomic_write_bytes, exclusive_lock
 from pipeline.models.onnx_export import letter_box_from_metadata, sha256_file
 from pipeline.models.yolo import postprocess, preprocess_batch, resolve_letter_box
+from pipeline.tracking import pair_same_class
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,10 @@ def ensure_int8(onnx_path: str | Path, calib_images: str | Path | None, cache_di
     onnx_path = Path(onnx_path)
     import onnx
 
-    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
     fit_letter_box = resolve_letter_box(letter_box, letter_box_from_metadata(meta, onnx_path))
-    size = _input_size(onnx_path)
+    size = _input_size(model, onnx_path)
     batches = CalibrationBatches(calib_images, size, batch_size=1, letter_box=fit_letter_box)
     if batches.num_images < MIN_IMAGES:
         raise ValueError(f"model.calib_images {str(calib_images)!r} has {batches.num_images} image(s); "
@@ -108,10 +110,8 @@ def ensure_int8(onnx_path: str | Path, calib_images: str | Path | None, cache_di
     return QuantizedModel(**{**done["result"], "path": model_path})
 
 
-def _input_size(onnx_path: Path) -> int:
-    import onnx
-
-    dims = onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+def _input_size(model, onnx_path: Path) -> int:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
     h, w = dims[2].dim_value, dims[3].dim_value
     if not h or h != w:
         raise QuantizationError(f"ONNX model {onnx_path}: INT8 needs a fixed square input, got {h}x{w}")
@@ -194,22 +194,5 @@ def agreement(reference: str | Path, candidate: str | Path, batches: Calibration
         a = postprocess(*(x[0] for x in ref.infer(batch)), fits[0], conf_threshold, iou_threshold)
         b = postprocess(*(x[0] for x in cand.infer(batch)), fits[0], conf_threshold, iou_threshold)
         total += len(a)
-        matched += _matches(a.xyxy, a.class_id, b.xyxy, b.class_id)
+        matched += len(pair_same_class(b, a, MATCH_IOU))
     return matched, total
-
-
-def _matches(ref_xyxy: np.ndarray, ref_cls: np.ndarray, xyxy: np.ndarray, cls: np.ndarray) -> int:
-    used = np.zeros(len(xyxy), bool)
-    found = 0
-    for box, c in zip(ref_xyxy, ref_cls):
-        x1 = np.maximum(box[0], xyxy[:, 0])
-        y1 = np.maximum(box[1], xyxy[:, 1])
-        x2 = np.minimum(box[2], xyxy[:, 2])
-        y2 = np.minimum(box[3], xyxy[:, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        area = (box[2] - box[0]) * (box[3] - box[1]) + (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
-        iou = np.where((cls == c) & ~used, inter / np.maximum(area - inter, 1e-9), 0.0)
-        if len(iou) and iou.max() >= MATCH_IOU:
-            used[int(iou.argmax())] = True
-            found += 1
-    return found
