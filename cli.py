@@ -14,10 +14,11 @@ DEFAULT_MODELS = Path("data/models")
 def _convert(a: argparse.Namespace) -> int:
     from pipeline.models.onnx_export import convert, ensure_onnx
 
+    size = a.size if a.height is None else (a.size, a.height)
     if a.if_stale:
-        out = ensure_onnx(a.cfg, a.weights, a.output, a.size)
+        out = ensure_onnx(a.cfg, a.weights, a.output, size)
     else:
-        out = convert(a.cfg, a.weights, a.output, input_size=a.size)
+        out = convert(a.cfg, a.weights, a.output, input_size=size)
     print(out)
     return 0
 
@@ -168,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("cfg")
     c.add_argument("weights")
     c.add_argument("-o", "--output", required=True)
-    c.add_argument("--size", type=int, default=416, help="network input side in px (multiple of 32)")
+    c.add_argument("--size", type=int, default=416, help="network input width in px (multiple of 32)")
+    c.add_argument("--height", type=int, default=None,
+                   help="network input height in px when it differs from the width (e.g. 320 for 4:3 cameras)")
     c.add_argument("--if-stale", action="store_true", help="only convert when the output is missing or stale")
     c.set_defaults(func=_convert)
 
@@ -270,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "recording), transcode (boxes: burned), loop (tools/user_loop.py)")
     b.add_argument("--calib-images", default=None, help="capacity: int8's calibration frames (default: the clip's, "
                    "one every 5 s)")
+    b.add_argument("--input-height", type=int, default=None, help="capacity: the app modes' network input height "
+                   "(model.input_height_px; --onnx converted to it); the user loop keeps --onnx")
     b.add_argument("--max-cameras", type=int, default=16, help="capacity: most cameras tried")
     b.add_argument("--start", type=int, default=1, help="capacity: cameras of the first step (then doubled, bisected)")
     b.add_argument("--window-s", type=float, default=30.0, help="capacity: measuring window of each step")

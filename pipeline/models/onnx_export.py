@@ -70,6 +70,21 @@ def _check_input_size(input_size: Any) -> int:
     return int(input_size)
 
 
+def input_shape(input_size: Any) -> tuple[int, int]:
+    """(width, height) of a network input given as one side (square) or a (width, height) pair,
+    each a positive multiple of 32."""
+    if isinstance(input_size, (tuple, list)):
+        if len(input_size) != 2:
+            raise ValueError(f"input_size must be a side or a (width, height) pair, got {input_size!r}")
+        try:
+            return _check_input_size(input_size[0]), _check_input_size(input_size[1])
+        except ValueError:
+            raise ValueError(f"input_size (width, height) must be positive multiples of 32, "
+                             f"got {tuple(input_size)!r}") from None
+    side = _check_input_size(input_size)
+    return side, side
+
+
 def _check_opset(opset: Any) -> int:
     top = onnx.defs.onnx_opset_version()
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or not MIN_OPSET <= opset <= top:
@@ -130,7 +145,7 @@ def _fold_conv(p: ConvParams, eps: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _yolo_head(g: _GraphBuilder, x: str, sec: Section, base: str, grid_h: int, grid_w: int,
-               input_size: int) -> tuple[str, str, int]:
+               input_w: int, input_h: int) -> tuple[str, str, int]:
     anchors, mask = yolo_anchors(sec)
     classes = sec.getint("classes", 20)
     scale = sec.getfloat("scale_x_y", 1.0)
@@ -144,7 +159,7 @@ def _yolo_head(g: _GraphBuilder, x: str, sec: Section, base: str, grid_h: int, g
     t = g.op("Reshape", [t, g.const(f"{base}_shape3", np.array([0, n, 5 + classes], np.int64))], f"{base}_rows")
     txy, twh, tobj, tcls = g.op("Split", [t, g.const(f"{base}_split", np.array([2, 2, 1, classes], np.int64))],
                                 f"{base}_part", n_out=4, axis=2)
-    stride_y, stride_x = input_size / grid_h, input_size / grid_w
+    stride_y, stride_x = input_h / grid_h, input_w / grid_w
     gy, gx, _ = np.meshgrid(np.arange(grid_h), np.arange(grid_w), np.arange(a), indexing="ij")
     shift = (scale - 1) / 2
     offset = np.stack([(gx.ravel() - shift) * stride_x, (gy.ravel() - shift) * stride_y], -1)
@@ -161,19 +176,20 @@ def _yolo_head(g: _GraphBuilder, x: str, sec: Section, base: str, grid_h: int, g
     return boxes, scores, classes
 
 
-def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: int = 416,
+def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: int | tuple[int, int] = 416,
                 opset: int = DEFAULT_OPSET, model_name: str | None = None,
                 metadata: dict[str, str] | None = None, bn_eps: float = BN_EPS) -> onnx.ModelProto:
     """Build the ONNX model of a parsed cfg and its conv parameters (by layer index).
 
-    `bn_eps` is darknet's 1e-5 (`sqrt(var + eps)`); OpenCV's darknet importer uses 1e-6.
+    `input_size` is a side (square) or (width, height). `bn_eps` is darknet's 1e-5
+    (`sqrt(var + eps)`); OpenCV's darknet importer uses 1e-6.
     """
-    size = _check_input_size(input_size)
+    width, height = input_shape(input_size)
     opset = _check_opset(opset)
     if cfg.channels != 3:
         raise ModelFileError(f"{cfg.source}: channels={cfg.channels} in [net]; only 3-channel (RGB) "
                              f"networks are supported")
-    shapes = infer_shapes(cfg, size, size)
+    shapes = infer_shapes(cfg, width, height)
     g = _GraphBuilder()
     g.name(INPUT_NAME)
     outputs: list[str] = []
@@ -232,7 +248,7 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
                 out = g.op("Mul", [out, g.const(f"{base}_factor", np.array(factor, np.float32))], f"{base}_mul")
         elif sec.type == "yolo":
             s = shapes[i]
-            boxes, scores, classes = _yolo_head(g, prev, sec, base, s.h, s.w, size)
+            boxes, scores, classes = _yolo_head(g, prev, sec, base, s.h, s.w, width, height)
             classes_seen.add(classes)
             heads.append((boxes, scores))
             yolo_layers.add(i)
@@ -257,14 +273,15 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
     name = model_name or (cfg.path.stem if cfg.path else "darknet")
     graph = helper.make_graph(
         g.nodes, name.replace("-", "_"),
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, height, width])],
         [helper.make_tensor_value_info(BOXES_NAME, TensorProto.FLOAT, ["N", num_boxes, 4]),
          helper.make_tensor_value_info(SCORES_NAME, TensorProto.FLOAT, ["N", num_boxes, num_classes])],
         g.inits,
     )
     model = helper.make_model_gen_version(graph, opset_imports=[helper.make_opsetid("", opset)],
                                           producer_name="lookout", producer_version=CONVERTER_VERSION)
-    meta = {"input_size": str(size), "num_classes": str(num_classes), "num_boxes": str(num_boxes),
+    meta = {"input_size": str(width), "input_height": str(height), "num_classes": str(num_classes),
+            "num_boxes": str(num_boxes),
             "model_name": name, "converter_version": CONVERTER_VERSION, "box_format": "xyxy_pixels",
             "bn_eps": repr(float(bn_eps)), "letter_box": "1" if cfg.letter_box else "0"}
     meta.update(metadata or {})
@@ -273,10 +290,11 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
 
 
 def convert(cfg_path: str | Path, weights_path: str | Path, out_path: str | Path,
-            input_size: int = 416, opset: int = DEFAULT_OPSET, *, bn_eps: float = BN_EPS) -> Path:
-    """Convert darknet cfg + weights into an ONNX file at `out_path` (written atomically)."""
+            input_size: int | tuple[int, int] = 416, opset: int = DEFAULT_OPSET, *, bn_eps: float = BN_EPS) -> Path:
+    """Convert darknet cfg + weights into an ONNX file at `out_path` (written atomically); `input_size`
+    is a side (square) or (width, height)."""
     started = time.perf_counter()
-    size = _check_input_size(input_size)
+    size = input_shape(input_size)
     opset = _check_opset(opset)
     cfg_path, weights_path, out_path = Path(cfg_path), Path(weights_path), Path(out_path)
     cfg = parse_cfg(cfg_path)
@@ -300,12 +318,13 @@ def convert(cfg_path: str | Path, weights_path: str | Path, out_path: str | Path
         Path(tmp).unlink(missing_ok=True)
         raise
     log.info("converted %s + %s -> %s (input %dx%d, opset %d) in %.2fs", cfg_path, weights_path, out_path,
-             size, size, opset, time.perf_counter() - started)
+             size[0], size[1], opset, time.perf_counter() - started)
     return out_path
 
 
 def load_graph_info(onnx_path: str | Path) -> dict[str, Any]:
-    """Metadata of a converted model: input_size, num_classes, num_boxes, model_name, sha256s, ..."""
+    """Metadata of a converted model: input_size (the width), input_height, num_classes, num_boxes,
+    model_name, sha256s, ..."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise missing_file_error(onnx_path, "ONNX model")
@@ -315,13 +334,15 @@ def load_graph_info(onnx_path: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"ONNX model {onnx_path} cannot be read: {exc}") from None
     info: dict[str, Any] = {p.key[len(_META_PREFIX):]: p.value for p in model.metadata_props
                             if p.key.startswith(_META_PREFIX)}
-    for key in ("input_size", "num_classes", "num_boxes"):
+    for key in ("input_size", "input_height", "num_classes", "num_boxes"):
         if key in info:
             try:
                 info[key] = int(info[key])
             except ValueError:
                 raise ModelFileError(f"ONNX model {onnx_path}: metadata {key}={info[key]!r} is not "
                                      f"an integer") from None
+    if "input_size" in info:  # square models from before rectangular inputs do not say
+        info.setdefault("input_height", info["input_size"])
     info["letter_box"] = letter_box_from_metadata({p.key: p.value for p in model.metadata_props}, onnx_path)
     info["opset"] = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     info["inputs"] = [i.name for i in model.graph.input]
@@ -340,15 +361,17 @@ def letter_box_from_metadata(props: Mapping[str, str], source: str | Path) -> bo
     return raw == "1"
 
 
-def ensure_onnx(cfg: str | Path, weights: str | Path, onnx_path: str | Path, input_size: int = 416) -> Path:
+def ensure_onnx(cfg: str | Path, weights: str | Path, onnx_path: str | Path,
+                input_size: int | tuple[int, int] = 416) -> Path:
     """Convert only when `onnx_path` is missing or was built from other files, size or converter."""
-    size = _check_input_size(input_size)
+    size = input_shape(input_size)
     cfg, weights, onnx_path = Path(cfg), Path(weights), Path(onnx_path)
     for path, what in ((cfg, "darknet cfg"), (weights, "darknet weights")):
         if not path.is_file():
             raise missing_file_error(path, what)
     if onnx_path.is_file():
-        want = {"input_size": size, "cfg_sha256": sha256_file(cfg), "weights_sha256": sha256_file(weights),
+        want = {"input_size": size[0], "input_height": size[1], "cfg_sha256": sha256_file(cfg),
+                "weights_sha256": sha256_file(weights),
                 "converter_version": CONVERTER_VERSION, "bn_eps": repr(float(BN_EPS))}
         try:
             info = load_graph_info(onnx_path)

@@ -35,7 +35,7 @@ from pipeline.models.darknet import (
     shortcut_input,
     yolo_anchors,
 )
-from pipeline.models.onnx_export import BN_EPS, _check_input_size, _fold_conv, load_graph_info, sha256_file
+from pipeline.models.onnx_export import BN_EPS, _fold_conv, input_shape, load_graph_info, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _check_activation(sec: Section, default: str) -> str:
 class YoloHead(nn.Module):
     """Decodes one [yolo] layer's (N, A*(5+C), H, W) map into boxes (N, H*W*A, 4) and scores (N, H*W*A, C)."""
 
-    def __init__(self, sec: Section, grid_h: int, grid_w: int, input_size: int):
+    def __init__(self, sec: Section, grid_h: int, grid_w: int, input_w: int, input_h: int):
         super().__init__()
         anchors, mask = yolo_anchors(sec)
         self.classes = sec.getint("classes", 20)
@@ -77,7 +77,7 @@ class YoloHead(nn.Module):
         a = self.anchors = len(mask)
         self.grid_h, self.grid_w = grid_h, grid_w
         self.num_boxes = grid_h * grid_w * a
-        stride_y, stride_x = input_size / grid_h, input_size / grid_w
+        stride_y, stride_x = input_h / grid_h, input_w / grid_w
         gy, gx, _ = np.meshgrid(np.arange(grid_h), np.arange(grid_w), np.arange(a), indexing="ij")
         shift = (scale - 1) / 2
         offset = np.stack([(gx.ravel() - shift) * stride_x, (gy.ravel() - shift) * stride_y], -1)
@@ -102,13 +102,15 @@ class YoloHead(nn.Module):
 class DarknetYolo(nn.Module):
     """A darknet YOLO network with folded conv parameters ``{layer index: (weight, bias)}``."""
 
-    def __init__(self, cfg: DarknetConfig, convs: Mapping[int, FoldedConv], input_size: int = 416):
+    def __init__(self, cfg: DarknetConfig, convs: Mapping[int, FoldedConv],
+                 input_size: int | tuple[int, int] = 416):
         super().__init__()
-        size = self.input_size = _check_input_size(input_size)
+        self.input_shape = width, height = input_shape(input_size)
+        self.input_size = width
         if cfg.channels != 3:
             raise ModelFileError(f"{cfg.source}: channels={cfg.channels} in [net]; only 3-channel (RGB) "
                                  f"networks are supported")
-        shapes = infer_shapes(cfg, size, size)
+        shapes = infer_shapes(cfg, width, height)
         self.cfg = cfg
         self.convs = nn.ModuleDict()
         self.heads = nn.ModuleDict()
@@ -159,7 +161,7 @@ class DarknetYolo(nn.Module):
             elif sec.type == "upsample":
                 self._plan.append(("upsample", sec.getint("stride", 2), sec.getfloat("scale", 1.0)))
             elif sec.type == "yolo":
-                head = YoloHead(sec, shapes[i].h, shapes[i].w, size)
+                head = YoloHead(sec, shapes[i].h, shapes[i].w, width, height)
                 self.heads[key] = head
                 yolo_layers.add(i)
                 self._plan.append(("yolo", key))
@@ -185,9 +187,9 @@ class DarknetYolo(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != self.input_size or x.shape[3] != self.input_size:
-            raise ValueError(f"images must have shape (N, 3, {self.input_size}, {self.input_size}), "
-                             f"got {tuple(x.shape)}")
+        width, height = self.input_shape
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != height or x.shape[3] != width:
+            raise ValueError(f"images must have shape (N, 3, {height}, {width}), got {tuple(x.shape)}")
         x = x.to(self.compute_dtype)
         saved: dict[int, torch.Tensor] = {}
         boxes, scores = [], []
@@ -228,7 +230,7 @@ def fold_weights(weights: Mapping[int, ConvParams], bn_eps: float = BN_EPS) -> d
     return {i: _fold_conv(p, bn_eps) for i, p in weights.items()}
 
 
-def from_darknet(cfg_path: str | Path, weights_path: str | Path, input_size: int = 416,
+def from_darknet(cfg_path: str | Path, weights_path: str | Path, input_size: int | tuple[int, int] = 416,
                  bn_eps: float = BN_EPS) -> DarknetYolo:
     """Build the network from a darknet .cfg and .weights file."""
     cfg = parse_cfg(cfg_path)
@@ -283,7 +285,7 @@ def from_onnx(onnx_path: str | Path, cfg_path: str | Path | None = None) -> Dark
     if set(convs) != expected:
         raise ModelFileError(f"ONNX model {onnx_path} does not belong to cfg {cfg_path}: conv layers "
                              f"{sorted(set(convs) ^ expected)[:10]} differ")
-    net = DarknetYolo(cfg, convs, size)
+    net = DarknetYolo(cfg, convs, (size, info.get("input_height", size)))
     if info.get("num_boxes") not in (None, net.num_boxes) or info.get("num_classes") not in (None, net.num_classes):
         raise ModelFileError(f"ONNX model {onnx_path} ({info.get('num_boxes')} boxes, {info.get('num_classes')} "
                              f"classes) does not match cfg {cfg_path} ({net.num_boxes}, {net.num_classes})")
@@ -291,7 +293,8 @@ def from_onnx(onnx_path: str | Path, cfg_path: str | Path | None = None) -> Dark
 
 
 def load_network(onnx_path: str | Path | None, cfg_path: str | Path | None = None,
-                 weights_path: str | Path | None = None, input_size: int = 416) -> DarknetYolo:
+                 weights_path: str | Path | None = None,
+                 input_size: int | tuple[int, int] = 416) -> DarknetYolo:
     """From cfg + weights when both are given, else from the ONNX file (see :func:`from_onnx`)."""
     if cfg_path is not None and weights_path is not None:
         return from_darknet(cfg_path, weights_path, input_size)
