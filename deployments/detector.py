@@ -41,8 +41,8 @@ class DetectorDeployment:
         self._uploads: dict[int, list[dict]] = {}
         # A torch backend on CUDA takes the bus's JPEG bytes to the GPU (decode, fit, NMS there).
         self.on_device = bool(getattr(self.detector.backend, "cuda", False)) and args.bus.codec == "jpeg"
-        log.info("detector ready: %s on %s, input %dpx", args.model.name, self.detector.backend.describe(),
-                 self.detector.input_size_px)
+        log.info("detector ready: %s on %s, input %dx%d px", args.model.name, self.detector.backend.describe(),
+                 *self.detector.input_shape_px)
 
     def reconfigure(self, user_config: dict) -> None:
         if "max_batch_size" in user_config:

@@ -28,8 +28,8 @@ class Detector:
         self.settings = settings
         self.letter_box = resolve_letter_box(settings.letter_box, backend.letter_box)
         recorded = "no letter_box flag" if backend.letter_box is None else f"letter_box={int(backend.letter_box)}"
-        log.info("detector input: %s to %d px (model.letter_box=%s; the model records %s)",
-                 "letterbox" if self.letter_box else "stretch", self.input_size_px, settings.letter_box, recorded)
+        log.info("detector input: %s to %dx%d px (model.letter_box=%s; the model records %s)",
+                 "letterbox" if self.letter_box else "stretch", *self.input_shape_px, settings.letter_box, recorded)
         self.class_ids: np.ndarray | None = None
         if settings.classes:
             unknown = [c for c in settings.classes if c not in labels]
@@ -48,7 +48,13 @@ class Detector:
 
     @property
     def input_size_px(self) -> int:
+        """The network input's width (its side, for a square model)."""
         return self.backend.input_size_px
+
+    @property
+    def input_shape_px(self) -> tuple[int, int]:
+        """(width, height) of the network input."""
+        return self.backend.input_shape_px
 
     def detect(self, images: list[np.ndarray], source_sizes: list[tuple[int, int] | None] | None = None
                ) -> tuple[list[Detections], dict[str, float]]:
@@ -64,7 +70,7 @@ class Detector:
         if getattr(self.backend, "cuda", False):  # resize on the GPU: upload uint8, not float32
             batch, fits = self.backend.preprocess_on_device(images, letter_box=self.letter_box)
         else:
-            batch, fits = preprocess_batch(images, self.input_size_px, letter_box=self.letter_box)
+            batch, fits = preprocess_batch(images, self.input_shape_px, letter_box=self.letter_box)
         t1 = time.perf_counter()
         boxes, scores = self.backend.infer(batch)
         t2 = time.perf_counter()

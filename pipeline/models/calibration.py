@@ -37,7 +37,7 @@ def list_images(images_dir: str | Path, max_images: int | None = None) -> list[P
 
 
 class CalibrationBatches:
-    """Contiguous float32 (batch_size, 3, S, S) batches of real images, preprocessed with
+    """Contiguous float32 (batch_size, 3, H, W) batches of real images, preprocessed with
     `pipeline.models.yolo.preprocess_batch` (stretched, or letterboxed with `letter_box`: the fit the
     detector will use, so that the INT8 scales see the same pixels as inference).
 
@@ -47,16 +47,19 @@ class CalibrationBatches:
     `last="drop"` leaves the remainder out (an error if that leaves no batch at all).
     """
 
-    def __init__(self, images_dir: str | Path, input_size_px: int, batch_size: int,
+    def __init__(self, images_dir: str | Path, input_size_px: int | tuple[int, int], batch_size: int,
                  max_images: int | None = None, last: Literal["pad", "drop"] = "pad", *, letter_box: bool):
-        if isinstance(input_size_px, bool) or not isinstance(input_size_px, int) or input_size_px < 1:
-            raise ValueError(f"input_size_px must be a positive integer, got {input_size_px!r}")
+        sides = input_size_px if isinstance(input_size_px, tuple) and len(input_size_px) == 2 else (input_size_px,)
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
+            raise ValueError(f"input_size_px must be a positive integer or a (width, height) pair of them, "
+                             f"got {input_size_px!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if last not in ("pad", "drop"):
             raise ValueError(f"last must be 'pad' or 'drop', got {last!r}")
         self.images_dir = Path(images_dir)
         self.input_size_px = input_size_px
+        self.input_shape_px: tuple[int, int] = (sides[0], sides[-1])  # (width, height)
         self.batch_size = batch_size
         self.last = last
         self.letter_box = bool(letter_box)
@@ -75,8 +78,8 @@ class CalibrationBatches:
 
     @property
     def batch_shape(self) -> tuple[int, int, int, int]:
-        s = self.input_size_px
-        return (self.batch_size, 3, s, s)
+        width, height = self.input_shape_px
+        return (self.batch_size, 3, height, width)
 
     @property
     def nbytes(self) -> int:
@@ -94,7 +97,7 @@ class CalibrationBatches:
     def __iter__(self) -> Iterator[np.ndarray]:
         for paths in self.batch_paths():
             images = [self._read(p) for p in paths]
-            batch, _ = preprocess_batch(images, self.input_size_px, letter_box=self.letter_box)
+            batch, _ = preprocess_batch(images, self.input_shape_px, letter_box=self.letter_box)
             yield np.ascontiguousarray(batch, dtype=np.float32)
 
     @staticmethod
@@ -106,7 +109,9 @@ class CalibrationBatches:
 
     def fingerprint(self) -> str:
         """sha256 over the images' names and bytes and the batching; changes when the set does."""
-        h = hashlib.sha256(f"s{self.input_size_px}/b{self.batch_size}/{self.last}/lb{int(self.letter_box)}".encode())
+        width, height = self.input_shape_px
+        size = f"{width}" if width == height else f"{width}x{height}"
+        h = hashlib.sha256(f"s{size}/b{self.batch_size}/{self.last}/lb{int(self.letter_box)}".encode())
         for p in self.paths:
             h.update(p.name.encode() + b"\0")
             h.update(hashlib.sha256(p.read_bytes()).digest())

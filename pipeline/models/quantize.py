@@ -110,12 +110,13 @@ def ensure_int8(onnx_path: str | Path, calib_images: str | Path | None, cache_di
     return QuantizedModel(**{**done["result"], "path": model_path})
 
 
-def _input_size(model, onnx_path: Path) -> int:
+def _input_size(model, onnx_path: Path) -> tuple[int, int]:
+    """(width, height) of the model's fixed input."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
     h, w = dims[2].dim_value, dims[3].dim_value
-    if not h or h != w:
-        raise QuantizationError(f"ONNX model {onnx_path}: INT8 needs a fixed square input, got {h}x{w}")
-    return int(h)
+    if not h or not w:
+        raise QuantizationError(f"ONNX model {onnx_path}: INT8 needs a fixed input height and width, got {h}x{w}")
+    return int(w), int(h)
 
 
 def _read_sidecar(path: Path) -> dict | None:
@@ -190,7 +191,7 @@ def agreement(reference: str | Path, candidate: str | Path, batches: Calibration
     matched = total = 0
     for path in batches.paths:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        batch, fits = preprocess_batch([image], batches.input_size_px, letter_box=batches.letter_box)
+        batch, fits = preprocess_batch([image], batches.input_shape_px, letter_box=batches.letter_box)
         a = postprocess(*(x[0] for x in ref.infer(batch)), fits[0], conf_threshold, iou_threshold)
         b = postprocess(*(x[0] for x in cand.infer(batch)), fits[0], conf_threshold, iou_threshold)
         total += len(a)

@@ -14,7 +14,7 @@ PAD_VALUE = 127  # darknet letterboxes with 0.5 grey
 
 @dataclass(frozen=True)
 class InputFit:
-    """Where a source image went in the square network input: resized to resized_width_px x
+    """Where a source image went in the network input: resized to resized_width_px x
     resized_height_px at (pad_x_px, pad_y_px). A stretch fills the input, so x and y scale apart."""
 
     src_width_px: int
@@ -41,49 +41,61 @@ def resolve_letter_box(setting: bool | str, from_model: bool | None) -> bool:
     return bool(from_model)
 
 
-def fit_input(width_px: int, height_px: int, size_px: int, *, letter_box: bool) -> InputFit:
-    """How a width x height image fills a size x size input: darknet's plain resize (letter_box
-    False, its default) or an aspect-keeping resize centred on grey padding (letter_box True)."""
-    if size_px <= 0:
+def net_shape(size_px: int | tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of a network input given as one side (square) or a (width, height) pair."""
+    width, height = (size_px, size_px) if isinstance(size_px, (int, np.integer)) else size_px
+    if width <= 0 or height <= 0:
         raise ValueError(f"size_px must be > 0, got {size_px}")
+    return int(width), int(height)
+
+
+def fit_input(width_px: int, height_px: int, size_px: int | tuple[int, int], *, letter_box: bool) -> InputFit:
+    """How a width x height image fills the network input (a side, or (width, height)): darknet's
+    plain resize (letter_box False, its default) or an aspect-keeping resize centred on grey padding
+    (letter_box True)."""
+    net_w, net_h = net_shape(size_px)
     if width_px <= 0 or height_px <= 0:
         raise ValueError(f"image must be at least 1x1 px, got {width_px}x{height_px}")
     if not letter_box:
-        return InputFit(width_px, height_px, size_px, size_px)
-    scale = min(size_px / width_px, size_px / height_px)
+        return InputFit(width_px, height_px, net_w, net_h)
+    scale = min(net_w / width_px, net_h / height_px)
     new_w, new_h = max(1, round(width_px * scale)), max(1, round(height_px * scale))
-    return InputFit(width_px, height_px, new_w, new_h, (size_px - new_w) // 2, (size_px - new_h) // 2)
+    return InputFit(width_px, height_px, new_w, new_h, (net_w - new_w) // 2, (net_h - new_h) // 2)
 
 
-def fit_image(image_bgr: np.ndarray, size_px: int, *, letter_box: bool,
+def fit_image(image_bgr: np.ndarray, size_px: int | tuple[int, int], *, letter_box: bool,
               out: np.ndarray | None = None) -> tuple[np.ndarray, InputFit]:
-    """The image as a size×size RGB float32 CHW tensor in [0, 1], fitted as :func:`fit_input` says.
+    """The image as an RGB float32 CHW tensor of the network input's shape, in [0, 1], fitted as
+    :func:`fit_input` says.
 
-    `out`, when given, is a (3, size, size) float32 view filled in place (a slot of a batch).
+    `out`, when given, is a (3, height, width) float32 view filled in place (a slot of a batch).
     """
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
         raise ValueError(f"image must be HxWx3 BGR, got shape {image_bgr.shape}")
+    net_w, net_h = net_shape(size_px)
     h, w = image_bgr.shape[:2]
-    fit = fit_input(w, h, size_px, letter_box=letter_box)
+    fit = fit_input(w, h, (net_w, net_h), letter_box=letter_box)
     new_w, new_h = fit.resized_width_px, fit.resized_height_px
     resized = image_bgr if (new_w, new_h) == (w, h) else cv2.resize(image_bgr, (new_w, new_h),
                                                                      interpolation=cv2.INTER_LINEAR)
-    if (new_w, new_h) == (size_px, size_px):
+    if (new_w, new_h) == (net_w, net_h):
         canvas = resized
     else:
-        canvas = np.full((size_px, size_px, 3), PAD_VALUE, np.uint8)
+        canvas = np.full((net_h, net_w, 3), PAD_VALUE, np.uint8)
         canvas[fit.pad_y_px:fit.pad_y_px + new_h, fit.pad_x_px:fit.pad_x_px + new_w] = resized
     if out is None:
-        out = np.empty((3, size_px, size_px), np.float32)
+        out = np.empty((3, net_h, net_w), np.float32)
     # BGR -> RGB and HWC -> CHW in one strided copy, scaled to [0, 1].
     np.multiply(canvas.transpose(2, 0, 1)[::-1], np.float32(1 / 255), out=out, casting="unsafe")
     return out, fit
 
 
-def preprocess_batch(images: list[np.ndarray], size_px: int, *, letter_box: bool) -> tuple[np.ndarray, list[InputFit]]:
-    """(N, 3, size, size) float32 of :func:`fit_image` for each image, and each image's fit."""
-    batch = np.empty((len(images), 3, size_px, size_px), np.float32)
-    fits = [fit_image(img, size_px, letter_box=letter_box, out=batch[i])[1] for i, img in enumerate(images)]
+def preprocess_batch(images: list[np.ndarray], size_px: int | tuple[int, int], *,
+                     letter_box: bool) -> tuple[np.ndarray, list[InputFit]]:
+    """(N, 3, height, width) float32 of :func:`fit_image` for each image, and each image's fit."""
+    net_w, net_h = net_shape(size_px)
+    batch = np.empty((len(images), 3, net_h, net_w), np.float32)
+    fits = [fit_image(img, (net_w, net_h), letter_box=letter_box, out=batch[i])[1] for i, img in enumerate(images)]
     return batch, fits
 
 

@@ -33,14 +33,18 @@ class OnnxRuntimeBackend(Backend):
         providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self._input = self.session.get_inputs()[0]
-        self._size = int(self._input.shape[2])
+        self._shape = int(self._input.shape[3]), int(self._input.shape[2])  # (width, height)
         self.providers = self.session.get_providers()
         self.letter_box = letter_box_from_metadata(self.session.get_modelmeta().custom_metadata_map, path)
         log.info("onnxruntime session for %s on %s", path, self.providers)
 
     @property
     def input_size_px(self) -> int:
-        return self._size
+        return self._shape[0]
+
+    @property
+    def input_shape_px(self) -> tuple[int, int]:
+        return self._shape
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         boxes, scores = self.session.run(["boxes", "scores"], {self._input.name: batch})

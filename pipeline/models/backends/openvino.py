@@ -39,9 +39,9 @@ class OpenVinoBackend(Backend):
         core = ov.Core()
         model = core.read_model(str(path))
         shape = model.inputs[0].get_partial_shape()
-        if shape.rank.get_length() != 4 or shape[2].is_dynamic or shape[2] != shape[3]:
-            raise ValueError(f"ONNX model {path}: input must be (N,3,S,S) with a fixed side S, got {shape}")
-        self._size = shape[2].get_length()
+        if shape.rank.get_length() != 4 or shape[2].is_dynamic or shape[3].is_dynamic:
+            raise ValueError(f"ONNX model {path}: input must be (N,3,H,W) with a fixed H and W, got {shape}")
+        self._shape = shape[3].get_length(), shape[2].get_length()  # (width, height)
         config: dict[str, object] = {
             # Some CPUs default to bf16/f16; the detector must give ONNX Runtime's FP32 boxes.
             "INFERENCE_PRECISION_HINT": "f32",
@@ -67,7 +67,11 @@ class OpenVinoBackend(Backend):
 
     @property
     def input_size_px(self) -> int:
-        return self._size
+        return self._shape[0]
+
+    @property
+    def input_shape_px(self) -> tuple[int, int]:
+        return self._shape
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         parts = np.array_split(batch, min(len(batch), len(self._requests))) if len(batch) > 1 else [batch]

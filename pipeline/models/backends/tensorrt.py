@@ -128,7 +128,9 @@ def _read_onnx_input(onnx_path: str | Path) -> tuple[str, int | None]:
     if h is None or w is None:
         return inputs[0].name, None
     if h != w:
-        raise ModelFileError(f"ONNX model {path}: input must be square, got {h}x{w}")
+        raise ModelFileError(f"ONNX model {path}: the TensorRT backend takes square inputs only, this one is "
+                             f"{w}x{h} (width x height); leave model.input_height_px unset or pick "
+                             f"model.backend onnxruntime, openvino or torch")
     return inputs[0].name, int(h)
 
 

@@ -147,7 +147,7 @@ class TorchBackend(Backend):
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.net = net
-        self._size = net.input_size
+        self._shape = net.input_shape  # (width, height)
         self.letter_box = net.cfg.letter_box
         self._resize_weights: dict[tuple[int, int], tuple["torch.Tensor", ...]] = {}
         if warmup and self.cuda:
@@ -164,10 +164,10 @@ class TorchBackend(Backend):
         from pipeline.models.torch_yolo import load_network
 
         started = time.perf_counter()
-        net = load_network(model.onnx, model.cfg, model.weights, settings.input_size_px)
-        if net.input_size != settings.input_size_px:
-            log.warning("torch backend: %s is built for %d px, not model.input_size_px=%d; using %d",
-                        model.onnx, net.input_size, settings.input_size_px, net.input_size)
+        net = load_network(model.onnx, model.cfg, model.weights, settings.input_shape_px)
+        if net.input_shape != settings.input_shape_px:
+            log.warning("torch backend: %s is built for %dx%d px, not the model settings' %dx%d; using %dx%d",
+                        model.onnx, *net.input_shape, *settings.input_shape_px, *net.input_shape)
         precision = settings.precision
         if dev.type == "cpu" and precision == "fp16":
             precision = "fp32"
@@ -177,13 +177,17 @@ class TorchBackend(Backend):
 
     @property
     def input_size_px(self) -> int:
-        return self._size
+        return self._shape[0]
+
+    @property
+    def input_shape_px(self) -> tuple[int, int]:
+        return self._shape
 
     def warmup(self, batch_sizes: list[int]) -> None:
         """Run each batch size once (cuDNN picks its algorithms, memory gets allocated)."""
         started = time.perf_counter()
         for n in batch_sizes:
-            self.infer(torch.zeros((n, 3, self._size, self._size), device=self.device))
+            self.infer(torch.zeros((n, 3, self._shape[1], self._shape[0]), device=self.device))
         log.info("torch backend warm-up for batch %s took %.2fs", batch_sizes, time.perf_counter() - started)
 
     def _upload(self, batch: Any) -> "torch.Tensor":
@@ -191,8 +195,9 @@ class TorchBackend(Backend):
             x = batch.to(self.device, non_blocking=True)
         else:
             arr = np.asarray(batch)
-            if arr.ndim != 4 or arr.shape[1:] != (3, self._size, self._size):
-                raise ValueError(f"batch must have shape (N, 3, {self._size}, {self._size}), got {arr.shape}")
+            width, height = self._shape
+            if arr.ndim != 4 or arr.shape[1:] != (3, height, width):
+                raise ValueError(f"batch must have shape (N, 3, {height}, {width}), got {arr.shape}")
             arr = np.ascontiguousarray(arr, np.float32)
             if not arr.flags.writeable:
                 arr = arr.copy()
@@ -254,14 +259,14 @@ class TorchBackend(Backend):
         return out, fits  # type: ignore[return-value]
 
     def _canvas(self, n: int) -> tuple["torch.Tensor", list[InputFit | None]]:
-        size = self._size
-        return torch.full((n, 3, size, size), PAD_VALUE, dtype=torch.float32, device=self.device), [None] * n
+        width, height = self._shape
+        return torch.full((n, 3, height, width), PAD_VALUE, dtype=torch.float32, device=self.device), [None] * n
 
     def _place(self, out: "torch.Tensor", fits: list[InputFit | None], idx: list[int], x: "torch.Tensor",
                letter_box: bool) -> None:
         """Fit (n,3,h,w) uint8 RGB images `x` into `out[idx]` (0..255 floats), recording their fit."""
         h, w = x.shape[2], x.shape[3]
-        fit = fit_input(w, h, self._size, letter_box=letter_box)
+        fit = fit_input(w, h, self._shape, letter_box=letter_box)
         new_w, new_h, pad_x, pad_y = fit.resized_width_px, fit.resized_height_px, fit.pad_x_px, fit.pad_y_px
         x = self._resize(x, new_w, new_h).float() if (new_h, new_w) != (h, w) else x.float()
         if idx == list(range(idx[0], idx[-1] + 1)):
