@@ -46,14 +46,16 @@ def copyable(codec: str) -> bool:
     return codec.lower() in COPYABLE_CODECS
 
 
-def detect_size(source_size: tuple[int, int], input_px: int) -> tuple[int, int]:
-    """The size that fits inside input_px x input_px with the source's aspect kept, both sides even."""
+def detect_size(source_size: tuple[int, int], input_px: int | tuple[int, int]) -> tuple[int, int]:
+    """The size that fits inside the detector's input (a side, or (width, height)) with the source's
+    aspect kept, both sides even."""
     w, h = source_size
     if w < 1 or h < 1:
         raise ValueError(f"source size must be positive, got {w}x{h}")
-    if input_px < 2:
+    in_w, in_h = (input_px, input_px) if isinstance(input_px, int) else input_px
+    if in_w < 2 or in_h < 2:
         raise ValueError(f"detector input must be at least 2 px, got {input_px}")
-    scale = input_px / max(w, h)
+    scale = min(in_w / w, in_h / h)
     return max(2, 2 * round(w * scale / 2)), max(2, 2 * round(h * scale / 2))
 
 

@@ -351,7 +351,7 @@ class CopySource(FrameSource):
     camera's size. Output B is always drained; read() gets the newest frames only.
     """
 
-    def __init__(self, cfg: CameraConfig, publisher: CopyPublisher, *, detect_input_px: int = 416,
+    def __init__(self, cfg: CameraConfig, publisher: CopyPublisher, *, detect_input_px: int | tuple[int, int] = 416,
                  decode_args: list[str] | None = None, ffmpeg: str = "ffmpeg", ffprobe: str = "ffprobe"):
         super().__init__(cfg)
         self.publisher = publisher

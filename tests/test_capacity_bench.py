@@ -198,13 +198,14 @@ def test_app_modes_configure_the_paths_they_name(yolo_tiny_onnx, assets_dir):
     from pipeline.config import camera_path, parse_args
 
     a = argparse.Namespace(onnx=str(yolo_tiny_onnx), backend="onnxruntime", threads=1, max_batch=1,
-                           clip=str(assets_dir / "videos" / "vtest.avi"))
+                           clip=str(assets_dir / "videos" / "vtest.avi"), input_height=None)
     for mode, path in (("copy", "worker"), ("int8", "worker"), ("record", "worker"), ("transcode", "annotate")):
         runner = cb.AppMode.__new__(cb.AppMode)  # the config only: no Redis, no Ray
         runner.a, runner.mode, runner.url = a, mode, "rtsp://127.0.0.1:8554/capacity"
         runner.redis_url, runner.port = "redis://127.0.0.1:6379/0", 8000
         runner.record_dir = "/tmp/rec" if mode == "record" else None
         runner.int8 = cb.int8_model(a) if mode == "int8" else {}
+        runner.onnx = cb.app_onnx(a)
         model = parse_args(runner.args(1)).model
         assert model.precision == ("int8" if mode == "int8" else "fp16")  # fp16: the default, FP32 on a CPU
         if mode == "int8":  # calibrated on frames of the clip, one every 5 s (vtest.avi: 79 s)
@@ -218,6 +219,10 @@ def test_app_modes_configure_the_paths_they_name(yolo_tiny_onnx, assets_dir):
             assert [cfg.record.for_camera(c).enabled for c in cfg.cameras] == [mode == "record"] * 3
         groups = camera_groups(parse_args(runner.args(3)))
         assert [len(g) for _, g in groups] == ([3] if path == "worker" else [])
+    a.input_height = 320  # --input-height: the app's model converted to 416x320 and said so in its config
+    runner.onnx = cb.app_onnx(a)
+    model = parse_args(runner.args(1)).model
+    assert model.input_shape_px == (416, 320) and Path(model.onnx).name == "yolov4-tiny-416x320.onnx"
 
 
 @pytest.mark.e2e

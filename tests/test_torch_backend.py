@@ -82,6 +82,29 @@ def test_yolov4_tiny_real_weights_match_onnxruntime(tiny_net, yolo_tiny_onnx, as
     assert ref[1][0, :, 0].max() > 0.5, "vtest frame 120 shows people"
 
 
+def test_rectangular_input_matches_onnxruntime(yolo_tiny, assets_dir, tmp_path):
+    """model.input_height_px: a 416x320 network (13x10 and 26x20 grids) from darknet, from our ONNX file,
+    and as a backend, against ONNX Runtime on the same file."""
+    onnx_path = convert(yolo_tiny.cfg, yolo_tiny.weights, tmp_path / "tiny-416x320.onnx", (416, 320))
+    net = from_darknet(yolo_tiny.cfg, yolo_tiny.weights, (416, 320)).eval()
+    assert net.input_shape == (416, 320) and net.num_boxes == 3 * (13 * 10 + 26 * 20)
+    x = fit_image(video_frame(assets_dir, 120), (416, 320), letter_box=False)[0][None]
+    ref = ort_run(onnx_path, x)
+    assert_close(torch_run(net, x), ref, what="416x320 torch vs ORT")
+    assert_close(torch_run(from_onnx(onnx_path, yolo_tiny.cfg), x), ref, what="416x320 from_onnx vs ORT")
+    with pytest.raises(ValueError, match=r"\(N, 3, 320, 416\)"):
+        torch_run(net, np.zeros((1, 3, 416, 416), np.float32))
+    model = ResolvedModel(onnx=onnx_path, cfg=yolo_tiny.cfg, weights=yolo_tiny.weights, labels=yolo_tiny.names)
+    backend = TorchBackend.from_model(model, ModelConfig(onnx=str(onnx_path), backend="torch", input_height_px=320),
+                                      1, device="cpu")
+    assert backend.input_shape_px == (416, 320)
+    frame = video_frame(assets_dir, 120)
+    ours = Detector(backend, load_labels(yolo_tiny.names), ModelConfig(onnx=str(onnx_path))).detect([frame])[0][0]
+    theirs = Detector.from_config(ModelConfig(onnx=str(onnx_path), backend="onnxruntime"), onnx_path,
+                                  yolo_tiny.names).detect([frame])[0][0]
+    assert len(ours) == len(theirs) > 3 and np.abs(ours.xyxy - theirs.xyxy).max() < 0.5
+
+
 def test_from_onnx_equals_from_darknet(tiny_net, yolo_tiny, yolo_tiny_onnx, assets_dir, tmp_path):
     x = fit_image(coco_image(assets_dir), 416, letter_box=False)[0][None]
     want = torch_run(tiny_net, x)

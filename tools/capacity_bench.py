@@ -393,6 +393,25 @@ def int8_model(a: argparse.Namespace) -> dict:
             "calib_images": getattr(a, "calib_images", None) or calibration_frames(Path(a.clip or DEFAULT_CLIP))}
 
 
+def app_onnx(a: argparse.Namespace) -> str:
+    """The app modes' model: `--onnx`, or with `--input-height` its cfg and weights (named in its metadata,
+    beside it) converted to the same width and that height. The user loop keeps `--onnx`."""
+    height = getattr(a, "input_height", None)
+    if not height:
+        return a.onnx
+    from pipeline.models.onnx_export import ensure_onnx, load_graph_info
+
+    src = Path(a.onnx)
+    info = load_graph_info(src)
+    if not info.get("source_cfg") or not info.get("source_weights"):
+        raise ValueError(f"--input-height: {src} does not name its darknet cfg and weights (not made by "
+                         f"`lookout convert`)")
+    width = info["input_size"]
+    out = src.with_name(f"{Path(info['source_weights']).stem}-{width}x{height}.onnx")
+    return str(ensure_onnx(src.with_name(info["source_cfg"]), src.with_name(info["source_weights"]), out,
+                           (width, height)))
+
+
 class AppMode:
     """copy, int8, record or transcode: the app on a local Ray with N RTSP cameras (redeployed for each N)."""
 
@@ -409,6 +428,7 @@ class AppMode:
         self.record_dir = tempfile.mkdtemp(prefix="lookout-capacity-rec-") if mode == "record" else None
         # int8: the copy path with the detector's model quantized (model.precision int8) on frames of the clip
         self.int8 = int8_model(a) if mode == "int8" else {}
+        self.onnx = app_onnx(a)
 
     def args(self, n: int, detect: bool = True) -> dict:
         boxes = "burned" if self.mode == "transcode" else "browser"
@@ -418,7 +438,8 @@ class AppMode:
             "redis_url": self.redis_url,
             "cameras": [{"id": f"{self.mode}{i}", "source": self.url, "boxes": boxes, "detect_fps": DETECT_FPS,
                          "detect": detect} for i in range(n)],
-            "model": {"onnx": self.a.onnx, "backend": self.a.backend,
+            "model": {"onnx": self.onnx, "backend": self.a.backend,
+                      **({"input_height_px": self.a.input_height} if getattr(self.a, "input_height", None) else {}),
                       **({"intra_op_threads": self.a.threads} if getattr(self.a, "threads", 0) else {}), **self.int8},
             # Ray CPUs shared out, so that several replicas fit the head's CPUs: threads say what they use.
             "detector": {"num_replicas": replicas(self.a), "num_cpus": round(1 / replicas(self.a), 2),
@@ -559,6 +580,7 @@ def print_report(summaries: list[dict], a: argparse.Namespace) -> None:
     print(f"\ncapacity: clip={a.clip or DEFAULT_CLIP} over RTSP, detection at {DETECT_FPS:g} fps, window "
           f"{a.window_s:g} s, backend {a.backend} ({replicas(a)} replica(s) of {getattr(a, 'threads', 0) or 'default'} "
           f"thread(s), max batch {getattr(a, 'max_batch', 0) or 'as shipped'}), "
+          f"model {app_onnx(a)}{f' (loop: {a.onnx})' if getattr(a, 'input_height', None) else ''}, "
           f"cpus={os.cpu_count()}, load at the end {os.getloadavg()[0]:.1f}")
     print(f"{'mode':>10} {'cameras':>8} {'cores/camera':>13} {'cores/added camera':>19} {'RSS MB':>8} "
           f"{'MB/added camera':>16} {'latency p50 ms':>15} {'video path cores/camera':>24}")

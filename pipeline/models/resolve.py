@@ -38,8 +38,10 @@ def resolve_model(model: ModelConfig, args: PipelineArgs) -> ResolvedModel:
             if not p.is_file():
                 raise ModelFileError(f"{what}: file not found: {p}; {HOW_TO_GET}")
         if onnx is None:
-            onnx = str(weights.with_name(f"{weights.stem}-{model.input_size_px}.onnx"))
-        path = Path(ensure_onnx(cfg, weights, onnx, model.input_size_px))
+            width, height = model.input_shape_px
+            size = f"{width}" if width == height else f"{width}x{height}"
+            onnx = str(weights.with_name(f"{weights.stem}-{size}.onnx"))
+        path = Path(ensure_onnx(cfg, weights, onnx, model.input_shape_px))
         if labels is None and (weights.parent / "coco.names").is_file():
             labels = str(weights.parent / "coco.names")
     else:
