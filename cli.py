@@ -156,6 +156,10 @@ def _bench(a: argparse.Namespace) -> int:
         from tools.motion_bench import main as motion_main
 
         return motion_main(a)
+    if a.what == "sizes":
+        from tools.input_size_bench import main as sizes_main
+
+        return sizes_main(a)
     from tools.bench import main as bench_main
 
     return bench_main(a)
@@ -208,14 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="bare detector vs full pipeline, side by side; `bench latency`: glass to glass")
     b.add_argument("what", nargs="?", default="pipeline",
-                   choices=["pipeline", "latency", "soak", "scale", "load", "faults", "capacity", "motion"],
+                   choices=["pipeline", "latency", "soak", "scale", "load", "faults", "capacity", "motion", "sizes"],
                    help="pipeline (default): detector vs pipeline; latency: HLS glass-to-glass in Chromium; "
                         "soak: N minutes of 4 cameras, fails if anything grows without bound; "
                         "scale: frames/s with 1, 2, ... detector replicas and recovery after node kills; "
                         "load: N HLS viewers + API clients on one camera through the gateway; "
                         "faults: inject each fault --repeats times, time to recover and frames lost; "
                         "capacity: most RTSP cameras the copy, transcode and user-loop paths keep up with; "
-                        "motion: motion-gated vs always-on detection on one clip (detector CPU, events found)")
+                        "motion: motion-gated vs always-on detection on one clip (detector CPU, events found); "
+                        "sizes: network input sizes side by side (CPU per frame, mAP, agreement on real video)")
     b.add_argument("--clip", default=None, help="video file (default: data/demo/vtest.avi; motion: "
                    "../shared/assets/videos/one-by-one-person-detection.mp4)")
     b.add_argument("--detect-fps", type=float, default=5.0, help="motion: detector frames per second")
@@ -228,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,4,8")
     b.add_argument("--cameras", type=int, default=None, help="cameras (default: 2 for pipeline, 4 for soak)")
     b.add_argument("--seconds", type=float, default=40.0, help="pipeline, load: measuring window")
-    b.add_argument("--frames", type=int, default=200, help="frames in the bare run")
+    b.add_argument("--frames", type=int, default=200, help="frames in the bare run; sizes: frames of each video")
+    b.add_argument("--sizes", default="416,416x352,416x320,352", help="sizes: network inputs to compare, a side "
+                   "or WIDTHxHEIGHT, comma-separated; the first is the reference of the agreement columns")
+    b.add_argument("--precision", default="fp32", help="sizes: fp32, int8 or fp32,int8 (each size in each)")
+    b.add_argument("--rounds", type=int, default=4, help="sizes: timing rounds over every model")
     b.add_argument("--threads", type=int, default=0,
                    help="pipeline: inference threads per replica, model.intra_op_threads (0: default)")
     b.add_argument("--replicas", default=None,

@@ -196,3 +196,21 @@ def test_capacity_bench_converts_the_app_modes_model(yolo_tiny_onnx):
     a.input_height = 320
     path = Path(app_onnx(a))
     assert path.name == "yolov4-tiny-416x320.onnx" and load_graph_info(path)["input_height"] == 320
+
+
+def test_bench_sizes_prints_every_model_side_by_side(capsys, yolo_tiny_onnx):
+    """A smoke run of `lookout bench sizes` (2 frames a video, one round): real models, real frames."""
+    import json
+
+    from cli import main
+
+    assert main(["bench", "sizes", "--onnx", str(yolo_tiny_onnx), "--sizes", "416,416x320", "--frames", "2",
+                 "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert [r["model"] for r in report["rows"]] == ["416x416 fp32", "416x320 fp32"]
+    first, rect = report["rows"]
+    assert first["agreement"]["vtest.avi"][0] == first["agreement"]["vtest.avi"][1] > 0  # itself: all found
+    assert rect["ms_per_frame"] > 0 and 0 < rect["map50"] <= 100
+    assert main(["bench", "sizes", "--onnx", str(yolo_tiny_onnx), "--sizes", "416y320"]) == 2
+    assert "--sizes: '416y320' is not a side or WIDTHxHEIGHT" in capsys.readouterr().err

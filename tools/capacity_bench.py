@@ -394,22 +394,30 @@ def int8_model(a: argparse.Namespace) -> dict:
 
 
 def app_onnx(a: argparse.Namespace) -> str:
-    """The app modes' model: `--onnx`, or with `--input-height` its cfg and weights (named in its metadata,
-    beside it) converted to the same width and that height. The user loop keeps `--onnx`."""
+    """The app modes' model: `--onnx`, or with `--input-height` the same model at its width and that height.
+    The user loop keeps `--onnx`."""
     height = getattr(a, "input_height", None)
     if not height:
         return a.onnx
-    from pipeline.models.onnx_export import ensure_onnx, load_graph_info
+    from pipeline.models.onnx_export import at_input_size, load_graph_info
 
-    src = Path(a.onnx)
-    info = load_graph_info(src)
-    if not info.get("source_cfg") or not info.get("source_weights"):
-        raise ValueError(f"--input-height: {src} does not name its darknet cfg and weights (not made by "
-                         f"`lookout convert`)")
-    width = info["input_size"]
-    out = src.with_name(f"{Path(info['source_weights']).stem}-{width}x{height}.onnx")
-    return str(ensure_onnx(src.with_name(info["source_cfg"]), src.with_name(info["source_weights"]), out,
-                           (width, height)))
+    return str(at_input_size(a.onnx, (load_graph_info(a.onnx)["input_size"], height)))
+
+
+def quantize_ahead(onnx_path: str, int8: dict) -> bool:
+    """Quantize the int8 mode's model into its cache before the first step (the detector then finds it there)
+    and say whether its check against FP32 passed: if not, the detector runs FP32 and the mode is not INT8."""
+    from pipeline.config import ModelConfig
+    from pipeline.models.backends import cpu_model_file
+    from pipeline.models.resolve import ResolvedModel
+
+    used = cpu_model_file(ModelConfig(onnx=onnx_path, **int8), ResolvedModel(onnx=Path(onnx_path)))
+    if used == Path(onnx_path):
+        print(f"note: INT8 of {onnx_path} failed its check against FP32 (see the error above): the int8 mode "
+              f"runs FP32", flush=True)
+        return False
+    print(f"int8: {used}", flush=True)
+    return True
 
 
 class AppMode:
@@ -429,6 +437,8 @@ class AppMode:
         # int8: the copy path with the detector's model quantized (model.precision int8) on frames of the clip
         self.int8 = int8_model(a) if mode == "int8" else {}
         self.onnx = app_onnx(a)
+        if self.int8:
+            self.int8_used = quantize_ahead(self.onnx, self.int8)
 
     def args(self, n: int, detect: bool = True) -> dict:
         boxes = "burned" if self.mode == "transcode" else "browser"

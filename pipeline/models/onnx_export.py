@@ -385,3 +385,18 @@ def ensure_onnx(cfg: str | Path, weights: str | Path, onnx_path: str | Path,
         log.info("rebuilding %s: %s", onnx_path,
                  ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in stale.items()))
     return convert(cfg, weights, onnx_path, size)
+
+
+def at_input_size(onnx_path: str | Path, input_size: int | tuple[int, int], folder: str | Path | None = None) -> Path:
+    """The model of `onnx_path` at another input size: converted (when missing or stale) from the darknet cfg
+    and weights its metadata names, which must lie beside it, into `folder` (default: beside it too) as
+    <weights stem>-<width>x<height>.onnx."""
+    src = Path(onnx_path)
+    info = load_graph_info(src)
+    if not info.get("source_cfg") or not info.get("source_weights"):
+        raise ModelFileError(f"ONNX model {src} does not name its darknet cfg and weights (not made by "
+                             f"`lookout convert`): convert them yourself with `lookout convert --size --height`")
+    width, height = input_shape(input_size)
+    out = Path(folder or src.parent) / f"{Path(info['source_weights']).stem}-{width}x{height}.onnx"
+    return ensure_onnx(src.with_name(info["source_cfg"]), src.with_name(info["source_weights"]), out,
+                       (width, height))
