@@ -5,8 +5,10 @@
 - A, on stdout: the video as fragmented MP4 (`-c:v copy` for H.264/H.265; libx264, or the configured
   `hls.encoder`, at the camera's own rate for codecs that cannot be copied), cut by hls/fmp4.py and
   published by hls/copy_source.CopyPublisher;
-- B, on `pipe:<frames_fd>` (3): every frame, scaled to fit the detector input, raw bgr24; showinfo
-  prints each one's `pts_time` on stderr. The reader keeps `detect_fps` of them (`SlotSelector`).
+- B, on `pipe:<frames_fd>` (3): every frame, scaled to fit the detector input (area averaging), raw
+  yuv420p; showinfo prints each one's `pts_time` on stderr. The reader keeps `detect_fps` of them
+  (`SlotSelector`) and turns only those into BGR: half the bytes of bgr24 through the pipe and no colour
+  conversion for the frames it drops (ffmpeg ~0.7 ms less a frame, docs/benchmarks.md).
   Why not select them in ffmpeg: ffmpeg (5.1) serves the output that is furthest behind first, and an
   output that drops frames falls behind; each kept frame then waited in the filter graph for the next
   packet, one source frame (100 ms at 10 fps), in most runs. Passing every frame costs a scale of the
@@ -193,6 +195,6 @@ def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_
     args += ["-flush_packets", "1", "pipe:1"]
     # B: every frame for the detector (the reader keeps detect_fps of them), each one's pts on stderr.
     args += ["-map", "0:v:0", "-an", "-sn", "-dn",
-             "-vf", f"scale={dw}:{dh},showinfo",
-             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", f"pipe:{frames_fd}"]
+             "-vf", f"scale={dw}:{dh}:flags=area,showinfo",
+             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "yuv420p", f"pipe:{frames_fd}"]
     return args

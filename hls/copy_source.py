@@ -43,6 +43,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from hls.copy_args import (SlotSelector, SourceInfo, camera_ffmpeg_args, copyable, detect_size, parse_probe,
@@ -443,20 +444,19 @@ class CopySource(FrameSource):
                     video, dw, dh, cfg.detect_fps)
 
     def _grab_fn(self, run: CopyRun, out: "_RunOutput", size: tuple[int, int], src_size: tuple[int, int]):
-        nbytes = size[0] * size[1] * 3
+        nbytes = size[0] * size[1] * 3 // 2  # yuv420p (I420); the sides are even (detect_size)
         frames, cfg = self._frames_file, self.cfg
         last_pts: list[float] = []
         keep = SlotSelector(cfg.detect_fps)
         buf = bytearray(nbytes)
 
         def grab() -> Frame:
-            nonlocal buf
             while True:  # ffmpeg passes every frame; detect_fps of them are kept (hls.copy_args)
                 arrival, pts = read_one()
                 captured_at = run.note_frame(arrival, pts)
                 if keep.take(pts):
-                    image = np.frombuffer(buf, np.uint8).reshape(size[1], size[0], 3)
-                    buf = bytearray(nbytes)  # the kept frame owns its buffer
+                    i420 = np.frombuffer(buf, np.uint8).reshape(size[1] * 3 // 2, size[0])
+                    image = cv2.cvtColor(i420, cv2.COLOR_YUV2BGR_I420)  # a new array: buf is reused
                     return Frame(image=image, pts_s=pts, captured_at=captured_at, source_size=src_size)
 
         def read_one() -> tuple[float, float]:

@@ -22,8 +22,8 @@ A_MUX = ["-avoid_negative_ts", "disabled", "-f", "mp4",
 
 
 def b_out(w: int, h: int, fd: int = 3) -> list[str]:
-    return ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", f"scale={w}:{h},showinfo",
-            "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", f"pipe:{fd}"]
+    return ["-map", "0:v:0", "-an", "-sn", "-dn", "-vf", f"scale={w}:{h}:flags=area,showinfo",
+            "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "yuv420p", f"pipe:{fd}"]
 
 
 def test_detect_size_fits_the_detector_input_with_the_aspect_kept():

@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from hls.copy_source import CopyPublisher, CopySource
@@ -394,3 +396,32 @@ def test_a_file_deleted_while_it_is_read_is_a_permanent_error(tmp_path):
     finally:
         src.close()
     assert err.value.permanent and str(err.value) == f"camera {CAM}: video file {clip} does not exist"
+
+
+def test_detector_frames_are_the_sources_pictures_in_bgr(redis_client, assets_dir):
+    """Output B carries yuv420p and the reader turns kept frames into BGR: each frame equals OpenCV's decode of
+    the source frame at its pts, scaled the same way (a colourful clip, so a channel swap shows)."""
+    clip = assets_dir / "videos" / "Megamind.avi"
+    cfg = CameraConfig(id=CAM, source=str(clip), detect_fps=5)
+    src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(segment_s=1.0), RedisHlsStore(redis_client, 60), redis_client))
+    try:
+        src.open()
+        frames = read_for(src, 2.5)
+    finally:
+        src.close()
+    cap = cv2.VideoCapture(str(clip))
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    checked = 0
+    for f in frames[1:6]:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, round(f.pts_s * fps))
+        ok, ref = cap.read()
+        assert ok
+        ref = cv2.resize(ref, (f.image.shape[1], f.image.shape[0]), interpolation=cv2.INTER_AREA)
+        diff = np.abs(f.image.astype(np.int16) - ref.astype(np.int16)).mean(axis=(0, 1))
+        means = np.abs(f.image.mean(axis=(0, 1)) - ref.mean(axis=(0, 1)))
+        # ffmpeg's and OpenCV's YUV->BGR and scalers differ by a few levels; a wrong layout by tens
+        assert diff.max() < 10, (f.pts_s, diff)
+        assert means.max() < 3, (f.pts_s, means)
+        checked += 1
+    cap.release()
+    assert checked == 5 and np.abs(ref.mean(axis=(0, 1))[0] - ref.mean(axis=(0, 1))[2]) > 5  # B and R differ
