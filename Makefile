@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test run test bench eval clean
+.PHONY: setup setup-test run test test-fast lint bench eval clean
 
 setup:
 	scripts/setup.sh
@@ -14,7 +14,15 @@ run: setup
 	scripts/run.sh serve_config.yaml
 
 test: setup-test
+	scripts/lint.sh
 	scripts/test.sh $(PYTEST_ARGS)
+
+# A quick loop while working: no end-to-end or slow tests (CI runs them all).
+test-fast: setup-test
+	scripts/test.sh -m "not slow and not e2e" $(PYTEST_ARGS)
+
+lint: setup-test
+	scripts/lint.sh
 
 bench: setup
 	$(VENV)/bin/lookout bench

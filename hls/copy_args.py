@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hls.ffmpeg_args import encoder_args, gop_frames, part_frames
@@ -158,7 +159,7 @@ def detect_select(detect_fps: float) -> str:
 
 
 def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_size_px: tuple[int, int],
-                       decode_args: list[str] = [], ffmpeg: str = "ffmpeg", source_fps: float | None = None,
+                       decode_args: Sequence[str] = (), ffmpeg: str = "ffmpeg", source_fps: float | None = None,
                        frames_fd: int = 3) -> list[str]:
     """The argv of a camera's one ffmpeg: output A (fMP4 video) on pipe:1, output B (detector frames) on
     pipe:<frames_fd>.

@@ -23,8 +23,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pipeline.events import decode_cursor, encode_cursor
 from pipeline.types import Detections, FrameResult, UnixTimeS
-from pipeline.zones import Zone, ZoneConfig, anchor_points
+from pipeline.zones import Zone, ZoneConfig
 
 log = logging.getLogger(__name__)
 

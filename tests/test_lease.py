@@ -111,8 +111,8 @@ def test_keeper_loses_before_expiry_when_redis_goes_away(redis_server):
     client = redis.Redis.from_url(redis_server.url, socket_timeout=0.2, socket_connect_timeout=0.2)
     lease = Lease(client, "k", 1.0, owner="a")
     events: list[tuple[str, float, float]] = []
-    keeper = LeaseKeeper(lease, lambda l: events.append(("acquired", time.monotonic(), 0.0)),
-                         lambda l: events.append(("lost", time.monotonic(), 0.0)))
+    keeper = LeaseKeeper(lease, lambda _lease: events.append(("acquired", time.monotonic(), 0.0)),
+                         lambda _lease: events.append(("lost", time.monotonic(), 0.0)))
     stop = threading.Event()
     keeper.start(stop)
     deadline = time.monotonic() + 5
@@ -135,8 +135,8 @@ def test_keeper_keeps_its_lease_across_a_redis_restart(redis_server):
     client = redis.Redis.from_url(redis_server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
     lease = Lease(client, "k", 3.0, owner="a")
     events: list[str] = []
-    keeper = LeaseKeeper(lease, lambda l: events.append("acquired"), lambda l: events.append("lost"), retry_s=0.05,
-                         renew_s=0.2)
+    keeper = LeaseKeeper(lease, lambda _lease: events.append("acquired"), lambda _lease: events.append("lost"),
+                         retry_s=0.05, renew_s=0.2)
     stop = threading.Event()
     keeper.start(stop)
     try:

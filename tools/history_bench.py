@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         cursor = store.query(camera_id="cam0", since_s=t0, until_s=end, limit=100, cursor=cursor).next_cursor
     cases["page 50 of 100 (cursor)"] = lambda: store.query(camera_id="cam0", since_s=t0, until_s=end, limit=100,
                                                            cursor=cursor)
-    print(f"| query | median ms | rows |\n|---|---:|---:|")
+    print("| query | median ms | rows |\n|---|---:|---:|")
     for name, fn in cases.items():
         s, n = timed(fn)
         print(f"| {name} | {s * 1000:.1f} | {n} |")

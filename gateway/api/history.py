@@ -8,7 +8,6 @@ import logging
 import time
 
 import cv2
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
