@@ -11,6 +11,7 @@ from deployments.common import redis_client, setup_logging
 from pipeline.bus import FrameBus, ResultStore, decode_frame
 from pipeline.config import PipelineArgs
 from pipeline.detector import Detector
+from pipeline.keys import UPLOAD_CAMERA
 from pipeline.metrics import Metrics
 from pipeline.models.resolve import resolve_model
 from pipeline.types import FrameRef, FrameResult
@@ -19,7 +20,6 @@ log = logging.getLogger(__name__)
 
 SKIPPED_STALE = -1
 SKIPPED_MISSING = -2
-UPLOAD_CAMERA = "_upload"  # reserved bus camera of POST /api/detect images (no real camera id starts with _)
 
 
 @serve.deployment(name="detector", max_ongoing_requests=64, health_check_period_s=10,

@@ -18,7 +18,7 @@ from gateway.api import cameras, detections_stream
 from gateway.api import events as events_api, history as history_api, metrics as metrics_api, openapi
 from gateway.api import motion as motion_api
 from gateway.api import recordings as recordings_api
-from gateway.auth import hls_signing, login, server
+from gateway.auth import links, login, server
 from gateway.auth.backend import LookoutAuthBackend, RequireAuthASGI, me, on_auth_error, requires
 from gateway.auth.http import BodyLimitMiddleware, ForwardedMiddleware, TrustedProxies
 from gateway.auth.scopes import ADMIN, DETECTIONS_READ
@@ -169,7 +169,7 @@ def create_app(ctx: GatewayContext) -> Starlette:
 
     auth_routes = []
     if auth.cfg.mode != "none":
-        auth_routes = [*server.make_routes(auth), *login.make_routes(auth), *hls_signing.make_routes(auth)]
+        auth_routes = [*server.make_routes(auth), *login.make_routes(auth), *links.make_routes(auth)]
         if auth.oidc is not None:
             auth_routes += auth.oidc.make_routes()
     routes = [

@@ -32,7 +32,8 @@ from .lease import Lease, LeaseKeeper, default_owner, lease_key
 from .logutil import scrub_url
 from .metrics import Metrics
 from .motion import MotionDetector, MotionGate, MotionLog
-from .sources.base import Frame, FrameSource, open_source
+from .sources.base import Frame, FrameSource
+from .sources.factory import open_source
 from .types import CameraStatus, FrameRef
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,8 @@ from typing import Callable
 
 from .config import CameraConfig
 from .logutil import scrub_url
-from .sources.base import EndOfStream, Frame, FrameSource, SourceError, open_source
+from .sources.base import EndOfStream, Frame, FrameSource, SourceError
+from .sources.factory import open_source
 from .types import CameraState, CameraStatus
 
 log = logging.getLogger(__name__)

@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 PREFIX = "lookout"
+# The bus's reserved camera of POST /api/detect images: no real camera id starts with "_" (config checks).
+UPLOAD_CAMERA = "_upload"
 
 
 def frames(camera_id: str) -> str:
     """Stream of JPEG frames of one camera (bounded)."""
     return f"{PREFIX}:frames:{camera_id}"
+
+
+def upload_seq() -> str:
+    """Counter numbering the images of POST /api/detect on the bus."""
+    return f"{PREFIX}:upload:seq"
 
 
 def detections(camera_id: str) -> str:

@@ -15,7 +15,8 @@ from pipeline.bus import FrameBus, StatusStore
 from pipeline.camera_service import CameraService
 from pipeline.config import BusConfig, CameraConfig, DetectorConfig, parse_args
 from pipeline.ingest import IngestLoop
-from pipeline.sources.base import Frame, FrameSource, open_source
+from pipeline.sources.base import Frame, FrameSource
+from pipeline.sources.factory import open_source
 from pipeline.types import CameraState, FrameRef
 from rtsp_fixtures import free_port, wait_until
 

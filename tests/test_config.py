@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from cli import load_app_args
+from pipeline.config_file import load_app_args
 from pipeline.config import ConfigError, parse_args
 
 BASE = {"cameras": [{"id": "demo", "source": "clip.avi"}], "model": {"onnx": "m.onnx"}}

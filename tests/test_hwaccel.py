@@ -9,7 +9,8 @@ import pytest
 from conftest import has_nvidia_gpu
 from hls.hwaccel import VAAPI_DEVICE, decode_args, hwaccel_failure, hwaccel_problems
 from pipeline.config import CameraConfig, parse_args
-from pipeline.sources.base import SourceError, open_source
+from pipeline.sources.base import SourceError
+from pipeline.sources.factory import open_source
 from pipeline.sources.csi import JetsonRtspSource, gst_rtsp_pipeline, opencv_has_gstreamer
 from pipeline.sources.rtsp import RtspSource
 

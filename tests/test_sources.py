@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.config import CameraConfig
 from pipeline.logutil import scrub_url
-from pipeline.sources.base import EndOfStream, Frame, FrameSource, SourceError, open_source
+from pipeline.sources.base import EndOfStream, Frame, FrameSource, SourceError
+from pipeline.sources.factory import open_source
 from pipeline.sources.csi import CsiSource, csi_sensor_id, gst_pipeline, opencv_has_gstreamer
 from pipeline.sources.file import FileSource
 from pipeline.sources.rtsp import RtspSource, ffmpeg_rtsp_args, parse_ffmpeg_header

@@ -196,16 +196,15 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         if image is None or image.shape[:2] != (h, w):
             return JSONResponse({"error": "invalid image", "field": "body",
                                  "detail": f"could not decode the {ctype} image ({len(data)} bytes)"}, status_code=400)
-        from deployments.detector import UPLOAD_CAMERA
 
-        seq = int(ctx.redis.incr("lookout:upload:seq"))
-        ref = bus.put(UPLOAD_CAMERA, seq, image, time.time(), 0.0)
+        seq = int(ctx.redis.incr(keys.upload_seq()))
+        ref = bus.put(keys.UPLOAD_CAMERA, seq, image, time.time(), 0.0)
         try:
             dets = await call_stage(ctx, "detector", "detect_uploaded", ref)
         except LookupError as exc:
             return unavailable(str(exc))
         finally:
-            ctx.redis.xdel(keys.frames(UPLOAD_CAMERA), ref.entry_id)  # uploads may be big: do not keep them
+            ctx.redis.xdel(keys.frames(keys.UPLOAD_CAMERA), ref.entry_id)  # uploads may be big: do not keep them
         if dets is None:
             return unavailable("the detector skipped the image (overloaded); try again")
         return JSONResponse({"width": w, "height": h, "model": ctx.args.model.name, "detections": dets})

@@ -73,21 +73,3 @@ class HlsSigner:
         """A signed playlist path for a native player and its expiry (unix s)."""
         q = self.query(camera_id, self.link_ttl_s)
         return f"/hls/{camera_id}/index.m3u8?{q}", int(q.split("&")[0][4:])
-
-
-def make_routes(auth) -> list:
-    """GET /api/cameras/<id>/hls-link: a signed playlist URL for a native player (VLC, Safari…)."""
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    from gateway.auth.backend import requires
-
-    @requires(camera_param="camera_id")
-    def hls_link(request: Request) -> JSONResponse:
-        cid = request.path_params["camera_id"]
-        path, exp = auth.hls.playlist_link(cid)
-        return JSONResponse({"camera_id": cid, "url": auth.public_url + path, "expires_at": exp},
-                            headers={"Cache-Control": "no-store"})
-
-    return [Route("/api/cameras/{camera_id}/hls-link", hls_link, methods=["GET"])]

@@ -18,7 +18,7 @@ def db_path(a: argparse.Namespace) -> str:
         return a.db
     config = a.config or ("serve_config.yaml" if Path("serve_config.yaml").is_file() else None)
     if config:
-        from cli import load_app_args
+        from pipeline.config_file import load_app_args
         from pipeline.config import parse_args
 
         args = parse_args(load_app_args(config))

@@ -13,7 +13,7 @@ import numpy as np
 from ..config import CameraConfig
 from ..logutil import scrub_url
 
-__all__ = ["Frame", "SourceError", "EndOfStream", "FrameSource", "open_source", "ThreadedReader", "readline"]
+__all__ = ["Frame", "SourceError", "EndOfStream", "FrameSource", "ThreadedReader", "readline"]
 
 
 @dataclass
@@ -160,31 +160,3 @@ class ThreadedReader:
         self._stop.set()
         self._thread.join(join_timeout_s)
         return not self._thread.is_alive()
-
-
-def open_source(cfg: CameraConfig) -> FrameSource:
-    """Create (not yet open) the FrameSource for `cfg.kind`."""
-    if not isinstance(cfg, CameraConfig):
-        raise TypeError(f"cfg must be a CameraConfig, got {type(cfg).__name__} {cfg!r}")
-    kind = cfg.kind
-    if kind == "file":
-        from .file import FileSource
-
-        return FileSource(cfg)
-    if kind == "rtsp" and cfg.hwaccel == "jetson":
-        from .csi import JetsonRtspSource
-
-        return JetsonRtspSource(cfg)
-    if kind == "rtsp":
-        from .rtsp import RtspSource
-
-        return RtspSource(cfg)
-    if kind == "v4l2":
-        from .v4l2 import V4l2Source
-
-        return V4l2Source(cfg)
-    if kind == "csi":
-        from .csi import CsiSource
-
-        return CsiSource(cfg)
-    raise SourceError(f"camera {cfg.id}: unsupported source type {kind!r}", permanent=True)
