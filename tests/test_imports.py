@@ -1,0 +1,143 @@
+"""The import graph of the tree: no circles, no imports up the layers.
+
+Every import counts, at module level or inside a function (a lazy import still ties two modules),
+except those under `if TYPE_CHECKING:` (annotations only: nothing runs them).
+Layers, lowest first: pipeline, hls, gateway, deployments, then tools and cli on top."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("pipeline", "hls", "gateway", "deployments", "tools")
+LAYER = {"pipeline": 0, "hls": 1, "gateway": 2, "deployments": 3, "tools": 4, "cli": 4}
+
+# Circles not untied yet, each with why; a new circle fails, and so does one of these once it is gone.
+KNOWN_CIRCLES = {
+    # The TensorRT engine builder runs the INT8/FP16 accuracy gate, which evaluates through a Detector,
+    # whose from_config builds the backend: the gate belongs to the builder's caller (issue 17).
+    frozenset({"pipeline.detector", "pipeline.evaluate", "pipeline.models.accuracy", "pipeline.models.backends",
+               "pipeline.models.backends.tensorrt"}),
+}
+
+
+def modules() -> dict[str, Path]:
+    out = {"cli": ROOT / "cli.py"}
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = path
+    return out
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node except those inside `if TYPE_CHECKING:` blocks."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+
+    def owner(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([base] if base else []))
+                names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            for name in names:
+                target = owner(name)
+                if target is not None and target != mod:
+                    graph[mod].add(target)
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: set[frozenset[str]] = set()
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, children = work[-1]
+            for w in children:
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                    break
+                if w in on_stack:
+                    low[v] = min(low[v], index[w])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[v])
+                if low[v] == index[v]:
+                    component = set()
+                    while True:
+                        w = stack.pop()
+                        on_stack.discard(w)
+                        component.add(w)
+                        if w == v:
+                            break
+                    if len(component) > 1:
+                        found.add(frozenset(component))
+    return found
+
+
+def test_the_graph_sees_real_imports():
+    graph = import_graph()
+    assert "pipeline.config" in graph["pipeline.detector"]  # a module-level import
+    assert "pipeline.config_file" in graph["cli"]  # a lazy one, inside a function
+    assert "pipeline.sources.rtsp" in graph["pipeline.sources.factory"]
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == {frozenset("abc")}
+    assert circles({"a": {"b"}, "b": set()}) == set()
+
+
+def test_no_import_circles_but_the_known_ones():
+    found = circles(import_graph())
+    new = [sorted(c) for c in found - KNOWN_CIRCLES]
+    untied = [sorted(c) for c in KNOWN_CIRCLES - found]
+    assert not new, f"import circles: {new}"
+    assert not untied, f"these circles are gone: take them off KNOWN_CIRCLES: {untied}"
+
+
+def test_no_imports_up_the_layers():
+    graph = import_graph()
+    up = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
+                if LAYER[t.split(".")[0]] > LAYER[m.split(".")[0]])
+    assert not up, up
