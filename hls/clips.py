@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable
 from hls.fmp4 import Fragment, FragmentSplitter
 from hls.segmenter import MediaPlaylist
 from hls.store import HlsStore, check_camera_id
+from pipeline import keys
 from pipeline.config import ClipConfig
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class SegmentIndex:
 
     @staticmethod
     def _key(camera_id: str) -> str:
-        return f"lookout:hls:{check_camera_id(camera_id)}:index"
+        return keys.hls_index(check_camera_id(camera_id))
 
     def refresh(self, camera_id: str, store: HlsStore) -> int:
         """Add the segments the playlist lists now; returns how many it lists."""

@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline import keys
 from pipeline.rules import EventUpdate
 from pipeline.types import UnixTimeS
 
@@ -37,24 +38,10 @@ log = logging.getLogger(__name__)
 __all__ = ["Event", "EventStore", "EventQuery", "EventPage", "WebhookSink", "MqttSink", "DeliveryRecord",
            "encode_cursor", "decode_cursor"]
 
-PREFIX = "lookout"
-STREAM = f"{PREFIX}:events"
-
-
-def _k_event(event_id: str) -> str:
-    return f"{PREFIX}:event:{event_id}"
-
-
-def _k_snapshot(event_id: str) -> str:
-    return f"{PREFIX}:event:{event_id}:snapshot"
-
-
-def _k_index(camera_id: str | None = None, rule_id: str | None = None) -> str:
-    if camera_id is not None:
-        return f"{PREFIX}:events:cam:{camera_id}"
-    if rule_id is not None:
-        return f"{PREFIX}:events:rule:{rule_id}"
-    return f"{PREFIX}:events:all"
+STREAM = keys.events_stream()
+_k_event = keys.event
+_k_snapshot = keys.event_snapshot
+_k_index = keys.events_index
 
 
 @dataclass
@@ -282,7 +269,7 @@ class DeliveryRecord:
         self.keep_ms, self.lease_ms = int(keep_s * 1000), int(lease_s * 1000)
 
     def _key(self, key: str) -> str:
-        return f"{PREFIX}:delivered:{self.sink_name}:{key}"
+        return keys.delivered(self.sink_name, key)
 
     def claim(self, key: str) -> bool:
         """True when the caller may send `key` now (not delivered, not being delivered)."""

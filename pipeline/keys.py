@@ -60,3 +60,48 @@ def record_sweep_lock(scope: str = "cluster") -> str:
     """Token of the one recordings retention sweep running in a scope: the cluster (a shared store) or one
     node (its local disk) (SET NX PX)."""
     return f"{PREFIX}:record:sweep_lock:{scope}"
+
+
+def events_stream() -> str:
+    """Stream of event updates (start, update, end) of every camera."""
+    return f"{PREFIX}:events"
+
+
+def event(event_id: str) -> str:
+    """JSON of one event."""
+    return f"{PREFIX}:event:{event_id}"
+
+
+def event_snapshot(event_id: str) -> str:
+    """JPEG snapshot of one event."""
+    return f"{PREFIX}:event:{event_id}:snapshot"
+
+
+def events_index(camera_id: str | None = None, rule_id: str | None = None) -> str:
+    """Sorted set of event ids by start time: one camera's, one rule's, or all."""
+    if camera_id is not None:
+        return f"{PREFIX}:events:cam:{camera_id}"
+    if rule_id is not None:
+        return f"{PREFIX}:events:rule:{rule_id}"
+    return f"{PREFIX}:events:all"
+
+
+def delivered(sink_name: str, delivery: str) -> str:
+    """A sink's delivery mark of one event update (pending, then done): at most once per sink."""
+    return f"{PREFIX}:delivered:{sink_name}:{delivery}"
+
+
+def metric(name: str) -> str:
+    """Hash labels -> value of one metric, summed over the processes that report it."""
+    return f"{PREFIX}:metrics:{name}"
+
+
+def ingest_lease(camera_id: str) -> str:
+    """Which node's replica reads one camera (a lease with a TTL)."""
+    return f"{PREFIX}:lease:ingest:{camera_id}"
+
+
+def hls_index(camera_id: str) -> str:
+    """Sorted set of one camera's live HLS segments by capture time (clips are cut from it)."""
+    return f"{PREFIX}:hls:{camera_id}:index"
+

@@ -27,6 +27,8 @@ from typing import Callable
 import redis
 from redis.commands.core import Script
 
+from pipeline import keys
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Lease", "LeaseKeeper", "lease_key", "default_owner"]
@@ -60,7 +62,7 @@ return 0
 
 
 def lease_key(camera_id: str) -> str:
-    return f"lookout:lease:ingest:{camera_id}"
+    return keys.ingest_lease(camera_id)
 
 
 def default_owner() -> str:

@@ -16,7 +16,8 @@ from typing import Iterable
 
 import redis
 
-PREFIX = "lookout:metrics"
+from pipeline import keys
+
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -120,9 +121,9 @@ class Metrics:
         try:
             pipe = self.client.pipeline(transaction=False)
             for (name, labels), value in adds.items():
-                pipe.hincrbyfloat(f"{PREFIX}:{name}", labels, value)
+                pipe.hincrbyfloat(keys.metric(name), labels, value)
             for (name, labels), value in sets.items():
-                pipe.hset(f"{PREFIX}:{name}", labels, repr(value))
+                pipe.hset(keys.metric(name), labels, repr(value))
             pipe.execute()
         except redis.RedisError:
             with self._lock:
@@ -155,7 +156,7 @@ def render(client: redis.Redis, extra_gauges: Iterable[tuple[str, dict[str, str]
         series = [spec.name] if spec.kind != "histogram" else [spec.name + s for s in ("_bucket", "_sum", "_count")]
         for n in series:
             names.append((spec, n))
-            pipe.hgetall(f"{PREFIX}:{n}")
+            pipe.hgetall(keys.metric(n))
     values = pipe.execute()
     extra: dict[str, list[tuple[dict[str, str], float]]] = {}
     for name, labels, value in extra_gauges:

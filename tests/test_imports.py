@@ -141,3 +141,21 @@ def test_no_imports_up_the_layers():
     up = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
                 if LAYER[t.split(".")[0]] > LAYER[m.split(".")[0]])
     assert not up, up
+
+
+def test_every_redis_key_comes_from_keys_py():
+    """No string or f-string that starts a Redis key ("lookout:...") outside pipeline/keys.py."""
+    built = []
+    for mod, path in modules().items():
+        if mod == "pipeline.keys" or mod.startswith("tools"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+                text = str(node.values[0].value)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            else:
+                continue
+            if text.startswith("lookout:"):
+                built.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text[:40]!r}")
+    assert not built, built
