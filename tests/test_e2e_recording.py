@@ -8,6 +8,7 @@ the frame. Then: the recordings API lists the span; headless Chromium plays the 
 past 20 s with hls.js, seeks to a kept frame's capture time through the segments' PROGRAM-DATE-TIME,
 and shows that frame (the ball where it was then); the export of that range is H.264 of the right
 length whose frame at that capture time is that frame too; a viewer of another camera gets 403.
+All of it twice: segments on local disk, and in S3 (a real SeaweedFS server, `record.store: s3`).
 """
 from __future__ import annotations
 
@@ -45,17 +46,25 @@ def ball(image: np.ndarray) -> tuple[float, float] | None:
     return float(xs.mean()) / grey.shape[1], float(ys.mean()) / grey.shape[0]
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory, yolo_tiny_onnx):
-    tmp = tmp_path_factory.mktemp("e2e-rec")
+@pytest.fixture(scope="module", params=["local", "s3"])
+def app(request, tmp_path_factory, yolo_tiny_onnx):
+    tmp = tmp_path_factory.mktemp(f"e2e-rec-{request.param}")
     rtsp = RtspTestServer(free_port(), name="door", fps=FPS)  # the moving ball
     rtsp.start()
     cameras = [{"id": "door", "source": rtsp.url, "detect_fps": 2.0, "reconnect_min_s": 0.5,
                 "reconnect_max_s": 2.0, "read_timeout_s": 3.0, "open_timeout_s": 5.0}]
     record = {"enabled": True, "segment_s": 2, "dir": str(tmp / "recordings")}
+    s3 = None
+    if request.param == "s3":
+        s3 = request.getfixturevalue("seaweedfs")
+        bucket = f"e2e-rec-{int(time.time())}"
+        record = {"enabled": True, "segment_s": 2, "store": "s3", "index_path": str(tmp / "index.sqlite"),
+                  "s3": s3.s3_config(bucket).model_dump(mode="json") | {
+                      "secret_access_key": s3.s3_config(bucket).secret_access_key.get_secret_value()}}
     try:
         with serve_app(tmp, cameras, record=record) as running:
             running.tmp = tmp
+            running.store, running.s3, running.bucket = request.param, s3, (record.get("s3") or {}).get("bucket")
             running.frames = []  # (captured_at, ball) of frames seen on the bus
             yield running
     finally:
@@ -101,7 +110,12 @@ def test_the_recordings_api_lists_the_span(app, window):
     body = app.json(f"/api/cameras/door/recordings?since_s={since}&until_s={until}")
     assert body["spans"] == [{"start_s": since, "end_s": until}] and body["gaps"] == [], body
     assert body["segments"] >= WINDOW_S / 2 and body["bytes"] > 0
-    files = list((app.tmp / "recordings" / "door").rglob("*.mp4"))
+    if app.store == "s3":  # the segments are objects in the bucket, none on local disk
+        pages = app.s3.client().get_paginator("list_objects_v2").paginate(Bucket=app.bucket, Prefix="door/")
+        files = [o["Key"] for page in pages for o in page.get("Contents", []) if o["Key"].endswith(".mp4")]
+        assert not (app.tmp / "recordings").exists()
+    else:
+        files = list((app.tmp / "recordings" / "door").rglob("*.mp4"))
     assert len(files) >= body["segments"]
 
 
