@@ -46,7 +46,7 @@ _ZONES = TypeAdapter(dict[str, list[ZoneConfig]])
 
 
 def track_counter_key(camera_id: str) -> str:
-    return f"{keys.PREFIX}:tracks:{camera_id}:next_id"
+    return keys.track_counter(camera_id)
 
 
 def _bad(field: str, message: str) -> dict:
@@ -210,7 +210,7 @@ class EventsDeployment:
                     pipe = self.redis.pipeline(transaction=False)  # one round trip per read, not two
                     if latest is not None:
                         pipe.set(keys.detections_tracked(camera_id), json.dumps(latest), ex=60)
-                    pipe.set(f"{stream}:events_cursor", last[stream], ex=86400)
+                    pipe.set(keys.events_cursor(camera_id), last[stream], ex=86400)
                     pipe.execute()
                 if self.clipper is not None and time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + CLIP_POLL_S
@@ -224,7 +224,7 @@ class EventsDeployment:
 
     def _start_id(self, camera_id: str) -> str:
         """Resume after the last entry this stage handled (if still in the stream), else from now."""
-        saved = self.redis.get(f"{keys.detections(camera_id)}:events_cursor")
+        saved = self.redis.get(keys.events_cursor(camera_id))
         if saved:
             return saved.decode()
         newest = self.redis.xrevrange(keys.detections(camera_id), count=1)

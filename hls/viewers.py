@@ -13,11 +13,11 @@ STREAM_INFO_TTL_S = 3600
 
 
 def viewers_key(camera_id: str) -> str:
-    return f"{keys.PREFIX}:hls:{camera_id}:viewers"
+    return keys.hls_viewers(camera_id)
 
 
 def stream_info_key(camera_id: str) -> str:
-    return f"{keys.PREFIX}:hls:{camera_id}:info"
+    return keys.hls_info(camera_id)
 
 
 class ViewerTracker:

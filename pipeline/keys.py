@@ -105,3 +105,23 @@ def hls_index(camera_id: str) -> str:
     """Sorted set of one camera's live HLS segments by capture time (clips are cut from it)."""
     return f"{PREFIX}:hls:{camera_id}:index"
 
+
+def hls_viewers(camera_id: str) -> str:
+    """Set while someone watches a camera's live HLS (expires when nobody asks for a while)."""
+    return f"{PREFIX}:hls:{camera_id}:viewers"
+
+
+def hls_info(camera_id: str) -> str:
+    """JSON of a camera's live stream: video path (copy or transcode) and why, sizes, fps."""
+    return f"{PREFIX}:hls:{camera_id}:info"
+
+
+def track_counter(camera_id: str) -> str:
+    """Counter of a camera's track ids (ids stay unique when the events stage restarts)."""
+    return f"{PREFIX}:tracks:{camera_id}:next_id"
+
+
+def events_cursor(camera_id: str) -> str:
+    """The last detections entry of a camera the events stage handled (it resumes after it)."""
+    return f"{detections(camera_id)}:events_cursor"
+
