@@ -5,30 +5,18 @@ Import them into a test module with `from rtsp_fixtures import rtsp_server_facto
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import pytest
 
 from tools.rtsp import SERVER_SCRIPT, SYSTEM_PYTHON, RtspTestServer  # noqa: F401 - the tests import them from here
+from tools.wait import wait_until  # noqa: F401 - the one wait of tests and tools (tools/wait.py)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from hls.segmenter import Entry, MediaPlaylist, Segmenter
 from hls.store import DirHlsStore, RedisHlsStore, make_store, redis_ttl_s
 from pipeline import keys
 from pipeline.config import HlsConfig
+from tools.wait import wait_until
 
 FPS = 10
 CAM = "cam-1"
@@ -60,10 +61,7 @@ class Feeder:
 
 
 def wait_for(pred, timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    wait_until(pred, timeout_s, what=what)
 
 
 def playlist(store) -> MediaPlaylist:

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tools.wait import wait_until
+
 # --------------------------------------------------------------------------- TCP proxy
 
 
@@ -390,11 +392,8 @@ class Result:
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> float:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(interval_s)
+    """tools.wait.wait_until, returning the wall-clock time the predicate came true."""
+    wait_until(predicate, timeout_s, interval_s, what)
     return time.time()
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from tools.procs import LocalRedis, free_port
+from tools.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP_S = 12.0
@@ -36,14 +37,7 @@ LEASE_TTL_S = 3.0
 
 
 def _wait(pred, timeout_s: float, what: str, interval_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(interval_s)
+    return wait_until(pred, timeout_s, interval_s, what)
 
 
 def _retry(start):
