@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from hls.fmp4 import Fragment, FragmentSplitter
-from hls.segmenter import MediaPlaylist
+from hls.playlist import MediaPlaylist
 from hls.store import HlsStore, check_camera_id
 from pipeline import keys
 from pipeline.config import ClipConfig

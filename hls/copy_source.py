@@ -52,7 +52,7 @@ from hls.ffmpeg_args import part_frames
 from hls.fmp4 import Fragment
 from hls.hwaccel import hwaccel_failure
 from hls.llhls import part_target_s
-from hls.segmenter import StreamPublisher
+from hls.publisher import StreamPublisher
 from hls.store import HlsStore
 from hls.viewers import ViewerTracker, put_stream_info
 from pipeline.config import CameraConfig, HlsConfig

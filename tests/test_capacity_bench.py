@@ -153,7 +153,7 @@ def test_user_loop_one_camera_for_real(rtsp_server_factory, assets_dir, yolo_tin
 def test_hls_watcher_reads_a_real_store(redis_client, assets_dir, tmp_path):
     """The watcher on the app's Redis HLS store: real ffmpeg segments, a playlist as the segmenter renders
     it (one segment with a DATERANGE of repeated images); each segment counted once, when it appears."""
-    from hls.segmenter import Entry, MediaPlaylist
+    from hls.playlist import Entry, MediaPlaylist
     from hls.store import RedisHlsStore
 
     store = RedisHlsStore(redis_client, ttl_s=60)

@@ -19,7 +19,7 @@ import pytest
 
 from hls.copy_source import CopyPublisher, CopySource
 from hls.fmp4 import FragmentSplitter
-from hls.segmenter import MediaPlaylist
+from hls.playlist import MediaPlaylist
 from hls.store import DirHlsStore, RedisHlsStore
 from hls.viewers import get_stream_info
 from pipeline.config import CameraConfig, HlsConfig

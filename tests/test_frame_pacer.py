@@ -88,7 +88,7 @@ def _decoded(store, fps: float) -> list[dict]:
     import subprocess
 
     from hls import timecode
-    from hls.segmenter import MediaPlaylist
+    from hls.playlist import MediaPlaylist
 
     pl = MediaPlaylist.parse(store.get_playlist("cam"))
     out = []

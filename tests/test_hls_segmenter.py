@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import redis
 
-from hls.segmenter import Entry, MediaPlaylist, Segmenter
+from hls.playlist import Entry, MediaPlaylist
+from hls.segmenter import Segmenter
 from hls.store import DirHlsStore, RedisHlsStore, make_store, redis_ttl_s
 from pipeline import keys
 from pipeline.config import HlsConfig

@@ -22,7 +22,8 @@ from gateway.app import create_app
 from hls.fmp4 import Fragment, FragmentSplitter, Mp4Error, box_header, parse_fragment, parse_init
 from hls.llhls import (BadDirective, OpenSegment, Part, parse_directives, part_target_s, reload_ready, reload_state,
                        reload_too_far, render_fmp4)
-from hls.segmenter import Entry, MediaPlaylist, Segmenter
+from hls.playlist import Entry, MediaPlaylist
+from hls.segmenter import Segmenter
 from hls.store import RedisHlsStore
 from pipeline.bus import StatusStore
 from pipeline.config import HlsConfig, parse_args

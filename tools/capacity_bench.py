@@ -153,7 +153,7 @@ class HlsWatcher:
         self._thread.join(10)
 
     def poll(self, camera: str) -> None:
-        from hls.segmenter import MediaPlaylist
+        from hls.playlist import MediaPlaylist
 
         text = self.playlist(camera)
         if not text:

@@ -305,7 +305,7 @@ class Monitor:
         self._thread.start()
 
     def _run(self) -> None:
-        from hls.segmenter import MediaPlaylist
+        from hls.playlist import MediaPlaylist
 
         while not self._stop.wait(self.interval_s):
             now = time.time()
