@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.events import runtime_config
+from pipeline.events_service import runtime_config
 from pipeline.config import ConfigError, parse_args
 
 ZONE = {"name": "floor", "points_px": [[0, 0], [10, 0], [10, 10]]}

@@ -13,7 +13,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from auth_fixtures import ADMIN_PASSWORD
-from deployments.events import history_counts, history_page
+from pipeline.events_service import history_counts, history_page
 from gateway.app import create_app
 from gateway.context import GatewayContext
 from pipeline.bus import FrameBus, ResultStore

@@ -1,5 +1,5 @@
-"""The events stage's own logic without Ray: the class behind the Serve deployment, on a real Redis,
-fed through the detections stream as the detector writes it."""
+"""The events stage's own logic without Ray (pipeline.events_service), on a real Redis, fed through the
+detections stream as the detector writes it."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 import pytest
+import redis
 from pydantic import ValidationError
 
-from deployments.events import EventsDeployment, runtime_config
+from pipeline.events_service import EventsService, runtime_config
 from pipeline.bus import FrameBus, ResultStore
 from pipeline.config import parse_args
 from pipeline.events import EventStore
@@ -28,10 +29,10 @@ def stage(redis_server, tmp_path):
         "tracking": {"min_hits": 1}, "rules": [{"kind": "count_above", "id": "left", "label": "person",
                                                  "zone": "left", "count": 0, "end_after_s": 0.2}],
         "history": {"db_path": str(tmp_path / "h.sqlite3")}})
-    s = EventsDeployment.func_or_class(args)
+    s = EventsService(args, redis.Redis.from_url(redis_server.url))
     s.reconfigure(runtime_config(args))  # as Serve does after __init__
     yield s, args
-    s._stop.set()
+    s.close()
     s._thread.join(5)
 
 

@@ -158,7 +158,7 @@ def test_detect_refuses_images_over_the_pixel_cap_from_their_header(ctx):
 def test_time_parameters_must_be_finite_and_bounded(ctx, path, params, field):
     from types import SimpleNamespace
 
-    from deployments.events import history_counts, history_page
+    from pipeline.events_service import history_counts, history_page
     from pipeline.history import HistoryStore
 
     store = HistoryStore(ctx.args.resolve_path("history.sqlite3"))

@@ -87,12 +87,12 @@ class HistoryStage:
         self.store = store
 
     def query_history(self, params: dict) -> dict:
-        from deployments.events import history_page
+        from pipeline.events_service import history_page
 
         return history_page(self.store, params)
 
     def counts(self, params: dict) -> dict:
-        from deployments.events import history_counts
+        from pipeline.events_service import history_counts
 
         return history_counts(self.store, params)
 

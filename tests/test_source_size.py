@@ -157,7 +157,7 @@ def on_bottom_edges(image: np.ndarray, dets: Detections) -> list[bool]:
 
 
 def test_event_snapshot_of_a_scaled_frame_has_its_boxes_on_the_people(redis_client, vtest_frame, people):
-    from deployments.events import snapshot_jpeg
+    from pipeline.events_service import snapshot_jpeg
     from pipeline.annotate import BoxAnnotator, LabelAnnotator
 
     small = scaled(vtest_frame)
@@ -172,7 +172,7 @@ def test_event_snapshot_of_a_scaled_frame_has_its_boxes_on_the_people(redis_clie
 
 
 def test_event_snapshot_of_a_full_size_frame_is_as_before(redis_client, vtest_frame, people):
-    from deployments.events import snapshot_jpeg
+    from pipeline.events_service import snapshot_jpeg
     from pipeline.annotate import BoxAnnotator
 
     FrameBus(redis_client).put("cam", 4, vtest_frame, time.time(), 0.0)
