@@ -1,150 +1,27 @@
-"""One encoder deployment per camera: bus frames + detections -> annotated HLS in the shared store."""
+"""One encoder deployment per camera: the Serve adapter of hls.encoder_service.EncoderService."""
 from __future__ import annotations
-
-import logging
-import threading
-import time
 
 from ray import serve
 
 from deployments.common import redis_client, setup_logging
-from hls.live import AnnotatedStream, FramePacer
-from hls.segmenter import Segmenter
-from pipeline.metrics import Metrics
-from hls.store import make_store
-from hls.timecode import burn as burn_timecode
-from hls.viewers import ViewerTracker, put_stream_info
-from pipeline.annotate import BoxAnnotator, LabelAnnotator
-from pipeline.bus import FrameBus, ResultStore, StatusStore
+from hls.encoder_service import EncoderService
 from pipeline.config import CameraStageArgs
-
-log = logging.getLogger(__name__)
-WATCH_POLL_S = 0.25
-INFO_EVERY_S = 5.0  # stream info is rewritten this often (one small SET): a Redis that restarted empty has lost it
 
 
 @serve.deployment(name="encoder", ray_actor_options={"num_cpus": 0.01}, health_check_period_s=10)
 class EncoderDeployment:
-    """Draws boxes on each frame and feeds the ffmpeg HLS segmenter, in a thread of its own."""
+    """Wires one camera's encoder service to its Redis and Serve's health checks."""
 
     def __init__(self, args: CameraStageArgs, camera_id: str):
         setup_logging()
-        cam = args.camera
-        self.camera_id = camera_id
-        client = redis_client(args)
-        self.args = args
-        self.redis = client
-        self.store = make_store(args.hls, client, args.base_dir)
-        self.segmenter: Segmenter | None = None
-        self.metrics = Metrics(client)
-        self.statuses = StatusStore(client)
-        self._segments_seen = 0
-        self._resume = None
-        self.fps: float | None = cam.fps
-        self.on_demand = args.hls.on_demand if cam.on_demand is None else cam.on_demand
-        self.viewers = ViewerTracker(client, args.hls.on_demand_idle_s)
-        self._watched, self._watch_checked = not self.on_demand, 0.0
-        self._size: tuple[int, int] | None = None
-        self._info_at = 0.0
-        self._hls_error: str | None = None
-        self.pacer: FramePacer | None = None
-        self.boxes = cam.boxes or args.hls.boxes
-        burned = self.boxes == "burned"
-        self.stream = AnnotatedStream(
-            camera_id, FrameBus(client, args.bus), ResultStore(client),
-            [BoxAnnotator(), LabelAnnotator()] if burned else [], self._write,
-            annotation_delay_s=args.hls.annotation_delay_s, max_age_s=args.bus.max_age_s,
-            wait_for_detections=cam.detect and burned, active=self._active if self.on_demand else None,
-        )
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.stream.run, args=(self._stop,), name=f"encode-{camera_id}",
-                                        daemon=True)
-        self._thread.start()
-        log.info("camera %s: encoder started (%s, boxes %s%s)", camera_id, args.hls.encoder, self.boxes,
-                 ", on demand" if self.on_demand else "")
-
-    def _measure_fps(self) -> bool:
-        """Whether the camera's rate is known: configured, the source's own (the ingest's status), or
-        measured from the frames on the bus. Not from the frames this encoder got: a starved one gets few."""
-        if self.fps is None:
-            status = self.statuses.get(self.camera_id)
-            if status is not None and status.nominal_fps:
-                self.fps, how = status.nominal_fps, "the source's nominal rate"
-            elif (measured := self.stream.source_fps()) is not None:
-                self.fps, how = measured, "measured on the bus"
-            else:
-                return False
-            log.info("camera %s: %.2f fps (%s)", self.camera_id, self.fps, how)
-        return True
-
-    def _active(self, ref) -> bool:
-        """On demand: encode only while the viewer key lives; stop the segmenter when it expires."""
-        now = time.monotonic()
-        if now - self._watch_checked >= WATCH_POLL_S:
-            self._watch_checked = now
-            watched = self.viewers.watched(self.camera_id)
-            if watched != self._watched:
-                log.info("camera %s: %s", self.camera_id, "a viewer came: encoding" if watched
-                         else f"no viewer for {self.args.hls.on_demand_idle_s:g}s: encoding stops")
-            self._watched = watched
-        if not self._watched:
-            self._measure_fps()
-            if self.segmenter is not None:
-                segmenter, self.segmenter = self.segmenter, None
-                segmenter.close()
-                self._resume = segmenter.resume_point()  # the next run carries on the numbering
-                self.store.delete_playlist(self.camera_id)  # the next viewer waits for fresh segments
-        return self._watched
-
-    def _write(self, image, captured_at: float) -> None:
-        # ffmpeg's timestamps follow the frame count, so it must know the camera's real rate.
-        if not self._measure_fps():
-            return
-        if self.segmenter is None:
-            log.info("camera %s: starting the segmenter at %.2f fps", self.camera_id, self.fps)
-            self.segmenter = Segmenter(self.camera_id, self.args.hls, self.store, fps=self.fps,
-                                       resume=self._resume)
-            self.pacer = FramePacer(self.fps)
-        h, w = image.shape[:2]
-        hls_error = self.segmenter.last_error
-        if self._size != (w, h) or hls_error != self._hls_error or time.monotonic() - self._info_at > INFO_EVERY_S:
-            self._size, self._info_at, self._hls_error = (w, h), time.monotonic(), hls_error
-            errors = {"hls_error": hls_error, "hls_restarts": self.segmenter.restarts} if hls_error else {}
-            put_stream_info(self.redis, self.camera_id, w, h, self.boxes, self.fps, **errors)
-        if self.args.hls.timecode:
-            if not image.flags.writeable:
-                image = image.copy()
-            burn_timecode(image, captured_at)
-        # Media time follows capture time (PROGRAM-DATE-TIME + offset = the frame's capture time,
-        # to half a frame), also when frames were dropped upstream: the page times boxes by it. A
-        # repeated frame's own capture time goes beside the video (hls.captures).
-        for frame, slot_at, frame_at in self.pacer.place(image, captured_at):
-            self.segmenter.write(frame, slot_at, shows_at=frame_at)
-        m, cam = self.metrics, self.camera_id
-        m.inc("lookout_frames_encoded_total", camera=cam)
-        m.observe("lookout_stage_latency_seconds", time.time() - captured_at, camera=cam, stage="encoded")
-        published = self.segmenter.segments_published
-        if published < self._segments_seen:  # a new segmenter (on-demand restart) counts from 0
-            self._segments_seen = 0
-        if published > self._segments_seen:
-            m.inc("lookout_hls_segments_total", published - self._segments_seen, camera=cam)
-            self._segments_seen = published
+        self.service = EncoderService(args, camera_id, redis_client(args))
 
     def check_health(self) -> None:
-        if not self._thread.is_alive() or not self.stream.alive():
-            raise RuntimeError(f"camera {self.camera_id}: encoder loop is not running")
-        if self.segmenter is not None and not self.segmenter.healthy():
-            raise RuntimeError(f"camera {self.camera_id}: ffmpeg keeps failing: {self.segmenter.last_error}")
+        self.service.check_health()
 
     def stats(self) -> dict:
-        return {"frames_out": self.stream.frames_out, "frames_dropped": self.stream.frames_dropped,
-                "frames_idle": self.stream.frames_idle, "encoding": self.segmenter is not None,
-                "frames_repeated": self.pacer.repeated if self.pacer else 0,
-                "frames_off_grid": self.pacer.dropped if self.pacer else 0,
-                **(self.segmenter.stats() if self.segmenter else {})}
+        return self.service.stats()
 
     def __del__(self) -> None:
-        self._stop.set()
-        if self.segmenter is not None:
-            self.segmenter.close()
-
+        if getattr(self, "service", None) is not None:
+            self.service.close()
