@@ -89,14 +89,16 @@ def iou(a, b) -> float:
 
 @pytest.fixture
 def detector_stage(redis_server, yolo_tiny_onnx):
-    """The detector deployment's class (no Ray) with the real YOLOv4-tiny, on a real Redis."""
-    from deployments.detector import DetectorDeployment
+    """The detector stage's service (no Ray) with the real YOLOv4-tiny, on a real Redis."""
+    import redis
+
     from pipeline.config import parse_args
+    from pipeline.detector_service import DetectorService
 
     args = parse_args({"cameras": [{"id": "cam", "source": "x.avi"}],
                        "model": {"onnx": str(yolo_tiny_onnx), "backend": "onnxruntime"},
                        "redis_url": redis_server.url, "hls": {"enabled": False}})
-    return DetectorDeployment.func_or_class(args)
+    return DetectorService(args, redis.Redis.from_url(redis_server.url))
 
 
 def confident(payload: dict, min_confidence: float = 0.5) -> list[tuple[str, list[float]]]:
@@ -111,7 +113,7 @@ def test_detector_gives_boxes_of_a_scaled_frame_in_source_pixels(detector_stage,
     full = bus.put("full", 0, vtest_frame, now, 0.0)
     small = bus.put("small", 0, scaled(vtest_frame), now, 0.0, source_size=SOURCE)
     plain = bus.put("plain", 0, scaled(vtest_frame), now, 0.0)  # no source size: boxes in its own pixels
-    codes = detector_stage._run_batch([full, small, plain])
+    codes = detector_stage.run_batch([full, small, plain])
     results = ResultStore(redis_client)
     want, got = confident(results.latest("full")), confident(results.latest("small"))
     assert sum(label == "person" for label, _ in want) >= 5, f"expected people in frame 100 of vtest.avi: {want}"

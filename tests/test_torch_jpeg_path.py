@@ -141,26 +141,26 @@ def test_gpu_jpeg_path_matches_onnxruntime(model, jpegs, precision):
                 score_tol=2e-2 if precision == "fp16" else 1e-2, what=f"CUDA {precision} JPEG path vs ORT")
 
 
-def test_detector_deployment_sends_bus_jpegs_down_the_device_path(model, redis_server, redis_client, jpegs,
+def test_detector_stage_sends_bus_jpegs_down_the_device_path(model, redis_server, redis_client, jpegs,
                                                                    monkeypatch):
-    """The deployment's batch (no Ray) with the path switched on, as it is for torch on CUDA with a
+    """The detector stage's batch (no Ray) with the path switched on, as it is for torch on CUDA with a
     JPEG bus: the bytes go to detect_encoded, not through decode_frame, and the boxes are published."""
-    import deployments.detector as deployment
+    import pipeline.detector_service as service
     from pipeline.bus import FrameBus, ResultStore
     from pipeline.config import BusConfig, parse_args
 
     args = parse_args({"cameras": [{"id": "cam", "source": "x.avi"}],
                        "model": {"onnx": str(model.onnx), "backend": "onnxruntime"},
                        "redis_url": redis_server.url, "hls": {"enabled": False}})
-    stage = deployment.DetectorDeployment.func_or_class(args)
+    stage = service.DetectorService(args, redis_client)
     assert stage.on_device is False  # ONNX Runtime on the CPU: the host path, as before
     torch_det, ort_det = detectors(model, "cpu")
     stage.detector, stage.on_device = torch_det, True
-    monkeypatch.setattr(deployment, "decode_frame", lambda _: pytest.fail("decoded on the host"))
+    monkeypatch.setattr(service, "decode_frame", lambda _: pytest.fail("decoded on the host"))
     bus = FrameBus(redis_client, BusConfig(codec="jpeg"))
     images = [decode_frame(j) for j in jpegs[:2]]
     refs = [bus.put(f"cam{i}", 0, img, time.time(), 0.0) for i, img in enumerate(images)]
-    codes = stage._run_batch(refs)
+    codes = stage.run_batch(refs)
     stored = [bus.get_frames([r])[0][0] for r in refs]
     ref, _ = ort_det.detect([decode_frame(p) for p in stored])
     assert codes == [len(d) for d in ref] and min(codes) > 0

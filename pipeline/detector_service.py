@@ -1,0 +1,101 @@
+"""The detector stage's batch: FrameRefs in (from every camera), frames from the bus, detections out.
+
+Framework-free: deployments/detector.py batches calls across cameras with Serve and hands each batch here.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from pipeline.bus import FrameBus, ResultStore, decode_frame
+from pipeline.config import PipelineArgs
+from pipeline.detector import Detector
+from pipeline.keys import UPLOAD_CAMERA
+from pipeline.metrics import Metrics
+from pipeline.models.resolve import resolve_model
+from pipeline.types import FrameRef, FrameResult
+
+log = logging.getLogger(__name__)
+
+SKIPPED_STALE = -1
+SKIPPED_MISSING = -2
+
+
+class DetectorService:
+    """Runs one batch of frames: reads them from the bus (skipping stale and trimmed ones), detects, publishes
+    each camera's result and the metrics; the result of an uploaded image waits for `take_upload`.
+
+    `detector` defaults to the config's model (resolved and converted when needed)."""
+
+    def __init__(self, args: PipelineArgs, client, detector: Detector | None = None):
+        self.args = args
+        self.detector = detector or Detector.from_config(args.model, resolve_model(args.model, args),
+                                                         max_batch_size=args.detector.max_batch_size)
+        self.bus = FrameBus(client, args.bus)
+        self.results = ResultStore(client)
+        self.metrics = Metrics(client)
+        self.batches = 0
+        self.frames = 0
+        self._uploads: dict[int, list[dict]] = {}
+        # A torch backend on CUDA takes the bus's JPEG bytes to the GPU (decode, fit, NMS there).
+        self.on_device = bool(getattr(self.detector.backend, "cuda", False)) and args.bus.codec == "jpeg"
+
+    def run_batch(self, refs: list[FrameRef]) -> list[int]:
+        """Number of detections per frame, or a negative code when the frame was skipped."""
+        t0 = time.time()
+        frames = self.bus.get_frames(refs)
+        codes = [0] * len(refs)
+        todo, encoded, images, sizes = [], [], [], []
+        for i, (ref, got) in enumerate(zip(refs, frames)):
+            if got is None:
+                codes[i] = SKIPPED_MISSING
+            elif self.bus.is_stale(ref, t0):
+                codes[i] = SKIPPED_STALE
+                log.debug("camera %s: frame %d is %.2fs old, skipped", ref.camera_id, ref.seq, ref.age_s(t0))
+            else:
+                todo.append(i)
+                if self.on_device:
+                    encoded.append(got[0])
+                else:
+                    images.append(decode_frame(got[0]))
+                sizes.append(got[1])  # the entry's, not the ref's: the bus is where the image is
+        if not todo:
+            return codes
+        t1 = time.time()
+        if self.on_device:
+            dets, timings = self.detector.detect_encoded(encoded, sizes)
+        else:
+            dets, timings = self.detector.detect(images, sizes)
+        timings["decode_s"] = t1 - t0
+        timings["batch_size"] = float(len(todo))
+        done = time.time()
+        results = []
+        for i, d in zip(todo, dets):
+            codes[i] = len(d)
+            if refs[i].camera_id == UPLOAD_CAMERA:
+                self._uploads[refs[i].seq] = d.to_records(self.detector.labels)
+                continue
+            results.append(FrameResult(refs[i], d, self.args.model.name,
+                                       {**timings, "batch_started_at": t0, "detected_at": done,
+                                        "latency_s": done - refs[i].captured_at}))
+        self.results.publish(results, self.detector.labels)
+        m = self.metrics
+        m.observe("lookout_detector_batch_size", len(todo))
+        for r in results:
+            cam = r.ref.camera_id
+            m.inc("lookout_frames_detected_total", camera=cam)
+            m.observe("lookout_detector_queue_age_seconds", t0 - r.ref.captured_at, camera=cam)
+            m.observe("lookout_stage_latency_seconds", done - r.ref.captured_at, camera=cam, stage="detected")
+        for ref, code in zip(refs, codes):
+            if code == SKIPPED_STALE:
+                m.inc("lookout_frames_dropped_total", camera=ref.camera_id, reason="stale")
+        self.batches += 1
+        self.frames += len(todo)
+        return codes
+
+    def take_upload(self, seq: int) -> list[dict] | None:
+        """The detections of uploaded image `seq` (once), None when it was skipped."""
+        return self._uploads.pop(seq, None)
+
+    def stats(self) -> dict:
+        return {"batches": self.batches, "frames": self.frames}
