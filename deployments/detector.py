@@ -31,10 +31,11 @@ class DetectorDeployment:
                  *detector.input_shape_px)
 
     def reconfigure(self, user_config: dict) -> None:
+        # @serve.batch's wrapper has these setters; its type hints do not say so
         if "max_batch_size" in user_config:
-            self.detect.set_max_batch_size(int(user_config["max_batch_size"]))
+            self.detect.set_max_batch_size(int(user_config["max_batch_size"]))  # type: ignore[attr-defined]
         if "batch_wait_timeout_s" in user_config:
-            self.detect.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+            self.detect.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))  # type: ignore[attr-defined]
         log.info("detector reconfigured: %s", user_config)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
