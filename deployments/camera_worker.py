@@ -1,132 +1,43 @@
-"""Camera workers (the default path for `boxes: browser`): one replica runs a group of cameras.
+"""Camera workers' Serve adapter: one replica runs one hls.camera_group.CameraGroup.
 
-Each camera of the group is a `pipeline.camera_service.CameraService` (its own lease, IngestLoop thread and
-ffmpeg) whose source is an `hls.copy_source.CopySource`: one ffmpeg copies the camera's video into HLS and
-decodes small frames for the detector at the camera's detect_fps. The group shares one Redis pool and one
-detector handle; cameras are independent otherwise.
-
-Health: a camera whose source fails is a status (`reconnecting`, `failed`), never a replica restart. A
-camera whose loop crashed or hangs, or whose lease keeper died, is restarted in place by the health check,
-and the other cameras of the replica go on. The replica itself fails its health check only when no camera
-of it can be brought back (every camera broken at once: the process is sick, not a camera).
+Health: a camera whose source fails is a status, never a replica restart; the group restarts a broken
+camera in place, and the replica fails its health check only when no camera of it can be brought back.
 """
 from __future__ import annotations
-
-import logging
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.common import redis_client, setup_logging
-from deployments.ingest import node_id
-from hls.copy_source import CopyPublisher, CopySource, probe
-from hls.hwaccel import decode_args
-from hls.recorder import GroupRecording, Recorder
-from hls.store import HlsStore, make_store
-from pipeline.camera_service import CameraService
-from pipeline.config import CameraConfig, CameraGroupArgs
-from pipeline.logutil import scrub_url
-from pipeline.motion import MotionLog, motion_retain_s
-from pipeline.sources.base import FrameSource
+from deployments.common import node_id, redis_client, setup_logging
+from hls.camera_group import CameraGroup
+from pipeline.config import CameraGroupArgs
 from pipeline.types import FrameRef
-
-log = logging.getLogger(__name__)
-
-
-class CameraStream:
-    """The HLS side of one worker camera. Its CopySource (whose codec probe is kept across reconnects)
-    and CopyPublisher (numbering, discontinuities) live across reconnects and start afresh with each
-    reading loop: when the lease is taken another replica may have published in between."""
-
-    def __init__(self, cam: CameraConfig, args: CameraGroupArgs, store: HlsStore, client,
-                 recorder: Recorder | None = None):
-        self.cam, self.args, self.store, self.client = cam, args, store, client
-        self.recorder = recorder  # lives across reconnects and publishers: each run is recorded
-        self._source: CopySource | None = None
-
-    def reset(self) -> None:
-        """A new reading loop begins: the previous one's source (a crashed loop's ffmpeg may still run and
-        publish) is closed, and the next connection gets a new source and publisher."""
-        source, self._source = self._source, None
-        if source is not None:
-            try:
-                source.close()
-            except Exception:  # noqa: BLE001 - it is being replaced anyway
-                log.warning("camera %s: closing the previous source failed", self.cam.id, exc_info=True)
-
-    def source(self, cam: CameraConfig) -> FrameSource:
-        """The source IngestLoop opens for each connection (the same one: open() starts a new run)."""
-        if self._source is None:
-            publisher = CopyPublisher(cam.id, self.args.hls, self.store, self.client, on_demand=cam.on_demand,
-                                      recorder=self.recorder)
-            # Jetson's ffmpeg decoders are per codec; the others decode whatever the source sends.
-            codec = probe(cam).codec if cam.hwaccel == "jetson" else None
-            detect_px = (self.args.detect_input_px, self.args.detect_input_height_px or self.args.detect_input_px)
-            self._source = CopySource(cam, publisher, detect_input_px=detect_px,
-                                      decode_args=decode_args(cam, codec))
-        return self._source
 
 
 @serve.deployment(name="cameras", ray_actor_options={"num_cpus": 0.01}, health_check_period_s=5)
 class CameraWorkerDeployment:
-    """Runs the cameras of one group (see the module doc); each is read only while this replica holds its lease."""
+    """Wires a camera group to its Redis, the detector's handle and Serve's health checks."""
 
     def __init__(self, args: CameraGroupArgs, detector: DeploymentHandle | None):
         setup_logging()
-        self.args = args
         if detector is not None and args.detector.prefer_local:
             detector._init(_prefer_local_routing=True)  # fill batches on this node before crossing the network
         self.detector = detector
-        self.client = redis_client(args)
-        self.store = make_store(args.hls, self.client, args.base_dir)
-        self.node_id = node_id()
-        # Per camera, kept across service restarts; also what record.mode motion keeps segments by.
-        self.motion_logs = {cam.id: MotionLog(self.client, motion_retain_s(rec.enabled, rec.retain_days))
-                            for cam in args.cameras for rec in [args.record.for_camera(cam)]}
-        self.recording = GroupRecording(args, self.client, motion_logs=self.motion_logs)
-        self.streams = {cam.id: CameraStream(cam, args, self.store, self.client, self.recording.recorder(cam.id))
-                        for cam in args.cameras}
-        self.services = {cam.id: self._service(cam).start() for cam in args.cameras}
-        # "cameras <ids>", not "camera worker": the log tags a record with the id after "camera ".
-        log.info("worker replica on node %s runs cameras %s", self.node_id[:12],
-                 ", ".join(f"{c.id} ({c.kind} {scrub_url(c.source)})" for c in args.cameras))
-
-    def _service(self, cam: CameraConfig) -> CameraService:
-        stream = self.streams[cam.id]
-        return CameraService(cam, self.client, self.args.bus, self.args.detector,
-                             self._detect if self.detector is not None else None,
-                             source_factory=stream.source, node_id=self.node_id, on_reading=stream.reset,
-                             motion_log=self.motion_logs[cam.id])
+        self.group = CameraGroup(args, redis_client(args), self._detect if detector is not None else None,
+                                 node_id())
 
     def _detect(self, ref: FrameRef) -> int:
         """The frame's number of objects (negative: the detector skipped it as stale or gone)."""
+        if self.detector is None:  # only handed to the group with a detector
+            raise RuntimeError("no detector")
         return self.detector.detect.remote(ref).result(timeout_s=30)
 
     def check_health(self) -> None:
-        broken = []
-        for cam in self.args.cameras:
-            service = self.services[cam.id]
-            problem = service.problem()
-            if problem is None:
-                continue
-            try:
-                if not service.keeper.alive():  # the lease keeper died: a fresh service takes the lease again
-                    log.error("%s; restarting the camera in place", problem)
-                    service.stop(join_timeout_s=1.0)
-                    self.services[cam.id] = self._service(cam).start()
-                else:
-                    service.revive()
-            except Exception as exc:  # noqa: BLE001 - e.g. no thread can be started: judged below
-                log.error("camera %s: could not be restarted: %s", cam.id, exc)
-                broken.append(f"{problem} (restart failed: {exc})")
-        if broken and len(broken) == len(self.args.cameras):
-            raise RuntimeError("; ".join(broken))
+        self.group.check()
 
     def status(self) -> list[dict]:
-        return [s.status() for s in self.services.values()]
+        return self.group.status()
 
     def __del__(self) -> None:
-        for service in getattr(self, "services", {}).values():  # __init__ may have failed before it existed
-            service.stop(join_timeout_s=0)
-        if getattr(self, "recording", None) is not None:  # a clean stop writes the open segments out
-            self.recording.close(timeout_s=10.0)
+        if getattr(self, "group", None) is not None:
+            self.group.close()

@@ -68,3 +68,15 @@ def setup_logging() -> None:
     serve_log = logging.getLogger("ray.serve")  # the router of this replica's handles logs here
     if not any(isinstance(f, QueueProbeNoise) for f in serve_log.filters):
         serve_log.addFilter(QueueProbeNoise())
+
+
+def node_id() -> str:
+    """The Ray node this runs on ("local" outside Ray)."""
+    try:
+        import ray
+
+        if not ray.is_initialized():  # get_runtime_context() would start a local Ray
+            return "local"
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (tests)
+        return "local"

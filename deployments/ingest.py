@@ -6,7 +6,7 @@ import logging
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.common import redis_client, setup_logging
+from deployments.common import node_id, redis_client, setup_logging
 from pipeline.camera_service import CameraService
 from pipeline.config import CameraStageArgs
 from pipeline.types import FrameRef
@@ -31,6 +31,8 @@ class IngestDeployment:
         self.service.start()
 
     def _detect(self, ref: FrameRef) -> None:
+        if self.detector is None:  # only handed to the service with a detector
+            raise RuntimeError("no detector")
         self.detector.detect.remote(ref).result(timeout_s=30)
 
     def check_health(self) -> None:
@@ -44,15 +46,3 @@ class IngestDeployment:
     def __del__(self) -> None:
         if hasattr(self, "service"):  # __init__ may have failed before it existed
             self.service.stop(join_timeout_s=0)
-
-
-def node_id() -> str:
-    """The Ray node this runs on ("local" outside Ray)."""
-    try:
-        import ray
-
-        if not ray.is_initialized():  # get_runtime_context() would start a local Ray
-            return "local"
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray (tests)
-        return "local"

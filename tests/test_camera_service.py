@@ -6,10 +6,11 @@ import threading
 
 import cv2
 import pytest
+import redis
 
 import pipeline.camera_service as camera_service
 from conftest import ROOT
-from deployments.camera_worker import CameraStream, CameraWorkerDeployment
+from hls.camera_group import CameraGroup, CameraStream
 from hls.store import make_store
 from pipeline.bus import FrameBus, StatusStore
 from pipeline.camera_service import CameraService
@@ -151,17 +152,17 @@ def test_worker_health_check_restarts_one_camera_and_leaves_the_others(redis_ser
                                   for c in ("a", "b")],
                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
                       "hls": {"dir": str(tmp_path / "hls")}})
-    worker = CameraWorkerDeployment.func_or_class(cfg.for_group(["a", "b"]), None)
+    worker = CameraGroup(cfg.for_group(["a", "b"]), redis.Redis.from_url(redis_server.url), None)
     try:
         a, b = worker.services["a"], worker.services["b"]
         wait_until(lambda: b.problem() is not None and a.loop is not None and a.loop.status().frames > 3, 30, 0.1,
                    "b crashed, a reading")
-        worker.check_health()  # one broken camera is not a broken replica
+        worker.check()  # one broken camera is not a broken replica
         assert b.restarts == 1 and a.restarts == 0
         frames_a = a.loop.status().frames
         wait_until(lambda: b.loop.status().frames > 3 and a.loop.status().frames > frames_a, 30, 0.1,
                    "both reading")
-        worker.check_health()
+        worker.check()
         assert [s["camera_id"] for s in worker.status()] == ["a", "b"]
     finally:
         for s in worker.services.values():
@@ -198,11 +199,11 @@ def test_a_standby_worker_takes_over_each_camera_of_its_group(redis_server, asse
                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
                       "hls": {"dir": str(tmp_path / "hls")}})
     group = cfg.for_group(["a", "b"])
-    first = CameraWorkerDeployment.func_or_class(group, None)
+    first = CameraGroup(group, redis.Redis.from_url(redis_server.url), None)
     standby = None
     try:
         wait_until(lambda: all(s.keeper.held for s in first.services.values()), 20, 0.05, "the first reading")
-        standby = CameraWorkerDeployment.func_or_class(group, None)
+        standby = CameraGroup(group, redis.Redis.from_url(redis_server.url), None)
         bus = FrameBus(first.client)
         wait_until(lambda: all(bus.latest(c) and bus.latest(c)[0].seq > 5 for c in ("a", "b")), 30, 0.1, "frames")
         assert not any(s.keeper.held for s in standby.services.values())  # only one replica reads a camera
@@ -236,17 +237,17 @@ def test_the_worker_fails_its_health_check_only_when_no_camera_can_be_restarted(
     cfg = parse_args({"cameras": [{"id": c, "source": video, "detect": False, "boxes": "browser"} for c in "ab"],
                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
                       "hls": {"dir": str(tmp_path / "hls")}})
-    worker = CameraWorkerDeployment.func_or_class(cfg.for_group(["a", "b"]), None)
+    worker = CameraGroup(cfg.for_group(["a", "b"]), redis.Redis.from_url(redis_server.url), None)
     try:
         wait_until(lambda: all(s.problem() for s in worker.services.values()), 20, 0.05, "both loops crashed")
         with monkeypatch.context() as m:
             m.setattr(worker.services["a"], "revive", no_thread.__get__(worker.services["a"]))
-            worker.check_health()  # b could be restarted: the replica stays
+            worker.check()  # b could be restarted: the replica stays
         wait_until(lambda: worker.services["b"].problem(), 20, 0.05, "b crashed again")
         monkeypatch.setattr(camera_service.CameraService, "revive", no_thread)
         with pytest.raises(RuntimeError, match="camera a: ingest loop is stuck or died .*can't start new thread.*"
                                                "camera b: ingest loop is stuck or died"):
-            worker.check_health()
+            worker.check()
     finally:
         for s in worker.services.values():
             s.stop()

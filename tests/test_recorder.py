@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from hls.copy_source import CopyPublisher, CopySource
 from hls.fmp4 import FragmentSplitter
@@ -347,7 +348,7 @@ def test_motion_mode_keeps_only_the_segments_around_motion(redis_client, tmp_pat
 
 
 def test_the_worker_records_only_its_recorded_cameras_and_sweeps_them(redis_server, tmp_path):
-    from deployments.camera_worker import CameraWorkerDeployment
+    from hls.camera_group import CameraGroup
     from pipeline.config import parse_args
 
     retain_s = 8.0
@@ -359,7 +360,7 @@ def test_the_worker_records_only_its_recorded_cameras_and_sweeps_them(redis_serv
     cfg = parse_args({"cameras": cams, "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
                       "hls": {"dir": str(tmp_path / "hls")},
                       "record": {"enabled": True, "dir": str(tmp_path / "rec"), "segment_s": 2, "sweep_s": 1}})
-    worker = CameraWorkerDeployment.func_or_class(cfg.for_group(["a", "b"]), None)
+    worker = CameraGroup(cfg.for_group(["a", "b"]), redis.Redis.from_url(redis_server.url), None)
     try:
         assert set(worker.recording.recorders) == {"a"}
         assert worker.streams["a"].recorder is worker.recording.recorders["a"] and worker.streams["b"].recorder is None
