@@ -59,8 +59,7 @@ class CameraStream:
                                       recorder=self.recorder)
             # Jetson's ffmpeg decoders are per codec; the others decode whatever the source sends.
             codec = probe(cam).codec if cam.hwaccel == "jetson" else None
-            detect_px = (self.args.detect_input_px, self.args.detect_input_height_px or self.args.detect_input_px)
-            self._source = CopySource(cam, publisher, detect_input_px=detect_px,
+            self._source = CopySource(cam, publisher, detect_input_px=self.args.detect_input_shape_px,
                                       decode_args=decode_args(cam, codec))
         return self._source
 

@@ -73,6 +73,11 @@ class CameraGroupArgs(_Located, _Model):
     redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
     base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
+    @property
+    def detect_input_shape_px(self) -> tuple[int, int]:
+        """(width, height) of the detector's input: the detector frames are scaled to fit inside it."""
+        return self.detect_input_px, self.detect_input_height_px or self.detect_input_px
+
 
 class PipelineArgs(_Located, _Model):
     """The `args` of serve_config.yaml."""

@@ -387,6 +387,12 @@ def ensure_onnx(cfg: str | Path, weights: str | Path, onnx_path: str | Path,
     return convert(cfg, weights, onnx_path, size)
 
 
+def model_file_name(weights_stem: str, input_size: int | tuple[int, int]) -> str:
+    """<weights stem>-<side>.onnx for a square input, <weights stem>-<width>x<height>.onnx otherwise."""
+    width, height = input_shape(input_size)
+    return f"{weights_stem}-{width}.onnx" if width == height else f"{weights_stem}-{width}x{height}.onnx"
+
+
 def at_input_size(onnx_path: str | Path, input_size: int | tuple[int, int], folder: str | Path | None = None) -> Path:
     """The model of `onnx_path` at another input size: converted (when missing or stale) from the darknet cfg
     and weights its metadata names, which must lie beside it, into `folder` (default: beside it too) as
@@ -396,7 +402,5 @@ def at_input_size(onnx_path: str | Path, input_size: int | tuple[int, int], fold
     if not info.get("source_cfg") or not info.get("source_weights"):
         raise ModelFileError(f"ONNX model {src} does not name its darknet cfg and weights (not made by "
                              f"`lookout convert`): convert them yourself with `lookout convert --size --height`")
-    width, height = input_shape(input_size)
-    out = Path(folder or src.parent) / f"{Path(info['source_weights']).stem}-{width}x{height}.onnx"
-    return ensure_onnx(src.with_name(info["source_cfg"]), src.with_name(info["source_weights"]), out,
-                       (width, height))
+    out = Path(folder or src.parent) / model_file_name(Path(info["source_weights"]).stem, input_size)
+    return ensure_onnx(src.with_name(info["source_cfg"]), src.with_name(info["source_weights"]), out, input_size)

@@ -27,7 +27,7 @@ class ResolvedModel:
 def resolve_model(model: ModelConfig, args: PipelineArgs) -> ResolvedModel:
     """Paths resolved against args.base_dir; the ONNX file is converted from cfg+weights when missing or stale."""
     from pipeline.models.darknet import ModelFileError
-    from pipeline.models.onnx_export import ensure_onnx
+    from pipeline.models.onnx_export import ensure_onnx, model_file_name
 
     onnx = args.resolve_path(model.onnx)
     labels = args.resolve_path(model.labels)
@@ -38,9 +38,7 @@ def resolve_model(model: ModelConfig, args: PipelineArgs) -> ResolvedModel:
             if not p.is_file():
                 raise ModelFileError(f"{what}: file not found: {p}; {HOW_TO_GET}")
         if onnx is None:
-            width, height = model.input_shape_px
-            size = f"{width}" if width == height else f"{width}x{height}"
-            onnx = str(weights.with_name(f"{weights.stem}-{size}.onnx"))
+            onnx = str(weights.with_name(model_file_name(weights.stem, model.input_shape_px)))
         path = Path(ensure_onnx(cfg, weights, onnx, model.input_shape_px))
         if labels is None and (weights.parent / "coco.names").is_file():
             labels = str(weights.parent / "coco.names")
