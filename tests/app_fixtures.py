@@ -121,9 +121,11 @@ def serve_app(tmp: Path, cameras: list[dict], hls: dict | None = None, ray_cpus:
             if p is not None and p.poll() is None:
                 # `serve run` stops the app as Ctrl-C does (replicas shut down, logs flushed); the Ray head then
                 # goes at once with all its processes (one group): a SIGTERM made it wait ~33 s per module.
+                # Capped: a replica holding a streaming response (SSE through HAProxy) waits out Serve's
+                # graceful shutdown timeout, 30 s of nothing per module.
                 os.killpg(p.pid, signal.SIGINT if p is proc else signal.SIGKILL)
                 try:
-                    p.wait(60)
+                    p.wait(15)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
         ray_log.close()
