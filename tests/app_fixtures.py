@@ -4,23 +4,16 @@ logged-in headless Chromium."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
-from conftest import ROOT, RedisServer, free_port
+from conftest import RedisServer, free_port
 from gateway.auth.store import AuthStore
 from rtsp_fixtures import wait_until
-
-BIN = Path(sys.executable).parent
+from tools.launch import launch_env, ray_head, serve_run, shipped_config
 
 
 def http(url: str, token: str | None = None, timeout_s: float = 5.0, data: bytes | None = None,
@@ -75,25 +68,15 @@ class RunningApp:
 def serve_app(tmp: Path, cameras: list[dict], hls: dict | None = None, ray_cpus: int = 8, env_extra: dict | None = None,
               **args_extra):
     """Run the shipped config with `cameras` and `hls` overrides (`env_extra`: for the Ray head and
-    `serve run`); yields a RunningApp."""
+    `serve run`) through tools/launch.py; yields a RunningApp."""
     redis = RedisServer(tmp)
     redis.start()
-    ray_port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
-    for var in ("REDIS_URL", "RAY_ADDRESS"):
-        env.pop(var, None)
     password = secrets.token_urlsafe(16)
-    env["LOOKOUT_ADMIN_PASSWORD"] = password  # replicas get the environment of the Ray head, not of `serve run`
-    ray_log = open(tmp / "ray.log", "wb")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={ray_port}",
-                             f"--num-cpus={ray_cpus}", "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
-                            env=env, stdout=ray_log, stderr=subprocess.STDOUT, start_new_session=True)
-    proc = None
+    # replicas get the environment of the Ray head, not of `serve run`
+    env = launch_env({"LOOKOUT_ADMIN_PASSWORD": password, **(env_extra or {})})
     try:
-        port = free_port()
-        shipped = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-        shipped["http_options"]["port"] = port
-        args = shipped["applications"][0]["args"]
+        config = shipped_config(free_port())
+        args = config["applications"][0]["args"]
         args.update({"redis_url": redis.url, "cameras": cameras, **args_extra})
         args["hls"].update(hls or {})
         args["history"] = {**args.get("history", {}), "db_path": str(tmp / "history.sqlite3")}
@@ -101,34 +84,11 @@ def serve_app(tmp: Path, cameras: list[dict], hls: dict | None = None, ray_cpus:
         auth_db = tmp / "auth.sqlite3"
         args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
         row, secret = AuthStore(auth_db).add_client("web tests", {"admin"})
-        config = tmp / "serve_config.yaml"
-        config.write_text(yaml.safe_dump(shipped))
-        log_path = tmp / "serve.log"
-        wait_until(lambda: head.poll() is not None or b"Ray runtime started" in (tmp / "ray.log").read_bytes(),
-                   120, 0.5, "the Ray head to start")
-        run_env = {**env, "RAY_ADDRESS": f"127.0.0.1:{ray_port}"}
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([str(BIN / "serve"), "run", str(config)], cwd=ROOT, env=run_env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        app = RunningApp(f"http://127.0.0.1:{port}", log_path, (row.client_id, secret), password, redis.url)
-        app.ray_address = run_env["RAY_ADDRESS"]  # for tests that run `serve` commands against this app
-        wait_until(lambda: proc.poll() is not None or http(app.base + "/healthz")[0] == 200, 300, 1,
-                   "the gateway to answer /healthz")
-        assert proc.poll() is None, f"serve run exited:\n{app.log_tail()}"
-        yield app
+        with ray_head(tmp / "ray.log", ray_cpus, env) as address, serve_run(config, tmp, address, env) as run:
+            app = RunningApp(run.base, run.log_path, (row.client_id, secret), password, redis.url)
+            app.ray_address = address  # for tests that run `serve` commands against this app
+            yield app
     finally:
-        for p in (proc, head):
-            if p is not None and p.poll() is None:
-                # `serve run` stops the app as Ctrl-C does (replicas shut down, logs flushed); the Ray head then
-                # goes at once with all its processes (one group): a SIGTERM made it wait ~33 s per module.
-                # Capped: a replica holding a streaming response (SSE through HAProxy) waits out Serve's
-                # graceful shutdown timeout, 30 s of nothing per module.
-                os.killpg(p.pid, signal.SIGINT if p is proc else signal.SIGKILL)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-        ray_log.close()
         redis.stop()
 
 

@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from tools.procs import free_port  # noqa: F401 - the tests import it from here
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout_s: float = 10.0) -> None:

@@ -4,19 +4,13 @@ Import them into a test module with `from rtsp_fixtures import rtsp_server_facto
 """
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
+from tools.procs import free_port  # noqa: F401 - the tests import it from here
 from tools.rtsp import SERVER_SCRIPT, SYSTEM_PYTHON, RtspTestServer  # noqa: F401 - the tests import them from here
 from tools.wait import wait_until  # noqa: F401 - the one wait of tests and tools (tools/wait.py)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

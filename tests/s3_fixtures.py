@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tools.procs import free_port
 
-def free_port() -> int:
-    # conftest has the same, but conftest imports this module (the fixture), so no import back
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
 
 ACCESS_KEY = "lookout-test"
 SECRET_KEY = "lookout-test-secret-" + uuid.uuid4().hex[:12]

@@ -30,9 +30,10 @@ import httpx
 import pytest
 import yaml
 
-from app_fixtures import BIN, serve_app
+from app_fixtures import serve_app
 from conftest import ROOT
 from rtsp_fixtures import wait_until
+from tools.launch import BIN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PUBLIC_URL = "https://lookout.test"

@@ -10,12 +10,7 @@ and no frame seq is ever published twice.
 """
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -25,6 +20,7 @@ from conftest import ROOT, RedisServer, free_port
 from pipeline import keys
 from pipeline.lease import lease_key
 from rtsp_fixtures import RtspTestServer, wait_until
+from tools.launch import launch_env, serve_run
 from tools.scale_bench import get_json, media_sequence, playlist
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -75,28 +71,11 @@ def cluster_app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
             ],
         }],
     }
-    path = tmp / "serve_config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log_path = tmp / "serve.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("REDIS_URL", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", "--address", cluster.address,
-                                 str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: proc.poll() is not None or get_json(base + "/healthz"), 180, 1, "the gateway")
-        assert proc.poll() is None, log_path.read_text()[-4000:]
-        yield {"base": base, "cluster": cluster, "nodes": nodes, "redis": redis.Redis.from_url(redis_srv.url),
-               "log": log_path}
+        with serve_run(config, tmp, cluster.address, launch_env()) as run:
+            yield {"base": run.base, "cluster": cluster, "nodes": nodes, "redis": redis.Redis.from_url(redis_srv.url),
+                   "log": run.log_path}
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
         cluster.shutdown()
         rtsp.cleanup()
         redis_srv.stop()

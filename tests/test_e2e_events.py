@@ -7,27 +7,24 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import yaml
 
-from conftest import ROOT, RedisServer, free_port
+from conftest import RedisServer, free_port
 from gateway.auth.store import AuthStore
 from app_fixtures import http as fixtures_http
 from rtsp_fixtures import wait_until
+from tools.launch import launch_env, ray_head, serve_run, shipped_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-BIN = Path(sys.executable).parent
 FPS = 10.0
 VISITS = [(6.2, 19.6), (22.9, 44.6)]  # tests/test_zones_rules.py: (enter, leave), seconds into the video
 TOLERANCE_S = 1.5  # the offline test allows 1.0 s with every frame detected; live, the detector may skip some
@@ -100,17 +97,8 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     redis = RedisServer(tmp)
     redis.start()
     hooks = Hooks()
-    ray_port, port = free_port(), free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled",
-           "LOOKOUT_ADMIN_PASSWORD": "e2e-events-admin"}
-    for var in ("REDIS_URL", "RAY_ADDRESS"):
-        env.pop(var, None)
-    ray_log = open(tmp / "ray.log", "wb")
-    head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={ray_port}", "--num-cpus=8",
-                             "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats"],
-                            env=env, stdout=ray_log, stderr=subprocess.STDOUT, start_new_session=True)
-    shipped = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    shipped["http_options"]["port"] = port
+    env = launch_env({"LOOKOUT_ADMIN_PASSWORD": "e2e-events-admin"})
+    shipped = shipped_config(free_port())
     args = shipped["applications"][0]["args"]
     args["redis_url"] = redis.url
     args["cameras"] = [{"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4"),
@@ -124,33 +112,11 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     auth_db = tmp / "auth.sqlite3"
     args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
     row, secret = AuthStore(auth_db).add_client("e2e events", {"admin"})
-    config = tmp / "serve_config.yaml"
-    config.write_text(yaml.safe_dump(shipped))
-    log_path = tmp / "serve.log"
-    proc = None
     try:
-        wait_until(lambda: head.poll() is not None or b"Ray runtime started" in (tmp / "ray.log").read_bytes(),
-                   120, 0.5, "the Ray head to start")
-        assert head.poll() is None, (tmp / "ray.log").read_text()[-3000:]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen([str(BIN / "serve"), "run", str(config)], cwd=ROOT,
-                                    env={**env, "RAY_ADDRESS": f"127.0.0.1:{ray_port}"}, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: proc.poll() is not None or http(base + "/healthz")[0] == 200, 300, 1,
-                   "the gateway to answer /healthz")
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        yield App(base, log_path, tmp, token_for(base, (row.client_id, secret)), f"127.0.0.1:{ray_port}", hooks,
-                  auth_db)
+        with ray_head(tmp / "ray.log", 8, env) as address, serve_run(shipped, tmp, address, env) as run:
+            yield App(run.base, run.log_path, tmp, token_for(run.base, (row.client_id, secret)), address, hooks,
+                      auth_db)
     finally:
-        for p in (proc, head):
-            if p is not None and p.poll() is None:
-                os.killpg(p.pid, signal.SIGINT if p is proc else signal.SIGKILL)  # as tests/app_fixtures.py
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-        ray_log.close()
         hooks.server.shutdown()
         redis.stop()
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app_fixtures import BIN, serve_app
+from app_fixtures import serve_app
 from conftest import ROOT
 from rtsp_fixtures import wait_until
+from tools.launch import BIN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CAMERA = f"start-{secrets.token_hex(3)}"  # unique: other Ray clusters on this box run replicas too

@@ -17,10 +17,8 @@ import argparse
 import json
 import math
 import os
-import signal
 import statistics
-import subprocess
-import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from tools.launch import launch_env, serve_run
 from tools.procs import LocalRedis, free_port
 from tools.wait import wait_until
 
@@ -212,67 +211,50 @@ def _kill_nodes(a: argparse.Namespace, rds: LocalRedis, rtsp, cluster, nodes: di
                         {"name": "detector", "ray_actor_options": {"num_cpus": 2, "resources": {"head": 0.01}}},
                         {"name": "encoder-door", "ray_actor_options": {"num_cpus": 0.1,
                                                                         "resources": {"rtsp-host": 0.01}}}]}]}
-    tmp = Path(rds.dir if rds.proc else "/tmp")
-    path = tmp / "scale_bench_serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log_path = tmp / "scale_bench_serve.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("REDIS_URL", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "serve"), "run", "--address", cluster.address,
-                                 str(path)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    tmp = Path(rds.dir if rds.proc else tempfile.mkdtemp(prefix="lookout-scale-bench-"))
     r = redis.Redis.from_url(rds.url)
     rows = []
     try:
-        _wait(lambda: proc.poll() is not None or get_json(base + "/healthz"), 300, "the gateway", 1)
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve run exited: {log_path.read_text()[-3000:]}")
-        init_ray(address=cluster.address)
-        for k in range(a.kills):
-            _wait(lambda: serve.status().applications["lookout"].deployments["ingest-door"].replica_states
-                  == {"RUNNING": 2}, 180, "the reader and its standby", 1)
-            _wait(lambda: (get_json(f"{base}/api/cameras/door") or {}).get("state") == "running", 120, "door")
-            _wait(lambda: media_sequence(playlist(base, "door")) >= 2, 120, "door segments", 0.5)
-            _wait(lambda: (d := get_json(f"{base}/api/cameras/door/detections/latest"))
-                  and time.time() - d["captured_at"] < 5, 120, "fresh door detections", 0.5)
-            holder = r.get(lease_key("door")).decode()
-            victim = next(n for n, node in nodes.items() if node.node_id.startswith(holder.split(":")[0]))
-            segs = media_sequence(playlist(base, "door"))
-            cluster.remove_node(nodes[victim], allow_graceful=False)
-            killed, wall_killed = time.monotonic(), time.time()
+        with serve_run(config, tmp, cluster.address, launch_env()) as run:
+            base = run.base
+            init_ray(address=cluster.address)
+            for k in range(a.kills):
+                _wait(lambda: serve.status().applications["lookout"].deployments["ingest-door"].replica_states
+                      == {"RUNNING": 2}, 180, "the reader and its standby", 1)
+                _wait(lambda: (get_json(f"{base}/api/cameras/door") or {}).get("state") == "running", 120, "door")
+                _wait(lambda: media_sequence(playlist(base, "door")) >= 2, 120, "door segments", 0.5)
+                _wait(lambda: (d := get_json(f"{base}/api/cameras/door/detections/latest"))
+                      and time.time() - d["captured_at"] < 5, 120, "fresh door detections", 0.5)
+                holder = r.get(lease_key("door")).decode()
+                victim = next(n for n, node in nodes.items() if node.node_id.startswith(holder.split(":")[0]))
+                segs = media_sequence(playlist(base, "door"))
+                cluster.remove_node(nodes[victim], allow_graceful=False)
+                killed, wall_killed = time.monotonic(), time.time()
 
-            def frames_back() -> bool:
-                now = r.get(lease_key("door"))
-                last = r.xrevrange(keys.frames("door"), count=1)
-                return bool(now and now.decode() != holder and last and float(last[0][1][b"t"]) > wall_killed)
+                def frames_back() -> bool:
+                    now = r.get(lease_key("door"))
+                    last = r.xrevrange(keys.frames("door"), count=1)
+                    return bool(now and now.decode() != holder and last and float(last[0][1][b"t"]) > wall_killed)
 
-            _wait(frames_back, 60, "door frames from the standby", 0.05)
-            frames_s = time.monotonic() - killed
-            _wait(lambda: (d := get_json(f"{base}/api/cameras/door/detections/latest"))
-                  and d["captured_at"] > wall_killed, 60, "fresh door detections", 0.1)
-            detections_s = time.monotonic() - killed
-            _wait(lambda: media_sequence(playlist(base, "door")) > segs + 1, 90, "new door segments", 0.1)
-            segments_s = time.monotonic() - killed
-            rows.append({"kill": k + 1, "node": victim, "frames_s": frames_s, "detections_s": detections_s,
-                         "segments_s": segments_s})
-            print(f"kill {k + 1} ({victim}): frames after {frames_s:.1f}s, detections after {detections_s:.1f}s, "
-                  f"new segments after {segments_s:.1f}s", flush=True)
-            if k + 1 < a.kills:
-                try:
-                    nodes[victim] = _retry(lambda: cluster.add_node(num_cpus=1, resources={victim: 1, "rtsp-host": 1}))
-                except Exception as exc:  # noqa: BLE001 - keep the kills measured so far
-                    print(f"could not add {victim} back ({exc}); stopping after {k + 1} kill(s)", flush=True)
-                    break
+                _wait(frames_back, 60, "door frames from the standby", 0.05)
+                frames_s = time.monotonic() - killed
+                _wait(lambda: (d := get_json(f"{base}/api/cameras/door/detections/latest"))
+                      and d["captured_at"] > wall_killed, 60, "fresh door detections", 0.1)
+                detections_s = time.monotonic() - killed
+                _wait(lambda: media_sequence(playlist(base, "door")) > segs + 1, 90, "new door segments", 0.1)
+                segments_s = time.monotonic() - killed
+                rows.append({"kill": k + 1, "node": victim, "frames_s": frames_s, "detections_s": detections_s,
+                             "segments_s": segments_s})
+                print(f"kill {k + 1} ({victim}): frames after {frames_s:.1f}s, detections after {detections_s:.1f}s, "
+                      f"new segments after {segments_s:.1f}s", flush=True)
+                if k + 1 < a.kills:
+                    try:
+                        nodes[victim] = _retry(lambda: cluster.add_node(num_cpus=1, resources={victim: 1, "rtsp-host": 1}))
+                    except Exception as exc:  # noqa: BLE001 - keep the kills measured so far
+                        print(f"could not add {victim} back ({exc}); stopping after {k + 1} kill(s)", flush=True)
+                        break
     finally:
         ray.shutdown()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
         r.close()
     return rows
 
