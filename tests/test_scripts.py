@@ -170,3 +170,23 @@ def test_apt_waits_for_the_dpkg_lock_and_says_so(tmp_path):
     assert lines[0] == "-o DPkg::Lock::Timeout=600 update -qq"
     assert lines[1] == "-o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends redis-server ffmpeg"
     assert "waits up to 600s for it" in proc.stdout and "another apt holds the dpkg lock" in proc.stdout
+
+
+def run_test_sh(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COVERAGE_FILE": str(tmp_path / ".coverage")}  # not the outer run's data file
+    return subprocess.run(["bash", "scripts/test.sh", "-q", "-p", "no:cacheprovider", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_test_sh_prints_coverage_by_package(tmp_path):
+    done = run_test_sh(tmp_path, "tests/test_types.py")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = {line.split()[0]: float(line.split()[1]) for line in done.stdout.splitlines()
+            if line.startswith("  ") and "%" in line and "(" in line}
+    assert set(rows) == {"pipeline", "hls", "gateway", "deployments", "total"}, done.stdout[-1500:]
+    assert 0 < rows["pipeline"] < 100 and rows["deployments"] == 0.0  # the types tests import no deployment
+
+
+def test_test_sh_fails_when_no_test_ran(tmp_path):
+    done = run_test_sh(tmp_path, "tests/test_types.py", "-k", "no_test_has_this_name")
+    assert done.returncode == 1 and "pytest ran no tests" in done.stderr, (done.returncode, done.stderr[-1000:])
