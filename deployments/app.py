@@ -17,8 +17,8 @@ from gateway.auth.bootstrap import ADMIN_PASSWORD_ENV
 from gateway.auth.oidc import CLIENT_SECRET_ENV
 from hls.hwaccel import hwaccel_problems
 from hls.video_path import recording_plan
-from pipeline.config import (CameraConfig, ConfigError, DetectorConfig, PipelineArgs, camera_path, missing_files,
-                             parse_args)
+from pipeline.config import (CameraConfig, ConfigError, DetectorConfig, DetectorRuntime, PipelineArgs, camera_path,
+                             missing_files, parse_args)
 
 log = logging.getLogger(__name__)
 SECRET_ENV_VARS = (ADMIN_PASSWORD_ENV, CLIENT_SECRET_ENV)
@@ -45,7 +45,7 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
     # config or the Ray head's environment) stay in the gateway.
     detector = DetectorDeployment.options(
         **without_secret_env(DetectorDeployment, detector_options(det)),
-        user_config={"max_batch_size": det.max_batch_size, "batch_wait_timeout_s": det.batch_wait_timeout_s},
+        user_config=DetectorRuntime.of(det).user_config(),
     ).bind(cfg.without_secrets())
     stages = []
     for name, group in camera_groups(cfg):

@@ -8,7 +8,7 @@ import logging
 from ray import serve
 
 from deployments.common import redis_client, setup_logging
-from pipeline.config import PipelineArgs
+from pipeline.config import DetectorRuntime, PipelineArgs
 from pipeline.detector_service import SKIPPED_MISSING, SKIPPED_STALE, DetectorService
 from pipeline.keys import UPLOAD_CAMERA
 from pipeline.types import FrameRef
@@ -31,12 +31,13 @@ class DetectorDeployment:
                  *detector.input_shape_px)
 
     def reconfigure(self, user_config: dict) -> None:
+        update = DetectorRuntime.model_validate(user_config)
         # @serve.batch's wrapper has these setters; its type hints do not say so
-        if "max_batch_size" in user_config:
-            self.detect.set_max_batch_size(int(user_config["max_batch_size"]))  # type: ignore[attr-defined]
-        if "batch_wait_timeout_s" in user_config:
-            self.detect.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))  # type: ignore[attr-defined]
-        log.info("detector reconfigured: %s", user_config)
+        if update.max_batch_size is not None:
+            self.detect.set_max_batch_size(update.max_batch_size)  # type: ignore[attr-defined]
+        if update.batch_wait_timeout_s is not None:
+            self.detect.set_batch_wait_timeout_s(update.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        log.info("detector reconfigured: %s", update.user_config())
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def detect(self, refs: list[FrameRef]) -> list[int]:

@@ -21,25 +21,22 @@ import time
 from typing import Any
 
 import cv2
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from pipeline import keys
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
 from pipeline.bus import decode_frame, detections_on_image, source_size_of
-from pipeline.config import PipelineArgs
+from pipeline.config import EventsRuntime, PipelineArgs
 from pipeline.events import DeliveryRecord, EventStore, MqttSink, WebhookSink
 from pipeline.history import CountsQuery, HistoryQuery, HistoryStore, QueryError
-from pipeline.rules import EventUpdate, Rule, RuleEngine
-from pipeline.tracking import Tracker, TrackerConfig
+from pipeline.rules import EventUpdate, RuleEngine
+from pipeline.tracking import Tracker
 from pipeline.types import Detections
-from pipeline.zones import ZoneConfig
 
 log = logging.getLogger(__name__)
 BLOCK_MS = 500
 READ_COUNT = 200
 CLIP_POLL_S = 1.0
-_RULES = TypeAdapter(list[Rule])
-_ZONES = TypeAdapter(dict[str, list[ZoneConfig]])
 
 
 def _bad(field: str, message: str) -> dict:
@@ -97,10 +94,8 @@ def _fits(rule, zones: dict) -> bool:
 
 
 def runtime_config(args: PipelineArgs) -> dict[str, Any]:
-    """The events stage's user_config: rules, zones per camera, tracker settings."""
-    return {"rules": [r.model_dump() for r in args.rules],
-            "zones": {cid: [z.model_dump() for z in zs] for cid, zs in args.zones_by_camera().items()},
-            "tracking": args.tracking.model_dump()}
+    """The events stage's user_config (an EventsRuntime as JSON): rules, zones per camera, tracker settings."""
+    return EventsRuntime(rules=args.rules, zones=args.zones_by_camera(), tracking=args.tracking).user_config()
 
 
 class EventsService:
@@ -150,11 +145,11 @@ class EventsService:
 
     # ----------------------------------------------------------------- runtime config
 
-    def reconfigure(self, user_config: dict) -> None:
-        """Apply new rules / zones / tracker settings (validated; a bad config raises, naming the field)."""
-        rules = _RULES.validate_python(user_config["rules"]) if "rules" in user_config else None
-        zones = _ZONES.validate_python(user_config["zones"]) if "zones" in user_config else None
-        tracking = TrackerConfig(**user_config["tracking"]) if "tracking" in user_config else None
+    def reconfigure(self, user_config: dict[str, Any] | EventsRuntime) -> None:
+        """Apply new rules / zones / tracker settings (an EventsRuntime or its JSON: validated, so a bad
+        config raises naming the field; a field left out keeps its value)."""
+        update = user_config if isinstance(user_config, EventsRuntime) else EventsRuntime.model_validate(user_config)
+        rules, zones, tracking = update.rules, update.zones, update.tracking
         with self.lock:
             ended: list[EventUpdate] = []
             if zones is not None:
@@ -174,7 +169,7 @@ class EventsService:
             for u in ended:
                 self._on_update(u, None)
         log.info("events stage reconfigured: %s", {k: (len(v) if isinstance(v, (list, dict)) else v)
-                                                    for k, v in user_config.items()})
+                                                    for k, v in update.user_config().items()})
 
     def rules(self) -> list[dict]:
         with self.lock:

@@ -22,7 +22,7 @@ def test_full_config_parses_and_becomes_the_events_user_config():
              clips={"pre_s": 4, "post_s": 1}, history={"db_path": "/tmp/h.sqlite3", "retention_s": 3600})
     assert a.rules[0].cameras is None and a.events.mqtt.port == 1883 and a.clips.pre_s == 4
     uc = runtime_config(a)
-    assert uc["rules"][0]["id"] == "r" and uc["zones"] == {"a": [{"name": "floor", "points_px": [(0.0, 0.0), (10.0, 0.0), (10.0, 10.0)], "anchor": "bottom_center"}], "b": []}
+    assert uc["rules"][0]["id"] == "r" and uc["zones"] == {"a": [{"name": "floor", "points_px": [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0]], "anchor": "bottom_center"}], "b": []}
     assert uc["tracking"]["min_hits"] == 2
 
 
@@ -53,3 +53,32 @@ def test_zone_errors_name_the_camera_field():
     with pytest.raises(ConfigError, match=r"cameras\.0\.zones\.0\.points_px"):
         parse_args({"cameras": [{"id": "a", "source": "a.avi", "zones": [{"name": "z", "points_px": [[0, 0], [1, 1]]}]}],
                     "model": {"onnx": "m"}})
+
+
+def test_events_user_config_is_json_and_validates_back_to_the_same_settings():
+    import json
+
+    from pipeline.config import EventsRuntime
+
+    a = args(tracking={"min_hits": 2}, rules=[{"kind": "count_above", "id": "r", "label": "person", "zone": "floor",
+                                               "count": 1}])
+    uc = runtime_config(a)
+    back = EventsRuntime.model_validate(json.loads(json.dumps(uc)))  # as Serve carries it
+    assert back.rules == a.rules and back.tracking == a.tracking and back.zones == a.zones_by_camera()
+
+
+@pytest.mark.parametrize("user_config,needle", [
+    ({"max_batch_size": 0}, "max_batch_size"),
+    ({"batch_wait_timeout_s": 5}, "batch_wait_timeout_s"),
+    ({"max_batch": 8}, "max_batch"),  # a typo is named, not ignored
+])
+def test_detector_user_config_names_a_bad_field(user_config, needle):
+    from pydantic import ValidationError
+
+    from pipeline.config import DetectorConfig, DetectorRuntime
+
+    assert DetectorRuntime.of(DetectorConfig(max_batch_size=8)).user_config() == {"max_batch_size": 8,
+                                                                                 "batch_wait_timeout_s": 0.01}
+    assert DetectorRuntime.model_validate({"max_batch_size": 2}).batch_wait_timeout_s is None  # left as it is
+    with pytest.raises(ValidationError, match=needle):
+        DetectorRuntime.model_validate(user_config)

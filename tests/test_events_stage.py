@@ -66,6 +66,8 @@ def test_stage_tracks_records_fires_and_takes_new_rules_and_zones(stage, redis_c
         s.reconfigure({"rules": [{"kind": "enters", "id": "r", "label": "person", "zone": "right"}]})
     with pytest.raises(ValidationError, match="count"):
         s.reconfigure({"rules": [{"kind": "count_above", "id": "r", "label": "person"}]})
+    with pytest.raises(ValidationError, match="rule"):  # a misspelt section is named, not silently ignored
+        s.reconfigure({"rule": [{"kind": "count_above", "id": "r", "label": "person", "count": 0}]})
     assert [r["id"] for r in s.rules()] == ["left"]
 
     # new zones and a rule on the new zone at once: the old rule's open event ends, the new one fires

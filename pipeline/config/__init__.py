@@ -18,6 +18,7 @@ from .events import ClipConfig, EventsConfig, HistoryConfig, MqttConfig, Webhook
 from .gateway import LOOPBACK_HOSTS, ROLE_NAMES, AuthConfig, GatewayConfig, OidcConfig
 from .model import ModelConfig
 from .record import RecordConfig, S3Config
+from .runtime import DetectorRuntime, EventsRuntime
 from .stages import BusConfig, DetectorAutoscaling, DetectorConfig, HlsConfig
 
 __all__ = [
@@ -27,6 +28,6 @@ __all__ = [
     "BusConfig", "DetectorAutoscaling", "DetectorConfig", "HlsConfig",
     "AuthConfig", "GatewayConfig", "OidcConfig",
     "ClipConfig", "EventsConfig", "HistoryConfig", "MqttConfig", "WebhookConfig",
-    "RecordConfig", "S3Config",
+    "RecordConfig", "S3Config", "DetectorRuntime", "EventsRuntime",
     "CameraGroupArgs", "CameraStageArgs", "PipelineArgs", "camera_path", "missing_files", "parse_args",
 ]
