@@ -46,7 +46,7 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
     detector = DetectorDeployment.options(
         **without_secret_env(DetectorDeployment, detector_options(det)),
         user_config=DetectorRuntime.of(det).user_config(),
-    ).bind(cfg.without_secrets())
+    ).bind(cfg.for_detector())
     stages = []
     for name, group in camera_groups(cfg):
         worker = CameraWorkerDeployment.options(name=name, **without_secret_env(CameraWorkerDeployment,

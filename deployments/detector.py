@@ -8,7 +8,7 @@ import logging
 from ray import serve
 
 from deployments.common import redis_client, setup_logging
-from pipeline.config import DetectorRuntime, PipelineArgs
+from pipeline.config import DetectorRuntime, DetectorStageArgs
 from pipeline.detector_service import SKIPPED_MISSING, SKIPPED_STALE, DetectorService
 from pipeline.keys import UPLOAD_CAMERA
 from pipeline.types import FrameRef
@@ -23,7 +23,7 @@ __all__ = ["DetectorDeployment", "SKIPPED_MISSING", "SKIPPED_STALE", "UPLOAD_CAM
 class DetectorDeployment:
     """Runs the model on frames batched across cameras with @serve.batch."""
 
-    def __init__(self, args: PipelineArgs):
+    def __init__(self, args: DetectorStageArgs):
         setup_logging()
         self.service = DetectorService(args, redis_client(args))
         detector = self.service.detector

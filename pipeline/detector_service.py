@@ -8,7 +8,7 @@ import logging
 import time
 
 from pipeline.bus import FrameBus, ResultStore, decode_frame
-from pipeline.config import PipelineArgs
+from pipeline.config import DetectorStageArgs, PipelineArgs
 from pipeline.detector import Detector
 from pipeline.keys import UPLOAD_CAMERA
 from pipeline.metrics import Metrics
@@ -27,7 +27,9 @@ class DetectorService:
 
     `detector` defaults to the config's model (resolved and converted when needed)."""
 
-    def __init__(self, args: PipelineArgs, client, detector: Detector | None = None):
+    def __init__(self, args: DetectorStageArgs | PipelineArgs, client, detector: Detector | None = None):
+        if isinstance(args, PipelineArgs):
+            args = args.for_detector()
         self.args = args
         self.detector = detector or Detector.from_config(args.model, resolve_model(args.model, args),
                                                          max_batch_size=args.detector.max_batch_size)

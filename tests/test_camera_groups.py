@@ -36,6 +36,12 @@ def test_browser_cameras_run_in_workers_and_burned_ones_keep_ingest_and_encoder(
     assert b"cam-b-pass" not in cloudpickle.dumps(bound["ingest-c"].init_args)
     env = bound["cameras-0"].ray_actor_options["runtime_env"]["env_vars"]
     assert env["LOOKOUT_ADMIN_PASSWORD"] == "" and env["LOOKOUT_OIDC_CLIENT_SECRET"] == ""
+    # the detector: the model, batching and the bus; no camera (and so no camera's credentials), no gateway
+    det = bound["detector"].init_args[0]
+    assert type(det).__name__ == "DetectorStageArgs" and det.model.input_size_px == 320
+    data = cloudpickle.dumps(bound["detector"].init_args)
+    assert b"admin-pw-4f9c2e" not in data and b"cam-b-pass" not in data and b"c.avi" not in data
+    assert bound["detector"].user_config == {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}
 
 
 def test_groups_hold_at_most_cameras_per_replica_and_only_cameras_placed_alike(tmp_path):

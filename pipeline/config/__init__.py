@@ -5,6 +5,7 @@ Every model forbids unknown fields, so a typo is an error that names the field.
 from .args import (
                    CameraGroupArgs,
                    CameraStageArgs,
+                   DetectorStageArgs,
                    PipelineArgs,
                    camera_path,
                    format_validation_error,
@@ -28,6 +29,6 @@ __all__ = [
     "BusConfig", "DetectorAutoscaling", "DetectorConfig", "HlsConfig",
     "AuthConfig", "GatewayConfig", "OidcConfig",
     "ClipConfig", "EventsConfig", "HistoryConfig", "MqttConfig", "WebhookConfig",
-    "RecordConfig", "S3Config", "DetectorRuntime", "EventsRuntime",
+    "RecordConfig", "S3Config", "DetectorRuntime", "EventsRuntime", "DetectorStageArgs",
     "CameraGroupArgs", "CameraStageArgs", "PipelineArgs", "camera_path", "missing_files", "parse_args",
 ]

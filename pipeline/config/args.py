@@ -52,6 +52,16 @@ class CameraStageArgs(_Located, _Model):
     base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
 
+class DetectorStageArgs(_Located, _Model):
+    """What the detector replicas are bound: the model, batching and the bus; no camera, no gateway, no secret."""
+
+    model: ModelConfig = Field(description="The model and its backend.")
+    detector: DetectorConfig = Field(description="Batching, replicas and placement.")
+    bus: BusConfig = Field(description="The frame bus.")
+    redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
+    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
+
+
 class CameraGroupArgs(_Located, _Model):
     """What one camera worker replica is bound: its group's cameras, no other camera, no gateway, no secret."""
 
@@ -163,9 +173,14 @@ class PipelineArgs(_Located, _Model):
                                record_cameras={c.id: c.record for c in self.cameras}, clips=self.clips,
                                redis_url=self.redis_url, base_dir=self.base_dir)
 
+    def for_detector(self) -> "DetectorStageArgs":
+        """What the detector replicas are bound."""
+        return DetectorStageArgs(model=self.model, detector=self.detector, bus=self.bus, redis_url=self.redis_url,
+                                 base_dir=self.base_dir)
+
     def without_secrets(self) -> "PipelineArgs":
         """This config with the gateway section (admin password, OIDC client secret) at its defaults:
-        what the detector and events stages are bound, so secrets stay in the gateway."""
+        what the events stage is bound, so secrets stay in the gateway."""
         return self.model_copy(update={"gateway": GatewayConfig()})
 
 

@@ -5,7 +5,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import ModelConfig, PipelineArgs
+from pipeline.config import DetectorStageArgs, ModelConfig, PipelineArgs
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ class ResolvedModel:
     calib_images: Path | None = None
 
 
-def resolve_model(model: ModelConfig, args: PipelineArgs) -> ResolvedModel:
+def resolve_model(model: ModelConfig, args: PipelineArgs | DetectorStageArgs) -> ResolvedModel:
     """Paths resolved against args.base_dir; the ONNX file is converted from cfg+weights when missing or stale."""
     from pipeline.models.darknet import ModelFileError
     from pipeline.models.onnx_export import ensure_onnx, model_file_name
