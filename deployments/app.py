@@ -63,7 +63,7 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
                           .bind(cfg.for_camera(cam.id), cam.id))
     if cfg.events.enabled:
         stages.append(EventsDeployment.options(user_config=runtime_config(cfg), **without_secret_env(EventsDeployment))
-                      .bind(cfg.without_secrets()))
+                      .bind(cfg.for_events()))
     gateway = GatewayDeployment.options(max_ongoing_requests=cfg.gateway.max_ongoing_requests)
     return gateway.bind(cfg, detector, *stages)
 

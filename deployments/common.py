@@ -8,11 +8,12 @@ import time
 import redis
 
 from pipeline import redisconn
-from pipeline.config import CameraGroupArgs, CameraStageArgs, DetectorStageArgs, PipelineArgs
+from pipeline.config import CameraGroupArgs, CameraStageArgs, DetectorStageArgs, EventsStageArgs, PipelineArgs
 from pipeline.logutil import STAGES, configure_logging
 
 
-def redis_client(args: PipelineArgs | CameraStageArgs | CameraGroupArgs | DetectorStageArgs) -> redis.Redis:
+def redis_client(args: PipelineArgs | CameraStageArgs | CameraGroupArgs | DetectorStageArgs | EventsStageArgs
+                 ) -> redis.Redis:
     return redisconn.connect(args.resolved_redis_url, args.bus.redis_max_connections, args.bus.redis_pool_timeout_s,
                              socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
 

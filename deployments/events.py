@@ -10,7 +10,7 @@ from ray import serve
 from deployments.common import redis_client, setup_logging
 from hls.clips import ClipMaker, EventClipper, SegmentIndex
 from hls.store import make_store
-from pipeline.config import PipelineArgs
+from pipeline.config import EventsStageArgs
 from pipeline.events_service import EventsService, runtime_config
 
 __all__ = ["EventsDeployment", "runtime_config"]
@@ -21,14 +21,14 @@ __all__ = ["EventsDeployment", "runtime_config"]
 class EventsDeployment:
     """Wires the events service: its Redis, its clip maker over the HLS store, Serve's calls."""
 
-    def __init__(self, args: PipelineArgs):
+    def __init__(self, args: EventsStageArgs):
         setup_logging()
         client = redis_client(args)
         clipper = None
         if args.hls.enabled:
             maker = ClipMaker(args.clips, make_store(args.hls, client, args.base_dir), SegmentIndex(client),
                               base_dir=args.base_dir)
-            clipper = EventClipper(maker, [c.id for c in args.cameras if c.enabled and c.detect])
+            clipper = EventClipper(maker, args.detecting)
         self.service = EventsService(args, client, clipper)
 
     def reconfigure(self, user_config: dict) -> None:

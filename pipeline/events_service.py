@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from pipeline import keys
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
 from pipeline.bus import decode_frame, detections_on_image, source_size_of
-from pipeline.config import EventsRuntime, PipelineArgs
+from pipeline.config import EventsRuntime, EventsStageArgs, PipelineArgs
 from pipeline.events import DeliveryRecord, EventStore, MqttSink, WebhookSink
 from pipeline.history import CountsQuery, HistoryQuery, HistoryStore, QueryError
 from pipeline.rules import EventUpdate, RuleEngine
@@ -93,7 +93,7 @@ def _fits(rule, zones: dict) -> bool:
         return False
 
 
-def runtime_config(args: PipelineArgs) -> dict[str, Any]:
+def runtime_config(args: PipelineArgs | EventsStageArgs) -> dict[str, Any]:
     """The events stage's user_config (an EventsRuntime as JSON): rules, zones per camera, tracker settings."""
     return EventsRuntime(rules=args.rules, zones=args.zones_by_camera(), tracking=args.tracking).user_config()
 
@@ -104,10 +104,12 @@ class EventsService:
     `client` is its Redis; `clipper` (hls.clips.EventClipper, or None) cuts event clips: built by the caller,
     which knows where the HLS segments are. `close()` stops the loop and the sinks."""
 
-    def __init__(self, args: PipelineArgs, client, clipper=None):
+    def __init__(self, args: EventsStageArgs | PipelineArgs, client, clipper=None):
+        if isinstance(args, PipelineArgs):
+            args = args.for_events()
         self.args = args
         self.redis = client
-        self.cameras = [c.id for c in args.cameras if c.enabled and c.detect]
+        self.cameras = args.detecting
         self.lock = threading.RLock()
         self.trackers = {cid: Tracker(args.tracking, camera_id=cid, id_source=self._id_source(cid))
                          for cid in self.cameras}

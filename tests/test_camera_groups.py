@@ -42,6 +42,11 @@ def test_browser_cameras_run_in_workers_and_burned_ones_keep_ingest_and_encoder(
     data = cloudpickle.dumps(bound["detector"].init_args)
     assert b"admin-pw-4f9c2e" not in data and b"cam-b-pass" not in data and b"c.avi" not in data
     assert bound["detector"].user_config == {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}
+    # the events stage: cameras without their sources (ids, detecting, zones), rules and sinks; no gateway
+    ev = bound["events"].init_args[0]
+    assert type(ev).__name__ == "EventsStageArgs" and ev.detecting == ["a", "b", "c"]
+    data = cloudpickle.dumps(bound["events"].init_args)
+    assert b"admin-pw-4f9c2e" not in data and b"cam-b-pass" not in data and b"c.avi" not in data
 
 
 def test_groups_hold_at_most_cameras_per_replica_and_only_cameras_placed_alike(tmp_path):

@@ -6,6 +6,8 @@ from .args import (
                    CameraGroupArgs,
                    CameraStageArgs,
                    DetectorStageArgs,
+                   EventsCamera,
+                   EventsStageArgs,
                    PipelineArgs,
                    camera_path,
                    format_validation_error,
@@ -29,6 +31,6 @@ __all__ = [
     "BusConfig", "DetectorAutoscaling", "DetectorConfig", "HlsConfig",
     "AuthConfig", "GatewayConfig", "OidcConfig",
     "ClipConfig", "EventsConfig", "HistoryConfig", "MqttConfig", "WebhookConfig",
-    "RecordConfig", "S3Config", "DetectorRuntime", "EventsRuntime", "DetectorStageArgs",
+    "RecordConfig", "S3Config", "DetectorRuntime", "EventsRuntime", "DetectorStageArgs", "EventsCamera", "EventsStageArgs",
     "CameraGroupArgs", "CameraStageArgs", "PipelineArgs", "camera_path", "missing_files", "parse_args",
 ]

@@ -62,6 +62,38 @@ class DetectorStageArgs(_Located, _Model):
     base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
 
+class EventsCamera(_Model):
+    """A camera as the events stage sees it: its id, whether its detections come, its zones (no source)."""
+
+    id: str = Field(description="The camera id.")
+    detect: bool = Field(description="Enabled and detecting: its detections reach the events stage.")
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Its zones (source pixels).")
+
+
+class EventsStageArgs(_Located, _Model):
+    """What the events replica is bound: cameras without their sources, rules, tracking, sinks, history,
+    clips; no gateway, no camera credentials."""
+
+    cameras: list[EventsCamera] = Field(description="Every camera: id, detecting or not, zones.")
+    rules: list[Rule] = Field(default_factory=list, description="The rules.")
+    tracking: TrackerConfig = Field(default_factory=TrackerConfig, description="The per-camera tracker.")
+    events: EventsConfig = Field(description="Snapshots and sinks (webhooks, MQTT).")
+    history: HistoryConfig = Field(description="The detection history.")
+    clips: ClipConfig = Field(description="Event clips.")
+    hls: HlsConfig = Field(description="Where the HLS segments are (clips are cut from them).")
+    bus: BusConfig = Field(description="The frame bus (snapshots read frames from it).")
+    redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
+    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
+
+    @property
+    def detecting(self) -> list[str]:
+        """Ids of the cameras whose detections come."""
+        return [c.id for c in self.cameras if c.detect]
+
+    def zones_by_camera(self) -> dict[str, list[ZoneConfig]]:
+        return {c.id: list(c.zones) for c in self.cameras}
+
+
 class CameraGroupArgs(_Located, _Model):
     """What one camera worker replica is bound: its group's cameras, no other camera, no gateway, no secret."""
 
@@ -173,15 +205,17 @@ class PipelineArgs(_Located, _Model):
                                record_cameras={c.id: c.record for c in self.cameras}, clips=self.clips,
                                redis_url=self.redis_url, base_dir=self.base_dir)
 
+    def for_events(self) -> "EventsStageArgs":
+        """What the events replica is bound."""
+        cams = [EventsCamera(id=c.id, detect=c.enabled and c.detect, zones=list(c.zones)) for c in self.cameras]
+        return EventsStageArgs(cameras=cams, rules=self.rules, tracking=self.tracking, events=self.events,
+                               history=self.history, clips=self.clips, hls=self.hls, bus=self.bus,
+                               redis_url=self.redis_url, base_dir=self.base_dir)
+
     def for_detector(self) -> "DetectorStageArgs":
         """What the detector replicas are bound."""
         return DetectorStageArgs(model=self.model, detector=self.detector, bus=self.bus, redis_url=self.redis_url,
                                  base_dir=self.base_dir)
-
-    def without_secrets(self) -> "PipelineArgs":
-        """This config with the gateway section (admin password, OIDC client secret) at its defaults:
-        what the events stage is bound, so secrets stay in the gateway."""
-        return self.model_copy(update={"gateway": GatewayConfig()})
 
 
 def camera_path(cam: CameraConfig, hls: HlsConfig) -> tuple[str, str]:
