@@ -41,25 +41,28 @@ class _Located:
         return str(path)
 
 
-class CameraStageArgs(_Located, _Model):
+class _StageArgs(_Located, _Model):
+    """What every stage's args carry besides its own sections: where Redis is, where paths start."""
+
+    redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
+    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
+
+
+class CameraStageArgs(_StageArgs):
     """What one camera's ingest and encoder replicas are bound: no other camera, no gateway, no secret."""
 
     camera: CameraConfig = Field(description="The camera's own section.")
     bus: BusConfig = Field(description="The frame bus.")
     hls: HlsConfig = Field(description="Encoding and HLS.")
     detector: DetectorConfig = Field(description="The detector (its per-camera in-flight limit, local routing).")
-    redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
-    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
 
-class DetectorStageArgs(_Located, _Model):
+class DetectorStageArgs(_StageArgs):
     """What the detector replicas are bound: the model, batching and the bus; no camera, no gateway, no secret."""
 
     model: ModelConfig = Field(description="The model and its backend.")
     detector: DetectorConfig = Field(description="Batching, replicas and placement.")
     bus: BusConfig = Field(description="The frame bus.")
-    redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
-    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
 
 class EventsCamera(_Model):
@@ -70,7 +73,7 @@ class EventsCamera(_Model):
     zones: list[ZoneConfig] = Field(default_factory=list, description="Its zones (source pixels).")
 
 
-class EventsStageArgs(_Located, _Model):
+class EventsStageArgs(_StageArgs):
     """What the events replica is bound: cameras without their sources, rules, tracking, sinks, history,
     clips; no gateway, no camera credentials."""
 
@@ -82,8 +85,6 @@ class EventsStageArgs(_Located, _Model):
     clips: ClipConfig = Field(description="Event clips.")
     hls: HlsConfig = Field(description="Where the HLS segments are (clips are cut from them).")
     bus: BusConfig = Field(description="The frame bus (snapshots read frames from it).")
-    redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
-    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
     @property
     def detecting(self) -> list[str]:
@@ -94,7 +95,7 @@ class EventsStageArgs(_Located, _Model):
         return {c.id: list(c.zones) for c in self.cameras}
 
 
-class CameraGroupArgs(_Located, _Model):
+class CameraGroupArgs(_StageArgs):
     """What one camera worker replica is bound: its group's cameras, no other camera, no gateway, no secret."""
 
     cameras: list[CameraConfig] = Field(description="The cameras of the group (worker path).", min_length=1)
@@ -112,8 +113,6 @@ class CameraGroupArgs(_Located, _Model):
                                           "node's store whichever group recorded them.")
     clips: "ClipConfig" = Field(default_factory=lambda: ClipConfig(), description="Clips (retention keeps an "
                                                                                  "event's clip range longer).")
-    redis_url: str | None = Field(None, description="Redis URL; default: $REDIS_URL or a local Redis.")
-    base_dir: str | None = Field(None, description="Relative paths are taken from here (default: the cwd).")
 
     @property
     def detect_input_shape_px(self) -> tuple[int, int]:
