@@ -300,3 +300,34 @@ def test_rtsp_source_detects_a_stall(rtsp_server_factory):  # noqa: F811
         assert time.monotonic() - last < 1.5 + 1.0
     finally:
         src.close()
+
+
+def test_every_camera_kind_has_a_registered_source_class():
+    from typing import get_args
+
+    from pipeline.sources.factory import source_classes
+
+    kinds = [k for k in get_args(CameraConfig.model_fields["type"].annotation) if k != "auto"]
+    assert kinds and all(source_classes(k) for k in kinds), {k: source_classes(k) for k in kinds}
+
+
+def test_a_source_class_registers_by_declaring_its_kinds_and_may_take_over_some_cameras():
+    """How a new source plugs in: a subclass naming its kinds; a higher priority with `accepts` takes the
+    cameras it accepts from the class already there, the others keep theirs."""
+    Plain = FileSource
+
+    class SlowMotionFile(Plain):
+        kinds = ("file",)
+        priority = 100
+
+        @classmethod
+        def accepts(cls, cfg) -> bool:
+            return cfg.id == "slowmo"
+
+    try:
+        taken = open_source(CameraConfig(id="slowmo", source="/tmp/x.mp4"))
+        kept = open_source(cam("/tmp/x.mp4"))
+        assert type(taken) is SlowMotionFile and type(kept) is Plain
+    finally:
+        FrameSource.registry["file"].remove(SlowMotionFile)
+    assert type(open_source(CameraConfig(id="slowmo", source="/tmp/x.mp4"))) is Plain

@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 
@@ -50,7 +50,25 @@ class EndOfStream(Exception):
 
 
 class FrameSource(abc.ABC):
-    """A camera or file that yields frames. Not thread-safe: one thread calls open/read/close."""
+    """A camera or file that yields frames. Not thread-safe: one thread calls open/read/close.
+
+    A subclass that names `kinds` is registered for them (sources.factory finds it in this package);
+    among the classes of one kind, the one of highest `priority` whose `accepts` takes the camera opens it.
+    """
+
+    kinds: ClassVar[tuple[str, ...]] = ()  # the cameras[].kind values it reads; none: a base for others
+    priority: ClassVar[int] = 0
+    registry: ClassVar[dict[str, list[type["FrameSource"]]]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for kind in cls.__dict__.get("kinds", ()):  # declared here, not inherited: registered once
+            FrameSource.registry.setdefault(kind, []).append(cls)
+
+    @classmethod
+    def accepts(cls, cfg: CameraConfig) -> bool:
+        """Whether this class reads this camera of one of its kinds (a narrower class says when it takes over)."""
+        return True
 
     def __init__(self, cfg: CameraConfig):
         if not isinstance(cfg, CameraConfig):

@@ -76,6 +76,8 @@ def opencv_has_gstreamer() -> bool:
 class CsiSource(OpenCvCaptureSource):
     """A Jetson CSI sensor through nvarguscamerasrc; needs an OpenCV built with GStreamer (JetPack's)."""
 
+    kinds = ("csi",)
+
     def __init__(self, cfg: CameraConfig, flip_method: int = 0):
         super().__init__(cfg)
         try:
@@ -128,6 +130,13 @@ class JetsonRtspSource(OpenCvCaptureSource):
     """An RTSP camera decoded by a Jetson's nvv4l2decoder through OpenCV's GStreamer (`hwaccel: jetson`
     on the annotate path). The codec is not known before the stream is described, so H.264 is tried
     first, then H.265; the one that opened is tried first on the next reconnect."""
+
+    kinds = ("rtsp",)
+    priority = 10  # over ffmpeg's RtspSource, for the cameras it accepts
+
+    @classmethod
+    def accepts(cls, cfg: CameraConfig) -> bool:
+        return cfg.hwaccel == "jetson"
 
     def __init__(self, cfg: CameraConfig):
         super().__init__(cfg)

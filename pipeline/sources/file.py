@@ -41,6 +41,8 @@ class FileSource(FrameSource):
     emitted frame's index divided by the pacing rate, increasing across loops.
     """
 
+    kinds = ("file",)
+
     def __init__(self, cfg: CameraConfig):
         super().__init__(cfg)
         self.path = file_path(cfg.source)

@@ -87,6 +87,8 @@ def parse_ffmpeg_header(lines: list[str]) -> tuple[tuple[int, int] | None, float
 class RtspSource(FrameSource):
     """Reads an RTSP stream through ffmpeg; open and read timeouts from cfg; credentials never logged."""
 
+    kinds = ("rtsp",)
+
     STDERR_LINES = 40
 
     def __init__(self, cfg: CameraConfig, ffmpeg: str | None = None):

@@ -129,6 +129,8 @@ class OpenCvCaptureSource(FrameSource):
 class V4l2Source(OpenCvCaptureSource):
     """A USB/V4L2 camera (cv2.CAP_V4L2, MJPG) with the width/height/fps of the config."""
 
+    kinds = ("v4l2",)
+
     def __init__(self, cfg: CameraConfig):
         super().__init__(cfg)
         self.device = v4l2_device(cfg.source)
