@@ -1,19 +1,34 @@
 """ONNX Runtime backend (CPU everywhere; CUDA when onnxruntime-gpu is installed)."""
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.models.backends.base import Backend, BackendUnavailable
 from pipeline.models.onnx_export import letter_box_from_metadata
 
+if TYPE_CHECKING:
+    from pipeline.config import ModelConfig
+    from pipeline.models.resolve import ResolvedModel
+
 log = logging.getLogger(__name__)
 
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    int8_from_onnx = True
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
+
+    @classmethod
+    def create(cls, settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int) -> "OnnxRuntimeBackend":
+        return cls(model.onnx, intra_op_threads=settings.intra_op_threads)
 
     def __init__(self, onnx_path: str | Path, intra_op_threads: int = 0, providers: list[str] | None = None):
         try:

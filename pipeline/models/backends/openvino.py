@@ -1,18 +1,26 @@
 """OpenVINO backend: the same ONNX file on Intel's CPU runtime (the default on x86 CPUs)."""
 from __future__ import annotations
 
+import importlib.util
 import logging
+import platform
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.models.backends.base import Backend, BackendUnavailable
 from pipeline.models.onnx_export import load_graph_info
 
+if TYPE_CHECKING:
+    from pipeline.config import ModelConfig
+    from pipeline.models.resolve import ResolvedModel
+
 log = logging.getLogger(__name__)
 
 INSTALL = "pip install openvino"
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
 
 
 class OpenVinoBackend(Backend):
@@ -23,6 +31,24 @@ class OpenVinoBackend(Backend):
     batch as one request on all threads, the lowest latency)."""
 
     name = "openvino"
+    int8_from_onnx = True
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return None if importlib.util.find_spec("openvino") else "openvino is not installed (pip install openvino)"
+
+    @classmethod
+    def passed_over_by_auto(cls) -> str | None:
+        machine = platform.machine()
+        if machine.lower() not in X86_MACHINES:
+            # OpenVINO's ARM CPU plugin exists, but ONNX Runtime is the one measured there.
+            return f"not an x86 CPU ({machine}); set backend: openvino to use it anyway"
+        return cls.unavailable()
+
+    @classmethod
+    def create(cls, settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int) -> "OpenVinoBackend":
+        return cls(model.onnx, threads=settings.intra_op_threads,
+                   streams=settings.openvino_streams)
 
     def __init__(self, onnx_path: str | Path, threads: int = 0, streams: int = 1):
         try:

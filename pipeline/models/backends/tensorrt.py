@@ -7,6 +7,7 @@ point raises BackendUnavailable saying what to install.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import threading
 from pathlib import Path
@@ -317,6 +318,17 @@ class TensorRTBackend(Backend):
     batches larger than the engine's profile are split into chunks."""
 
     name = "tensorrt"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        missing = [m for m in ("tensorrt", "pycuda") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"{' and '.join(missing)} not installed (pip install 'lookout[tensorrt]' on a GPU host)"
+        return None
+
+    @classmethod
+    def create(cls, settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int) -> "TensorRTBackend":
+        return cls.from_model(model, settings, max_batch_size)
 
     def __init__(self, engine_file: str | Path, device: int = 0, precision: str | None = None):
         trt, cuda = _load_trt()

@@ -17,6 +17,7 @@ greedy NMS in torch; everything else is the same code.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,18 @@ class TorchBackend(Backend):
     """Runs a :class:`~pipeline.models.torch_yolo.DarknetYolo` on one device."""
 
     name = "torch"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if importlib.util.find_spec("torch") is None:
+            return "torch is not installed"
+        import torch
+
+        return None if torch.cuda.is_available() else "torch has no CUDA device"
+
+    @classmethod
+    def create(cls, settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int) -> "TorchBackend":
+        return cls.from_model(model, settings, max_batch_size)
 
     def __init__(self, net: "DarknetYolo", precision: str = "fp16", device: str = "cuda",
                  max_batch_size: int = 1, channels_last: bool | None = None, warmup: bool = True):
