@@ -1,4 +1,5 @@
 """`build_app(args)`: what serve_config.yaml imports (`deployments.app:build_app`)."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,16 @@ from gateway.auth.bootstrap import ADMIN_PASSWORD_ENV
 from gateway.auth.oidc import CLIENT_SECRET_ENV
 from hls.hwaccel import hwaccel_problems
 from hls.video_path import recording_plan
-from pipeline.config import (CameraConfig, ConfigError, DetectorConfig, DetectorRuntime, PipelineArgs, camera_path,
-                             missing_files, parse_args)
+from pipeline.config import (
+    CameraConfig,
+    ConfigError,
+    DetectorConfig,
+    DetectorRuntime,
+    PipelineArgs,
+    camera_path,
+    missing_files,
+    parse_args,
+)
 
 log = logging.getLogger(__name__)
 SECRET_ENV_VARS = (ADMIN_PASSWORD_ENV, CLIENT_SECRET_ENV)
@@ -33,8 +42,7 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
         raise ConfigError("invalid Lookout config:\n" + "\n".join(f"  {p}" for p in problems))
     # Not refused: in a cluster an unpinned camera may run on another node that has the device.
     for problem in hwaccel_problems(cfg):
-        log.warning("%s (this node; the camera's ffmpeg fails and says so in its status on a node without it)",
-                    problem)
+        log.warning("%s (this node; the camera's ffmpeg fails and says so in its status on a node without it)", problem)
     for cam in cfg.cameras:  # a re-encoded camera runs outside the camera workers, which record
         recorded, why = recording_plan(cam, cfg.hls, cfg.record)
         if cam.enabled and not recorded and cfg.record.for_camera(cam).enabled:
@@ -49,21 +57,29 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
     ).bind(cfg.for_detector())
     stages = []
     for name, group in camera_groups(cfg):
-        worker = CameraWorkerDeployment.options(name=name, **without_secret_env(CameraWorkerDeployment,
-                                                                                  ingest_options(group[0])))
+        worker = CameraWorkerDeployment.options(
+            name=name, **without_secret_env(CameraWorkerDeployment, ingest_options(group[0]))
+        )
         stages.append(worker.bind(cfg.for_group([c.id for c in group]), detector))
     for cam in cfg.cameras:
         if not cam.enabled or worker_camera(cam, cfg):
             continue
-        ingest = IngestDeployment.options(name=f"ingest-{cam.id}",
-                                          **without_secret_env(IngestDeployment, ingest_options(cam)))
+        ingest = IngestDeployment.options(
+            name=f"ingest-{cam.id}", **without_secret_env(IngestDeployment, ingest_options(cam))
+        )
         stages.append(ingest.bind(cfg.for_camera(cam.id), cam.id, detector))
         if cfg.hls.enabled:
-            stages.append(EncoderDeployment.options(name=f"encoder-{cam.id}", **without_secret_env(EncoderDeployment))
-                          .bind(cfg.for_camera(cam.id), cam.id))
+            stages.append(
+                EncoderDeployment.options(name=f"encoder-{cam.id}", **without_secret_env(EncoderDeployment)).bind(
+                    cfg.for_camera(cam.id), cam.id
+                )
+            )
     if cfg.events.enabled:
-        stages.append(EventsDeployment.options(user_config=runtime_config(cfg), **without_secret_env(EventsDeployment))
-                      .bind(cfg.for_events()))
+        stages.append(
+            EventsDeployment.options(user_config=runtime_config(cfg), **without_secret_env(EventsDeployment)).bind(
+                cfg.for_events()
+            )
+        )
     gateway = GatewayDeployment.options(max_ongoing_requests=cfg.gateway.max_ongoing_requests)
     return gateway.bind(cfg, detector, *stages)
 
@@ -121,10 +137,16 @@ def _check_autoscaling_reach(cfg: PipelineArgs) -> None:
     waiting = sum(1 for c in cfg.cameras if c.enabled and c.detect) * cfg.detector.max_inflight_per_camera
     reach = max(scaling.min_replicas, min(scaling.max_replicas, math.ceil(waiting / scaling.target_ongoing_requests)))
     if reach < scaling.max_replicas:
-        log.warning("detector autoscaling: the cameras keep at most %d frames waiting (cameras x "
-                    "max_inflight_per_camera %d), so with target_ongoing_requests %g it never goes past %d of "
-                    "max_replicas %d; raise max_inflight_per_camera", waiting, cfg.detector.max_inflight_per_camera,
-                    scaling.target_ongoing_requests, reach, scaling.max_replicas)
+        log.warning(
+            "detector autoscaling: the cameras keep at most %d frames waiting (cameras x "
+            "max_inflight_per_camera %d), so with target_ongoing_requests %g it never goes past %d of "
+            "max_replicas %d; raise max_inflight_per_camera",
+            waiting,
+            cfg.detector.max_inflight_per_camera,
+            scaling.target_ongoing_requests,
+            reach,
+            scaling.max_replicas,
+        )
 
 
 def ingest_options(cam: CameraConfig) -> dict[str, Any]:

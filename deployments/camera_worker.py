@@ -3,6 +3,7 @@
 Health: a camera whose source fails is a status, never a replica restart; the group restarts a broken
 camera in place, and the replica fails its health check only when no camera of it can be brought back.
 """
+
 from __future__ import annotations
 
 from ray import serve
@@ -23,8 +24,7 @@ class CameraWorkerDeployment:
         if detector is not None and args.detector.prefer_local:
             detector._init(_prefer_local_routing=True)  # fill batches on this node before crossing the network
         self.detector = detector
-        self.group = CameraGroup(args, redis_client(args), self._detect if detector is not None else None,
-                                 node_id())
+        self.group = CameraGroup(args, redis_client(args), self._detect if detector is not None else None, node_id())
 
     def _detect(self, ref: FrameRef) -> int:
         """The frame's number of objects (negative: the detector skipped it as stale or gone)."""

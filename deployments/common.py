@@ -1,4 +1,5 @@
 """Small helpers shared by the deployments."""
+
 from __future__ import annotations
 
 import logging
@@ -12,10 +13,17 @@ from pipeline.config import CameraGroupArgs, CameraStageArgs, DetectorStageArgs,
 from pipeline.logutil import STAGES, configure_logging
 
 
-def redis_client(args: PipelineArgs | CameraStageArgs | CameraGroupArgs | DetectorStageArgs | EventsStageArgs
-                 ) -> redis.Redis:
-    return redisconn.connect(args.resolved_redis_url, args.bus.redis_max_connections, args.bus.redis_pool_timeout_s,
-                             socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+def redis_client(
+    args: PipelineArgs | CameraStageArgs | CameraGroupArgs | DetectorStageArgs | EventsStageArgs,
+) -> redis.Redis:
+    return redisconn.connect(
+        args.resolved_redis_url,
+        args.bus.redis_max_connections,
+        args.bus.redis_pool_timeout_s,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
 
 
 def replica_stage() -> tuple[str | None, str | None]:

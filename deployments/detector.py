@@ -1,5 +1,6 @@
 """The batched detector's Serve adapter: calls batched across cameras, each batch run by
 pipeline.detector_service.DetectorService."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,9 @@ log = logging.getLogger(__name__)
 __all__ = ["DetectorDeployment", "SKIPPED_MISSING", "SKIPPED_STALE", "UPLOAD_CAMERA"]
 
 
-@serve.deployment(name="detector", max_ongoing_requests=64, health_check_period_s=10,
-                  logging_config={"enable_access_log": False})
+@serve.deployment(
+    name="detector", max_ongoing_requests=64, health_check_period_s=10, logging_config={"enable_access_log": False}
+)
 class DetectorDeployment:
     """Runs the model on frames batched across cameras with @serve.batch."""
 
@@ -27,8 +29,12 @@ class DetectorDeployment:
         setup_logging()
         self.service = DetectorService(args, redis_client(args))
         detector = self.service.detector
-        log.info("detector ready: %s on %s, input %dx%d px", args.model.name, detector.backend.describe(),
-                 *detector.input_shape_px)
+        log.info(
+            "detector ready: %s on %s, input %dx%d px",
+            args.model.name,
+            detector.backend.describe(),
+            *detector.input_shape_px,
+        )
 
     def reconfigure(self, user_config: dict) -> None:
         update = DetectorRuntime.model_validate(user_config)

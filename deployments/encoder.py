@@ -1,4 +1,5 @@
 """One encoder deployment per camera: the Serve adapter of hls.encoder_service.EncoderService."""
+
 from __future__ import annotations
 
 from ray import serve

@@ -3,6 +3,7 @@
 ONE replica: the service is the only writer of the history SQLite file. Rules, zones and tracker settings
 are its `user_config`, applied in `reconfigure()`; the gateway queries history through this handle.
 """
+
 from __future__ import annotations
 
 from ray import serve
@@ -16,8 +17,14 @@ from pipeline.events_service import EventsService, runtime_config
 __all__ = ["EventsDeployment", "runtime_config"]
 
 
-@serve.deployment(name="events", num_replicas=1, max_ongoing_requests=32, health_check_period_s=10,
-                  ray_actor_options={"num_cpus": 0.05}, logging_config={"enable_access_log": False})
+@serve.deployment(
+    name="events",
+    num_replicas=1,
+    max_ongoing_requests=32,
+    health_check_period_s=10,
+    ray_actor_options={"num_cpus": 0.05},
+    logging_config={"enable_access_log": False},
+)
 class EventsDeployment:
     """Wires the events service: its Redis, its clip maker over the HLS store, Serve's calls."""
 
@@ -26,8 +33,9 @@ class EventsDeployment:
         client = redis_client(args)
         clipper = None
         if args.hls.enabled:
-            maker = ClipMaker(args.clips, make_store(args.hls, client, args.base_dir), SegmentIndex(client),
-                              base_dir=args.base_dir)
+            maker = ClipMaker(
+                args.clips, make_store(args.hls, client, args.base_dir), SegmentIndex(client), base_dir=args.base_dir
+            )
             clipper = EventClipper(maker, args.detecting)
         self.service = EventsService(args, client, clipper)
 

@@ -1,4 +1,5 @@
 """The gateway deployment: Serve's HTTP ingress, a thin wrapper around gateway.app."""
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,9 @@ class GatewayDeployment:
                 log.debug("app status not known yet: %r", exc)
             time.sleep(0.25)
         else:
-            log.warning("Lookout is not up after %.0fs: see the log above for the stage that did not start",
-                        ANNOUNCE_WAIT_S)
+            log.warning(
+                "Lookout is not up after %.0fs: see the log above for the stage that did not start", ANNOUNCE_WAIT_S
+            )
             return
         base = self.args.gateway.public_url.rstrip("/")
         log.info("Lookout is up: watch at %s/ ; API at %s/api/cameras", base, base)

@@ -1,4 +1,5 @@
 """One ingest deployment per camera (the legacy "annotate" path): source -> Redis frame bus -> detector."""
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,14 @@ class IngestDeployment:
         if detector is not None and args.detector.prefer_local:
             detector._init(_prefer_local_routing=True)  # fill batches on this node before crossing the network
         self.detector = detector
-        self.service = CameraService(self.cam, redis_client(args), args.bus, args.detector,
-                                     self._detect if detector is not None else None, node_id=node_id())
+        self.service = CameraService(
+            self.cam,
+            redis_client(args),
+            args.bus,
+            args.detector,
+            self._detect if detector is not None else None,
+            node_id=node_id(),
+        )
         self.service.start()
 
     def _detect(self, ref: FrameRef) -> None:

@@ -1,4 +1,5 @@
 """The gateway's Starlette application: web page, HLS, and the HTTP API, behind the auth layer."""
+
 from __future__ import annotations
 
 import inspect
@@ -34,8 +35,8 @@ PUBLIC_STATIC = ("/style.css",)
 HTML_SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                               "img-src 'self' data: blob:; media-src 'self' blob:; worker-src 'self' blob:; "
-                               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "img-src 'self' data: blob:; media-src 'self' blob:; worker-src 'self' blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
@@ -73,12 +74,14 @@ def _guard(route: Route, ctx: GatewayContext) -> Route:
     endpoint = route.endpoint
     if route.path.startswith("/hls/"):
         endpoint = _private_hls(endpoint, ctx, playlist=route.path.endswith("index.m3u8"))
-    return Route(route.path, requires(*needs, camera_param=camera_param)(endpoint), methods=route.methods,
-                 name=route.name)
+    return Route(
+        route.path, requires(*needs, camera_param=camera_param)(endpoint), methods=route.methods, name=route.name
+    )
 
 
 def _private_hls(endpoint, ctx: GatewayContext, playlist: bool):
     """Playlists get signed segment URIs; nothing of a camera is cacheable by shared caches."""
+
     def finish(request: Request, resp: Response) -> Response:
         if resp.status_code != 200:
             return resp
@@ -91,12 +94,15 @@ def _private_hls(endpoint, ctx: GatewayContext, playlist: bool):
         return resp
 
     if inspect.iscoroutinefunction(endpoint):  # the playlist route waits (LL-HLS blocking reload) without a thread
+
         async def async_wrapper(request: Request) -> Response:
             return finish(request, await endpoint(request))
+
         return async_wrapper
 
     def wrapper(request: Request) -> Response:
         return finish(request, endpoint(request))
+
     return wrapper
 
 
@@ -139,8 +145,11 @@ def create_app(ctx: GatewayContext) -> Starlette:
 
     def favicon(request: Request) -> FileResponse:
         # Public: browsers ask for it on the login page too, without credentials.
-        return FileResponse(WEB_DIR / "static" / "favicon.ico", media_type="image/x-icon",
-                            headers={"Cache-Control": "public, max-age=86400"})
+        return FileResponse(
+            WEB_DIR / "static" / "favicon.ico",
+            media_type="image/x-icon",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     @requires(page=True)
     def index(request: Request) -> FileResponse:
@@ -153,9 +162,15 @@ def create_app(ctx: GatewayContext) -> Starlette:
         # The trailing-slash redirect (Starlette's own is off: it echoes the request's Host header).
         path = request.url.path
         alt = path.rstrip("/") if path.endswith("/") else path + "/"
-        if request.method in ("GET", "HEAD") and alt and alt != path and any(
+        if (
+            request.method in ("GET", "HEAD")
+            and alt
+            and alt != path
+            and any(
                 isinstance(r, Route) and r.matches({**request.scope, "path": alt})[0] == Match.FULL
-                for r in app.router.routes):
+                for r in app.router.routes
+            )
+        ):
             query = f"?{request.url.query}" if request.url.query else ""
             return RedirectResponse(public_url + alt + query, status_code=307)
         return JSONResponse({"error": "not found", "path": path[:200]}, status_code=404)
@@ -178,25 +193,43 @@ def create_app(ctx: GatewayContext) -> Starlette:
         Route("/favicon.ico", favicon),
         Route("/auth/me", me),
         *auth_routes,
-        *(_guard(r, ctx) for r in [*cameras.make_routes(ctx), *detections_stream.make_routes(ctx),
-                                   *hls_routes.make_routes(ctx), *history_api.make_routes(ctx),
-                                   *events_api.make_routes(ctx), *openapi.make_routes(ctx),
-                                   *motion_api.make_routes(ctx),
-                                   *metrics_api.make_routes(ctx), *recordings_api.make_routes(ctx)]),
-        Mount("/static", app=RequireAuthASGI(StaticFiles(directory=WEB_DIR / "static"), PUBLIC_STATIC),
-              name="static"),
+        *(
+            _guard(r, ctx)
+            for r in [
+                *cameras.make_routes(ctx),
+                *detections_stream.make_routes(ctx),
+                *hls_routes.make_routes(ctx),
+                *history_api.make_routes(ctx),
+                *events_api.make_routes(ctx),
+                *openapi.make_routes(ctx),
+                *motion_api.make_routes(ctx),
+                *metrics_api.make_routes(ctx),
+                *recordings_api.make_routes(ctx),
+            ]
+        ),
+        Mount("/static", app=RequireAuthASGI(StaticFiles(directory=WEB_DIR / "static"), PUBLIC_STATIC), name="static"),
     ]
     middleware = [
         Middleware(ForwardedMiddleware, trusted=TrustedProxies(ctx.args.gateway.trusted_proxies)),
         Middleware(HtmlSecurityHeaders),
         Middleware(metrics_api.AuthFailureCounter, metrics=Metrics(ctx.redis)),
-        Middleware(BodyLimitMiddleware, max_bytes=auth.cfg.max_body_bytes,
-                   path_limits={"/api/detect": ctx.args.gateway.upload_max_bytes}),
+        Middleware(
+            BodyLimitMiddleware,
+            max_bytes=auth.cfg.max_body_bytes,
+            path_limits={"/api/detect": ctx.args.gateway.upload_max_bytes},
+        ),
         Middleware(AuthenticationMiddleware, backend=LookoutAuthBackend(auth), on_error=on_auth_error),
         Middleware(CallerRequestLimit, max_per_caller=ctx.args.gateway.max_requests_per_caller),
     ]
-    app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error,
-                                        **{e: store_unavailable for e in REDIS_UNAVAILABLE}})
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={
+            404: not_found,
+            405: method_not_allowed,
+            500: server_error,
+            **{e: store_unavailable for e in REDIS_UNAVAILABLE},
+        },
+    )
     app.router.redirect_slashes = False
     return app

@@ -1,4 +1,5 @@
 """What the gateway's endpoints need, built once per gateway process."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,8 +38,12 @@ class GatewayContext:
         if loop not in self._aclients:
             bus = self.args.bus
             self._aclients[loop] = redisconn.connect_async(  # socket timeout > the XREAD block (redis-py 8: 5 s)
-                self.args.resolved_redis_url, bus.redis_max_connections, bus.redis_pool_timeout_s,
-                health_check_interval=30, socket_timeout=STREAM_BLOCK_S + 10)
+                self.args.resolved_redis_url,
+                bus.redis_max_connections,
+                bus.redis_pool_timeout_s,
+                health_check_interval=30,
+                socket_timeout=STREAM_BLOCK_S + 10,
+            )
         return self._aclients[loop]
 
     @classmethod
@@ -46,8 +51,13 @@ class GatewayContext:
         from gateway.auth.bootstrap import bootstrap
         from hls.store import make_store
 
-        client = redisconn.connect(args.resolved_redis_url, args.bus.redis_max_connections, args.bus.redis_pool_timeout_s,
-                                   socket_timeout=5, health_check_interval=30)
+        client = redisconn.connect(
+            args.resolved_redis_url,
+            args.bus.redis_max_connections,
+            args.bus.redis_pool_timeout_s,
+            socket_timeout=5,
+            health_check_interval=30,
+        )
         return cls(
             args=args,
             redis=client,

@@ -7,6 +7,7 @@ The wait is an asyncio sleep between store reads (each read in Starlette's threa
 waiting players hold no worker thread. Requests without directives (standard players, the first
 load) are answered at once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,19 +48,22 @@ def make_routes(ctx: GatewayContext, reload_poll_s: float = RELOAD_POLL_S) -> li
         if msn is not None:
             st = reload_state(text)
             if st.low_latency and reload_too_far(st, msn, part):
-                return PlainTextResponse(f"_HLS_msn={msn} _HLS_part={part} is too far ahead of the playlist "
-                                         f"(next segment {st.next_msn}, {st.open_parts} parts of it)",
-                                         status_code=400, headers=NO_STORE)
+                return PlainTextResponse(
+                    f"_HLS_msn={msn} _HLS_part={part} is too far ahead of the playlist "
+                    f"(next segment {st.next_msn}, {st.open_parts} parts of it)",
+                    status_code=400,
+                    headers=NO_STORE,
+                )
             deadline = time.monotonic() + 3 * st.target_s
             while st.low_latency and not reload_ready(st, msn, part):
                 if time.monotonic() > deadline:
-                    return PlainTextResponse(f"segment {msn} part {part} did not appear in time", status_code=503,
-                                             headers=NO_STORE)
+                    return PlainTextResponse(
+                        f"segment {msn} part {part} did not appear in time", status_code=503, headers=NO_STORE
+                    )
                 await asyncio.sleep(reload_poll_s)
                 text = await run_in_threadpool(store.get_playlist, cid)
                 if text is None:
-                    return PlainTextResponse(f"HLS stream of camera {cid!r} stopped", status_code=404,
-                                             headers=NO_STORE)
+                    return PlainTextResponse(f"HLS stream of camera {cid!r} stopped", status_code=404, headers=NO_STORE)
                 st = reload_state(text)
         return Response(text, media_type=PLAYLIST_TYPE, headers={"Cache-Control": "no-cache"})
 
@@ -71,9 +75,12 @@ def make_routes(ctx: GatewayContext, reload_poll_s: float = RELOAD_POLL_S) -> li
             data = None
         if data is None:
             return PlainTextResponse("not found", status_code=404)
-        ext = name[name.rfind("."):]
-        return Response(data, media_type=SEGMENT_TYPES.get(ext, "application/octet-stream"),
-                        headers={"Cache-Control": "public, max-age=60, immutable"})
+        ext = name[name.rfind(".") :]
+        return Response(
+            data,
+            media_type=SEGMENT_TYPES.get(ext, "application/octet-stream"),
+            headers={"Cache-Control": "public, max-age=60, immutable"},
+        )
 
     return [
         Route("/hls/{camera_id}/index.m3u8", playlist),

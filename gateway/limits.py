@@ -1,5 +1,6 @@
 """Limits that keep one caller from taking the gateway from the others: concurrent server-sent event
 streams per caller and per process, and the answers to overload (429/503 with Retry-After)."""
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,11 @@ REDIS_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError)  # pool exhausted 
 def overloaded(detail: str, retry_after_s: int, status_code: int = 503, **extra) -> JSONResponse:
     """429 (this caller asks too much) or 503 (the gateway is busy), with Retry-After."""
     error = "too many requests" if status_code == 429 else "overloaded"
-    return JSONResponse({"error": error, "detail": detail, "retry_after_s": retry_after_s, **extra},
-                        status_code=status_code, headers={"Retry-After": str(retry_after_s)})
+    return JSONResponse(
+        {"error": error, "detail": detail, "retry_after_s": retry_after_s, **extra},
+        status_code=status_code,
+        headers={"Retry-After": str(retry_after_s)},
+    )
 
 
 def caller_of(conn: HTTPConnection) -> str:
@@ -49,12 +53,19 @@ class StreamLimiter:
         """None when `caller` may open one more stream (call `release` after it), else the 429/503 answer."""
         with self._lock:
             if self._open[caller] >= self.max_per_caller:
-                refused = overloaded(f"you have {self._open[caller]} streams open, at most "
-                                     f"{self.max_per_caller} (gateway.max_streams_per_caller); close one",
-                                     STREAM_RETRY_AFTER_S, 429, limit=self.max_per_caller)
+                refused = overloaded(
+                    f"you have {self._open[caller]} streams open, at most "
+                    f"{self.max_per_caller} (gateway.max_streams_per_caller); close one",
+                    STREAM_RETRY_AFTER_S,
+                    429,
+                    limit=self.max_per_caller,
+                )
             elif sum(self._open.values()) >= self.max_total:
-                refused = overloaded(f"the gateway holds its most streams ({self.max_total}, gateway.max_streams)",
-                                     STREAM_RETRY_AFTER_S, 503)
+                refused = overloaded(
+                    f"the gateway holds its most streams ({self.max_total}, gateway.max_streams)",
+                    STREAM_RETRY_AFTER_S,
+                    503,
+                )
             else:
                 self._open[caller] += 1
                 return None
@@ -113,8 +124,12 @@ class CallerRequestLimit:
 
     async def __call__(self, scope, receive, send) -> None:
         user = scope.get("user")
-        if scope["type"] != "http" or not scope["path"].startswith("/api/") \
-                or getattr(user, "kind", "anonymous") == "anonymous" or not getattr(user, "is_authenticated", False):
+        if (
+            scope["type"] != "http"
+            or not scope["path"].startswith("/api/")
+            or getattr(user, "kind", "anonymous") == "anonymous"
+            or not getattr(user, "is_authenticated", False)
+        ):
             return await self.app(scope, receive, send)
         caller = caller_of(HTTPConnection(scope))
         with self._lock:
@@ -123,9 +138,13 @@ class CallerRequestLimit:
                 self._busy[caller] += 1
         if busy >= self.max_per_caller:
             log.warning("request refused (429): %s has %d in work", caller, busy)
-            refused = overloaded(f"you have {busy} requests in work, at most {self.max_per_caller} "
-                                 "(gateway.max_requests_per_caller); wait for them", 1, 429,
-                                 limit=self.max_per_caller)
+            refused = overloaded(
+                f"you have {busy} requests in work, at most {self.max_per_caller} "
+                "(gateway.max_requests_per_caller); wait for them",
+                1,
+                429,
+                limit=self.max_per_caller,
+            )
             return await refused(scope, receive, send)
         try:
             await self.app(scope, receive, send)

@@ -12,6 +12,7 @@ camera whose loop crashed or hangs, or whose lease keeper died, is restarted in 
 and the other cameras of the replica go on. The replica itself fails its health check only when no camera
 of it can be brought back (every camera broken at once: the process is sick, not a camera).
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,9 @@ class CameraStream:
     and CopyPublisher (numbering, discontinuities) live across reconnects and start afresh with each
     reading loop: when the lease is taken another replica may have published in between."""
 
-    def __init__(self, cam: CameraConfig, args: CameraGroupArgs, store: HlsStore, client,
-                 recorder: Recorder | None = None):
+    def __init__(
+        self, cam: CameraConfig, args: CameraGroupArgs, store: HlsStore, client, recorder: Recorder | None = None
+    ):
         self.cam, self.args, self.store, self.client = cam, args, store, client
         self.recorder = recorder  # lives across reconnects and publishers: each run is recorded
         self._source: CopySource | None = None
@@ -55,12 +57,14 @@ class CameraStream:
     def source(self, cam: CameraConfig) -> FrameSource:
         """The source IngestLoop opens for each connection (the same one: open() starts a new run)."""
         if self._source is None:
-            publisher = CopyPublisher(cam.id, self.args.hls, self.store, self.client, on_demand=cam.on_demand,
-                                      recorder=self.recorder)
+            publisher = CopyPublisher(
+                cam.id, self.args.hls, self.store, self.client, on_demand=cam.on_demand, recorder=self.recorder
+            )
             # Jetson's ffmpeg decoders are per codec; the others decode whatever the source sends.
             codec = probe(cam).codec if cam.hwaccel == "jetson" else None
-            self._source = CopySource(cam, publisher, detect_input_px=self.args.detect_input_shape_px,
-                                      decode_args=decode_args(cam, codec))
+            self._source = CopySource(
+                cam, publisher, detect_input_px=self.args.detect_input_shape_px, decode_args=decode_args(cam, codec)
+            )
         return self._source
 
 
@@ -69,29 +73,44 @@ class CameraGroup:
     camera's lease. `detect` sends a FrameRef to the detector (None: no detection); `check()` restarts
     broken cameras in place and raises only when none can be brought back; `close()` stops them all."""
 
-    def __init__(self, args: CameraGroupArgs, client, detect: Callable[[FrameRef], int] | None,
-                 node_id: str = "local"):
+    def __init__(self, args: CameraGroupArgs, client, detect: Callable[[FrameRef], int] | None, node_id: str = "local"):
         self.args = args
         self.detect = detect
         self.client = client
         self.store = make_store(args.hls, self.client, args.base_dir)
         self.node_id = node_id
         # Per camera, kept across service restarts; also what record.mode motion keeps segments by.
-        self.motion_logs = {cam.id: MotionLog(self.client, motion_retain_s(rec.enabled, rec.retain_days))
-                            for cam in args.cameras for rec in [args.record.for_camera(cam)]}
+        self.motion_logs = {
+            cam.id: MotionLog(self.client, motion_retain_s(rec.enabled, rec.retain_days))
+            for cam in args.cameras
+            for rec in [args.record.for_camera(cam)]
+        }
         self.recording = GroupRecording(args, self.client, motion_logs=self.motion_logs)
-        self.streams = {cam.id: CameraStream(cam, args, self.store, self.client, self.recording.recorder(cam.id))
-                        for cam in args.cameras}
+        self.streams = {
+            cam.id: CameraStream(cam, args, self.store, self.client, self.recording.recorder(cam.id))
+            for cam in args.cameras
+        }
         self.services = {cam.id: self._service(cam).start() for cam in args.cameras}
         # "cameras <ids>", not "camera worker": the log tags a record with the id after "camera ".
-        log.info("worker replica on node %s runs cameras %s", self.node_id[:12],
-                 ", ".join(f"{c.id} ({c.kind} {scrub_url(c.source)})" for c in args.cameras))
+        log.info(
+            "worker replica on node %s runs cameras %s",
+            self.node_id[:12],
+            ", ".join(f"{c.id} ({c.kind} {scrub_url(c.source)})" for c in args.cameras),
+        )
 
     def _service(self, cam: CameraConfig) -> CameraService:
         stream = self.streams[cam.id]
-        return CameraService(cam, self.client, self.args.bus, self.args.detector, self.detect,
-                             source_factory=stream.source, node_id=self.node_id, on_reading=stream.reset,
-                             motion_log=self.motion_logs[cam.id])
+        return CameraService(
+            cam,
+            self.client,
+            self.args.bus,
+            self.args.detector,
+            self.detect,
+            source_factory=stream.source,
+            node_id=self.node_id,
+            on_reading=stream.reset,
+            motion_log=self.motion_logs[cam.id],
+        )
 
     def check(self) -> None:
         broken = []

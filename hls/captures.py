@@ -6,6 +6,7 @@ an image, the repeated slots show an earlier capture: the segment's DATERANGE (c
 `FRAME_CAPTURES_CLASS`) then lists, for every frame of the segment, the capture time of the image
 it shows in ms after the segment's PROGRAM-DATE-TIME, and the page draws that image's boxes.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,10 @@ def hls_date(t: float) -> str:
 
 def frame_captures_tag(program_date_time: float, duration_s: float, captures_ms: list[int], msn: int) -> str:
     """The EXT-X-DATERANGE line of segment `msn` (hls.js exposes it as a date range with this attribute)."""
-    return (f'#EXT-X-DATERANGE:ID="c{msn}",CLASS="{FRAME_CAPTURES_CLASS}",START-DATE="{hls_date(program_date_time)}",'
-            f'DURATION={duration_s:.3f},{FRAME_CAPTURES_ATTR}="{",".join(map(str, captures_ms))}"')
+    return (
+        f'#EXT-X-DATERANGE:ID="c{msn}",CLASS="{FRAME_CAPTURES_CLASS}",START-DATE="{hls_date(program_date_time)}",'
+        f'DURATION={duration_s:.3f},{FRAME_CAPTURES_ATTR}="{",".join(map(str, captures_ms))}"'
+    )
 
 
 def parse_captures(attributes: str) -> list[int] | None:

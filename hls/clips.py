@@ -25,6 +25,7 @@ or before the requested start inside the first one (a GOP early at most).
 Clips are files under `ClipConfig.dir/<camera>/<name>.mp4` (a filesystem every gateway can
 read); a budget (total bytes, age) deletes the oldest.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,20 @@ from pipeline.config import ClipConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClipConfig", "SegmentInfo", "SegmentIndex", "ClipStore", "ClipMaker", "EventClipper", "ClipError",
-           "segments_for_range", "concat_list", "clip_args", "ClipInfo", "from_keyframe"]
+__all__ = [
+    "ClipConfig",
+    "SegmentInfo",
+    "SegmentIndex",
+    "ClipStore",
+    "ClipMaker",
+    "EventClipper",
+    "ClipError",
+    "segments_for_range",
+    "concat_list",
+    "clip_args",
+    "ClipInfo",
+    "from_keyframe",
+]
 
 CLIP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,150}$")
 
@@ -85,9 +98,15 @@ class ClipInfo:
     requested: tuple[float, float] = (0.0, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "camera_id": self.camera_id, "start_s": self.start_s,
-                "duration_s": round(self.duration_s, 3), "bytes": self.bytes,
-                "requested_start_s": self.requested[0], "requested_end_s": self.requested[1]}
+        return {
+            "key": self.key,
+            "camera_id": self.camera_id,
+            "start_s": self.start_s,
+            "duration_s": round(self.duration_s, 3),
+            "bytes": self.bytes,
+            "requested_start_s": self.requested[0],
+            "requested_end_s": self.requested[1],
+        }
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -120,10 +139,31 @@ def clip_args(list_path: str, out_path: str, duration_s: float, ffmpeg_bin: str 
     target, which would cut off the start of an event.)"""
     if not duration_s > 0:
         raise ValueError(f"duration_s must be > 0, got {duration_s!r}")
-    return [ffmpeg_bin, "-hide_banner", "-nostdin", "-loglevel", "error",
-            "-f", "concat", "-safe", "0", "-i", list_path,
-            "-t", f"{duration_s:.3f}", "-map", "0:v:0", "-c", "copy",
-            "-movflags", "+faststart", "-f", "mp4", "-y", out_path]
+    return [
+        ffmpeg_bin,
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+        list_path,
+        "-t",
+        f"{duration_s:.3f}",
+        "-map",
+        "0:v:0",
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+        "-f",
+        "mp4",
+        "-y",
+        out_path,
+    ]
 
 
 def from_keyframe(data: bytes, start_s: float, at_s: float) -> tuple[bytes, float]:
@@ -166,8 +206,11 @@ class SegmentIndex:
             return 0
         pl = MediaPlaylist.parse(text)
         key = self._key(camera_id)
-        entries = {json.dumps([e.name, e.duration_s, e.discontinuity, e.init]): e.program_date_time
-                   for e in pl.entries if e.program_date_time > 0}
+        entries = {
+            json.dumps([e.name, e.duration_s, e.discontinuity, e.init]): e.program_date_time
+            for e in pl.entries
+            if e.program_date_time > 0
+        }
         if entries:
             pipe = self.client.pipeline(transaction=False)
             pipe.zadd(key, entries)
@@ -289,8 +332,15 @@ class ClipMaker:
                 return s.start_s
         return None
 
-    def export_recorded(self, camera_id: str, segments: Iterable, get: Callable[[str], bytes | None],
-                        start_s: float, end_s: float, name: str | None = None) -> ClipInfo:
+    def export_recorded(
+        self,
+        camera_id: str,
+        segments: Iterable,
+        get: Callable[[str], bytes | None],
+        start_s: float,
+        end_s: float,
+        name: str | None = None,
+    ) -> ClipInfo:
         """An MP4 of [start_s, end_s] from recorded segments (`RecordedSegment`s; `get(key)` reads one, None
         once deleted). Same errors as `export`."""
         check_camera_id(camera_id)
@@ -327,12 +377,15 @@ class ClipMaker:
             data = None if inits[seg.init] is None else inits[seg.init] + data
         return data
 
-    def _cut(self, camera_id: str, files: list[tuple[SegmentInfo, Path]], start_s: float, end_s: float,
-             name: str) -> ClipInfo:
+    def _cut(
+        self, camera_id: str, files: list[tuple[SegmentInfo, Path]], start_s: float, end_s: float, name: str
+    ) -> ClipInfo:
         files = [(s, p) for s, p in sorted(files) if s.end_s > start_s and s.start_s < end_s]
         if not files:
-            raise ClipError(f"[{camera_id}] no HLS segment covers {start_s:.3f}..{end_s:.3f} any more "
-                            f"(raise hls.keep_segments for longer pre-roll)")
+            raise ClipError(
+                f"[{camera_id}] no HLS segment covers {start_s:.3f}..{end_s:.3f} any more "
+                f"(raise hls.keep_segments for longer pre-roll)"
+            )
         first = files[0][0]
         clip_start = first.start_s  # its keyframe: at or before start_s when the segment is there
         # The concat timeline has no holes: a gap between segments (a reconnect) is not in the clip.
@@ -351,7 +404,9 @@ class ClipMaker:
             raise ClipError(f"[{camera_id}] ffmpeg could not cut {key}: {exc}") from exc
         if proc.returncode != 0 or not tmp_out.exists():
             tmp_out.unlink(missing_ok=True)
-            raise ClipError(f"[{camera_id}] ffmpeg failed ({proc.returncode}) cutting {key}: {proc.stderr.strip()[-400:]}")
+            raise ClipError(
+                f"[{camera_id}] ffmpeg failed ({proc.returncode}) cutting {key}: {proc.stderr.strip()[-400:]}"
+            )
         os.chmod(tmp_out, 0o640)  # not world-readable: the gateways run as this user (or its group)
         os.replace(tmp_out, out)
         size = out.stat().st_size
@@ -411,8 +466,7 @@ class EventClipper:
             if p.camera_id not in by_cam:
                 by_cam[p.camera_id] = self.maker.index.segments(p.camera_id)
             lo = p.start_s - self.settings.pre_s
-            hi = min(p.end_s + self.settings.post_s if p.end_s is not None else now,
-                     lo + self.settings.max_clip_s)
+            hi = min(p.end_s + self.settings.post_s if p.end_s is not None else now, lo + self.settings.max_clip_s)
             wanted = [s for s in by_cam[p.camera_id] if s.end_s > lo and s.start_s < hi]
             folder = self.staging / eid
             for s in wanted:
@@ -425,8 +479,9 @@ class EventClipper:
                     folder.mkdir(parents=True, exist_ok=True)
                     (folder / s.name).write_bytes(data)
                     p.staged[s.name] = s
-            finished = p.end_s is not None and (any(s.end_s >= hi for s in wanted)
-                                                or now - hi > 4 * self.settings.post_s + 30)
+            finished = p.end_s is not None and (
+                any(s.end_s >= hi for s in wanted) or now - hi > 4 * self.settings.post_s + 30
+            )
             if not finished:
                 continue
             files = [(s, folder / s.name) for s in p.staged.values() if (folder / s.name).exists()]

@@ -17,6 +17,7 @@
 `-copyts` keeps the source's timestamps in both outputs (and `frag_discont` + `-avoid_negative_ts
 disabled` keep them in the fMP4's tfdt), so one per-run anchor maps both to capture time.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,16 +72,25 @@ def _input_args(cam: CameraConfig) -> list[str]:
     kind = cam.kind
     if kind == "rtsp":
         timeout_us = int(max(cam.open_timeout_s, cam.read_timeout_s) * 1_000_000)
-        return ["-rtsp_transport", cam.rtsp_transport, "-timeout", str(timeout_us),
-                "-probesize", str(PROBE_SIZE_BYTES), "-analyzeduration", str(ANALYZE_DURATION_US),
-                "-i", cam.source]
+        return [
+            "-rtsp_transport",
+            cam.rtsp_transport,
+            "-timeout",
+            str(timeout_us),
+            "-probesize",
+            str(PROBE_SIZE_BYTES),
+            "-analyzeduration",
+            str(ANALYZE_DURATION_US),
+            "-i",
+            cam.source,
+        ]
     if kind == "file":
-        path = cam.source[len("file://"):] if cam.source.startswith("file://") else cam.source
+        path = cam.source[len("file://") :] if cam.source.startswith("file://") else cam.source
         args = ["-re"] if cam.realtime else []
         args += ["-stream_loop", "-1"] if cam.loop else []
         return args + ["-i", path]
     if kind == "v4l2":
-        dev = cam.source[len("v4l2://"):] if cam.source.startswith("v4l2://") else cam.source
+        dev = cam.source[len("v4l2://") :] if cam.source.startswith("v4l2://") else cam.source
         args = ["-f", "v4l2"]
         if cam.width_px is not None and cam.height_px is not None:
             args += ["-video_size", f"{cam.width_px}x{cam.height_px}"]
@@ -96,10 +106,21 @@ def probe_args(cam: CameraConfig, ffprobe: str = "ffprobe") -> list[str]:
     inp = [a for a in inp if a not in ("-re",)]
     if "-stream_loop" in inp:
         i = inp.index("-stream_loop")
-        del inp[i:i + 2]
-    return [ffprobe, "-hide_banner", "-v", "error", *inp[:-2], "-select_streams", "v:0",
-            "-show_entries", "stream=codec_name,width,height,avg_frame_rate,r_frame_rate",
-            "-of", "json", inp[-1]]
+        del inp[i : i + 2]
+    return [
+        ffprobe,
+        "-hide_banner",
+        "-v",
+        "error",
+        *inp[:-2],
+        "-select_streams",
+        "v:0",
+        "-show_entries",
+        "stream=codec_name,width,height,avg_frame_rate,r_frame_rate",
+        "-of",
+        "json",
+        inp[-1],
+    ]
 
 
 def _rate(text: str | None) -> float | None:
@@ -158,9 +179,17 @@ def detect_select(detect_fps: float) -> str:
     return f"select='isnan(prev_selected_t)+gt(floor(t*{f}),floor(prev_selected_t*{f}))+lt(t,prev_selected_t)'"
 
 
-def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_size_px: tuple[int, int],
-                       decode_args: Sequence[str] = (), ffmpeg: str = "ffmpeg", source_fps: float | None = None,
-                       frames_fd: int = 3) -> list[str]:
+def camera_ffmpeg_args(
+    cam: CameraConfig,
+    hls: HlsConfig,
+    *,
+    video: str,
+    detect_size_px: tuple[int, int],
+    decode_args: Sequence[str] = (),
+    ffmpeg: str = "ffmpeg",
+    source_fps: float | None = None,
+    frames_fd: int = 3,
+) -> list[str]:
     """The argv of a camera's one ffmpeg: output A (fMP4 video) on pipe:1, output B (detector frames) on
     pipe:<frames_fd>.
 
@@ -176,8 +205,20 @@ def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_
     fps = float(cam.fps or source_fps or DEFAULT_FPS)
     inp = _input_args(cam)
     # low_delay: no frame-threaded decoding, which holds (threads - 1) frames back: 200 ms at 10 fps on 2 cores.
-    args = [ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+verbose",
-            *inp[:-2], "-flags", "low_delay", *decode_args, *inp[-2:], "-copyts"]
+    args = [
+        ffmpeg,
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        "level+verbose",
+        *inp[:-2],
+        "-flags",
+        "low_delay",
+        *decode_args,
+        *inp[-2:],
+        "-copyts",
+    ]
     # A: the video, copied or transcoded once, as fragmented MP4 with the source's timestamps.
     args += ["-map", "0:v:0", "-an", "-sn", "-dn"]
     if video == "copy":
@@ -187,15 +228,40 @@ def camera_ffmpeg_args(cam: CameraConfig, hls: HlsConfig, *, video: str, detect_
         enc = encoder_args(hls, 0, 0, fps)
         for key, value in enc.items():
             args += [f"-{key}", value]
-        args += ["-pix_fmt", "yuv420p", "-bf", "0", "-g", str(gop), "-keyint_min", str(gop),
-                 "-sc_threshold", "0", "-fps_mode", "passthrough"]
+        args += [
+            "-pix_fmt",
+            "yuv420p",
+            "-bf",
+            "0",
+            "-g",
+            str(gop),
+            "-keyint_min",
+            str(gop),
+            "-sc_threshold",
+            "0",
+            "-fps_mode",
+            "passthrough",
+        ]
     args += ["-avoid_negative_ts", "disabled", "-f", "mp4", "-movflags", FMP4_MOVFLAGS]
     if hls.low_latency:
         n = part_frames(fps, hls.part_s)
         args += ["-frag_duration", str(round((n - 0.5) / fps * 1_000_000))]
     args += ["-flush_packets", "1", "pipe:1"]
     # B: every frame for the detector (the reader keeps detect_fps of them), each one's pts on stderr.
-    args += ["-map", "0:v:0", "-an", "-sn", "-dn",
-             "-vf", f"scale={dw}:{dh}:flags=area,showinfo",
-             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "yuv420p", f"pipe:{frames_fd}"]
+    args += [
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-dn",
+        "-vf",
+        f"scale={dw}:{dh}:flags=area,showinfo",
+        "-fps_mode",
+        "passthrough",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "yuv420p",
+        f"pipe:{frames_fd}",
+    ]
     return args

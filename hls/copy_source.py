@@ -31,6 +31,7 @@ Recording (`recorder`, an hls.recorder.Recorder): every run's init section, ever
 clock (anchor + tfdt, as a segment's PDT) and the run's end go to it before the on-demand check, so a
 camera is recorded while nobody watches. A run is named `<publisher epoch ms>-r<run number>` in recordings.
 """
+
 from __future__ import annotations
 
 import collections
@@ -46,8 +47,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from hls.copy_args import (SlotSelector, SourceInfo, camera_ffmpeg_args, copyable, detect_size, parse_probe,
-                            probe_args)
+from hls.copy_args import SlotSelector, SourceInfo, camera_ffmpeg_args, copyable, detect_size, parse_probe, probe_args
 from hls.ffmpeg_args import part_frames
 from hls.fmp4 import Fragment
 from hls.hwaccel import hwaccel_failure
@@ -124,8 +124,11 @@ class CopyRun:
         return (offset if self.anchor is None else self.anchor) + pts_s
 
     def _reanchor(self, offset: float, arrival: float) -> None:
-        logger.info("camera %s: the source's clock moved %+.3fs against the wall clock; capture times follow",
-                    self.camera_id, self.anchor - offset)
+        logger.info(
+            "camera %s: the source's clock moved %+.3fs against the wall clock; capture times follow",
+            self.camera_id,
+            self.anchor - offset,
+        )
         self.anchor = offset
         self.reanchors += 1
         self._window_min, self._window_end = math.inf, arrival + ANCHOR_WINDOW_S  # frames after the move only
@@ -141,8 +144,16 @@ class CopyPublisher(StreamPublisher):
     `redis` (may be None with a dir store: no stream info, no on-demand) gets the stream info
     (`put_stream_info`) and holds the viewer key. `on_demand` defaults to hls.on_demand."""
 
-    def __init__(self, camera_id: str, hls: HlsConfig, store: HlsStore, redis=None, *, on_demand: bool | None = None,
-                 recorder=None):
+    def __init__(
+        self,
+        camera_id: str,
+        hls: HlsConfig,
+        store: HlsStore,
+        redis=None,
+        *,
+        on_demand: bool | None = None,
+        recorder=None,
+    ):
         super().__init__(camera_id, hls, store, fmp4=True)
         self.recorder = recorder  # an hls.recorder.Recorder: fed every run's output, watched or not
         self.fps = 25.0
@@ -156,8 +167,9 @@ class CopyPublisher(StreamPublisher):
         self._size: tuple[int, int] | None = None
         self._info_at = 0.0
 
-    def start_run(self, proc: subprocess.Popen, *, fps: float, video: str, video_reason: str | None,
-                  source_size: tuple[int, int]) -> CopyRun:
+    def start_run(
+        self, proc: subprocess.Popen, *, fps: float, video: str, video_reason: str | None, source_size: tuple[int, int]
+    ) -> CopyRun:
         """Read `proc`'s stdout (fMP4) in a thread of its own and publish it after the earlier runs."""
         with self._pub:
             self._runs_started += 1
@@ -168,11 +180,15 @@ class CopyPublisher(StreamPublisher):
             older = [r for r in self._runs if not r.reader_done.is_set()]
             self._runs = [*older, run]
             self._size = source_size
-            self.info = {"video": video, "video_reason": video_reason,
-                         "segment_s": self.info.get("segment_s", self.settings.segment_s)}
+            self.info = {
+                "video": video,
+                "video_reason": video_reason,
+                "segment_s": self.info.get("segment_s", self.settings.segment_s),
+            }
             self._put_info(force=True)
-        run.reader = threading.Thread(target=self._read_fmp4, args=(run, older),
-                                      name=f"hls-copy-{self.camera_id}-run{run.number}", daemon=True)
+        run.reader = threading.Thread(
+            target=self._read_fmp4, args=(run, older), name=f"hls-copy-{self.camera_id}-run{run.number}", daemon=True
+        )
         run.reader.start()
         return run
 
@@ -235,8 +251,12 @@ class CopyPublisher(StreamPublisher):
                 self.log.warning("cannot read the viewer key: %r", exc)
                 watched = True
             if watched != self._watched:
-                self.log.info("%s", "a viewer came: publishing HLS" if watched else
-                              f"no viewer for {self.settings.on_demand_idle_s:g}s: HLS stops")
+                self.log.info(
+                    "%s",
+                    "a viewer came: publishing HLS"
+                    if watched
+                    else f"no viewer for {self.settings.on_demand_idle_s:g}s: HLS stops",
+                )
                 if not watched:
                     self._stop_publishing()
             self._watched = watched
@@ -288,13 +308,16 @@ def probe(cfg: CameraConfig, ffprobe: str = "ffprobe") -> SourceInfo:
         raise SourceError(f"camera {cfg.id}: probing {cfg.source} timed out after {cfg.open_timeout_s:g}s") from None
     except OSError as exc:
         raise SourceError(f"camera {cfg.id}: cannot run {ffprobe!r}: {exc}", permanent=True) from None
-    lines = (re.sub(r"^\[[\w.:/-]+ @ (0x)?[0-9a-fA-F]+\]\s*", "", ln).strip()
-             for ln in out.stderr.decode(errors="replace").strip().splitlines())
+    lines = (
+        re.sub(r"^\[[\w.:/-]+ @ (0x)?[0-9a-fA-F]+\]\s*", "", ln).strip()
+        for ln in out.stderr.decode(errors="replace").strip().splitlines()
+    )
     err = " | ".join([ln for ln in lines if ln][-2:])
     if out.returncode != 0:
         missing = cfg.kind == "file" and not os.path.exists(argv[-1])
-        raise SourceError(f"camera {cfg.id}: cannot open {cfg.source}: {err or f'ffprobe exit {out.returncode}'}",
-                          permanent=missing)
+        raise SourceError(
+            f"camera {cfg.id}: cannot open {cfg.source}: {err or f'ffprobe exit {out.returncode}'}", permanent=missing
+        )
     try:
         return parse_probe(out.stdout)
     except ValueError as exc:
@@ -336,8 +359,8 @@ class _RunOutput:
                     self.resized = f"{w}x{h} -> {size[0]}x{size[1]}"
                 continue
             m = _LOG_PREFIX_RE.match(line)
-            if m and m.group(3) in _ERROR_LEVELS and line[m.end():].strip():
-                self.tail.append(line[m.end():].strip())  # why a run ends: not its chatter
+            if m and m.group(3) in _ERROR_LEVELS and line[m.end() :].strip():
+                self.tail.append(line[m.end() :].strip())  # why a run ends: not its chatter
 
     def tail_text(self, n: int = 3) -> str:
         lines = list(self.tail)
@@ -352,8 +375,16 @@ class CopySource(FrameSource):
     camera's size. Output B is always drained; read() gets the newest frames only.
     """
 
-    def __init__(self, cfg: CameraConfig, publisher: CopyPublisher, *, detect_input_px: int | tuple[int, int] = 416,
-                 decode_args: list[str] | None = None, ffmpeg: str = "ffmpeg", ffprobe: str = "ffprobe"):
+    def __init__(
+        self,
+        cfg: CameraConfig,
+        publisher: CopyPublisher,
+        *,
+        detect_input_px: int | tuple[int, int] = 416,
+        decode_args: list[str] | None = None,
+        ffmpeg: str = "ffmpeg",
+        ffprobe: str = "ffprobe",
+    ):
         super().__init__(cfg)
         self.publisher = publisher
         self.detect_input_px = detect_input_px
@@ -401,22 +432,42 @@ class CopySource(FrameSource):
         else:
             video, reason = "transcode", f"source codec {info.codec} cannot be copied"
         if self._decision != (video, reason):
-            logger.info("camera %s: %s %s video (%dx%d, %s fps)%s", cfg.id, "copying" if video == "copy" else
-                        "transcoding", info.codec, info.width, info.height,
-                        f"{info.fps:g}" if info.fps else "?", f": {reason}" if reason else "")
+            logger.info(
+                "camera %s: %s %s video (%dx%d, %s fps)%s",
+                cfg.id,
+                "copying" if video == "copy" else "transcoding",
+                info.codec,
+                info.width,
+                info.height,
+                f"{info.fps:g}" if info.fps else "?",
+                f": {reason}" if reason else "",
+            )
             self._decision = (video, reason)
         self.video = video
         src_size = (info.width, info.height)
         dw, dh = detect_size(src_size, self.detect_input_px)
         fps = float(cfg.fps or info.fps or 25.0)
         r_fd, w_fd = os.pipe()
-        argv = camera_ffmpeg_args(cfg, self.publisher.settings, video=video, detect_size_px=(dw, dh),
-                                  decode_args=self.decode_args, ffmpeg=self._ffmpeg, source_fps=fps,
-                                  frames_fd=w_fd)
+        argv = camera_ffmpeg_args(
+            cfg,
+            self.publisher.settings,
+            video=video,
+            detect_size_px=(dw, dh),
+            decode_args=self.decode_args,
+            ffmpeg=self._ffmpeg,
+            source_fps=fps,
+            frames_fd=w_fd,
+        )
         out = self._out = _RunOutput(src_size)  # a run of its own: an old run's last lines never mix in
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    pass_fds=(w_fd,), bufsize=0)
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(w_fd,),
+                bufsize=0,
+            )
         except OSError as exc:
             os.close(r_fd)
             os.close(w_fd)
@@ -424,8 +475,7 @@ class CopySource(FrameSource):
         os.close(w_fd)
         self._proc = proc
         self._frames_file = os.fdopen(r_fd, "rb", buffering=0)
-        threading.Thread(target=out.pump, args=(proc.stderr,),
-                         name=f"copy-stderr-{cfg.id}", daemon=True).start()
+        threading.Thread(target=out.pump, args=(proc.stderr,), name=f"copy-stderr-{cfg.id}", daemon=True).start()
         run = self.publisher.start_run(proc, fps=fps, video=video, video_reason=reason, source_size=src_size)
         self._run = run
         self._reader = ThreadedReader(self._grab_fn(run, out, (dw, dh), src_size), name=f"copy-read-{cfg.id}")
@@ -436,12 +486,20 @@ class CopySource(FrameSource):
         except SourceError as exc:
             raise SourceError(f"{exc} ({self._stderr_tail()})") from None
         if first is None:
-            raise SourceError(f"camera {cfg.id}: opening {self.name} timed out after {cfg.open_timeout_s:g}s "
-                              f"({self._stderr_tail()})")
+            raise SourceError(
+                f"camera {cfg.id}: opening {self.name} timed out after {cfg.open_timeout_s:g}s ({self._stderr_tail()})"
+            )
         self._first = first
         out.tail.clear()  # from here on the tail tells why the run ends, not how it started
-        logger.info("camera %s: ffmpeg started (pid %d, %s, detector frames %dx%d at %g fps)", cfg.id, proc.pid,
-                    video, dw, dh, cfg.detect_fps)
+        logger.info(
+            "camera %s: ffmpeg started (pid %d, %s, detector frames %dx%d at %g fps)",
+            cfg.id,
+            proc.pid,
+            video,
+            dw,
+            dh,
+            cfg.detect_fps,
+        )
 
     def _grab_fn(self, run: CopyRun, out: "_RunOutput", size: tuple[int, int], src_size: tuple[int, int]):
         nbytes = size[0] * size[1] * 3 // 2  # yuv420p (I420); the sides are even (detect_size)
@@ -508,8 +566,10 @@ class CopySource(FrameSource):
             raise SourceError(f"{exc} ({self._stderr_tail()})") from None
         if frame is None:
             self._reprobe = True
-            raise SourceError(f"camera {self.cfg.id}: no frame from {self.name} for "
-                              f"{self.cfg.read_timeout_s:g}s (stalled; {self._stderr_tail()})")
+            raise SourceError(
+                f"camera {self.cfg.id}: no frame from {self.name} for "
+                f"{self.cfg.read_timeout_s:g}s (stalled; {self._stderr_tail()})"
+            )
         if self.cfg.kind == "file" and time.monotonic() - self._file_checked >= FILE_CHECK_S:
             self._file_checked = time.monotonic()
             self._check_file()

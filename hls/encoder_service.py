@@ -3,6 +3,7 @@
 Framework-free: deployments/encoder.py runs one per camera in Serve. On demand, it encodes only while
 someone watches; ffmpeg's timestamps follow the camera's real rate (configured, the source's, or measured
 on the bus), and frames are paced onto that rate's grid (hls.live.FramePacer)."""
+
 from __future__ import annotations
 
 import logging
@@ -51,17 +52,28 @@ class EncoderService:
         self.boxes = cam.boxes or args.hls.boxes
         burned = self.boxes == "burned"
         self.stream = AnnotatedStream(
-            camera_id, FrameBus(client, args.bus), ResultStore(client),
-            [BoxAnnotator(), LabelAnnotator()] if burned else [], self._write,
-            annotation_delay_s=args.hls.annotation_delay_s, max_age_s=args.bus.max_age_s,
-            wait_for_detections=cam.detect and burned, active=self._active if self.on_demand else None,
+            camera_id,
+            FrameBus(client, args.bus),
+            ResultStore(client),
+            [BoxAnnotator(), LabelAnnotator()] if burned else [],
+            self._write,
+            annotation_delay_s=args.hls.annotation_delay_s,
+            max_age_s=args.bus.max_age_s,
+            wait_for_detections=cam.detect and burned,
+            active=self._active if self.on_demand else None,
         )
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self.stream.run, args=(self._stop,), name=f"encode-{camera_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.stream.run, args=(self._stop,), name=f"encode-{camera_id}", daemon=True
+        )
         self._thread.start()
-        log.info("camera %s: encoder started (%s, boxes %s%s)", camera_id, args.hls.encoder, self.boxes,
-                 ", on demand" if self.on_demand else "")
+        log.info(
+            "camera %s: encoder started (%s, boxes %s%s)",
+            camera_id,
+            args.hls.encoder,
+            self.boxes,
+            ", on demand" if self.on_demand else "",
+        )
 
     def _measure_fps(self) -> bool:
         """Whether the camera's rate is known: configured, the source's own (the ingest's status), or
@@ -84,8 +96,13 @@ class EncoderService:
             self._watch_checked = now
             watched = self.viewers.watched(self.camera_id)
             if watched != self._watched:
-                log.info("camera %s: %s", self.camera_id, "a viewer came: encoding" if watched
-                         else f"no viewer for {self.args.hls.on_demand_idle_s:g}s: encoding stops")
+                log.info(
+                    "camera %s: %s",
+                    self.camera_id,
+                    "a viewer came: encoding"
+                    if watched
+                    else f"no viewer for {self.args.hls.on_demand_idle_s:g}s: encoding stops",
+                )
             self._watched = watched
         if not self._watched:
             self._measure_fps()
@@ -102,8 +119,7 @@ class EncoderService:
             return
         if self.segmenter is None or self.pacer is None:
             log.info("camera %s: starting the segmenter at %.2f fps", self.camera_id, self.fps)
-            self.segmenter = Segmenter(self.camera_id, self.args.hls, self.store, fps=self.fps,
-                                       resume=self._resume)
+            self.segmenter = Segmenter(self.camera_id, self.args.hls, self.store, fps=self.fps, resume=self._resume)
             self.pacer = FramePacer(self.fps)
         h, w = image.shape[:2]
         hls_error = self.segmenter.last_error
@@ -137,14 +153,17 @@ class EncoderService:
             raise RuntimeError(f"camera {self.camera_id}: ffmpeg keeps failing: {self.segmenter.last_error}")
 
     def stats(self) -> dict:
-        return {"frames_out": self.stream.frames_out, "frames_dropped": self.stream.frames_dropped,
-                "frames_idle": self.stream.frames_idle, "encoding": self.segmenter is not None,
-                "frames_repeated": self.pacer.repeated if self.pacer else 0,
-                "frames_off_grid": self.pacer.dropped if self.pacer else 0,
-                **(self.segmenter.stats() if self.segmenter else {})}
+        return {
+            "frames_out": self.stream.frames_out,
+            "frames_dropped": self.stream.frames_dropped,
+            "frames_idle": self.stream.frames_idle,
+            "encoding": self.segmenter is not None,
+            "frames_repeated": self.pacer.repeated if self.pacer else 0,
+            "frames_off_grid": self.pacer.dropped if self.pacer else 0,
+            **(self.segmenter.stats() if self.segmenter else {}),
+        }
 
     def close(self) -> None:
         self._stop.set()
         if self.segmenter is not None:
             self.segmenter.close()
-

@@ -6,6 +6,7 @@ playlist is only read by the segmenter's publisher, which generates the public p
 `fmp4_args` (fMP4, standard or Low-Latency HLS) writes fragmented MP4 to stdout, which the
 segmenter cuts into an init section, partial segments and segments itself (hls/fmp4.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,16 @@ LOCAL_LIST_SIZE = 10
 
 # x264 preset names -> NVENC's p1 (fastest) .. p7 (best); other names are passed through.
 _NVENC_PRESETS = {
-    "ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3", "fast": "p3",
-    "medium": "p4", "slow": "p5", "slower": "p6", "veryslow": "p7", "placebo": "p7",
+    "ultrafast": "p1",
+    "superfast": "p1",
+    "veryfast": "p2",
+    "faster": "p3",
+    "fast": "p3",
+    "medium": "p4",
+    "slow": "p5",
+    "slower": "p6",
+    "veryslow": "p7",
+    "placebo": "p7",
 }
 
 
@@ -81,8 +90,14 @@ def encoder_args(settings: HlsConfig, out_w: int, out_h: int, fps: float) -> dic
         args = {"c:v": "libx264", "preset": settings.preset, "tune": "zerolatency"}
         args.update(_rate_args(settings) if settings.bitrate_kbps else {"crf": str(settings.crf)})
     elif enc == "h264_nvenc":
-        args = {"c:v": "h264_nvenc", "preset": _NVENC_PRESETS.get(settings.preset, settings.preset),
-                "tune": "ll", "zerolatency": "1", "forced-idr": "1", "no-scenecut": "1"}
+        args = {
+            "c:v": "h264_nvenc",
+            "preset": _NVENC_PRESETS.get(settings.preset, settings.preset),
+            "tune": "ll",
+            "zerolatency": "1",
+            "forced-idr": "1",
+            "no-scenecut": "1",
+        }
         if settings.bitrate_kbps:
             args.update({"rc": "cbr", **_rate_args(settings)})
         else:
@@ -162,9 +177,7 @@ def _video(in_width_px: int, in_height_px: int, fps: float, settings: HlsConfig)
         raise ValueError(f"fps must be > 0, got {fps!r}")
     out_w, out_h = output_size(in_width_px, in_height_px, settings)
     gop = gop_frames(fps, settings.segment_s)
-    stream = ffmpeg.input(
-        "pipe:0", format="rawvideo", pix_fmt="bgr24", s=f"{in_width_px}x{in_height_px}", r=_num(fps)
-    )
+    stream = ffmpeg.input("pipe:0", format="rawvideo", pix_fmt="bgr24", s=f"{in_width_px}x{in_height_px}", r=_num(fps))
     if (out_w, out_h) != (in_width_px, in_height_px):
         stream = stream.filter("scale", out_w, out_h)
     return stream, {

@@ -6,6 +6,7 @@ ffmpeg (`-f mp4 -movflags +frag_keyframe+empty_moov+default_base_moof`) writes `
 each fragment is read far enough (ISO/IEC 14496-12: `tfhd`, `tfdt`, `trun`, `trex`, `mdhd`) to
 know its decode time, duration and whether it starts with a sync sample (a keyframe).
 """
+
 from __future__ import annotations
 
 import struct
@@ -161,8 +162,7 @@ def parse_fragment(data: bytes, defaults: TrackDefaults) -> Fragment:
         samples += count
     if samples == 0:
         raise Mp4Error("fragment has no samples")
-    return Fragment(data, decode_time, duration, defaults.timescale, samples,
-                    not (first_flags or 0) & _SAMPLE_NON_SYNC)
+    return Fragment(data, decode_time, duration, defaults.timescale, samples, not (first_flags or 0) & _SAMPLE_NON_SYNC)
 
 
 @dataclass
@@ -211,7 +211,7 @@ class FragmentSplitter:
         return out
 
     def _take(self) -> bytes:
-        piece = bytes(self._buf[:self._pos])
-        del self._buf[:self._pos]
+        piece = bytes(self._buf[: self._pos])
+        del self._buf[: self._pos]
         self._pos = 0
         return piece

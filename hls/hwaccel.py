@@ -13,6 +13,7 @@ memory: the scale filter and libx264 downstream are software.
   (`h264_nvv4l2dec`, ...), picked by `-c:v` before `-i`; Frigate's presets use the community nvmpi
   build's `h264_nvmpi`/`hevc_nvmpi` the same way. A codec without a decoder there decodes in software.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,16 +77,20 @@ def hwaccel_failure(cam: CameraConfig, stderr_lines: Iterable[str]) -> str | Non
             found.append(m.group(0).rstrip(". "))
     if not found:
         return None
-    return (f"hwaccel {cam.hwaccel} failed ({'; '.join(found[:3])}); "
-            f"set cameras[{cam.id}].hwaccel: none to decode in software")
+    return (
+        f"hwaccel {cam.hwaccel} failed ({'; '.join(found[:3])}); "
+        f"set cameras[{cam.id}].hwaccel: none to decode in software"
+    )
 
 
 def hwaccel_problems(cfg: PipelineArgs, exists: Callable[[str], bool] = os.path.exists) -> list[str]:
     """Cameras (enabled, running on this node) whose hwaccel cannot work here: one
     `cameras[id].hwaccel: ...` line each, for `lookout check` and build_app to refuse alike."""
-    need = {"vaapi": (VAAPI_DEVICE, "no VAAPI render node"),
-            "cuda": (CUDA_DEVICE, "no NVIDIA driver"),
-            "jetson": (JETSON_RELEASE_FILE, "not a Jetson (L4T)")}
+    need = {
+        "vaapi": (VAAPI_DEVICE, "no VAAPI render node"),
+        "cuda": (CUDA_DEVICE, "no NVIDIA driver"),
+        "jetson": (JETSON_RELEASE_FILE, "not a Jetson (L4T)"),
+    }
     problems = []
     for cam in cfg.cameras:
         runs_here = cam.enabled and not cam.node_resource and not cam.node_labels  # pinned: its node's devices
@@ -93,6 +98,8 @@ def hwaccel_problems(cfg: PipelineArgs, exists: Callable[[str], bool] = os.path.
             continue
         path, what = need[cam.hwaccel]
         if not exists(path):
-            problems.append(f"cameras[{cam.id}].hwaccel: {cam.hwaccel} needs {path}, which this machine lacks "
-                            f"({what}); use hwaccel: none")
+            problems.append(
+                f"cameras[{cam.id}].hwaccel: {cam.hwaccel} needs {path}, which this machine lacks "
+                f"({what}); use hwaccel: none"
+            )
     return problems

@@ -1,4 +1,5 @@
 """The live annotated stream of one camera: bus frames + detections -> annotated frames -> a sink."""
+
 from __future__ import annotations
 
 import collections
@@ -26,9 +27,18 @@ class AnnotatedStream:
     sync with the picture; a frame older than `max_age_s` is dropped rather than encoded late.
     """
 
-    def __init__(self, camera_id: str, bus: FrameBus, results: ResultStore, annotators: list,
-                 sink: Callable[[np.ndarray, float], object], annotation_delay_s: float, max_age_s: float,
-                 wait_for_detections: bool = True, active: Callable[[FrameRef], bool] | None = None):
+    def __init__(
+        self,
+        camera_id: str,
+        bus: FrameBus,
+        results: ResultStore,
+        annotators: list,
+        sink: Callable[[np.ndarray, float], object],
+        annotation_delay_s: float,
+        max_age_s: float,
+        wait_for_detections: bool = True,
+        active: Callable[[FrameRef], bool] | None = None,
+    ):
         self.camera_id = camera_id
         self.bus = bus
         self.results = results
@@ -159,8 +169,9 @@ class FramePacer:
                 self.dropped += 1
                 return []
             if self.slot < slot <= self.slot + 1 + self.max_fill:
-                out = [(self.previous, self.base + s * self.period_s, self.previous_at)
-                       for s in range(self.slot + 1, slot)]
+                out = [
+                    (self.previous, self.base + s * self.period_s, self.previous_at) for s in range(self.slot + 1, slot)
+                ]
                 self.repeated += len(out)
                 out.append((image, self.base + slot * self.period_s, captured_at))
                 self.slot, self.previous, self.previous_at = slot, image, captured_at

@@ -14,6 +14,7 @@ Spec points relied on (draft-pantos-hls-rfc8216bis):
   the Advance Part Limit (3 / PART-TARGET parts) past the last part, should be 400 at once; a
   wait longer than 3 target durations should end in 503; the whole playlist is returned.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,9 @@ def part_target_s(part_frames: int, fps: float) -> float:
     return math.ceil(part_frames / fps * 100000 - 1e-6) / 100000
 
 
-def render_fmp4(pl, *, min_target_s: float = 1.0, part_target: float | None = None,
-                open_segment: OpenSegment | None = None) -> str:
+def render_fmp4(
+    pl, *, min_target_s: float = 1.0, part_target: float | None = None, open_segment: OpenSegment | None = None
+) -> str:
     """The playlist of `pl` (a segmenter.MediaPlaylist whose entries have `init` and `parts`).
 
     With `part_target` it is a Low-Latency playlist: server control, part info, EXT-X-PART tags
@@ -76,8 +78,10 @@ def render_fmp4(pl, *, min_target_s: float = 1.0, part_target: float | None = No
     if part_target is not None:
         lines.append(f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={HOLD_BACK_PARTS * part_target:.5f}")
         lines.append(f"#EXT-X-PART-INF:PART-TARGET={part_target:.5f}")
-    lines += [f"#EXT-X-MEDIA-SEQUENCE:{pl.media_sequence}",
-              f"#EXT-X-DISCONTINUITY-SEQUENCE:{pl.discontinuity_sequence}"]
+    lines += [
+        f"#EXT-X-MEDIA-SEQUENCE:{pl.media_sequence}",
+        f"#EXT-X-DISCONTINUITY-SEQUENCE:{pl.discontinuity_sequence}",
+    ]
     # Which segments keep their EXT-X-PART tags: those ending within 3 target durations of the end.
     with_parts, tail = set(), open_segment.duration_s if open_segment and part_target is not None else 0.0
     if part_target is not None:
@@ -166,6 +170,7 @@ class BadDirective(ValueError):
 
 def parse_directives(query: dict) -> tuple[int | None, int | None]:
     """(_HLS_msn, _HLS_part) from a query mapping; BadDirective for malformed ones."""
+
     def num(key: str) -> int | None:
         v = query.get(key)
         if v is None:

@@ -1,4 +1,5 @@
 """The public live media playlist (RFC 8216): its model, rendering and parsing, and ffmpeg's local one."""
+
 from __future__ import annotations
 
 import math
@@ -58,7 +59,9 @@ class MediaPlaylist:
                 lines.append("#EXT-X-DISCONTINUITY")
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{hls_date(e.program_date_time)}")
             if e.captures_ms:
-                lines.append(frame_captures_tag(e.program_date_time, e.duration_s, e.captures_ms, self.media_sequence + i))
+                lines.append(
+                    frame_captures_tag(e.program_date_time, e.duration_s, e.captures_ms, self.media_sequence + i)
+                )
             lines.append(f"#EXTINF:{e.duration_s:.3f},")
             lines.append(e.name)
         return "\n".join(lines) + "\n"

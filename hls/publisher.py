@@ -6,6 +6,7 @@ section (EXT-X-MAP), partial segments (published as they come, Low-Latency HLS) 
 that start at keyframes, and rewrites the playlist (hls/llhls.py) at once. hls/segmenter.Segmenter (our own
 encoder's output) and hls/copy_source.CopyPublisher (a camera's copied video) are both one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,9 +48,16 @@ class StreamPublisher:
 
     fps: float
 
-    def __init__(self, camera_id: str, settings: HlsConfig, store: HlsStore, *,
-                 resume: "MediaPlaylist | None" = None, part_target: float | None = None,
-                 fmp4: bool | None = None):
+    def __init__(
+        self,
+        camera_id: str,
+        settings: HlsConfig,
+        store: HlsStore,
+        *,
+        resume: "MediaPlaylist | None" = None,
+        part_target: float | None = None,
+        fmp4: bool | None = None,
+    ):
         self.camera_id = check_camera_id(camera_id)
         self.settings, self.store = settings, store
         self.log = _CameraLog(logger, {"camera_id": camera_id})
@@ -84,8 +92,9 @@ class StreamPublisher:
 
     def resume_point(self) -> MediaPlaylist:
         """An empty playlist that carries on this stream's numbering, for `Segmenter(resume=...)`."""
-        pl = MediaPlaylist(self._playlist.media_sequence, self._playlist.discontinuity_sequence,
-                           list(self._playlist.entries))
+        pl = MediaPlaylist(
+            self._playlist.media_sequence, self._playlist.discontinuity_sequence, list(self._playlist.entries)
+        )
         pl.drop_front(len(pl.entries))
         return pl
 
@@ -117,13 +126,20 @@ class StreamPublisher:
             self._playlist = MediaPlaylist(resume.media_sequence, resume.discontinuity_sequence)
         self._prev_run = -1 if text or resume is not None else None  # a new run after an old stream: discontinuity
         if text:
-            self.log.info("continuing after media sequence %d (%d segments still listed)",
-                          self._playlist.media_sequence, len(self._playlist.entries))
+            self.log.info(
+                "continuing after media sequence %d (%d segments still listed)",
+                self._playlist.media_sequence,
+                len(self._playlist.entries),
+            )
 
     def _write_playlist(self) -> None:
         if self._fmp4:
-            text = render_fmp4(self._playlist, min_target_s=self.settings.segment_s, part_target=self._part_target,
-                               open_segment=self._open)
+            text = render_fmp4(
+                self._playlist,
+                min_target_s=self.settings.segment_s,
+                part_target=self._part_target,
+                open_segment=self._open,
+            )
         else:
             text = self._playlist.render(self.settings.segment_s)
         self.store.put_playlist(self.camera_id, text)
@@ -241,8 +257,10 @@ class StreamPublisher:
         self.store.put_segment(self.camera_id, name, b"".join(data))
         self.store.put_segment(self.camera_id, seg.init, run.init)  # rewritten: Redis keys expire
         self._counter += 1
-        self._playlist.append(Entry(name, self._open_s, seg.program_date_time, seg.discontinuity, seg.init, parts,
-                                    captures), self.settings.list_size)
+        self._playlist.append(
+            Entry(name, self._open_s, seg.program_date_time, seg.discontinuity, seg.init, parts, captures),
+            self.settings.list_size,
+        )
         self._stored.append((self._counter - 1, [name, *self._open_names]))
         for item in self._inits:
             if item[0] == seg.init:

@@ -4,6 +4,7 @@ The store is the truth; the index is what makes "what is recorded between t0 and
 rebuilt from the store's listing when its file is missing or unreadable (`open_or_rebuild`), and
 `sync` brings in what another node wrote to a shared (S3) store for a time range.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,8 +90,13 @@ class RecordingIndex:
             index = cls(path)
         except sqlite3.DatabaseError as e:
             aside = f"{path}.corrupt-{int(time.time())}"
-            log.warning("recording index %s is unreadable (%s); moving it to %s and rebuilding it from %s",
-                        path, e, aside, store.describe())
+            log.warning(
+                "recording index %s is unreadable (%s); moving it to %s and rebuilding it from %s",
+                path,
+                e,
+                aside,
+                store.describe(),
+            )
             os.replace(path, aside)
             for suffix in ("-wal", "-shm"):
                 try:
@@ -103,11 +109,21 @@ class RecordingIndex:
             try:
                 n = index.rebuild(store)
             except Exception as e:  # noqa: BLE001 - the store away (RecordStoreError) must not stop recording
-                log.warning("recording index %s: cannot rebuild it from %s now (%s); it lists only what is "
-                            "recorded from now on until the next open", path, store.describe(), e)
+                log.warning(
+                    "recording index %s: cannot rebuild it from %s now (%s); it lists only what is "
+                    "recorded from now on until the next open",
+                    path,
+                    store.describe(),
+                    e,
+                )
             else:
-                log.info("recording index %s rebuilt from %s: %d segments in %.1f s", path, store.describe(), n,
-                         time.monotonic() - t0)
+                log.info(
+                    "recording index %s rebuilt from %s: %d segments in %.1f s",
+                    path,
+                    store.describe(),
+                    n,
+                    time.monotonic() - t0,
+                )
         return index
 
     @property
@@ -142,12 +158,17 @@ class RecordingIndex:
 
     def add_many(self, segs: Iterable[RecordedSegment]) -> int:
         """Add (or replace) segments in one transaction; returns how many."""
-        rows = [(s.key, s.camera_id, int(round(s.start_s * 1000)), int(round(s.duration_s * 1000)), s.size_bytes,
-                 s.run_id) for s in segs]
+        rows = [
+            (s.key, s.camera_id, int(round(s.start_s * 1000)), int(round(s.duration_s * 1000)), s.size_bytes, s.run_id)
+            for s in segs
+        ]
         if rows:
             with self._tx():
-                self._db.executemany("INSERT OR REPLACE INTO segments (key, camera, start_ms, dur_ms, size, "
-                                     "run_id) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO segments (key, camera, start_ms, dur_ms, size, "
+                    "run_id) VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
         return len(rows)
 
     def remove(self, keys: Iterable[str]) -> None:
@@ -160,13 +181,16 @@ class RecordingIndex:
     def segments(self, camera_id: str, since_s: float, until_s: float) -> list[RecordedSegment]:
         """The camera's segments overlapping [since_s, until_s), by start."""
         lo, hi = int(since_s * 1000), int(until_s * 1000)
-        rows = self._query(f"SELECT {_COLS} FROM segments WHERE camera = ? AND start_ms >= ? AND start_ms < ? "
-                           "AND start_ms + dur_ms > ? ORDER BY start_ms, key",
-                           (camera_id, lo - int(MAX_SEGMENT_S * 1000), hi, lo))
+        rows = self._query(
+            f"SELECT {_COLS} FROM segments WHERE camera = ? AND start_ms >= ? AND start_ms < ? "
+            "AND start_ms + dur_ms > ? ORDER BY start_ms, key",
+            (camera_id, lo - int(MAX_SEGMENT_S * 1000), hi, lo),
+        )
         return [_row(r) for r in rows]
 
-    def spans(self, camera_id: str, since_s: float, until_s: float,
-              max_gap_s: float = 1.0) -> list[tuple[float, float]]:
+    def spans(
+        self, camera_id: str, since_s: float, until_s: float, max_gap_s: float = 1.0
+    ) -> list[tuple[float, float]]:
         """Recorded spans of the camera within [since_s, until_s] (clipped to it); a hole > max_gap_s splits."""
         out: list[list[float]] = []
         for s in self.segments(camera_id, since_s, until_s):
@@ -182,8 +206,9 @@ class RecordingIndex:
         if camera_id is None:
             rows = self._query(f"SELECT {_COLS} FROM segments ORDER BY start_ms, key LIMIT ?", (n,))
         else:
-            rows = self._query(f"SELECT {_COLS} FROM segments WHERE camera = ? ORDER BY start_ms, key LIMIT ?",
-                               (camera_id, n))
+            rows = self._query(
+                f"SELECT {_COLS} FROM segments WHERE camera = ? ORDER BY start_ms, key LIMIT ?", (camera_id, n)
+            )
         return [_row(r) for r in rows]
 
     def total_bytes(self, camera_id: str | None = None) -> int:
@@ -215,10 +240,21 @@ class RecordingIndex:
         new = [s for k, s in listed.items() if k not in before]
         gone = [k for k in before if k not in listed]
         with self._tx():
-            self._db.executemany("INSERT OR IGNORE INTO segments (key, camera, start_ms, dur_ms, size, run_id) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)",
-                                 [(s.key, s.camera_id, int(round(s.start_s * 1000)),
-                                   int(round(s.duration_s * 1000)), s.size_bytes, s.run_id) for s in new])
+            self._db.executemany(
+                "INSERT OR IGNORE INTO segments (key, camera, start_ms, dur_ms, size, run_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        s.key,
+                        s.camera_id,
+                        int(round(s.start_s * 1000)),
+                        int(round(s.duration_s * 1000)),
+                        s.size_bytes,
+                        s.run_id,
+                    )
+                    for s in new
+                ],
+            )
             self._db.executemany("DELETE FROM segments WHERE key = ?", [(k,) for k in gone])
         return len(new), len(gone)
 
@@ -228,8 +264,9 @@ class RecordingIndex:
         with self._tx():
             self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('rebuilt_s', ?)", (str(time.time()),))
         if added or removed:
-            log.info("recording index %s: %d segments added, %d removed from %s", self.path, added, removed,
-                     store.describe())
+            log.info(
+                "recording index %s: %d segments added, %d removed from %s", self.path, added, removed, store.describe()
+            )
         return self.count()
 
     def sync(self, store: RecordStore, camera_id: str, since_s: float, until_s: float) -> int:
@@ -242,12 +279,21 @@ class RecordingIndex:
         for prefix in hour_prefixes(camera_id, since_s - MAX_SEGMENT_S, until_s):
             # the hour's [start, end) from its prefix: the first segment key of the hour sorts there
             hour_start = _prefix_hour_start_ms(prefix)
-            added, removed = self._reconcile(store, prefix, "camera = ? AND start_ms >= ? AND start_ms < ?",
-                                             (camera_id, hour_start, hour_start + 3_600_000))
+            added, removed = self._reconcile(
+                store,
+                prefix,
+                "camera = ? AND start_ms >= ? AND start_ms < ?",
+                (camera_id, hour_start, hour_start + 3_600_000),
+            )
             added_all += added
             if removed:
-                log.info("camera %s: %d recorded segments of %s are gone from %s", camera_id, removed, prefix,
-                         store.describe())
+                log.info(
+                    "camera %s: %d recorded segments of %s are gone from %s",
+                    camera_id,
+                    removed,
+                    prefix,
+                    store.describe(),
+                )
         return added_all
 
 

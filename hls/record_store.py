@@ -6,6 +6,7 @@ the segment's start). The key alone says camera, start, duration and run, so an 
 from a listing. Store failures (disk full, permissions, an unreachable bucket) raise
 `RecordStoreError`, whose message names the key; nothing else escapes a store method.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,10 @@ from pipeline.logutil import scrub_url
 log = logging.getLogger(__name__)
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9-]+$")
-_KEY_RE = re.compile(r"^(?P<camera>[a-z0-9][a-z0-9_-]{0,62})/(?P<date>\d{4}-\d{2}-\d{2})/(?P<hour>\d{2})/"
-                     r"(?P<start_ms>\d{1,15})_(?P<dur_ms>\d{1,9})_(?P<run_id>[A-Za-z0-9-]{1,64})\.mp4$")
+_KEY_RE = re.compile(
+    r"^(?P<camera>[a-z0-9][a-z0-9_-]{0,62})/(?P<date>\d{4}-\d{2}-\d{2})/(?P<hour>\d{2})/"
+    r"(?P<start_ms>\d{1,15})_(?P<dur_ms>\d{1,9})_(?P<run_id>[A-Za-z0-9-]{1,64})\.mp4$"
+)
 # What a list() prefix may look like: a leading part of a key, never a path escape.
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_./-]*$")
 FILE_MODE = 0o640
@@ -93,7 +96,7 @@ def parse_segment_key(key: str, size_bytes: int) -> RecordedSegment | None:
     if m is None:
         return None
     start_ms = int(m["start_ms"])
-    if hour_prefix(m["camera"], start_ms / 1000) != key[:key.rindex("/") + 1]:
+    if hour_prefix(m["camera"], start_ms / 1000) != key[: key.rindex("/") + 1]:
         return None
     return RecordedSegment(m["camera"], start_ms / 1000, int(m["dur_ms"]) / 1000, int(size_bytes), key, m["run_id"])
 
@@ -202,8 +205,9 @@ class LocalRecordStore(RecordStore):
                 if attempt:
                     raise RecordStoreError(f"cannot write recording {key} to {path}: folder vanished") from None
             except OSError as e:
-                raise RecordStoreError(f"cannot write recording {key} to {path}: "
-                                       f"{e.strerror or e} (errno {e.errno})") from None
+                raise RecordStoreError(
+                    f"cannot write recording {key} to {path}: {e.strerror or e} (errno {e.errno})"
+                ) from None
 
     def _write(self, path: Path, data: bytes) -> None:
         self._makedirs(path.parent)
@@ -251,13 +255,14 @@ class LocalRecordStore(RecordStore):
                 except OSError:
                     break
         if failed:
-            raise RecordStoreError(f"cannot delete {len(failed)} recording(s) under {self.root}: "
-                                   + "; ".join(failed[:5]))
+            raise RecordStoreError(
+                f"cannot delete {len(failed)} recording(s) under {self.root}: " + "; ".join(failed[:5])
+            )
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         _check_prefix(prefix)
         # Walk only the deepest folder the prefix names in full.
-        base = prefix[:prefix.rfind("/") + 1]
+        base = prefix[: prefix.rfind("/") + 1]
         top = self.root / base if base else self.root
         try:
             for dirpath, dirnames, filenames in os.walk(top):
@@ -300,13 +305,25 @@ class S3RecordStore(RecordStore):
 
         self.cfg = cfg
         access = cfg.access_key_id or os.environ.get("LOOKOUT_S3_ACCESS_KEY_ID") or None
-        secret = (cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None) \
-            or os.environ.get("LOOKOUT_S3_SECRET_ACCESS_KEY") or None
+        secret = (
+            (cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None)
+            or os.environ.get("LOOKOUT_S3_SECRET_ACCESS_KEY")
+            or None
+        )
         creds = {"aws_access_key_id": access, "aws_secret_access_key": secret} if access and secret else {}
         self._client = boto3.session.Session().client(
-            "s3", endpoint_url=cfg.endpoint_url, region_name=cfg.region, **creds,
-            config=Config(s3={"addressing_style": "path"}, connect_timeout=cfg.timeout_s, read_timeout=cfg.timeout_s,
-                          retries={"max_attempts": 2, "mode": "standard"}, signature_version="s3v4"))
+            "s3",
+            endpoint_url=cfg.endpoint_url,
+            region_name=cfg.region,
+            **creds,
+            config=Config(
+                s3={"addressing_style": "path"},
+                connect_timeout=cfg.timeout_s,
+                read_timeout=cfg.timeout_s,
+                retries={"max_attempts": 2, "mode": "standard"},
+                signature_version="s3v4",
+            ),
+        )
         self._bucket_ok = False
 
     def describe(self) -> str:
@@ -378,10 +395,11 @@ class S3RecordStore(RecordStore):
 
         objs = [self._obj(k) for k in keys]
         for i in range(0, len(objs), 1000):
-            batch = objs[i:i + 1000]
+            batch = objs[i : i + 1000]
             try:
-                r = self._client.delete_objects(Bucket=self.cfg.bucket,
-                                                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+                r = self._client.delete_objects(
+                    Bucket=self.cfg.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                )
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") == "NoSuchBucket":
                     return
@@ -390,8 +408,10 @@ class S3RecordStore(RecordStore):
                 raise self._err("delete", batch[0], e) from None
             errors = [x for x in r.get("Errors", []) if x.get("Code") != "NoSuchKey"]
             if errors:
-                raise RecordStoreError(f"cannot delete {len(errors)} recording(s) in {self.describe()}: "
-                                       + "; ".join(f"{x.get('Key')}: {x.get('Code')}" for x in errors[:5]))
+                raise RecordStoreError(
+                    f"cannot delete {len(errors)} recording(s) in {self.describe()}: "
+                    + "; ".join(f"{x.get('Key')}: {x.get('Code')}" for x in errors[:5])
+                )
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -401,7 +421,8 @@ class S3RecordStore(RecordStore):
         n = len(self.cfg.prefix)
         try:
             pages = self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.cfg.bucket, Prefix=full, PaginationConfig={"PageSize": self.page_size})
+                Bucket=self.cfg.bucket, Prefix=full, PaginationConfig={"PageSize": self.page_size}
+            )
             for page in pages:
                 for o in page.get("Contents", []):
                     key = o["Key"][n:]

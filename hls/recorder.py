@@ -13,6 +13,7 @@ and live video and detection go on. In modes `motion` and `events` a finished se
 bounded) until `pre_s` after its end, so that activity just after it still keeps it (pre-roll), and is
 kept only when activity lies within [start - post_s, end + pre_s].
 """
+
 from __future__ import annotations
 
 import collections
@@ -89,9 +90,18 @@ class Recorder:
     while the store cannot be opened yet (`attach` gives them): segments are cut and wait in the bounded
     queue meanwhile, those beyond it are lost (counted as store_error)."""
 
-    def __init__(self, camera_id: str, cfg: RecordConfig, store: RecordStore | None, index: RecordingIndex | None, *,
-                 motion: MotionSource | None = None, events=None, metrics=None,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        camera_id: str,
+        cfg: RecordConfig,
+        store: RecordStore | None,
+        index: RecordingIndex | None,
+        *,
+        motion: MotionSource | None = None,
+        events=None,
+        metrics=None,
+        clock: Callable[[], float] = time.time,
+    ):
         if cfg.mode == "motion" and motion is None:
             raise ValueError(f"camera {camera_id}: record.mode is 'motion' but no motion log was given")
         if cfg.mode == "events" and events is None:
@@ -159,8 +169,9 @@ class Recorder:
             if frag.duration > 0 and frag.samples > 0:
                 self._fps = frag.samples / frag.duration_s
             seg = self._open
-            if seg is not None and (seg.run_id != run_id or (
-                    frag.independent and seg.duration_s >= self.cfg.segment_s - 0.5 / self._fps)):
+            if seg is not None and (
+                seg.run_id != run_id or (frag.independent and seg.duration_s >= self.cfg.segment_s - 0.5 / self._fps)
+            ):
                 self._finish_locked()
             if self._open is None:
                 if not frag.independent:
@@ -295,8 +306,7 @@ class Recorder:
         return math.ceil((self.cfg.pre_s + DECIDE_SLACK_S) / self.cfg.segment_s) + 2
 
     def _due_locked(self) -> bool:
-        return bool(self._pending) and (len(self._pending) > self.pending_limit
-                                        or self._pending[0][0] <= self._clock())
+        return bool(self._pending) and (len(self._pending) > self.pending_limit or self._pending[0][0] <= self._clock())
 
     def _take_due_locked(self, everything: bool) -> list[tuple[RecordedSegment, bytes]]:
         out = []
@@ -320,8 +330,9 @@ class Recorder:
         return keep
 
     def _any_event(self, lo: float, hi: float) -> bool:
-        page = self.events.list(camera_id=self.camera_id, since_s=max(0.0, lo - EVENTS_LOOKBACK_S), until_s=hi,
-                                limit=EVENTS_PAGE)
+        page = self.events.list(
+            camera_id=self.camera_id, since_s=max(0.0, lo - EVENTS_LOOKBACK_S), until_s=hi, limit=EVENTS_PAGE
+        )
         return any(ev.end_s is None or ev.end_s >= lo for ev in page.events)
 
     def _write(self, rec: RecordedSegment, data: bytes) -> None:
@@ -369,8 +380,14 @@ class GroupRecording:
     logged once per camera and opened again in the background with backoff (`open_backoff_s`); the recorders
     cut and queue meanwhile, and live video and detection never wait on it."""
 
-    def __init__(self, args: CameraGroupArgs, client, *, motion_logs: dict[str, MotionLog] | None = None,
-                 open_backoff_s: tuple[float, ...] = OPEN_BACKOFF_S):
+    def __init__(
+        self,
+        args: CameraGroupArgs,
+        client,
+        *,
+        motion_logs: dict[str, MotionLog] | None = None,
+        open_backoff_s: tuple[float, ...] = OPEN_BACKOFF_S,
+    ):
         self.args, self.client = args, client
         self.recorders: dict[str, Recorder] = {}
         self.store: RecordStore | None = None
@@ -390,15 +407,20 @@ class GroupRecording:
         for cam in recorded:
             rec = args.record.for_camera(cam)
             motion = motion_logs.get(cam.id) or MotionLog(client, motion_retain_s(True, rec.retain_days))
-            self.recorders[cam.id] = Recorder(cam.id, rec, None, None, motion=motion, events=self.events,
-                                              metrics=metrics)
+            self.recorders[cam.id] = Recorder(
+                cam.id, rec, None, None, motion=motion, events=self.events, metrics=metrics
+            )
         self._plans = plans
         error = self._try_open()
         if error is not None:
             for cam_id, recorder in self.recorders.items():
                 recorder.store_problem = error
-                logger.error("camera %s: not recorded yet: cannot open the record store: %s (trying again in the "
-                             "background; recording starts once it opens)", cam_id, error)
+                logger.error(
+                    "camera %s: not recorded yet: cannot open the record store: %s (trying again in the "
+                    "background; recording starts once it opens)",
+                    cam_id,
+                    error,
+                )
             self._opener = threading.Thread(target=self._open_loop, name="record-store-open", daemon=True)
             self._opener.start()
 
@@ -418,8 +440,13 @@ class GroupRecording:
         args = self.args
         per_camera = {cid: args.record.changed(changes) for cid, changes in args.record_cameras.items()}
         per_camera.update({cam.id: args.record.for_camera(cam) for cam in args.cameras})
-        retention = Retention(args.record, store, index, per_camera=per_camera,
-                              protected=event_ranges(self.events, args.clips.pre_s, args.clips.post_s))
+        retention = Retention(
+            args.record,
+            store,
+            index,
+            per_camera=per_camera,
+            protected=event_ranges(self.events, args.clips.pre_s, args.clips.post_s),
+        )
         self.retention = RetentionLoop(retention, sweep_s=args.record.sweep_s, redis_client=self.client).start()
         return None
 

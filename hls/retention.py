@@ -10,6 +10,7 @@ Free space and size are hard limits: protected segments go too when they are the
 are deleted from the store first, then from the index. A sweep never raises: store or index
 failures are logged and counted.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -58,8 +59,15 @@ class _Ranges:
 class Retention:
     """Deletes recorded segments by age, total size and free disk space (see the module doc)."""
 
-    def __init__(self, cfg: RecordConfig, store: RecordStore, index: RecordingIndex, *,
-                 per_camera: dict[str, RecordConfig] | None = None, protected: Protected | None = None):
+    def __init__(
+        self,
+        cfg: RecordConfig,
+        store: RecordStore,
+        index: RecordingIndex,
+        *,
+        per_camera: dict[str, RecordConfig] | None = None,
+        protected: Protected | None = None,
+    ):
         self.cfg = cfg
         self.store = store
         self.index = index
@@ -70,32 +78,46 @@ class Retention:
         """One pass; returns counts: deleted, deleted_bytes, by_free_space, by_age, by_size, kept_protected,
         errors. Never raises."""
         now = time.time() if now_s is None else now_s
-        counts = {"deleted": 0, "deleted_bytes": 0, "by_free_space": 0, "by_age": 0, "by_size": 0,
-                  "kept_protected": 0, "errors": 0}
+        counts = {
+            "deleted": 0,
+            "deleted_bytes": 0,
+            "by_free_space": 0,
+            "by_age": 0,
+            "by_size": 0,
+            "kept_protected": 0,
+            "errors": 0,
+        }
         for phase in (self._free_space, self._age, self._size):
             try:
                 phase(now, counts)
             except Exception:  # noqa: BLE001 - a sweep must never take its caller down
                 counts["errors"] += 1
-                log.exception("recordings retention: %s failed in %s", phase.__name__.strip("_"),
-                              self.store.describe())
+                log.exception("recordings retention: %s failed in %s", phase.__name__.strip("_"), self.store.describe())
         if counts["deleted"]:
-            log.info("recordings retention: deleted %d segments (%.1f MB): %d for free space, %d by age, "
-                     "%d by size; %d kept for events", counts["deleted"], counts["deleted_bytes"] / 1e6,
-                     counts["by_free_space"], counts["by_age"], counts["by_size"], counts["kept_protected"])
+            log.info(
+                "recordings retention: deleted %d segments (%.1f MB): %d for free space, %d by age, "
+                "%d by size; %d kept for events",
+                counts["deleted"],
+                counts["deleted_bytes"] / 1e6,
+                counts["by_free_space"],
+                counts["by_age"],
+                counts["by_size"],
+                counts["kept_protected"],
+            )
         return counts
 
     def _delete(self, segs: list[RecordedSegment], reason: str, counts: dict) -> bool:
         """Delete from the store, then the index; False (logged, counted) when the store failed."""
         for i in range(0, len(segs), BATCH):
-            batch = segs[i:i + BATCH]
+            batch = segs[i : i + BATCH]
             try:
                 self.store.delete([s.key for s in batch])
             except RecordStoreError as e:
                 counts["errors"] += 1
                 cams = sorted({s.camera_id for s in batch})
-                log.warning("recordings retention (%s): cannot delete segments of camera(s) %s: %s", reason,
-                            ", ".join(cams), e)
+                log.warning(
+                    "recordings retention (%s): cannot delete segments of camera(s) %s: %s", reason, ", ".join(cams), e
+                )
                 return False
             self.index.remove([s.key for s in batch])
             n, size = len(batch), sum(s.size_bytes for s in batch)
@@ -103,8 +125,12 @@ class Retention:
             counts["deleted_bytes"] += size
             counts[f"by_{reason}"] += n
             for cam in sorted({s.camera_id for s in batch}):
-                log.debug("camera %s: retention (%s) deleted %d segments", cam, reason,
-                          sum(1 for s in batch if s.camera_id == cam))
+                log.debug(
+                    "camera %s: retention (%s) deleted %d segments",
+                    cam,
+                    reason,
+                    sum(1 for s in batch if s.camera_id == cam),
+                )
         return True
 
     def _free_space(self, now: float, counts: dict) -> None:
@@ -113,14 +139,21 @@ class Retention:
         if free is None or low <= 0 or free >= low:
             return
         target = low * (1 + FREE_MARGIN)
-        log.warning("recordings: only %.1f MB free in %s (min_free_gb %.3f): deleting the oldest segments",
-                    free / 1e6, self.store.describe(), self.cfg.min_free_gb)
+        log.warning(
+            "recordings: only %.1f MB free in %s (min_free_gb %.3f): deleting the oldest segments",
+            free / 1e6,
+            self.store.describe(),
+            self.cfg.min_free_gb,
+        )
         while free < target:
             need = target - free
             oldest = self.index.oldest(BATCH)
             if not oldest:
-                log.warning("recordings: %.1f MB free in %s and no indexed segment left to delete", free / 1e6,
-                            self.store.describe())
+                log.warning(
+                    "recordings: %.1f MB free in %s and no indexed segment left to delete",
+                    free / 1e6,
+                    self.store.describe(),
+                )
                 return
             take, got = [], 0
             for s in oldest:
@@ -153,16 +186,19 @@ class Retention:
             if go and not self._delete(go, "age", counts):
                 return
 
-    def _protected_ranges(self, camera_id: str, since_s: float, until_s: float,
-                          events_cutoff: float) -> _Ranges | None:
+    def _protected_ranges(self, camera_id: str, since_s: float, until_s: float, events_cutoff: float) -> _Ranges | None:
         """The camera's protected ranges; None means "all of it" (the lookup failed: keep, to be safe)."""
         if self.protected is None or until_s <= events_cutoff:
             return _Ranges([])
         try:
             return _Ranges(list(self.protected(camera_id, max(since_s, events_cutoff), until_s)))
         except Exception as e:  # noqa: BLE001 - events unreachable: keep what might be an event's
-            log.warning("camera %s: cannot read the protected (event) ranges, keeping segments younger than "
-                        "events_retain_days this sweep: %s", camera_id, e)
+            log.warning(
+                "camera %s: cannot read the protected (event) ranges, keeping segments younger than "
+                "events_retain_days this sweep: %s",
+                camera_id,
+                e,
+            )
             return None
 
     def _size(self, now: float, counts: dict) -> None:
@@ -210,8 +246,7 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 LONGEST_EVENT_S = DAY_S
 
 
-def event_ranges(events: EventStore, pre_s: float, post_s: float,
-                 now: Callable[[], float] = time.time) -> Protected:
+def event_ranges(events: EventStore, pre_s: float, post_s: float, now: Callable[[], float] = time.time) -> Protected:
     """A `protected` callable for `Retention`: each event's clip range [start - pre_s, end + post_s]
     (an open event: until now) of the camera, from the event store."""
 
@@ -219,8 +254,9 @@ def event_ranges(events: EventStore, pre_s: float, post_s: float,
         out, cursor = [], None
         lo = max(0.0, since_s - LONGEST_EVENT_S - pre_s)
         while True:
-            page = events.list(EventQuery(camera_id=camera_id, since_s=lo, until_s=until_s + pre_s, limit=1000,
-                                          cursor=cursor))
+            page = events.list(
+                EventQuery(camera_id=camera_id, since_s=lo, until_s=until_s + pre_s, limit=1000, cursor=cursor)
+            )
             for ev in page.events:
                 a, b = ev.start_s - pre_s, (ev.end_s if ev.end_s is not None else now()) + post_s
                 if b > since_s and a < until_s:
@@ -239,8 +275,15 @@ class RetentionLoop:
     is shared by the cluster (scope "cluster"). For an object store the sweeper's index is first
     made whole from the store's listing (other nodes' cameras), at most every `refresh_index_s`."""
 
-    def __init__(self, retention: Retention, *, sweep_s: float, redis_client=None, scope: str | None = None,
-                 refresh_index_s: float = 3600.0):
+    def __init__(
+        self,
+        retention: Retention,
+        *,
+        sweep_s: float,
+        redis_client=None,
+        scope: str | None = None,
+        refresh_index_s: float = 3600.0,
+    ):
         self.retention = retention
         self.sweep_s = sweep_s
         self.redis = redis_client
@@ -260,14 +303,16 @@ class RetentionLoop:
             return self._sweep(now_s) if mine else None
 
     def _sweep(self, now_s: float | None) -> dict:
-        if self.shared and (self._refreshed_at is None
-                            or time.monotonic() - self._refreshed_at >= self.refresh_index_s):
+        if self.shared and (
+            self._refreshed_at is None or time.monotonic() - self._refreshed_at >= self.refresh_index_s
+        ):
             try:
                 self.retention.index.rebuild(self.retention.store)
                 self._refreshed_at = time.monotonic()
             except Exception as e:  # noqa: BLE001 - sweep what the index knows
-                log.warning("recordings retention: cannot refresh the index from %s: %s",
-                            self.retention.store.describe(), e)
+                log.warning(
+                    "recordings retention: cannot refresh the index from %s: %s", self.retention.store.describe(), e
+                )
         self.last = self.retention.sweep(now_s)
         return self.last
 

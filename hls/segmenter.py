@@ -7,6 +7,7 @@ uploads each completed segment to the `HlsStore` and rewrites the public playlis
 sequence and segment names across ffmpeg restarts and replica restarts, and marks each restart
 with a discontinuity.
 """
+
 from __future__ import annotations
 
 import logging
@@ -139,9 +140,7 @@ class Segmenter(StreamPublisher):
             return False
         frame = np.ascontiguousarray(frame_bgr)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(
-                f"[{self.camera_id}] expected an HxWx3 uint8 frame, got {frame.shape} {frame.dtype}"
-            )
+            raise ValueError(f"[{self.camera_id}] expected an HxWx3 uint8 frame, got {frame.shape} {frame.dtype}")
         h, w = frame.shape[:2]
         run = self._run
         if run is not None and run.size != (w, h):
@@ -239,8 +238,12 @@ class Segmenter(StreamPublisher):
         run_dir.mkdir()
         try:
             with open(run_dir / "ffmpeg.log", "wb") as errlog:
-                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=errlog,
-                                        stdout=subprocess.PIPE if self._fmp4 else subprocess.DEVNULL)
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,
+                    stderr=errlog,
+                    stdout=subprocess.PIPE if self._fmp4 else subprocess.DEVNULL,
+                )
         except OSError as exc:
             shutil.rmtree(run_dir, ignore_errors=True)
             self._crashed(None, f"cannot start {self.ffmpeg_bin!r}: {exc}")
@@ -249,8 +252,7 @@ class Segmenter(StreamPublisher):
             self.restarts += 1
         now = time.monotonic()
         keep = int(self.fps * 120) + 4 * gop_frames(self.fps, self.settings.segment_s)
-        run = _Run(number, run_dir, (w, h), proc, now, deque(maxlen=keep), deque(maxlen=keep),
-                   last_segment=now)
+        run = _Run(number, run_dir, (w, h), proc, now, deque(maxlen=keep), deque(maxlen=keep), last_segment=now)
         with self._lock:
             closed = self._closed  # close() ran in another thread meanwhile
             older = list(self._runs)
@@ -262,11 +264,19 @@ class Segmenter(StreamPublisher):
             proc.wait()
             return None
         if self._fmp4:
-            run.reader = threading.Thread(target=self._read_fmp4, args=(run, older),
-                                          name=f"hls-{self.camera_id}-run{number}", daemon=True)
+            run.reader = threading.Thread(
+                target=self._read_fmp4, args=(run, older), name=f"hls-{self.camera_id}-run{number}", daemon=True
+            )
             run.reader.start()
-        self.log.info("ffmpeg started (run %d, pid %d, %dx%d -> %dx%d, %s)", number, proc.pid, w, h,
-                      *output_size(w, h, self.settings), self.settings.encoder)
+        self.log.info(
+            "ffmpeg started (run %d, pid %d, %dx%d -> %dx%d, %s)",
+            number,
+            proc.pid,
+            w,
+            h,
+            *output_size(w, h, self.settings),
+            self.settings.encoder,
+        )
         return run
 
     def _retire(self, run: _Run) -> bool:
@@ -380,8 +390,9 @@ class Segmenter(StreamPublisher):
                 self._publish(run, data, duration, pdt, run.gap, captures)  # raises: retried next tick
             run.next_index, run.cum_s, run.gap = index + 1, run.cum_s + duration, data is None
 
-    def _publish(self, run: _Run, data: bytes, duration: float, pdt: float, gap: bool,
-                 captures: list[int] | None = None) -> None:
+    def _publish(
+        self, run: _Run, data: bytes, duration: float, pdt: float, gap: bool, captures: list[int] | None = None
+    ) -> None:
         name = f"{self._epoch_ms}_{self._counter:08d}.ts"
         self.store.put_segment(self.camera_id, name, data)
         self._counter += 1
@@ -411,8 +422,10 @@ class Segmenter(StreamPublisher):
         gop = gop_frames(self.fps, self.settings.segment_s)
         if since is not None and now - since > self.stall_timeout_s:
             reason = f"ffmpeg stalled: a write blocked for {now - since:.1f}s"
-        elif (run.frames - run.frames_at_last_segment > 4 * gop + 2 * self.fps
-              and now - run.last_segment > self.stall_timeout_s):
+        elif (
+            run.frames - run.frames_at_last_segment > 4 * gop + 2 * self.fps
+            and now - run.last_segment > self.stall_timeout_s
+        ):
             reason = f"ffmpeg stalled: no segment for {now - run.last_segment:.1f}s"
         else:
             return

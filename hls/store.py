@@ -3,6 +3,7 @@
 Names are validated here (the one place every reader and writer goes through): an invalid
 camera id or segment name raises ValueError naming the value; the gateway maps it to 404.
 """
+
 from __future__ import annotations
 
 import os
@@ -88,7 +89,7 @@ class RedisHlsStore(HlsStore):
     def list_segments(self, camera_id: str) -> list[str]:
         prefix = keys.hls_segment(check_camera_id(camera_id), "")
         names = (k.decode() if isinstance(k, bytes) else k for k in self.redis.scan_iter(match=prefix + "*"))
-        return sorted(n[len(prefix):] for n in names if SEGMENT_NAME_RE.match(n[len(prefix):]))
+        return sorted(n[len(prefix) :] for n in names if SEGMENT_NAME_RE.match(n[len(prefix) :]))
 
     def put_playlist(self, camera_id: str, text: str) -> None:
         self.redis.set(keys.hls_playlist(check_camera_id(camera_id)), text.encode(), px=self.ttl_ms)

@@ -6,6 +6,7 @@ bits of checksum (the number of set bits mod 16). Sizes relative to each axis su
 also to another aspect ratio, and blocks this large survive H.264 at ordinary quality. The browser reads it back the same way
 (`gateway/web/static/timecode.js`).
 """
+
 from __future__ import annotations
 
 import numpy as np

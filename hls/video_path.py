@@ -5,6 +5,7 @@ the source's codec then decides whether its video is stream-copied or transcoded
 probes the codec with ffprobe (bounded by a timeout: an RTSP camera that does not answer is "codec
 unknown until it connects", not an error).
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +60,9 @@ def recording_plan(cam: CameraConfig, hls: HlsConfig, record: RecordConfig) -> t
     return True, f"{rec.mode}, kept {rec.retain_days:g} days, in {where}"
 
 
-def probe_camera(cam: CameraConfig, cfg: PipelineArgs, timeout_s: float = PROBE_TIMEOUT_S,
-                 ffprobe: str = "ffprobe") -> Probe:
+def probe_camera(
+    cam: CameraConfig, cfg: PipelineArgs, timeout_s: float = PROBE_TIMEOUT_S, ffprobe: str = "ffprobe"
+) -> Probe:
     """ffprobe the camera's source (file or RTSP) within timeout_s; a source that cannot be probed from
     here says why instead."""
     kind = cam.kind
@@ -105,8 +107,10 @@ def check_lines(cfg: PipelineArgs, probe: Callable[[CameraConfig, PipelineArgs],
             lines.append(f"camera {cam.id}: disabled")
             continue
         if not cfg.hls.enabled:
-            lines.append(f"camera {cam.id}: ingest only (hls.enabled: false): no video is streamed"
-                         + ("" if cam.detect else "; detection off"))
+            lines.append(
+                f"camera {cam.id}: ingest only (hls.enabled: false): no video is streamed"
+                + ("" if cam.detect else "; detection off")
+            )
             continue
         path, why = camera_path(cam, cfg.hls)
         line = f"camera {cam.id}: {path} path ({why})"

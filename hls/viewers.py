@@ -3,6 +3,7 @@
 The gateway touches a camera's viewer key on every playlist request; the key expires after
 `hls.on_demand_idle_s`, so "watched" means "a playlist was asked for within that time".
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ class ViewerTracker:
         return max(0, self.client.pttl(viewers_key(camera_id))) / 1000
 
 
-def put_stream_info(client, camera_id: str, width_px: int, height_px: int, boxes: str,
-                    fps: float | None = None, **extra) -> None:
+def put_stream_info(
+    client, camera_id: str, width_px: int, height_px: int, boxes: str, fps: float | None = None, **extra
+) -> None:
     """The source frame size, box mode and frame rate, so the page can draw boxes (given in source
     pixels) over the right frame; `extra` fields (e.g. the encoder's last error) go along."""
     info = {"source_width_px": width_px, "source_height_px": height_px, "boxes": boxes, **extra}

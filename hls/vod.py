@@ -6,6 +6,7 @@ once per run) and part "media" (the fragments). Every segment carries its wall-c
 `EXT-X-PROGRAM-DATE-TIME`; a hole longer than `max_gap_s` or a new ffmpeg run (new init, new
 timestamps) is an `EXT-X-DISCONTINUITY`. URLs are the caller's (the gateway signs them).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,15 +28,22 @@ class Recorded(Protocol):
     def end_s(self) -> float: ...
 
 
-def vod_playlist(segments: Sequence[Recorded], url: Callable[[Recorded, str], str],
-                 max_gap_s: float = DEFAULT_MAX_GAP_S) -> str:
+def vod_playlist(
+    segments: Sequence[Recorded], url: Callable[[Recorded, str], str], max_gap_s: float = DEFAULT_MAX_GAP_S
+) -> str:
     """The playlist text of `segments` (sorted here by start); ValueError when there are none."""
     segs = sorted(segments, key=lambda s: s.start_s)
     if not segs:
         raise ValueError("no segments: a VOD playlist needs at least one")
     target = max(1, math.ceil(max(s.duration_s for s in segs) - 1e-6))
-    lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-PLAYLIST-TYPE:VOD", f"#EXT-X-TARGETDURATION:{target}",
-             "#EXT-X-MEDIA-SEQUENCE:0", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:7",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+        f"#EXT-X-TARGETDURATION:{target}",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+    ]
     prev = None
     for s in segs:
         new_run = prev is None or s.run_id != prev.run_id
@@ -47,4 +55,3 @@ def vod_playlist(segments: Sequence[Recorded], url: Callable[[Recorded, str], st
         prev = s
     lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
-

@@ -1,4 +1,5 @@
 """Annotators draw detections on a frame; each has one `annotate()` method."""
+
 from __future__ import annotations
 
 import cv2
@@ -6,11 +7,29 @@ import numpy as np
 
 from pipeline.types import Detections
 
-_PALETTE = np.array([
-    (56, 56, 255), (151, 157, 255), (31, 112, 255), (29, 178, 255), (49, 210, 207), (10, 249, 72),
-    (23, 204, 146), (134, 219, 61), (52, 147, 26), (187, 212, 0), (168, 153, 44), (255, 194, 0),
-    (147, 69, 52), (255, 115, 100), (236, 24, 0), (255, 56, 132), (133, 0, 82), (255, 56, 203),
-], np.uint8)
+_PALETTE = np.array(
+    [
+        (56, 56, 255),
+        (151, 157, 255),
+        (31, 112, 255),
+        (29, 178, 255),
+        (49, 210, 207),
+        (10, 249, 72),
+        (23, 204, 146),
+        (134, 219, 61),
+        (52, 147, 26),
+        (187, 212, 0),
+        (168, 153, 44),
+        (255, 194, 0),
+        (147, 69, 52),
+        (255, 115, 100),
+        (236, 24, 0),
+        (255, 56, 132),
+        (133, 0, 82),
+        (255, 56, 203),
+    ],
+    np.uint8,
+)
 
 
 def color_for(class_id: int) -> tuple[int, int, int]:
@@ -45,8 +64,9 @@ class LabelAnnotator:
     def annotate(self, image: np.ndarray, detections: Detections) -> np.ndarray:
         font = cv2.FONT_HERSHEY_SIMPLEX
         names = detections.data.get("label")
-        for i, ((x1, y1, _x2, _y2), cid, conf) in enumerate(zip(detections.xyxy.astype(int), detections.class_id,
-                                                                  detections.confidence)):
+        for i, ((x1, y1, _x2, _y2), cid, conf) in enumerate(
+            zip(detections.xyxy.astype(int), detections.class_id, detections.confidence)
+        ):
             cid = int(cid)
             if names is not None:
                 name = str(names[i])
@@ -56,6 +76,14 @@ class LabelAnnotator:
             (tw, th), base = cv2.getTextSize(text, font, self.text_scale, self.text_thickness_px)
             top = max(y1 - th - base - 2, 0)
             cv2.rectangle(image, (x1, top), (x1 + tw + 4, top + th + base + 2), color_for(cid), cv2.FILLED)
-            cv2.putText(image, text, (x1 + 2, top + th + 1), font, self.text_scale, (255, 255, 255),
-                        self.text_thickness_px, cv2.LINE_AA)
+            cv2.putText(
+                image,
+                text,
+                (x1 + 2, top + th + 1),
+                font,
+                self.text_scale,
+                (255, 255, 255),
+                self.text_thickness_px,
+                cv2.LINE_AA,
+            )
         return image

@@ -4,6 +4,7 @@ Only `FrameRef`s travel between stages; the pixels stay here. Streams are trimme
 (XADD MAXLEN ~) so memory cannot grow without bound, and readers drop frames older than
 `max_age_s` instead of working through a backlog.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ def encode_frame(image: np.ndarray, settings: BusConfig) -> bytes:
 
 def decode_frame(data: bytes) -> np.ndarray:
     """Pixels of a bus payload of either codec (raw payloads are read-only views)."""
-    if data[:len(RAW_MAGIC)] == RAW_MAGIC:
+    if data[: len(RAW_MAGIC)] == RAW_MAGIC:
         h, w, c = _RAW_HEADER.unpack_from(data, len(RAW_MAGIC))
         start = len(RAW_MAGIC) + _RAW_HEADER.size
         if len(data) - start != h * w * c:
@@ -59,7 +60,6 @@ def decode_frame(data: bytes) -> np.ndarray:
     if image is None:
         raise ValueError(f"could not decode {len(data)} bytes as an image")
     return image
-
 
 
 def source_size_of(fields: dict) -> tuple[int, int] | None:
@@ -79,8 +79,13 @@ def rescale_detections(dets: Detections, from_size: tuple[int, int], to_size: tu
     if tuple(from_size) == tuple(to_size) or not len(dets):
         return dets
     sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    return Detections(dets.xyxy * np.array([sx, sy, sx, sy], np.float32), dets.confidence, dets.class_id,
-                      dets.tracker_id, dict(dets.data))
+    return Detections(
+        dets.xyxy * np.array([sx, sy, sx, sy], np.float32),
+        dets.confidence,
+        dets.class_id,
+        dets.tracker_id,
+        dict(dets.data),
+    )
 
 
 def detections_on_image(dets: Detections, source_size: tuple[int, int] | None, image: np.ndarray) -> Detections:
@@ -106,15 +111,23 @@ class FrameBus:
         self.client = client
         self.settings = settings or BusConfig()
 
-    def put(self, camera_id: str, seq: int, image: np.ndarray, captured_at: float, pts_s: float,
-            source_size: tuple[int, int] | None = None) -> FrameRef:
+    def put(
+        self,
+        camera_id: str,
+        seq: int,
+        image: np.ndarray,
+        captured_at: float,
+        pts_s: float,
+        source_size: tuple[int, int] | None = None,
+    ) -> FrameRef:
         """Add a frame; `source_size` is the camera's own (width, height) when `image` was scaled
         down from it (the entry records it, and the detector gives boxes in those pixels)."""
         fields: dict[str, Any] = {"seq": seq, "t": repr(captured_at), "pts": repr(pts_s)}
         if source_size is not None:
-            if (len(source_size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in source_size)):
-                raise ValueError(f"camera {camera_id}: source_size must be (width, height) in pixels > 0, "
-                                 f"got {source_size!r}")
+            if len(source_size) != 2 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in source_size):
+                raise ValueError(
+                    f"camera {camera_id}: source_size must be (width, height) in pixels > 0, got {source_size!r}"
+                )
             source_size = (int(source_size[0]), int(source_size[1]))
             fields.update(sw=source_size[0], sh=source_size[1])
         fields["jpg"] = encode_frame(image, self.settings)
@@ -128,8 +141,9 @@ class FrameBus:
         pipe = self.client.pipeline(transaction=False)
         for ref in refs:
             pipe.xrange(keys.frames(ref.camera_id), ref.entry_id, ref.entry_id, count=1)
-        return [(entries[0][1][b"jpg"], source_size_of(entries[0][1])) if entries else None
-                for entries in pipe.execute()]
+        return [
+            (entries[0][1][b"jpg"], source_size_of(entries[0][1])) if entries else None for entries in pipe.execute()
+        ]
 
     def get_payloads(self, refs: Iterable[FrameRef]) -> list[bytes | None]:
         """Encoded bytes of each ref (see `decode_frame`), or None where the frame was trimmed away."""
@@ -179,15 +193,17 @@ class FrameBus:
 
 
 def result_to_json(result: FrameResult, labels: list[str] | None) -> str:
-    return json.dumps({
-        "camera_id": result.ref.camera_id,
-        "seq": result.ref.seq,
-        "captured_at": result.ref.captured_at,
-        "frame_entry_id": result.ref.entry_id,  # where the frame is on the bus (while it is kept)
-        "model": result.model,
-        "detections": result.detections.to_records(labels),
-        "timings": {k: round(v, 6) for k, v in result.timings.items()},
-    })
+    return json.dumps(
+        {
+            "camera_id": result.ref.camera_id,
+            "seq": result.ref.seq,
+            "captured_at": result.ref.captured_at,
+            "frame_entry_id": result.ref.entry_id,  # where the frame is on the bus (while it is kept)
+            "model": result.model,
+            "detections": result.detections.to_records(labels),
+            "timings": {k: round(v, 6) for k, v in result.timings.items()},
+        }
+    )
 
 
 class ResultStore:
@@ -202,8 +218,9 @@ class ResultStore:
         for result in results:
             payload = result_to_json(result, labels)
             cam = result.ref.camera_id
-            pipe.xadd(keys.detections(cam), {"seq": result.ref.seq, "json": payload},
-                      maxlen=self.maxlen, approximate=True)
+            pipe.xadd(
+                keys.detections(cam), {"seq": result.ref.seq, "json": payload}, maxlen=self.maxlen, approximate=True
+            )
             pipe.set(keys.detections_latest(cam), payload)
         pipe.execute()
 
@@ -213,8 +230,9 @@ class ResultStore:
 
     def read_after(self, camera_id: str, last_entry_id: str, count: int = 256) -> list[tuple[str, dict[str, Any]]]:
         """Results newer than `last_entry_id` (non-blocking), oldest first."""
-        entries = self.client.xrange(keys.detections(camera_id), min=f"({last_entry_id}" if last_entry_id != "0" else "-",
-                                     count=count)
+        entries = self.client.xrange(
+            keys.detections(camera_id), min=f"({last_entry_id}" if last_entry_id != "0" else "-", count=count
+        )
         return [(eid.decode(), json.loads(f[b"json"])) for eid, f in entries]
 
     def last_entry_id(self, camera_id: str) -> str:

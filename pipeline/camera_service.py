@@ -15,6 +15,7 @@ one, a camera worker runs a group of them); tests drive it without Ray.
   thread that crashed is replaced in place by `revive()` (the worker's health check calls it), so one
   broken camera never takes its replica, and the other cameras in it, down.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,11 +50,19 @@ class CameraService:
     until the detector has the frame and may return its number of objects (for the motion gate).
     With `motion_log`, motion is measured and logged, and gates detection when `cam.motion.enabled`."""
 
-    def __init__(self, cam: CameraConfig, client: redis.Redis, bus: BusConfig, detector: DetectorConfig,
-                 detect: Callable[[FrameRef], int | None] | None, *,
-                 source_factory: Callable[[CameraConfig], FrameSource] = open_source,
-                 node_id: str = "local", on_reading: Callable[[], None] | None = None,
-                 motion_log: MotionLog | None = None):
+    def __init__(
+        self,
+        cam: CameraConfig,
+        client: redis.Redis,
+        bus: BusConfig,
+        detector: DetectorConfig,
+        detect: Callable[[FrameRef], int | None] | None,
+        *,
+        source_factory: Callable[[CameraConfig], FrameSource] = open_source,
+        node_id: str = "local",
+        on_reading: Callable[[], None] | None = None,
+        motion_log: MotionLog | None = None,
+    ):
         self.cam = cam
         self.bus = FrameBus(client, bus)
         self.statuses = StatusStore(client)
@@ -68,8 +77,12 @@ class CameraService:
         self._on_reading = on_reading
         self.node_id = node_id
         self._reconnects_seen = 0
-        self._info = {"name": cam.name or cam.id, "kind": cam.kind, "source": scrub_url(cam.source),
-                      "detect": cam.detect}
+        self._info = {
+            "name": cam.name or cam.id,
+            "kind": cam.kind,
+            "source": scrub_url(cam.source),
+            "detect": cam.detect,
+        }
         self.statuses.register(cam.id, self._info)
         limit = detector.max_inflight_per_camera
         self._slots = threading.BoundedSemaphore(limit)
@@ -91,8 +104,13 @@ class CameraService:
     def start(self) -> "CameraService":
         """Start waiting for the camera's lease (a thread); the camera is read once it is held."""
         self._keeper_thread = self.keeper.start(self._stop)
-        log.info("camera %s: replica on node %s waits for the camera's lease (%s %s)", self.cam.id,
-                 self.node_id[:12], self.cam.kind, scrub_url(self.cam.source))
+        log.info(
+            "camera %s: replica on node %s waits for the camera's lease (%s %s)",
+            self.cam.id,
+            self.node_id[:12],
+            self.cam.kind,
+            scrub_url(self.cam.source),
+        )
         return self
 
     def stop(self, join_timeout_s: float = 10.0) -> None:
@@ -112,8 +130,13 @@ class CameraService:
         self.seq = last[0].seq + 1 if last else 0  # carry on the camera's numbering after a takeover
         self.takeovers += 1
         self._start_loop()
-        log.info("camera %s: reading on node %s (lease epoch %d, from seq %d)", self.cam.id,
-                 self.node_id[:12], lease.epoch, self.seq)
+        log.info(
+            "camera %s: reading on node %s (lease epoch %d, from seq %d)",
+            self.cam.id,
+            self.node_id[:12],
+            lease.epoch,
+            self.seq,
+        )
 
     def _start_loop(self) -> None:
         with self._loop_lock:
@@ -123,11 +146,15 @@ class CameraService:
             if self.motion is not None:  # the new connection's first frame starts the background again
                 self.motion.reset()
             # Bound to this loop's stop: a stuck loop left behind by revive() publishes nothing more.
-            self.loop = IngestLoop(self.cam, on_frame=partial(self._on_frame, stop=stop),
-                                  on_status=partial(self._put_status, stop=stop),
-                                  source_factory=self.source_factory)
-            self._thread = threading.Thread(target=self.loop.run, args=(stop,),
-                                            name=f"ingest-{self.cam.id}", daemon=True)
+            self.loop = IngestLoop(
+                self.cam,
+                on_frame=partial(self._on_frame, stop=stop),
+                on_status=partial(self._put_status, stop=stop),
+                source_factory=self.source_factory,
+            )
+            self._thread = threading.Thread(
+                target=self.loop.run, args=(stop,), name=f"ingest-{self.cam.id}", daemon=True
+            )
             self._thread.start()
 
     def _on_lease_lost(self, lease: Lease) -> None:
@@ -159,8 +186,12 @@ class CameraService:
         self._loop_stop.set()
         old = loop
         self.restarts += 1
-        log.error("camera %s: ingest loop %s; starting a new one (restart %d)", self.cam.id,
-                  "crashed" if old._crashed is not None else "stuck", self.restarts)
+        log.error(
+            "camera %s: ingest loop %s; starting a new one (restart %d)",
+            self.cam.id,
+            "crashed" if old._crashed is not None else "stuck",
+            self.restarts,
+        )
         self._start_loop()
         return True
 
@@ -189,8 +220,9 @@ class CameraService:
             # renewal that is only late, or a Redis that restarted empty, keeps it, and the camera stays open.
             self.skipped_unleased += 1
             return
-        ref = self.bus.put(self.cam.id, self.seq, frame.image, frame.captured_at, frame.pts_s,
-                           source_size=frame.source_size)
+        ref = self.bus.put(
+            self.cam.id, self.seq, frame.image, frame.captured_at, frame.pts_s, source_size=frame.source_size
+        )
         self.seq += 1
         self.metrics.inc("lookout_frames_read_total", camera=self.cam.id)
         if self.motion is not None:
@@ -214,8 +246,9 @@ class CameraService:
             activity = self.motion.update(frame.image)
         except Exception as exc:  # noqa: BLE001 - an odd frame must not stop the camera: detect it instead
             if not self._motion_failed:
-                log.warning("camera %s: motion detection failed (frames are detected as if moving): %s",
-                            self.cam.id, exc)
+                log.warning(
+                    "camera %s: motion detection failed (frames are detected as if moving): %s", self.cam.id, exc
+                )
             self._motion_failed = True
             return 1.0
         self._motion_failed = False
@@ -233,11 +266,19 @@ class CameraService:
 
     def status(self) -> dict:
         """Counters of this replica's view of the camera (for the deployment's `status()`)."""
-        return {"camera_id": self.cam.id, "frames": self.seq, "skipped_detection": self.skipped,
-                "reading": self.keeper.held, "node_id": self.node_id, "lease_epoch": self.lease.epoch,
-                "takeovers": self.takeovers, "loop_restarts": self.restarts, "detection": self.detection_state(),
-                "motion_detected": self.gate.detected if self.gate else None,
-                "motion_skipped": self.gate.skipped if self.gate else None}
+        return {
+            "camera_id": self.cam.id,
+            "frames": self.seq,
+            "skipped_detection": self.skipped,
+            "reading": self.keeper.held,
+            "node_id": self.node_id,
+            "lease_epoch": self.lease.epoch,
+            "takeovers": self.takeovers,
+            "loop_restarts": self.restarts,
+            "detection": self.detection_state(),
+            "motion_detected": self.gate.detected if self.gate else None,
+            "motion_skipped": self.gate.skipped if self.gate else None,
+        }
 
     def detection_state(self) -> str:
         """`off` (no detection), `always` (every frame), else why the last frame was detected or skipped

@@ -1,4 +1,5 @@
 """Reading a serve_config.yaml: the Lookout application's `args`, with Serve's own keys checked."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The detector core: images in, Detections out, through a backend (no Ray here)."""
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,13 @@ class Detector:
         self.settings = settings
         self.letter_box = resolve_letter_box(settings.letter_box, backend.letter_box)
         recorded = "no letter_box flag" if backend.letter_box is None else f"letter_box={int(backend.letter_box)}"
-        log.info("detector input: %s to %dx%d px (model.letter_box=%s; the model records %s)",
-                 "letterbox" if self.letter_box else "stretch", *self.input_shape_px, settings.letter_box, recorded)
+        log.info(
+            "detector input: %s to %dx%d px (model.letter_box=%s; the model records %s)",
+            "letterbox" if self.letter_box else "stretch",
+            *self.input_shape_px,
+            settings.letter_box,
+            recorded,
+        )
         self.class_ids: np.ndarray | None = None
         if settings.classes:
             unknown = [c for c in settings.classes if c not in labels]
@@ -38,8 +44,13 @@ class Detector:
             self.class_ids = np.array([labels.index(c) for c in settings.classes])
 
     @classmethod
-    def from_config(cls, settings: ModelConfig, model: ResolvedModel | str | Path,
-                    labels_path: str | Path | None = None, max_batch_size: int = 1) -> "Detector":
+    def from_config(
+        cls,
+        settings: ModelConfig,
+        model: ResolvedModel | str | Path,
+        labels_path: str | Path | None = None,
+        max_batch_size: int = 1,
+    ) -> "Detector":
         """Load the backend for `model` (a ResolvedModel, or just an ONNX path)."""
         if not isinstance(model, ResolvedModel):
             model = ResolvedModel(onnx=Path(model), labels=Path(labels_path) if labels_path else None)
@@ -56,8 +67,9 @@ class Detector:
         """(width, height) of the network input."""
         return self.backend.input_shape_px
 
-    def detect(self, images: list[np.ndarray], source_sizes: list[tuple[int, int] | None] | None = None
-               ) -> tuple[list[Detections], dict[str, float]]:
+    def detect(
+        self, images: list[np.ndarray], source_sizes: list[tuple[int, int] | None] | None = None
+    ) -> tuple[list[Detections], dict[str, float]]:
         """Detections per image, and the seconds spent per stage for the whole batch.
 
         `source_sizes[i]`, when not None, is the (width, height) image i was scaled down from:
@@ -76,18 +88,22 @@ class Detector:
         t2 = time.perf_counter()
         s = self.settings
         out = [
-            postprocess(boxes[i], scores[i], fits[i], s.conf_threshold, s.nms_iou_threshold,
-                        s.max_detections, self.class_ids)
+            postprocess(
+                boxes[i], scores[i], fits[i], s.conf_threshold, s.nms_iou_threshold, s.max_detections, self.class_ids
+            )
             for i in range(len(images))
         ]
         if source_sizes is not None:
-            out = [d if size is None else rescale_detections(d, (img.shape[1], img.shape[0]), size)
-                   for d, img, size in zip(out, images, source_sizes)]
+            out = [
+                d if size is None else rescale_detections(d, (img.shape[1], img.shape[0]), size)
+                for d, img, size in zip(out, images, source_sizes)
+            ]
         t3 = time.perf_counter()
         return out, {"preprocess_s": t1 - t0, "infer_s": t2 - t1, "postprocess_s": t3 - t2}
 
-    def detect_encoded(self, payloads: list[bytes], source_sizes: list[tuple[int, int] | None] | None = None
-                       ) -> tuple[list[Detections], dict[str, float]]:
+    def detect_encoded(
+        self, payloads: list[bytes], source_sizes: list[tuple[int, int] | None] | None = None
+    ) -> tuple[list[Detections], dict[str, float]]:
         """:meth:`detect` for frames as the bus carries them (JPEG bytes, or raw frames).
 
         A backend with `detect_encoded` (torch) takes JPEGs straight to the device: decode, fit,
@@ -106,12 +122,18 @@ class Detector:
             timings["preprocess_s"] = timings.get("preprocess_s", 0.0) + t1 - t0
             return out, timings
         s = self.settings
-        out, sizes, timings = on_device(payloads, letter_box=self.letter_box, conf_threshold=s.conf_threshold,
-                                        iou_threshold=s.nms_iou_threshold, max_detections=s.max_detections,
-                                        class_ids=self.class_ids)
+        out, sizes, timings = on_device(
+            payloads,
+            letter_box=self.letter_box,
+            conf_threshold=s.conf_threshold,
+            iou_threshold=s.nms_iou_threshold,
+            max_detections=s.max_detections,
+            class_ids=self.class_ids,
+        )
         if source_sizes is not None:
             t0 = time.perf_counter()
-            out = [d if size is None else rescale_detections(d, wh, size)
-                   for d, wh, size in zip(out, sizes, source_sizes)]
+            out = [
+                d if size is None else rescale_detections(d, wh, size) for d, wh, size in zip(out, sizes, source_sizes)
+            ]
             timings["postprocess_s"] += time.perf_counter() - t0
         return out, timings

@@ -2,6 +2,7 @@
 
 Framework-free: deployments/detector.py batches calls across cameras with Serve and hands each batch here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,9 @@ class DetectorService:
         if isinstance(args, PipelineArgs):
             args = args.for_detector()
         self.args = args
-        self.detector = detector or Detector.from_config(args.model, resolve_model(args.model, args),
-                                                         max_batch_size=args.detector.max_batch_size)
+        self.detector = detector or Detector.from_config(
+            args.model, resolve_model(args.model, args), max_batch_size=args.detector.max_batch_size
+        )
         self.bus = FrameBus(client, args.bus)
         self.results = ResultStore(client)
         self.metrics = Metrics(client)
@@ -77,9 +79,14 @@ class DetectorService:
             if refs[i].camera_id == UPLOAD_CAMERA:
                 self._uploads[refs[i].seq] = d.to_records(self.detector.labels)
                 continue
-            results.append(FrameResult(refs[i], d, self.args.model.name,
-                                       {**timings, "batch_started_at": t0, "detected_at": done,
-                                        "latency_s": done - refs[i].captured_at}))
+            results.append(
+                FrameResult(
+                    refs[i],
+                    d,
+                    self.args.model.name,
+                    {**timings, "batch_started_at": t0, "detected_at": done, "latency_s": done - refs[i].captured_at},
+                )
+            )
         self.results.publish(results, self.detector.labels)
         m = self.metrics
         m.observe("lookout_detector_batch_size", len(todo))

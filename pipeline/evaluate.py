@@ -1,4 +1,5 @@
 """COCO mAP of a detector on a folder of images with COCO-format ground truth (pycocotools)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,86 @@ log = logging.getLogger(__name__)
 
 # Darknet's 80 class indices -> COCO 2017 category ids.
 COCO80_TO_91 = [
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32,
-    33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59,
-    60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    27,
+    28,
+    31,
+    32,
+    33,
+    34,
+    35,
+    36,
+    37,
+    38,
+    39,
+    40,
+    41,
+    42,
+    43,
+    44,
+    46,
+    47,
+    48,
+    49,
+    50,
+    51,
+    52,
+    53,
+    54,
+    55,
+    56,
+    57,
+    58,
+    59,
+    60,
+    61,
+    62,
+    63,
+    64,
+    65,
+    67,
+    70,
+    72,
+    73,
+    74,
+    75,
+    76,
+    77,
+    78,
+    79,
+    80,
+    81,
+    82,
+    84,
+    85,
+    86,
+    87,
+    88,
+    89,
+    90,
 ]
 
 
@@ -40,8 +118,11 @@ def per_class_ap(ev: Any, gt: Any) -> dict[str, dict]:
             continue
         p = precision[:, :, k, 0, -1]  # all areas, the most detections
         ap = [float(p[t][p[t] > -1].mean()) if (p[t] > -1).any() else 0.0 for t in range(p.shape[0])]
-        out[gt.cats[cat_id]["name"]] = {"ap50": round(ap[0] * 100, 2), "ap50_95": round(float(np.mean(ap)) * 100, 2),
-                                        "gt_boxes": n_gt}
+        out[gt.cats[cat_id]["name"]] = {
+            "ap50": round(ap[0] * 100, 2),
+            "ap50_95": round(float(np.mean(ap)) * 100, 2),
+            "gt_boxes": n_gt,
+        }
     return out
 
 
@@ -58,7 +139,7 @@ def evaluate(detector: Detector, images_dir: str | Path, annotations: str | Path
     results: list[dict] = []
     infer_s = 0.0
     for start in range(0, len(img_ids), batch_size):
-        ids = img_ids[start:start + batch_size]
+        ids = img_ids[start : start + batch_size]
         images = []
         for iid in ids:
             path = images_dir / gt.imgs[iid]["file_name"]
@@ -70,14 +151,27 @@ def evaluate(detector: Detector, images_dir: str | Path, annotations: str | Path
         infer_s += timings["infer_s"]
         for iid, d in zip(ids, dets):
             for (x1, y1, x2, y2), conf, cid in zip(d.xyxy, d.confidence, d.class_id):
-                results.append({"image_id": iid, "category_id": COCO80_TO_91[int(cid)],
-                                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                                "score": float(conf)})
-    report = {"images": len(img_ids), "detections": len(results), "infer_s": round(infer_s, 3),
-              "backend": detector.backend.describe(), "letter_box": detector.letter_box}
+                results.append(
+                    {
+                        "image_id": iid,
+                        "category_id": COCO80_TO_91[int(cid)],
+                        "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                        "score": float(conf),
+                    }
+                )
+    report = {
+        "images": len(img_ids),
+        "detections": len(results),
+        "infer_s": round(infer_s, 3),
+        "backend": detector.backend.describe(),
+        "letter_box": detector.letter_box,
+    }
     if not results:
-        per_class = {gt.cats[c]["name"]: {"ap50": 0.0, "ap50_95": 0.0, "gt_boxes": len(gt.getAnnIds(catIds=[c]))}
-                     for c in sorted(gt.cats) if gt.getAnnIds(catIds=[c])}
+        per_class = {
+            gt.cats[c]["name"]: {"ap50": 0.0, "ap50_95": 0.0, "gt_boxes": len(gt.getAnnIds(catIds=[c]))}
+            for c in sorted(gt.cats)
+            if gt.getAnnIds(catIds=[c])
+        }
         return {**report, "map50": 0.0, "map50_95": 0.0, "per_class": per_class}
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(results)
@@ -86,8 +180,12 @@ def evaluate(detector: Detector, images_dir: str | Path, annotations: str | Path
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {**report, "map50_95": round(float(ev.stats[0]) * 100, 2), "map50": round(float(ev.stats[1]) * 100, 2),
-            "per_class": per_class_ap(ev, gt)}
+    return {
+        **report,
+        "map50_95": round(float(ev.stats[0]) * 100, 2),
+        "map50": round(float(ev.stats[1]) * 100, 2),
+        "per_class": per_class_ap(ev, gt),
+    }
 
 
 def format_per_class(report: dict) -> str:
@@ -96,22 +194,38 @@ def format_per_class(report: dict) -> str:
     width = max([len("class")] + [len(name) for name, _ in rows])
     lines = [f"{'class':<{width}}  AP@0.5  AP@0.5:0.95  boxes"]
     lines += [f"{name:<{width}}  {v['ap50']:6.2f}  {v['ap50_95']:11.2f}  {v['gt_boxes']:5d}" for name, v in rows]
-    lines.append(f"{'all':<{width}}  {report['map50']:6.2f}  {report['map50_95']:11.2f}  "
-                 f"{sum(v['gt_boxes'] for _, v in rows):5d}")
+    lines.append(
+        f"{'all':<{width}}  {report['map50']:6.2f}  {report['map50_95']:11.2f}  "
+        f"{sum(v['gt_boxes'] for _, v in rows):5d}"
+    )
     return "\n".join(lines)
 
 
-def evaluate_folder(images: str | None, annotations: str | None, onnx_path: str, labels_path: str | None = None,
-                    backend: str = "onnxruntime", batch_size: int = 1, input_size_px: int = 416,
-                    letter_box: bool | str = "auto") -> dict:
+def evaluate_folder(
+    images: str | None,
+    annotations: str | None,
+    onnx_path: str,
+    labels_path: str | None = None,
+    backend: str = "onnxruntime",
+    batch_size: int = 1,
+    input_size_px: int = 416,
+    letter_box: bool | str = "auto",
+) -> dict:
     """`lookout eval`: mAP with the thresholds COCO evaluation uses (keep nearly everything).
 
     `letter_box` is model.letter_box ('auto': the model's recorded flag, else stretch)."""
     assets = default_assets() / "coco-mini"
     images = images or str(assets / "images")
     annotations = annotations or str(assets / "instances.json")
-    settings = ModelConfig(onnx=onnx_path, backend=backend, conf_threshold=0.001, nms_iou_threshold=0.45,
-                           max_detections=100, input_size_px=input_size_px, letter_box=letter_box)
+    settings = ModelConfig(
+        onnx=onnx_path,
+        backend=backend,
+        conf_threshold=0.001,
+        nms_iou_threshold=0.45,
+        max_detections=100,
+        input_size_px=input_size_px,
+        letter_box=letter_box,
+    )
     detector = Detector.from_config(settings, onnx_path, labels_path)
     t0 = time.perf_counter()
     report = evaluate(detector, images, annotations, batch_size)

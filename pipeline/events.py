@@ -13,6 +13,7 @@ Sinks: `WebhookSink` (HTTP POST, exponential back-off, `Idempotency-Key` header 
 record in Redis so each update goes out once even across retries, restarts and replicas) and
 `MqttSink` (paho-mqtt, QoS 1).
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,8 +36,17 @@ from pipeline.types import UnixTimeS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Event", "EventStore", "EventQuery", "EventPage", "WebhookSink", "MqttSink", "DeliveryRecord",
-           "encode_cursor", "decode_cursor"]
+__all__ = [
+    "Event",
+    "EventStore",
+    "EventQuery",
+    "EventPage",
+    "WebhookSink",
+    "MqttSink",
+    "DeliveryRecord",
+    "encode_cursor",
+    "decode_cursor",
+]
 
 STREAM = keys.events_stream()
 _k_event = keys.event
@@ -71,8 +81,19 @@ class Event:
 
     @classmethod
     def from_update(cls, u: EventUpdate) -> "Event":
-        return cls(u.event_id, u.camera_id, u.rule_id, u.label, u.start_s, u.end_s, list(u.track_ids),
-                   rule_kind=u.rule_kind, zone=u.zone, max_count=u.count, updated_s=u.timestamp_s)
+        return cls(
+            u.event_id,
+            u.camera_id,
+            u.rule_id,
+            u.label,
+            u.start_s,
+            u.end_s,
+            list(u.track_ids),
+            rule_kind=u.rule_kind,
+            zone=u.zone,
+            max_count=u.count,
+            updated_s=u.timestamp_s,
+        )
 
 
 # --------------------------------------------------------------------------- queries
@@ -159,8 +180,12 @@ class EventStore:
                 ev.end_s = update.end_s
         ttl_ms = int(self.retention_s * 1000)
         pipe = self.client.pipeline(transaction=True)
-        pipe.xadd(STREAM, {"event_id": update.event_id, "kind": update.kind, "json": json.dumps(update.to_dict())},
-                  maxlen=self.stream_maxlen, approximate=True)
+        pipe.xadd(
+            STREAM,
+            {"event_id": update.event_id, "kind": update.kind, "json": json.dumps(update.to_dict())},
+            maxlen=self.stream_maxlen,
+            approximate=True,
+        )
         pipe.hset(key, mapping={"json": json.dumps(ev.to_dict())})
         pipe.pexpire(key, ttl_ms)
         if raw is None:
@@ -240,8 +265,9 @@ class EventStore:
             pipe.hget(_k_event(i), "json")
         return [None if r is None else Event.from_dict(json.loads(r)) for r in pipe.execute()]
 
-    def read_updates(self, after_id: str = "$", block_ms: int | None = None,
-                     count: int = 100) -> list[tuple[str, dict[str, Any]]]:
+    def read_updates(
+        self, after_id: str = "$", block_ms: int | None = None, count: int = 100
+    ) -> list[tuple[str, dict[str, Any]]]:
         """Stream entries after `after_id` ("$": only new ones; "0": from the oldest kept),
         as (entry id, update dict); waits up to `block_ms` when given (for SSE)."""
         resp = self.client.xread({STREAM: after_id}, count=count, block=block_ms)
@@ -367,9 +393,19 @@ class WebhookSink(_QueuedSink):
 
     name = "webhook"
 
-    def __init__(self, url: str, record: DeliveryRecord, *, kinds: Iterable[str] = ("start", "end"),
-                 timeout_s: float = 5.0, max_attempts: int = 6, backoff_min_s: float = 0.5,
-                 backoff_max_s: float = 30.0, headers: dict[str, str] | None = None, queue_size: int = 1000):
+    def __init__(
+        self,
+        url: str,
+        record: DeliveryRecord,
+        *,
+        kinds: Iterable[str] = ("start", "end"),
+        timeout_s: float = 5.0,
+        max_attempts: int = 6,
+        backoff_min_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        headers: dict[str, str] | None = None,
+        queue_size: int = 1000,
+    ):
         super().__init__(kinds, queue_size)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must be http:// or https://, got {url!r}")
@@ -412,8 +448,14 @@ class WebhookSink(_QueuedSink):
                 log.error("[%s] webhook: giving up on %s after %d attempt(s): %s", update.camera_id, key, attempt, why)
                 self.record.release(key)
                 return False
-            log.warning("[%s] webhook: attempt %d for %s failed (%s); retrying in %.1fs",
-                        update.camera_id, attempt, key, why, delay)
+            log.warning(
+                "[%s] webhook: attempt %d for %s failed (%s); retrying in %.1fs",
+                update.camera_id,
+                attempt,
+                key,
+                why,
+                delay,
+            )
             time.sleep(delay)
             delay = min(self.backoff_max_s, delay * 2)
         return False  # pragma: no cover
@@ -430,10 +472,19 @@ class MqttSink(_QueuedSink):
 
     name = "mqtt"
 
-    def __init__(self, host: str, port: int = 1883, *, topic_prefix: str = "lookout/events",
-                 kinds: Iterable[str] = ("start", "end"), username: str | None = None,
-                 password: str | None = None, client_id: str | None = None, timeout_s: float = 10.0,
-                 queue_size: int = 1000):
+    def __init__(
+        self,
+        host: str,
+        port: int = 1883,
+        *,
+        topic_prefix: str = "lookout/events",
+        kinds: Iterable[str] = ("start", "end"),
+        username: str | None = None,
+        password: str | None = None,
+        client_id: str | None = None,
+        timeout_s: float = 10.0,
+        queue_size: int = 1000,
+    ):
         super().__init__(kinds, queue_size)
         try:
             import paho.mqtt.client as mqtt
@@ -476,8 +527,9 @@ class MqttSink(_QueuedSink):
         if ok:
             self.sent += 1
         else:
-            log.error("[%s] mqtt: %s not acknowledged by %s within %.1fs", update.camera_id, key, self.broker,
-                      self.timeout_s)
+            log.error(
+                "[%s] mqtt: %s not acknowledged by %s within %.1fs", update.camera_id, key, self.broker, self.timeout_s
+            )
         return ok
 
     def close(self, timeout_s: float = 10.0) -> None:

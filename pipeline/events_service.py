@@ -11,6 +11,7 @@ it runs on); the gateway queries history through this deployment's handle.
 Rules, zones and tracker settings are its `user_config`: `reconfigure()` swaps them on the
 running replica (open events of changed rules end; unchanged rules keep their state).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,8 +112,9 @@ class EventsService:
         self.redis = client
         self.cameras = args.detecting
         self.lock = threading.RLock()
-        self.trackers = {cid: Tracker(args.tracking, camera_id=cid, id_source=self._id_source(cid))
-                         for cid in self.cameras}
+        self.trackers = {
+            cid: Tracker(args.tracking, camera_id=cid, id_source=self._id_source(cid)) for cid in self.cameras
+        }
         zones = args.zones_by_camera()
         self.engine = RuleEngine(zones, args.rules)
         self.history = None
@@ -124,11 +126,19 @@ class EventsService:
         self.sinks: list = []
         for w in ev.webhooks:
             name = "webhook-" + hashlib.sha256(w.url.encode()).hexdigest()[:12]
-            self.sinks.append(WebhookSink(w.url, DeliveryRecord(self.redis, name), kinds=w.kinds,
-                                          timeout_s=w.timeout_s, max_attempts=w.max_attempts))
+            self.sinks.append(
+                WebhookSink(
+                    w.url,
+                    DeliveryRecord(self.redis, name),
+                    kinds=w.kinds,
+                    timeout_s=w.timeout_s,
+                    max_attempts=w.max_attempts,
+                )
+            )
         if ev.mqtt is not None:
-            self.sinks.append(MqttSink(ev.mqtt.host, ev.mqtt.port, topic_prefix=ev.mqtt.topic_prefix,
-                                       kinds=ev.mqtt.kinds))
+            self.sinks.append(
+                MqttSink(ev.mqtt.host, ev.mqtt.port, topic_prefix=ev.mqtt.topic_prefix, kinds=ev.mqtt.kinds)
+            )
         self.clipper = clipper
         self.annotators = [BoxAnnotator(), LabelAnnotator()]
         self.frames = self.updates = 0
@@ -139,8 +149,13 @@ class EventsService:
         self._start_ids = {keys.detections(c): self._start_id(c) for c in self.cameras}
         self._thread = threading.Thread(target=self._run, name="events", daemon=True)
         self._thread.start()
-        log.info("events stage started: cameras %s, %d rule(s), %d sink(s), history %s", self.cameras,
-                 len(args.rules), len(self.sinks), self.history.path if self.history else "off")
+        log.info(
+            "events stage started: cameras %s, %d rule(s), %d sink(s), history %s",
+            self.cameras,
+            len(args.rules),
+            len(self.sinks),
+            self.history.path if self.history else "off",
+        )
 
     def _id_source(self, camera_id: str):
         return lambda: int(self.redis.incr(keys.track_counter(camera_id)))
@@ -170,8 +185,10 @@ class EventsService:
                     t.set_settings(tracking)
             for u in ended:
                 self._on_update(u, None)
-        log.info("events stage reconfigured: %s", {k: (len(v) if isinstance(v, (list, dict)) else v)
-                                                    for k, v in update.user_config().items()})
+        log.info(
+            "events stage reconfigured: %s",
+            {k: (len(v) if isinstance(v, (list, dict)) else v) for k, v in update.user_config().items()},
+        )
 
     def rules(self) -> list[dict]:
         with self.lock:
@@ -243,12 +260,24 @@ class EventsService:
         # start and end once each; an update (the tracks involved changed) only at DEBUG, and never the
         # whole track list, which grows for as long as the event lasts
         if u.kind == "update":
-            log.debug("camera %s: event %s update (rule %s, %d track(s) so far)", u.camera_id, u.event_id,
-                      u.rule_id, len(u.track_ids))
+            log.debug(
+                "camera %s: event %s update (rule %s, %d track(s) so far)",
+                u.camera_id,
+                u.event_id,
+                u.rule_id,
+                len(u.track_ids),
+            )
         else:
             took = f", {u.end_s - u.start_s:.1f}s" if u.kind == "end" and u.end_s is not None else ""
-            log.info("camera %s: event %s %s (rule %s, %d track(s)%s)", u.camera_id, u.event_id, u.kind, u.rule_id,
-                     len(u.track_ids), took)
+            log.info(
+                "camera %s: event %s %s (rule %s, %d track(s)%s)",
+                u.camera_id,
+                u.event_id,
+                u.kind,
+                u.rule_id,
+                len(u.track_ids),
+                took,
+            )
         if u.kind == "start" and self.args.events.snapshot and frame is not None:
             try:
                 jpeg = self._snapshot(u.camera_id, *frame)
@@ -275,8 +304,12 @@ class EventsService:
         return history_counts(self.history, params)
 
     def stats(self) -> dict:
-        return {"frames": self.frames, "updates": self.updates, "error": self.error,
-                "pending_clips": self.clipper.pending if self.clipper else []}
+        return {
+            "frames": self.frames,
+            "updates": self.updates,
+            "error": self.error,
+            "pending_clips": self.clipper.pending if self.clipper else [],
+        }
 
     def check_health(self) -> None:
         if not self._thread.is_alive():

@@ -20,6 +20,7 @@ holding the file); any number of readers (WAL). SQLite on a network filesystem i
 for several nodes, run the history deployment with one replica next to its disk (the same
 schema maps onto PostgreSQL if that is ever needed).
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,8 +104,10 @@ class CountsQuery(BaseModel):
             raise ValueError(f"until_s ({self.until_s}) must be greater than since_s ({self.since_s})")
         n = (self.until_s - self.since_s) / INTERVALS_S[self.interval]
         if n > MAX_BUCKETS:
-            raise ValueError(f"interval {self.interval!r} over {self.until_s - self.since_s:.0f}s makes "
-                             f"{n:.0f} buckets (at most {MAX_BUCKETS}); use a longer interval")
+            raise ValueError(
+                f"interval {self.interval!r} over {self.until_s - self.since_s:.0f}s makes "
+                f"{n:.0f} buckets (at most {MAX_BUCKETS}); use a longer interval"
+            )
         return self
 
 
@@ -161,9 +164,14 @@ _ANCHOR_SQL = {
 class HistoryStore:
     """Detection history in one SQLite file (WAL). Thread-safe: one connection per thread."""
 
-    def __init__(self, path: str | os.PathLike, *, retention_s: float = 7 * 86400,
-                 cameras_zones: Mapping[str, Iterable[ZoneConfig]] | None = None,
-                 prune_every_s: float = 60.0):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        retention_s: float = 7 * 86400,
+        cameras_zones: Mapping[str, Iterable[ZoneConfig]] | None = None,
+        prune_every_s: float = 60.0,
+    ):
         if retention_s <= 0:
             raise ValueError(f"retention_s must be > 0, got {retention_s!r}")
         self.path = Path(path)
@@ -218,8 +226,9 @@ class HistoryStore:
 
     # ----------------------------------------------------------------- writing
 
-    def add(self, camera_id: str, captured_at: float, seq: int, detections: Detections,
-            labels: Sequence[str] | None = None) -> int:
+    def add(
+        self, camera_id: str, captured_at: float, seq: int, detections: Detections, labels: Sequence[str] | None = None
+    ) -> int:
         """Store one frame's detections (labels from `data["label"]`, else `labels[class_id]`)."""
         return self.add_many([(camera_id, captured_at, seq, detections)], labels)
 
@@ -227,8 +236,9 @@ class HistoryStore:
         """Store the detections of several `FrameResult`s in one transaction."""
         return self.add_many([(r.ref.camera_id, r.ref.captured_at, r.ref.seq, r.detections) for r in results], labels)
 
-    def add_many(self, frames: Iterable[tuple[str, float, int, Detections]],
-                 labels: Sequence[str] | None = None) -> int:
+    def add_many(
+        self, frames: Iterable[tuple[str, float, int, Detections]], labels: Sequence[str] | None = None
+    ) -> int:
         rows, per_sec, tracks = [], {}, {}
         with self._write_lock:
             con = self._con()
@@ -256,13 +266,17 @@ class HistoryStore:
                         k = (cam, label_id, ts // 1000)
                         dets, mx = per_sec.get(k, (0, 0))
                         per_sec[k] = (dets + n, max(mx, n))
-                con.executemany("INSERT INTO detections (cam, ts_ms, seq, label, conf, x1, y1, x2, y2, track) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                con.executemany(
+                    "INSERT INTO detections (cam, ts_ms, seq, label, conf, x1, y1, x2, y2, track) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
                 con.executemany(
                     "INSERT INTO per_second (cam, label, sec, dets, max_frame) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (cam, label, sec) DO UPDATE SET dets = dets + excluded.dets, "
                     "max_frame = max(max_frame, excluded.max_frame)",
-                    [(c, lab_, s, n, m) for (c, lab_, s), (n, m) in per_sec.items()])
+                    [(c, lab_, s, n, m) for (c, lab_, s), (n, m) in per_sec.items()],
+                )
                 per_min: dict[tuple[int, int, int], tuple[int, int]] = {}
                 for (c, lab_, sec), (n, m) in per_sec.items():
                     k = (c, lab_, sec // 60)
@@ -272,12 +286,14 @@ class HistoryStore:
                     "INSERT INTO per_minute (cam, label, minute, dets, max_frame) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (cam, label, minute) DO UPDATE SET dets = dets + excluded.dets, "
                     "max_frame = max(max_frame, excluded.max_frame)",
-                    [(c, lab_, mi, n, m) for (c, lab_, mi), (n, m) in per_min.items()])
+                    [(c, lab_, mi, n, m) for (c, lab_, mi), (n, m) in per_min.items()],
+                )
                 con.executemany(
                     "INSERT INTO tracks (cam, track, label, first_ms, last_ms) VALUES (?, ?, ?, ?, ?) "
                     "ON CONFLICT (cam, track, label) DO UPDATE SET first_ms = min(first_ms, excluded.first_ms), "
                     "last_ms = max(last_ms, excluded.last_ms)",
-                    [(c, t, lab_, lo, hi) for (c, t, lab_), (lo, hi) in tracks.items()])
+                    [(c, t, lab_, lo, hi) for (c, t, lab_), (lo, hi) in tracks.items()],
+                )
                 con.commit()
             except BaseException:
                 con.rollback()
@@ -347,9 +363,11 @@ class HistoryStore:
             ts, rid = decode_cursor(q.cursor, 2)
             where.append(f"(d.ts_ms, d.id) {op} (?, ?)")
             args += [ts, rid]
-        sql = (f"SELECT d.id, d.ts_ms, d.seq, l.name, d.conf, d.x1, d.y1, d.x2, d.y2, d.track "
-               f"FROM detections d JOIN labels l ON l.id = d.label WHERE {' AND '.join(where)} "
-               f"ORDER BY d.ts_ms {direction}, d.id {direction} LIMIT ?")
+        sql = (
+            f"SELECT d.id, d.ts_ms, d.seq, l.name, d.conf, d.x1, d.y1, d.x2, d.y2, d.track "
+            f"FROM detections d JOIN labels l ON l.id = d.label WHERE {' AND '.join(where)} "
+            f"ORDER BY d.ts_ms {direction}, d.id {direction} LIMIT ?"
+        )
         out: list[dict[str, Any]] = []
         last: tuple[int, int] | None = None
         batch = q.limit if zone is None else max(4 * q.limit, 256)
@@ -412,13 +430,29 @@ class HistoryStore:
         per = step // unit
         rows = con.execute(
             f"SELECT (p.{col} / {per}) * {step} AS b, p.label, SUM(p.dets), MAX(p.max_frame) FROM {table} p "
-            f"WHERE {where} GROUP BY b, p.label", args).fetchall()
-        new = dict(((b, lab), n) for b, lab, n in con.execute(
-            f"SELECT (t.first_ms / {step * 1000}) * {step} AS b, t.label, COUNT(*) FROM tracks t "
-            f"WHERE {twhere} GROUP BY b, t.label", targs))
+            f"WHERE {where} GROUP BY b, p.label",
+            args,
+        ).fetchall()
+        new = dict(
+            ((b, lab), n)
+            for b, lab, n in con.execute(
+                f"SELECT (t.first_ms / {step * 1000}) * {step} AS b, t.label, COUNT(*) FROM tracks t "
+                f"WHERE {twhere} GROUP BY b, t.label",
+                targs,
+            )
+        )
         names = dict(con.execute("SELECT id, name FROM labels").fetchall())
-        out = [{"start_s": b, "interval_s": step, "label": names[lab], "detections": n, "max_per_frame": mx,
-                "new_objects": new.get((b, lab), 0)} for b, lab, n, mx in rows]
+        out = [
+            {
+                "start_s": b,
+                "interval_s": step,
+                "label": names[lab],
+                "detections": n,
+                "max_per_frame": mx,
+                "new_objects": new.get((b, lab), 0),
+            }
+            for b, lab, n, mx in rows
+        ]
         out.sort(key=lambda r: (r["start_s"], r["label"]))
         return out
 
@@ -438,6 +472,14 @@ def _label_names(d: Detections, labels: Sequence[str] | None) -> list[str]:
 
 def _record(camera_id: str, r: tuple) -> dict[str, Any]:
     rid, ts, seq, label, conf, x1, y1, x2, y2, track = r
-    return {"camera_id": camera_id, "captured_at": ts / 1000, "seq": seq, "label": label,
-            "confidence": conf / 10000, "box": [x1 / 10, y1 / 10, x2 / 10, y2 / 10], "track_id": track,
-            "_ts_ms": ts, "_id": rid}
+    return {
+        "camera_id": camera_id,
+        "captured_at": ts / 1000,
+        "seq": seq,
+        "label": label,
+        "confidence": conf / 10000,
+        "box": [x1 / 10, y1 / 10, x2 / 10, y2 / 10],
+        "track_id": track,
+        "_ts_ms": ts,
+        "_id": rid,
+    }

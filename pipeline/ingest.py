@@ -23,6 +23,7 @@ thread for state changes and on a small "status-<id>" thread that run() starts f
 report (every status_interval_s in every state, so a long open() still refreshes the status); the
 two never call it at the same time. alive(), status() and the counters may be read from any thread.
 """
+
 from __future__ import annotations
 
 import logging
@@ -138,8 +139,9 @@ class IngestLoop:
         self._started = True
         self._beat = time.monotonic()
         done = self._done
-        ticker = threading.Thread(target=self._tick, args=(stop_event, done),
-                                  name=f"status-{self.camera_id}", daemon=True)
+        ticker = threading.Thread(
+            target=self._tick, args=(stop_event, done), name=f"status-{self.camera_id}", daemon=True
+        )
         ticker.start()
         try:
             self._run(stop_event)
@@ -212,8 +214,7 @@ class IngestLoop:
         """Read frames until an error, the end, or stop: ("error"|"end"|"stop", error, ran long enough)."""
         started = time.monotonic()
         size = source.size
-        log.info("camera %s: running (%s%s)", self.camera_id, source.name,
-                 f", {size[0]}x{size[1]}" if size else "")
+        log.info("camera %s: running (%s%s)", self.camera_id, source.name, f", {size[0]}x{size[1]}" if size else "")
         with self._lock:
             self._window_start = started
             self._window_frames = 0
@@ -258,8 +259,11 @@ class IngestLoop:
         now = time.monotonic()
         if count == 1 or now - self._last_cb_log.get(name, 0.0) >= CALLBACK_LOG_INTERVAL_S:
             self._last_cb_log[name] = now
-            _log_exception(logging.ERROR, f"camera {self.camera_id}: {name} callback raised "
-                           f"({count} error(s) so far); ingest continues", exc)
+            _log_exception(
+                logging.ERROR,
+                f"camera {self.camera_id}: {name} callback raised ({count} error(s) so far); ingest continues",
+                exc,
+            )
 
     def _set_state(self, state: CameraState, error: str | None = None) -> None:
         with self._lock:
@@ -290,8 +294,9 @@ class IngestLoop:
             message = scrub_url(str(exc))
         else:
             message = scrub_url(f"{stage} failed: {type(exc).__name__}: {exc}")
-            _log_exception(logging.WARNING, f"camera {self.camera_id}: unexpected {stage} error "
-                           f"from {self.cfg.source}", exc)
+            _log_exception(
+                logging.WARNING, f"camera {self.camera_id}: unexpected {stage} error from {self.cfg.source}", exc
+            )
         prefix = f"camera {self.camera_id}: "
         if not message.startswith(prefix):
             message = prefix + message
@@ -307,13 +312,23 @@ class IngestLoop:
             slow_max = max(self.cfg.failed_retry_max_s, self.cfg.reconnect_max_s)
             delay = backoff_delay(self._failed_attempt, self.cfg.reconnect_max_s, slow_max)
             self._failed_attempt += 1
-            log.log(logging.ERROR if first else logging.DEBUG,
-                    "%s (permanent); camera failed, retrying in %.1fs, then up to every %.0fs", error, delay, slow_max)
+            log.log(
+                logging.ERROR if first else logging.DEBUG,
+                "%s (permanent); camera failed, retrying in %.1fs, then up to every %.0fs",
+                error,
+                delay,
+                slow_max,
+            )
         else:
             self._failed_attempt = 0
             delay = backoff_delay(attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
-            log.log(logging.WARNING if first else logging.DEBUG,
-                    "%s; reconnecting in %.2fs (attempt %d)", error, delay, attempt + 1)
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "%s; reconnecting in %.2fs (attempt %d)",
+                error,
+                delay,
+                attempt + 1,
+            )
         return delay
 
     def _wait(self, stop: threading.Event, delay_s: float) -> None:

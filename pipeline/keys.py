@@ -1,4 +1,5 @@
 """Redis key layout shared by every stage (one place, so stages on different nodes agree)."""
+
 from __future__ import annotations
 
 PREFIX = "lookout"
@@ -124,4 +125,3 @@ def track_counter(camera_id: str) -> str:
 def events_cursor(camera_id: str) -> str:
     """The last detections entry of a camera the events stage handled (it resumes after it)."""
     return f"{detections(camera_id)}:events_cursor"
-

@@ -14,6 +14,7 @@
 - A renewal that comes late (a starved thread) but finds the key still ours extends it: nobody else
   can have acquired meanwhile. The holder published nothing while its local validity had lapsed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,13 +34,18 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Lease", "LeaseKeeper", "lease_key", "default_owner"]
 
-_ACQUIRE = Script(None, b"""
+_ACQUIRE = Script(
+    None,
+    b"""
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
 end
 return 0
-""")
-_RENEW = Script(None, b"""
+""",
+)
+_RENEW = Script(
+    None,
+    b"""
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -52,13 +58,17 @@ if not holder and ARGV[4] == '1' then
   return 2
 end
 return 0
-""")
-_RELEASE = Script(None, b"""
+""",
+)
+_RELEASE = Script(
+    None,
+    b"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
-""")
+""",
+)
 
 
 def lease_key(camera_id: str) -> str:
@@ -73,8 +83,16 @@ def default_owner() -> str:
 class Lease:
     """One process's claim on `key`; see the module doc for the guarantees."""
 
-    def __init__(self, client: redis.Redis, key: str, ttl_s: float, owner: str | None = None, *,
-                 margin: float = 0.1, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        ttl_s: float,
+        owner: str | None = None,
+        *,
+        margin: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if not 0.1 <= ttl_s <= 3600:
             raise ValueError(f"lease ttl_s must be in [0.1, 3600], got {ttl_s!r}")
         if not 0.0 <= margin < 0.5:
@@ -115,8 +133,11 @@ class Lease:
             return False
         sent = self._clock()
         may_retake = "1" if sent < self._valid_until else "0"
-        reply = _RENEW(keys=[self.key, self.key + ":epoch"], args=[self.token, self._ttl_ms, self.epoch, may_retake],
-                       client=self.client)
+        reply = _RENEW(
+            keys=[self.key, self.key + ":epoch"],
+            args=[self.token, self._ttl_ms, self.epoch, may_retake],
+            client=self.client,
+        )
         if reply in (1, 2):
             self._extend(sent)
             self.retaken += reply == 2
@@ -152,8 +173,16 @@ class LeaseKeeper:
     `retry_s` (default ttl/5), so a standby takes over at most ttl + retry_s after the holder died.
     """
 
-    def __init__(self, lease: Lease, on_acquired: Callable[[Lease], None], on_lost: Callable[[Lease], None], *,
-                 name: str = "", retry_s: float | None = None, renew_s: float | None = None):
+    def __init__(
+        self,
+        lease: Lease,
+        on_acquired: Callable[[Lease], None],
+        on_lost: Callable[[Lease], None],
+        *,
+        name: str = "",
+        retry_s: float | None = None,
+        renew_s: float | None = None,
+    ):
         self.lease = lease
         self.on_acquired = on_acquired
         self.on_lost = on_lost
@@ -172,7 +201,11 @@ class LeaseKeeper:
         return self._held and self.lease.valid()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and time.monotonic() - self._beat < 30 + self.lease.ttl_s
+        return (
+            self._thread is not None
+            and self._thread.is_alive()
+            and time.monotonic() - self._beat < 30 + self.lease.ttl_s
+        )
 
     def start(self, stop: threading.Event) -> threading.Thread:
         self._thread = threading.Thread(target=self.run, args=(stop,), name=f"lease-{self.name}", daemon=True)
@@ -191,8 +224,9 @@ class LeaseKeeper:
             try:
                 self.lease.release()
             except redis.RedisError as exc:
-                log.warning("%s: releasing the lease failed: %s (it expires in %.1fs)", self.name, exc,
-                            self.lease.ttl_s)
+                log.warning(
+                    "%s: releasing the lease failed: %s (it expires in %.1fs)", self.name, exc, self.lease.ttl_s
+                )
 
     def _step(self) -> float:
         lease = self.lease
@@ -201,8 +235,9 @@ class LeaseKeeper:
                 retaken = lease.retaken
                 if lease.renew():
                     if lease.retaken > retaken:
-                        log.info("%s: Redis had lost the lease (restarted?); taken back (epoch %d)", self.name,
-                                 lease.epoch)
+                        log.info(
+                            "%s: Redis had lost the lease (restarted?); taken back (epoch %d)", self.name, lease.epoch
+                        )
                     return min(self.renew_s, lease.remaining_s())
                 self._lose("renewal refused: another holder, or it expired")
                 return self.retry_s

@@ -6,6 +6,7 @@ record's `extra={"stage": .., "camera": ..}`, `log_context(...)`, the process de
 `configure_logging`, and last the logger name (stage) or a "camera <id>" in the message (camera).
 Messages and tracebacks are scrubbed of credentials in both formats.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,12 +27,25 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # scheme://userinfo@  (greedy up to the last '@' before the path, so passwords holding '@' are covered)
 _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s'\"<>]*@")
 _SECRET_KEYS = (
-    "password", "passwd", "pwd", "pass", "user", "username", "token", "access_token", "auth",
-    "authorization", "key", "api_key", "apikey", "secret", "sig", "signature", "credentials",
+    "password",
+    "passwd",
+    "pwd",
+    "pass",
+    "user",
+    "username",
+    "token",
+    "access_token",
+    "auth",
+    "authorization",
+    "key",
+    "api_key",
+    "apikey",
+    "secret",
+    "sig",
+    "signature",
+    "credentials",
 )
-_QUERY_RE = re.compile(
-    r"(?i)([?&;](?:" + "|".join(re.escape(k) for k in _SECRET_KEYS) + r")=)[^&#;\s'\"<>]*"
-)
+_QUERY_RE = re.compile(r"(?i)([?&;](?:" + "|".join(re.escape(k) for k in _SECRET_KEYS) + r")=)[^&#;\s'\"<>]*")
 
 
 def scrub_url(url: str | os.PathLike[str]) -> str:
@@ -49,13 +63,26 @@ def scrub_url(url: str | os.PathLike[str]) -> str:
 
 _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("lookout_log_context", default={})
 # Logger name prefix -> stage, for records that carry none (the CLI, tests, a process without defaults).
-_LOGGER_STAGES = (("pipeline.ingest", "ingest"), ("pipeline.sources", "ingest"), ("deployments.ingest", "ingest"),
-                  ("pipeline.camera_service", "ingest"), ("deployments.camera_worker", "ingest"),
-                  ("pipeline.detector", "detector"), ("pipeline.models", "detector"), ("deployments.detector", "detector"),
-                  ("hls", "encoder"), ("pipeline.annotate", "encoder"), ("deployments.encoder", "encoder"),
-                  ("pipeline.events", "events"), ("pipeline.tracking", "events"), ("pipeline.history", "events"),
-                  ("pipeline.rules", "events"), ("deployments.events", "events"),
-                  ("gateway", "gateway"), ("deployments.gateway", "gateway"))
+_LOGGER_STAGES = (
+    ("pipeline.ingest", "ingest"),
+    ("pipeline.sources", "ingest"),
+    ("deployments.ingest", "ingest"),
+    ("pipeline.camera_service", "ingest"),
+    ("deployments.camera_worker", "ingest"),
+    ("pipeline.detector", "detector"),
+    ("pipeline.models", "detector"),
+    ("deployments.detector", "detector"),
+    ("hls", "encoder"),
+    ("pipeline.annotate", "encoder"),
+    ("deployments.encoder", "encoder"),
+    ("pipeline.events", "events"),
+    ("pipeline.tracking", "events"),
+    ("pipeline.history", "events"),
+    ("pipeline.rules", "events"),
+    ("deployments.events", "events"),
+    ("gateway", "gateway"),
+    ("deployments.gateway", "gateway"),
+)
 _CAMERA_IN_MESSAGE = re.compile(r"\bcamera '?([a-z0-9][a-z0-9_-]{0,62})\b")
 
 
@@ -80,8 +107,10 @@ class ContextFilter(logging.Filter):
         ctx = _context.get()
         stage = getattr(record, "stage", None) or ctx.get("stage") or self.stage
         if not stage:
-            stage = next((s for prefix, s in _LOGGER_STAGES
-                          if record.name == prefix or record.name.startswith(prefix + ".")), None)
+            stage = next(
+                (s for prefix, s in _LOGGER_STAGES if record.name == prefix or record.name.startswith(prefix + ".")),
+                None,
+            )
         camera = getattr(record, "camera", None) or ctx.get("camera") or self.camera
         if not camera:
             m = _CAMERA_IN_MESSAGE.search(record.getMessage())
@@ -105,9 +134,15 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        out = {"ts": ts, "level": record.levelname, "logger": record.name,
-               "stage": getattr(record, "stage", None), "camera": getattr(record, "camera", None),
-               "message": scrub_url(record.getMessage()), "pid": record.process}
+        out = {
+            "ts": ts,
+            "level": record.levelname,
+            "logger": record.name,
+            "stage": getattr(record, "stage", None),
+            "camera": getattr(record, "camera", None),
+            "message": scrub_url(record.getMessage()),
+            "pid": record.process,
+        }
         if record.exc_info:
             out["exc"] = scrub_url(self.formatException(record.exc_info))
         elif record.exc_text:
@@ -119,8 +154,9 @@ class _LookoutHandler(logging.StreamHandler):
     """Marks the handler configure_logging installed, so a second call replaces it."""
 
 
-def configure_logging(fmt: str = "text", *, stage: str | None = None, camera: str | None = None,
-                      level: int = logging.INFO, stream=None) -> logging.Handler:
+def configure_logging(
+    fmt: str = "text", *, stage: str | None = None, camera: str | None = None, level: int = logging.INFO, stream=None
+) -> logging.Handler:
     """Install (or replace) the root handler writing `fmt` ("text" or "json") lines to `stream` (stderr)."""
     fmt = (fmt or "text").strip().lower()
     if fmt not in LOG_FORMATS:

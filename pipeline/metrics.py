@@ -5,6 +5,7 @@ pipelined round trip) adds the buffer to Redis hashes. The gateway renders the t
 `/metrics`, so one scrape sees the whole cluster however many replicas and nodes there are.
 Counters and histogram buckets only ever grow (HINCRBYFLOAT); gauges are last-write-wins.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,26 +33,34 @@ class MetricSpec:
     buckets: tuple[float, ...] = ()
 
 
-SPECS: dict[str, MetricSpec] = {s.name: s for s in (
-    MetricSpec("lookout_frames_read_total", "counter", "Frames read from the camera."),
-    MetricSpec("lookout_frames_dropped_total", "counter", "Frames dropped (stale, or detection skipped), by reason."),
-    MetricSpec("lookout_frames_detected_total", "counter", "Frames that went through the detector."),
-    MetricSpec("lookout_frames_encoded_total", "counter", "Frames fed to the HLS encoder."),
-    MetricSpec("lookout_camera_fps", "gauge", "Frames per second read from the camera."),
-    MetricSpec("lookout_camera_up", "gauge", "1 while the camera is running, 0 otherwise."),
-    MetricSpec("lookout_reconnects_total", "counter", "Times the camera was reconnected."),
-    MetricSpec("lookout_stage_latency_seconds", "histogram", "Capture to the end of a stage, by stage.",
-               LATENCY_BUCKETS_S),
-    MetricSpec("lookout_detector_batch_size", "histogram", "Frames per detector batch.", BATCH_BUCKETS),
-    MetricSpec("lookout_detector_queue_age_seconds", "histogram", "Frame age when its batch starts.",
-               LATENCY_BUCKETS_S),
-    MetricSpec("lookout_hls_segments_total", "counter", "HLS segments published."),
-    MetricSpec("lookout_record_segments_total", "counter", "Recorded segments written to the record store."),
-    MetricSpec("lookout_record_dropped_total", "counter", "Recorded segments lost, by reason (queue_full, "
-               "store_error)."),
-    MetricSpec("lookout_auth_failures_total", "counter", "Requests refused for bad or missing credentials."),
-    MetricSpec("lookout_redis_used_memory_bytes", "gauge", "Memory used by the Redis that holds the bus."),
-)}
+SPECS: dict[str, MetricSpec] = {
+    s.name: s
+    for s in (
+        MetricSpec("lookout_frames_read_total", "counter", "Frames read from the camera."),
+        MetricSpec(
+            "lookout_frames_dropped_total", "counter", "Frames dropped (stale, or detection skipped), by reason."
+        ),
+        MetricSpec("lookout_frames_detected_total", "counter", "Frames that went through the detector."),
+        MetricSpec("lookout_frames_encoded_total", "counter", "Frames fed to the HLS encoder."),
+        MetricSpec("lookout_camera_fps", "gauge", "Frames per second read from the camera."),
+        MetricSpec("lookout_camera_up", "gauge", "1 while the camera is running, 0 otherwise."),
+        MetricSpec("lookout_reconnects_total", "counter", "Times the camera was reconnected."),
+        MetricSpec(
+            "lookout_stage_latency_seconds", "histogram", "Capture to the end of a stage, by stage.", LATENCY_BUCKETS_S
+        ),
+        MetricSpec("lookout_detector_batch_size", "histogram", "Frames per detector batch.", BATCH_BUCKETS),
+        MetricSpec(
+            "lookout_detector_queue_age_seconds", "histogram", "Frame age when its batch starts.", LATENCY_BUCKETS_S
+        ),
+        MetricSpec("lookout_hls_segments_total", "counter", "HLS segments published."),
+        MetricSpec("lookout_record_segments_total", "counter", "Recorded segments written to the record store."),
+        MetricSpec(
+            "lookout_record_dropped_total", "counter", "Recorded segments lost, by reason (queue_full, store_error)."
+        ),
+        MetricSpec("lookout_auth_failures_total", "counter", "Requests refused for bad or missing credentials."),
+        MetricSpec("lookout_redis_used_memory_bytes", "gauge", "Memory used by the Redis that holds the bus."),
+    )
+}
 
 
 def _label_key(labels: dict[str, str]) -> str:
@@ -92,8 +101,11 @@ class Metrics:
         spec = _check(name, "histogram")
         bucket = next((b for b in spec.buckets if value <= b), math.inf)
         with self._lock:
-            for suffix, key_labels, amount in (("_bucket", {**labels, "le": _fmt(bucket)}, 1.0),
-                                               ("_sum", labels, value), ("_count", labels, 1.0)):
+            for suffix, key_labels, amount in (
+                ("_bucket", {**labels, "le": _fmt(bucket)}, 1.0),
+                ("_sum", labels, value),
+                ("_count", labels, 1.0),
+            ):
                 k = (name + suffix, _label_key(key_labels))
                 self._adds[k] = self._adds.get(k, 0.0) + amount
         self._maybe_flush()
@@ -143,8 +155,10 @@ def _fmt(value: float) -> str:
 def _render_labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
-    body = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                    for k, v in sorted(labels.items(), key=lambda kv: (kv[0] == "le", kv[0])))
+    body = ",".join(
+        f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in sorted(labels.items(), key=lambda kv: (kv[0] == "le", kv[0]))
+    )
     return "{" + body + "}"
 
 

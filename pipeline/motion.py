@@ -10,6 +10,7 @@ enough is still found).
 (pipeline.keys.motion), written once a second in one round trip; it is what the motion API reads and what
 `record.mode: motion` keeps segments by. Only seconds with motion are stored.
 """
+
 from __future__ import annotations
 
 import logging
@@ -90,8 +91,7 @@ class MotionGate:
     `objects_interval_s` > 0 (not in the config yet; `lookout bench motion` measures it): while the last
     detection found objects, detect once per that interval only, moving or not, instead of every frame."""
 
-    def __init__(self, cfg: MotionConfig, clock: Callable[[], float] = time.monotonic,
-                 objects_interval_s: float = 0.0):
+    def __init__(self, cfg: MotionConfig, clock: Callable[[], float] = time.monotonic, objects_interval_s: float = 0.0):
         self.cfg = cfg
         self.clock = clock
         self.objects_interval_s = objects_interval_s
@@ -148,8 +148,13 @@ class MotionLog:
     per outage. `activity()` and `any_motion()` read Redis (and this process' unflushed seconds) and raise
     redis.RedisError when Redis cannot be read."""
 
-    def __init__(self, client: redis.Redis, retain_s: float = DEFAULT_RETAIN_S, flush_interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        client: redis.Redis,
+        retain_s: float = DEFAULT_RETAIN_S,
+        flush_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.client = client
         self.retain_s = float(retain_s)
         self.flush_interval_s = flush_interval_s
@@ -190,8 +195,12 @@ class MotionLog:
             self._keep(buf)
             if not self._failing:
                 self._failing = True
-                log.warning("camera %s: motion history not written, Redis failed (kept in memory, up to %d s): %s",
-                            ", ".join(sorted({c for c, _ in buf})), BUFFER_MAX_SECONDS, exc)
+                log.warning(
+                    "camera %s: motion history not written, Redis failed (kept in memory, up to %d s): %s",
+                    ", ".join(sorted({c for c, _ in buf})),
+                    BUFFER_MAX_SECONDS,
+                    exc,
+                )
             return False
         if self._failing:
             self._failing = False
@@ -204,7 +213,7 @@ class MotionLog:
                 if v > self._buf.get(k, 0.0):
                     self._buf[k] = v
             if len(self._buf) > BUFFER_MAX_SECONDS:
-                for k in sorted(self._buf, key=lambda k: k[1])[:len(self._buf) - BUFFER_MAX_SECONDS]:
+                for k in sorted(self._buf, key=lambda k: k[1])[: len(self._buf) - BUFFER_MAX_SECONDS]:
                     del self._buf[k]
 
     def activity(self, camera_id: str, since_s: float, until_s: float) -> list[tuple[int, float]]:

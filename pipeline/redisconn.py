@@ -9,6 +9,7 @@ Each client has one bounded pool (`bus.redis_max_connections`): a caller finding
 in use waits `bus.redis_pool_timeout_s`, then gets `PoolExhausted` (the gateway answers 503 with
 Retry-After), instead of redis-py's default of failing at once past 100 connections.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -54,18 +55,26 @@ class _AsyncPool(AsyncBlockingPool):
             raise
 
 
-def connect(url: str, max_connections: int = MAX_CONNECTIONS, pool_timeout_s: float = POOL_TIMEOUT_S,
-            **kwargs: Any) -> redis.Redis:
+def connect(
+    url: str, max_connections: int = MAX_CONNECTIONS, pool_timeout_s: float = POOL_TIMEOUT_S, **kwargs: Any
+) -> redis.Redis:
     """A client for `url` (redis:// or unix://) with one bounded pool; kwargs go to the connections."""
-    encoder = Encoder(kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"),
-                      kwargs.get("decode_responses", False))
-    pool = _Pool.from_url(url, max_connections=max_connections, timeout=pool_timeout_s,
-                          command_packer=PythonRespSerializer(BUFFER_CUTOFF, encoder.encode), **kwargs)
+    encoder = Encoder(
+        kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"), kwargs.get("decode_responses", False)
+    )
+    pool = _Pool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout_s,
+        command_packer=PythonRespSerializer(BUFFER_CUTOFF, encoder.encode),
+        **kwargs,
+    )
     return redis.Redis(connection_pool=pool)
 
 
-def connect_async(url: str, max_connections: int = MAX_CONNECTIONS, pool_timeout_s: float = POOL_TIMEOUT_S,
-                  **kwargs: Any) -> aioredis.Redis:
+def connect_async(
+    url: str, max_connections: int = MAX_CONNECTIONS, pool_timeout_s: float = POOL_TIMEOUT_S, **kwargs: Any
+) -> aioredis.Redis:
     """A redis.asyncio client for `url` with one bounded pool (use it from one event loop only)."""
     pool = _AsyncPool.from_url(url, max_connections=max_connections, timeout=pool_timeout_s, **kwargs)
     return aioredis.Redis(connection_pool=pool)

@@ -18,6 +18,7 @@ returns `EventUpdate`s: `start` (with `start_s` = when the condition began), `up
 tracks involved changed) and `end`. Rules and zones can be replaced on a running engine; state
 of rules that did not change is kept.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,16 @@ from pipeline.zones import Zone, ZoneConfig, check_zone_names
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CountAboveRule", "EntersRule", "TrackVoteRule", "Rule", "RulesConfig", "parse_rules",
-           "EventUpdate", "RuleEngine"]
+__all__ = [
+    "CountAboveRule",
+    "EntersRule",
+    "TrackVoteRule",
+    "Rule",
+    "RulesConfig",
+    "parse_rules",
+    "EventUpdate",
+    "RuleEngine",
+]
 
 RULE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -48,10 +57,14 @@ class _RuleBase(BaseModel):
     cameras: list[str] | None = Field(None, description="Cameras the rule applies to; default: all.")
     min_confidence: float = Field(0.0, ge=0.0, le=1.0, description="Detections below this confidence are ignored.")
     cooldown_s: float = Field(
-        0.0, ge=0.0, le=86400.0,
-        description="No new event of this rule on a camera until this long after its previous one there started or ended.")
+        0.0,
+        ge=0.0,
+        le=86400.0,
+        description="No new event of this rule on a camera until this long after its previous one there started or ended.",
+    )
     end_after_s: float = Field(
-        1.0, ge=0.0, le=3600.0, description="How long the condition must be gone before the event ends.")
+        1.0, ge=0.0, le=3600.0, description="How long the condition must be gone before the event ends."
+    )
     enabled: bool = Field(True, description="A disabled rule keeps no state and makes no events.")
 
     @field_validator("id")
@@ -79,7 +92,8 @@ class EntersRule(_RuleBase):
     kind: Literal["enters"] = "enters"
     zone: str = Field(description="Zone name on the camera.")
     from_outside_only: bool = Field(
-        True, description="Only tracks first seen outside the zone count; off: appearing inside counts too.")
+        True, description="Only tracks first seen outside the zone count; off: appearing inside counts too."
+    )
 
 
 class TrackVoteRule(_RuleBase):
@@ -139,10 +153,18 @@ class EventUpdate:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "event_id": self.event_id, "camera_id": self.camera_id,
-            "rule_id": self.rule_id, "rule_kind": self.rule_kind, "label": self.label, "zone": self.zone,
-            "timestamp_s": self.timestamp_s, "start_s": self.start_s, "end_s": self.end_s,
-            "track_ids": list(self.track_ids), "count": self.count,
+            "kind": self.kind,
+            "event_id": self.event_id,
+            "camera_id": self.camera_id,
+            "rule_id": self.rule_id,
+            "rule_kind": self.rule_kind,
+            "label": self.label,
+            "zone": self.zone,
+            "timestamp_s": self.timestamp_s,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "track_ids": list(self.track_ids),
+            "count": self.count,
             "boxes": {str(k): v for k, v in self.boxes.items()},
         }
 
@@ -185,8 +207,12 @@ class RuleEngine:
     detections carry no `data["label"]` column.
     """
 
-    def __init__(self, cameras_zones: Mapping[str, Iterable[ZoneConfig]], rules: Iterable[Rule],
-                 labels: Sequence[str] | None = None):
+    def __init__(
+        self,
+        cameras_zones: Mapping[str, Iterable[ZoneConfig]],
+        rules: Iterable[Rule],
+        labels: Sequence[str] | None = None,
+    ):
         self.labels = list(labels) if labels else None
         self._zones: dict[str, dict[str, Zone]] = {}
         self._rules: dict[str, Rule] = {}
@@ -312,8 +338,21 @@ class RuleEngine:
         return base if track is None else f"{base}.{track}"
 
     def _make(self, kind, cam, rule, a: _Active, t, count, boxes, end_s=None) -> EventUpdate:
-        return EventUpdate(kind, a.event_id, cam, rule.id, rule.kind, rule.label, rule.zone, t, a.start_s, end_s,
-                           sorted(a.track_ids), count, boxes)
+        return EventUpdate(
+            kind,
+            a.event_id,
+            cam,
+            rule.id,
+            rule.kind,
+            rule.label,
+            rule.zone,
+            t,
+            a.start_s,
+            end_s,
+            sorted(a.track_ids),
+            count,
+            boxes,
+        )
 
     def _end(self, cam: str, rule: Rule, a: _Active, t: float) -> EventUpdate:
         log.debug("[%s] rule %s: event %s ended", cam, rule.id, a.event_id)
@@ -323,8 +362,11 @@ class RuleEngine:
     def _boxes(d: Detections, mask: np.ndarray) -> dict[int, list[float]]:
         if d.tracker_id is None:
             return {}
-        return {int(d.tracker_id[i]): [round(float(v), 1) for v in d.xyxy[i]] for i in np.flatnonzero(mask)
-                if d.tracker_id[i] >= 0}
+        return {
+            int(d.tracker_id[i]): [round(float(v), 1) for v in d.xyxy[i]]
+            for i in np.flatnonzero(mask)
+            if d.tracker_id[i] >= 0
+        }
 
     def _count_above(self, cam, rule: CountAboveRule, st: _RuleState, d: Detections, mask, t) -> list[EventUpdate]:
         ids = {int(i) for i in d.tracker_id[mask] if i >= 0} if d.tracker_id is not None else set()
@@ -341,8 +383,7 @@ class RuleEngine:
                     return [self._make("update", cam, rule, a, t, count, self._boxes(d, mask))]
                 return []
             if t - st.above_since >= rule.for_s and not self._cooling(rule, st, t):
-                a = _Active(self._new_id(cam, rule, st.above_since, None), st.above_since, set(ids), t,
-                            frozenset(ids))
+                a = _Active(self._new_id(cam, rule, st.above_since, None), st.above_since, set(ids), t, frozenset(ids))
                 st.active[None] = a
                 st.last_change_s = t
                 log.debug("[%s] rule %s: event %s started (%d %s)", cam, rule.id, a.event_id, count, rule.label)
@@ -375,8 +416,12 @@ class RuleEngine:
                 a = st.active.get(tid)
                 if a is not None:
                     a.last_true_s = t
-                elif not ts.inside and (ts.seen_outside or not rule.from_outside_only) and not ts.fired \
-                        and not self._cooling(rule, st, t):
+                elif (
+                    not ts.inside
+                    and (ts.seen_outside or not rule.from_outside_only)
+                    and not ts.fired
+                    and not self._cooling(rule, st, t)
+                ):
                     a = st.active[tid] = _Active(self._new_id(cam, rule, t, tid), t, {tid}, t, frozenset({tid}))
                     ts.fired = True
                     st.last_change_s = t
@@ -402,14 +447,27 @@ class RuleEngine:
             a = st.active.get(tid)
             if a is not None:
                 a.last_true_s = t
-            elif (not ts.fired and ts.votes >= rule.min_frames and ts.votes >= rule.min_fraction * ts.frames
-                  and not self._cooling(rule, st, t)):
-                a = st.active[tid] = _Active(self._new_id(cam, rule, ts.first_s, tid), ts.first_s, {tid}, t,
-                                             frozenset({tid}))
+            elif (
+                not ts.fired
+                and ts.votes >= rule.min_frames
+                and ts.votes >= rule.min_fraction * ts.frames
+                and not self._cooling(rule, st, t)
+            ):
+                a = st.active[tid] = _Active(
+                    self._new_id(cam, rule, ts.first_s, tid), ts.first_s, {tid}, t, frozenset({tid})
+                )
                 ts.fired = True
                 st.last_change_s = t
-                log.debug("[%s] rule %s: track %d showed %s in %d/%d frames (event %s)", cam, rule.id, tid,
-                          rule.label, ts.votes, ts.frames, a.event_id)
+                log.debug(
+                    "[%s] rule %s: track %d showed %s in %d/%d frames (event %s)",
+                    cam,
+                    rule.id,
+                    tid,
+                    rule.label,
+                    ts.votes,
+                    ts.frames,
+                    a.event_id,
+                )
                 out.append(self._make("start", cam, rule, a, t, ts.votes, self._boxes(d, tids == tid)))
         out += self._end_stale(cam, rule, st, t)
         return out

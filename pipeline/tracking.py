@@ -13,6 +13,7 @@ been confirmed or died, with the detections of confirmed tracks only, including 
 frames before confirmation (back-filled with the track's id). A track that never got confirmed
 (a flicker, a false positive) is never recorded; one that did is recorded from its first frame.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -42,34 +43,44 @@ class TrackerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     high_conf_threshold: float = Field(
-        0.5, gt=0.0, le=1.0, description="Detections at or above this confidence match in the first stage.")
+        0.5, gt=0.0, le=1.0, description="Detections at or above this confidence match in the first stage."
+    )
     low_conf_threshold: float = Field(
-        0.1, ge=0.0, le=1.0,
-        description="Detections between this and high_conf_threshold only extend existing tracks; below it they are dropped.")
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Detections between this and high_conf_threshold only extend existing tracks; below it they are dropped.",
+    )
     new_track_threshold: float = Field(
-        0.6, gt=0.0, le=1.0, description="An unmatched detection starts a new track only at or above this confidence.")
+        0.6, gt=0.0, le=1.0, description="An unmatched detection starts a new track only at or above this confidence."
+    )
     match_iou_high: float = Field(
-        0.2, gt=0.0, le=1.0, description="Least IoU for a high-confidence detection to match a track.")
+        0.2, gt=0.0, le=1.0, description="Least IoU for a high-confidence detection to match a track."
+    )
     match_iou_low: float = Field(
-        0.5, gt=0.0, le=1.0, description="Least IoU for a low-confidence detection to match a track.")
+        0.5, gt=0.0, le=1.0, description="Least IoU for a low-confidence detection to match a track."
+    )
     match_iou_tentative: float = Field(
-        0.3, gt=0.0, le=1.0, description="Least IoU for a detection to extend a not yet confirmed track.")
-    fuse_score: bool = Field(
-        True, description="First stage cost is 1 - IoU * confidence (ByteTrack), not 1 - IoU.")
+        0.3, gt=0.0, le=1.0, description="Least IoU for a detection to extend a not yet confirmed track."
+    )
+    fuse_score: bool = Field(True, description="First stage cost is 1 - IoU * confidence (ByteTrack), not 1 - IoU.")
     class_aware: bool = Field(True, description="A detection only matches a track of the same class.")
     min_hits: int = Field(3, ge=1, le=100, description="Consecutive matched frames before a track is confirmed.")
-    max_age_frames: int = Field(
-        30, ge=1, le=10000, description="Frames a confirmed track survives without a match.")
+    max_age_frames: int = Field(30, ge=1, le=10000, description="Frames a confirmed track survives without a match.")
     max_gap_s: float = Field(
-        5.0, gt=0.0, le=3600.0, description="A track unmatched for this long is dropped whatever its age in frames.")
+        5.0, gt=0.0, le=3600.0, description="A track unmatched for this long is dropped whatever its age in frames."
+    )
     include_tentative: bool = Field(
-        False, description="Also return detections of not yet confirmed tracks, with tracker_id -1.")
+        False, description="Also return detections of not yet confirmed tracks, with tracker_id -1."
+    )
 
     @model_validator(mode="after")
     def _check_order(self) -> "TrackerConfig":
         if self.low_conf_threshold > self.high_conf_threshold:
-            raise ValueError(f"low_conf_threshold ({self.low_conf_threshold}) must be <= "
-                             f"high_conf_threshold ({self.high_conf_threshold})")
+            raise ValueError(
+                f"low_conf_threshold ({self.low_conf_threshold}) must be <= "
+                f"high_conf_threshold ({self.high_conf_threshold})"
+            )
         return self
 
 
@@ -198,8 +209,16 @@ class _Kalman:
     def __init__(self, xyah: np.ndarray):
         self.x = np.r_[xyah, np.zeros(4)]
         h = xyah[3]
-        std = [2 * _STD_MEAS * h, 2 * _STD_MEAS * h, 1e-2, 2 * _STD_MEAS * h,
-               10 * _STD_VEL * h, 10 * _STD_VEL * h, 1e-3, 10 * _STD_VEL * h]
+        std = [
+            2 * _STD_MEAS * h,
+            2 * _STD_MEAS * h,
+            1e-2,
+            2 * _STD_MEAS * h,
+            10 * _STD_VEL * h,
+            10 * _STD_VEL * h,
+            1e-3,
+            10 * _STD_VEL * h,
+        ]
         self.P = np.diag(np.square(std))
 
     def predict(self, dt: float) -> None:
@@ -207,8 +226,10 @@ class _Kalman:
         F = np.eye(8)
         F[:4, 4:] = dt * np.eye(4)
         h = max(self.x[3], 1.0)
-        q = np.square([_STD_POS * h, _STD_POS * h, 1e-2, _STD_POS * h,
-                       _STD_VEL * h, _STD_VEL * h, 1e-3, _STD_VEL * h]) * dt
+        q = (
+            np.square([_STD_POS * h, _STD_POS * h, 1e-2, _STD_POS * h, _STD_VEL * h, _STD_VEL * h, 1e-3, _STD_VEL * h])
+            * dt
+        )
         self.x = F @ self.x
         self.P = F @ self.P @ F.T + np.diag(q)
 
@@ -259,8 +280,9 @@ class Tracker:
     by default ids count from 1 in this instance.
     """
 
-    def __init__(self, settings: TrackerConfig | None = None, *, camera_id: str = "",
-                 id_source: Callable[[], int] | None = None):
+    def __init__(
+        self, settings: TrackerConfig | None = None, *, camera_id: str = "", id_source: Callable[[], int] | None = None
+    ):
         self.settings = settings or TrackerConfig()
         self.camera_id = camera_id
         self._counter = itertools.count(1)
@@ -296,8 +318,12 @@ class Tracker:
         s = self.settings
         self.settled = []
         if self._last_ts is not None and timestamp_s < self._last_ts:
-            log.warning("[%s] frame at %.3f is older than the last one (%.3f); ignored",
-                        self.camera_id, timestamp_s, self._last_ts)
+            log.warning(
+                "[%s] frame at %.3f is older than the last one (%.3f); ignored",
+                self.camera_id,
+                timestamp_s,
+                self._last_ts,
+            )
             return _with_ids(Detections.empty(), [])
         dt = 0.0 if self._last_ts is None else timestamp_s - self._last_ts
         self._last_ts = timestamp_s
@@ -373,8 +399,9 @@ class Tracker:
             idx = np.asarray([d for d, _ in keep], np.int64)
             self.settled.append(SettledFrame(ts, fr, _with_ids(dets[idx], [i for _, i in keep])))
 
-    def _match(self, tracks: list[_Track], dets: Detections, idx: np.ndarray, min_iou: float,
-               fuse: bool) -> tuple[dict[int, _Track], list[int], np.ndarray]:
+    def _match(
+        self, tracks: list[_Track], dets: Detections, idx: np.ndarray, min_iou: float, fuse: bool
+    ) -> tuple[dict[int, _Track], list[int], np.ndarray]:
         if not tracks or len(idx) == 0:
             return {}, list(range(len(tracks))), np.arange(len(idx))
         boxes = np.stack([t.kf.xyxy for t in tracks])
@@ -389,5 +416,4 @@ class Tracker:
 
 
 def _with_ids(dets: Detections, ids: list[int]) -> Detections:
-    return Detections(dets.xyxy, dets.confidence, dets.class_id, np.asarray(ids, np.int64).reshape(-1),
-                      dict(dets.data))
+    return Detections(dets.xyxy, dets.confidence, dets.class_id, np.asarray(ids, np.int64).reshape(-1), dict(dets.data))

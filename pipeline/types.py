@@ -1,4 +1,5 @@
 """Core value types that travel between the stages of the pipeline."""
+
 from __future__ import annotations
 
 import enum
@@ -62,8 +63,11 @@ class FrameRef:
 def _column(name: str, value: Any, dtype: Any, n: int | None, shape_tail: tuple[int, ...] = ()) -> np.ndarray:
     arr = np.asarray(value, dtype=dtype)
     if arr.ndim != 1 + len(shape_tail) or arr.shape[1:] != shape_tail:
-        raise ValueError(f"{name} must have shape (n, {', '.join(map(str, shape_tail))}), got {arr.shape}"
-                         if shape_tail else f"{name} must have shape (n,), got {arr.shape}")
+        raise ValueError(
+            f"{name} must have shape (n, {', '.join(map(str, shape_tail))}), got {arr.shape}"
+            if shape_tail
+            else f"{name} must have shape (n,), got {arr.shape}"
+        )
     if n is not None and arr.shape[0] != n:
         raise ValueError(f"{name} has {arr.shape[0]} rows but xyxy has {n}")
     return arr

@@ -4,6 +4,7 @@ A detection is inside a zone when its anchor point (bottom-center of the box by 
 a person or a car touches the ground) lies inside the polygon; points on an edge count as
 inside.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,7 +28,8 @@ class ZoneConfig(BaseModel):
 
     name: str = Field(description="Zone name, unique per camera: letters, digits, '_', '-', '.'.")
     points_px: list[tuple[float, float]] = Field(
-        min_length=3, max_length=256, description="Polygon corners (x, y) in source-frame pixels, in order.")
+        min_length=3, max_length=256, description="Polygon corners (x, y) in source-frame pixels, in order."
+    )
     anchor: Anchor = Field("bottom_center", description="Which point of a box must be inside the polygon.")
 
     @field_validator("name")
@@ -72,8 +74,12 @@ def _segments_cross(p1, p2, p3, p4) -> bool:
     o1, o2, o3, o4 = orient(p1, p2, p3), orient(p1, p2, p4), orient(p3, p4, p1), orient(p3, p4, p2)
     if o1 != o2 and o3 != o4:
         return True
-    return ((o1 == 0 and on_seg(p1, p2, p3)) or (o2 == 0 and on_seg(p1, p2, p4))
-            or (o3 == 0 and on_seg(p3, p4, p1)) or (o4 == 0 and on_seg(p3, p4, p2)))
+    return (
+        (o1 == 0 and on_seg(p1, p2, p3))
+        or (o2 == 0 and on_seg(p1, p2, p4))
+        or (o3 == 0 and on_seg(p3, p4, p1))
+        or (o4 == 0 and on_seg(p3, p4, p2))
+    )
 
 
 def _self_intersection(pts: np.ndarray) -> tuple[int, int] | None:
@@ -107,8 +113,12 @@ def points_in_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     x2, y2 = np.roll(poly[:, 0], -1)[None, :], np.roll(poly[:, 1], -1)[None, :]
     # on an edge: collinear and within the segment's bounding box
     cross = (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1)
-    within = ((np.minimum(x1, x2) - 1e-9 <= x) & (x <= np.maximum(x1, x2) + 1e-9)
-              & (np.minimum(y1, y2) - 1e-9 <= y) & (y <= np.maximum(y1, y2) + 1e-9))
+    within = (
+        (np.minimum(x1, x2) - 1e-9 <= x)
+        & (x <= np.maximum(x1, x2) + 1e-9)
+        & (np.minimum(y1, y2) - 1e-9 <= y)
+        & (y <= np.maximum(y1, y2) + 1e-9)
+    )
     on_edge = (np.abs(cross) <= 1e-9 * np.maximum(1.0, np.hypot(x2 - x1, y2 - y1))) & within
     straddles = (y1 > y) != (y2 > y)
     with np.errstate(divide="ignore", invalid="ignore"):

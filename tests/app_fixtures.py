@@ -1,6 +1,7 @@
 """The real app for browser tests: `serve run` of the shipped serve_config.yaml with test cameras,
 a test Redis and its own Ray head (enough logical CPUs for many per-camera replicas), plus a
 logged-in headless Chromium."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ from rtsp_fixtures import wait_until
 from tools.launch import launch_env, ray_head, serve_run, shipped_config
 
 
-def http(url: str, token: str | None = None, timeout_s: float = 5.0, data: bytes | None = None,
-         headers: dict | None = None) -> tuple[int, bytes]:
+def http(
+    url: str, token: str | None = None, timeout_s: float = 5.0, data: bytes | None = None, headers: dict | None = None
+) -> tuple[int, bytes]:
     import urllib.error
     import urllib.request
 
@@ -46,8 +48,11 @@ class RunningApp:
 
         if self._token is None or time.time() > self._until - 60:
             basic = base64.b64encode(f"{self.client[0]}:{self.client[1]}".encode()).decode()
-            status, body = http(self.base + "/oauth/token", data=b"grant_type=client_credentials",
-                                headers={"Authorization": f"Basic {basic}"})
+            status, body = http(
+                self.base + "/oauth/token",
+                data=b"grant_type=client_credentials",
+                headers={"Authorization": f"Basic {basic}"},
+            )
             assert status == 200, body
             tok = json.loads(body)
             self._token, self._until = tok["access_token"], time.time() + tok["expires_in"]
@@ -65,8 +70,14 @@ class RunningApp:
 
 
 @contextmanager
-def serve_app(tmp: Path, cameras: list[dict], hls: dict | None = None, ray_cpus: int = 8, env_extra: dict | None = None,
-              **args_extra):
+def serve_app(
+    tmp: Path,
+    cameras: list[dict],
+    hls: dict | None = None,
+    ray_cpus: int = 8,
+    env_extra: dict | None = None,
+    **args_extra,
+):
     """Run the shipped config with `cameras` and `hls` overrides (`env_extra`: for the Ray head and
     `serve run`) through tools/launch.py; yields a RunningApp."""
     redis = RedisServer(tmp)
@@ -99,11 +110,21 @@ def chromium(profile_dir: Path, width: int = 1400, height: int = 1000):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
-                 f"--user-data-dir={profile_dir}", f"--window-size={width},{height}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-background-timer-throttling",
+        "--disable-renderer-backgrounding",
+        f"--user-data-dir={profile_dir}",
+        f"--window-size={width},{height}",
+    ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
@@ -115,8 +136,16 @@ def log_in(driver, base: str, password: str, path: str = "/") -> None:
     driver.find_element("id", "username").send_keys("admin")
     driver.find_element("id", "password").send_keys(password)
     driver.find_element("id", "login").click()
-    wait_until(lambda: driver.current_url.startswith(base + path.rstrip("/")) and "/login" not in driver.current_url
-               and "/oauth" not in driver.current_url, 30, 0.2, "back on the camera page")
+    wait_until(
+        lambda: (
+            driver.current_url.startswith(base + path.rstrip("/"))
+            and "/login" not in driver.current_url
+            and "/oauth" not in driver.current_url
+        ),
+        30,
+        0.2,
+        "back on the camera page",
+    )
 
 
 CONTRAST_JS = """

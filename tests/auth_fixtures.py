@@ -1,4 +1,5 @@
 """Helpers for the auth tests: a gateway with its own auth DB and keys, logins, tokens, PKCE."""
+
 from __future__ import annotations
 
 import base64
@@ -24,12 +25,19 @@ BASE_URL = "http://127.0.0.1:8000"
 def make_args(redis_url: str, tmp_path, cameras=("a", "b"), gateway: dict | None = None, **auth):
     """Args of a test gateway: `auth` settings, and other `gateway` settings."""
     auth = {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys"), **auth}
-    return parse_args({"cameras": [{"id": c, "source": f"{c}.avi"} for c in cameras], "model": {"onnx": "m.onnx"},
-                       "redis_url": redis_url, "gateway": {"stale_after_s": 2, **(gateway or {}), "auth": auth}})
+    return parse_args(
+        {
+            "cameras": [{"id": c, "source": f"{c}.avi"} for c in cameras],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_url,
+            "gateway": {"stale_after_s": 2, **(gateway or {}), "auth": auth},
+        }
+    )
 
 
-def make_ctx(redis_url: str, tmp_path, monkeypatch, cameras=("a", "b"), gateway: dict | None = None,
-             **auth) -> GatewayContext:
+def make_ctx(
+    redis_url: str, tmp_path, monkeypatch, cameras=("a", "b"), gateway: dict | None = None, **auth
+) -> GatewayContext:
     monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
     return GatewayContext.from_args(make_args(redis_url, tmp_path, cameras, gateway, **auth))
 
@@ -47,8 +55,9 @@ def login_form(client: TestClient, username: str, password: str, next_url: str =
     """GET the login page and POST the form; returns the POST's response."""
     page = client.get(f"/login?next={next_url}")
     assert page.status_code == 200, page.text
-    return client.post("/login", data={"csrf": csrf_of(page.text), "next": next_url, "username": username,
-                                       "password": password})
+    return client.post(
+        "/login", data={"csrf": csrf_of(page.text), "next": next_url, "username": username, "password": password}
+    )
 
 
 def follow(client: TestClient, response, limit: int = 8):
@@ -90,11 +99,23 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def authorize_code(client: TestClient, client_id: str, redirect_uri: str, challenge: str, scope: str | None = None,
-                   state: str = "st4te") -> str:
+def authorize_code(
+    client: TestClient,
+    client_id: str,
+    redirect_uri: str,
+    challenge: str,
+    scope: str | None = None,
+    state: str = "st4te",
+) -> str:
     """Run /oauth/authorize for a logged-in browser and return the code from the redirect."""
-    params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": state,
-              "code_challenge": challenge, "code_challenge_method": "S256"}
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
     if scope:
         params["scope"] = scope
     r = client.get("/oauth/authorize", params=params)

@@ -2,6 +2,7 @@
 
 Import them into a test module with `from rtsp_fixtures import rtsp_server_factory  # noqa: F401`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The accuracy gate: tolerances per precision, and a real comparison against ONNX Runtime FP32."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,12 @@ import pytest
 
 from pipeline.detector import Detector
 from pipeline.models.accuracy import (
-    TOLERANCE_POINTS, AccuracyError, check_accuracy, compare_backends, eval_settings, tolerance_points,
+    TOLERANCE_POINTS,
+    AccuracyError,
+    check_accuracy,
+    compare_backends,
+    eval_settings,
+    tolerance_points,
 )
 from pipeline.models.backends.base import Backend
 from pipeline.models.backends.onnxruntime import OnnxRuntimeBackend
@@ -20,17 +26,33 @@ def test_tolerances():
         tolerance_points("int4")
 
 
-@pytest.mark.parametrize("precision,ref,cand", [
-    ("fp16", 40.0, 39.5), ("fp32", 40.0, 39.5), ("int8", 40.0, 38.5), ("int8", 40.0, 39.99),
-    ("fp16", 40.0, 40.0), ("fp16", 40.0, 41.2), ("int8", 0.0, 0.0), ("int8", 100.0, 98.5),
-])
+@pytest.mark.parametrize(
+    "precision,ref,cand",
+    [
+        ("fp16", 40.0, 39.5),
+        ("fp32", 40.0, 39.5),
+        ("int8", 40.0, 38.5),
+        ("int8", 40.0, 39.99),
+        ("fp16", 40.0, 40.0),
+        ("fp16", 40.0, 41.2),
+        ("int8", 0.0, 0.0),
+        ("int8", 100.0, 98.5),
+    ],
+)
 def test_within_tolerance_passes(precision, ref, cand):
     assert check_accuracy(ref, cand, precision) == pytest.approx(ref - cand)
 
 
-@pytest.mark.parametrize("precision,ref,cand", [
-    ("fp16", 40.0, 39.49), ("fp32", 40.0, 39.4), ("int8", 40.0, 38.49), ("int8", 52.3, 50.0), ("fp16", 100, 0),
-])
+@pytest.mark.parametrize(
+    "precision,ref,cand",
+    [
+        ("fp16", 40.0, 39.49),
+        ("fp32", 40.0, 39.4),
+        ("int8", 40.0, 38.49),
+        ("int8", 52.3, 50.0),
+        ("fp16", 100, 0),
+    ],
+)
 def test_beyond_tolerance_raises(precision, ref, cand):
     with pytest.raises(AccuracyError) as err:
         check_accuracy(ref, cand, precision)
@@ -44,10 +66,16 @@ def test_int8_gets_more_room_than_fp16():
         check_accuracy(40.0, 39.0, "fp16")
 
 
-@pytest.mark.parametrize("ref,cand,name", [
-    (0.41, 150.0, "candidate_map50"), (-1.0, 30.0, "reference_map50"), ("40", 39.0, "reference_map50"),
-    (40.0, None, "candidate_map50"), (True, 40.0, "reference_map50"),
-])
+@pytest.mark.parametrize(
+    "ref,cand,name",
+    [
+        (0.41, 150.0, "candidate_map50"),
+        (-1.0, 30.0, "reference_map50"),
+        ("40", 39.0, "reference_map50"),
+        (40.0, None, "candidate_map50"),
+        (True, 40.0, "reference_map50"),
+    ],
+)
 def test_bad_map_values_are_named(ref, cand, name):
     with pytest.raises(ValueError, match=name):
         check_accuracy(ref, cand, "fp16")

@@ -1,6 +1,7 @@
 """/api/cameras says which path each camera's video takes and why, whether it is detected, and what the
 running camera wrote of its video (copy or transcode, why, the forced segment duration): real Redis,
 the gateway app without Ray."""
+
 import pytest
 from starlette.testclient import TestClient
 
@@ -12,13 +13,21 @@ from pipeline.config import parse_args
 
 
 def make_client(redis_server, tmp_path, **over):
-    args = parse_args({"cameras": [{"id": "copy", "source": "rtsp://u:p@h/copy"},
-                                   {"id": "mpeg", "source": "clip.avi", "detect_fps": 2},
-                                   {"id": "quiet", "source": "rtsp://h/quiet", "detect": False},
-                                   {"id": "burn", "source": "rtsp://h/burn", "boxes": "burned"}],
-                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url, "hls": {"boxes": "browser"},
-                       "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"),
-                                            "key_dir": str(tmp_path / "keys")}}, **over})
+    args = parse_args(
+        {
+            "cameras": [
+                {"id": "copy", "source": "rtsp://u:p@h/copy"},
+                {"id": "mpeg", "source": "clip.avi", "detect_fps": 2},
+                {"id": "quiet", "source": "rtsp://h/quiet", "detect": False},
+                {"id": "burn", "source": "rtsp://h/burn", "boxes": "burned"},
+            ],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "hls": {"boxes": "browser"},
+            "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")}},
+            **over,
+        }
+    )
     ctx = GatewayContext.from_args(args)
     client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
     row, secret = ctx.auth.store.add_client("tests", {"admin"})
@@ -42,14 +51,42 @@ def test_each_camera_says_its_path_and_detection_before_the_stream_info_exists(a
     _, client = api
     cams = {c["id"]: {k: c[k] for k in FIELDS} for c in client.get("/api/cameras").json()["cameras"]}
     assert cams == {
-        "copy": {"path": "worker", "path_reason": "boxes drawn by the browser; detection at 5 fps", "detect": True,
-                 "detect_fps": 5.0, "video": None, "video_reason": None, "segment_s": None},
-        "mpeg": {"path": "worker", "path_reason": "boxes drawn by the browser; detection at 2 fps", "detect": True,
-                 "detect_fps": 2.0, "video": None, "video_reason": None, "segment_s": None},
-        "quiet": {"path": "worker", "path_reason": "boxes drawn by the browser; detection off", "detect": False,
-                  "detect_fps": None, "video": None, "video_reason": None, "segment_s": None},
-        "burn": {"path": "annotate", "path_reason": "boxes: burned (camera) re-encodes the video", "detect": True,
-                 "detect_fps": None, "video": None, "video_reason": None, "segment_s": None},
+        "copy": {
+            "path": "worker",
+            "path_reason": "boxes drawn by the browser; detection at 5 fps",
+            "detect": True,
+            "detect_fps": 5.0,
+            "video": None,
+            "video_reason": None,
+            "segment_s": None,
+        },
+        "mpeg": {
+            "path": "worker",
+            "path_reason": "boxes drawn by the browser; detection at 2 fps",
+            "detect": True,
+            "detect_fps": 2.0,
+            "video": None,
+            "video_reason": None,
+            "segment_s": None,
+        },
+        "quiet": {
+            "path": "worker",
+            "path_reason": "boxes drawn by the browser; detection off",
+            "detect": False,
+            "detect_fps": None,
+            "video": None,
+            "video_reason": None,
+            "segment_s": None,
+        },
+        "burn": {
+            "path": "annotate",
+            "path_reason": "boxes: burned (camera) re-encodes the video",
+            "detect": True,
+            "detect_fps": None,
+            "video": None,
+            "video_reason": None,
+            "segment_s": None,
+        },
     }
 
 
@@ -57,14 +94,26 @@ def test_the_running_cameras_stream_info_gives_copy_or_transcode_and_the_segment
     ctx, client = api
     # what CopyPublisher writes: a copied H.264 camera whose 10 s GOP forces 10 s segments, a transcoded MPEG-4
     put_stream_info(ctx.redis, "copy", 768, 576, "browser", 10.0, video="copy", video_reason=None, segment_s=10.0)
-    put_stream_info(ctx.redis, "mpeg", 768, 576, "browser", 10.0, video="transcode",
-                    video_reason="source codec mpeg4 cannot be copied", segment_s=2.0)
+    put_stream_info(
+        ctx.redis,
+        "mpeg",
+        768,
+        576,
+        "browser",
+        10.0,
+        video="transcode",
+        video_reason="source codec mpeg4 cannot be copied",
+        segment_s=2.0,
+    )
     put_stream_info(ctx.redis, "burn", 768, 576, "burned", 10.0)  # the encoder says nothing of video
     cam = client.get("/api/cameras/copy").json()
     assert (cam["video"], cam["video_reason"], cam["segment_s"]) == ("copy", None, 10.0)
     cam = client.get("/api/cameras/mpeg").json()
     assert (cam["video"], cam["video_reason"], cam["segment_s"]) == (
-        "transcode", "source codec mpeg4 cannot be copied", 2.0)
+        "transcode",
+        "source codec mpeg4 cannot be copied",
+        2.0,
+    )
     assert cam["stream"]["source_width_px"] == 768  # the stream info itself stays as it was
     cam = client.get("/api/cameras/burn").json()
     assert (cam["path"], cam["video"], cam["video_reason"], cam["segment_s"]) == ("annotate", None, None, None)
@@ -83,9 +132,11 @@ def test_openapi_describes_the_camera_fields(api):
     assert set(FIELDS) <= set(props)
     assert props["path"]["enum"] == ["worker", "annotate", "ingest", None]
     assert doc["paths"]["/api/cameras/{camera_id}"]["get"]["responses"]["200"]["content"]["application/json"][
-        "schema"] == {"$ref": "#/components/schemas/Camera"}
+        "schema"
+    ] == {"$ref": "#/components/schemas/Camera"}
     assert doc["paths"]["/api/cameras"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/CameraList"}
+        "$ref": "#/components/schemas/CameraList"
+    }
 
 
 def test_the_pages_info_line_from_the_apis_answer(api):
@@ -93,8 +144,17 @@ def test_the_pages_info_line_from_the_apis_answer(api):
 
     ctx, client = api
     put_stream_info(ctx.redis, "copy", 768, 576, "browser", 10.0, video="copy", video_reason=None, segment_s=10.0)
-    put_stream_info(ctx.redis, "mpeg", 768, 576, "browser", 10.0, video="transcode",
-                    video_reason="source codec mpeg4 cannot be copied", segment_s=2.0)
+    put_stream_info(
+        ctx.redis,
+        "mpeg",
+        768,
+        576,
+        "browser",
+        10.0,
+        video="transcode",
+        video_reason="source codec mpeg4 cannot be copied",
+        segment_s=2.0,
+    )
     cams = client.get("/api/cameras").json()["cameras"]
     lines = run_draw("console.log(JSON.stringify(arg.map((c) => [c.id, Draw.videoPathText(c)])))", cams)
     assert dict(lines) == {
@@ -108,9 +168,21 @@ def test_the_pages_info_line_from_the_apis_answer(api):
 def test_the_info_line_of_a_re_encoded_camera_says_burned_only_when_it_is():
     from test_web_units import run_draw  # draw.js in Node
 
-    cams = [{"id": "tc", "path": "annotate", "path_reason": "hls.timecode burns each frame's capture time in: the "
-             "video is re-encoded", "detect": False, "stream": {"boxes": "browser"}},
-            {"id": "burn", "path": "annotate", "path_reason": "hls.boxes: burned re-encodes the video", "detect": True,
-             "stream": None}]
+    cams = [
+        {
+            "id": "tc",
+            "path": "annotate",
+            "path_reason": "hls.timecode burns each frame's capture time in: the video is re-encoded",
+            "detect": False,
+            "stream": {"boxes": "browser"},
+        },
+        {
+            "id": "burn",
+            "path": "annotate",
+            "path_reason": "hls.boxes: burned re-encodes the video",
+            "detect": True,
+            "stream": None,
+        },
+    ]
     lines = run_draw("console.log(JSON.stringify(arg.map((c) => [c.id, Draw.videoPathText(c)])))", cams)
     assert dict(lines) == {"tc": "video re-encoded · detection off", "burn": "video re-encoded, boxes burned in"}

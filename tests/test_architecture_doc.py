@@ -1,4 +1,5 @@
 """docs/architecture.md stays true: every module, class, function and Redis key it names exists."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,5 +1,6 @@
 """Bad input and attacks against the gateway (real app, real redis-server): each one answers 4xx
 with a short JSON body or page, never a stack trace, and serves nothing it should not."""
+
 import base64
 import hashlib
 import hmac
@@ -58,7 +59,8 @@ def forged_tokens(ctx, good: str, tmp_path) -> dict[str, tuple[str, str]]:
     claims = json.loads(base64.urlsafe_b64decode(p + "=="))
     keys = ctx.auth.keys
     issue = lambda iss, aud, now=None: AccessTokens(keys, iss, aud, 300).issue(  # noqa: E731
-        "svc", "camera:*:view detections:read", "svc", now=now)
+        "svc", "camera:*:view detections:read", "svc", now=now
+    )
     pub_pem = RSAKey.import_key(keys.public_jwk()).as_pem(private=False)
     hs_h = b64({"alg": "HS256", "typ": "at+jwt", "kid": keys.kid})
     hs_sig = base64.urlsafe_b64encode(hmac.new(pub_pem, f"{hs_h}.{p}".encode(), hashlib.sha256).digest())
@@ -68,16 +70,19 @@ def forged_tokens(ctx, good: str, tmp_path) -> dict[str, tuple[str, str]]:
         "tampered": (f"{h}.{b64({**claims, 'scope': 'admin'})}.{s}", "bad_signature"),
         "wrong audience": (issue(ctx.auth.issuer, "some-other-api"), "'aud'"),
         "wrong issuer": (issue("https://evil.example", "lookout"), "'iss'"),
-        "alg none": (f"{b64({'alg': 'none', 'typ': 'at+jwt'})}.{b64({**claims, 'scope': 'admin'})}.",
-                     "unsupported_algorithm"),
+        "alg none": (
+            f"{b64({'alg': 'none', 'typ': 'at+jwt'})}.{b64({**claims, 'scope': 'admin'})}.",
+            "unsupported_algorithm",
+        ),
         "HS256 with the public key": (f"{hs_h}.{p}.{hs_sig.decode().rstrip('=')}", "unsupported_algorithm"),
         "unknown key": (stranger.issue("svc", "admin", "svc"), "bad token"),
         "garbage": ("not-a-jwt", "malformed token"),
     }
 
 
-@pytest.mark.parametrize("path", ["/api/cameras", "/api/cameras/a/detections/latest", "/hls/a/index.m3u8",
-                                  "/hls/a/seg_1.ts", "/auth/me"])
+@pytest.mark.parametrize(
+    "path", ["/api/cameras", "/api/cameras/a/detections/latest", "/hls/a/index.m3u8", "/hls/a/seg_1.ts", "/auth/me"]
+)
 def test_bad_tokens_get_a_clean_401_everywhere(ctx, client, token_a, tmp_path, path):
     assert client.get(path, headers=bearer(token_a)).status_code == 200
     for name, (token, detail) in forged_tokens(ctx, token_a, tmp_path).items():
@@ -107,8 +112,13 @@ def test_missing_or_odd_credentials(client):
 def test_token_for_camera_a_opens_nothing_of_camera_b(client, token_a):
     assert client.get("/hls/a/index.m3u8", headers=bearer(token_a)).status_code == 200
     assert client.get("/hls/a/seg_1.ts", headers=bearer(token_a)).content == SEG
-    for path in ("/hls/b/index.m3u8", "/hls/b/seg_1.ts", "/api/cameras/b", "/api/cameras/b/detections/latest",
-                 "/api/cameras/b/hls-link"):
+    for path in (
+        "/hls/b/index.m3u8",
+        "/hls/b/seg_1.ts",
+        "/api/cameras/b",
+        "/api/cameras/b/detections/latest",
+        "/api/cameras/b/hls-link",
+    ):
         r = client.get(path, headers=bearer(token_a))
         assert r.status_code == 403 and r.json() == {"error": "forbidden", "needs": "camera:b:view"}, path
         assert SEG not in r.content
@@ -129,11 +139,21 @@ def test_signed_url_for_camera_a_opens_nothing_of_camera_b(ctx, client, token_a)
     assert anonymous.get(f"/hls/a/seg_1.ts?{query.replace('sig=', 'sig=x')}").status_code == 401
 
 
-@pytest.mark.parametrize("path", [
-    "/hls/a/..%2F..%2Fetc%2Fpasswd", "/hls/a/..%2Fb%2Fseg_1.ts", "/hls/a/%2e%2e%2fb%2fseg_1.ts",
-    "/hls/a/seg_1.ts%00.ts", "/hls/a/.%2Fseg_1.ts", "/hls/a/x.sh", "/hls/A%20B/index.m3u8",
-    "/hls/..%2Fb/seg_1.ts", "/hls/a/../b/seg_1.ts", "/hls/a/seg_1.ts/..",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/hls/a/..%2F..%2Fetc%2Fpasswd",
+        "/hls/a/..%2Fb%2Fseg_1.ts",
+        "/hls/a/%2e%2e%2fb%2fseg_1.ts",
+        "/hls/a/seg_1.ts%00.ts",
+        "/hls/a/.%2Fseg_1.ts",
+        "/hls/a/x.sh",
+        "/hls/A%20B/index.m3u8",
+        "/hls/..%2Fb/seg_1.ts",
+        "/hls/a/../b/seg_1.ts",
+        "/hls/a/seg_1.ts/..",
+    ],
+)
 def test_path_traversal_in_hls_paths(client, token_a, path):
     r = client.get(path, headers=bearer(token_a))
     assert r.status_code in (403, 404), (path, r.status_code)
@@ -173,10 +193,17 @@ def test_failed_logins_lock_the_guesser_not_the_owner(redis_server, tmp_path, mo
     # Issue 13 item 4: a lock per (user, address), so five wrong passwords for admin from one address
     # do not lock the real admin out from another; and a limit per address across user names, left out
     # behind Ray Serve's HAProxy, where every login comes from HAProxy's address (it would lock everyone).
-    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1") if haproxy else \
-        monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
-    ctx = make_ctx(redis_server.url, tmp_path, monkeypatch, login_max_failures=3, login_max_failures_per_address=5,
-                   login_lockout_s=60)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1") if haproxy else monkeypatch.delenv(
+        "RAY_SERVE_ENABLE_HA_PROXY", raising=False
+    )
+    ctx = make_ctx(
+        redis_server.url,
+        tmp_path,
+        monkeypatch,
+        login_max_failures=3,
+        login_max_failures_per_address=5,
+        login_lockout_s=60,
+    )
     guesser = client_for(ctx, address="127.0.0.9")
     for _ in range(3):
         r = login_form(guesser, "admin", "guess-guess")
@@ -214,8 +241,11 @@ def test_token_endpoint_bad_requests_are_short_json(ctx, client):
     for form, error in cases:
         r = client.post("/oauth/token", data=form)
         assert r.status_code in (400, 401) and r.json()["error"] == error, (form, r.text)
-    r = client.post("/oauth/token", content=json.dumps({"grant_type": "client_credentials"}),
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/oauth/token",
+        content=json.dumps({"grant_type": "client_credentials"}),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and "x-www-form-urlencoded" in r.json()["error_description"]
     assert client.get("/oauth/token").status_code == 405
 
@@ -224,23 +254,27 @@ def test_plain_http_from_the_network_is_refused_for_credentials(ctx):
     for host in ("192.0.2.10", "127.0.0.1"):  # Host: 127.0.0.1 is what the client says, not where it is
         lan = client_for(ctx, base_url=f"http://{host}:8000", address="192.0.2.10")
         page = lan.get("/login")
-        r = lan.post("/login", data={"csrf": csrf_of(page.text), "next": "/", "username": "admin",
-                                     "password": ADMIN_PASSWORD})
+        r = lan.post(
+            "/login", data={"csrf": csrf_of(page.text), "next": "/", "username": "admin", "password": ADMIN_PASSWORD}
+        )
         assert r.status_code == 400 and "needs https" in r.text
         r = lan.post("/oauth/token", data={"grant_type": "client_credentials"})
         assert r.status_code == 400 and r.json()["error"] == "insecure_transport"
     # X-Forwarded-Proto: https counts only from a trusted proxy (default: loopback, e.g. Caddy on this host).
     forged = client_for(ctx, base_url="http://192.0.2.2:8000", address="192.0.2.10")
     forged.headers.update({"x-forwarded-proto": "https", "x-forwarded-for": "127.0.0.1"})
-    assert forged.post("/oauth/token", data={"grant_type": "client_credentials"}).json()["error"] == \
-        "insecure_transport"
+    assert (
+        forged.post("/oauth/token", data={"grant_type": "client_credentials"}).json()["error"] == "insecure_transport"
+    )
     proxied = client_for(ctx, base_url="http://lookout.example")  # from 127.0.0.1: the trusted proxy
     proxied.headers.update({"x-forwarded-proto": "https", "x-forwarded-for": "192.0.2.10"})
-    assert proxied.post("/oauth/token", data={"grant_type": "client_credentials"}).json()["error"] != \
-        "insecure_transport"
+    assert (
+        proxied.post("/oauth/token", data={"grant_type": "client_credentials"}).json()["error"] != "insecure_transport"
+    )
     proxied.headers["x-forwarded-proto"] = "http"  # the proxy says the client came over plain http
-    assert proxied.post("/oauth/token", data={"grant_type": "client_credentials"}).json()["error"] == \
-        "insecure_transport"
+    assert (
+        proxied.post("/oauth/token", data={"grant_type": "client_credentials"}).json()["error"] == "insecure_transport"
+    )
 
 
 def test_callback_without_the_flow_cookie_is_refused(ctx, client):

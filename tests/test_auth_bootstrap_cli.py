@@ -1,4 +1,5 @@
 """First start (admin password printed once), idempotence, and the `lookout users|clients` commands."""
+
 import io
 import json
 import logging
@@ -35,8 +36,12 @@ def test_first_start_prints_a_random_admin_password_once(redis_server, tmp_path,
     assert password not in again and "created admin" not in again  # idempotent: never printed again
     assert [u.username for u in AuthStore(tmp_path / "auth.sqlite3").list_users()] == ["admin"]
     # The printed password works on the real login page.
-    client = TestClient(create_app(GatewayContext.from_args(args)), base_url="http://127.0.0.1:8000",
-                        client=("127.0.0.1", 50000), follow_redirects=False)
+    client = TestClient(
+        create_app(GatewayContext.from_args(args)),
+        base_url="http://127.0.0.1:8000",
+        client=("127.0.0.1", 50000),
+        follow_redirects=False,
+    )
     page = client.get("/login")
     csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
     r = client.post("/login", data={"csrf": csrf, "next": "/", "username": "admin", "password": password})
@@ -50,8 +55,7 @@ def test_admin_password_from_env_or_config_is_never_logged(redis_server, tmp_pat
     assert AuthStore(tmp_path / "env" / "auth.sqlite3").authenticate("admin", "from-the-environment")
     monkeypatch.delenv("LOOKOUT_ADMIN_PASSWORD")
     (tmp_path / "cfg").mkdir()
-    args = make_args(redis_server.url, tmp_path / "cfg", admin_password="from-the-config-file",
-                     admin_username="boss")
+    args = make_args(redis_server.url, tmp_path / "cfg", admin_password="from-the-config-file", admin_username="boss")
     logs = boot_logs(args, caplog)
     assert "'boss'" in logs and "from-the-config-file" not in logs
     assert AuthStore(tmp_path / "cfg" / "auth.sqlite3").authenticate("boss", "from-the-config-file")
@@ -96,8 +100,23 @@ def test_clients_commands_and_the_secret_works(redis_server, tmp_path, monkeypat
     client = TestClient(create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000))
     tok = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret)).json()
     assert tok["scope"] == "camera:a:view detections:read"
-    assert main(["clients", "add", "app", "--public", "--redirect-uri", "https://app.example/cb",
-                 "--client-id", "my-app", "--db", db]) == 0
+    assert (
+        main(
+            [
+                "clients",
+                "add",
+                "app",
+                "--public",
+                "--redirect-uri",
+                "https://app.example/cb",
+                "--client-id",
+                "my-app",
+                "--db",
+                db,
+            ]
+        )
+        == 0
+    )
     assert "client_secret" not in capsys.readouterr().out
     assert main(["clients", "list", "--json", "--db", db]) == 0
     listed = {c["client_id"]: c for c in json.loads(capsys.readouterr().out)}
@@ -113,9 +132,23 @@ def test_clients_commands_and_the_secret_works(redis_server, tmp_path, monkeypat
 
 def test_cli_reads_the_db_path_from_the_config(tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "serve_config.yaml"
-    cfg.write_text(yaml.safe_dump({"applications": [{"import_path": "deployments.app:build_app", "args": {
-        "cameras": [{"id": "a", "source": "a.avi"}], "model": {"onnx": "m.onnx"}, "base_dir": str(tmp_path),
-        "gateway": {"auth": {"db_path": "state/users.db"}}}}]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "applications": [
+                    {
+                        "import_path": "deployments.app:build_app",
+                        "args": {
+                            "cameras": [{"id": "a", "source": "a.avi"}],
+                            "model": {"onnx": "m.onnx"},
+                            "base_dir": str(tmp_path),
+                            "gateway": {"auth": {"db_path": "state/users.db"}},
+                        },
+                    }
+                ]
+            }
+        )
+    )
     monkeypatch.setattr("sys.stdin", io.StringIO("carols-password-1\n"))
     assert main(["users", "add", "carol", "--password-stdin", "--config", str(cfg)]) == 0
     assert AuthStore(tmp_path / "state" / "users.db").get_user("carol") is not None

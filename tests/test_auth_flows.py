@@ -1,4 +1,5 @@
 """OAuth flows through the real gateway app (Starlette TestClient, real redis-server, real SQLite)."""
+
 import time
 
 import numpy as np
@@ -7,8 +8,17 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from auth_fixtures import (
-    ADMIN_PASSWORD, add_client, authorize_code, bearer, browser_login, client_for, client_token, follow,
-    login_form, make_ctx, pkce,
+    ADMIN_PASSWORD,
+    add_client,
+    authorize_code,
+    bearer,
+    browser_login,
+    client_for,
+    client_token,
+    follow,
+    login_form,
+    make_ctx,
+    pkce,
 )
 from pipeline.bus import FrameBus, ResultStore, StatusStore
 from pipeline.types import Detections, FrameResult
@@ -86,8 +96,16 @@ def test_auth_code_pkce_flow_for_a_public_client(ctx, client):
     login_form(client, "admin", ADMIN_PASSWORD)
     verifier, challenge = pkce()
     code = authorize_code(client, cid, REDIRECT, challenge, scope="camera:a:view detections:read")
-    r = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code, "client_id": cid,
-                                          "redirect_uri": REDIRECT, "code_verifier": verifier})
+    r = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": cid,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+    )
     assert r.status_code == 200, r.text
     tok = r.json()
     assert tok["token_type"] == "Bearer" and tok["refresh_token"] and tok["expires_in"] == 300
@@ -99,8 +117,13 @@ def test_auth_code_pkce_flow_for_a_public_client(ctx, client):
 
 def test_authorize_requires_login_and_pkce(ctx, client):
     cid, _ = add_client(ctx, {"camera:a:view"}, public=True, redirect_uris=[REDIRECT])
-    params = {"response_type": "code", "client_id": cid, "redirect_uri": REDIRECT, "code_challenge": pkce()[1],
-              "code_challenge_method": "S256"}
+    params = {
+        "response_type": "code",
+        "client_id": cid,
+        "redirect_uri": REDIRECT,
+        "code_challenge": pkce()[1],
+        "code_challenge_method": "S256",
+    }
     r = client.get("/oauth/authorize", params=params)
     assert r.status_code == 302 and r.headers["location"].startswith("/login?next=%2Foauth%2Fauthorize%3F")
     login_form(client, "admin", ADMIN_PASSWORD)
@@ -115,10 +138,22 @@ def test_authorize_requires_login_and_pkce(ctx, client):
 def test_open_redirect_in_redirect_uri_is_refused(ctx, client):
     cid, _ = add_client(ctx, {"camera:a:view"}, public=True, redirect_uris=[REDIRECT])
     login_form(client, "admin", ADMIN_PASSWORD)
-    for evil in ("https://evil.example/callback", REDIRECT + "/../evil", REDIRECT + "?x=https://evil.example",
-                 "http://127.0.0.1:9999.evil.example/callback"):
-        r = client.get("/oauth/authorize", params={"response_type": "code", "client_id": cid, "redirect_uri": evil,
-                                                   "code_challenge": pkce()[1], "code_challenge_method": "S256"})
+    for evil in (
+        "https://evil.example/callback",
+        REDIRECT + "/../evil",
+        REDIRECT + "?x=https://evil.example",
+        "http://127.0.0.1:9999.evil.example/callback",
+    ):
+        r = client.get(
+            "/oauth/authorize",
+            params={
+                "response_type": "code",
+                "client_id": cid,
+                "redirect_uri": evil,
+                "code_challenge": pkce()[1],
+                "code_challenge_method": "S256",
+            },
+        )
         assert r.status_code == 400 and "location" not in r.headers, evil
         assert r.json()["error"] == "invalid_request"
     r = client.get("/oauth/authorize", params={"response_type": "code", "client_id": "nope", "redirect_uri": evil})
@@ -134,12 +169,22 @@ def test_wrong_pkce_verifier_is_refused(ctx, client):
     verifier, challenge = pkce()
     code = authorize_code(client, cid, REDIRECT, challenge)
     wrong, _ = pkce()
-    r = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code, "client_id": cid,
-                                          "redirect_uri": REDIRECT, "code_verifier": wrong})
+    r = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": cid,
+            "redirect_uri": REDIRECT,
+            "code_verifier": wrong,
+        },
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     code = authorize_code(client, cid, REDIRECT, challenge)
-    r = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code, "client_id": cid,
-                                          "redirect_uri": REDIRECT})  # no verifier at all
+    r = client.post(
+        "/oauth/token",
+        data={"grant_type": "authorization_code", "code": code, "client_id": cid, "redirect_uri": REDIRECT},
+    )  # no verifier at all
     assert r.status_code == 400 and r.json()["error"] == "invalid_request"
 
 
@@ -148,15 +193,22 @@ def test_reused_authorization_code_is_refused_and_revokes_the_grant(ctx, client)
     login_form(client, "admin", ADMIN_PASSWORD)
     verifier, challenge = pkce()
     code = authorize_code(client, cid, REDIRECT, challenge)
-    form = {"grant_type": "authorization_code", "code": code, "client_id": cid, "redirect_uri": REDIRECT,
-            "code_verifier": verifier}
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": cid,
+        "redirect_uri": REDIRECT,
+        "code_verifier": verifier,
+    }
     first = client.post("/oauth/token", data=form)
     assert first.status_code == 200
     again = client.post("/oauth/token", data=form)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     # The refresh token from the first use was revoked with the grant.
-    r = client.post("/oauth/token", data={"grant_type": "refresh_token", "client_id": cid,
-                                          "refresh_token": first.json()["refresh_token"]})
+    r = client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "client_id": cid, "refresh_token": first.json()["refresh_token"]},
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
 
@@ -166,12 +218,28 @@ def test_code_is_bound_to_client_and_redirect_uri(ctx, client):
     login_form(client, "admin", ADMIN_PASSWORD)
     verifier, challenge = pkce()
     code = authorize_code(client, cid, REDIRECT, challenge)
-    r = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code, "client_id": other,
-                                          "redirect_uri": REDIRECT, "code_verifier": verifier})
+    r = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": other,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     code = authorize_code(client, cid, REDIRECT, challenge)
-    r = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code, "client_id": cid,
-                                          "redirect_uri": REDIRECT + "2", "code_verifier": verifier})
+    r = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": cid,
+            "redirect_uri": REDIRECT + "2",
+            "code_verifier": verifier,
+        },
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
 
@@ -194,15 +262,17 @@ def test_client_credentials_to_detection_api(ctx, client):
     wide = client_token(client, cid, secret, scope="admin")  # narrowed to what the client has (RFC 6749 §3.3)
     assert wide["scope"] == "camera:a:view detections:read"
     assert client.get("/api/cameras/b", headers=bearer(wide["access_token"])).status_code == 403
-    r = client.post("/oauth/token", data={"grant_type": "client_credentials", "scope": "camera:b:view"},
-                    auth=(cid, secret))
+    r = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials", "scope": "camera:b:view"}, auth=(cid, secret)
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_scope"
     r = client.post("/oauth/token", data={"grant_type": "client_credentials", "scope": "root"}, auth=(cid, secret))
     assert r.status_code == 400 and r.json()["error"] == "invalid_scope"
     r = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(cid, "wrong"))
     assert r.status_code == 401 and r.json()["error"] == "invalid_client"
-    r = client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": cid,
-                                          "client_secret": secret})  # client_secret_post works too
+    r = client.post(
+        "/oauth/token", data={"grant_type": "client_credentials", "client_id": cid, "client_secret": secret}
+    )  # client_secret_post works too
     assert r.status_code == 200
 
 
@@ -211,20 +281,31 @@ def test_refresh_rotation_and_reuse_detection(ctx, client):
     login_form(client, "admin", ADMIN_PASSWORD)
     verifier, challenge = pkce()
     code = authorize_code(client, cid, REDIRECT, challenge)
-    tok = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code, "client_id": cid,
-                                            "redirect_uri": REDIRECT, "code_verifier": verifier}).json()
-    r1 = client.post("/oauth/token", data={"grant_type": "refresh_token", "client_id": cid,
-                                           "refresh_token": tok["refresh_token"]})
+    tok = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": cid,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+    ).json()
+    r1 = client.post(
+        "/oauth/token", data={"grant_type": "refresh_token", "client_id": cid, "refresh_token": tok["refresh_token"]}
+    )
     assert r1.status_code == 200, r1.text
     new = r1.json()
     assert new["refresh_token"] != tok["refresh_token"] and new["access_token"] != tok["access_token"]
     assert client.get("/api/cameras/a", headers=bearer(new["access_token"])).status_code == 200
     # The old refresh token was rotated out; presenting it again revokes the whole grant.
-    r2 = client.post("/oauth/token", data={"grant_type": "refresh_token", "client_id": cid,
-                                           "refresh_token": tok["refresh_token"]})
+    r2 = client.post(
+        "/oauth/token", data={"grant_type": "refresh_token", "client_id": cid, "refresh_token": tok["refresh_token"]}
+    )
     assert r2.status_code == 400 and r2.json()["error"] == "invalid_grant"
-    r3 = client.post("/oauth/token", data={"grant_type": "refresh_token", "client_id": cid,
-                                           "refresh_token": new["refresh_token"]})
+    r3 = client.post(
+        "/oauth/token", data={"grant_type": "refresh_token", "client_id": cid, "refresh_token": new["refresh_token"]}
+    )
     assert r3.status_code == 400 and r3.json()["error"] == "invalid_grant"
 
 
@@ -233,13 +314,23 @@ def test_revocation_of_refresh_and_access_tokens(ctx, client):
     login_form(client, "admin", ADMIN_PASSWORD)
     verifier, challenge = pkce()
     code = authorize_code(client, cid, REDIRECT, challenge)
-    tok = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code, "client_id": cid,
-                                            "redirect_uri": REDIRECT, "code_verifier": verifier}).json()
-    r = client.post("/oauth/revoke", data={"token": tok["refresh_token"], "token_type_hint": "refresh_token",
-                                           "client_id": cid})
+    tok = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": cid,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+    ).json()
+    r = client.post(
+        "/oauth/revoke", data={"token": tok["refresh_token"], "token_type_hint": "refresh_token", "client_id": cid}
+    )
     assert r.status_code == 200
-    r = client.post("/oauth/token", data={"grant_type": "refresh_token", "client_id": cid,
-                                          "refresh_token": tok["refresh_token"]})
+    r = client.post(
+        "/oauth/token", data={"grant_type": "refresh_token", "client_id": cid, "refresh_token": tok["refresh_token"]}
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     # Access tokens (JWTs) can be revoked too: their id is refused until they expire.
     svc, secret = add_client(ctx, {"camera:a:view"})
@@ -305,6 +396,8 @@ def test_mode_none_serves_loopback_clients_only(redis_server, tmp_path, monkeypa
     assert local.get("/login").status_code == 404  # no login flow when auth is off
     remote = TestClient(app, base_url="http://127.0.0.1:8000", client=("192.0.2.7", 50000))
     r = remote.get("/api/cameras")
-    assert r.status_code == 403 and r.json() == {"error": "forbidden",
-                                                 "detail": "auth mode 'none' serves loopback clients only"}
+    assert r.status_code == 403 and r.json() == {
+        "error": "forbidden",
+        "detail": "auth mode 'none' serves loopback clients only",
+    }
     assert not (tmp_path / "auth.sqlite3").exists()  # nothing to store

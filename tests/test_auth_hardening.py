@@ -2,6 +2,7 @@
 a ceiling on password checks, revocation that reaches access tokens, forwarded headers believed only
 from trusted proxies, links from public_url, refresh tokens bound to their client, and HTML security
 headers. The real gateway app (Starlette TestClient), real redis-server, real SQLite."""
+
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,8 +11,17 @@ import pytest
 from starlette.testclient import TestClient
 
 from auth_fixtures import (
-    ADMIN_PASSWORD, BASE_URL, add_client, authorize_code, bearer, browser_login, client_for, client_token, login_form,
-    make_ctx, pkce,
+    ADMIN_PASSWORD,
+    BASE_URL,
+    add_client,
+    authorize_code,
+    bearer,
+    browser_login,
+    client_for,
+    client_token,
+    login_form,
+    make_ctx,
+    pkce,
 )
 from gateway.app import create_app
 from gateway.auth.store import AuthStore
@@ -23,8 +33,15 @@ REDIRECT = "http://127.0.0.1:9999/callback"
 @pytest.fixture
 def ctx(redis_server, tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
-    ctx = make_ctx(redis_server.url, tmp_path, monkeypatch, login_max_failures=3, login_lockout_s=60,
-                   revocation_check_s=0, gateway={"public_url": "https://lookout.example"})
+    ctx = make_ctx(
+        redis_server.url,
+        tmp_path,
+        monkeypatch,
+        login_max_failures=3,
+        login_lockout_s=60,
+        revocation_check_s=0,
+        gateway={"public_url": "https://lookout.example"},
+    )
     StatusStore(ctx.redis).register("a", {"name": "A"})
     return ctx
 
@@ -40,8 +57,16 @@ def user_tokens(ctx, client, username: str = "admin", password: str = ADMIN_PASS
     assert login_form(client, username, password).status_code == 303
     verifier, challenge = pkce()
     code = authorize_code(client, cid, REDIRECT, challenge)
-    r = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code, "client_id": cid,
-                                          "redirect_uri": REDIRECT, "code_verifier": verifier})
+    r = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": cid,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+    )
     assert r.status_code == 200, r.text
     return cid, {**r.json(), "code": code, "verifier": verifier}
 
@@ -78,8 +103,7 @@ def test_concurrent_wrong_passwords_check_at_most_max_failures(redis_server, tmp
 
     monkeypatch.setattr(store, "authenticate", counting)
     with ThreadPoolExecutor(24) as pool:
-        codes = list(pool.map(lambda _: login_form(client_for(ctx), "admin", "wrong-password!").status_code,
-                              range(24)))
+        codes = list(pool.map(lambda _: login_form(client_for(ctx), "admin", "wrong-password!").status_code, range(24)))
     assert len(checked) <= 5, f"{len(checked)} passwords checked of 24 concurrent guesses ({codes})"
     assert codes.count(429) >= 19
     assert login_form(client_for(ctx), "admin", ADMIN_PASSWORD).status_code == 429  # locked, from here
@@ -119,8 +143,9 @@ def test_failed_client_secrets_are_throttled_per_client_and_address(ctx):
         assert r.status_code == 401 and r.json()["error"] == "invalid_client"
     r = guesser.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(cid, secret))
     assert r.status_code == 429 and r.json()["error"] == "slow_down" and int(r.headers["retry-after"]) > 0
-    r = guesser.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": cid,
-                                           "client_secret": secret})  # the form way is the same client
+    r = guesser.post(
+        "/oauth/token", data={"grant_type": "client_credentials", "client_id": cid, "client_secret": secret}
+    )  # the form way is the same client
     assert r.status_code == 429
     assert client_token(client_for(ctx), cid, secret)["access_token"]  # the client itself, elsewhere
 
@@ -153,9 +178,16 @@ def test_new_password_ends_older_access_tokens_only(ctx, client):
 def test_code_replay_revokes_the_access_tokens_of_the_grant(ctx, client):
     cid, tok = user_tokens(ctx, client)
     assert client.get("/api/cameras", headers=bearer(tok["access_token"])).status_code == 200
-    again = client.post("/oauth/token", data={"grant_type": "authorization_code", "code": tok["code"],
-                                              "client_id": cid, "redirect_uri": REDIRECT,
-                                              "code_verifier": tok["verifier"]})
+    again = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": tok["code"],
+            "client_id": cid,
+            "redirect_uri": REDIRECT,
+            "code_verifier": tok["verifier"],
+        },
+    )
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
     assert_revoked(client, tok["access_token"])
 
@@ -203,8 +235,12 @@ def forwarded_scope(peer: str, headers: dict, trusted=("127.0.0.0/8",)) -> dict:
 
     import asyncio
 
-    scope = {"type": "http", "scheme": "http", "client": (peer, 1234),
-             "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    scope = {
+        "type": "http",
+        "scheme": "http",
+        "client": (peer, 1234),
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
     asyncio.run(ForwardedMiddleware(app, TrustedProxies(list(trusted)))(scope, None, None))
     return seen
 

@@ -1,6 +1,7 @@
 """Auth mode `oidc` against a real, separate OpenID Connect provider on loopback: node-oidc-provider
 (OpenID Certified), installed from npm into data/oidc-provider on first use. Logins go through the
 provider's own pages in headless Chromium; its access tokens are accepted; its groups map to roles."""
+
 from __future__ import annotations
 
 import base64
@@ -39,8 +40,9 @@ def provider_dir() -> Path:
     for name in ("package.json", "provider.mjs"):
         shutil.copy(HERE / name, target / name)
     if not (target / "node_modules" / "oidc-provider").is_dir():
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=target, check=True,
-                       timeout=300)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=target, check=True, timeout=300
+        )
     return target
 
 
@@ -49,23 +51,41 @@ def stack(provider_dir, redis_server, tmp_path, monkeypatch):
     """(gateway URL, provider URL): the provider process and a gateway in auth mode oidc."""
     pport, gport = free_port(), free_port()
     gateway = f"http://127.0.0.1:{gport}"
-    provider = subprocess.Popen(["node", "provider.mjs", str(pport), f"{gateway}/auth/oidc/callback", SECRET],
-                                cwd=provider_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    provider = subprocess.Popen(
+        ["node", "provider.mjs", str(pport), f"{gateway}/auth/oidc/callback", SECRET],
+        cwd=provider_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     server = None
     try:
         wait_port(pport, 30)
         monkeypatch.setenv("LOOKOUT_OIDC_CLIENT_SECRET", SECRET)
-        args = parse_args({
-            "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}],
-            "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
-            "gateway": {"public_url": gateway, "auth": {
-                "mode": "oidc", "db_path": str(tmp_path / "auth.db"), "key_dir": str(tmp_path / "keys"),
-                "oidc": {"issuer": f"http://127.0.0.1:{pport}", "client_id": "lookout", "audience": "lookout",
-                         "scopes": ["openid", "profile"], "roles_claim": "groups",
-                         "role_map": {"lookout-admins": "admin", "family": "viewer", "nvr": "viewer"},
-                         "camera_map": {"family": ["a"], "nvr": ["b"]}}}},
-        })
+        args = parse_args(
+            {
+                "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}],
+                "model": {"onnx": "m.onnx"},
+                "redis_url": redis_server.url,
+                "gateway": {
+                    "public_url": gateway,
+                    "auth": {
+                        "mode": "oidc",
+                        "db_path": str(tmp_path / "auth.db"),
+                        "key_dir": str(tmp_path / "keys"),
+                        "oidc": {
+                            "issuer": f"http://127.0.0.1:{pport}",
+                            "client_id": "lookout",
+                            "audience": "lookout",
+                            "scopes": ["openid", "profile"],
+                            "roles_claim": "groups",
+                            "role_map": {"lookout-admins": "admin", "family": "viewer", "nvr": "viewer"},
+                            "camera_map": {"family": ["a"], "nvr": ["b"]},
+                        },
+                    },
+                },
+            }
+        )
         ctx = GatewayContext.from_args(args)
         st = StatusStore(ctx.redis)
         for cid in ("a", "b"):
@@ -88,9 +108,18 @@ def chromium(profile: Path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={profile}", "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
@@ -102,8 +131,12 @@ def provider_login(driver, gateway: str, provider: str, user: str) -> None:
     driver.find_element("css selector", "input[name=login]").send_keys(user)
     driver.find_element("css selector", "input[name=password]").send_keys("any password")
     driver.find_element("css selector", "button[type=submit]").click()
-    wait_until(lambda: not driver.current_url.startswith(provider)
-               or "Continue" in driver.page_source, 30, 0.2, "the consent page")
+    wait_until(
+        lambda: not driver.current_url.startswith(provider) or "Continue" in driver.page_source,
+        30,
+        0.2,
+        "the consent page",
+    )
     if driver.current_url.startswith(provider):
         driver.find_element("css selector", "button[type=submit]").click()
     wait_until(lambda: driver.current_url.startswith(gateway), 30, 0.2, "back at the gateway")
@@ -116,10 +149,20 @@ def test_login_through_the_provider_maps_groups_to_cameras(stack, tmp_path):
     try:
         provider_login(driver, gateway, provider, "alice")  # group "family": viewer of camera a
         wait_until(lambda: driver.current_url == gateway + "/", 30, 0.2, "the camera page")
-        wait_until(lambda: driver.execute_script("return document.getElementById('user').textContent") == "alice",
-                   30, 0.2, "the page to show alice")
-        tiles = wait_until(lambda: driver.execute_script(
-            "return [...document.querySelectorAll('[data-camera]')].map(t => t.dataset.camera)"), 20, 0.2, "tiles")
+        wait_until(
+            lambda: driver.execute_script("return document.getElementById('user').textContent") == "alice",
+            30,
+            0.2,
+            "the page to show alice",
+        )
+        tiles = wait_until(
+            lambda: driver.execute_script(
+                "return [...document.querySelectorAll('[data-camera]')].map(t => t.dataset.camera)"
+            ),
+            20,
+            0.2,
+            "tiles",
+        )
         assert tiles == ["a"]
         status = driver.execute_script("return (await fetch('/api/cameras/b')).status;")
         assert status == 403
@@ -151,7 +194,10 @@ def test_provider_access_tokens_are_accepted_and_mapped(stack):
     assert r.status_code == 401 and r.json()["error"] == "invalid_token"
     # Lookout's own machine clients keep working next to the provider.
     row, secret = ctx.auth.store.add_client("local", {"camera:a:view"})
-    tok = httpx.post(f"{gateway}/oauth/token", data={"grant_type": "client_credentials"},
-                     auth=(row.client_id, secret)).json()
-    assert httpx.get(f"{gateway}/api/cameras/a", headers={"Authorization": f"Bearer {tok['access_token']}"}
-                     ).status_code == 200
+    tok = httpx.post(
+        f"{gateway}/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret)
+    ).json()
+    assert (
+        httpx.get(f"{gateway}/api/cameras/a", headers={"Authorization": f"Bearer {tok['access_token']}"}).status_code
+        == 200
+    )

@@ -1,4 +1,5 @@
 """Unit tests of the auth pieces: KDF, store, scopes, keys, tokens, signed values, HLS signing."""
+
 import base64
 import hashlib
 import hmac
@@ -178,7 +179,7 @@ def test_hls_signatures_bind_camera_and_expiry():
     assert not signer.verify("a", str(past), signed.mac(b"k" * 32, f"hls|a|{past}"))
     far = int(time.time()) + 10 * 86400  # a validly signed but absurdly long-lived URL is refused
     assert not signer.verify("a", str(far), signed.mac(b"k" * 32, f"hls|a|{far}"))
-    text = "#EXTM3U\n#EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:1.0,\nseg_1.ts\n"
+    text = '#EXTM3U\n#EXT-X-MAP:URI="init.mp4"\n#EXTINF:1.0,\nseg_1.ts\n'
     out = signer.rewrite_playlist(text, "a")
     assert "seg_1.ts?exp=" in out and 'URI="init.mp4?exp=' in out and out.startswith("#EXTM3U\n")
 

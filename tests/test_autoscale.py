@@ -7,6 +7,7 @@ place and removing it (a file camera whose file is gone stops offering frames an
 `reconnect_max_s`). Detections/s are counted from the results in Redis over a window with one
 replica and one with two, in the same run.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ from rtsp_fixtures import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CAMERAS = ("load0", "load1", "load2")
-UPSCALE_DELAY_S = 20.0   # long enough for a clean one-replica window before the second one starts
+UPSCALE_DELAY_S = 20.0  # long enough for a clean one-replica window before the second one starts
 DOWNSCALE_DELAY_S = 5.0
 LOOK_BACK_S = 12.0
 WINDOW_S = 15.0
@@ -47,26 +48,58 @@ def scaled_app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
 
     tmp = tmp_path_factory.mktemp("autoscale")
     master = tmp / "clip.avi"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(assets_dir / "videos" / "vtest.avi"), "-frames:v", "50",
-                    "-vf", "scale=416:312", "-c:v", "mpeg4", "-q:v", "4", str(master)], check=True, timeout=60)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(assets_dir / "videos" / "vtest.avi"),
+            "-frames:v",
+            "50",
+            "-vf",
+            "scale=416:312",
+            "-c:v",
+            "mpeg4",
+            "-q:v",
+            "4",
+            str(master),
+        ],
+        check=True,
+        timeout=60,
+    )
     live = tmp / "live.avi"  # the cameras' source: empty = no load (absent: build_app refuses the config)
     live.write_bytes(b"")
     redis_srv = RedisServer(tmp)
     port = free_port()
-    args = parse_args({
-        "redis_url": redis_srv.url,
-        "cameras": [{"id": cid, "source": str(live), "fps": 25, "reconnect_min_s": 0.5, "reconnect_max_s": 1.0}
-                    for cid in CAMERAS],
-        "model": {"onnx": str(yolo_tiny_onnx), "backend": "onnxruntime", "intra_op_threads": 1},
-        "detector": {"max_batch_size": 4, "max_inflight_per_camera": 2, "autoscaling": {
-            "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": UPSCALE_DELAY_S,
-            "downscale_delay_s": DOWNSCALE_DELAY_S, "look_back_period_s": LOOK_BACK_S}},
-        "hls": {"enabled": False},
-        "events": {"enabled": False},
-        "history": {"db_path": str(tmp / "history.sqlite3")},
-        "clips": {"dir": str(tmp / "clips")},
-        "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
-    })
+    args = parse_args(
+        {
+            "redis_url": redis_srv.url,
+            "cameras": [
+                {"id": cid, "source": str(live), "fps": 25, "reconnect_min_s": 0.5, "reconnect_max_s": 1.0}
+                for cid in CAMERAS
+            ],
+            "model": {"onnx": str(yolo_tiny_onnx), "backend": "onnxruntime", "intra_op_threads": 1},
+            "detector": {
+                "max_batch_size": 4,
+                "max_inflight_per_camera": 2,
+                "autoscaling": {
+                    "min_replicas": 1,
+                    "max_replicas": 2,
+                    "target_ongoing_requests": 2,
+                    "upscale_delay_s": UPSCALE_DELAY_S,
+                    "downscale_delay_s": DOWNSCALE_DELAY_S,
+                    "look_back_period_s": LOOK_BACK_S,
+                },
+            },
+            "hls": {"enabled": False},
+            "events": {"enabled": False},
+            "history": {"db_path": str(tmp / "history.sqlite3")},
+            "clips": {"dir": str(tmp / "clips")},
+            "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
+        }
+    )
     try:
         redis_srv.start()
         init_ray(address="local", num_cpus=6)  # retried: Ray gives a raylet only 30 s to register
@@ -128,8 +161,10 @@ def test_detector_scales_up_under_load_and_back_down_when_idle(scaled_app):
     w2_end = time.time()
     two = detections_between(r, w2_start, w2_end) / (w2_end - w2_start)
     loads.append(os.getloadavg()[0])
-    print(f"scaled to 2 replicas {up_s:.0f}s after the load started; detections/s: 1 replica {one:.1f}, "
-          f"2 replicas {two:.1f} ({two / one:.2f}x); load average {loads[0]:.0f}, {loads[1]:.0f}")
+    print(
+        f"scaled to 2 replicas {up_s:.0f}s after the load started; detections/s: 1 replica {one:.1f}, "
+        f"2 replicas {two:.1f} ({two / one:.2f}x); load average {loads[0]:.0f}, {loads[1]:.0f}"
+    )
     assert one > 0 and two > 0
     if max(loads) <= MAX_LOAD_PER_CPU * (os.cpu_count() or 1):
         assert two > MIN_GAIN * one, f"2 replicas: {two:.1f}/s, 1 replica: {one:.1f}/s"
@@ -140,8 +175,12 @@ def test_detector_scales_up_under_load_and_back_down_when_idle(scaled_app):
     load_off = time.time()
     wait_until(lambda: detections_between(r, time.time() - 3, time.time() + 1) == 0, 30, 1, "detections to stop")
     bound = 10 + LOOK_BACK_S + DOWNSCALE_DELAY_S + 60  # metrics push + window + delay + a replica's shutdown
-    wait_until(lambda: detector_replicas() == {"RUNNING": 1}, bound, 1,
-               f"back to one detector replica within {bound:.0f}s (last: {detector_replicas()})")
+    wait_until(
+        lambda: detector_replicas() == {"RUNNING": 1},
+        bound,
+        1,
+        f"back to one detector replica within {bound:.0f}s (last: {detector_replicas()})",
+    )
     print(f"back to 1 replica {time.time() - load_off:.0f}s after the load stopped")
 
 
@@ -156,6 +195,7 @@ def test_autoscaling_config_reaches_serve_and_an_unreachable_max_is_logged(caplo
         _check_autoscaling_reach(parse_args({**one_camera, "detector": {"autoscaling": {"max_replicas": 3}}}))
         assert "never goes past 1 of max_replicas 3" in caplog.text
         caplog.clear()
-        _check_autoscaling_reach(parse_args({**one_camera, "detector": {
-            "max_inflight_per_camera": 6, "autoscaling": {"max_replicas": 3}}}))
+        _check_autoscaling_reach(
+            parse_args({**one_camera, "detector": {"max_inflight_per_camera": 6, "autoscaling": {"max_replicas": 3}}})
+        )
         assert caplog.text == ""

@@ -1,4 +1,5 @@
 """Backends are found by name: each registers itself; the package that picks one names no class."""
+
 from __future__ import annotations
 
 from typing import get_args

@@ -1,4 +1,5 @@
 """INT8 calibration batches from real images, preprocessed exactly like inference."""
+
 from __future__ import annotations
 
 import shutil
@@ -46,7 +47,7 @@ def test_batches_match_inference_preprocessing(coco_images):
         assert batch.dtype == np.float32 and batch.flags["C_CONTIGUOUS"]
         assert batch.min() >= 0.0 and batch.max() <= 1.0
         assert batch.std() > 0.05  # real pictures, not padding
-        np.testing.assert_array_equal(batch, reference(paths[3 * i:3 * i + 3]))
+        np.testing.assert_array_equal(batch, reference(paths[3 * i : 3 * i + 3]))
     assert batches.nbytes == out[0].nbytes
 
 
@@ -125,10 +126,16 @@ def test_unreadable_image_is_named(tmp_path):
         list(batches)
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.5}, "batch_size"), ({"input_size_px": 0}, "input_size_px"),
-    ({"last": "zeros"}, "last"), ({"max_images": 0}, "max_images"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"input_size_px": 0}, "input_size_px"),
+        ({"last": "zeros"}, "last"),
+        ({"max_images": 0}, "max_images"),
+    ],
+)
 def test_bad_arguments_are_named(coco_images, kwargs, name):
     args = {"input_size_px": SIZE, "batch_size": 2, "letter_box": False, **kwargs}
     with pytest.raises(ValueError, match=name):
@@ -151,10 +158,17 @@ def test_fingerprint_follows_the_image_set(tmp_path, coco_images):
 
 
 def test_no_tensorrt_import_at_module_level():
-    code = ("import sys, pipeline.models.calibration, pipeline.models.engine_cache; "
-            "print(sorted(m for m in ('tensorrt', 'pycuda') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, pipeline.models.calibration, pipeline.models.engine_cache; "
+        "print(sorted(m for m in ('tensorrt', 'pycuda') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -1,4 +1,5 @@
 """build_app's camera workers: which cameras they run, how they are grouped and placed, what they are bound."""
+
 from __future__ import annotations
 
 from ray import cloudpickle
@@ -13,8 +14,7 @@ def config(tmp_path, cameras, **extra):
     for cam in cameras:
         if "://" not in cam["source"]:
             (tmp_path / cam["source"]).write_bytes(b"")  # build_app refuses a missing file camera
-    return {"cameras": cameras, "model": {"onnx": "m.onnx", "input_size_px": 320}, "base_dir": str(tmp_path),
-            **extra}
+    return {"cameras": cameras, "model": {"onnx": "m.onnx", "input_size_px": 320}, "base_dir": str(tmp_path), **extra}
 
 
 def built(args) -> dict:
@@ -22,10 +22,12 @@ def built(args) -> dict:
 
 
 def test_browser_cameras_run_in_workers_and_burned_ones_keep_ingest_and_encoder(tmp_path):
-    cams = [{"id": "a", "source": "a.avi"},  # hls.boxes: browser (the default)
-            {"id": "b", "source": "rtsp://u:cam-b-pass@10.0.0.2/s", "boxes": "browser"},
-            {"id": "c", "source": "c.avi", "boxes": "burned"},
-            {"id": "d", "source": "d.avi", "boxes": "browser", "enabled": False}]
+    cams = [
+        {"id": "a", "source": "a.avi"},  # hls.boxes: browser (the default)
+        {"id": "b", "source": "rtsp://u:cam-b-pass@10.0.0.2/s", "boxes": "browser"},
+        {"id": "c", "source": "c.avi", "boxes": "burned"},
+        {"id": "d", "source": "d.avi", "boxes": "browser", "enabled": False},
+    ]
     bound = built(config(tmp_path, cams, gateway={"auth": {"admin_password": "admin-pw-4f9c2e"}}))
     assert sorted(bound) == ["cameras-0", "detector", "encoder-c", "events", "gateway", "ingest-c"]
     group = bound["cameras-0"].init_args[0]
@@ -51,15 +53,23 @@ def test_browser_cameras_run_in_workers_and_burned_ones_keep_ingest_and_encoder(
 
 def test_groups_hold_at_most_cameras_per_replica_and_only_cameras_placed_alike(tmp_path):
     cams = [{"id": f"c{i}", "source": f"rtsp://10.0.0.{i}/s"} for i in range(5)]
-    cams += [{"id": "p0", "source": "rtsp://10.0.1.1/s", "node_resource": "jetson-a"},
-             {"id": "s0", "source": "rtsp://10.0.1.2/s", "standby_replicas": 1},
-             {"id": "p1", "source": "rtsp://10.0.1.3/s", "node_resource": "jetson-a"},
-             {"id": "l0", "source": "rtsp://10.0.1.4/s", "node_labels": {"zone": "north"}},
-             {"id": "c5", "source": "rtsp://10.0.0.5/s"}]
+    cams += [
+        {"id": "p0", "source": "rtsp://10.0.1.1/s", "node_resource": "jetson-a"},
+        {"id": "s0", "source": "rtsp://10.0.1.2/s", "standby_replicas": 1},
+        {"id": "p1", "source": "rtsp://10.0.1.3/s", "node_resource": "jetson-a"},
+        {"id": "l0", "source": "rtsp://10.0.1.4/s", "node_labels": {"zone": "north"}},
+        {"id": "c5", "source": "rtsp://10.0.0.5/s"},
+    ]
     cfg = parse_args(config(tmp_path, cams, hls={"boxes": "browser"}, cameras_per_replica=2))
     groups = [(name, [c.id for c in group]) for name, group in camera_groups(cfg)]
-    assert groups == [("cameras-0", ["c0", "c1"]), ("cameras-1", ["c2", "c3"]), ("cameras-2", ["c4", "c5"]),
-                      ("cameras-3", ["p0", "p1"]), ("cameras-4", ["s0"]), ("cameras-5", ["l0"])]
+    assert groups == [
+        ("cameras-0", ["c0", "c1"]),
+        ("cameras-1", ["c2", "c3"]),
+        ("cameras-2", ["c4", "c5"]),
+        ("cameras-3", ["p0", "p1"]),
+        ("cameras-4", ["s0"]),
+        ("cameras-5", ["l0"]),
+    ]
     bound = built(cfg)
     assert bound["cameras-3"].ray_actor_options["resources"] == {"jetson-a": 0.01}
     assert bound["cameras-4"].num_replicas == 2 and bound["cameras-4"]._replica_config.max_replicas_per_node == 1
@@ -69,23 +79,43 @@ def test_groups_hold_at_most_cameras_per_replica_and_only_cameras_placed_alike(t
 
 def test_without_hls_or_for_csi_cameras_the_ingest_reads(tmp_path):
     cams = [{"id": "a", "source": "rtsp://10.0.0.1/s"}, {"id": "j", "source": "csi://0"}]
-    assert sorted(built(config(tmp_path, cams, hls={"boxes": "browser", "enabled": False}))) == \
-        ["detector", "events", "gateway", "ingest-a", "ingest-j"]
-    assert sorted(built(config(tmp_path, cams, hls={"boxes": "browser"}))) == \
-        ["cameras-0", "detector", "encoder-j", "events", "gateway", "ingest-j"]
+    assert sorted(built(config(tmp_path, cams, hls={"boxes": "browser", "enabled": False}))) == [
+        "detector",
+        "events",
+        "gateway",
+        "ingest-a",
+        "ingest-j",
+    ]
+    assert sorted(built(config(tmp_path, cams, hls={"boxes": "browser"}))) == [
+        "cameras-0",
+        "detector",
+        "encoder-j",
+        "events",
+        "gateway",
+        "ingest-j",
+    ]
 
 
 def test_a_burned_in_timecode_or_scaling_re_encodes_every_camera(tmp_path):
     """hls.timecode (lookout bench latency, the page's timing tests) and scaling need each frame re-encoded."""
     cams = [{"id": "a", "source": "rtsp://10.0.0.1/s"}]
-    assert sorted(built(config(tmp_path, cams, hls={"boxes": "browser", "timecode": True}))) == \
-        ["detector", "encoder-a", "events", "gateway", "ingest-a"]
+    assert sorted(built(config(tmp_path, cams, hls={"boxes": "browser", "timecode": True}))) == [
+        "detector",
+        "encoder-a",
+        "events",
+        "gateway",
+        "ingest-a",
+    ]
     cfg = parse_args(config(tmp_path, cams, hls={"timecode": True}))
     assert camera_path(cfg.cameras[0], cfg.hls) == (
-        "annotate", "hls.timecode burns each frame's capture time in: the video is re-encoded")
+        "annotate",
+        "hls.timecode burns each frame's capture time in: the video is re-encoded",
+    )
     cfg = parse_args(config(tmp_path, cams, hls={"width_px": 640, "height_px": 360}))
     assert camera_path(cfg.cameras[0], cfg.hls) == (
-        "annotate", "hls.width_px/height_px scale the video to 640x360: it is re-encoded")
+        "annotate",
+        "hls.width_px/height_px scale the video to 640x360: it is re-encoded",
+    )
 
 
 @pytest.mark.parametrize("bad", [0, 65, "two"])

@@ -1,5 +1,6 @@
 """CameraService (one camera's lease + IngestLoop + bus + detector slots) without Ray, on a real Redis and
 real video; and the camera worker's health check over a group of services."""
+
 from __future__ import annotations
 
 import threading
@@ -23,8 +24,15 @@ from rtsp_fixtures import free_port, wait_until
 
 
 def file_cam(assets_dir, cam_id: str = "cam", **kw) -> CameraConfig:
-    return CameraConfig(id=cam_id, source=str(assets_dir / "videos" / "vtest.avi"), fps=10, lease_ttl_s=2,
-                        reconnect_min_s=0.1, reconnect_max_s=0.5, **kw)
+    return CameraConfig(
+        id=cam_id,
+        source=str(assets_dir / "videos" / "vtest.avi"),
+        fps=10,
+        lease_ttl_s=2,
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.5,
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -36,8 +44,9 @@ def services():
 
 
 def start(made, cam, client, detect=None, inflight: int = 2, **kw) -> CameraService:
-    service = CameraService(cam, client, BusConfig(codec="raw"), DetectorConfig(max_inflight_per_camera=inflight),
-                            detect, **kw)
+    service = CameraService(
+        cam, client, BusConfig(codec="raw"), DetectorConfig(max_inflight_per_camera=inflight), detect, **kw
+    )
     made.append(service.start())
     return service
 
@@ -77,8 +86,12 @@ def test_frames_go_on_the_bus_with_their_source_size_and_to_the_detector(service
     assert ref.source_size == (768, 576)
     assert FrameBus(redis_client).get(ref).shape == (288, 384, 3)
     assert all(r.camera_id == "cam" for r in seen) and [r.seq for r in seen[:3]] == [0, 1, 2]
-    wait_until(lambda: (st := StatusStore(redis_client).get("cam")) is not None and st.state == CameraState.RUNNING,
-               10, 0.1, "a running status")
+    wait_until(
+        lambda: (st := StatusStore(redis_client).get("cam")) is not None and st.state == CameraState.RUNNING,
+        10,
+        0.1,
+        "a running status",
+    )
     assert "cam" in StatusStore(redis_client).camera_ids()
     assert service.problem() is None and service.status()["reading"] is True
 
@@ -103,11 +116,25 @@ def test_a_slow_detector_gets_at_most_the_inflight_limit(services, redis_client,
 
 
 def test_a_dead_source_is_a_status_not_a_problem(services, redis_client):
-    cam = CameraConfig(id="gone", source=f"rtsp://127.0.0.1:{free_port()}/x", reconnect_min_s=0.1,
-                       reconnect_max_s=0.3, open_timeout_s=1, lease_ttl_s=2)
+    cam = CameraConfig(
+        id="gone",
+        source=f"rtsp://127.0.0.1:{free_port()}/x",
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.3,
+        open_timeout_s=1,
+        lease_ttl_s=2,
+    )
     service = start(services, cam, redis_client)
-    wait_until(lambda: (st := StatusStore(redis_client).get("gone")) is not None
-               and st.state == CameraState.RECONNECTING and st.reconnects >= 1, 30, 0.1, "reconnecting")
+    wait_until(
+        lambda: (
+            (st := StatusStore(redis_client).get("gone")) is not None
+            and st.state == CameraState.RECONNECTING
+            and st.reconnects >= 1
+        ),
+        30,
+        0.1,
+        "reconnecting",
+    )
     assert "gone" in StatusStore(redis_client).get("gone").last_error
     assert service.problem() is None and service.revive() is False
 
@@ -134,8 +161,7 @@ def test_a_crashed_loop_is_revived_in_place(services, redis_client, assets_dir, 
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_worker_health_check_restarts_one_camera_and_leaves_the_others(redis_server, assets_dir, tmp_path,
-                                                                       monkeypatch):
+def test_worker_health_check_restarts_one_camera_and_leaves_the_others(redis_server, assets_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(CameraStream, "source", lambda self, cam: open_source(cam))  # no HLS needed here
     crash = {"b": 1}
 
@@ -148,20 +174,27 @@ def test_worker_health_check_restarts_one_camera_and_leaves_the_others(redis_ser
 
     monkeypatch.setattr(camera_service, "IngestLoop", CrashesB)
     video = str(assets_dir / "videos" / "vtest.avi")
-    cfg = parse_args({"cameras": [{"id": c, "source": video, "fps": 10, "detect": False, "boxes": "browser"}
-                                  for c in ("a", "b")],
-                      "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
-                      "hls": {"dir": str(tmp_path / "hls")}})
+    cfg = parse_args(
+        {
+            "cameras": [{"id": c, "source": video, "fps": 10, "detect": False, "boxes": "browser"} for c in ("a", "b")],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "hls": {"dir": str(tmp_path / "hls")},
+        }
+    )
     worker = CameraGroup(cfg.for_group(["a", "b"]), redis.Redis.from_url(redis_server.url), None)
     try:
         a, b = worker.services["a"], worker.services["b"]
-        wait_until(lambda: b.problem() is not None and a.loop is not None and a.loop.status().frames > 3, 30, 0.1,
-                   "b crashed, a reading")
+        wait_until(
+            lambda: b.problem() is not None and a.loop is not None and a.loop.status().frames > 3,
+            30,
+            0.1,
+            "b crashed, a reading",
+        )
         worker.check()  # one broken camera is not a broken replica
         assert b.restarts == 1 and a.restarts == 0
         frames_a = a.loop.status().frames
-        wait_until(lambda: b.loop.status().frames > 3 and a.loop.status().frames > frames_a, 30, 0.1,
-                   "both reading")
+        wait_until(lambda: b.loop.status().frames > 3 and a.loop.status().frames > frames_a, 30, 0.1, "both reading")
         worker.check()
         assert [s["camera_id"] for s in worker.status()] == ["a", "b"]
     finally:
@@ -170,10 +203,13 @@ def test_worker_health_check_restarts_one_camera_and_leaves_the_others(redis_ser
 
 
 def test_a_new_reading_loop_gets_a_new_source_and_the_old_ffmpeg_is_stopped(redis_client, tmp_path):
-    cfg = parse_args({"cameras": [{"id": "cam", "source": str(ROOT / "data" / "demo" / "vtest-h264.mp4"),
-                                   "boxes": "browser"}],
-                      "model": {"onnx": "m.onnx", "input_size_px": 320}, "hls": {"store": "dir",
-                                                                                  "dir": str(tmp_path)}})
+    cfg = parse_args(
+        {
+            "cameras": [{"id": "cam", "source": str(ROOT / "data" / "demo" / "vtest-h264.mp4"), "boxes": "browser"}],
+            "model": {"onnx": "m.onnx", "input_size_px": 320},
+            "hls": {"store": "dir", "dir": str(tmp_path)},
+        }
+    )
     args = cfg.for_group(["cam"])
     stream = CameraStream(args.cameras[0], args, make_store(args.hls, redis_client), redis_client)
     source = stream.source(args.cameras[0])
@@ -194,10 +230,25 @@ def test_a_new_reading_loop_gets_a_new_source_and_the_old_ffmpeg_is_stopped(redi
 def test_a_standby_worker_takes_over_each_camera_of_its_group(redis_server, assets_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(CameraStream, "source", lambda self, cam: open_source(cam))  # the lease is what is tested
     video = str(assets_dir / "videos" / "vtest.avi")
-    cfg = parse_args({"cameras": [{"id": c, "source": video, "fps": 10, "detect": False, "boxes": "browser",
-                                   "lease_ttl_s": 1, "standby_replicas": 1} for c in ("a", "b")],
-                      "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
-                      "hls": {"dir": str(tmp_path / "hls")}})
+    cfg = parse_args(
+        {
+            "cameras": [
+                {
+                    "id": c,
+                    "source": video,
+                    "fps": 10,
+                    "detect": False,
+                    "boxes": "browser",
+                    "lease_ttl_s": 1,
+                    "standby_replicas": 1,
+                }
+                for c in ("a", "b")
+            ],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "hls": {"dir": str(tmp_path / "hls")},
+        }
+    )
     group = cfg.for_group(["a", "b"])
     first = CameraGroup(group, redis.Redis.from_url(redis_server.url), None)
     standby = None
@@ -211,18 +262,20 @@ def test_a_standby_worker_takes_over_each_camera_of_its_group(redis_server, asse
         for s in first.services.values():
             s.stop()
         wait_until(lambda: all(s.keeper.held for s in standby.services.values()), 20, 0.05, "the takeover")
-        wait_until(lambda: all(bus.latest(c)[0].seq > seqs[c] + 5 for c in ("a", "b")), 30, 0.1,
-                   "frames from the standby")
+        wait_until(
+            lambda: all(bus.latest(c)[0].seq > seqs[c] + 5 for c in ("a", "b")), 30, 0.1, "frames from the standby"
+        )
         assert all(s.status()["takeovers"] == 1 for s in standby.services.values())
     finally:
         for worker in (first, standby):
-            for s in (worker.services.values() if worker else ()):
+            for s in worker.services.values() if worker else ():
                 s.stop()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_the_worker_fails_its_health_check_only_when_no_camera_can_be_restarted(redis_server, assets_dir, tmp_path,
-                                                                                 monkeypatch):
+def test_the_worker_fails_its_health_check_only_when_no_camera_can_be_restarted(
+    redis_server, assets_dir, tmp_path, monkeypatch
+):
     monkeypatch.setattr(CameraStream, "source", lambda self, cam: open_source(cam))
 
     class Crashes(IngestLoop):
@@ -234,9 +287,14 @@ def test_the_worker_fails_its_health_check_only_when_no_camera_can_be_restarted(
 
     monkeypatch.setattr(camera_service, "IngestLoop", Crashes)
     video = str(assets_dir / "videos" / "vtest.avi")
-    cfg = parse_args({"cameras": [{"id": c, "source": video, "detect": False, "boxes": "browser"} for c in "ab"],
-                      "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
-                      "hls": {"dir": str(tmp_path / "hls")}})
+    cfg = parse_args(
+        {
+            "cameras": [{"id": c, "source": video, "detect": False, "boxes": "browser"} for c in "ab"],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "hls": {"dir": str(tmp_path / "hls")},
+        }
+    )
     worker = CameraGroup(cfg.for_group(["a", "b"]), redis.Redis.from_url(redis_server.url), None)
     try:
         wait_until(lambda: all(s.problem() for s in worker.services.values()), 20, 0.05, "both loops crashed")
@@ -245,8 +303,11 @@ def test_the_worker_fails_its_health_check_only_when_no_camera_can_be_restarted(
             worker.check()  # b could be restarted: the replica stays
         wait_until(lambda: worker.services["b"].problem(), 20, 0.05, "b crashed again")
         monkeypatch.setattr(camera_service.CameraService, "revive", no_thread)
-        with pytest.raises(RuntimeError, match="camera a: ingest loop is stuck or died .*can't start new thread.*"
-                                               "camera b: ingest loop is stuck or died"):
+        with pytest.raises(
+            RuntimeError,
+            match="camera a: ingest loop is stuck or died .*can't start new thread.*"
+            "camera b: ingest loop is stuck or died",
+        ):
             worker.check()
     finally:
         for s in worker.services.values():

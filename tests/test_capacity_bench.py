@@ -1,6 +1,7 @@
 """`lookout bench capacity`'s pieces, for real at one camera: the user loop over a live RTSP stream, the
 frame counts of real ffmpeg segments, the readers of real detections; and the pure parts (the search,
 the verdicts, the user loop's ffmpeg command line)."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,21 +20,68 @@ CLIP = "videos/vtest.avi"
 
 
 def ffprobe_frames(path: Path) -> int:
-    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
-                          "stream=nb_read_packets", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_packets",
+            "-show_entries",
+            "stream=nb_read_packets",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return int(out.split()[0].rstrip(","))  # MPEG-TS lists the stream under its program too
 
 
 def test_hls_argv_argument_by_argument(tmp_path):
     assert hls_argv(tmp_path, 768, 576, 10.0) == [
-        "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-        "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", "768x576", "-r", "10", "-i", "pipe:0",
-        "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "10", "-keyint_min", "10",
-        "-sc_threshold", "0",
-        "-f", "hls", "-hls_time", "1", "-hls_list_size", "6",
-        "-hls_flags", "delete_segments+program_date_time+independent_segments",
-        "-hls_segment_filename", str(tmp_path / "seg%06d.ts"), str(tmp_path / "index.m3u8")]
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        "768x576",
+        "-r",
+        "10",
+        "-i",
+        "pipe:0",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        "10",
+        "-keyint_min",
+        "10",
+        "-sc_threshold",
+        "0",
+        "-f",
+        "hls",
+        "-hls_time",
+        "1",
+        "-hls_list_size",
+        "6",
+        "-hls_flags",
+        "delete_segments+program_date_time+independent_segments",
+        "-hls_segment_filename",
+        str(tmp_path / "seg%06d.ts"),
+        str(tmp_path / "index.m3u8"),
+    ]
     argv = hls_argv(tmp_path, 320, 240, 25.0, preset="ultrafast", segment_s=2.0, list_size=3)
     assert argv[argv.index("-preset") + 1] == "ultrafast"
     assert argv[argv.index("-g") + 1] == "50" and argv[argv.index("-hls_time") + 1] == "2"
@@ -46,15 +94,54 @@ def test_segment_frames_match_ffprobe(tmp_path, assets_dir, container):
     src = assets_dir / CLIP
     if container == "ts":
         out = tmp_path / "seg.ts"
-        subprocess.run(["ffmpeg", "-v", "error", "-i", str(src), "-frames:v", "23", "-an", "-c:v", "libx264",
-                        "-preset", "ultrafast", "-f", "mpegts", str(out)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-i",
+                str(src),
+                "-frames:v",
+                "23",
+                "-an",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-f",
+                "mpegts",
+                str(out),
+            ],
+            check=True,
+        )
         data = out.read_bytes()
         probe = out
     else:
         out = tmp_path / "frag.mp4"
-        subprocess.run(["ffmpeg", "-v", "error", "-i", str(src), "-frames:v", "23", "-an", "-c:v", "libx264",
-                        "-preset", "ultrafast", "-g", "10", "-f", "mp4", "-movflags",
-                        "+frag_keyframe+empty_moov+default_base_moof", str(out)], check=True)
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-v",
+                "error",
+                "-i",
+                str(src),
+                "-frames:v",
+                "23",
+                "-an",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "10",
+                "-f",
+                "mp4",
+                "-movflags",
+                "+frag_keyframe+empty_moov+default_base_moof",
+                str(out),
+            ],
+            check=True,
+        )
         data = out.read_bytes()
         probe = out
         from hls.fmp4 import find_boxes
@@ -88,8 +175,13 @@ def test_hls_ratio_and_verdicts():
 
 
 def test_search_doubles_then_bisects():
-    for capacity, start, top, expected_calls in [(5, 1, 16, [1, 2, 4, 8, 6, 5]), (16, 1, 16, [1, 2, 4, 8, 16]),
-                                                 (0, 1, 16, [1]), (3, 4, 16, [4, 2, 3]), (12, 1, 12, [1, 2, 4, 8, 12])]:
+    for capacity, start, top, expected_calls in [
+        (5, 1, 16, [1, 2, 4, 8, 6, 5]),
+        (16, 1, 16, [1, 2, 4, 8, 16]),
+        (0, 1, 16, [1]),
+        (3, 4, 16, [4, 2, 3]),
+        (12, 1, 12, [1, 2, 4, 8, 12]),
+    ]:
         calls = []
 
         def keeps_up(n, capacity=capacity):
@@ -114,9 +206,15 @@ def test_app_detections_read_real_results(redis_client):
     from pipeline.types import Detections, FrameRef, FrameResult
 
     now = time.time()
-    results = [FrameResult(FrameRef("cam", i, now - 1 + i * 0.2), Detections.empty(), "m",
-                           {"batch_started_at": now - 1 + i * 0.2 + 0.01, "detected_at": now - 1 + i * 0.2 + 0.05,
-                            "latency_s": 0.05}) for i in range(5)]
+    results = [
+        FrameResult(
+            FrameRef("cam", i, now - 1 + i * 0.2),
+            Detections.empty(),
+            "m",
+            {"batch_started_at": now - 1 + i * 0.2 + 0.01, "detected_at": now - 1 + i * 0.2 + 0.05, "latency_s": 0.05},
+        )
+        for i in range(5)
+    ]
     ResultStore(redis_client).publish(results, None)
     records = cb.app_detections(redis_client, "cam", now - 10)
     assert [(round(d - c, 3), round(b - c, 3)) for c, d, b in records] == [(0.05, 0.01)] * 5
@@ -157,9 +255,32 @@ def test_hls_watcher_reads_a_real_store(redis_client, assets_dir, tmp_path):
     from hls.store import RedisHlsStore
 
     store = RedisHlsStore(redis_client, ttl_s=60)
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(assets_dir / CLIP), "-frames:v", "30", "-an", "-c:v", "libx264",
-                    "-preset", "ultrafast", "-g", "10", "-f", "segment", "-segment_time", "1", "-reset_timestamps",
-                    "1", str(tmp_path / "s%d.ts")], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(assets_dir / CLIP),
+            "-frames:v",
+            "30",
+            "-an",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "10",
+            "-f",
+            "segment",
+            "-segment_time",
+            "1",
+            "-reset_timestamps",
+            "1",
+            str(tmp_path / "s%d.ts"),
+        ],
+        check=True,
+    )
     names = sorted(p.name for p in tmp_path.glob("s*.ts"))
     assert len(names) == 3
     for name in names:
@@ -177,12 +298,15 @@ def test_hls_watcher_reads_a_real_store(redis_client, assets_dir, tmp_path):
     assert [(s.name, s.frames) for s in watcher.seen["cam"]] == [(names[0], 10), (names[1], 8), (names[2], 10)]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--modes", "copy,bogus"], "--modes: unknown mode(s) ['bogus']"),
-    (["--start", "0"], "--start must be in 1..--max-cameras (16), got 0"),
-    (["--start", "5", "--max-cameras", "4"], "--start must be in 1..--max-cameras (4), got 5"),
-    (["--clip", "no/such.mp4"], "--clip: no/such.mp4 does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--modes", "copy,bogus"], "--modes: unknown mode(s) ['bogus']"),
+        (["--start", "0"], "--start must be in 1..--max-cameras (16), got 0"),
+        (["--start", "5", "--max-cameras", "4"], "--start must be in 1..--max-cameras (4), got 5"),
+        (["--clip", "no/such.mp4"], "--clip: no/such.mp4 does not exist"),
+    ],
+)
 def test_bad_options_are_named(capsys, argv, message):
     """Bad options: one line naming the option and the value, before anything starts."""
     import cli
@@ -197,8 +321,14 @@ def test_app_modes_configure_the_paths_they_name(yolo_tiny_onnx, assets_dir):
     from deployments.app import camera_groups
     from pipeline.config import camera_path, parse_args
 
-    a = argparse.Namespace(onnx=str(yolo_tiny_onnx), backend="onnxruntime", threads=1, max_batch=1,
-                           clip=str(assets_dir / "videos" / "vtest.avi"), input_height=None)
+    a = argparse.Namespace(
+        onnx=str(yolo_tiny_onnx),
+        backend="onnxruntime",
+        threads=1,
+        max_batch=1,
+        clip=str(assets_dir / "videos" / "vtest.avi"),
+        input_height=None,
+    )
     for mode, path in (("copy", "worker"), ("int8", "worker"), ("record", "worker"), ("transcode", "annotate")):
         runner = cb.AppMode.__new__(cb.AppMode)  # the config only: no Redis, no Ray
         runner.a, runner.mode, runner.url = a, mode, "rtsp://127.0.0.1:8554/capacity"
@@ -232,8 +362,9 @@ def test_copy_mode_one_camera_for_real(rtsp_server_factory, assets_dir, yolo_tin
     stream-copied by a camera worker, and every figure comes from the app's real output."""
     monkeypatch.delenv("REDIS_URL", raising=False)
     server = rtsp_server_factory(name="cap", file=assets_dir / CLIP)
-    a = argparse.Namespace(onnx=str(yolo_tiny_onnx), backend="onnxruntime", threads=1, warmup_s=1.0, window_s=4.0,
-                           start=1, max_cameras=1)
+    a = argparse.Namespace(
+        onnx=str(yolo_tiny_onnx), backend="onnxruntime", threads=1, warmup_s=1.0, window_s=4.0, start=1, max_cameras=1
+    )
     [summary] = cb._app_modes(a, ["copy"], server.url, 10.0, {server.proc.pid})
     assert any(d.startswith("cameras-") for d in summary["deployments"])
     [row] = summary["rows"]

@@ -1,4 +1,5 @@
 """The `lookout` command's error paths: clear messages and exit codes, never a traceback."""
+
 from cli import main
 
 

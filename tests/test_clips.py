@@ -1,5 +1,6 @@
 """hls.clips: argv builders compared argument by argument, the clip budget, and real clips cut by
 ffmpeg from real HLS segments made by hls.segmenter.Segmenter into a RedisHlsStore."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,18 @@ import cv2
 import numpy as np
 import pytest
 
-from hls.clips import (ClipConfig, ClipError, ClipMaker, ClipStore, EventClipper, SegmentIndex, SegmentInfo,
-                       clip_args, concat_list, segments_for_range)
+from hls.clips import (
+    ClipConfig,
+    ClipError,
+    ClipMaker,
+    ClipStore,
+    EventClipper,
+    SegmentIndex,
+    SegmentInfo,
+    clip_args,
+    concat_list,
+    segments_for_range,
+)
 from hls.segmenter import Segmenter
 from hls.store import RedisHlsStore
 from pipeline.config import HlsConfig
@@ -25,8 +36,9 @@ CAM = "door"
 T0 = 1_700_000_000.0
 BLOCK = 20  # px per bit of the frame number drawn into each frame
 
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
-                                  reason="ffmpeg/ffprobe are not installed")
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None, reason="ffmpeg/ffprobe are not installed"
+)
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -34,10 +46,29 @@ needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which
 
 def test_clip_args_argument_by_argument():
     assert clip_args("/t/l.ffconcat", "/c/x.mp4", 12.5) == [
-        "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
-        "-f", "concat", "-safe", "0", "-i", "/t/l.ffconcat",
-        "-t", "12.500", "-map", "0:v:0", "-c", "copy",
-        "-movflags", "+faststart", "-f", "mp4", "-y", "/c/x.mp4",
+        "ffmpeg",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-f",
+        "concat",
+        "-safe",
+        "0",
+        "-i",
+        "/t/l.ffconcat",
+        "-t",
+        "12.500",
+        "-map",
+        "0:v:0",
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+        "-f",
+        "mp4",
+        "-y",
+        "/c/x.mp4",
     ]
     assert clip_args("l", "o", 1, ffmpeg_bin="/opt/ff")[0] == "/opt/ff"
     with pytest.raises(ValueError, match="duration_s"):
@@ -46,7 +77,8 @@ def test_clip_args_argument_by_argument():
 
 def test_concat_list_and_range_selection():
     assert concat_list(["/a/1.ts", "/a/2.ts"], [1.0, 0.9]) == (
-        "ffconcat version 1.0\nfile '/a/1.ts'\nduration 1.000\nfile '/a/2.ts'\nduration 0.900\n")
+        "ffconcat version 1.0\nfile '/a/1.ts'\nduration 1.000\nfile '/a/2.ts'\nduration 0.900\n"
+    )
     with pytest.raises(ValueError, match="quote"):
         concat_list(["/a/it's.ts"], [1.0])
     segs = [SegmentInfo(10.0 + k, f"s{k}.ts", 1.0) for k in range(10)]
@@ -81,7 +113,7 @@ def numbered_frame(i: int, w: int = 320, h: int = 240) -> np.ndarray:
     cv2.circle(img, ((i * 9) % w, h // 2 + 30), 25, (0, 160, 255), -1)
     for b in range(16):
         v = 255 if (i >> b) & 1 else 0
-        img[0:BLOCK, b * BLOCK:(b + 1) * BLOCK] = v
+        img[0:BLOCK, b * BLOCK : (b + 1) * BLOCK] = v
     return img
 
 
@@ -98,9 +130,21 @@ def frame_numbers(mp4: Path) -> list[int]:
 
 
 def ffprobe(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
-                          "format=format_name,duration:stream=codec_name,nb_frames,width,height",
-                          "-of", "json", str(path)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "format=format_name,duration:stream=codec_name,nb_frames,width,height",
+            "-of",
+            "json",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -141,7 +185,10 @@ def test_export_cuts_a_playable_mp4_to_the_second(hls):
     # starts at the keyframe at or before 3.3 s (segment 3 starts at frame 30), ends at 7.6 s
     assert numbers[0] == 30 and numbers[-1] in (75, 76), numbers
     assert numbers == list(range(numbers[0], numbers[-1] + 1))
-    assert info.start_s == pytest.approx(T0 + 3.0) and info.key == f"{CAM}/export_{int((T0 + 3.3) * 1000)}_{int((T0 + 7.6) * 1000)}.mp4"
+    assert (
+        info.start_s == pytest.approx(T0 + 3.0)
+        and info.key == f"{CAM}/export_{int((T0 + 3.3) * 1000)}_{int((T0 + 7.6) * 1000)}.mp4"
+    )
     assert float(probe["format"]["duration"]) == pytest.approx(4.6, abs=0.15)
     with pytest.raises(ClipError, match="no HLS segment"):
         maker.export(CAM, T0 - 100, T0 - 50)
@@ -155,11 +202,17 @@ def test_event_clip_covers_pre_roll_although_the_store_keeps_only_8_segments(hls
     clipper = EventClipper(maker, cameras=[CAM])
     done: list = []
     feed(seg, range(0, 120), clipper, done)  # event runs 8 s .. 10.5 s
-    clipper.on_update(EventUpdate("start", "door.crowd.8000", CAM, "crowd", "count_above", "person", None,
-                                  T0 + 10, T0 + 8.0, None, [1]))
+    clipper.on_update(
+        EventUpdate(
+            "start", "door.crowd.8000", CAM, "crowd", "count_above", "person", None, T0 + 10, T0 + 8.0, None, [1]
+        )
+    )
     feed(seg, range(120, 160), clipper, done)
-    clipper.on_update(EventUpdate("end", "door.crowd.8000", CAM, "crowd", "count_above", "person", None,
-                                  T0 + 16, T0 + 8.0, T0 + 10.5, [1]))
+    clipper.on_update(
+        EventUpdate(
+            "end", "door.crowd.8000", CAM, "crowd", "count_above", "person", None, T0 + 16, T0 + 8.0, T0 + 10.5, [1]
+        )
+    )
     feed(seg, range(160, 260), clipper, done)  # 10 more s: segments of the pre-roll leave the store
     assert len(store.list_segments(CAM)) <= 9
     deadline = time.monotonic() + 20

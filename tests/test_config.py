@@ -19,25 +19,43 @@ def test_shipped_serve_config_is_valid():
 
 
 def test_source_kind_is_inferred():
-    args = parse_args(with_(cameras=[
-        {"id": "a", "source": "rtsp://u:p@10.0.0.1/s"}, {"id": "b", "source": "/dev/video0"},
-        {"id": "c", "source": "csi://0"}, {"id": "d", "source": "x.mp4"}]))
+    args = parse_args(
+        with_(
+            cameras=[
+                {"id": "a", "source": "rtsp://u:p@10.0.0.1/s"},
+                {"id": "b", "source": "/dev/video0"},
+                {"id": "c", "source": "csi://0"},
+                {"id": "d", "source": "x.mp4"},
+            ]
+        )
+    )
     assert [c.kind for c in args.cameras] == ["rtsp", "v4l2", "csi", "file"]
 
 
-@pytest.mark.parametrize("raw, field, value", [
-    (with_(cameras=[{"id": "Bad Id!", "source": "x"}]), "cameras.0.id", "'Bad Id!'"),
-    (with_(cameras=[{"id": "a", "source": "x", "fps": -3}]), "cameras.0.fps", "-3"),
-    (with_(cameras=[{"id": "a", "source": "x", "colour": "red"}]), "cameras.0.colour", "'red'"),
-    (with_(model={"onnx": "m.onnx", "input_size_px": 417}), "model.input_size_px", "417"),
-    (with_(model={"onnx": "m.onnx", "conf_threshold": 1.5}), "model.conf_threshold", "1.5"),
-    (with_(hls={"encoder": "vp9"}), "hls.encoder", "'vp9'"),
-    (with_(detector={"max_batch_size": 0}), "detector.max_batch_size", "0"),
-    (with_(record={"mode": "always"}), "record.mode", "'always'"),
-    (with_(record={"retain_dayz": 3}), "record.retain_dayz", "3"),
-    (with_(cameras=[{"id": "a", "source": "x", "record": {"retain_days": -2}}]), "cameras.0.record.retain_days", "-2"),
-    (with_(cameras=[{"id": "a", "source": "x", "motion": {"keepalive_s": -1}}]), "cameras.0.motion.keepalive_s", "-1"),
-])
+@pytest.mark.parametrize(
+    "raw, field, value",
+    [
+        (with_(cameras=[{"id": "Bad Id!", "source": "x"}]), "cameras.0.id", "'Bad Id!'"),
+        (with_(cameras=[{"id": "a", "source": "x", "fps": -3}]), "cameras.0.fps", "-3"),
+        (with_(cameras=[{"id": "a", "source": "x", "colour": "red"}]), "cameras.0.colour", "'red'"),
+        (with_(model={"onnx": "m.onnx", "input_size_px": 417}), "model.input_size_px", "417"),
+        (with_(model={"onnx": "m.onnx", "conf_threshold": 1.5}), "model.conf_threshold", "1.5"),
+        (with_(hls={"encoder": "vp9"}), "hls.encoder", "'vp9'"),
+        (with_(detector={"max_batch_size": 0}), "detector.max_batch_size", "0"),
+        (with_(record={"mode": "always"}), "record.mode", "'always'"),
+        (with_(record={"retain_dayz": 3}), "record.retain_dayz", "3"),
+        (
+            with_(cameras=[{"id": "a", "source": "x", "record": {"retain_days": -2}}]),
+            "cameras.0.record.retain_days",
+            "-2",
+        ),
+        (
+            with_(cameras=[{"id": "a", "source": "x", "motion": {"keepalive_s": -1}}]),
+            "cameras.0.motion.keepalive_s",
+            "-1",
+        ),
+    ],
+)
 def test_errors_name_field_and_value(raw, field, value):
     with pytest.raises(ConfigError) as info:
         parse_args(raw)
@@ -46,9 +64,15 @@ def test_errors_name_field_and_value(raw, field, value):
 
 
 def test_record_section_applies_each_cameras_changes():
-    args = parse_args(with_(record={"enabled": True, "retain_days": 7},
-                            cameras=[{"id": "a", "source": "x", "record": {"retain_days": 2, "mode": "motion"}},
-                                     {"id": "b", "source": "y", "record": {"enabled": False}}]))
+    args = parse_args(
+        with_(
+            record={"enabled": True, "retain_days": 7},
+            cameras=[
+                {"id": "a", "source": "x", "record": {"retain_days": 2, "mode": "motion"}},
+                {"id": "b", "source": "y", "record": {"enabled": False}},
+            ],
+        )
+    )
     a, b = (args.record.for_camera(c) for c in args.cameras)
     assert (a.enabled, a.mode, a.retain_days) == (True, "motion", 2.0)
     assert (b.enabled, b.mode, b.retain_days) == (False, "continuous", 7.0)
@@ -68,16 +92,26 @@ def test_check_command_reports_bad_config(tmp_path, capsys):
     from cli import main
 
     cfg = tmp_path / "serve_config.yaml"
-    cfg.write_text(yaml.safe_dump({"applications": [{"import_path": "deployments.app:build_app",
-                                                      "args": with_(hls={"segment_s": 99})}]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"applications": [{"import_path": "deployments.app:build_app", "args": with_(hls={"segment_s": 99})}]}
+        )
+    )
     assert main(["check", str(cfg)]) == 2
     assert "hls.segment_s" in capsys.readouterr().err
 
 
 # -- readable errors (issue 13, item 16) ------------------------------------------------------------
 def write_config(path, args=None, **app):
-    path.write_text(yaml.safe_dump({"applications": [{"import_path": "deployments.app:build_app",
-                                                      **({"args": args} if args is not None else {}), **app}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "applications": [
+                    {"import_path": "deployments.app:build_app", **({"args": args} if args is not None else {}), **app}
+                ]
+            }
+        )
+    )
     return path
 
 
@@ -85,8 +119,10 @@ def test_yaml_syntax_error_is_one_line_with_file_line_and_column(tmp_path, capsy
     from cli import main
 
     cfg = tmp_path / "serve_config.yaml"
-    cfg.write_text("applications:\n  - import_path: deployments.app:build_app\n    args:\n"
-                   "      cameras: [{id: a, source: x.avi}\n      model: {onnx: m.onnx}\n")
+    cfg.write_text(
+        "applications:\n  - import_path: deployments.app:build_app\n    args:\n"
+        "      cameras: [{id: a, source: x.avi}\n      model: {onnx: m.onnx}\n"
+    )
     assert main(["check", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -170,12 +206,20 @@ def test_build_app_binds_each_stage_only_its_config_and_no_secret(tmp_path):
     for name in ("a.avi", "b.avi"):
         (tmp_path / name).write_bytes(b"")
     admin_pw, oidc_secret = "admin-pw-4f9c2e", "oidc-secret-8d1a7b"
-    args = {"cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "rtsp://u:cam-b-pass@10.0.0.2/s"}],
-            "model": {"onnx": "m.onnx"}, "base_dir": str(tmp_path), "hls": {"boxes": "burned"},  # worker groups:
-            # tests/test_camera_groups.py
-            "gateway": {"public_url": "https://lookout.example", "auth": {
+    args = {
+        "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "rtsp://u:cam-b-pass@10.0.0.2/s"}],
+        "model": {"onnx": "m.onnx"},
+        "base_dir": str(tmp_path),
+        "hls": {"boxes": "burned"},  # worker groups:
+        # tests/test_camera_groups.py
+        "gateway": {
+            "public_url": "https://lookout.example",
+            "auth": {
                 "admin_password": admin_pw,
-                "oidc": {"issuer": "https://idp.example", "client_id": "lookout", "client_secret": oidc_secret}}}}
+                "oidc": {"issuer": "https://idp.example", "client_id": "lookout", "client_secret": oidc_secret},
+            },
+        },
+    }
     built = serve_build(build_app(args), name="lookout")
     bound = {d.name: d for d in built.deployments}
 
@@ -217,7 +261,10 @@ def test_422_names_the_missing_field_without_a_dict_repr():
     body = query_error(b"until_s=1700000000&label=person-with-a-rather-long-label")
     assert body == {"error": "invalid parameter", "field": "since_s", "detail": "is required"}
     body = query_error(b"since_s=1700000000&until_s=1700000100&intervall=hour")
-    assert body == {"error": "invalid parameter", "field": "intervall",
-                    "detail": "unknown parameter; did you mean 'interval'?"}
+    assert body == {
+        "error": "invalid parameter",
+        "field": "intervall",
+        "detail": "unknown parameter; did you mean 'interval'?",
+    }
     body = query_error(b"since_s=1700000000&until_s=1700000100&interval=" + b"week" * 40)
     assert body["field"] == "interval" and body["value"].endswith("…") and len(body["value"]) == 100

@@ -1,4 +1,5 @@
 """The Dockerfile and compose.yaml, checked as far as possible without a Docker engine."""
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,9 @@ def instructions() -> list[tuple[str, str]]:
 
 
 def hadolint() -> str | None:
-    return shutil.which("hadolint") or (str(Path(sys.executable).parent / "hadolint")
-                                        if (Path(sys.executable).parent / "hadolint").exists() else None)
+    return shutil.which("hadolint") or (
+        str(Path(sys.executable).parent / "hadolint") if (Path(sys.executable).parent / "hadolint").exists() else None
+    )
 
 
 def test_hadolint_finds_nothing():

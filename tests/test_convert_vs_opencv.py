@@ -13,6 +13,7 @@ Two documented OpenCV behaviours are accounted for:
   for real weights the exact comparison is done with `bn_eps=1e-6` and the default is checked
   with a slightly wider tolerance.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,15 @@ def opencv_forward(cfg: Path, weights: Path, x: np.ndarray) -> np.ndarray:
 def compare(boxes: np.ndarray, scores: np.ndarray, ref: np.ndarray, size: int) -> dict[str, float]:
     """Agreement of our batch-1 outputs with OpenCV's rows; box differences in input pixels."""
     assert boxes.shape[0] == scores.shape[0] == ref.shape[0]
-    ours = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
-                     boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+    ours = np.stack(
+        [
+            (boxes[:, 0] + boxes[:, 2]) / 2,
+            (boxes[:, 1] + boxes[:, 3]) / 2,
+            boxes[:, 2] - boxes[:, 0],
+            boxes[:, 3] - boxes[:, 1],
+        ],
+        1,
+    )
     theirs = ref[:, :4] * size
     box_diff = np.abs(ours - theirs)
     cls = ref[:, 5:]
@@ -106,8 +114,13 @@ def random_weights(cfg_path: Path, out: Path, seed: int = 0) -> Path:
         std = (1.0 if bn else 1.5) / math.sqrt(fan_in)
         w = rng.normal(0.0, std, shape).astype(np.float32)
         if bn:
-            layers[index] = ConvParams(rng.normal(0, 0.1, filters), w, rng.uniform(0.5, 1.0, filters),
-                                       rng.normal(0, 0.1, filters), rng.uniform(0.5, 1.5, filters))
+            layers[index] = ConvParams(
+                rng.normal(0, 0.1, filters),
+                w,
+                rng.uniform(0.5, 1.0, filters),
+                rng.normal(0, 0.1, filters),
+                rng.uniform(0.5, 1.5, filters),
+            )
         else:
             layers[index] = ConvParams(rng.normal(0, 0.3, filters), w)
     return darknet.write_weights(out, cfg, layers)
@@ -119,8 +132,9 @@ def random_weights(cfg_path: Path, out: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def tiny_exact_onnx(yolo_tiny, tmp_path_factory) -> Path:
     """yolov4-tiny converted with OpenCV's batch-norm eps, for the bit-for-bit-ish comparison."""
-    return convert(yolo_tiny.cfg, yolo_tiny.weights, tmp_path_factory.mktemp("tiny") / "tiny-eps6.onnx",
-                   416, bn_eps=1e-6)
+    return convert(
+        yolo_tiny.cfg, yolo_tiny.weights, tmp_path_factory.mktemp("tiny") / "tiny-eps6.onnx", 416, bn_eps=1e-6
+    )
 
 
 @pytest.mark.parametrize("source", ["vtest", "coco"])
@@ -347,11 +361,15 @@ def test_detector_finds_the_people_opencv_finds(yolo_tiny, yolo_tiny_onnx, asset
     from pipeline.config import ModelConfig
     from pipeline.detector import Detector
 
-    det = Detector.from_config(ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime", conf_threshold=0.2,
-                                           classes=["person"]), yolo_tiny_onnx, yolo_tiny.names)
+    det = Detector.from_config(
+        ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime", conf_threshold=0.2, classes=["person"]),
+        yolo_tiny_onnx,
+        yolo_tiny.names,
+    )
     images = {f"vtest {i}": video_frame(assets_dir, i) for i in (0, 150, 200, 250, 350)}
-    images.update({name: coco_image(assets_dir, name) for name in ("000000444010.jpg", "000000475546.jpg",
-                                                                   "000000547503.jpg")})
+    images.update(
+        {name: coco_image(assets_dir, name) for name in ("000000444010.jpg", "000000475546.jpg", "000000547503.jpg")}
+    )
     checked, worst = 0, 0.0
     for name, bgr in images.items():
         ref_boxes, ref_conf = opencv_people(yolo_tiny.cfg, yolo_tiny.weights, bgr)
@@ -360,8 +378,10 @@ def test_detector_finds_the_people_opencv_finds(yolo_tiny, yolo_tiny_onnx, asset
             if conf <= 0.5:
                 continue
             match = iou(box, ours.xyxy) if len(ours) else np.zeros(0)
-            assert len(match) and match.max() > 0.95, f"{name}: OpenCV's person {box.round(1)} ({conf:.2f}) " \
+            assert len(match) and match.max() > 0.95, (
+                f"{name}: OpenCV's person {box.round(1)} ({conf:.2f}) "
                 f"not found; ours: {ours.xyxy.round(1).tolist()} {ours.confidence.round(2).tolist()}"
+            )
             j = int(match.argmax())
             worst = max(worst, abs(float(ours.confidence[j]) - float(conf)))
             assert ours.confidence[j] == pytest.approx(conf, abs=0.02), (name, box.round(1))
@@ -382,8 +402,9 @@ def test_letter_box_flag_travels_from_the_cfg_into_the_onnx_and_the_detector(yol
     frame = video_frame(assets_dir, 150)
 
     def fits(onnx_path: Path, setting="auto"):
-        d = Detector.from_config(ModelConfig(onnx=str(onnx_path), backend="onnxruntime", letter_box=setting),
-                                 onnx_path, yolo_tiny.names)
+        d = Detector.from_config(
+            ModelConfig(onnx=str(onnx_path), backend="onnxruntime", letter_box=setting), onnx_path, yolo_tiny.names
+        )
         return d.letter_box, d.detect([frame])[0][0]
 
     lb, with_lb = fits(onnx_lb)
@@ -419,8 +440,11 @@ def test_load_graph_info_errors(tmp_path):
 
 
 def test_dynamic_batch_gives_per_image_results(yolo_tiny_onnx, assets_dir):
-    images = [to_tensor(video_frame(assets_dir, 40), 416), to_tensor(coco_image(assets_dir), 416),
-              to_tensor(coco_image(assets_dir, "000000471345.jpg"), 416)]
+    images = [
+        to_tensor(video_frame(assets_dir, 40), 416),
+        to_tensor(coco_image(assets_dir), 416),
+        to_tensor(coco_image(assets_dir, "000000471345.jpg"), 416),
+    ]
     sess = session(yolo_tiny_onnx)
     boxes3, scores3 = sess.run(None, {"images": np.concatenate(images)})
     assert boxes3.shape == (3, 2535, 4) and scores3.shape == (3, 2535, 80)

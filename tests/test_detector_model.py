@@ -1,4 +1,5 @@
 """The real YOLOv4-tiny model through the detector core: people in real video, mAP floor."""
+
 import json
 import re
 
@@ -18,8 +19,9 @@ MAP50_FLOOR = 53.0
 
 @pytest.fixture(scope="module")
 def detector(yolo_tiny_onnx, yolo_tiny):
-    return Detector.from_config(ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime"),
-                                yolo_tiny_onnx, yolo_tiny.names)
+    return Detector.from_config(
+        ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime"), yolo_tiny_onnx, yolo_tiny.names
+    )
 
 
 def frames(path, indexes):
@@ -57,8 +59,7 @@ def test_batch_equals_single(detector, assets_dir):
 
 
 def test_map_on_coco_mini_stays_above_floor(yolo_tiny_onnx, yolo_tiny, assets_dir):
-    settings = ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime", conf_threshold=0.001,
-                           max_detections=100)
+    settings = ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime", conf_threshold=0.001, max_detections=100)
     det = Detector.from_config(settings, yolo_tiny_onnx, yolo_tiny.names)
     report = evaluate(det, assets_dir / "coco-mini" / "images", assets_dir / "coco-mini" / "instances.json")
     assert report["images"] == 6
@@ -89,8 +90,9 @@ def test_lookout_eval_prints_per_class_ap(capsys, yolo_tiny_onnx, yolo_tiny):
 
 
 def test_empty_image_list_and_class_filter(yolo_tiny_onnx, yolo_tiny, assets_dir):
-    only_cars = Detector.from_config(ModelConfig(onnx=str(yolo_tiny_onnx), classes=["car"]),
-                                     yolo_tiny_onnx, yolo_tiny.names)
+    only_cars = Detector.from_config(
+        ModelConfig(onnx=str(yolo_tiny_onnx), classes=["car"]), yolo_tiny_onnx, yolo_tiny.names
+    )
     assert only_cars.detect([]) == ([], {})
     d = only_cars.detect(frames(assets_dir / "videos" / "vtest.avi", {0}))[0][0]
     assert set(d.class_id.tolist()) <= {2}

@@ -14,6 +14,7 @@ redis-server, a real file camera, the real `lookout` CLI on the app's auth datab
 Requests from 127.0.0.1 come from a trusted proxy (the default `trusted_proxies`), so each test
 names its own client address in X-Forwarded-For; the machine's own LAN address is an untrusted peer.
 """
+
 from __future__ import annotations
 
 import base64
@@ -45,8 +46,9 @@ def app(tmp_path_factory, assets_dir):
     tmp = tmp_path_factory.mktemp("authhard")
     gateway = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]["gateway"]
     gateway["public_url"] = PUBLIC_URL
-    cameras = [{"id": "door", "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2, "detect": False,
-                "on_demand": True}]
+    cameras = [
+        {"id": "door", "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2, "detect": False, "on_demand": True}
+    ]
     with serve_app(tmp, cameras, ray_cpus=6, gateway=gateway) as running:
         running.db = str(tmp / "auth.sqlite3")
         yield running
@@ -61,8 +63,14 @@ def dave(app) -> tuple[str, str]:
 
 def lookout(app, *argv: str, stdin: str | None = None) -> str:
     """The real `lookout` command on the app's auth database."""
-    done = subprocess.run([str(BIN / "lookout"), *argv, "--db", app.db], input=stdin, capture_output=True,
-                          text=True, timeout=120, cwd=ROOT)
+    done = subprocess.run(
+        [str(BIN / "lookout"), *argv, "--db", app.db],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -97,8 +105,9 @@ def access(app, token: str) -> int:
 
 
 def client_credentials(app, client_id: str, secret: str) -> str:
-    r = httpx.post(app.base + "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret),
-                   timeout=30)
+    r = httpx.post(
+        app.base + "/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret), timeout=30
+    )
     assert r.status_code == 200, r.text
     return r.json()["access_token"]
 
@@ -114,21 +123,37 @@ def user_grant(app, client_id: str, username: str, password: str) -> dict:
         assert log_in(client, username, password).status_code == 303
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
-        r = client.get("/oauth/authorize", params={
-            "response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT, "state": "s",
-            "code_challenge": challenge, "code_challenge_method": "S256"})
+        r = client.get(
+            "/oauth/authorize",
+            params={
+                "response_type": "code",
+                "client_id": client_id,
+                "redirect_uri": REDIRECT,
+                "state": "s",
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            },
+        )
         assert r.status_code == 302, r.text
         code = parse_qs(urlsplit(r.headers["location"]).query)["code"][0]
-        form = {"grant_type": "authorization_code", "code": code, "client_id": client_id, "redirect_uri": REDIRECT,
-                "code_verifier": verifier}
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": client_id,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        }
         r = client.post("/oauth/token", data=form)
         assert r.status_code == 200, r.text
         return {**r.json(), "code_form": form}
 
 
 def refresh(app, client_id: str, token: str) -> httpx.Response:
-    return httpx.post(app.base + "/oauth/token", timeout=30,
-                      data={"grant_type": "refresh_token", "client_id": client_id, "refresh_token": token})
+    return httpx.post(
+        app.base + "/oauth/token",
+        timeout=30,
+        data={"grant_type": "refresh_token", "client_id": client_id, "refresh_token": token},
+    )
 
 
 def assert_revoked_soon(app, token: str, what: str) -> None:
@@ -178,8 +203,13 @@ def test_wrong_passwords_lock_the_guesser_out_not_the_admin(app):
 
 def test_flood_of_random_names_is_bounded_per_address_and_in_all(app):
     addresses = ["198.51.100.10", "198.51.100.11", "198.51.100.12"]
-    posts = [(addresses[i % 3], *login_post(browser(app, addresses[i % 3]), f"nobody{i}-{secrets.token_hex(3)}",
-                                            "wrong-password!")) for i in range(120)]
+    posts = [
+        (
+            addresses[i % 3],
+            *login_post(browser(app, addresses[i % 3]), f"nobody{i}-{secrets.token_hex(3)}", "wrong-password!"),
+        )
+        for i in range(120)
+    ]
     start = threading.Barrier(40)
 
     def guess(post):
@@ -247,8 +277,13 @@ def test_headers_of_an_untrusted_peer_are_not_believed_and_links_use_public_url(
     cid, secret = re.search(r"client_id: (\S+)", out).group(1), re.search(r"client_secret: (\S+)", out).group(1)
     remote = app.base.replace("127.0.0.1", lan)
     for headers in ({"X-Forwarded-Proto": "https"}, {"Host": "127.0.0.1"}):
-        r = httpx.post(remote + "/oauth/token", data={"grant_type": "client_credentials"}, auth=(cid, secret),
-                       headers=headers, timeout=30)
+        r = httpx.post(
+            remote + "/oauth/token",
+            data={"grant_type": "client_credentials"},
+            auth=(cid, secret),
+            headers=headers,
+            timeout=30,
+        )
         assert r.status_code == 400 and r.json()["error"] == "insecure_transport", (headers, r.text)
     token = client_credentials(app, cid, secret)
     evil = {"Authorization": f"Bearer {token}", "Host": "evil.example"}

@@ -5,6 +5,7 @@ and a file camera of the same clip. Their video is copied into HLS, their detect
 detect_fps in source pixels, and the RTSP camera's server dying and coming back leaves the file
 camera untouched.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,10 +37,24 @@ def app(tmp_path_factory, yolo_tiny_onnx):
     rtsp.start()
     # motion gating off: the rate test counts every frame at detect_fps
     cameras = [
-        {"id": "door", "source": rtsp.url, "boxes": "browser", "detect_fps": DETECT_FPS, "reconnect_min_s": 0.5,
-         "reconnect_max_s": 2.0, "read_timeout_s": 3.0, "open_timeout_s": 5.0, "motion": {"enabled": False}},
-        {"id": "street", "source": str(CLIP), "boxes": "browser", "detect_fps": DETECT_FPS,
-         "motion": {"enabled": False}},
+        {
+            "id": "door",
+            "source": rtsp.url,
+            "boxes": "browser",
+            "detect_fps": DETECT_FPS,
+            "reconnect_min_s": 0.5,
+            "reconnect_max_s": 2.0,
+            "read_timeout_s": 3.0,
+            "open_timeout_s": 5.0,
+            "motion": {"enabled": False},
+        },
+        {
+            "id": "street",
+            "source": str(CLIP),
+            "boxes": "browser",
+            "detect_fps": DETECT_FPS,
+            "motion": {"enabled": False},
+        },
         # MPEG-4 (msmpeg4v3) cannot be copied: the worker transcodes it once; and a burned-boxes camera
         # under the default hls.boxes: browser goes through ingest + encoder. No detection: cheap.
         {"id": "yard", "source": str(MPEG4), "detect": False},
@@ -74,12 +89,18 @@ def results_since(app, cid: str, after: str) -> list[dict]:
 
 def test_both_cameras_run_in_one_worker_replica(app):
     def started() -> list[str]:  # replicas' lines reach `serve run`'s log prefixed with the replica
-        return re.findall(r"\(ServeReplica:lookout:(\S+) pid=\d+\).*worker replica on node \S+ runs cameras (.*)",
-                          app.log_path.read_text(errors="replace"))
+        return re.findall(
+            r"\(ServeReplica:lookout:(\S+) pid=\d+\).*worker replica on node \S+ runs cameras (.*)",
+            app.log_path.read_text(errors="replace"),
+        )
+
     found = wait_until(started, 180, 1, f"the worker replica to start (log:\n{app.log_tail()})")
     assert len(found) == 1 and found[0][0] == "cameras-0", found
-    assert re.fullmatch(r"door \(rtsp rtsp://127.0.0.1:\d+/door\), street \(file \S+vtest-h264.mp4\), "
-                        r"yard \(file \S+vtest.avi\)", found[0][1])
+    assert re.fullmatch(
+        r"door \(rtsp rtsp://127.0.0.1:\d+/door\), street \(file \S+vtest-h264.mp4\), "
+        r"yard \(file \S+vtest.avi\)",
+        found[0][1],
+    )
     log = app.log_path.read_text(errors="replace")
     assert not re.search(r"ServeReplica:lookout:(ingest|encoder)-(door|street|yard)\b", log)
     # A normal start of the worker says nothing loud (Ray's notes of a starved box aside).
@@ -89,16 +110,34 @@ def test_both_cameras_run_in_one_worker_replica(app):
 
 def test_hls_playlists_carry_the_cameras_own_h264(app, tmp_path):
     for cid in ("door", "street"):
-        segs = wait_until(lambda: len(segments(app, cid)) >= 2 and segments(app, cid), 180, 1,
-                          f"2 HLS segments of {cid} (log:\n{app.log_tail()})")
+        segs = wait_until(
+            lambda: len(segments(app, cid)) >= 2 and segments(app, cid),
+            180,
+            1,
+            f"2 HLS segments of {cid} (log:\n{app.log_tail()})",
+        )
         init = re.search(r'#EXT-X-MAP:URI="([^"?]+)', playlist(app, cid)).group(1)
         parts = [app.get(f"/hls/{cid}/{name}") for name in (init, segs[-1])]
         assert all(status == 200 for status, _ in parts), [status for status, _ in parts]
         media = tmp_path / f"{cid}.mp4"
         media.write_bytes(b"".join(data for _, data in parts))
-        probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                                "stream=codec_name,width,height", "-of", "json", str(media)],
-                               capture_output=True, text=True, check=True)
+        probe = subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=codec_name,width,height",
+                "-of",
+                "json",
+                str(media),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         stream = json.loads(probe.stdout)["streams"][0]
         assert (stream["codec_name"], stream["width"], stream["height"]) == ("h264", SRC_W, SRC_H), cid
 
@@ -123,12 +162,20 @@ def test_detections_come_at_about_detect_fps_in_source_pixels(app):
 def test_a_dead_rtsp_camera_leaves_the_other_camera_flowing_and_comes_back(app):
     def flowing(cid: str, phase: str) -> None:
         seg_before, det_before = segments(app, cid), ResultStore(app.redis).last_entry_id(cid)
-        wait_until(lambda: segments(app, cid) and segments(app, cid)[-1] not in seg_before
-                   and len(results_since(app, cid, det_before)) >= 10, 60, 0.5,
-                   f"new segments and detections of {cid} while {phase} (log:\n{app.log_tail()})")
+        wait_until(
+            lambda: (
+                segments(app, cid)
+                and segments(app, cid)[-1] not in seg_before
+                and len(results_since(app, cid, det_before)) >= 10
+            ),
+            60,
+            0.5,
+            f"new segments and detections of {cid} while {phase} (log:\n{app.log_tail()})",
+        )
 
-    wait_until(lambda: state(app, "door") == "running" and state(app, "street") == "running", 120, 0.5,
-               "both cameras running")
+    wait_until(
+        lambda: state(app, "door") == "running" and state(app, "street") == "running", 120, 0.5, "both cameras running"
+    )
     app.rtsp.stop()
     wait_until(lambda: state(app, "door") == "reconnecting", 60, 0.5, "door reconnecting after its server died")
     flowing("street", "door is down")
@@ -146,13 +193,21 @@ def test_an_mpeg4_camera_is_transcoded_once_and_says_so_and_burned_boxes_keep_th
     def camera(cid: str) -> dict:
         return app.json(f"/api/cameras/{cid}") or {}
 
-    yard = wait_until(lambda: camera("yard") if camera("yard").get("video") else None, 120, 1,
-                      "the yard camera's video path in /api/cameras")
+    yard = wait_until(
+        lambda: camera("yard") if camera("yard").get("video") else None,
+        120,
+        1,
+        "the yard camera's video path in /api/cameras",
+    )
     assert yard["path"] == "worker" and yard["video"] == "transcode", yard
     assert "msmpeg4v3" in yard["video_reason"] and "cannot be copied" in yard["video_reason"], yard
     wait_until(lambda: len(segments(app, "yard")) >= 2, 120, 1, "the yard camera's transcoded segments")
-    lobby = wait_until(lambda: camera("lobby") if (camera("lobby").get("stream") or {}).get("boxes") else None,
-                       120, 1, "the lobby camera's stream info")
+    lobby = wait_until(
+        lambda: camera("lobby") if (camera("lobby").get("stream") or {}).get("boxes") else None,
+        120,
+        1,
+        "the lobby camera's stream info",
+    )
     assert lobby["path"] == "annotate" and "boxes: burned (camera)" in lobby["path_reason"], lobby
     assert lobby["stream"]["boxes"] == "burned", lobby  # its own setting, not hls.boxes (browser)
     wait_until(lambda: len(segments(app, "lobby")) >= 2, 120, 1, "the lobby camera's encoded segments")

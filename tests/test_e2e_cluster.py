@@ -8,6 +8,7 @@ its raylet and workers): the standby takes over within the lease bound, detectio
 playlist grows again, the pinned camera of the dead node shows `failed` until the node comes back,
 and no frame seq is ever published twice.
 """
+
 from __future__ import annotations
 
 import time
@@ -37,44 +38,76 @@ def cluster_app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     redis_srv.start()
     rtsp = RtspTestServer(free_port(), name="door", file=assets_dir / "videos" / "vtest.avi", fps=5)
     rtsp.start()
-    fast_failure = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000,
-                    "health_check_failure_threshold": 4, "health_check_initial_delay_ms": 1000}
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "resources": {"head": 1}, "_system_config": fast_failure, "include_dashboard": False})
+    fast_failure = {
+        "health_check_period_ms": 500,
+        "health_check_timeout_ms": 1000,
+        "health_check_failure_threshold": 4,
+        "health_check_initial_delay_ms": 1000,
+    }
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 4,
+            "resources": {"head": 1},
+            "_system_config": fast_failure,
+            "include_dashboard": False,
+        },
+    )
     nodes = {name: cluster.add_node(num_cpus=1, resources={name: 1, "rtsp-host": 1}) for name in ("node-a", "node-b")}
     cluster.wait_for_nodes()
     port = free_port()
     video = str(assets_dir / "videos" / "vtest.avi")
     file_cam = {"source": video, "fps": 5, "detect": False}
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
-    args.update({
-        "redis_url": redis_srv.url,
-        "cameras": [
-            {"id": "door", "source": rtsp.url, "node_resource": "rtsp-host", "standby_replicas": 1,
-             "lease_ttl_s": LEASE_TTL_S, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0, "read_timeout_s": 3.0},
-            {"id": "cam-a", "node_resource": "node-a", **file_cam},
-            {"id": "cam-b", "node_resource": "node-b", **file_cam},
-        ],
-    })
+    args.update(
+        {
+            "redis_url": redis_srv.url,
+            "cameras": [
+                {
+                    "id": "door",
+                    "source": rtsp.url,
+                    "node_resource": "rtsp-host",
+                    "standby_replicas": 1,
+                    "lease_ttl_s": LEASE_TTL_S,
+                    "reconnect_min_s": 0.5,
+                    "reconnect_max_s": 2.0,
+                    "read_timeout_s": 3.0,
+                },
+                {"id": "cam-a", "node_resource": "node-a", **file_cam},
+                {"id": "cam-b", "node_resource": "node-b", **file_cam},
+            ],
+        }
+    )
     args["detector"].update({"num_cpus": 2})  # only the head (4 CPUs) fits it; the override pins it as well
     args["hls"].update({"width_px": 320, "height_px": 180})
     args["gateway"] = {"public_url": f"http://127.0.0.1:{port}", "stale_after_s": 3.0, "auth": {"mode": "none"}}
     on_head = {"num_cpus": 0.1, "resources": {"head": 0.01}}
     config = {
-        "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{
-            "name": "lookout", "route_prefix": "/", "import_path": "deployments.app:build_app", "args": args,
-            "deployments": [  # Serve's per-deployment overrides, by deployment name
-                {"name": "gateway", "ray_actor_options": on_head},
-                {"name": "detector", "ray_actor_options": {"num_cpus": 2, "resources": {"head": 0.01}}},
-                {"name": "encoder-door", "ray_actor_options": {"num_cpus": 0.1, "resources": {"rtsp-host": 0.01}}},
-            ],
-        }],
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "lookout",
+                "route_prefix": "/",
+                "import_path": "deployments.app:build_app",
+                "args": args,
+                "deployments": [  # Serve's per-deployment overrides, by deployment name
+                    {"name": "gateway", "ray_actor_options": on_head},
+                    {"name": "detector", "ray_actor_options": {"num_cpus": 2, "resources": {"head": 0.01}}},
+                    {"name": "encoder-door", "ray_actor_options": {"num_cpus": 0.1, "resources": {"rtsp-host": 0.01}}},
+                ],
+            }
+        ],
     }
     try:
         with serve_run(config, tmp, cluster.address, launch_env()) as run:
-            yield {"base": run.base, "cluster": cluster, "nodes": nodes, "redis": redis.Redis.from_url(redis_srv.url),
-                   "log": run.log_path}
+            yield {
+                "base": run.base,
+                "cluster": cluster,
+                "nodes": nodes,
+                "redis": redis.Redis.from_url(redis_srv.url),
+                "log": run.log_path,
+            }
     finally:
         cluster.shutdown()
         rtsp.cleanup()
@@ -88,8 +121,12 @@ def test_rtsp_camera_moves_to_the_other_node_and_pinned_camera_returns_with_its_
         return get_json(f"{base}/api/cameras/{cid}") or {}
 
     for cid in ("door", "cam-a", "cam-b"):
-        wait_until(lambda: cam(cid).get("state") == "running", 120, 0.5,
-                   f"{cid} running (log: {cluster_app['log'].read_text()[-3000:]})")
+        wait_until(
+            lambda: cam(cid).get("state") == "running",
+            120,
+            0.5,
+            f"{cid} running (log: {cluster_app['log'].read_text()[-3000:]})",
+        )
     wait_until(lambda: media_sequence(playlist(base, "door")) >= 2, 90, 0.5, "door segments")
     wait_until(lambda: get_json(f"{base}/api/cameras/door/detections/latest"), 60, 0.5, "door detections")
 
@@ -113,30 +150,45 @@ def test_rtsp_camera_moves_to_the_other_node_and_pinned_camera_returns_with_its_
         sample()
         holder_now = r.get(lease_key("door"))
         last = r.xrevrange(keys.frames("door"), count=1)
-        return (holder_now and holder_now.decode() != holder and last
-                and float(last[0][1][b"t"]) > time.time() - 1.0)
+        return holder_now and holder_now.decode() != holder and last and float(last[0][1][b"t"]) > time.time() - 1.0
 
     wait_until(door_resumed, TAKEOVER_BOUND_S, 0.1, f"door frames from the standby within {TAKEOVER_BOUND_S}s")
     takeover_s = time.monotonic() - killed
-    wait_until(lambda: (sample() or True) and media_sequence(playlist(base, "door")) >= segs_before + 3, 45, 0.5,
-               "new door segments after the takeover")
+    wait_until(
+        lambda: (sample() or True) and media_sequence(playlist(base, "door")) >= segs_before + 3,
+        45,
+        0.5,
+        "new door segments after the takeover",
+    )
     segments_s = time.monotonic() - killed
-    det = wait_until(lambda: (d := get_json(f"{base}/api/cameras/door/detections/latest"))
-                     and time.time() - d["captured_at"] < 5 and d, 30, 0.5, "fresh door detections")
+    det = wait_until(
+        lambda: (
+            (d := get_json(f"{base}/api/cameras/door/detections/latest")) and time.time() - d["captured_at"] < 5 and d
+        ),
+        30,
+        0.5,
+        "fresh door detections",
+    )
     detections_s = time.monotonic() - killed
     assert det["camera_id"] == "door" if "camera_id" in det else True
     wait_until(lambda: cam(pinned).get("state") == "failed", 30, 0.5, f"{pinned} failed while its node is gone")
     assert cam(survivor).get("state") == "running"
     text = playlist(base, "door")
-    print(f"\nkilled {victim_name}: door frames resumed after {takeover_s:.1f}s, 3 new segments after "
-          f"{segments_s:.1f}s, fresh detections after {detections_s:.1f}s; "
-          f"discontinuity in playlist: {'#EXT-X-DISCONTINUITY' in text}")
+    print(
+        f"\nkilled {victim_name}: door frames resumed after {takeover_s:.1f}s, 3 new segments after "
+        f"{segments_s:.1f}s, fresh detections after {detections_s:.1f}s; "
+        f"discontinuity in playlist: {'#EXT-X-DISCONTINUITY' in text}"
+    )
 
     # The node comes back: its pinned camera is placed there again by Serve and recovers.
     cluster_app["nodes"][victim_name] = cluster.add_node(num_cpus=1, resources={victim_name: 1, "rtsp-host": 1})
     back = time.monotonic()
-    wait_until(lambda: (sample() or True) and cam(pinned).get("state") == "running", 90, 0.5,
-               f"{pinned} running again after its node came back")
+    wait_until(
+        lambda: (sample() or True) and cam(pinned).get("state") == "running",
+        90,
+        0.5,
+        f"{pinned} running again after its node came back",
+    )
     print(f"{pinned} running again {time.monotonic() - back:.1f}s after {victim_name} rejoined")
 
     # Nothing ingested twice: in stream order seq strictly grows, and no seq appears twice.

@@ -3,6 +3,7 @@ one-by-one-person-detection.mp4 fires at the visit times of tests/test_zones_rul
 covers the pre-roll (read from the capture time burned into the frames), a real webhook receiver
 that fails at first gets each update once, history pages, rules change on the running app,
 POST /api/detect, SSE of event updates and per-camera auth. One app for the module."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,15 @@ VISITS = [(6.2, 19.6), (22.9, 44.6)]  # tests/test_zones_rules.py: (enter, leave
 TOLERANCE_S = 1.5  # the offline test allows 1.0 s with every frame detected; live, the detector may skip some
 PRE_S, POST_S = 3.0, 2.0
 FLOOR = {"name": "floor", "points_px": [[0, 250], [768, 250], [768, 432], [0, 432]]}
-SOMEONE = {"kind": "count_above", "id": "someone", "label": "person", "zone": "floor", "count": 0, "for_s": 2.0,
-           "end_after_s": 1.0}
+SOMEONE = {
+    "kind": "count_above",
+    "id": "someone",
+    "label": "person",
+    "zone": "floor",
+    "count": 0,
+    "for_s": 2.0,
+    "end_after_s": 1.0,
+}
 
 
 class Hooks:
@@ -68,8 +76,9 @@ def token_for(base, client) -> str:
     import base64
 
     basic = base64.b64encode(f"{client[0]}:{client[1]}".encode()).decode()
-    status, body = http(base + "/oauth/token", data=b"grant_type=client_credentials",
-                        headers={"Authorization": f"Basic {basic}"})
+    status, body = http(
+        base + "/oauth/token", data=b"grant_type=client_credentials", headers={"Authorization": f"Basic {basic}"}
+    )
     assert status == 200, body
     return json.loads(body)["access_token"]
 
@@ -101,8 +110,9 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     shipped = shipped_config(free_port())
     args = shipped["applications"][0]["args"]
     args["redis_url"] = redis.url
-    args["cameras"] = [{"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4"),
-                        "zones": [FLOOR]}]
+    args["cameras"] = [
+        {"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4"), "zones": [FLOOR]}
+    ]
     args["model"].update({"conf_threshold": 0.1, "classes": ["person"]})
     args["hls"]["timecode"] = True
     args["rules"] = [SOMEONE]
@@ -114,8 +124,9 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     row, secret = AuthStore(auth_db).add_client("e2e events", {"admin"})
     try:
         with ray_head(tmp / "ray.log", 8, env) as address, serve_run(shipped, tmp, address, env) as run:
-            yield App(run.base, run.log_path, tmp, token_for(run.base, (row.client_id, secret)), address, hooks,
-                      auth_db)
+            yield App(
+                run.base, run.log_path, tmp, token_for(run.base, (row.client_id, secret)), address, hooks, auth_db
+            )
     finally:
         hooks.server.shutdown()
         redis.stop()
@@ -133,8 +144,12 @@ def events_of(app, rule):
 
 
 def test_person_count_event_times_clip_webhook_and_history(app):
-    first = wait_until(lambda: next((e for e in events_of(app, "someone")[::-1] if e["clip_url"]), None), 150, 1,
-                       "the first event to end and get its clip")
+    first = wait_until(
+        lambda: next((e for e in events_of(app, "someone")[::-1] if e["clip_url"]), None),
+        150,
+        1,
+        "the first event to end and get its clip",
+    )
     start, end = video_time(app, first["start_s"]), video_time(app, first["end_s"])
     print("first visit, seconds into the video:", start, end)
     assert abs(start - VISITS[0][0]) <= TOLERANCE_S and abs(end - VISITS[0][1]) <= TOLERANCE_S, (start, end)
@@ -148,9 +163,24 @@ def test_person_count_event_times_clip_webhook_and_history(app):
     assert status == 200
     clip = app.tmp / "first.mp4"
     clip.write_bytes(data)
-    probe = json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=codec_name,nb_read_frames:format=duration",
-         "-of", "json", str(clip)], capture_output=True, text=True, check=True).stdout)
+    probe = json.loads(
+        subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-count_frames",
+                "-show_entries",
+                "stream=codec_name,nb_read_frames:format=duration",
+                "-of",
+                "json",
+                str(clip),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert probe["streams"][0]["codec_name"] == "h264"
     from hls import timecode
 
@@ -168,11 +198,18 @@ def test_person_count_event_times_clip_webhook_and_history(app):
     assert stamps[-1] >= first["end_s"] + POST_S - 0.3, (stamps[-1], first["end_s"])
 
     # the webhook failed once, yet got this event's start and end exactly once each
-    wait_until(lambda: sum(1 for _, b in app.hooks.accepted if b["event"]["event_id"] == first["id"]) >= 2, 30, 0.5,
-               "the webhook to get start and end")
+    wait_until(
+        lambda: sum(1 for _, b in app.hooks.accepted if b["event"]["event_id"] == first["id"]) >= 2,
+        30,
+        0.5,
+        "the webhook to get start and end",
+    )
     keys = [k for k, _ in app.hooks.accepted]
     assert len(keys) == len(set(keys)) and app.hooks.attempts > len(app.hooks.accepted)
-    assert sorted(b["event"]["kind"] for _, b in app.hooks.accepted if b["event"]["event_id"] == first["id"]) == ["end", "start"]
+    assert sorted(b["event"]["kind"] for _, b in app.hooks.accepted if b["event"]["event_id"] == first["id"]) == [
+        "end",
+        "start",
+    ]
 
     # history of the visit pages without gaps or duplicates, and carries track ids
     span = f"since_s={first['start_s'] - 3}&until_s={first['end_s'] + 1}&label=person"
@@ -192,8 +229,9 @@ def test_person_count_event_times_clip_webhook_and_history(app):
     assert counts and sum(c["new_objects"] for c in counts) >= 1
 
     # second visit
-    second = wait_until(lambda: next((e for e in events_of(app, "someone") if e["id"] != first["id"]), None), 60, 1,
-                        "the second event")
+    second = wait_until(
+        lambda: next((e for e in events_of(app, "someone") if e["id"] != first["id"]), None), 60, 1, "the second event"
+    )
     assert abs(video_time(app, second["start_s"]) - VISITS[1][0]) <= TOLERANCE_S
 
 
@@ -202,8 +240,9 @@ def test_rules_change_on_the_running_app_and_sse_reports_it(app):
     lines: list[str] = []
 
     def listen():
-        req = urllib.request.Request(app.base + "/api/events/stream?cameras=people",
-                                     headers={"Authorization": f"Bearer {app.tok}"})
+        req = urllib.request.Request(
+            app.base + "/api/events/stream?cameras=people", headers={"Authorization": f"Bearer {app.tok}"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=90) as r:
                 for raw in r:
@@ -216,11 +255,18 @@ def test_rules_change_on_the_running_app_and_sse_reports_it(app):
     threading.Thread(target=listen, daemon=True).start()
     wait_until(lambda: any(line.startswith("event: hello") for line in lines), 20, 0.2, "the SSE hello")
     anyone = {"kind": "count_above", "id": "anyone", "label": "person", "count": 0, "for_s": 0.0, "end_after_s": 1.0}
-    code = ("import json, sys, ray; from ray import serve; ray.init(address=sys.argv[1], logging_level='ERROR');"
-            "h = serve.get_deployment_handle('events', app_name='lookout');"
-            "h.reconfigure.remote(json.loads(sys.argv[2])).result(); print(json.dumps(h.rules.remote().result()))")
-    out = subprocess.run([sys.executable, "-c", code, app.ray_address, json.dumps({"rules": [SOMEONE, anyone]})],
-                         capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    code = (
+        "import json, sys, ray; from ray import serve; ray.init(address=sys.argv[1], logging_level='ERROR');"
+        "h = serve.get_deployment_handle('events', app_name='lookout');"
+        "h.reconfigure.remote(json.loads(sys.argv[2])).result(); print(json.dumps(h.rules.remote().result()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, app.ray_address, json.dumps({"rules": [SOMEONE, anyone]})],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert [r["id"] for r in json.loads(out.stdout.strip().splitlines()[-1])] == ["someone", "anyone"]
     ev = wait_until(lambda: next(iter(events_of(app, "anyone")), None), 60, 1, "an event of the new rule")
@@ -243,11 +289,19 @@ def test_detect_latest_export_and_auth(app, assets_dir):
     assert any(d["label"] == "person" and d["confidence"] > 0.5 for d in found["detections"])
     status, body = http(app.base + "/api/detect", app.tok, data=b"GIF89a....", headers={"Content-Type": "image/gif"})
     assert status == 415 and json.loads(body)["field"] == "Content-Type"
-    status, body = http(app.base + "/api/detect", app.tok, data=b"\xff\xd8\xffjunk", headers={"Content-Type": "image/jpeg"})
+    status, body = http(
+        app.base + "/api/detect", app.tok, data=b"\xff\xd8\xffjunk", headers={"Content-Type": "image/jpeg"}
+    )
     assert status == 400 and json.loads(body)["field"] == "body"
 
-    latest = wait_until(lambda: (lambda b: b.get("tracked") and b["detections"] and b)(
-        app.json("/api/cameras/people/detections/latest")), 30, 0.3, "tracked latest detections")
+    latest = wait_until(
+        lambda: (lambda b: b.get("tracked") and b["detections"] and b)(
+            app.json("/api/cameras/people/detections/latest")
+        ),
+        30,
+        0.3,
+        "tracked latest detections",
+    )
     assert all("tracker_id" in d for d in latest["detections"])
     status, img = app.get("/api/cameras/people/frame.jpg?annotated=true")
     assert status == 200 and cv2.imdecode(np.frombuffer(img, np.uint8), cv2.IMREAD_COLOR).shape[:2] == (432, 768)
@@ -257,17 +311,31 @@ def test_detect_latest_export_and_auth(app, assets_dir):
     assert status == 200, mp4[:300]
     out = app.tmp / "export.mp4"
     out.write_bytes(mp4)
-    dur = float(json.loads(subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json",
-                                           str(out)], capture_output=True, text=True, check=True).stdout)["format"]["duration"])
+    dur = float(
+        json.loads(
+            subprocess.run(
+                ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(out)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )["format"]["duration"]
+    )
     assert 3.5 <= dur <= 5.5, dur  # to the second: starts at the keyframe at or before since_s
 
     # a client for another camera sees nothing of this one
     row, secret = AuthStore(app.auth_db).add_client("other camera", {"camera:other:view", "detections:read"})
     other = token_for(app.base, (row.client_id, secret))
     ev = app.json("/api/events?camera_id=people&limit=1")["events"][0]
-    for path in ("/api/cameras/people/history?since_s=0&until_s=1", "/api/cameras/people/counts?since_s=0&until_s=1",
-                 f"/api/events/{ev['id']}", f"/api/events/{ev['id']}/clip.mp4", f"/api/events/{ev['id']}/snapshot.jpg",
-                 "/api/cameras/people/frame.jpg", "/api/events?camera_id=people"):
+    for path in (
+        "/api/cameras/people/history?since_s=0&until_s=1",
+        "/api/cameras/people/counts?since_s=0&until_s=1",
+        f"/api/events/{ev['id']}",
+        f"/api/events/{ev['id']}/clip.mp4",
+        f"/api/events/{ev['id']}/snapshot.jpg",
+        "/api/cameras/people/frame.jpg",
+        "/api/events?camera_id=people",
+    ):
         assert app.get(path, token=other)[0] == 403, path
     assert app.json("/api/events", token=other)["events"] == []
     assert app.get("/api/events/stream?cameras=people", token=other)[0] == 403

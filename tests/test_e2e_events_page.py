@@ -3,6 +3,7 @@ rule on one-by-one-person-detection.mp4 (as in tests/test_e2e_events.py) makes a
 page, in real headless Chromium, lists with its snapshot loaded and a clip that plays in place and
 is the same playable MP4 as the API's; a real mosquitto broker gets the event's start and end as
 JSON on the configured topic, read by a real paho-mqtt subscriber. One app for the module."""
+
 from __future__ import annotations
 
 import base64
@@ -20,12 +21,22 @@ from conftest import ROOT, free_port, wait_port
 from rtsp_fixtures import wait_until
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed"),
-              pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed"),
+    pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)"),
+]
 FLOOR = {"name": "floor", "points_px": [[0, 250], [768, 250], [768, 432], [0, 432]]}
-SOMEONE = {"kind": "count_above", "id": "someone", "label": "person", "zone": "floor", "count": 0, "for_s": 2.0,
-           "end_after_s": 1.0}
+SOMEONE = {
+    "kind": "count_above",
+    "id": "someone",
+    "label": "person",
+    "zone": "floor",
+    "count": 0,
+    "for_s": 2.0,
+    "end_after_s": 1.0,
+}
 TOPIC = "e2e/lookout"
 PRE_S, POST_S = 2.0, 1.0
 
@@ -39,8 +50,7 @@ class Broker:
         self.port = free_port()
         conf = tmp / "mosquitto.conf"
         conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.messages: list[tuple[str, dict]] = []
         subscribed = threading.Event()
         self.sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
@@ -71,21 +81,30 @@ def broker(tmp_path_factory):
 def app(tmp_path_factory, yolo_tiny_onnx, assets_dir, broker):
     tmp = tmp_path_factory.mktemp("events-page")
     model = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]["model"]
-    cameras = [{"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4"),
-                "zones": [FLOOR]}]
-    with serve_app(tmp, cameras, {"width_px": 384, "height_px": 216}, ray_cpus=6,
-                   model={**model, "conf_threshold": 0.1, "classes": ["person"]}, rules=[SOMEONE],
-                   clips={"pre_s": PRE_S, "post_s": POST_S},
-                   events={"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": TOPIC}}) as the_app:
+    cameras = [
+        {"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4"), "zones": [FLOOR]}
+    ]
+    with serve_app(
+        tmp,
+        cameras,
+        {"width_px": 384, "height_px": 216},
+        ray_cpus=6,
+        model={**model, "conf_threshold": 0.1, "classes": ["person"]},
+        rules=[SOMEONE],
+        clips={"pre_s": PRE_S, "post_s": POST_S},
+        events={"mqtt": {"host": "127.0.0.1", "port": broker.port, "topic_prefix": TOPIC}},
+    ) as the_app:
         the_app.tmp = tmp
         yield the_app
 
 
 def first_event(app) -> dict:
     """The first event of the rule, once it has ended and has its clip."""
+
     def ready():
         events = (app.json("/api/events?camera_id=people&limit=100") or {"events": []})["events"]
         return next((e for e in events[::-1] if e["rule_id"] == "someone" and e["clip_url"]), None)
+
     return wait_until(ready, 240, 1, "the first event to end and get its clip")
 
 
@@ -101,10 +120,24 @@ def page(app, tmp_path_factory):
 
 
 def ffprobe(path) -> dict:
-    return json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_entries",
-         "stream=codec_name,width,height,nb_read_frames:format=duration", "-of", "json", str(path)],
-        capture_output=True, text=True, check=True).stdout)
+    return json.loads(
+        subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-count_frames",
+                "-show_entries",
+                "stream=codec_name,width,height,nb_read_frames:format=duration",
+                "-of",
+                "json",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
 
 
 FETCH = """
@@ -122,8 +155,12 @@ def test_page_lists_the_event_with_its_snapshot_and_a_clip_that_plays(app, page)
     li = f'#events li[data-id="{ev["id"]}"]'
     js = lambda code: page.execute_script(code, li)  # noqa: E731
     try:
-        wait_until(lambda: js("return !!document.querySelector(arguments[0] + ' a.clip')"), 60, 0.5,
-                   f"the page to list event {ev['id']} with its clip link")
+        wait_until(
+            lambda: js("return !!document.querySelector(arguments[0] + ' a.clip')"),
+            60,
+            0.5,
+            f"the page to list event {ev['id']} with its clip link",
+        )
     except AssertionError:
         raise AssertionError(f"not listed: {js('return document.getElementById(`events`).innerHTML')}") from None
     text = js("return document.querySelector(arguments[0]).textContent")
@@ -131,8 +168,12 @@ def test_page_lists_the_event_with_its_snapshot_and_a_clip_that_plays(app, page)
 
     # the snapshot is shown: loaded and decoded by the browser
     js("document.querySelector(arguments[0]).scrollIntoView()")
-    wait_until(lambda: js("const i = document.querySelector(arguments[0] + ' img'); return i.complete && i.naturalWidth > 0"),
-               30, 0.3, "the snapshot image to load")
+    wait_until(
+        lambda: js("const i = document.querySelector(arguments[0] + ' img'); return i.complete && i.naturalWidth > 0"),
+        30,
+        0.3,
+        "the snapshot image to load",
+    )
     size = js("const i = document.querySelector(arguments[0] + ' img'); return [i.naturalWidth, i.naturalHeight]")
     assert size == [768, 432], size  # the annotated source frame
 
@@ -155,8 +196,12 @@ def test_page_lists_the_event_with_its_snapshot_and_a_clip_that_plays(app, page)
     # clicking the snapshot plays the clip in its place, and a refresh of the list leaves it playing
     js("document.querySelector(arguments[0] + ' img').click()")
     player = "const v = document.querySelector(arguments[0] + ' video.clip-player'); "
-    state = lambda: js(player + "return v && {t: v.currentTime, ready: v.readyState, w: v.videoWidth, "  # noqa: E731
-                       "err: v.error && v.error.code, src: v.currentSrc}")
+    state = (
+        lambda: js(
+            player + "return v && {t: v.currentTime, ready: v.readyState, w: v.videoWidth, "  # noqa: E731
+            "err: v.error && v.error.code, src: v.currentSrc}"
+        )
+    )
     wait_until(lambda: (s := state()) and s["t"] > 1.0, 60, 0.3, f"the clip to play in the page ({state()})")
     s = state()
     assert s["err"] is None and s["w"] == 384 and s["src"].endswith(ev["clip_url"]), s
@@ -168,8 +213,14 @@ def test_event_text_and_clip_link_are_readable(app, page):
     """WCAG AA (4.5:1) for the text of the event list, its "clip" links included (they were the
     browser's default dark blue on the page's near-black), from the computed styles."""
     ev = first_event(app)
-    wait_until(lambda: page.execute_script("return !!document.querySelector(arguments[0])",
-                                           f'#events li[data-id="{ev["id"]}"] a.clip'), 60, 0.5, "the clip link")
+    wait_until(
+        lambda: page.execute_script(
+            "return !!document.querySelector(arguments[0])", f'#events li[data-id="{ev["id"]}"] a.clip'
+        ),
+        60,
+        0.5,
+        "the clip link",
+    )
     checked = text_contrast(page, "#events")
     links = [c for c in checked if c["tag"] == "a" and c["cls"] == "clip"]
     assert links and any(c["tag"] == "h2" for c in checked), checked
@@ -180,8 +231,12 @@ def test_event_text_and_clip_link_are_readable(app, page):
 def test_mqtt_subscriber_gets_the_start_and_end_of_the_event(app, broker):
     ev = first_event(app)
     mine = lambda: [(t, m) for t, m in broker.messages if m["event"]["event_id"] == ev["id"]]  # noqa: E731
-    wait_until(lambda: {m["event"]["kind"] for _, m in mine()} >= {"start", "end"}, 60, 0.5,
-               f"the start and end of {ev['id']} over MQTT (got {broker.messages[:4]})")
+    wait_until(
+        lambda: {m["event"]["kind"] for _, m in mine()} >= {"start", "end"},
+        60,
+        0.5,
+        f"the start and end of {ev['id']} over MQTT (got {broker.messages[:4]})",
+    )
     by_kind = {m["event"]["kind"]: (t, m) for t, m in mine()}
     assert set(by_kind) == {"start", "end"}  # the default kinds: no updates
     for kind, (topic, msg) in by_kind.items():

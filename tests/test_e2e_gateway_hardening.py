@@ -2,6 +2,7 @@
 requests from one low-privilege client while a second one keeps its stream and gets every HLS
 segment; image bombs with /healthz answering during the upload; bad time parameters and
 Last-Event-ID; a client leaving an SSE stream; the annotated frame. One app for the module."""
+
 from __future__ import annotations
 
 import json
@@ -35,15 +36,17 @@ class Caller:
 
         row, secret = AuthStore(auth_db).add_client(name, scopes)
         basic = base64.b64encode(f"{row.client_id}:{secret}".encode()).decode()
-        status, body = http(base + "/oauth/token", data=b"grant_type=client_credentials",
-                            headers={"Authorization": f"Basic {basic}"})
+        status, body = http(
+            base + "/oauth/token", data=b"grant_type=client_credentials", headers={"Authorization": f"Basic {basic}"}
+        )
         assert status == 200, body
         self.base, self.token = base, json.loads(body)["access_token"]
 
     def request(self, path: str, data: bytes | None = None, headers: dict | None = None, timeout_s: float = 30.0):
         """(status, headers, body) of one request."""
-        req = urllib.request.Request(self.base + path, data=data,
-                                     headers={"Authorization": f"Bearer {self.token}", **(headers or {})})
+        req = urllib.request.Request(
+            self.base + path, data=data, headers={"Authorization": f"Bearer {self.token}", **(headers or {})}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as r:
                 return r.status, r.headers, r.read()
@@ -54,8 +57,10 @@ class Caller:
 
     def open_stream(self, path: str, headers: dict | None = None):
         """The open response of an SSE stream, or the HTTPError answering it."""
-        req = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {self.token}",
-                                                                "Accept": "text/event-stream", **(headers or {})})
+        req = urllib.request.Request(
+            self.base + path,
+            headers={"Authorization": f"Bearer {self.token}", "Accept": "text/event-stream", **(headers or {})},
+        )
         try:
             return urllib.request.urlopen(req, timeout=30)
         except urllib.error.HTTPError as e:
@@ -69,8 +74,12 @@ def app(tmp_path_factory, assets_dir):
     # a busy box starts Ray's dashboard agent slowly; the raylet's default wait for it is short
     with serve_app(tmp, cameras, ray_cpus=6, env_extra={"RAY_raylet_start_wait_time_s": "120"}) as running:
         running.auth_db = tmp / "auth.sqlite3"
-        wait_until(lambda: (running.json("/api/cameras/demo/detections/latest") or {}).get("seq") is not None,
-                   240, 1, "the first detections of camera demo")
+        wait_until(
+            lambda: (running.json("/api/cameras/demo/detections/latest") or {}).get("seq") is not None,
+            240,
+            1,
+            "the first detections of camera demo",
+        )
         yield running
 
 
@@ -135,8 +144,7 @@ def test_one_callers_flood_is_bounded_and_others_keep_streams_and_segments(app):
         codes = [r.status if not isinstance(r, urllib.error.HTTPError) else r.code for r in flood]
         assert codes.count(200) <= PER_CALLER, f"one caller holds {codes.count(200)} streams"
         refused = [r for r in flood if isinstance(r, urllib.error.HTTPError)]
-        assert refused and all(r.code == 429 and int(r.headers["Retry-After"]) > 0 for r in refused), \
-            sorted(set(codes))
+        assert refused and all(r.code == 429 and int(r.headers["Retry-After"]) > 0 for r in refused), sorted(set(codes))
         assert "max_streams_per_caller" in json.loads(refused[0].read())["detail"]
         # The other user opens a new stream while the flooder holds its own, and the burst of short
         # requests from the flooder is answered 200 or 429/503 with Retry-After, never 500.
@@ -144,11 +152,13 @@ def test_one_callers_flood_is_bounded_and_others_keep_streams_and_segments(app):
         assert second.status == 200, second
         second.close()
         with ThreadPoolExecutor(100) as pool:
-            burst = list(pool.map(lambda i: flooder.request("/api/cameras/demo/detections/latest", timeout_s=60),
-                                  range(400)))
+            burst = list(
+                pool.map(lambda i: flooder.request("/api/cameras/demo/detections/latest", timeout_s=60), range(400))
+            )
         statuses = [s for s, _, _ in burst]
-        assert all(s == 200 or (s in (429, 503) and h.get("Retry-After")) for s, h, _ in burst), \
-            {s: statuses.count(s) for s in set(statuses)}
+        assert all(s == 200 or (s in (429, 503) and h.get("Retry-After")) for s, h, _ in burst), {
+            s: statuses.count(s) for s in set(statuses)
+        }
         time.sleep(6)  # past an XREAD block and a keep-alive of the kept stream
     finally:
         for r in flood:
@@ -165,11 +175,17 @@ def test_one_callers_flood_is_bounded_and_others_keep_streams_and_segments(app):
 
 def png(width: int, height: int, rows: bytes | None) -> bytes:
     """A grayscale PNG declaring width x height; `rows` None: an IDAT of one empty row only (a lie)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows if rows is not None else
-                                                              zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", rows if rows is not None else zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 def zeros_png(side: int) -> bytes:
@@ -187,8 +203,9 @@ def test_image_bombs_are_refused_from_the_header_while_healthz_answers(app, kind
 
     def upload():
         t0 = time.monotonic()
-        answer["status"], _, answer["body"] = caller.request("/api/detect", data=body,
-                                                             headers={"Content-Type": "image/png"}, timeout_s=120)
+        answer["status"], _, answer["body"] = caller.request(
+            "/api/detect", data=body, headers={"Content-Type": "image/png"}, timeout_s=120
+        )
         answer["took_s"] = time.monotonic() - t0
 
     up = threading.Thread(target=upload)
@@ -208,15 +225,18 @@ def test_image_bombs_are_refused_from_the_header_while_healthz_answers(app, kind
     assert all(s == 200 and took < 6 for s, took in health), health
 
 
-@pytest.mark.parametrize("path,field", [
-    ("/api/cameras/demo/history?since_s=0&until_s=inf", "until_s"),
-    ("/api/cameras/demo/history?since_s=0&until_s=1e308", "until_s"),
-    ("/api/cameras/demo/history?since_s=nan&until_s=5", "since_s"),
-    ("/api/cameras/demo/counts?since_s=0&until_s=1e308&interval=hour", "until_s"),
-    ("/api/cameras/demo/export.mp4?since_s=1e308&until_s=inf", "since_s"),
-    ("/api/events?since_s=inf", "since_s"),
-    ("/api/events?until_s=1e308", "until_s"),
-])
+@pytest.mark.parametrize(
+    "path,field",
+    [
+        ("/api/cameras/demo/history?since_s=0&until_s=inf", "until_s"),
+        ("/api/cameras/demo/history?since_s=0&until_s=1e308", "until_s"),
+        ("/api/cameras/demo/history?since_s=nan&until_s=5", "since_s"),
+        ("/api/cameras/demo/counts?since_s=0&until_s=1e308&interval=hour", "until_s"),
+        ("/api/cameras/demo/export.mp4?since_s=1e308&until_s=inf", "since_s"),
+        ("/api/events?since_s=inf", "since_s"),
+        ("/api/events?until_s=1e308", "until_s"),
+    ],
+)
 def test_unbounded_time_parameters_are_422_naming_the_field(app, path, field):
     status, body = app.get(path)
     assert status == 422, (status, body[:300])

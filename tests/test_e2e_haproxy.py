@@ -5,6 +5,7 @@ forwards straight to the gateway replica instead of through Serve's Python proxy
 viewer, the web page and an API client do must work through it: tokens, the API, signed HLS,
 server-sent events (a response that never ends), and 401 for a bad token.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,12 @@ def test_requests_go_through_haproxy(app):
 
 
 def test_api_signed_hls_and_bad_token_through_haproxy(app, tmp_path):
-    wait_until(lambda: [c["state"] for c in (app.json("/api/cameras") or {}).get("cameras", [])] == ["running"], 120, 1,
-               "the camera running")
+    wait_until(
+        lambda: [c["state"] for c in (app.json("/api/cameras") or {}).get("cameras", [])] == ["running"],
+        120,
+        1,
+        "the camera running",
+    )
     status, body = http(app.base + "/api/cameras", token="not-a-token")
     assert status == 401 and json.loads(body)["error"]
     signed = urlsplit(app.json("/api/cameras/people/hls-link")["url"])  # on public_url, the config's port
@@ -78,17 +83,37 @@ def test_api_signed_hls_and_bad_token_through_haproxy(app, tmp_path):
         data = head + data
     seg = tmp_path / "seg.mp4"
     seg.write_bytes(data)
-    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=codec_name",
-                            "-of", "json", str(seg)], capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "json",
+            str(seg),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(probe.stdout)["streams"][0]["codec_name"] == "h264"
-    people = lambda: [d for d in ((app.json("/api/cameras/people/detections/latest") or {}).get("detections") or [])
-                      if d["label"] == "person"]
+    people = lambda: [
+        d
+        for d in ((app.json("/api/cameras/people/detections/latest") or {}).get("detections") or [])
+        if d["label"] == "person"
+    ]
     wait_until(people, 120, 1, "people detected")
 
 
 def test_server_sent_events_stream_through_haproxy(app):
-    req = urllib.request.Request(app.base + "/api/detections/stream",
-                                 headers={"Authorization": f"Bearer {app.token()}", "Accept": "text/event-stream"})
+    req = urllib.request.Request(
+        app.base + "/api/detections/stream",
+        headers={"Authorization": f"Bearer {app.token()}", "Accept": "text/event-stream"},
+    )
     t0 = time.monotonic()
     with urllib.request.urlopen(req, timeout=30) as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")

@@ -6,6 +6,7 @@ One app for the module: `calm` (a file camera with detection and a rule that fir
 or ERROR and no traceback; event updates do not log the track list; the deleted file shows as `failed`
 with its error in /api/cameras and is logged once, however often it is retried.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 # Ray's own reports of a starved machine (replicas slow to schedule, many workers starting): true on a
 # loaded 2-core CI box, and not Lookout's or Serve's request path. Everything else counts.
-RAY_LOAD_NOTES = re.compile(r"taken more than \d+s to (be scheduled|initialize)|PYTHON worker processes have been "
-                            r"started|The node with node id .* has been marked dead")
+RAY_LOAD_NOTES = re.compile(
+    r"taken more than \d+s to (be scheduled|initialize)|PYTHON worker processes have been "
+    r"started|The node with node id .* has been marked dead"
+)
 LOUD = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback \(most recent call last\)")
 
 
@@ -34,8 +37,14 @@ def logs_app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     shutil.copy(assets_dir / "videos" / "Megamind.avi", clip)  # 270 frames: ~9 s a pass at 30 fps
     cameras = [
         {"id": "calm", "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 5},
-        {"id": "gone", "source": str(clip), "fps": 30, "detect": False, "reconnect_max_s": 1.0,
-         "failed_retry_max_s": 4.0},
+        {
+            "id": "gone",
+            "source": str(clip),
+            "fps": 30,
+            "detect": False,
+            "reconnect_max_s": 1.0,
+            "failed_retry_max_s": 4.0,
+        },
     ]
     rules = [{"kind": "count_above", "id": "people", "label": "person", "count": 0, "end_after_s": 2}]
     with contextlib.ExitStack() as stack:
@@ -65,7 +74,7 @@ def test_deleted_file_is_failed_with_its_error_and_logged_once(logs_app):
 
     cam = wait_until(failed_and_retried, 120, 0.5, "camera gone failed and retried 3 times")
     assert cam["last_error"] == f"camera gone: video file {app.clip} does not exist", cam
-    after = seen[seen.index("failed"):]
+    after = seen[seen.index("failed") :]
     assert set(after) == {"failed"}, seen  # stays failed between the retries
     gone = [line for line in app.log_path.read_text(errors="replace").splitlines() if "camera gone" in line]
     loud = loud_lines("\n".join(gone))
@@ -74,8 +83,12 @@ def test_deleted_file_is_failed_with_its_error_and_logged_once(logs_app):
 
 def test_event_updates_do_not_log_the_track_list(logs_app):
     app = logs_app
-    wait_until(lambda: "camera calm: event " in app.log_path.read_text(errors="replace"), 300, 1,
-               f"an event of camera calm in the log:\n{app.log_tail()}")
+    wait_until(
+        lambda: "camera calm: event " in app.log_path.read_text(errors="replace"),
+        300,
+        1,
+        f"an event of camera calm in the log:\n{app.log_tail()}",
+    )
     lines = [line for line in app.log_path.read_text(errors="replace").splitlines() if "camera calm: event " in line]
     assert not [line for line in lines if re.search(r"tracks? \[", line)], lines
     assert not [line for line in lines if " update " in line], lines  # updates at DEBUG only

@@ -7,6 +7,7 @@ recording has a problem. Once the filler lets go, recording resumes by itself (a
 segment in the recordings API) and the problem clears. Retention's free-space floor is off here
 (`min_free_gb: 0`): this is the write path failing, not retention deleting.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -33,10 +34,24 @@ def app(tmp_path_factory, yolo_tiny_onnx):
     rtsp = RtspTestServer(free_port(), name="door", fps=10)
     try:
         rtsp.start()
-        cameras = [{"id": "door", "source": rtsp.url, "detect_fps": 2.0, "reconnect_min_s": 0.5,
-                    "reconnect_max_s": 2.0, "read_timeout_s": 3.0, "open_timeout_s": 5.0}]
-        record = {"enabled": True, "segment_s": 2, "dir": str(rec), "min_free_gb": 0,
-                  "index_path": str(tmp / "index.sqlite")}
+        cameras = [
+            {
+                "id": "door",
+                "source": rtsp.url,
+                "detect_fps": 2.0,
+                "reconnect_min_s": 0.5,
+                "reconnect_max_s": 2.0,
+                "read_timeout_s": 3.0,
+                "open_timeout_s": 5.0,
+            }
+        ]
+        record = {
+            "enabled": True,
+            "segment_s": 2,
+            "dir": str(rec),
+            "min_free_gb": 0,
+            "index_path": str(tmp / "index.sqlite"),
+        }
         with serve_app(tmp, cameras, record=record) as running:
             running.rec = rec
             yield running
@@ -67,14 +82,22 @@ def recorded_until(app) -> float:
 
 
 def test_a_full_recordings_disk_stops_only_recording(app):
-    wait_until(lambda: recorded_until(app) > 0 and media_sequence(app) is not None and latest_capture(app) > 0,
-               180, 1.0, f"recording, live HLS and detections (log:\n{app.log_tail()})")
+    wait_until(
+        lambda: recorded_until(app) > 0 and media_sequence(app) is not None and latest_capture(app) > 0,
+        180,
+        1.0,
+        f"recording, live HLS and detections (log:\n{app.log_tail()})",
+    )
     filler = F.DiskFiller(app.rec)
     try:
         filled_at = time.time()
         seq0, det0 = media_sequence(app), latest_capture(app)
-        camera = wait_until(lambda: (c := app.json("/api/cameras/door")) and (c.get("recording") or {}).get("problem")
-                            and c, 60, 1.0, "recording's problem shown")
+        camera = wait_until(
+            lambda: (c := app.json("/api/cameras/door")) and (c.get("recording") or {}).get("problem") and c,
+            60,
+            1.0,
+            "recording's problem shown",
+        )
         assert "failing" in camera["recording"]["problem"], camera["recording"]
         time.sleep(max(0.0, FULL_S - (time.time() - filled_at)))
         # live video and detection went on all along
@@ -83,7 +106,15 @@ def test_a_full_recordings_disk_stops_only_recording(app):
     finally:
         filler.heal()
     healed_at = time.time()
-    wait_until(lambda: recorded_until(app) > healed_at + 2, 60, 1.0, f"a segment recorded after the disk had room "
-                                                                     f"again (log:\n{app.log_tail()})")
-    wait_until(lambda: not ((app.json("/api/cameras/door") or {}).get("recording") or {}).get("problem"), 60, 1.0,
-               "recording's problem cleared")
+    wait_until(
+        lambda: recorded_until(app) > healed_at + 2,
+        60,
+        1.0,
+        f"a segment recorded after the disk had room again (log:\n{app.log_tail()})",
+    )
+    wait_until(
+        lambda: not ((app.json("/api/cameras/door") or {}).get("recording") or {}).get("problem"),
+        60,
+        1.0,
+        "recording's problem cleared",
+    )

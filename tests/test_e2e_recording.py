@@ -10,6 +10,7 @@ and shows that frame (the ball where it was then); the export of that range is H
 length whose frame at that capture time is that frame too; a viewer of another camera gets 403.
 All of it twice: segments on local disk, and in S3 (a real SeaweedFS server, `record.store: s3`).
 """
+
 from __future__ import annotations
 
 import base64
@@ -51,16 +52,30 @@ def app(request, tmp_path_factory, yolo_tiny_onnx):
     tmp = tmp_path_factory.mktemp(f"e2e-rec-{request.param}")
     rtsp = RtspTestServer(free_port(), name="door", fps=FPS)  # the moving ball
     rtsp.start()
-    cameras = [{"id": "door", "source": rtsp.url, "detect_fps": 2.0, "reconnect_min_s": 0.5,
-                "reconnect_max_s": 2.0, "read_timeout_s": 3.0, "open_timeout_s": 5.0}]
+    cameras = [
+        {
+            "id": "door",
+            "source": rtsp.url,
+            "detect_fps": 2.0,
+            "reconnect_min_s": 0.5,
+            "reconnect_max_s": 2.0,
+            "read_timeout_s": 3.0,
+            "open_timeout_s": 5.0,
+        }
+    ]
     record = {"enabled": True, "segment_s": 2, "dir": str(tmp / "recordings")}
     s3 = None
     if request.param == "s3":
         s3 = request.getfixturevalue("seaweedfs")
         bucket = f"e2e-rec-{int(time.time())}"
-        record = {"enabled": True, "segment_s": 2, "store": "s3", "index_path": str(tmp / "index.sqlite"),
-                  "s3": s3.s3_config(bucket).model_dump(mode="json") | {
-                      "secret_access_key": s3.s3_config(bucket).secret_access_key.get_secret_value()}}
+        record = {
+            "enabled": True,
+            "segment_s": 2,
+            "store": "s3",
+            "index_path": str(tmp / "index.sqlite"),
+            "s3": s3.s3_config(bucket).model_dump(mode="json")
+            | {"secret_access_key": s3.s3_config(bucket).secret_access_key.get_secret_value()},
+        }
     try:
         with serve_app(tmp, cameras, record=record) as running:
             running.tmp = tmp
@@ -93,6 +108,7 @@ def keep_bus_frame(app) -> None:
 @pytest.fixture(scope="module")
 def window(app):
     """A past WINDOW_S of recording with a bus frame inside it: (since_s, until_s, (captured_at, ball))."""
+
     def ready():
         keep_bus_frame(app)
         body = app.json(f"/api/cameras/door/recordings?since_s={time.time() - 600:.3f}")
@@ -102,6 +118,7 @@ def window(app):
         since = spans[-1]["start_s"] + SETTLED_S
         inside = [f for f in app.frames if since + 3 < f[0] < since + WINDOW_S - 3]
         return (since, since + WINDOW_S, inside[len(inside) // 2]) if inside else None
+
     return wait_until(ready, 240, 1.0, f"{WINDOW_S + SETTLED_S + 4:.0f}s recorded (log:\n{app.log_tail()})")
 
 
@@ -162,8 +179,9 @@ def test_the_vod_playlist_plays_in_chromium_and_shows_the_frame_captured_then(ap
     try:
         log_in(driver, app.base, app.admin_password)
         driver.set_script_timeout(60)
-        got = driver.execute_async_script(PLAY_JS, f"/api/cameras/door/vod.m3u8?since_s={since}&until_s={until}",
-                                          captured)
+        got = driver.execute_async_script(
+            PLAY_JS, f"/api/cameras/door/vod.m3u8?since_s={since}&until_s={until}", captured
+        )
     finally:
         driver.quit()
     assert "error" not in got, got
@@ -173,8 +191,10 @@ def test_the_vod_playlist_plays_in_chromium_and_shows_the_frame_captured_then(ap
     (tmp_path / "shown.png").write_bytes(png)
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
     shown = ball(image)
-    assert image.shape[:2] == (240, 320) and shown is not None, ({k: v for k, v in got.items() if k != "png"},
-                                                                  float(image.mean()))
+    assert image.shape[:2] == (240, 320) and shown is not None, (
+        {k: v for k, v in got.items() if k != "png"},
+        float(image.mean()),
+    )
     assert abs(shown[0] - where[0]) < TOLERANCE and abs(shown[1] - where[1]) < TOLERANCE, (shown, where)
     # The check can tell frames apart: the ball was elsewhere half a second before or after.
     others = [w for c, w in app.frames if 0.5 <= abs(c - captured) <= 3]
@@ -187,26 +207,57 @@ def test_the_export_of_the_range_is_its_own_video(app, window, tmp_path):
     start = float(headers["X-Clip-Start"])
     (tmp_path / "clip.mp4").write_bytes(body)
     assert since - 1.0 - 1e-3 <= start <= since  # the keyframe at or before since_s: a GOP early at most
-    probe = json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_name", "-of", "json",
-         str(tmp_path / "clip.mp4")], capture_output=True, text=True, check=True).stdout)
+    probe = json.loads(
+        subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration:stream=codec_name",
+                "-of",
+                "json",
+                str(tmp_path / "clip.mp4"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     assert probe["streams"][0]["codec_name"] == "h264"
     assert float(probe["format"]["duration"]) == pytest.approx(until - start, abs=1.5 / FPS)
     # The clip's frame at the kept frame's capture time is that frame.
-    frame = subprocess.run(["ffmpeg", "-v", "error", "-ss", f"{captured - start + 0.02:.3f}", "-i",
-                            str(tmp_path / "clip.mp4"), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "gray", "-"],
-                           capture_output=True, check=True).stdout
+    frame = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-ss",
+            f"{captured - start + 0.02:.3f}",
+            "-i",
+            str(tmp_path / "clip.mp4"),
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "gray",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
     shown = ball(np.frombuffer(frame, np.uint8).reshape(240, 320))
     assert shown is not None and abs(shown[0] - where[0]) < TOLERANCE and abs(shown[1] - where[1]) < TOLERANCE
 
 
 def test_a_viewer_of_another_camera_gets_403_on_all_of_it(app, window):
     since, until, _ = window
-    row, secret = AuthStore(app.tmp / "auth.sqlite3").add_client("yard viewer", {"camera:yard:view",
-                                                                                  "detections:read"})
+    row, secret = AuthStore(app.tmp / "auth.sqlite3").add_client("yard viewer", {"camera:yard:view", "detections:read"})
     basic = base64.b64encode(f"{row.client_id}:{secret}".encode()).decode()
-    status, body = http(app.base + "/oauth/token", data=b"grant_type=client_credentials",
-                        headers={"Authorization": f"Basic {basic}"})
+    status, body = http(
+        app.base + "/oauth/token", data=b"grant_type=client_credentials", headers={"Authorization": f"Basic {basic}"}
+    )
     assert status == 200, body
     token = json.loads(body)["access_token"]
     rng = f"since_s={since}&until_s={until}"

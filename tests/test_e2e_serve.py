@@ -3,6 +3,7 @@
 One app runs for the whole module: a file camera (people walking in) and an RTSP camera whose
 server is not up at first, later stops and comes back.
 """
+
 from __future__ import annotations
 
 import base64
@@ -83,8 +84,14 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     rtsp = RtspTestServer(free_port(), name="door", file=assets_dir / "videos" / "vtest.avi")
     cameras = [
         {"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4")},
-        {"id": "door", "source": rtsp.url, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0,
-         "read_timeout_s": 3.0, "open_timeout_s": 5.0},
+        {
+            "id": "door",
+            "source": rtsp.url,
+            "reconnect_min_s": 0.5,
+            "reconnect_max_s": 2.0,
+            "read_timeout_s": 3.0,
+            "open_timeout_s": 5.0,
+        },
     ]
     try:
         # Its own Ray head (serve_app): a plain `serve run` would join any Ray cluster left on the machine.
@@ -103,15 +110,34 @@ def playlist_segments(app: App, cid: str) -> list[str]:
 
 
 def test_hls_stream_is_h264_at_the_configured_size(app, tmp_path):
-    segs = wait_until(lambda: len(playlist_segments(app, "people")) >= 3 and playlist_segments(app, "people"),
-                      180, 1, f"3 HLS segments (log:\n{app.log_tail()})")
+    segs = wait_until(
+        lambda: len(playlist_segments(app, "people")) >= 3 and playlist_segments(app, "people"),
+        180,
+        1,
+        f"3 HLS segments (log:\n{app.log_tail()})",
+    )
     status, data = app.get(f"/hls/people/{segs[-1].split('?')[0]}")
     assert status == 200 and len(data) > 1000
     seg = tmp_path / "seg.ts"
     seg.write_bytes(data)
-    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-                            "stream=codec_name,width,height,nb_read_frames", "-of", "json", str(seg)],
-                           capture_output=True, text=True, check=True)
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_frames",
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "json",
+            str(seg),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stream = json.loads(probe.stdout)["streams"][0]
     assert (stream["codec_name"], stream["width"], stream["height"]) == ("h264", OUT_W, OUT_H)
     assert int(stream["nb_read_frames"]) >= 5
@@ -124,6 +150,7 @@ def test_detections_api_returns_people(app):
             return None
         found = [d for d in body["detections"] if d["label"] == "person" and d["confidence"] > 0.5]
         return found and body
+
     body = wait_until(people, 120, 0.5, "a person in the latest detections")
     det = next(d for d in body["detections"] if d["label"] == "person")
     x1, y1, x2, y2 = det["box"]
@@ -166,21 +193,32 @@ def test_code_pkce_refresh_and_revoke_over_real_http(app):
         assert login_form(browser, "admin", app.admin_password).status_code == 303
         verifier, challenge = pkce()
         code = authorize_code(browser, row.client_id, redirect, challenge)
-    token = httpx.post(f"{app.base}/oauth/token", data={
-        "grant_type": "authorization_code", "code": code, "client_id": row.client_id, "redirect_uri": redirect,
-        "code_verifier": verifier}).json()
+    token = httpx.post(
+        f"{app.base}/oauth/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": row.client_id,
+            "redirect_uri": redirect,
+            "code_verifier": verifier,
+        },
+    ).json()
     assert token["scope"] == "camera:people:view" and token["refresh_token"]
     assert get(f"{app.base}/hls/people/index.m3u8", token=token["access_token"])[0] in (200, 404)
     assert get(f"{app.base}/hls/door/index.m3u8", token=token["access_token"])[0] == 403
-    refreshed = httpx.post(f"{app.base}/oauth/token", data={
-        "grant_type": "refresh_token", "client_id": row.client_id, "refresh_token": token["refresh_token"]})
+    refreshed = httpx.post(
+        f"{app.base}/oauth/token",
+        data={"grant_type": "refresh_token", "client_id": row.client_id, "refresh_token": token["refresh_token"]},
+    )
     assert refreshed.status_code == 200 and refreshed.json()["refresh_token"] != token["refresh_token"]
     new = refreshed.json()
     assert get(f"{app.base}/api/cameras/people", token=new["access_token"])[0] == 200
     revoked = httpx.post(f"{app.base}/oauth/revoke", data={"token": new["refresh_token"], "client_id": row.client_id})
     assert revoked.status_code == 200
-    again = httpx.post(f"{app.base}/oauth/token", data={
-        "grant_type": "refresh_token", "client_id": row.client_id, "refresh_token": new["refresh_token"]})
+    again = httpx.post(
+        f"{app.base}/oauth/token",
+        data={"grant_type": "refresh_token", "client_id": row.client_id, "refresh_token": new["refresh_token"]},
+    )
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
 
 
@@ -195,8 +233,12 @@ def test_rtsp_camera_reconnects_while_the_other_keeps_going(app):
     def people_keep_going(phase: str) -> None:
         # The file camera must keep delivering frames (a few seconds' worth) in every phase.
         start = frames("people")
-        wait_until(lambda: state("people") == "running" and frames("people") >= start + 20, 30, 0.5,
-                   f"the file camera to keep going while {phase} (stuck at {start})")
+        wait_until(
+            lambda: state("people") == "running" and frames("people") >= start + 20,
+            30,
+            0.5,
+            f"the file camera to keep going while {phase} (stuck at {start})",
+        )
 
     # The server is not up yet: the camera says so, with the error, and the file camera runs.
     wait_until(lambda: state("door") == "reconnecting", 120, 0.5, "door to show reconnecting")
@@ -214,8 +256,7 @@ def test_rtsp_camera_reconnects_while_the_other_keeps_going(app):
     assert state("door") == "reconnecting"
 
     app.rtsp.start()
-    wait_until(lambda: state("door") == "running" and frames("door") > door_frames, 90, 0.5,
-               "door running again")
+    wait_until(lambda: state("door") == "running" and frames("door") > door_frames, 90, 0.5, "door running again")
     people_keep_going("door is back")
     assert app.camera("door")["reconnects"] >= 1
 
@@ -228,10 +269,19 @@ def test_web_page_plays_the_annotated_stream_in_chromium(app, tmp_path):
     wait_until(lambda: len(playlist_segments(app, "people")) >= 3, 180, 1, "segments")
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,900",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
@@ -242,16 +292,26 @@ def test_web_page_plays_the_annotated_stream_in_chromium(app, tmp_path):
         driver.find_element("id", "password").send_keys(app.admin_password)
         driver.find_element("id", "login").click()
         wait_until(lambda: driver.current_url.rstrip("/") == app.base, 30, 0.2, "back on the camera page")
-        wait_until(lambda: driver.execute_script("return document.getElementById('user').textContent")
-                   == "admin (admin)", 30, 0.2, "the page to show who is logged in")
+        wait_until(
+            lambda: driver.execute_script("return document.getElementById('user').textContent") == "admin (admin)",
+            30,
+            0.2,
+            "the page to show who is logged in",
+        )
         video_state = (
             "const v = document.querySelector('[data-camera=\"people\"] video');"
-            "return v && {t: v.currentTime, w: v.videoWidth, h: v.videoHeight, r: v.readyState};")
-        played = wait_until(lambda: (s := driver.execute_script(video_state)) and s["t"] > 1.0 and s, 90, 0.5,
-                            "the video to play in Chromium")
+            "return v && {t: v.currentTime, w: v.videoWidth, h: v.videoHeight, r: v.readyState};"
+        )
+        played = wait_until(
+            lambda: (s := driver.execute_script(video_state)) and s["t"] > 1.0 and s,
+            90,
+            0.5,
+            "the video to play in Chromium",
+        )
         assert (played["w"], played["h"]) == (OUT_W, OUT_H)
         state_text = driver.execute_script(
-            "return document.querySelector('[data-camera=\"people\"] .state').textContent")
+            "return document.querySelector('[data-camera=\"people\"] .state').textContent"
+        )
         assert re.match(r"running · \d+\.\d fps", state_text), state_text
         # Boxes and labels are drawn in the video itself: count pixels of the person colour (RGB 255,56,56),
         # which the raw clip never contains (checked offline: 0 such pixels in any frame).
@@ -261,11 +321,20 @@ def test_web_page_plays_the_annotated_stream_in_chromium(app, tmp_path):
             "const g = c.getContext('2d'); g.drawImage(v, 0, 0); const d = g.getImageData(0, 0, c.width, c.height).data;"
             "let n = 0; for (let i = 0; i < d.length; i += 4) {"
             "  if (d[i] > 200 && d[i+1] > 20 && d[i+1] < 100 && d[i+2] > 20 && d[i+2] < 100) n++; }"
-            "return n;")
+            "return n;"
+        )
         wait_until(lambda: driver.execute_script(red_pixels) > 300, 90, 0.5, "person boxes drawn in the video")
-        wait_until(lambda: "person" in driver.execute_script(
-            "return document.querySelector('[data-camera=\"people\"] .detections').textContent"), 30, 0.5,
-            "detections listed on the page")
+        wait_until(
+            lambda: (
+                "person"
+                in driver.execute_script(
+                    "return document.querySelector('[data-camera=\"people\"] .detections').textContent"
+                )
+            ),
+            30,
+            0.5,
+            "detections listed on the page",
+        )
         driver.save_screenshot(str(ROOT / "data" / "e2e-page.png"))
     finally:
         driver.quit()
@@ -278,19 +347,37 @@ def test_metrics_cover_every_stage(app):
     def families():
         status, body = app.get("/metrics")
         assert status == 200
-        return {f.name: {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples}
-                for f in text_string_to_metric_families(body.decode())}
+        return {
+            f.name: {(s.name, tuple(sorted(s.labels.items()))): s.value for s in f.samples}
+            for f in text_string_to_metric_families(body.decode())
+        }
 
     def value(fams, family, sample, **labels):
         return fams.get(family, {}).get((sample, tuple(sorted(labels.items()))), 0)
 
-    fams = wait_until(lambda: (f := families()) and value(f, "lookout_hls_segments", "lookout_hls_segments_total",
-                                                          camera="people") > 0 and f, 60, 1, "segment metrics")
+    fams = wait_until(
+        lambda: (
+            (f := families())
+            and value(f, "lookout_hls_segments", "lookout_hls_segments_total", camera="people") > 0
+            and f
+        ),
+        60,
+        1,
+        "segment metrics",
+    )
     for family in ("lookout_frames_read", "lookout_frames_detected", "lookout_frames_encoded"):
         assert value(fams, family, family + "_total", camera="people") > 0, family
     assert value(fams, "lookout_camera_up", "lookout_camera_up", camera="people") == 1
     assert value(fams, "lookout_reconnects", "lookout_reconnects_total", camera="door") >= 1
     for stage in ("detected", "encoded"):
-        assert value(fams, "lookout_stage_latency_seconds", "lookout_stage_latency_seconds_count",
-                     camera="people", stage=stage) > 0, stage
+        assert (
+            value(
+                fams,
+                "lookout_stage_latency_seconds",
+                "lookout_stage_latency_seconds_count",
+                camera="people",
+                stage=stage,
+            )
+            > 0
+        ), stage
     assert value(fams, "lookout_redis_used_memory_bytes", "lookout_redis_used_memory_bytes") > 0

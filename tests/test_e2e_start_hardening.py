@@ -1,6 +1,7 @@
 """Issue 13 on the real app (`serve run` through serve_app): "Lookout is up" only once a request would
 succeed, no secret in the camera worker/ingest/encoder/detector/events replicas' environment, the history file 0600,
 and `serve run` refusing a config `lookout check` refuses."""
+
 from __future__ import annotations
 
 import os
@@ -24,9 +25,16 @@ CAMERA = f"start-{secrets.token_hex(3)}"  # unique: other Ray clusters on this b
 @pytest.fixture(scope="module")
 def app(tmp_path_factory, assets_dir):
     tmp = tmp_path_factory.mktemp("e2e-start")
-    cameras = [{"id": CAMERA, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2},  # a camera worker
-               {"id": f"{CAMERA}-b", "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2, "boxes": "burned",
-                "detect": False}]  # ingest + encoder
+    cameras = [
+        {"id": CAMERA, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2},  # a camera worker
+        {
+            "id": f"{CAMERA}-b",
+            "source": str(assets_dir / "videos" / "vtest.avi"),
+            "fps": 2,
+            "boxes": "burned",
+            "detect": False,
+        },
+    ]  # ingest + encoder
     with serve_app(tmp, cameras, ray_cpus=6) as running:
         yield running, tmp
 
@@ -34,8 +42,11 @@ def app(tmp_path_factory, assets_dir):
 def replicas(deployment: str) -> list[int]:
     """Pids of this box's Serve replicas of `deployment` (Ray names the process ServeReplica:<app>:<name>)."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()
-            if re.search(rf"ServeReplica:lookout:{re.escape(deployment)}(\s|\.|$)", line)]
+    return [
+        int(line.split()[0])
+        for line in out.splitlines()
+        if re.search(rf"ServeReplica:lookout:{re.escape(deployment)}(\s|\.|$)", line)
+    ]
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -45,8 +56,12 @@ def environ(pid: int) -> dict[str, str]:
 
 def test_lookout_is_up_only_after_the_detector_is_ready(app):
     running, _ = app
-    wait_until(lambda: "Lookout is up" in running.log_path.read_text(errors="replace"), 120, 0.5,
-               "the gateway to say Lookout is up")
+    wait_until(
+        lambda: "Lookout is up" in running.log_path.read_text(errors="replace"),
+        120,
+        0.5,
+        "the gateway to say Lookout is up",
+    )
     log = running.log_path.read_text(errors="replace")
     assert 0 <= log.index("detector ready:") < log.index("Lookout is up"), running.log_tail(80)
     status, _ = running.get(f"/api/cameras/{CAMERA}")  # and a request does succeed
@@ -88,7 +103,17 @@ def test_serve_run_refuses_a_missing_file_camera_with_the_check_message(app, tmp
     check = subprocess.run([str(BIN / "lookout"), "check", str(config)], capture_output=True, text=True, timeout=120)
     assert check.returncode == 2 and expected in check.stderr
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_ADDRESS": running.ray_address}
-    subprocess.run([str(BIN / "serve"), "run", "--non-blocking", str(config)], cwd=ROOT, env=env,
-                   capture_output=True, text=True, timeout=180)
-    wait_until(lambda: expected in running.log_path.read_text(errors="replace"), 180, 1,
-               f"serve run to refuse the config with {expected!r}")
+    subprocess.run(
+        [str(BIN / "serve"), "run", "--non-blocking", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    wait_until(
+        lambda: expected in running.log_path.read_text(errors="replace"),
+        180,
+        1,
+        f"serve run to refuse the config with {expected!r}",
+    )

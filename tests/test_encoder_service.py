@@ -1,5 +1,6 @@
 """The transcode path's encoder without Ray (hls.encoder_service): frames and detections from a real Redis bus,
 boxes burned in, a real ffmpeg, segments in the store; on demand, nothing is encoded until someone watches."""
+
 from __future__ import annotations
 
 import subprocess
@@ -22,9 +23,14 @@ FPS = 10
 
 
 def args_for(redis_server, **camera):
-    return parse_args({"cameras": [{"id": "cam", "source": "x.avi", "fps": FPS, "boxes": "burned", **camera}],
-                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
-                       "hls": {"segment_s": 1, "preset": "ultrafast"}}).for_camera("cam")
+    return parse_args(
+        {
+            "cameras": [{"id": "cam", "source": "x.avi", "fps": FPS, "boxes": "burned", **camera}],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "hls": {"segment_s": 1, "preset": "ultrafast"},
+        }
+    ).for_camera("cam")
 
 
 def feed(client, seconds: float, box: bool) -> None:
@@ -39,8 +45,12 @@ def feed(client, seconds: float, box: bool) -> None:
 
 
 def decoded_frames(segment: bytes) -> np.ndarray:
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-                         input=segment, capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+        input=segment,
+        capture_output=True,
+        check=True,
+    ).stdout
     return np.frombuffer(raw, np.uint8).reshape(-1, 144, 256, 3)
 
 
@@ -56,8 +66,14 @@ def test_frames_become_segments_with_boxes_burned_in(redis_server, client):
     try:
         feed(client, 4.0, box=True)
         store = RedisHlsStore(client, 60)
-        pl = wait_until(lambda: (text := store.get_playlist("cam")) and (p := MediaPlaylist.parse(text))
-                        and len(p.entries) >= 2 and p, 30, 0.2, "two segments")
+        pl = wait_until(
+            lambda: (
+                (text := store.get_playlist("cam")) and (p := MediaPlaylist.parse(text)) and len(p.entries) >= 2 and p
+            ),
+            30,
+            0.2,
+            "two segments",
+        )
         assert all(store.get_segment("cam", e.name) for e in pl.entries)
         frame = decoded_frames(store.get_segment("cam", pl.entries[-1].name))[-1]
         background, edge = frame[130, 200].astype(int), frame[80, 40:43].astype(int)  # the box's left side

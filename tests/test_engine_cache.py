@@ -1,4 +1,5 @@
 """The engine cache: keys, build-once-per-node locking across processes, atomic files, pruning."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,12 +14,27 @@ from pathlib import Path
 import pytest
 
 from pipeline.models.engine_cache import (
-    EngineKey, LockTimeout, calibration_cache_path, engine_path, ensure_engine, exclusive_lock, prune_engines,
-    read_sidecar, read_sidecar_for, remove_engine, sidecar_path,
+    EngineKey,
+    LockTimeout,
+    calibration_cache_path,
+    engine_path,
+    ensure_engine,
+    exclusive_lock,
+    prune_engines,
+    read_sidecar,
+    read_sidecar_for,
+    remove_engine,
+    sidecar_path,
 )
 
-KEY = EngineKey(onnx_sha256="ab" * 32, trt_version="10.3.0", gpu_name="NVIDIA GeForce RTX 4090",
-                precision="fp16", max_batch=8, input_size_px=416)
+KEY = EngineKey(
+    onnx_sha256="ab" * 32,
+    trt_version="10.3.0",
+    gpu_name="NVIDIA GeForce RTX 4090",
+    precision="fp16",
+    max_batch=8,
+    input_size_px=416,
+)
 PAYLOAD = b"ENGINE" * 200_000  # 1.2 MB
 
 
@@ -28,6 +44,7 @@ def key(**changes) -> EngineKey:
 
 # ----- keys ---------------------------------------------------------------------------------------
 
+
 def test_key_is_stable():
     again = EngineKey("ab" * 32, "10.3.0", "NVIDIA GeForce RTX 4090", "fp16", 8, 416)
     assert again == KEY
@@ -35,11 +52,19 @@ def test_key_is_stable():
     assert KEY.filename == KEY.slug + ".engine"
 
 
-@pytest.mark.parametrize("change", [
-    {"onnx_sha256": "cd" * 32}, {"trt_version": "10.4.0"}, {"gpu_name": "NVIDIA H100 80GB HBM3"},
-    {"precision": "int8"}, {"precision": "fp32"}, {"max_batch": 4}, {"input_size_px": 608},
-    {"calib": "0123456789abcdef"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"onnx_sha256": "cd" * 32},
+        {"trt_version": "10.4.0"},
+        {"gpu_name": "NVIDIA H100 80GB HBM3"},
+        {"precision": "int8"},
+        {"precision": "fp32"},
+        {"max_batch": 4},
+        {"input_size_px": 608},
+        {"calib": "0123456789abcdef"},
+    ],
+)
 def test_key_changes_with_each_component(change):
     other = key(**change)
     assert other != KEY
@@ -54,7 +79,7 @@ def test_slug_only_differs_by_hash_when_readable_parts_collide():
 
 
 def test_slug_is_filesystem_safe(tmp_path):
-    weird = key(gpu_name="NVIDIA/GeForce: RTX*4090 \"Ti\" ../..\\x" + "y" * 300, trt_version="10.3.0.26+cu12")
+    weird = key(gpu_name='NVIDIA/GeForce: RTX*4090 "Ti" ../..\\x' + "y" * 300, trt_version="10.3.0.26+cu12")
     slug = weird.slug
     assert all(c.isalnum() and c.islower() or c.isdigit() or c in "._-" for c in slug), slug
     assert "/" not in slug and ".." not in slug.split("_")
@@ -64,16 +89,24 @@ def test_slug_is_filesystem_safe(tmp_path):
     assert p.parent == tmp_path and p.read_bytes() == b"x"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("precision", "int4"), ("max_batch", 0), ("max_batch", True), ("input_size_px", -416), ("gpu_name", " "),
-    ("onnx_sha256", ""),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("precision", "int4"),
+        ("max_batch", 0),
+        ("max_batch", True),
+        ("input_size_px", -416),
+        ("gpu_name", " "),
+        ("onnx_sha256", ""),
+    ],
+)
 def test_bad_key_fields_are_named(field, value):
     with pytest.raises(ValueError, match=field):
         key(**{field: value})
 
 
 # ----- ensure_engine in one process ---------------------------------------------------------------
+
 
 def test_builds_once_then_reuses(tmp_path):
     calls = []
@@ -140,7 +173,7 @@ def test_no_partial_file_is_ever_visible(tmp_path):
     def slow_build(tmp: Path):
         with open(tmp, "wb") as f:
             for i in range(0, len(PAYLOAD), 100_000):
-                f.write(PAYLOAD[i:i + 100_000])
+                f.write(PAYLOAD[i : i + 100_000])
                 f.flush()
                 time.sleep(0.01)
         time.sleep(0.05)
@@ -168,6 +201,7 @@ def test_lock_timeout_names_the_lock(tmp_path):
 
 
 # ----- several processes --------------------------------------------------------------------------
+
 
 def _replica(cache_dir: str, log_file: str, barrier, results) -> None:
     """One 'replica' starting up: wait for the others, then ask for the engine."""
@@ -230,6 +264,7 @@ def test_killed_builder_leaves_no_engine_and_no_lock(tmp_path):
 
 
 # ----- removal and pruning -------------------------------------------------------------------------
+
 
 def test_prune_keeps_only_listed_keys(tmp_path):
     keep, old1, old2 = KEY, key(trt_version="10.0.1"), key(max_batch=2)

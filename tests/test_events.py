@@ -1,5 +1,6 @@
 """pipeline.events against a real redis-server, a real local HTTP receiver and (when installed)
 a real mosquitto broker."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import ValidationError
 
-from pipeline.events import (DeliveryRecord, EventQuery, EventStore, MqttSink, WebhookSink, decode_cursor,
-                             delivery_key, encode_cursor)
+from pipeline.events import (
+    DeliveryRecord,
+    EventQuery,
+    EventStore,
+    MqttSink,
+    WebhookSink,
+    decode_cursor,
+    delivery_key,
+    encode_cursor,
+)
 from pipeline.rules import EventUpdate
 from conftest import free_port, wait_port
 
@@ -99,11 +108,18 @@ def test_open_only_filter(redis_client):
     assert [e.id for e in store.list(open_only=True).events] == ["c.r.2"]
 
 
-@pytest.mark.parametrize("params,field", [
-    ({"limit": 0}, "limit"), ({"limit": 5000}, "limit"), ({"cursor": "garbage!!"}, "cursor"),
-    ({"cursor": encode_cursor(1, 2, 3)}, "cursor"), ({"since_s": 10, "until_s": 5}, "until_s"),
-    ({"since_s": -1}, "since_s"), ({"colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 5000}, "limit"),
+        ({"cursor": "garbage!!"}, "cursor"),
+        ({"cursor": encode_cursor(1, 2, 3)}, "cursor"),
+        ({"since_s": 10, "until_s": 5}, "until_s"),
+        ({"since_s": -1}, "since_s"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
 def test_bad_query_parameters_name_the_field(redis_client, params, field):
     with pytest.raises(ValidationError, match=field):
         EventStore(redis_client).list(**params)
@@ -210,8 +226,7 @@ def test_webhook_background_queue_and_giving_up(redis_client, receiver):
 
 
 def test_webhook_4xx_is_not_retried_and_settings_are_checked(redis_client, receiver):
-    sink = WebhookSink("http://127.0.0.1:9/none", DeliveryRecord(redis_client, "h"), max_attempts=2,
-                       backoff_min_s=0.01)
+    sink = WebhookSink("http://127.0.0.1:9/none", DeliveryRecord(redis_client, "h"), max_attempts=2, backoff_min_s=0.01)
     assert not sink.deliver(upd("start"))  # connection refused, twice
     with pytest.raises(ValueError, match="url"):
         WebhookSink("ftp://x", DeliveryRecord(redis_client, "h"))

@@ -1,5 +1,6 @@
 """The history/events/detect API on the real Starlette app (real Redis, real SQLite history, real
 ffmpeg-made clip files), with per-camera tokens."""
+
 from __future__ import annotations
 
 import json
@@ -31,15 +32,23 @@ FLOOR = {"name": "floor", "points_px": [[0, 100], [200, 100], [200, 200], [0, 20
 @pytest.fixture
 def ctx(redis_server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    args = parse_args({
-        "cameras": [{"id": "a", "source": "a.avi", "zones": [FLOOR]}, {"id": "b", "source": "b.avi"}],
-        "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url, "base_dir": str(tmp_path),
-        "gateway": {"upload_max_bytes": 200_000,
-                    "auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")}}})
+    args = parse_args(
+        {
+            "cameras": [{"id": "a", "source": "a.avi", "zones": [FLOOR]}, {"id": "b", "source": "b.avi"}],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "base_dir": str(tmp_path),
+            "gateway": {
+                "upload_max_bytes": 200_000,
+                "auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")},
+            },
+        }
+    )
     ctx = GatewayContext.from_args(args)
     store = HistoryStore(tmp_path / "history.sqlite3", cameras_zones=args.zones_by_camera())
-    ctx.stages["events"] = SimpleNamespace(query_history=lambda p: history_page(store, p),
-                                           counts=lambda p: history_counts(store, p))
+    ctx.stages["events"] = SimpleNamespace(
+        query_history=lambda p: history_page(store, p), counts=lambda p: history_counts(store, p)
+    )
     ctx.history = store
     return ctx
 
@@ -61,8 +70,13 @@ def fill_history(store: HistoryStore, camera: str, frames: int) -> None:
     """`frames` frames at 10 fps, two persons each (one on the floor zone), tracks 1 and 2."""
     rows = []
     for i in range(frames):
-        d = Detections(np.array([[10, 50, 40, 150], [300, 10, 340, 90]], np.float32), np.array([0.9, 0.4]),
-                       np.array([0, 0]), np.array([1, 2]), {"label": np.array(["person", "person"], object)})
+        d = Detections(
+            np.array([[10, 50, 40, 150], [300, 10, 340, 90]], np.float32),
+            np.array([0.9, 0.4]),
+            np.array([0, 0]),
+            np.array([1, 2]),
+            {"label": np.array(["person", "person"], object)},
+        )
         rows.append((camera, T0 + i / 10, i, d))
     store.add_many(rows)
 
@@ -85,11 +99,13 @@ def test_history_pages_without_gaps_or_duplicates(ctx, admin):
     assert len(seen) == len(set(seen)) == 190 and pages == 28
     assert sorted(seen) == sorted((i, t) for i in range(95) for t in (1, 2))
     # filters: zone, track, confidence, label
-    zone = admin.get("/api/cameras/a/history", params={"since_s": T0, "until_s": T0 + 100, "zone": "floor",
-                                                        "limit": 1000}).json()["detections"]
+    zone = admin.get(
+        "/api/cameras/a/history", params={"since_s": T0, "until_s": T0 + 100, "zone": "floor", "limit": 1000}
+    ).json()["detections"]
     assert len(zone) == 95 and {d["track_id"] for d in zone} == {1}
-    conf = admin.get("/api/cameras/a/history", params={"since_s": T0, "until_s": T0 + 100,
-                                                        "min_confidence": 0.5, "limit": 1000}).json()["detections"]
+    conf = admin.get(
+        "/api/cameras/a/history", params={"since_s": T0, "until_s": T0 + 100, "min_confidence": 0.5, "limit": 1000}
+    ).json()["detections"]
     assert {d["track_id"] for d in conf} == {1}
     track = admin.get("/api/cameras/a/history", params={"since_s": T0, "until_s": T0 + 2, "track_id": 2}).json()
     assert [d["seq"] for d in track["detections"]] == list(range(20))
@@ -99,25 +115,28 @@ def test_history_pages_without_gaps_or_duplicates(ctx, admin):
     assert rows[0]["new_objects"] == 2 and sum(r["new_objects"] for r in rows) == 2  # objects, not frames
 
 
-@pytest.mark.parametrize("path,params,field", [
-    ("/api/cameras/a/history", {"since_s": "yesterday", "until_s": 5}, "since_s"),
-    ("/api/cameras/a/history", {"since_s": 1}, "until_s"),
-    ("/api/cameras/a/history", {"since_s": 5, "until_s": 1}, "until_s"),
-    ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "limit": 0}, "limit"),
-    ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "limit": 10**6}, "limit"),
-    ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "min_confidence": 2}, "min_confidence"),
-    ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "cursor": "garbage!"}, "cursor"),
-    ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "zone": "attic"}, "zone"),
-    ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "colour": "red"}, "colour"),
-    ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "camera_id": "b"}, "camera_id"),
-    ("/api/cameras/a/counts", {"since_s": 1, "until_s": 5, "interval": "week"}, "interval"),
-    ("/api/cameras/a/counts", {"since_s": 0, "until_s": 10**9, "interval": "second"}, "interval"),
-    ("/api/cameras/a/export.mp4", {"since_s": 10, "until_s": 5}, "until_s"),
-    ("/api/cameras/a/frame.jpg", {"annotated": "maybe"}, "annotated"),
-    ("/api/events", {"limit": -1}, "limit"),
-    ("/api/events", {"open_only": "perhaps"}, "open_only"),
-    ("/api/events", {"cursor": "x"}, "cursor"),
-])
+@pytest.mark.parametrize(
+    "path,params,field",
+    [
+        ("/api/cameras/a/history", {"since_s": "yesterday", "until_s": 5}, "since_s"),
+        ("/api/cameras/a/history", {"since_s": 1}, "until_s"),
+        ("/api/cameras/a/history", {"since_s": 5, "until_s": 1}, "until_s"),
+        ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "limit": 0}, "limit"),
+        ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "limit": 10**6}, "limit"),
+        ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "min_confidence": 2}, "min_confidence"),
+        ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "cursor": "garbage!"}, "cursor"),
+        ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "zone": "attic"}, "zone"),
+        ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "colour": "red"}, "colour"),
+        ("/api/cameras/a/history", {"since_s": 1, "until_s": 5, "camera_id": "b"}, "camera_id"),
+        ("/api/cameras/a/counts", {"since_s": 1, "until_s": 5, "interval": "week"}, "interval"),
+        ("/api/cameras/a/counts", {"since_s": 0, "until_s": 10**9, "interval": "second"}, "interval"),
+        ("/api/cameras/a/export.mp4", {"since_s": 10, "until_s": 5}, "until_s"),
+        ("/api/cameras/a/frame.jpg", {"annotated": "maybe"}, "annotated"),
+        ("/api/events", {"limit": -1}, "limit"),
+        ("/api/events", {"open_only": "perhaps"}, "open_only"),
+        ("/api/events", {"cursor": "x"}, "cursor"),
+    ],
+)
 def test_bad_query_parameters_get_422_naming_the_field(admin, path, params, field):
     r = admin.get(path, params=params)
     assert r.status_code == 422, r.text
@@ -152,8 +171,12 @@ def test_events_list_is_filtered_to_viewable_cameras_and_pages(ctx, admin):
     assert viewer.get(f"/api/events/{ids_b[0]}/snapshot.jpg").status_code == 403
     assert viewer.get(f"/api/events/{ids_b[0]}/clip.mp4").status_code == 403
     assert viewer.get(f"/api/events/{ids_a[0]}").json()["camera_id"] == "a"
-    for path in ("/api/cameras/b/history?since_s=0&until_s=1", "/api/cameras/b/counts?since_s=0&until_s=1",
-                 "/api/cameras/b/frame.jpg", "/api/cameras/b/export.mp4?since_s=0&until_s=1"):
+    for path in (
+        "/api/cameras/b/history?since_s=0&until_s=1",
+        "/api/cameras/b/counts?since_s=0&until_s=1",
+        "/api/cameras/b/frame.jpg",
+        "/api/cameras/b/export.mp4?since_s=0&until_s=1",
+    ):
         r = viewer.get(path)
         assert r.status_code == 403 and r.json()["needs"] == "camera:b:view", path
     no_read = token_client(ctx, {"camera:a:view"})
@@ -173,8 +196,22 @@ def test_event_snapshot_and_clip(ctx, admin, tmp_path):
     store.put_snapshot(eid, jpeg)
     clip = tmp_path / "data" / "clips" / "a" / "ev.mp4"
     clip.parent.mkdir(parents=True)
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=1",
-                    "-c:v", "libx264", "-y", str(clip)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x48:rate=10:duration=1",
+            "-c:v",
+            "libx264",
+            "-y",
+            str(clip),
+        ],
+        check=True,
+    )
     store.set_clip(eid, "a/ev.mp4")
     ev = admin.get(f"/api/events/{eid}").json()
     assert ev["snapshot_url"] == f"/api/events/{eid}/snapshot.jpg" and ev["clip_url"].endswith("/clip.mp4")
@@ -203,10 +240,20 @@ def test_latest_frame_raw_and_annotated_and_tracked_latest(ctx, admin):
     assert ann.status_code == 200 and img.shape == (120, 160, 3) and img.mean() < 250  # boxes drawn
     body = admin.get("/api/cameras/a/detections/latest")
     assert body.status_code in (200, 404)  # cameras not registered by an ingest here
-    ctx.redis.set("lookout:detections:a:tracked", json.dumps({
-        "camera_id": "a", "seq": 3, "captured_at": now, "tracked": True,
-        "detections": [{"label": "person", "class_id": 0, "confidence": 0.9, "box": [20, 20, 100, 100],
-                        "tracker_id": 7}]}))
+    ctx.redis.set(
+        "lookout:detections:a:tracked",
+        json.dumps(
+            {
+                "camera_id": "a",
+                "seq": 3,
+                "captured_at": now,
+                "tracked": True,
+                "detections": [
+                    {"label": "person", "class_id": 0, "confidence": 0.9, "box": [20, 20, 100, 100], "tracker_id": 7}
+                ],
+            }
+        ),
+    )
     from gateway.api.history import latest_detections
 
     assert latest_detections(ctx, "a")["detections"][0]["tracker_id"] == 7
@@ -235,9 +282,16 @@ def test_openapi_schema(admin):
     assert r.status_code == 200
     doc = r.json()
     assert doc["openapi"].startswith("3.")
-    for path in ("/api/cameras/{camera_id}/history", "/api/cameras/{camera_id}/counts", "/api/events",
-                 "/api/events/stream", "/api/detect", "/api/cameras/{camera_id}/export.mp4",
-                 "/api/events/{event_id}/clip.mp4", "/api/cameras/{camera_id}/frame.jpg"):
+    for path in (
+        "/api/cameras/{camera_id}/history",
+        "/api/cameras/{camera_id}/counts",
+        "/api/events",
+        "/api/events/stream",
+        "/api/detect",
+        "/api/cameras/{camera_id}/export.mp4",
+        "/api/events/{event_id}/clip.mp4",
+        "/api/cameras/{camera_id}/frame.jpg",
+    ):
         assert path in doc["paths"], path
     hist = {p["name"]: p for p in doc["paths"]["/api/cameras/{camera_id}/history"]["get"]["parameters"]}
     assert hist["since_s"]["required"] and hist["limit"]["schema"]["maximum"] == 10000
@@ -260,6 +314,7 @@ def test_openapi_schema(admin):
         elif isinstance(o, list):
             for v in o:
                 walk(v)
+
     walk(doc)
     for ref in refs:
         assert ref.split("/")[-1] in doc["components"]["schemas"], ref
@@ -287,8 +342,9 @@ def test_event_stream_outlives_quiet_periods_longer_than_the_redis_socket_timeou
     def later():
         time.sleep(8)
         now = time.time()
-        store.apply(EventUpdate("start", "a.quiet.1", "a", "quiet", "count_above", "person", None, now, now, None,
-                                [1], 1))
+        store.apply(
+            EventUpdate("start", "a.quiet.1", "a", "quiet", "count_above", "person", None, now, now, None, [1], 1)
+        )
 
     writer = threading.Thread(target=later, daemon=True)
     writer.start()

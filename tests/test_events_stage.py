@@ -1,5 +1,6 @@
 """The events stage's own logic without Ray (pipeline.events_service), on a real Redis, fed through the
 detections stream as the detector writes it."""
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,19 @@ RIGHT = {"name": "right", "points_px": [[100, 0], [200, 0], [200, 200], [100, 20
 
 @pytest.fixture
 def stage(redis_server, tmp_path):
-    args = parse_args({
-        "cameras": [{"id": "cam", "source": "x.avi", "zones": [LEFT]}], "model": {"onnx": "m.onnx"},
-        "redis_url": redis_server.url, "hls": {"enabled": False},
-        "tracking": {"min_hits": 1}, "rules": [{"kind": "count_above", "id": "left", "label": "person",
-                                                 "zone": "left", "count": 0, "end_after_s": 0.2}],
-        "history": {"db_path": str(tmp_path / "h.sqlite3")}})
+    args = parse_args(
+        {
+            "cameras": [{"id": "cam", "source": "x.avi", "zones": [LEFT]}],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "hls": {"enabled": False},
+            "tracking": {"min_hits": 1},
+            "rules": [
+                {"kind": "count_above", "id": "left", "label": "person", "zone": "left", "count": 0, "end_after_s": 0.2}
+            ],
+            "history": {"db_path": str(tmp_path / "h.sqlite3")},
+        }
+    )
     s = EventsService(args, redis.Redis.from_url(redis_server.url))
     s.reconfigure(runtime_config(args))  # as Serve does after __init__
     yield s, args
@@ -58,8 +66,10 @@ def test_stage_tracks_records_fires_and_takes_new_rules_and_zones(stage, redis_c
     q = {"camera_id": "cam", "since_s": t0 - 1, "until_s": t0 + 10, "zone": "left"}
     page = wait_until(lambda: (lambda p: len(p["detections"]) == 5 and p)(s.query_history(q)), 30, 0.1, "history")
     assert [d["seq"] for d in page["detections"]] == [0, 1, 2, 3, 4] and page["detections"][0]["track_id"] == 1
-    assert s.query_history({"camera_id": "cam", "since_s": t0, "until_s": t0 + 1, "zone": "right"})["error"][
-        "field"] == "zone"
+    assert (
+        s.query_history({"camera_id": "cam", "since_s": t0, "until_s": t0 + 1, "zone": "right"})["error"]["field"]
+        == "zone"
+    )
 
     # a bad config changes nothing and names the problem
     with pytest.raises(ValueError, match="right"):
@@ -71,14 +81,22 @@ def test_stage_tracks_records_fires_and_takes_new_rules_and_zones(stage, redis_c
     assert [r["id"] for r in s.rules()] == ["left"]
 
     # new zones and a rule on the new zone at once: the old rule's open event ends, the new one fires
-    s.reconfigure({"zones": {"cam": [LEFT, RIGHT]},
-                   "rules": [{"kind": "count_above", "id": "right", "label": "person", "zone": "right", "count": 0}]})
+    s.reconfigure(
+        {
+            "zones": {"cam": [LEFT, RIGHT]},
+            "rules": [{"kind": "count_above", "id": "right", "label": "person", "zone": "right", "count": 0}],
+        }
+    )
     ended = wait_until(lambda: store.get(ev.id).end_s, 30, 0.1, "the removed rule's event to end")
     assert ended >= t0
     for i in range(5, 10):
         feed(redis_client, t0 + i / 10, i, 150)
-    new = wait_until(lambda: [e for e in store.list(camera_id="cam").events if e.rule_id == "right"], 30, 0.1,
-                     "an event of the new rule")
+    new = wait_until(
+        lambda: [e for e in store.list(camera_id="cam").events if e.rule_id == "right"],
+        30,
+        0.1,
+        "an event of the new rule",
+    )
     assert new[0].track_ids
     q = {"camera_id": "cam", "since_s": t0, "until_s": t0 + 10, "zone": "right"}
     wait_until(lambda: len(s.query_history(q)["detections"]) == 5, 30, 0.1, "history in the new zone")

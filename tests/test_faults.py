@@ -10,6 +10,7 @@ it. ffmpeg's HLS work directory ($TMPDIR of the app) is a small tmpfs, so the di
 shows in /api/cameras and /metrics; the last test checks that nothing was left behind.
 Figures for docs/reliability.md come from `lookout bench faults` (tools/fault_bench.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,9 @@ class Rig:
 
     def run(self, fault: F.Fault, others=(OTHER_RTSP, OTHER_FILE)) -> F.Result:
         try:
-            res = F.measure(self.monitor, fault, FPS, list(others), timeout_s=BOUND_S, log=print,
-                            count_lost=fault.heal is not None)  # the figures come from `lookout bench faults`
+            res = F.measure(
+                self.monitor, fault, FPS, list(others), timeout_s=BOUND_S, log=print, count_lost=fault.heal is not None
+            )  # the figures come from `lookout bench faults`
         except TimeoutError as exc:
             pytest.fail(f"{exc}\n{self.diagnose()}")
         self.results.append(res)
@@ -87,21 +89,33 @@ def rig(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     tmp = tmp_path_factory.mktemp("faults")
     work = tmp / "hls-work"
     work.mkdir()
-    tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(work)],
-                           capture_output=True).returncode == 0
-    servers = [RtspTestServer(free_port(), name="a", fps=FPS, extra=["--switch-size", f"{BIG[0]}x{BIG[1]}",
-                                                                     "--jump-s", "-20"]),
-               RtspTestServer(free_port(), name="b", fps=FPS)]
+    tmpfs = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(work)], capture_output=True).returncode
+        == 0
+    )
+    servers = [
+        RtspTestServer(
+            free_port(), name="a", fps=FPS, extra=["--switch-size", f"{BIG[0]}x{BIG[1]}", "--jump-s", "-20"]
+        ),
+        RtspTestServer(free_port(), name="b", fps=FPS),
+    ]
     proxies = []
     saved = {k: os.environ.get(k) for k in ("TMPDIR", "RAY_TMPDIR")}
     try:
         for s in servers:
             s.start()
             proxies.append(F.FaultProxy(s.port))
-        cameras = [{"id": CAM, "source": proxies[0].url("a"), **RTSP_CAM},
-                   {"id": OTHER_RTSP, "source": proxies[1].url("b"), "detect": False, **RTSP_CAM},
-                   {"id": OTHER_FILE, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": FPS, "detect": False,
-                    "boxes": "burned"}]
+        cameras = [
+            {"id": CAM, "source": proxies[0].url("a"), **RTSP_CAM},
+            {"id": OTHER_RTSP, "source": proxies[1].url("b"), "detect": False, **RTSP_CAM},
+            {
+                "id": OTHER_FILE,
+                "source": str(assets_dir / "videos" / "vtest.avi"),
+                "fps": FPS,
+                "detect": False,
+                "boxes": "burned",
+            },
+        ]
         os.environ["TMPDIR"] = str(work)  # the app's tempfile.gettempdir(): ffmpeg's HLS work directories
         os.environ["RAY_TMPDIR"] = "/tmp"  # Ray's own files stay where they always are
         marker = secrets.token_hex(8)
@@ -115,8 +129,10 @@ def rig(tmp_path_factory, yolo_tiny_onnx, assets_dir):
                 r.monitor.close()
                 print("\nfault results:")
                 for res in r.results:
-                    print(f"  {res.name:24s} recover {res.recover_s:6.1f}s  lost {res.frames_lost:4d} frames  "
-                          f"errors {res.errors}")
+                    print(
+                        f"  {res.name:24s} recover {res.recover_s:6.1f}s  lost {res.frames_lost:4d} frames  "
+                        f"errors {res.errors}"
+                    )
                 for p in r.redis_procs:
                     p.kill()
                     p.wait(10)
@@ -134,8 +150,12 @@ def rig(tmp_path_factory, yolo_tiny_onnx, assets_dir):
 def source_fault_checks(rig: Rig, res: F.Result, reconnects_before: float, words: tuple[str, ...]) -> None:
     assert res.reconnects >= 1, res
     assert any(any(w in e for w in words) for e in res.errors), f"/api/cameras showed {res.errors}"
-    wait_until(lambda: rig.metric("lookout_reconnects_total", CAM) > reconnects_before, 30, 0.5,
-               "lookout_reconnects_total to count the reconnect")
+    wait_until(
+        lambda: rig.metric("lookout_reconnects_total", CAM) > reconnects_before,
+        30,
+        0.5,
+        "lookout_reconnects_total to count the reconnect",
+    )
     rig.assert_others_undisturbed(res)
 
 
@@ -168,8 +188,9 @@ def test_rtsp_source_reopens_on_resolution_change(rtsp_server_factory):
                 break
             assert frame.size == (320, 240)
         assert frame is not None and frame.size == BIG and src.size == BIG, errors
-        assert any(re.search(r"changed resolution \((coded )?320x240 -> 480x3\d\d\)", e) for e in errors) or \
-            all("stalled" in e or "timed out" in e or "not open" in e for e in errors), errors
+        assert any(re.search(r"changed resolution \((coded )?320x240 -> 480x3\d\d\)", e) for e in errors) or all(
+            "stalled" in e or "timed out" in e or "not open" in e for e in errors
+        ), errors
     finally:
         src.close()
 
@@ -187,8 +208,9 @@ def test_camera_clock_jump_is_ridden_through(rig):
 def test_resolution_change_is_adopted(rig):
     """The camera's resolution changes mid-stream: the ingest reopens at the new size, HLS follows."""
     reconnects = rig.metric("lookout_reconnects_total", CAM)
-    res = rig.run(F.Fault("resolution change", CAM, F.signal_pid(rig.servers[0].proc.pid, signal.SIGUSR1),
-                          seen=F.resized))
+    res = rig.run(
+        F.Fault("resolution change", CAM, F.signal_pid(rig.servers[0].proc.pid, signal.SIGUSR1), seen=F.resized)
+    )
     source_fault_checks(rig, res, reconnects, ("resolution",))
     # The worker's bus frames are scaled for the detector (frame.jpg: 416x312); the stream says the source's.
     stream = rig.app.json(f"/api/cameras/{CAM}").get("stream") or {}
@@ -217,24 +239,40 @@ def test_garbage_from_camera_is_survived(rig):
 
 def test_killed_ingest_ffmpeg_is_restarted(rig):
     reconnects = rig.metric("lookout_reconnects_total", CAM)
-    res = rig.run(F.Fault("ingest ffmpeg killed", CAM,
-                          F.kill_matching(rig.pids, "ffmpeg", f":{rig.proxies[0].port}/a"), seen=F.reconnected))
+    res = rig.run(
+        F.Fault(
+            "ingest ffmpeg killed",
+            CAM,
+            F.kill_matching(rig.pids, "ffmpeg", f":{rig.proxies[0].port}/a"),
+            seen=F.reconnected,
+        )
+    )
     source_fault_checks(rig, res, reconnects, ("ended", "exit"))
 
 
 def test_killed_hls_ffmpeg_is_restarted(rig):
     """The encoder's ffmpeg of a burned-boxes camera (a worker camera's one ffmpeg: the ingest test)."""
     segments = rig.metric("lookout_hls_segments_total", OTHER_FILE)
-    res = rig.run(F.Fault("HLS ffmpeg killed", OTHER_FILE,
-                          F.kill_matching(rig.pids, "ffmpeg", f"lookout-hls-{OTHER_FILE}-"), detect=False),
-                  others=(CAM, OTHER_RTSP))
+    res = rig.run(
+        F.Fault(
+            "HLS ffmpeg killed",
+            OTHER_FILE,
+            F.kill_matching(rig.pids, "ffmpeg", f"lookout-hls-{OTHER_FILE}-"),
+            detect=False,
+        ),
+        others=(CAM, OTHER_RTSP),
+    )
     rig.assert_others_undisturbed(res)
     assert res.reconnects == 0, "the camera itself was not touched"
     cam = rig.app.json(f"/api/cameras/{OTHER_FILE}")
     assert "ffmpeg exited with code -9" in ((cam.get("stream") or {}).get("hls_error") or ""), cam
     # the new encoder's first segment is still being cut when the frames are seen flowing again
-    wait_until(lambda: rig.metric("lookout_hls_segments_total", OTHER_FILE) > segments, BOUND_S,
-               interval_s=0.5, what=f"a segment of {OTHER_FILE} after the restart")
+    wait_until(
+        lambda: rig.metric("lookout_hls_segments_total", OTHER_FILE) > segments,
+        BOUND_S,
+        interval_s=0.5,
+        what=f"a segment of {OTHER_FILE} after the restart",
+    )
 
 
 def test_killed_detector_replica_is_replaced(rig):
@@ -249,8 +287,17 @@ def test_full_hls_disk_is_survived(rig):
     if not rig.tmpfs:
         pytest.skip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN) for the HLS work directory")
     filler = []
-    res = rig.run(F.Fault("HLS disk full", OTHER_FILE, lambda: filler.append(F.DiskFiller(rig.work_dir)),
-                          heal=lambda: filler[0].heal(), hold_s=8.0, detect=False), others=(CAM, OTHER_RTSP))
+    res = rig.run(
+        F.Fault(
+            "HLS disk full",
+            OTHER_FILE,
+            lambda: filler.append(F.DiskFiller(rig.work_dir)),
+            heal=lambda: filler[0].heal(),
+            hold_s=8.0,
+            detect=False,
+        ),
+        others=(CAM, OTHER_RTSP),
+    )
     cam = rig.app.json(f"/api/cameras/{OTHER_FILE}")
     assert "disk full?" in ((cam.get("stream") or {}).get("hls_error") or ""), cam
     assert res.frames_lost > 0, "segments ffmpeg could not write were published as if whole"
@@ -276,8 +323,12 @@ def test_redis_restart_under_load_is_survived(rig):
 
     res = rig.run(F.Fault("Redis restarted", CAM, restart))
     for cid in (OTHER_RTSP, OTHER_FILE):
-        wait_until(lambda: rig.monitor.latest(cid).state == "running"
-                   and rig.monitor.newest_media_s(cid) > time.time() - 5, BOUND_S, 0.5, f"{cid} back after Redis")
+        wait_until(
+            lambda: rig.monitor.latest(cid).state == "running" and rig.monitor.newest_media_s(cid) > time.time() - 5,
+            BOUND_S,
+            0.5,
+            f"{cid} back after Redis",
+        )
     assert rig.metric("lookout_frames_read_total", CAM) > 0  # counters start again in the new Redis
     print(res)
     # A lease outlives an outage shorter than its validity left at the last renewal (ttl 5 s: 4.5 s
@@ -297,8 +348,12 @@ def test_nothing_was_left_behind(rig):
     """After all the faults: one ffmpeg per stream, no connection or disk or stream growth."""
     pids = rig.pids
     expected = 2 + 1  # each worker camera's one ffmpeg; the burned-boxes file camera's encoder
-    wait_until(lambda: len(F.find(pids(), "ffmpeg")) == expected, 60, 1,
-               f"{expected} ffmpeg processes (have {[F.cmdline(p)[:80] for p in F.find(pids(), 'ffmpeg')]})")
+    wait_until(
+        lambda: len(F.find(pids(), "ffmpeg")) == expected,
+        60,
+        1,
+        f"{expected} ffmpeg processes (have {[F.cmdline(p)[:80] for p in F.find(pids(), 'ffmpeg')]})",
+    )
     for proxy in rig.proxies:
         wait_until(lambda: proxy.open_connections() <= 1, 30, 0.5, "stale camera connections to close")
     used = sum(f.stat().st_size for f in rig.work_dir.rglob("*") if f.is_file())

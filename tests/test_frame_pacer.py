@@ -1,4 +1,5 @@
 """FramePacer: frames on a constant-rate grid of capture time (so that media time follows capture time)."""
+
 import numpy as np
 import pytest
 
@@ -71,12 +72,17 @@ def _encode(tmp_path, times: list[float], fps: float, paced: bool, container: st
 
     tmp_path.mkdir()
     store = DirHlsStore(tmp_path / "hls")
-    seg = Segmenter("cam", HlsConfig(segment_s=1, list_size=30, keep_segments=40, preset="ultrafast",
-                                     container=container), store, fps, work_dir=str(tmp_path))
+    seg = Segmenter(
+        "cam",
+        HlsConfig(segment_s=1, list_size=30, keep_segments=40, preset="ultrafast", container=container),
+        store,
+        fps,
+        work_dir=str(tmp_path),
+    )
     pacer = FramePacer(fps)
     for t in times:
         img = timecode.burn(np.full((144, 256, 3), 90, np.uint8), t)
-        for f, at, shows in (pacer.place(img, t) if paced else [(img, t, t)]):
+        for f, at, shows in pacer.place(img, t) if paced else [(img, t, t)]:
             assert seg.write(f, at, shows_at=shows)
     seg.close()
     return store
@@ -94,13 +100,18 @@ def _decoded(store, fps: float) -> list[dict]:
     out = []
     for e in pl.entries:
         media = (store.get_segment("cam", e.init) if e.init else b"") + store.get_segment("cam", e.name)
-        raw = subprocess.run(["ffmpeg", "-v", "error", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-                             input=media, capture_output=True, check=True).stdout
+        raw = subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+            input=media,
+            capture_output=True,
+            check=True,
+        ).stdout
         frames = np.frombuffer(raw, np.uint8).reshape(-1, 144, 256, 3)
         for k, frame in enumerate(frames):
             listed = e.program_date_time + e.captures_ms[k] / 1000 if e.captures_ms else None
-            out.append({"tc": timecode.read(frame), "grid": e.program_date_time + k / fps, "listed": listed,
-                        "segment": e.name})
+            out.append(
+                {"tc": timecode.read(frame), "grid": e.program_date_time + k / fps, "listed": listed, "segment": e.name}
+            )
     return out
 
 
@@ -140,8 +151,9 @@ def test_every_frame_shown_has_its_capture_time_beside_the_video(tmp_path, conta
     # ... the listed capture time is right for every frame, repeats included.
     off_grid = [f for f in frames if abs(f["grid"] - f["tc"]) >= 0.5 / fps]
     assert all(f["listed"] is not None and abs(f["listed"] - f["tc"]) <= 0.0011 for f in off_grid), off_grid[:3]
-    assert all(abs(f["tc"] - (f["listed"] if f["listed"] is not None else f["grid"])) <= 0.0011 + 0.5 / fps
-               for f in frames)
+    assert all(
+        abs(f["tc"] - (f["listed"] if f["listed"] is not None else f["grid"])) <= 0.0011 + 0.5 / fps for f in frames
+    )
     # Segments whose every frame is its slot's own carry no list (the first second here).
     assert frames[0]["listed"] is None
 

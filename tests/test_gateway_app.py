@@ -13,10 +13,17 @@ from pipeline.types import CameraState, CameraStatus, Detections, FrameResult
 
 @pytest.fixture
 def ctx(redis_server, tmp_path):
-    args = parse_args({"cameras": [{"id": "a", "source": "x.avi"}, {"id": "b", "source": "rtsp://u:p@h/s"}],
-                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
-                       "gateway": {"stale_after_s": 2, "auth": {"db_path": str(tmp_path / "auth.sqlite3"),
-                                                                "key_dir": str(tmp_path / "keys")}}})
+    args = parse_args(
+        {
+            "cameras": [{"id": "a", "source": "x.avi"}, {"id": "b", "source": "rtsp://u:p@h/s"}],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "gateway": {
+                "stale_after_s": 2,
+                "auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")},
+            },
+        }
+    )
     return GatewayContext.from_args(args)
 
 

@@ -1,6 +1,7 @@
 """Issue 13 (hardening) on the real Starlette app with a real Redis: stream limits per caller, pool
 exhaustion as 503, image sizes from the header, bounded time parameters, Last-Event-ID, and the
 annotated frame drawn with its own detections."""
+
 from __future__ import annotations
 
 import struct
@@ -26,26 +27,42 @@ VIEWER = {"detections:read", "camera:a:view"}
 
 
 def make_args(redis_url: str, tmp_path, **gateway):
-    return parse_args({
-        "cameras": [{"id": "a", "source": "a.avi"}], "model": {"onnx": "m.onnx"}, "redis_url": redis_url,
-        "base_dir": str(tmp_path),
-        "gateway": {"upload_max_bytes": 2 * 2**20, **gateway,
-                    "auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys"),
-                             "allow_plain_http": True}}})
+    return parse_args(
+        {
+            "cameras": [{"id": "a", "source": "a.avi"}],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_url,
+            "base_dir": str(tmp_path),
+            "gateway": {
+                "upload_max_bytes": 2 * 2**20,
+                **gateway,
+                "auth": {
+                    "db_path": str(tmp_path / "auth.sqlite3"),
+                    "key_dir": str(tmp_path / "keys"),
+                    "allow_plain_http": True,
+                },
+            },
+        }
+    )
 
 
 @pytest.fixture
 def ctx(redis_server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    ctx = GatewayContext.from_args(make_args(redis_server.url, tmp_path, max_streams_per_caller=2,
-                                             upload_max_pixels=100_000))
+    ctx = GatewayContext.from_args(
+        make_args(redis_server.url, tmp_path, max_streams_per_caller=2, upload_max_pixels=100_000)
+    )
     StatusStore(ctx.redis).register("a", {"name": "A"})
     return ctx
 
 
 def token_client(ctx, scopes: set[str], app=None) -> TestClient:
-    client = TestClient(app or create_app(ctx), base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000),
-                        raise_server_exceptions=False)
+    client = TestClient(
+        app or create_app(ctx),
+        base_url="http://127.0.0.1:8000",
+        client=("127.0.0.1", 50000),
+        raise_server_exceptions=False,
+    )
     row, secret = ctx.auth.store.add_client("tests", scopes)
     tok = client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(row.client_id, secret))
     assert tok.status_code == 200, tok.text
@@ -54,6 +71,7 @@ def token_client(ctx, scopes: set[str], app=None) -> TestClient:
 
 
 # -- 1. streams per caller, pool exhaustion -------------------------------------------------------
+
 
 def test_stream_limiter_counts_per_caller_and_in_all():
     lim = StreamLimiter(max_total=3, max_per_caller=2)
@@ -105,17 +123,29 @@ def test_an_exhausted_redis_pool_is_503_with_retry_after_not_500(ctx):
 
 def test_streams_must_fit_in_the_redis_pool(tmp_path):
     with pytest.raises(ConfigError, match="max_streams"):
-        parse_args({"cameras": [{"id": "a", "source": "a.avi"}], "model": {"onnx": "m.onnx"},
-                    "bus": {"redis_max_connections": 50}, "gateway": {"max_streams": 50}})
+        parse_args(
+            {
+                "cameras": [{"id": "a", "source": "a.avi"}],
+                "model": {"onnx": "m.onnx"},
+                "bus": {"redis_max_connections": 50},
+                "gateway": {"max_streams": 50},
+            }
+        )
 
 
 # -- 2. image bombs ---------------------------------------------------------------------------------
 
+
 def png_header_bomb(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("ext,params", [(".png", []), (".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])])
@@ -141,20 +171,26 @@ def test_detect_refuses_images_over_the_pixel_cap_from_their_header(ctx):
     r = client.post("/api/detect", content=big, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 413 and r.json()["limit_pixels"] == 100_000
     ok = cv2.imencode(".png", np.zeros((100, 100, 3), np.uint8))[1].tobytes()
-    assert client.post("/api/detect", content=ok, headers={"Content-Type": "image/png"}).status_code == 503  # no detector here
+    assert (
+        client.post("/api/detect", content=ok, headers={"Content-Type": "image/png"}).status_code == 503
+    )  # no detector here
 
 
 # -- 7. bounded time parameters, Last-Event-ID -------------------------------------------------------
 
-@pytest.mark.parametrize("path,params,field", [
-    ("/api/cameras/a/history", {"since_s": 0, "until_s": "inf"}, "until_s"),
-    ("/api/cameras/a/history", {"since_s": 0, "until_s": "1e308"}, "until_s"),
-    ("/api/cameras/a/history", {"since_s": "nan", "until_s": 5}, "since_s"),
-    ("/api/cameras/a/counts", {"since_s": 0, "until_s": "1e308", "interval": "hour"}, "until_s"),
-    ("/api/cameras/a/export.mp4", {"since_s": "1e308", "until_s": "inf"}, "since_s"),
-    ("/api/events", {"since_s": "inf"}, "since_s"),
-    ("/api/events", {"until_s": "-inf"}, "until_s"),
-])
+
+@pytest.mark.parametrize(
+    "path,params,field",
+    [
+        ("/api/cameras/a/history", {"since_s": 0, "until_s": "inf"}, "until_s"),
+        ("/api/cameras/a/history", {"since_s": 0, "until_s": "1e308"}, "until_s"),
+        ("/api/cameras/a/history", {"since_s": "nan", "until_s": 5}, "since_s"),
+        ("/api/cameras/a/counts", {"since_s": 0, "until_s": "1e308", "interval": "hour"}, "until_s"),
+        ("/api/cameras/a/export.mp4", {"since_s": "1e308", "until_s": "inf"}, "since_s"),
+        ("/api/events", {"since_s": "inf"}, "since_s"),
+        ("/api/events", {"until_s": "-inf"}, "until_s"),
+    ],
+)
 def test_time_parameters_must_be_finite_and_bounded(ctx, path, params, field):
     from types import SimpleNamespace
 
@@ -162,8 +198,9 @@ def test_time_parameters_must_be_finite_and_bounded(ctx, path, params, field):
     from pipeline.history import HistoryStore
 
     store = HistoryStore(ctx.args.resolve_path("history.sqlite3"))
-    ctx.stages["events"] = SimpleNamespace(query_history=lambda p: history_page(store, p),
-                                           counts=lambda p: history_counts(store, p))
+    ctx.stages["events"] = SimpleNamespace(
+        query_history=lambda p: history_page(store, p), counts=lambda p: history_counts(store, p)
+    )
     r = token_client(ctx, VIEWER).get(path, params=params)
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field
@@ -184,6 +221,7 @@ def test_a_well_formed_last_event_id_resumes_the_stream(ctx):
 
 # -- 12. the annotated frame ------------------------------------------------------------------------------
 
+
 def test_annotated_frame_is_the_frame_of_the_detections_not_a_newer_one(ctx):
     client = token_client(ctx, VIEWER)
     bus = FrameBus(ctx.redis, ctx.args.bus)
@@ -191,7 +229,8 @@ def test_annotated_frame_is_the_frame_of_the_detections_not_a_newer_one(ctx):
     old = bus.put("a", 1, np.full((120, 160, 3), 255, np.uint8), t0, 0.0)
     ResultStore(ctx.redis).publish(
         [FrameResult(old, Detections(np.array([[20, 20, 100, 100]], np.float32), np.array([0.9]), np.array([0])), "m")],
-        ["person"])
+        ["person"],
+    )
     bus.put("a", 2, np.zeros((120, 160, 3), np.uint8), t0 + 0.1, 0.1)  # newer, not detected yet
     r = client.get("/api/cameras/a/frame.jpg", params={"annotated": "true"})
     assert r.status_code == 200
@@ -209,6 +248,7 @@ def test_annotated_frame_is_the_frame_of_the_detections_not_a_newer_one(ctx):
 
 
 # -- 11. a client leaving an SSE stream -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", ["/api/detections/stream", "/api/events/stream"])
 def test_a_client_leaving_a_stream_ends_it_quietly(ctx, path, caplog):
@@ -234,10 +274,20 @@ def test_a_client_leaving_a_stream_ends_it_quietly(ctx, path, caplog):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.1"}, "http_version": "1.1",
-             "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "root_path": "", "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", token.encode())],
-             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.1"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"authorization", token.encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
     with caplog.at_level(logging.INFO):
         asyncio.run(asyncio.wait_for(app(scope, receive, send), 30))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
@@ -278,6 +328,7 @@ def test_a_callers_burst_of_api_requests_is_bounded_while_another_is_served(ctx)
 
         async def receive():
             return {"type": "http.request", "body": b""}
+
         scope = {"type": "http", "path": path, "user": user, "headers": [], "client": ("127.0.0.1", 1)}
         await limit(scope, receive, send)
         return sent[0]["status"], dict((k.decode(), v.decode()) for k, v in sent[0].get("headers", []))

@@ -1,5 +1,6 @@
 """scripts/gpu-check.sh --dry-run: the GPU check's whole run on CPU torch, so the script cannot rot
 between the rare runs on a GPU machine."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ SECTIONS = ("## Machine", "## pytest -m gpu", "## Bench", "## Accuracy", "## Ste
 
 
 def run(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "OUT": str(out), "PYTHON": sys.executable, **env})
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OUT": str(out), "PYTHON": sys.executable, **env},
+    )
 
 
 def test_dry_run_writes_every_section(tmp_path, yolo_tiny_onnx, assets_dir):
@@ -38,13 +45,18 @@ def test_dry_run_writes_every_section(tmp_path, yolo_tiny_onnx, assets_dir):
     assert "torch 2." in summary and "needs an NVIDIA GPU" in summary  # the gpu tests ran, and skipped with why
     for batch in (1, 2):
         for variant in ("bare", "jpeg path"):
-            assert re.search(rf"^\| fp32 \| {batch} \| {variant} \| [\d.]+ \| [\d.]+ \|", summary, re.M), (batch, variant)
+            assert re.search(rf"^\| fp32 \| {batch} \| {variant} \| [\d.]+ \| [\d.]+ \|", summary, re.M), (
+                batch,
+                variant,
+            )
     assert "fp16: CUDA only" in summary and "batch-1 latency of the whole path" in summary
     parity = re.search(r"JPEG path fp32 vs ONNX Runtime .*max box diff ([\d.]+) px.*unpaired (\d+)", summary)
     assert parity and float(parity[1]) <= 1.0 and parity[2] == "0", parity
     assert "coco-mini mAP@0.5" in summary and "torch fp32 - onnxruntime" in summary
     figures = json.loads((tmp_path / "gpu-check" / "bench.json").read_text())
-    assert {(r["batch"], r["variant"]) for r in figures["rows"]} == {(b, v) for b in (1, 2) for v in ("bare", "jpeg path")}
+    assert {(r["batch"], r["variant"]) for r in figures["rows"]} == {
+        (b, v) for b in (1, 2) for v in ("bare", "jpeg path")
+    }
     assert all(r["images_per_s"] > 0 for r in figures["rows"])
     assert (tmp_path / "gpu-check" / "pytest-gpu.log").exists()
     assert took < 60, f"the dry run took {took:.0f}s"

@@ -1,4 +1,5 @@
 """docs/grafana-dashboard.json only queries series and labels the code really exports at /metrics."""
+
 from __future__ import annotations
 
 import ast
@@ -28,9 +29,14 @@ def recording_sites() -> list[tuple[str, str, set[str]]]:
     for folder in ("pipeline", "deployments", "gateway", "hls"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
-                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and node.func.attr in ("inc", "set", "observe") and node.args
-                        and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("lookout_")):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("inc", "set", "observe")
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and str(node.args[0].value).startswith("lookout_")
+                ):
                     sites.append((node.func.attr, node.args[0].value, {k.arg for k in node.keywords if k.arg}))
     return sites
 
@@ -78,8 +84,11 @@ def test_every_series_and_label_in_the_dashboard_is_exported(redis_client):
                     problems.append(f"{title}: {name} has no label {label!r}")
         for by in BY_RE.findall(expr):
             have = set().union(*(series.get(n, set()) for n in names)) | PROMQL_LABELS
-            problems += [f"{title}: no metric in it has label {lab!r}"
-                         for lab in (x.strip() for x in by.split(",")) if lab and lab not in have]
+            problems += [
+                f"{title}: no metric in it has label {lab!r}"
+                for lab in (x.strip() for x in by.split(","))
+                if lab and lab not in have
+            ]
     assert not problems, "\n".join(problems)
 
 

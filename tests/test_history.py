@@ -1,4 +1,5 @@
 """pipeline.history: storing detections, filtered pages with a cursor, counts, retention."""
+
 from __future__ import annotations
 
 import threading
@@ -19,10 +20,12 @@ LEFT = ZoneConfig(name="left", points_px=[(0, 0), (100, 0), (100, 500), (0, 500)
 
 def frame(boxes, conf=None, cls=None, tids=None) -> Detections:
     n = len(boxes)
-    return Detections(np.array(boxes, np.float32).reshape(-1, 4),
-                      np.array(conf if conf is not None else [0.9] * n, np.float32),
-                      np.array(cls if cls is not None else [0] * n, np.int32),
-                      None if tids is None else np.array(tids, np.int64))
+    return Detections(
+        np.array(boxes, np.float32).reshape(-1, 4),
+        np.array(conf if conf is not None else [0.9] * n, np.float32),
+        np.array(cls if cls is not None else [0] * n, np.int32),
+        None if tids is None else np.array(tids, np.int64),
+    )
 
 
 @pytest.fixture
@@ -54,8 +57,15 @@ def test_query_filters(store):
     assert len(store.query(**q, min_confidence=0.5).detections) == 600
     assert len(store.query(**q, track_id=2).detections) == 100
     cars = store.query(**q, label="car").detections
-    assert cars[0] == {"camera_id": "a", "captured_at": T0 + 10, "seq": 100, "label": "car", "confidence": 0.4,
-                       "box": [300.0, 300.0, 400.0, 350.0], "track_id": 2}
+    assert cars[0] == {
+        "camera_id": "a",
+        "captured_at": T0 + 10,
+        "seq": 100,
+        "label": "car",
+        "confidence": 0.4,
+        "box": [300.0, 300.0, 400.0, 350.0],
+        "track_id": 2,
+    }
     # zone: bottom-center of the walking person (x = k + 10) is inside `left` while k + 10 <= 100
     inside = store.query(**q, zone="left").detections
     assert [d["seq"] for d in inside] == list(range(0, 91))
@@ -112,8 +122,12 @@ def test_add_results_and_labels_column(tmp_path):
     s = HistoryStore(tmp_path / "h.db")
     d = frame([[0, 0, 1, 1]])
     d.data["label"] = np.array(["dog"], object)
-    assert s.add_results([FrameResult(FrameRef("c", 1, T0), d, "m"), FrameResult(FrameRef("c", 2, T0 + 1),
-                          Detections.empty(), "m")]) == 1
+    assert (
+        s.add_results(
+            [FrameResult(FrameRef("c", 1, T0), d, "m"), FrameResult(FrameRef("c", 2, T0 + 1), Detections.empty(), "m")]
+        )
+        == 1
+    )
     assert s.query(camera_id="c", since_s=T0, until_s=T0 + 2).detections[0]["track_id"] is None
     assert s.query(camera_id="c", since_s=T0, until_s=T0 + 2).detections[0]["label"] == "dog"
 
@@ -169,16 +183,19 @@ def test_concurrent_readers_and_writer(store):
     assert errors == []
 
 
-@pytest.mark.parametrize("params,field", [
-    ({"since_s": T0, "until_s": T0 - 1}, "until_s"),
-    ({"since_s": T0, "until_s": T0 + 1, "limit": 0}, "limit"),
-    ({"since_s": T0, "until_s": T0 + 1, "min_confidence": 2}, "min_confidence"),
-    ({"since_s": T0, "until_s": T0 + 1, "track_id": -3}, "track_id"),
-    ({"since_s": T0, "until_s": T0 + 1, "order": "sideways"}, "order"),
-    ({"since_s": T0, "until_s": T0 + 1, "cursor": "%%%"}, "cursor"),
-    ({"since_s": T0, "until_s": T0 + 1, "colour": "red"}, "colour"),
-    ({"until_s": T0}, "since_s"),
-])
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"since_s": T0, "until_s": T0 - 1}, "until_s"),
+        ({"since_s": T0, "until_s": T0 + 1, "limit": 0}, "limit"),
+        ({"since_s": T0, "until_s": T0 + 1, "min_confidence": 2}, "min_confidence"),
+        ({"since_s": T0, "until_s": T0 + 1, "track_id": -3}, "track_id"),
+        ({"since_s": T0, "until_s": T0 + 1, "order": "sideways"}, "order"),
+        ({"since_s": T0, "until_s": T0 + 1, "cursor": "%%%"}, "cursor"),
+        ({"since_s": T0, "until_s": T0 + 1, "colour": "red"}, "colour"),
+        ({"until_s": T0}, "since_s"),
+    ],
+)
 def test_bad_history_parameters_name_the_field(store, params, field):
     with pytest.raises(ValidationError, match=field):
         store.query(camera_id="a", **params)
@@ -202,8 +219,21 @@ def test_database_and_its_wal_are_readable_by_this_user_only(tmp_path):
     (tmp_path / "old.sqlite3").chmod(0o644)  # made by an older version: tightened
     for name in ("new.sqlite3", "old.sqlite3"):
         s = HistoryStore(tmp_path / name)
-        s.add_many([("cam", 1000.0, 1, Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32),
-                                                  np.array([0]), data={"label": np.array(["person"])}))])
+        s.add_many(
+            [
+                (
+                    "cam",
+                    1000.0,
+                    1,
+                    Detections(
+                        np.array([[0, 0, 10, 10]], np.float32),
+                        np.array([0.9], np.float32),
+                        np.array([0]),
+                        data={"label": np.array(["person"])},
+                    ),
+                )
+            ]
+        )
         for f in (tmp_path / name, tmp_path / f"{name}-wal", tmp_path / f"{name}-shm"):
             assert f.stat().st_mode & 0o777 == 0o600, f
         s.close()

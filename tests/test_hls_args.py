@@ -1,11 +1,20 @@
 """hls.ffmpeg_args: the ffmpeg command lines, compared argument by argument."""
+
 from __future__ import annotations
 
 import pytest
 
 from pydantic import ValidationError
 
-from hls.ffmpeg_args import container, default_bitrate_kbps, encode_args, fmp4_args, gop_frames, output_size, part_frames
+from hls.ffmpeg_args import (
+    container,
+    default_bitrate_kbps,
+    encode_args,
+    fmp4_args,
+    gop_frames,
+    output_size,
+    part_frames,
+)
 from pipeline.config import HlsConfig
 
 OUT = "/data/hls/cam1/run0001"
@@ -28,7 +37,7 @@ def split(argv: list[str], out_path: str = f"{OUT}/index.m3u8") -> dict:
             k += 2 if has_value else 1
         return d
 
-    out_opts = pairs(argv[i + 2:o])
+    out_opts = pairs(argv[i + 2 : o])
     return {
         "bin": argv[0],
         "input_opts": pairs(argv[1:i]),
@@ -36,7 +45,7 @@ def split(argv: list[str], out_path: str = f"{OUT}/index.m3u8") -> dict:
         "filter": (out_opts.pop("-filter_complex", None), out_opts.pop("-map", None)),
         "output_opts": out_opts,
         "output": argv[o],
-        "global": argv[o + 1:],
+        "global": argv[o + 1 :],
     }
 
 
@@ -62,16 +71,56 @@ def test_default_libx264_exact_argv():
     argv = encode_args(320, 240, 10, HlsConfig(segment_s=1), OUT)
     assert argv == [
         "ffmpeg",
-        "-f", "rawvideo", "-pix_fmt", "bgr24", "-r", "10", "-s", "320x240", "-i", "pipe:0",
-        "-f", "hls", "-an", "-bf", "0", "-c:v", "libx264", "-crf", "26",
-        "-force_key_frames", "expr:gte(t,n_forced*1)", "-g", "10",
-        "-hls_flags", "delete_segments+temp_file+independent_segments",
-        "-hls_list_size", "10", "-hls_segment_filename", f"{OUT}/seg_%06d.ts",
-        "-hls_segment_type", "mpegts", "-hls_time", "1", "-keyint_min", "10",
-        "-pix_fmt", "yuv420p", "-preset", "veryfast", "-sc_threshold", "0",
-        "-start_number", "0", "-tune", "zerolatency",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-r",
+        "10",
+        "-s",
+        "320x240",
+        "-i",
+        "pipe:0",
+        "-f",
+        "hls",
+        "-an",
+        "-bf",
+        "0",
+        "-c:v",
+        "libx264",
+        "-crf",
+        "26",
+        "-force_key_frames",
+        "expr:gte(t,n_forced*1)",
+        "-g",
+        "10",
+        "-hls_flags",
+        "delete_segments+temp_file+independent_segments",
+        "-hls_list_size",
+        "10",
+        "-hls_segment_filename",
+        f"{OUT}/seg_%06d.ts",
+        "-hls_segment_type",
+        "mpegts",
+        "-hls_time",
+        "1",
+        "-keyint_min",
+        "10",
+        "-pix_fmt",
+        "yuv420p",
+        "-preset",
+        "veryfast",
+        "-sc_threshold",
+        "0",
+        "-start_number",
+        "0",
+        "-tune",
+        "zerolatency",
         f"{OUT}/index.m3u8",
-        "-hide_banner", "-nostdin", "-loglevel", "warning",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "warning",
     ]
 
 
@@ -88,7 +137,11 @@ def test_libx264_crf_options():
     a = split(encode_args(320, 240, 10, HlsConfig(preset="ultrafast", crf=30), OUT))
     assert a["filter"] == (None, None)  # no scaling asked, none done
     assert a["output_opts"] == {
-        **COMMON_OUT, "-c:v": "libx264", "-preset": "ultrafast", "-tune": "zerolatency", "-crf": "30",
+        **COMMON_OUT,
+        "-c:v": "libx264",
+        "-preset": "ultrafast",
+        "-tune": "zerolatency",
+        "-crf": "30",
     }
 
 
@@ -97,10 +150,17 @@ def test_libx264_bitrate_and_scale():
     a = split(encode_args(320, 240, 15, s, OUT))
     assert a["filter"] == ("[0]scale=640:480[s0]", "[s0]")
     assert a["output_opts"] == {
-        **COMMON_OUT, "-g": "30", "-keyint_min": "30", "-hls_time": "2",
+        **COMMON_OUT,
+        "-g": "30",
+        "-keyint_min": "30",
+        "-hls_time": "2",
         "-force_key_frames": "expr:gte(t,n_forced*2)",
-        "-c:v": "libx264", "-preset": "veryfast", "-tune": "zerolatency",
-        "-b:v": "1500k", "-maxrate": "1500k", "-bufsize": "3000k",
+        "-c:v": "libx264",
+        "-preset": "veryfast",
+        "-tune": "zerolatency",
+        "-b:v": "1500k",
+        "-maxrate": "1500k",
+        "-bufsize": "3000k",
     }
     assert "-crf" not in a["output_opts"]
 
@@ -108,8 +168,16 @@ def test_libx264_bitrate_and_scale():
 def test_nvenc_constant_quality():
     a = split(encode_args(320, 240, 10, HlsConfig(encoder="h264_nvenc", preset="veryfast", crf=23), OUT))
     assert a["output_opts"] == {
-        **COMMON_OUT, "-c:v": "h264_nvenc", "-preset": "p2", "-tune": "ll", "-zerolatency": "1",
-        "-forced-idr": "1", "-no-scenecut": "1", "-rc": "vbr", "-cq": "23", "-b:v": "0",
+        **COMMON_OUT,
+        "-c:v": "h264_nvenc",
+        "-preset": "p2",
+        "-tune": "ll",
+        "-zerolatency": "1",
+        "-forced-idr": "1",
+        "-no-scenecut": "1",
+        "-rc": "vbr",
+        "-cq": "23",
+        "-b:v": "0",
     }
 
 
@@ -124,8 +192,11 @@ def test_nvenc_bitrate_and_native_preset():
 def test_jetson_maps_to_h264_nvv4l2enc():
     a = split(encode_args(1280, 720, 30, HlsConfig(encoder="nvv4l2h264enc", segment_s=1), OUT))
     assert a["output_opts"] == {
-        **COMMON_OUT, "-g": "30", "-keyint_min": "30",
-        "-c:v": "h264_nvv4l2enc", "-b:v": f"{default_bitrate_kbps(1280, 720, 30)}k",
+        **COMMON_OUT,
+        "-g": "30",
+        "-keyint_min": "30",
+        "-c:v": "h264_nvv4l2enc",
+        "-b:v": f"{default_bitrate_kbps(1280, 720, 30)}k",
     }
     b = split(encode_args(1280, 720, 30, HlsConfig(encoder="nvv4l2h264enc", bitrate_kbps=4000), OUT))
     assert b["output_opts"]["-b:v"] == "4000k"
@@ -157,21 +228,67 @@ def test_helpers_and_bad_input():
 
 # fMP4 to stdout (standard fMP4 HLS and Low-Latency HLS)
 FMP4_OUT = {k: v for k, v in COMMON_OUT.items() if not k.startswith("-hls") and k != "-start_number"}
-FMP4_OUT.update({"-f": "mp4", "-movflags": "+frag_keyframe+empty_moov+default_base_moof", "-flush_packets": "1",
-                 "-c:v": "libx264", "-preset": "veryfast", "-tune": "zerolatency", "-crf": "26"})
+FMP4_OUT.update(
+    {
+        "-f": "mp4",
+        "-movflags": "+frag_keyframe+empty_moov+default_base_moof",
+        "-flush_packets": "1",
+        "-c:v": "libx264",
+        "-preset": "veryfast",
+        "-tune": "zerolatency",
+        "-crf": "26",
+    }
+)
 
 
 def test_ll_fmp4_exact_argv():
     argv = fmp4_args(320, 240, 10, HlsConfig(low_latency=True))
     assert argv == [
         "ffmpeg",
-        "-f", "rawvideo", "-pix_fmt", "bgr24", "-r", "10", "-s", "320x240", "-i", "pipe:0",
-        "-f", "mp4", "-an", "-bf", "0", "-c:v", "libx264", "-crf", "26", "-flush_packets", "1",
-        "-force_key_frames", "expr:gte(t,n_forced*1)", "-frag_duration", "150000", "-g", "10",
-        "-keyint_min", "10", "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
-        "-pix_fmt", "yuv420p", "-preset", "veryfast", "-sc_threshold", "0", "-tune", "zerolatency",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-r",
+        "10",
+        "-s",
+        "320x240",
+        "-i",
+        "pipe:0",
+        "-f",
+        "mp4",
+        "-an",
+        "-bf",
+        "0",
+        "-c:v",
+        "libx264",
+        "-crf",
+        "26",
+        "-flush_packets",
+        "1",
+        "-force_key_frames",
+        "expr:gte(t,n_forced*1)",
+        "-frag_duration",
+        "150000",
+        "-g",
+        "10",
+        "-keyint_min",
+        "10",
+        "-movflags",
+        "+frag_keyframe+empty_moov+default_base_moof",
+        "-pix_fmt",
+        "yuv420p",
+        "-preset",
+        "veryfast",
+        "-sc_threshold",
+        "0",
+        "-tune",
+        "zerolatency",
         "pipe:1",
-        "-hide_banner", "-nostdin", "-loglevel", "warning",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "warning",
     ]
 
 
@@ -184,8 +301,12 @@ def test_fmp4_parts_are_whole_frames():
     # standard fMP4: one fragment per segment (cut at keyframes only), scaled like the TS output
     b = split(fmp4_args(321, 241, 10, HlsConfig(container="fmp4", segment_s=2)), "pipe:1")
     assert b["filter"] == ("[0]scale=320:240[s0]", "[s0]")
-    assert b["output_opts"] == {**FMP4_OUT, "-g": "20", "-keyint_min": "20",
-                                "-force_key_frames": "expr:gte(t,n_forced*2)"}
+    assert b["output_opts"] == {
+        **FMP4_OUT,
+        "-g": "20",
+        "-keyint_min": "20",
+        "-force_key_frames": "expr:gte(t,n_forced*2)",
+    }
     with pytest.raises(ValueError, match="fps"):
         fmp4_args(320, 240, 0, HlsConfig(low_latency=True))
 

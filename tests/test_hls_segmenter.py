@@ -1,4 +1,5 @@
 """hls.segmenter and hls.store against the real ffmpeg binary and a real redis-server."""
+
 from __future__ import annotations
 
 import json
@@ -76,9 +77,21 @@ def probe(store, name: str, tmp_path: Path) -> dict:
     path = tmp_path / name
     path.write_bytes(data)
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "stream=codec_name,width,height:frame=key_frame,pict_type", "-of", "json", str(path)],
-        check=True, capture_output=True, text=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,width,height:frame=key_frame,pict_type",
+            "-of",
+            "json",
+            str(path),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(out)
 
@@ -102,8 +115,14 @@ def closing():
 @pytest.mark.parametrize("size", [None, (160, 120)], ids=["source-size", "scaled"])
 def test_publishes_decodable_h264_segments(redis_store, tmp_path, closing, size):
     w, h = size or (320, 240)
-    settings = HlsConfig(segment_s=1, list_size=6, keep_segments=12, preset="ultrafast",
-                         width_px=size and size[0], height_px=size and size[1])
+    settings = HlsConfig(
+        segment_s=1,
+        list_size=6,
+        keep_segments=12,
+        preset="ultrafast",
+        width_px=size and size[0],
+        height_px=size and size[1],
+    )
     seg = Segmenter(CAM, settings, redis_store, FPS, work_dir=str(tmp_path))
     closing(seg)
     feeder = Feeder(seg)
@@ -147,8 +166,7 @@ def test_restart_after_kill_keeps_stream_going(redis_store, redis_client, tmp_pa
     old_pid = seg.ffmpeg_pid
     os.kill(old_pid, signal.SIGKILL)
     before = seg.segments_published
-    feeder.feed_until(lambda: seg.restarts >= 1 and published_at_least(before + 3),
-                      what="3 segments after the restart")
+    feeder.feed_until(lambda: seg.restarts >= 1 and published_at_least(before + 3), what="3 segments after the restart")
     assert seg.ffmpeg_pid not in (None, old_pid)
     assert "-9" in (seg.last_error or "")
     assert seg.healthy()
@@ -226,8 +244,9 @@ def test_dir_store_and_replica_restart(tmp_path, closing):
 
 def test_gives_up_after_bounded_restarts(redis_store, tmp_path, closing):
     settings = HlsConfig(preset="no-such-preset")  # libx264 refuses it: ffmpeg exits at once
-    seg = Segmenter(CAM, settings, redis_store, FPS, work_dir=str(tmp_path),
-                    backoff_min_s=0.05, backoff_max_s=0.2, max_restarts=2)
+    seg = Segmenter(
+        CAM, settings, redis_store, FPS, work_dir=str(tmp_path), backoff_min_s=0.05, backoff_max_s=0.2, max_restarts=2
+    )
     closing(seg)
     feeder = Feeder(seg)
     feeder.feed_until(lambda: not seg.healthy(), timeout_s=60, what="the segmenter to give up")
@@ -273,8 +292,7 @@ def test_store_outage_is_survived(redis_server, redis_store, tmp_path, closing):
     assert "publishing failed" in seg.last_error
     redis_server.start()  # same port, empty database
     before = seg.segments_published
-    feeder.feed_until(lambda: seg.segments_published >= before + 2 and seg.healthy(),
-                      what="publishing to resume")
+    feeder.feed_until(lambda: seg.segments_published >= before + 2 and seg.healthy(), what="publishing to resume")
     pl = playlist(redis_store)
     assert pl.entries and pl.media_sequence >= 0
     assert all(redis_store.get_segment(CAM, e.name) for e in pl.entries[-2:])
@@ -342,8 +360,10 @@ def test_frame_captures_go_beside_their_segment_as_a_date_range():
     pl.append(Entry("a_7.ts", 0.5, pdt, captures_ms=captures), window=3)
     pl.append(Entry("a_8.ts", 0.5, pdt + 0.5), window=3)
     text = pl.render()
-    tag = ('#EXT-X-DATERANGE:ID="c7",CLASS="org.lookout.frame-captures",START-DATE="2023-11-14T22:13:20.000Z",'
-           'DURATION=0.500,X-CAPTURED-MS="-100,112,112,112,400"')
+    tag = (
+        '#EXT-X-DATERANGE:ID="c7",CLASS="org.lookout.frame-captures",START-DATE="2023-11-14T22:13:20.000Z",'
+        'DURATION=0.500,X-CAPTURED-MS="-100,112,112,112,400"'
+    )
     assert f"#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z\n{tag}\n#EXTINF:0.500,\na_7.ts\n" in text
     assert text.count("#EXT-X-DATERANGE") == 1  # a_8's frames are their slots' own
     assert MediaPlaylist.parse(text) == pl
@@ -380,7 +400,10 @@ def test_store_round_trip_and_name_checks(kind, redis_client, tmp_path):
 def test_make_store(redis_server, tmp_path):
     client = redis.Redis.from_url(redis_server.url)
     s = make_store(HlsConfig(store="redis", keep_segments=40, segment_s=2), client)
-    assert isinstance(s, RedisHlsStore) and s.ttl_ms == 240_000 == redis_ttl_s(HlsConfig(keep_segments=40, segment_s=2)) * 1000
+    assert (
+        isinstance(s, RedisHlsStore)
+        and s.ttl_ms == 240_000 == redis_ttl_s(HlsConfig(keep_segments=40, segment_s=2)) * 1000
+    )
     d = make_store(HlsConfig(store="dir", dir="out/hls"), None, base_dir=str(tmp_path))
     assert isinstance(d, DirHlsStore) and d.root == tmp_path / "out" / "hls"
     with pytest.raises(ValueError, match="redis client"):

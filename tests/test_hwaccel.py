@@ -1,5 +1,6 @@
 """Hardware-decode presets (hls/hwaccel.py) and the Jetson RTSP GStreamer pipeline (pipeline/sources/csi.py):
 argv and pipeline strings compared argument by argument, then run by this machine's real ffmpeg/GStreamer."""
+
 import os
 import subprocess
 from pathlib import Path
@@ -36,12 +37,26 @@ def test_cuda_is_nvdec_with_frames_back_in_system_memory(codec):
 @pytest.mark.parametrize("codec", ["h264", "hevc", None])
 def test_vaapi_names_the_render_node_and_downloads_to_yuv420p(codec):
     assert decode_args(cam("vaapi"), codec) == [
-        "-hwaccel", "vaapi", "-hwaccel_device", "/dev/dri/renderD128", "-hwaccel_output_format", "yuv420p"]
+        "-hwaccel",
+        "vaapi",
+        "-hwaccel_device",
+        "/dev/dri/renderD128",
+        "-hwaccel_output_format",
+        "yuv420p",
+    ]
 
 
-@pytest.mark.parametrize("codec, decoder", [("h264", "h264_nvv4l2dec"), ("hevc", "hevc_nvv4l2dec"),
-                                            ("HEVC", "hevc_nvv4l2dec"), ("mpeg4", "mpeg4_nvv4l2dec"),
-                                            ("mpeg2video", "mpeg2_nvv4l2dec"), ("vp9", "vp9_nvv4l2dec")])
+@pytest.mark.parametrize(
+    "codec, decoder",
+    [
+        ("h264", "h264_nvv4l2dec"),
+        ("hevc", "hevc_nvv4l2dec"),
+        ("HEVC", "hevc_nvv4l2dec"),
+        ("mpeg4", "mpeg4_nvv4l2dec"),
+        ("mpeg2video", "mpeg2_nvv4l2dec"),
+        ("vp9", "vp9_nvv4l2dec"),
+    ],
+)
 def test_jetson_picks_the_l4t_decoder_of_the_codec(codec, decoder):
     assert decode_args(cam("jetson"), codec) == ["-c:v", decoder]
 
@@ -67,8 +82,27 @@ def test_this_ffmpeg_knows_the_cuda_and_vaapi_hwaccels():
 def run_decode(c: CameraConfig, codec: str) -> subprocess.CompletedProcess:
     """This machine's real ffmpeg decoding three frames of the H.264 demo clip with `c`'s preset."""
     assert H264_CLIP.is_file(), f"{H264_CLIP} is missing: scripts/fetch_demo.sh makes it"
-    argv = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", *decode_args(c, codec), "-i", str(H264_CLIP),
-            "-map", "0:v:0", "-frames:v", "3", "-vf", "scale=416:234", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"]
+    argv = [
+        "ffmpeg",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        *decode_args(c, codec),
+        "-i",
+        str(H264_CLIP),
+        "-map",
+        "0:v:0",
+        "-frames:v",
+        "3",
+        "-vf",
+        "scale=416:234",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-",
+    ]
     return subprocess.run(argv, capture_output=True, timeout=60)
 
 
@@ -78,8 +112,10 @@ def test_cuda_without_a_gpu_fails_with_a_message_the_status_keeps():
     proc = run_decode(c, "h264")
     assert proc.returncode != 0
     why = hwaccel_failure(c, proc.stderr.decode().splitlines())
-    assert why == ("hwaccel cuda failed (Cannot load libcuda.so.1; Could not dynamically load CUDA; "
-                   "Device creation failed: -1); set cameras[gate].hwaccel: none to decode in software")
+    assert why == (
+        "hwaccel cuda failed (Cannot load libcuda.so.1; Could not dynamically load CUDA; "
+        "Device creation failed: -1); set cameras[gate].hwaccel: none to decode in software"
+    )
 
 
 @pytest.mark.skipif(has_nvidia_gpu(), reason="this machine has an NVIDIA GPU: test_cuda_decodes_on_a_gpu runs instead")
@@ -91,8 +127,9 @@ def test_camera_ffmpeg_without_a_gpu_says_which_field_to_change(tmp_path):
 
     c = cam("cuda", source=str(H264_CLIP))
     hls = HlsConfig(store="dir", dir=str(tmp_path))
-    source = CopySource(c, CopyPublisher(c.id, hls, make_store(hls, None, None), None),
-                        decode_args=decode_args(c, "h264"))
+    source = CopySource(
+        c, CopyPublisher(c.id, hls, make_store(hls, None, None), None), decode_args=decode_args(c, "h264")
+    )
     with pytest.raises(SourceError) as err:
         try:
             source.open()
@@ -127,7 +164,8 @@ def test_jetson_decoder_missing_from_this_ffmpeg_is_named():
     assert proc.returncode != 0  # Debian's ffmpeg has no L4T decoders
     assert hwaccel_failure(c, proc.stderr.decode().splitlines()) == (
         "hwaccel jetson failed (Unknown decoder 'h264_nvv4l2dec'); "
-        "set cameras[gate].hwaccel: none to decode in software")
+        "set cameras[gate].hwaccel: none to decode in software"
+    )
 
 
 def test_hwaccel_failure_ignores_ordinary_errors_and_software_cameras():
@@ -141,12 +179,14 @@ def config(*cams: dict):
 
 
 def test_hwaccel_problems_name_camera_field_and_device():
-    cfg = config({"id": "a", "source": "rtsp://h/a", "hwaccel": "vaapi"},
-                 {"id": "b", "source": "rtsp://h/b", "hwaccel": "cuda"},
-                 {"id": "c", "source": "rtsp://h/c", "hwaccel": "jetson"},
-                 {"id": "d", "source": "rtsp://h/d"},
-                 {"id": "e", "source": "rtsp://h/e", "hwaccel": "vaapi", "node_resource": "nuc"},
-                 {"id": "f", "source": "rtsp://h/f", "hwaccel": "vaapi", "enabled": False})
+    cfg = config(
+        {"id": "a", "source": "rtsp://h/a", "hwaccel": "vaapi"},
+        {"id": "b", "source": "rtsp://h/b", "hwaccel": "cuda"},
+        {"id": "c", "source": "rtsp://h/c", "hwaccel": "jetson"},
+        {"id": "d", "source": "rtsp://h/d"},
+        {"id": "e", "source": "rtsp://h/e", "hwaccel": "vaapi", "node_resource": "nuc"},
+        {"id": "f", "source": "rtsp://h/f", "hwaccel": "vaapi", "enabled": False},
+    )
     assert hwaccel_problems(cfg, exists=lambda p: False) == [
         "cameras[a].hwaccel: vaapi needs /dev/dri/renderD128, which this machine lacks (no VAAPI render node); "
         "use hwaccel: none",
@@ -162,25 +202,39 @@ def test_hwaccel_problems_on_this_machine_find_no_render_node():
     cfg = config({"id": "a", "source": "rtsp://h/a", "hwaccel": "vaapi"})
     assert hwaccel_problems(cfg) == [
         "cameras[a].hwaccel: vaapi needs /dev/dri/renderD128, which this machine lacks (no VAAPI render node); "
-        "use hwaccel: none"]
+        "use hwaccel: none"
+    ]
 
 
 def test_jetson_rtsp_pipeline_string():
     assert gst_rtsp_pipeline("rtsp://u:p@10.0.0.5:554/main", "h264", "tcp", 200).split(" ! ") == [
         'rtspsrc location="rtsp://u:p@10.0.0.5:554/main" protocols=tcp latency=200',
-        "rtph264depay", "h264parse", "nvv4l2decoder", "nvvidconv", "video/x-raw,format=BGRx",
-        "videoconvert", "video/x-raw,format=BGR", "appsink drop=true max-buffers=1"]
+        "rtph264depay",
+        "h264parse",
+        "nvv4l2decoder",
+        "nvvidconv",
+        "video/x-raw,format=BGRx",
+        "videoconvert",
+        "video/x-raw,format=BGR",
+        "appsink drop=true max-buffers=1",
+    ]
     assert gst_rtsp_pipeline("rtsp://h/s", "hevc", "udp", 0).split(" ! ")[:3] == [
-        'rtspsrc location="rtsp://h/s" protocols=udp latency=0', "rtph265depay", "h265parse"]
+        'rtspsrc location="rtsp://h/s" protocols=udp latency=0',
+        "rtph265depay",
+        "h265parse",
+    ]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"url": "/dev/video0"}, "url must be an rtsp:// URL, got '/dev/video0'"),
-    ({"url": 'rtsp://h/s" ! fakesink'}, "url must not contain spaces, quotes"),
-    ({"codec": "mjpeg"}, "codec must be one of h264, hevc, got 'mjpeg'"),
-    ({"transport": "http"}, "transport must be 'tcp' or 'udp', got 'http'"),
-    ({"latency_ms": -1}, "latency_ms must be an int >= 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"url": "/dev/video0"}, "url must be an rtsp:// URL, got '/dev/video0'"),
+        ({"url": 'rtsp://h/s" ! fakesink'}, "url must not contain spaces, quotes"),
+        ({"codec": "mjpeg"}, "codec must be one of h264, hevc, got 'mjpeg'"),
+        ({"transport": "http"}, "transport must be 'tcp' or 'udp', got 'http'"),
+        ({"latency_ms": -1}, "latency_ms must be an int >= 0, got -1"),
+    ],
+)
 def test_jetson_rtsp_pipeline_argument_errors(kwargs, message):
     args = {"url": "rtsp://h/s", **kwargs}
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -202,8 +256,12 @@ except Exception as exc:
 
 
 def gst_parse(pipeline: str) -> str:
-    out = subprocess.run([os.environ.get("LOOKOUT_GST_PYTHON", "/usr/bin/python3"), "-c", GST_PARSE, pipeline],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [os.environ.get("LOOKOUT_GST_PYTHON", "/usr/bin/python3"), "-c", GST_PARSE, pipeline],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.strip()
 
@@ -233,4 +291,3 @@ def test_jetson_rtsp_source_without_gstreamer_opencv_is_a_permanent_clear_error(
     msg = str(err.value)
     assert msg.startswith("camera gate: hwaccel jetson for rtsp://***@10.0.0.5/s needs OpenCV built with GStreamer")
     assert "secret" not in msg
-

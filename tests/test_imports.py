@@ -3,6 +3,7 @@
 Every import counts, at module level or inside a function (a lazy import still ties two modules),
 except those under `if TYPE_CHECKING:` (annotations only: nothing runs them).
 Layers, lowest first: pipeline, hls, gateway, deployments, then tools and cli on top."""
+
 from __future__ import annotations
 
 import ast
@@ -135,8 +136,12 @@ def test_no_import_circles_but_the_known_ones():
 
 def test_no_imports_up_the_layers():
     graph = import_graph()
-    up = sorted(f"{m} -> {t}" for m, targets in graph.items() for t in targets
-                if LAYER[t.split(".")[0]] > LAYER[m.split(".")[0]])
+    up = sorted(
+        f"{m} -> {t}"
+        for m, targets in graph.items()
+        for t in targets
+        if LAYER[t.split(".")[0]] > LAYER[m.split(".")[0]]
+    )
     assert not up, up
 
 
@@ -153,9 +158,13 @@ def _builds_a_key(node: ast.AST) -> bool:
 
 def test_every_redis_key_comes_from_keys_py():
     """No Redis key built outside pipeline/keys.py: neither "lookout:..." nor f"{keys.something}:more"."""
-    built = [f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)[:50]}"
-             for mod, path in modules().items() if mod != "pipeline.keys" and not mod.startswith("tools")
-             for node in ast.walk(ast.parse(path.read_text(), str(path))) if _builds_a_key(node)]
+    built = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)[:50]}"
+        for mod, path in modules().items()
+        if mod != "pipeline.keys" and not mod.startswith("tools")
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if _builds_a_key(node)
+    ]
     assert not built, built
     assert _builds_a_key(ast.parse('f"{keys.PREFIX}:x"').body[0].value)
     assert _builds_a_key(ast.parse('f"{keys.frames(c)}:y"').body[0].value)

@@ -1,5 +1,6 @@
 """The ingest deployment's own logic without Ray: the class behind the Serve deployment, on a real Redis
 and a real video file."""
+
 from __future__ import annotations
 
 import threading
@@ -15,9 +16,14 @@ from rtsp_fixtures import wait_until
 
 
 def build(redis_server, assets_dir) -> IngestDeployment:
-    args = parse_args({
-        "cameras": [{"id": "cam", "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 10, "detect": False}],
-        "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url, "hls": {"enabled": False}})
+    args = parse_args(
+        {
+            "cameras": [{"id": "cam", "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 10, "detect": False}],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "hls": {"enabled": False},
+        }
+    )
     return IngestDeployment.func_or_class(args.for_camera("cam"), "cam", None)
 
 
@@ -50,8 +56,7 @@ def test_health_check_before_the_reading_thread_runs_is_not_a_dead_loop(deployme
     dep.check_health()  # pending: not dead
     gate.set()
     loop = dep.service.loop
-    wait_until(lambda: loop.status().state == CameraState.RUNNING and loop.status().frames > 3, 30, 0.1,
-               "frames read")
+    wait_until(lambda: loop.status().state == CameraState.RUNNING and loop.status().frames > 3, 30, 0.1, "frames read")
     dep.check_health()
 
 

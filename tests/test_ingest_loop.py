@@ -1,4 +1,5 @@
 """IngestLoop: states, back-off, callbacks, health, and reconnecting against a real RTSP server."""
+
 from __future__ import annotations
 
 import logging
@@ -64,8 +65,13 @@ class Recorder:
     def state_is(self, state: CameraState, error_contains: str | None = None):
         def check():
             last = self.last
-            return (last is not None and last.state == state
-                    and (error_contains is None or error_contains in (last.last_error or "")) and last)
+            return (
+                last is not None
+                and last.state == state
+                and (error_contains is None or error_contains in (last.last_error or ""))
+                and last
+            )
+
         return check
 
 
@@ -135,6 +141,7 @@ def scripted(script, delay_s=0.01):
 
 # ---- back-off ----------------------------------------------------------------------------------------------
 
+
 def test_backoff_delay_doubles_with_jitter_within_bounds():
     mid = lambda: 0.5  # noqa: E731 - no jitter
     assert [backoff_delay(n, 0.5, 10.0, mid) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
@@ -157,6 +164,7 @@ def test_constructor_argument_errors():
 
 
 # ---- state machine with a scripted source ----------------------------------------------------------
+
 
 def test_reconnects_through_errors_and_reports_each_state(start_loop):
     rec = Recorder()
@@ -382,13 +390,15 @@ def test_a_source_that_fails_with_the_stop_is_no_warning(start_loop, caplog):
 
 # ---- real RTSP server ---------------------------------------------------------------------------------
 
+
 def rtsp_cam(url: str, **kw) -> CameraConfig:
     kw = dict(reconnect_min_s=0.2, reconnect_max_s=1.0, open_timeout_s=8, read_timeout_s=3) | kw
     return CameraConfig(id=kw.pop("id", "door"), source=url, **kw)
 
 
 def test_rtsp_camera_survives_server_outages_while_a_file_camera_keeps_going(
-        start_loop, rtsp_server_factory, assets_dir):  # noqa: F811
+    start_loop, rtsp_server_factory, assets_dir
+):  # noqa: F811
     file_rec = Recorder()
     file_loop = start_loop(CameraConfig(id="lobby", source=str(assets_dir / "videos" / "vtest.avi")), file_rec)
     server = rtsp_server_factory(start=False, file=assets_dir / "videos" / "one-by-one-person-detection.mp4")

@@ -1,4 +1,5 @@
 """model.precision int8 on the CPU backends: quantized on real frames, checked against FP32, cached."""
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,9 @@ def frames(video: Path, every: int, count: int, skip: int = 0) -> list[np.ndarra
 def calib_dir(assets_dir, tmp_path_factory) -> Path:
     """12 real frames of two videos (people walking; people entering a room)."""
     folder = tmp_path_factory.mktemp("calib")
-    shots = frames(assets_dir / "videos" / "vtest.avi", 60, 6) + \
-        frames(assets_dir / "videos" / "one-by-one-person-detection.mp4", 150, 6, skip=100)
+    shots = frames(assets_dir / "videos" / "vtest.avi", 60, 6) + frames(
+        assets_dir / "videos" / "one-by-one-person-detection.mp4", 150, 6, skip=100
+    )
     for i, frame in enumerate(shots):
         cv2.imwrite(str(folder / f"{i:02d}.jpg"), frame)
     return folder
@@ -65,8 +67,9 @@ def test_int8_model_agrees_with_fp32_and_is_cached(int8, yolo_tiny_onnx, calib_d
     assert q.agreement >= 0.95
     quantized = onnx.load(str(q.path))
     assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
-    assert {p.key: p.value for p in quantized.metadata_props} == \
-        {p.key: p.value for p in onnx.load(str(yolo_tiny_onnx), load_external_data=False).metadata_props}
+    assert {p.key: p.value for p in quantized.metadata_props} == {
+        p.key: p.value for p in onnx.load(str(yolo_tiny_onnx), load_external_data=False).metadata_props
+    }
     mtime = q.path.stat().st_mtime_ns
     again = ensure_int8(yolo_tiny_onnx, calib_dir, cache)
     assert again.path == q.path and q.path.stat().st_mtime_ns == mtime  # loaded, not quantized again
@@ -76,14 +79,22 @@ def test_int8_detects_held_out_frames_like_fp32_on_both_cpu_backends(int8, yolo_
     _, cache = int8
     model = ResolvedModel(onnx=Path(yolo_tiny_onnx), labels=None)
     held_out = frames(assets_dir / "videos" / "vtest.avi", 45, 4, skip=25)  # none of them calibrated on
-    fp32 = Detector(create_backend(ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime"), model),
-                    [str(i) for i in range(80)], ModelConfig(onnx=str(yolo_tiny_onnx)))
+    fp32 = Detector(
+        create_backend(ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime"), model),
+        [str(i) for i in range(80)],
+        ModelConfig(onnx=str(yolo_tiny_onnx)),
+    )
     ref = fp32.detect(held_out)[0]
     total = sum(len(d) for d in ref)
     assert total >= 20
     for backend in ("onnxruntime", "openvino"):
-        settings = ModelConfig(onnx=str(yolo_tiny_onnx), backend=backend, precision="int8",
-                               calib_images=str(calib_dir), engine_cache_dir=str(cache))
+        settings = ModelConfig(
+            onnx=str(yolo_tiny_onnx),
+            backend=backend,
+            precision="int8",
+            calib_images=str(calib_dir),
+            engine_cache_dir=str(cache),
+        )
         assert cpu_model_file(settings, model).parent == cache
         det = Detector(create_backend(settings, model), [str(i) for i in range(80)], settings)
         got = det.detect(held_out)[0]
@@ -106,8 +117,15 @@ def test_the_check_fails_a_model_quantized_everywhere(yolo_tiny_onnx, calib_dir,
             return None if b is None else {"images": b}
 
     everywhere = tmp_path / "all-int8.onnx"
-    quantize_static(str(yolo_tiny_onnx), str(everywhere), Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    quantize_static(
+        str(yolo_tiny_onnx),
+        str(everywhere),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
     matched, total = agreement(yolo_tiny_onnx, everywhere, batches)
     assert total >= 30 and matched / total < 0.95
     same, total2 = agreement(yolo_tiny_onnx, yolo_tiny_onnx, batches)
@@ -124,8 +142,13 @@ def test_frames_without_objects_are_refused_and_fp32_runs(yolo_tiny_onnx, tmp_pa
     with pytest.raises(QuantizationError, match="finds nothing"):  # the verdict is cached, not redone
         ensure_int8(yolo_tiny_onnx, blank, tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.onnx"))
-    settings = ModelConfig(onnx=str(yolo_tiny_onnx), backend="onnxruntime", precision="int8",
-                           calib_images=str(blank), engine_cache_dir=str(tmp_path / "cache"))
+    settings = ModelConfig(
+        onnx=str(yolo_tiny_onnx),
+        backend="onnxruntime",
+        precision="int8",
+        calib_images=str(blank),
+        engine_cache_dir=str(tmp_path / "cache"),
+    )
     with caplog.at_level(logging.ERROR):
         path = cpu_model_file(settings, ResolvedModel(onnx=Path(yolo_tiny_onnx), labels=None))
     assert path == Path(yolo_tiny_onnx)
@@ -139,7 +162,9 @@ def test_bad_calibration_input_names_the_field(yolo_tiny_onnx, calib_dir, tmp_pa
     few.mkdir()
     for p in sorted(calib_dir.iterdir())[:3]:
         (few / p.name).write_bytes(p.read_bytes())
-    with pytest.raises(ValueError, match=r"model.calib_images '.*few' has 3 image\(s\); INT8 calibration needs at least 8"):
+    with pytest.raises(
+        ValueError, match=r"model.calib_images '.*few' has 3 image\(s\); INT8 calibration needs at least 8"
+    ):
         ensure_int8(yolo_tiny_onnx, few, tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match="calibration images folder .*nowhere does not exist"):
         ensure_int8(yolo_tiny_onnx, tmp_path / "nowhere", tmp_path / "cache")

@@ -1,5 +1,6 @@
 """tools/launch.py, the one launcher of the tests and benchmarks: its environment and its stop.
 (`serve run` through it is what every e2e module starts.)"""
+
 from __future__ import annotations
 
 import signal
@@ -21,8 +22,10 @@ def test_env_drops_an_inherited_redis_and_ray_address(monkeypatch):
 
 
 def test_stop_kills_a_group_that_ignores_the_polite_signal():
-    code = "import signal, subprocess, time; signal.signal(signal.SIGINT, signal.SIG_IGN); " \
-           "subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    code = (
+        "import signal, subprocess, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     time.sleep(0.5)
     child = subprocess.run(["pgrep", "-g", str(proc.pid), "sleep"], capture_output=True, text=True).stdout.split()
@@ -34,4 +37,3 @@ def test_stop_kills_a_group_that_ignores_the_polite_signal():
     stat = Path(f"/proc/{child[0]}/stat")
     # the group went too (gone, or a zombie whose new parent has not reaped it yet)
     assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
-

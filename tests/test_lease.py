@@ -1,5 +1,6 @@
 """pipeline.lease against a real redis-server: expiry, renewal, release, takeover after a killed holder,
 never two holders, and clock-jump safety."""
+
 from __future__ import annotations
 
 import os
@@ -51,9 +52,14 @@ HOLDER = textwrap.dedent("""
 
 
 def spawn_holder(url: str, key: str, ttl_s: float, log_path, owner: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", HOLDER, url, key, str(ttl_s), str(log_path), owner],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, url, key, str(ttl_s), str(log_path), owner],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_acquire_is_exclusive_and_expires_on_redis_clock(redis_client):
@@ -111,8 +117,11 @@ def test_keeper_loses_before_expiry_when_redis_goes_away(redis_server):
     client = redis.Redis.from_url(redis_server.url, socket_timeout=0.2, socket_connect_timeout=0.2)
     lease = Lease(client, "k", 1.0, owner="a")
     events: list[tuple[str, float, float]] = []
-    keeper = LeaseKeeper(lease, lambda _lease: events.append(("acquired", time.monotonic(), 0.0)),
-                         lambda _lease: events.append(("lost", time.monotonic(), 0.0)))
+    keeper = LeaseKeeper(
+        lease,
+        lambda _lease: events.append(("acquired", time.monotonic(), 0.0)),
+        lambda _lease: events.append(("lost", time.monotonic(), 0.0)),
+    )
     stop = threading.Event()
     keeper.start(stop)
     deadline = time.monotonic() + 5
@@ -135,8 +144,9 @@ def test_keeper_keeps_its_lease_across_a_redis_restart(redis_server):
     client = redis.Redis.from_url(redis_server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
     lease = Lease(client, "k", 3.0, owner="a")
     events: list[str] = []
-    keeper = LeaseKeeper(lease, lambda _lease: events.append("acquired"), lambda _lease: events.append("lost"),
-                         retry_s=0.05, renew_s=0.2)
+    keeper = LeaseKeeper(
+        lease, lambda _lease: events.append("acquired"), lambda _lease: events.append("lost"), retry_s=0.05, renew_s=0.2
+    )
     stop = threading.Event()
     keeper.start(stop)
     try:

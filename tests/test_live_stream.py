@@ -12,8 +12,16 @@ from pipeline.types import Detections, FrameResult
 def make(redis_client, delay_s=5.0, max_age_s=30.0, wait=True):
     bus, results = FrameBus(redis_client, BusConfig(jpeg_quality=95)), ResultStore(redis_client)
     out = []
-    stream = AnnotatedStream("cam", bus, results, [BoxAnnotator(3)], lambda img, t: out.append((img, t)),
-                             annotation_delay_s=delay_s, max_age_s=max_age_s, wait_for_detections=wait)
+    stream = AnnotatedStream(
+        "cam",
+        bus,
+        results,
+        [BoxAnnotator(3)],
+        lambda img, t: out.append((img, t)),
+        annotation_delay_s=delay_s,
+        max_age_s=max_age_s,
+        wait_for_detections=wait,
+    )
     return bus, results, stream, out
 
 

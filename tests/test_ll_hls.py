@@ -1,6 +1,7 @@
 """Low-Latency HLS: the fMP4 splitter and playlist writer (pure), the segmenter with real ffmpeg
 (parts that ffprobe decodes), blocking playlist reloads through the real gateway app with a real
 Redis, and an LL camera playing in headless Chromium behind the real login."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ from auth_fixtures import ADMIN_PASSWORD, make_ctx
 from conftest import free_port, wait_port
 from gateway.app import create_app
 from hls.fmp4 import Fragment, FragmentSplitter, Mp4Error, box_header, parse_fragment, parse_init
-from hls.llhls import (BadDirective, OpenSegment, Part, parse_directives, part_target_s, reload_ready, reload_state,
-                       reload_too_far, render_fmp4)
+from hls.llhls import (
+    BadDirective,
+    OpenSegment,
+    Part,
+    parse_directives,
+    part_target_s,
+    reload_ready,
+    reload_state,
+    reload_too_far,
+    render_fmp4,
+)
 from hls.playlist import Entry, MediaPlaylist
 from hls.segmenter import Segmenter
 from hls.store import RedisHlsStore
@@ -35,19 +45,61 @@ FPS = 10
 
 def ffmpeg_fmp4(frag_us: int | None, seconds: float = 3) -> bytes:
     """Fragmented MP4 of a 10 fps test pattern with a keyframe per second, as the segmenter asks for."""
-    argv = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=size=160x120:rate={FPS}", "-t", str(seconds),
-            "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-bf", "0", "-g", "10",
-            "-keyint_min", "10", "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-f", "mp4",
-            "-movflags", "+frag_keyframe+empty_moov+default_base_moof"]
+    argv = [
+        "ffmpeg",
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc=size=160x120:rate={FPS}",
+        "-t",
+        str(seconds),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-tune",
+        "zerolatency",
+        "-bf",
+        "0",
+        "-g",
+        "10",
+        "-keyint_min",
+        "10",
+        "-sc_threshold",
+        "0",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "mp4",
+        "-movflags",
+        "+frag_keyframe+empty_moov+default_base_moof",
+    ]
     argv += ["-frag_duration", str(frag_us)] if frag_us else []
     return subprocess.run([*argv, "pipe:1"], capture_output=True, check=True).stdout
 
 
 def ffprobe_frames(path) -> tuple[int, int, int]:
     """(decoded frames, width, height) of a file, by actually decoding it."""
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-                          "stream=nb_read_frames,width,height", "-of", "json", str(path)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames,width,height",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     s = json.loads(out)["streams"][0]
     return int(s["nb_read_frames"]), s["width"], s["height"]
 
@@ -68,7 +120,7 @@ def test_splitter_cuts_ffmpeg_output_in_any_chunking():
     for chunk in (1, 7, 1000, len(data)):
         splitter, pieces = FragmentSplitter(), []
         for i in range(0, len(data), chunk):
-            pieces += splitter.feed(data[i:i + chunk])
+            pieces += splitter.feed(data[i : i + chunk])
         init, frags = pieces[0], pieces[1:]
         assert isinstance(init, bytes) and init[4:8] == b"ftyp" and b"moov" in init
         assert all(isinstance(f, Fragment) and f.data[4:8] == b"moof" for f in frags)
@@ -86,11 +138,11 @@ def test_parse_fragment_defaults_and_flags():
     d = parse_init(init)
     assert (d.timescale, d.default_duration, d.default_flags) == (1000, 40, 0x10000)
     tfhd = full_box(b"tfhd", 0, 0x020000, struct.pack(">I", 1))  # default-base-is-moof, no defaults
-    tfdt = full_box(b"tfdt", 1, 0, struct.pack(">Q", 2 ** 33))
+    tfdt = full_box(b"tfdt", 1, 0, struct.pack(">Q", 2**33))
     # first_sample_flags = 0 (sync), durations from trex
     trun = full_box(b"trun", 0, 0x001 | 0x004, struct.pack(">IiI", 3, 0, 0))
     frag = parse_fragment(box(b"moof", box(b"traf", tfhd + tfdt + trun)) + box(b"mdat", b"x"), d)
-    assert (frag.decode_time, frag.duration, frag.samples, frag.independent) == (2 ** 33, 120, 3, True)
+    assert (frag.decode_time, frag.duration, frag.samples, frag.independent) == (2**33, 120, 3, True)
     # per-sample durations and flags, the first one non-sync; tfhd default duration overridden
     tfhd2 = full_box(b"tfhd", 0, 0x08, struct.pack(">II", 1, 99))
     trun2 = full_box(b"trun", 0, 0x100 | 0x400, struct.pack(">I", 2) + struct.pack(">IIII", 33, 0x10000, 34, 0))
@@ -119,8 +171,16 @@ def ll_playlist() -> tuple[MediaPlaylist, OpenSegment]:
 
     pl = MediaPlaylist(media_sequence=7, discontinuity_sequence=1)
     for i in range(4):
-        pl.entries.append(Entry(f"s{7 + i}.m4s", 1.0, 1_700_000_000.0 + i, discontinuity=i == 2,
-                                init="init1.mp4" if i < 2 else "init2.mp4", parts=parts(7 + i)))
+        pl.entries.append(
+            Entry(
+                f"s{7 + i}.m4s",
+                1.0,
+                1_700_000_000.0 + i,
+                discontinuity=i == 2,
+                init="init1.mp4" if i < 2 else "init2.mp4",
+                parts=parts(7 + i),
+            )
+        )
     return pl, OpenSegment("init2.mp4", 1_700_000_004.0, parts=parts(11, 2))
 
 
@@ -128,29 +188,45 @@ def test_ll_playlist_lines():
     pl, open_seg = ll_playlist()
     text = render_fmp4(pl, min_target_s=1.0, part_target=0.2, open_segment=open_seg)
     lines = text.splitlines()
-    assert lines[:7] == ["#EXTM3U", "#EXT-X-VERSION:6", "#EXT-X-TARGETDURATION:1",
-                         "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.60000",
-                         "#EXT-X-PART-INF:PART-TARGET=0.20000", "#EXT-X-MEDIA-SEQUENCE:7",
-                         "#EXT-X-DISCONTINUITY-SEQUENCE:1"]
-    assert lines[7:11] == ['#EXT-X-MAP:URI="init1.mp4"', "#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z",
-                           "#EXTINF:1.00000,", "s7.m4s"]  # the oldest segment lists no parts any more
+    assert lines[:7] == [
+        "#EXTM3U",
+        "#EXT-X-VERSION:6",
+        "#EXT-X-TARGETDURATION:1",
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.60000",
+        "#EXT-X-PART-INF:PART-TARGET=0.20000",
+        "#EXT-X-MEDIA-SEQUENCE:7",
+        "#EXT-X-DISCONTINUITY-SEQUENCE:1",
+    ]
+    assert lines[7:11] == [
+        '#EXT-X-MAP:URI="init1.mp4"',
+        "#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:20.000Z",
+        "#EXTINF:1.00000,",
+        "s7.m4s",
+    ]  # the oldest segment lists no parts any more
     # a new init section after the discontinuity, once
-    assert [ln for ln in lines if ln.startswith("#EXT-X-MAP")] == ['#EXT-X-MAP:URI="init1.mp4"',
-                                                                   '#EXT-X-MAP:URI="init2.mp4"']
+    assert [ln for ln in lines if ln.startswith("#EXT-X-MAP")] == [
+        '#EXT-X-MAP:URI="init1.mp4"',
+        '#EXT-X-MAP:URI="init2.mp4"',
+    ]
     assert lines.index("#EXT-X-DISCONTINUITY") == lines.index('#EXT-X-MAP:URI="init2.mp4"') - 1
     # parts: within 3 target durations of the end (segments 8..10 and the open one), keyframe parts INDEPENDENT
     part_lines = [ln for ln in lines if ln.startswith("#EXT-X-PART:")]
     assert len(part_lines) == 3 * 5 + 2 and not any("s7_" in ln for ln in part_lines)
     assert part_lines[0] == '#EXT-X-PART:DURATION=0.20000,URI="s8_0.m4s",INDEPENDENT=YES'
     assert part_lines[1] == '#EXT-X-PART:DURATION=0.20000,URI="s8_1.m4s"'
-    assert lines[-3:] == ["#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:24.000Z",
-                          '#EXT-X-PART:DURATION=0.20000,URI="s11_0.m4s",INDEPENDENT=YES',
-                          '#EXT-X-PART:DURATION=0.20000,URI="s11_1.m4s"']
+    assert lines[-3:] == [
+        "#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:24.000Z",
+        '#EXT-X-PART:DURATION=0.20000,URI="s11_0.m4s",INDEPENDENT=YES',
+        '#EXT-X-PART:DURATION=0.20000,URI="s11_1.m4s"',
+    ]
     # the same playlist read back as a standard one (what clips and a restarted segmenter see)
     back = MediaPlaylist.parse(text)
     assert [(e.name, e.init, e.discontinuity) for e in back.entries] == [
-        ("s7.m4s", "init1.mp4", False), ("s8.m4s", "init1.mp4", False), ("s9.m4s", "init2.mp4", True),
-        ("s10.m4s", "init2.mp4", False)]
+        ("s7.m4s", "init1.mp4", False),
+        ("s8.m4s", "init1.mp4", False),
+        ("s9.m4s", "init2.mp4", True),
+        ("s10.m4s", "init2.mp4", False),
+    ]
 
 
 def test_standard_fmp4_playlist_has_no_ll_tags():
@@ -210,8 +286,17 @@ def test_segmenter_ll_parts_decode(redis_server, tmp_path):
         for i in range(13):
             assert seg.write(frame(i, 320, 240), captured_at=t0 + i / FPS)
         # parts of the segment in progress are listed before it is complete
-        text = wait_until(lambda: (t := store.get_playlist("llcam")) and (st := reload_state(t)).segments == 1
-                          and st.open_parts == 1 and t, 60, 0.05, "a playlist with a part of the open segment")
+        text = wait_until(
+            lambda: (
+                (t := store.get_playlist("llcam"))
+                and (st := reload_state(t)).segments == 1
+                and st.open_parts == 1
+                and t
+            ),
+            60,
+            0.05,
+            "a playlist with a part of the open segment",
+        )
         assert "#EXT-X-PRELOAD-HINT" not in text
         for i in range(13, 25):
             seg.write(frame(i, 320, 240), captured_at=t0 + i / FPS)
@@ -230,11 +315,17 @@ def test_segmenter_ll_parts_decode(redis_server, tmp_path):
     st = reload_state(text)
     # every segment ends within 3 target durations of the end (4 s of media here): all list their parts
     assert st.open_parts == 0 and st.parts == {0: 5, 1: 5, 2: 3, 3: 5, 4: 3}
-    part_names = [ln.split('URI="')[1].rstrip('"').split('"')[0] for ln in text.splitlines()
-                  if ln.startswith("#EXT-X-PART:")]
+    part_names = [
+        ln.split('URI="')[1].rstrip('"').split('"')[0] for ln in text.splitlines() if ln.startswith("#EXT-X-PART:")
+    ]
     independent = [ln.endswith("INDEPENDENT=YES") for ln in text.splitlines() if ln.startswith("#EXT-X-PART:")]
-    assert independent == [True, False, False, False, False] * 2 + [True, False, False] + \
-        [True, False, False, False, False] + [True, False, False]
+    assert independent == [True, False, False, False, False] * 2 + [True, False, False] + [
+        True,
+        False,
+        False,
+        False,
+        False,
+    ] + [True, False, False]
     for k, e in enumerate(pl.entries):
         init = store.get_segment("llcam", e.init)
         whole = tmp_path / f"seg{k}.mp4"
@@ -265,8 +356,9 @@ def test_segmenter_standard_fmp4(redis_server, tmp_path):
     assert [e.duration_s for e in pl.entries] == [1.0, 1.0, 1.0]
     assert sorted(store.list_segments("fcam")) == sorted([e.name for e in pl.entries] + [pl.entries[0].init])
     whole = tmp_path / "all.mp4"
-    whole.write_bytes(store.get_segment("fcam", pl.entries[0].init)
-                      + b"".join(store.get_segment("fcam", e.name) for e in pl.entries))
+    whole.write_bytes(
+        store.get_segment("fcam", pl.entries[0].init) + b"".join(store.get_segment("fcam", e.name) for e in pl.entries)
+    )
     assert ffprobe_frames(whole) == (30, 320, 240)
 
 
@@ -277,10 +369,15 @@ def test_segmenter_standard_fmp4(redis_server, tmp_path):
 def gateway(redis_server, tmp_path):
     from starlette.testclient import TestClient
 
-    args = parse_args({"cameras": [{"id": "a", "source": "x.avi"}], "model": {"onnx": "m.onnx"},
-                       "redis_url": redis_server.url, "hls": {"low_latency": True},
-                       "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"),
-                                            "key_dir": str(tmp_path / "keys")}}})
+    args = parse_args(
+        {
+            "cameras": [{"id": "a", "source": "x.avi"}],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "hls": {"low_latency": True},
+            "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")}},
+        }
+    )
     from gateway.context import GatewayContext
 
     ctx = GatewayContext.from_args(args)
@@ -367,18 +464,28 @@ def test_camera_plays_in_chromium(redis_server, tmp_path, monkeypatch, low_laten
     try:
         log_in(driver, f"http://127.0.0.1:{port}", ADMIN_PASSWORD, "/?camera=ll")
         tile = "window.lookout.tiles.get('ll')"
-        wait_until(lambda: driver.execute_script(f"const t = {tile}; return !!t && t.video.currentTime > 1"),
-                   90, 0.5, "the camera to start playing")
+        wait_until(
+            lambda: driver.execute_script(f"const t = {tile}; return !!t && t.video.currentTime > 1"),
+            90,
+            0.5,
+            "the camera to start playing",
+        )
         t1 = driver.execute_script(f"return {tile}.video.currentTime")
-        wait_until(lambda: driver.execute_script(f"return {tile}.video.currentTime") > t1 + 3, 60, 0.5,
-                   "the camera to play on by 3 s")
+        wait_until(
+            lambda: driver.execute_script(f"return {tile}.video.currentTime") > t1 + 3,
+            60,
+            0.5,
+            "the camera to play on by 3 s",
+        )
         s = driver.execute_script(f"""const t = {tile}, d = t.details;
             return {{ll: t.lowLatency, err: t.video.error, w: t.video.videoWidth,
                     parts: d && d.partList ? d.partList.length : 0, block: d ? d.canBlockReload : null,
                     latency: t.hls.latency, target: t.hls.targetLatency,
                     urls: performance.getEntriesByType('resource').map(e => e.name).filter(n => n.includes('/hls/ll/'))}}""")
-        print(f"{'LL' if low_latency else 'standard'} HLS in Chromium: hls.js latency {s['latency']:.2f}s, "
-              f"target {s['target']}")
+        print(
+            f"{'LL' if low_latency else 'standard'} HLS in Chromium: hls.js latency {s['latency']:.2f}s, "
+            f"target {s['target']}"
+        )
         assert s["err"] is None and s["w"] == 320
         if low_latency:
             assert s["ll"] is True and s["block"] is True and s["parts"] > 0

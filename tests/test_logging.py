@@ -1,4 +1,5 @@
 """Structured logs: JSON lines with stage and camera, credentials scrubbed, also inside a real Serve replica."""
+
 from __future__ import annotations
 
 import io
@@ -31,15 +32,20 @@ def json_log():
 
 
 def test_json_lines_carry_stage_camera_and_scrubbed_message(json_log):
-    logging.getLogger("pipeline.ingest").warning("camera %s: cannot open %s", "door",
-                                                 f"rtsp://admin:{SECRET}@10.0.0.5:554/live?password={SECRET}")
+    logging.getLogger("pipeline.ingest").warning(
+        "camera %s: cannot open %s", "door", f"rtsp://admin:{SECRET}@10.0.0.5:554/live?password={SECRET}"
+    )
     logging.getLogger("gateway.app").info("listening")
     logging.getLogger("somewhere.else").info("no stage known")
     ingest, gateway, other = json_log()
     assert set(ingest) >= {"ts", "level", "logger", "stage", "camera", "message"}
     assert ingest["ts"].endswith("Z") and ingest["ts"][10] == "T"
-    assert (ingest["level"], ingest["logger"], ingest["stage"], ingest["camera"]) == \
-        ("WARNING", "pipeline.ingest", "ingest", "door")
+    assert (ingest["level"], ingest["logger"], ingest["stage"], ingest["camera"]) == (
+        "WARNING",
+        "pipeline.ingest",
+        "ingest",
+        "door",
+    )
     assert ingest["message"] == "camera door: cannot open rtsp://***@10.0.0.5:554/live?password=***"
     assert (gateway["stage"], gateway["camera"]) == ("gateway", None)
     assert (other["stage"], other["camera"]) == (None, None)
@@ -86,8 +92,13 @@ def test_a_real_ingest_loop_failing_on_an_rtsp_camera_logs_no_password(json_log)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = CameraConfig(id="door", source=f"rtsp://admin:{SECRET}@127.0.0.1:{port}/stream",
-                       reconnect_min_s=0.1, reconnect_max_s=0.2, open_timeout_s=5)
+    cfg = CameraConfig(
+        id="door",
+        source=f"rtsp://admin:{SECRET}@127.0.0.1:{port}/stream",
+        reconnect_min_s=0.1,
+        reconnect_max_s=0.2,
+        open_timeout_s=5,
+    )
     statuses = []
     loop = IngestLoop(cfg, lambda f: None, statuses.append, status_interval_s=0.2)
     stop = threading.Event()
@@ -106,7 +117,7 @@ def test_a_real_ingest_loop_failing_on_an_rtsp_camera_logs_no_password(json_log)
     assert SECRET not in json.dumps(records)
 
 
-PROBE = r'''
+PROBE = r"""
 import json, logging, io, sys
 import ray
 from ray import serve
@@ -139,15 +150,13 @@ try:
 finally:
     serve.shutdown()
     ray.shutdown()
-'''
+"""
 
 
 def test_inside_a_serve_replica_stage_and_camera_come_from_the_deployment_name(tmp_path):
     """A real Ray Serve replica named like the encoder of camera 'porch', LOOKOUT_LOG_FORMAT=json."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "disabled"}
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=400)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "OUT{" in out.stdout, out.stdout[-3000:]
     rec = json.loads(out.stdout.split("OUT", 1)[1].splitlines()[0])
@@ -166,9 +175,11 @@ def test_serve_queue_length_probe_warnings_are_logged_once_not_at_every_miss():
     serve_log.addHandler(handler)
     try:
         for _ in range(5):
-            serve_log.warning("Failed to get queue length from Replica(id='abc', deployment='detector', "
-                              "app='lookout') within 0.1s. If this happens repeatedly it's likely caused by high "
-                              "network latency in the cluster.")
+            serve_log.warning(
+                "Failed to get queue length from Replica(id='abc', deployment='detector', "
+                "app='lookout') within 0.1s. If this happens repeatedly it's likely caused by high "
+                "network latency in the cluster."
+            )
         serve_log.warning("Replica(id='x') will not be considered for future requests")
     finally:
         serve_log.removeHandler(handler)

@@ -1,5 +1,6 @@
 """Motion gating: MotionDetector on real video, MotionGate's rules, MotionLog on a real redis-server, and
 the gate in a real CameraService (real ffmpeg CopySource, real Redis, no Ray)."""
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,9 @@ def test_detector_static_scene_settles_to_zero(clip_frames):
     det = MotionDetector(MotionConfig())
     still = clip_frames[0][1]
     rng = np.random.default_rng(1)
-    acts = [det.update(np.clip(still + rng.normal(0, 2.0, still.shape), 0, 255).astype(np.uint8))
-            for _ in range(50)]  # a still frame with sensor noise
+    acts = [
+        det.update(np.clip(still + rng.normal(0, 2.0, still.shape), 0, 255).astype(np.uint8)) for _ in range(50)
+    ]  # a still frame with sensor noise
     assert max(acts) == 0.0
     # the clip's real empty room (compression noise, no one there yet)
     det = MotionDetector(MotionConfig())
@@ -240,8 +242,9 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
     """The clip's first 6 s are an empty room, then someone walks in (VISITS[0]). Only keep-alives go to
     the detector while nothing moves; the first moving frame goes at once; every frame is on the bus."""
     motion = MotionConfig(keepalive_s=2.0, hold_s=1.0)
-    cam = CameraConfig(id="people", source=str(assets_dir / "videos" / CLIP), detect_fps=DETECT_FPS, lease_ttl_s=2,
-                       motion=motion)
+    cam = CameraConfig(
+        id="people", source=str(assets_dir / "videos" / CLIP), detect_fps=DETECT_FPS, lease_ttl_s=2, motion=motion
+    )
     sent: list = []
 
     def detect(ref) -> int:
@@ -252,8 +255,15 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
         return CopySource(c, CopyPublisher(c.id, HlsConfig(segment_s=1.0), DirHlsStore(tmp_path / "hls")))
 
     mlog = MotionLog(redis_client, retain_s=600)
-    service = CameraService(cam, redis_client, BusConfig(codec="raw"), DetectorConfig(max_inflight_per_camera=2),
-                            detect, source_factory=source, motion_log=mlog)
+    service = CameraService(
+        cam,
+        redis_client,
+        BusConfig(codec="raw"),
+        DetectorConfig(max_inflight_per_camera=2),
+        detect,
+        source_factory=source,
+        motion_log=mlog,
+    )
     frames: list[list] = []  # [pts, captured_at, activity, gate clock] of every frame, in order
     lock = threading.Lock()
     on_frame, should_detect = service._on_frame, service.gate.should_detect
@@ -299,8 +309,9 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
     # /api/cameras shows the gate's state (registered with each status)
     assert StatusStore(redis_client).camera_info()["people"]["detection"] in ("motion", "idle", "keepalive")
     service.metrics.flush()
-    dropped = redis_client.hget("lookout:metrics:lookout_frames_dropped_total",
-                                '{"camera":"people","reason":"no_motion"}')
+    dropped = redis_client.hget(
+        "lookout:metrics:lookout_frames_dropped_total", '{"camera":"people","reason":"no_motion"}'
+    )
     assert float(dropped) == service.gate.skipped
 
 
@@ -315,10 +326,15 @@ def gateway(redis_server, tmp_path, monkeypatch):
     from pipeline.config import parse_args
 
     monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    args = parse_args({"cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}],
-                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url, "base_dir": str(tmp_path),
-                       "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"),
-                                            "key_dir": str(tmp_path / "keys")}}})
+    args = parse_args(
+        {
+            "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "base_dir": str(tmp_path),
+            "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")}},
+        }
+    )
     ctx = GatewayContext.from_args(args)
     app = create_app(ctx)
 
@@ -343,8 +359,13 @@ def test_motion_api_serves_the_log_per_camera_scope(gateway):
     viewer = client({"camera:a:view"})
     r = viewer.get("/api/cameras/a/motion", params={"since_s": t0, "until_s": t0 + 60})
     assert r.status_code == 200, r.text
-    assert r.json() == {"camera_id": "a", "since_s": t0, "until_s": t0 + 60, "step_s": 1,
-                        "seconds": [[t0, 0.1], [t0 + 1, 0.3], [t0 + 7, 0.05], [t0 + 9, 0.2]]}
+    assert r.json() == {
+        "camera_id": "a",
+        "since_s": t0,
+        "until_s": t0 + 60,
+        "step_s": 1,
+        "seconds": [[t0, 0.1], [t0 + 1, 0.3], [t0 + 7, 0.05], [t0 + 9, 0.2]],
+    }
     r = viewer.get("/api/cameras/a/motion", params={"since_s": t0 + 1, "until_s": t0 + 8})
     assert [s for s, _ in r.json()["seconds"]] == [t0 + 1, t0 + 7]
     r = viewer.get("/api/cameras/a/motion", params={"since_s": t0, "until_s": t0 + 60, "step_s": 5})
@@ -352,27 +373,30 @@ def test_motion_api_serves_the_log_per_camera_scope(gateway):
     # another camera's motion is not this viewer's
     r = viewer.get("/api/cameras/b/motion", params={"since_s": t0, "until_s": t0 + 60})
     assert r.status_code == 403 and r.json()["needs"] == "camera:b:view"
-    assert client({"camera:b:view"}).get("/api/cameras/b/motion", params={"since_s": t0, "until_s": t0 + 1}
-                                         ).json()["seconds"] == [[t0, 0.9]]
+    assert client({"camera:b:view"}).get("/api/cameras/b/motion", params={"since_s": t0, "until_s": t0 + 1}).json()[
+        "seconds"
+    ] == [[t0, 0.9]]
     doc = client({"admin"}).get("/api/openapi.json").json()
     params = {p["name"] for p in doc["paths"]["/api/cameras/{camera_id}/motion"]["get"]["parameters"]}
     assert params == {"camera_id", "since_s", "until_s", "step_s"}
-    assert client({"admin"}).get("/api/cameras/zz/motion", params={"since_s": t0, "until_s": t0 + 1}
-                                 ).status_code == 404
+    assert client({"admin"}).get("/api/cameras/zz/motion", params={"since_s": t0, "until_s": t0 + 1}).status_code == 404
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"until_s": 100}, "since_s"),
-    ({"since_s": 100}, "until_s"),
-    ({"since_s": 200, "until_s": 100}, "until_s"),
-    ({"since_s": "nan", "until_s": 100}, "since_s"),
-    ({"since_s": 0, "until_s": "inf"}, "until_s"),
-    ({"since_s": "x", "until_s": 100}, "since_s"),
-    ({"since_s": 0, "until_s": 8 * 86400}, "until_s"),
-    ({"since_s": 0, "until_s": 2 * 86400}, "step_s"),  # a point a second: too many
-    ({"since_s": 0, "until_s": 100, "step_s": 0}, "step_s"),
-    ({"since_s": 0, "until_s": 100, "limit": 3}, "limit"),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"until_s": 100}, "since_s"),
+        ({"since_s": 100}, "until_s"),
+        ({"since_s": 200, "until_s": 100}, "until_s"),
+        ({"since_s": "nan", "until_s": 100}, "since_s"),
+        ({"since_s": 0, "until_s": "inf"}, "until_s"),
+        ({"since_s": "x", "until_s": 100}, "since_s"),
+        ({"since_s": 0, "until_s": 8 * 86400}, "until_s"),
+        ({"since_s": 0, "until_s": 2 * 86400}, "step_s"),  # a point a second: too many
+        ({"since_s": 0, "until_s": 100, "step_s": 0}, "step_s"),
+        ({"since_s": 0, "until_s": 100, "limit": 3}, "limit"),
+    ],
+)
 def test_motion_api_bad_ranges_are_422_naming_the_parameter(gateway, params, field):
     ctx, client = gateway
     r = client({"camera:a:view"}).get("/api/cameras/a/motion", params=params)
@@ -385,8 +409,14 @@ def test_a_frame_the_motion_detector_cannot_read_is_detected_not_fatal(redis_cli
 
     cam = CameraConfig(id="odd", source="odd.mp4")
     sent = []
-    service = CameraService(cam, redis_client, BusConfig(codec="raw"), DetectorConfig(),
-                            lambda ref: sent.append(ref.seq) or 0, motion_log=MotionLog(redis_client))
+    service = CameraService(
+        cam,
+        redis_client,
+        BusConfig(codec="raw"),
+        DetectorConfig(),
+        lambda ref: sent.append(ref.seq) or 0,
+        motion_log=MotionLog(redis_client),
+    )
     service.lease.valid = lambda: True  # frames fed by hand, as IngestLoop would while the lease is held
     stop = threading.Event()
     good = np.zeros((234, 416, 3), np.uint8)

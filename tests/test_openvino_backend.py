@@ -4,6 +4,7 @@ Same boxes within 1 px and scores within 1e-3 (batch 1 and larger, one and sever
 mAP on coco-mini within 0.2 points, `auto` picks it on this x86 box and logs why it passes it over
 elsewhere, the config's errors, and `lookout bench --backend openvino,onnxruntime`.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ MAX_MAP_POINTS = 0.2
 def real_frames(assets_dir) -> list[np.ndarray]:
     """Street scenes (768x576 MPEG-4) and people walking in (H.264, another size)."""
     videos = assets_dir / "videos"
-    return (read_frames(videos / "vtest.avi", {0, 150, 400})
-            + read_frames(videos / "one-by-one-person-detection.mp4", {60, 600}))
+    return read_frames(videos / "vtest.avi", {0, 150, 400}) + read_frames(
+        videos / "one-by-one-person-detection.mp4", {60, 600}
+    )
 
 
 def _detector(backend, yolo_tiny, **settings) -> Detector:
@@ -106,15 +108,20 @@ def test_raw_outputs_agree_and_stream_parts_keep_their_order(yolo_tiny_onnx, ort
 
 # ----- mAP on coco-mini --------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def coco_reports(yolo_tiny_onnx, yolo_tiny, assets_dir) -> dict[str, dict]:
     """`lookout eval`'s thresholds; both backends on the same six images (a few seconds)."""
     images, annotations = assets_dir / "coco-mini" / "images", assets_dir / "coco-mini" / "instances.json"
     settings = dict(conf_threshold=0.001, nms_iou_threshold=0.45, max_detections=100)
-    backends = {"onnxruntime": OnnxRuntimeBackend(yolo_tiny_onnx, providers=["CPUExecutionProvider"]),
-                "openvino": OpenVinoBackend(yolo_tiny_onnx)}
-    return {name: evaluate(_detector(b, yolo_tiny, **settings), images, annotations, batch_size=3)
-            for name, b in backends.items()}
+    backends = {
+        "onnxruntime": OnnxRuntimeBackend(yolo_tiny_onnx, providers=["CPUExecutionProvider"]),
+        "openvino": OpenVinoBackend(yolo_tiny_onnx),
+    }
+    return {
+        name: evaluate(_detector(b, yolo_tiny, **settings), images, annotations, batch_size=3)
+        for name, b in backends.items()
+    }
 
 
 def test_map_on_coco_mini_matches_onnxruntime(coco_reports):
@@ -129,6 +136,7 @@ def test_map_on_coco_mini_matches_onnxruntime(coco_reports):
 
 # ----- auto, and what is said when it cannot run -----------------------------------------------
 
+
 @pytest.fixture
 def no_openvino(monkeypatch):
     """`import openvino` fails, as where it is not installed."""
@@ -138,8 +146,11 @@ def no_openvino(monkeypatch):
 def test_auto_picks_openvino_on_this_x86_box(yolo_tiny_onnx, caplog):
     assert platform.machine().lower() in ("x86_64", "amd64")
     with caplog.at_level(logging.INFO, logger="pipeline.models.backends"):
-        backend = create_backend(ModelConfig(onnx=str(yolo_tiny_onnx), backend="auto", intra_op_threads=1),
-                                 ResolvedModel(onnx=yolo_tiny_onnx), 4)
+        backend = create_backend(
+            ModelConfig(onnx=str(yolo_tiny_onnx), backend="auto", intra_op_threads=1),
+            ResolvedModel(onnx=yolo_tiny_onnx),
+            4,
+        )
     assert isinstance(backend, OpenVinoBackend) and backend.threads == 1
     assert "backend auto -> openvino" in caplog.text
     backend.close()
@@ -174,18 +185,22 @@ def test_missing_onnx_file_is_named(tmp_path):
 
 # ----- config -----------------------------------------------------------------------------------
 
+
 def _args(**model) -> dict:
     return {"cameras": [{"id": "a", "source": "/dev/video0"}], "model": {"onnx": "m.onnx", **model}}
 
 
-@pytest.mark.parametrize("model, field, value", [
-    ({"openvino_streams": 0}, "model.openvino_streams", "0"),
-    ({"openvino_streams": 65}, "model.openvino_streams", "65"),
-    ({"openvino_streams": "two"}, "model.openvino_streams", "'two'"),
-    ({"intra_op_threads": -1}, "model.intra_op_threads", "-1"),
-    ({"backend": "openvin"}, "model.backend", "'openvin'"),
-    ({"openvino_threads": 2}, "model.openvino_threads", "2"),
-])
+@pytest.mark.parametrize(
+    "model, field, value",
+    [
+        ({"openvino_streams": 0}, "model.openvino_streams", "0"),
+        ({"openvino_streams": 65}, "model.openvino_streams", "65"),
+        ({"openvino_streams": "two"}, "model.openvino_streams", "'two'"),
+        ({"intra_op_threads": -1}, "model.intra_op_threads", "-1"),
+        ({"backend": "openvin"}, "model.backend", "'openvin'"),
+        ({"openvino_threads": 2}, "model.openvino_threads", "2"),
+    ],
+)
 def test_bad_values_name_field_and_value(model, field, value):
     with pytest.raises(ConfigError) as info:
         parse_args(_args(**model))
@@ -193,8 +208,9 @@ def test_bad_values_name_field_and_value(model, field, value):
 
 
 def test_threads_and_streams_reach_openvino(yolo_tiny_onnx):
-    settings = parse_args(_args(onnx=str(yolo_tiny_onnx), backend="openvino", intra_op_threads=1,
-                                openvino_streams=2)).model
+    settings = parse_args(
+        _args(onnx=str(yolo_tiny_onnx), backend="openvino", intra_op_threads=1, openvino_streams=2)
+    ).model
     backend = create_backend(settings, ResolvedModel(onnx=yolo_tiny_onnx), 4)
     assert isinstance(backend, OpenVinoBackend)
     assert backend.threads == 1 and "1 thread(s)" in backend.describe()
@@ -203,9 +219,25 @@ def test_threads_and_streams_reach_openvino(yolo_tiny_onnx):
 
 # ----- lookout bench --backend openvino,onnxruntime ------------------------------------------------
 
+
 def test_bench_prints_both_backends_side_by_side(capsys, yolo_tiny_onnx, assets_dir):
-    rc = main(["bench", "--backend", "openvino,onnxruntime", "--onnx", str(yolo_tiny_onnx), "--frames", "4",
-               "--batch", "1,2", "--bare-threads", "1", "--clip", str(assets_dir / "videos" / "vtest.avi")])
+    rc = main(
+        [
+            "bench",
+            "--backend",
+            "openvino,onnxruntime",
+            "--onnx",
+            str(yolo_tiny_onnx),
+            "--frames",
+            "4",
+            "--batch",
+            "1,2",
+            "--bare-threads",
+            "1",
+            "--clip",
+            str(assets_dir / "videos" / "vtest.avi"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     report = json.loads(out.strip().splitlines()[-1])
@@ -217,15 +249,33 @@ def test_bench_prints_both_backends_side_by_side(capsys, yolo_tiny_onnx, assets_
         for name in ("openvino", "onnxruntime"):
             assert r[name]["infer_ms_per_frame"] > 0 and r[name]["fps"] > 0
     header = next(line for line in out.splitlines() if line.lstrip().startswith("threads batch"))
-    assert header.split() == ["threads", "batch", "openvino", "ms", "openvino", "fps", "onnxruntime", "ms",
-                              "onnxruntime", "fps", "openvino", "ms", "/", "onnxruntime", "ms"]
+    assert header.split() == [
+        "threads",
+        "batch",
+        "openvino",
+        "ms",
+        "openvino",
+        "fps",
+        "onnxruntime",
+        "ms",
+        "onnxruntime",
+        "fps",
+        "openvino",
+        "ms",
+        "/",
+        "onnxruntime",
+        "ms",
+    ]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--backend", "openvino,onnxrt"], "--backend: unknown backend 'onnxrt'"),
-    (["--backend", "openvino,openvino"], "--backend: a backend appears twice"),
-    (["--backend", "openvino,onnxruntime", "--bare-threads", "1,x"], "--bare-threads: expected comma-separated"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backend", "openvino,onnxrt"], "--backend: unknown backend 'onnxrt'"),
+        (["--backend", "openvino,openvino"], "--backend: a backend appears twice"),
+        (["--backend", "openvino,onnxruntime", "--bare-threads", "1,x"], "--bare-threads: expected comma-separated"),
+    ],
+)
 def test_bench_bad_arguments_are_named(capsys, argv, message):
     assert main(["bench", *argv]) == 2
     assert message in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Placement and scaling options built from the config (no cluster needed)."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,10 +30,13 @@ def test_detector_autoscaling_replaces_num_replicas():
     assert detector_options(DetectorConfig(num_replicas=2))["num_replicas"] == 2
 
 
-@pytest.mark.parametrize("detector, message", [
-    ({"num_replicas": 2, "autoscaling": {}}, "give num_replicas (2) or autoscaling"),
-    ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "max_replicas (2) must be >= min_replicas (3)"),
-])
+@pytest.mark.parametrize(
+    "detector, message",
+    [
+        ({"num_replicas": 2, "autoscaling": {}}, "give num_replicas (2) or autoscaling"),
+        ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "max_replicas (2) must be >= min_replicas (3)"),
+    ],
+)
 def test_bad_scaling_is_named(detector, message):
     with pytest.raises(ConfigError) as err:
         parse_args({"cameras": [{"id": "a", "source": "x.mp4"}], "model": {"onnx": "m.onnx"}, "detector": detector})

@@ -3,6 +3,7 @@
 Segments are real standalone fMP4 objects cut by ffmpeg from the demo clip; the store suite runs
 on a local folder and on a real SeaweedFS S3 server (tests/s3_fixtures.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,17 @@ import pytest
 from conftest import ROOT, free_port
 from hls.fmp4 import FragmentSplitter, Mp4Error
 from hls.record_index import RecordingIndex, gaps_between
-from hls.record_store import (LocalRecordStore, RecordedSegment, RecordStoreError, S3RecordStore, hour_prefixes,
-                              make_record_store, parse_segment_key, segment_key, split_init)
+from hls.record_store import (
+    LocalRecordStore,
+    RecordedSegment,
+    RecordStoreError,
+    S3RecordStore,
+    hour_prefixes,
+    make_record_store,
+    parse_segment_key,
+    segment_key,
+    split_init,
+)
 from pipeline.config import RecordConfig
 
 T0 = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
@@ -29,9 +39,26 @@ T0 = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
 def fmp4(tmp_path_factory) -> dict:
     """A real fragmented MP4 from the demo clip: its init section and 2 s keyframe fragments."""
     out = tmp_path_factory.mktemp("fmp4") / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(ROOT / "data" / "demo" / "vtest-h264.mp4"), "-t", "8",
-                    "-c", "copy", "-f", "mp4", "-movflags", "+frag_keyframe+empty_moov+default_base_moof", str(out)],
-                   check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(ROOT / "data" / "demo" / "vtest-h264.mp4"),
+            "-t",
+            "8",
+            "-c",
+            "copy",
+            "-f",
+            "mp4",
+            "-movflags",
+            "+frag_keyframe+empty_moov+default_base_moof",
+            str(out),
+        ],
+        check=True,
+    )
     pieces = FragmentSplitter().feed(out.read_bytes())
     init, frags = pieces[0], pieces[1:]
     assert isinstance(init, bytes) and len(frags) >= 3
@@ -44,8 +71,21 @@ def segment_bytes(fmp4, i: int) -> bytes:
 
 
 def ffprobe(path: Path) -> dict:
-    r = subprocess.run(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", "-show_format",
-                        "-count_frames", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+            "-count_frames",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -61,6 +101,7 @@ def store(request, tmp_path):
 
 # --- keys --------------------------------------------------------------------------------------
 
+
 def test_segment_key_layout_and_parse():
     key = segment_key("cam-1", T0 + 0.0004, 10.0166, "1780000000000-r3")
     assert key == "cam-1/2026-05-28/20/1780000000000_10017_1780000000000-r3.mp4"
@@ -72,28 +113,34 @@ def test_segment_key_layout_and_parse():
     assert segment_key("a", 1_780_002_000, 2, "r").startswith("a/2026-05-28/21/")
 
 
-@pytest.mark.parametrize("key", [
-    "cam/2026-05-28/20/1780000000000_10017_r.mp4x",
-    "cam/2026-05-28/21/1780000000000_10017_r.mp4",  # folder hour disagrees with the start
-    "cam/2026-05-29/20/1780000000000_10017_r.mp4",
-    "../2026-05-28/20/1780000000000_10017_r.mp4",
-    "Cam/2026-05-28/20/1780000000000_10017_r.mp4",
-    "cam/2026-05-28/20/1780000000000_10017_r_x.mp4",
-    "cam/2026-05-28/20/.tmp-abc.part",
-    "index.sqlite3",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "cam/2026-05-28/20/1780000000000_10017_r.mp4x",
+        "cam/2026-05-28/21/1780000000000_10017_r.mp4",  # folder hour disagrees with the start
+        "cam/2026-05-29/20/1780000000000_10017_r.mp4",
+        "../2026-05-28/20/1780000000000_10017_r.mp4",
+        "Cam/2026-05-28/20/1780000000000_10017_r.mp4",
+        "cam/2026-05-28/20/1780000000000_10017_r_x.mp4",
+        "cam/2026-05-28/20/.tmp-abc.part",
+        "index.sqlite3",
+    ],
+)
 def test_parse_segment_key_rejects(key):
     assert parse_segment_key(key, 1) is None
 
 
-@pytest.mark.parametrize("args, field", [
-    (("Bad Cam", T0, 10, "r1"), "camera id"),
-    (("cam", T0, 10, "r_1"), "run_id"),
-    (("cam", T0, 10, "../x"), "run_id"),
-    (("cam", -1.0, 10, "r1"), "start_s"),
-    (("cam", float("nan"), 10, "r1"), "start_s"),
-    (("cam", T0, -2, "r1"), "duration_s"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (("Bad Cam", T0, 10, "r1"), "camera id"),
+        (("cam", T0, 10, "r_1"), "run_id"),
+        (("cam", T0, 10, "../x"), "run_id"),
+        (("cam", -1.0, 10, "r1"), "start_s"),
+        (("cam", float("nan"), 10, "r1"), "start_s"),
+        (("cam", T0, -2, "r1"), "duration_s"),
+    ],
+)
 def test_segment_key_rejects_bad_values(args, field):
     with pytest.raises(ValueError, match=field):
         segment_key(*args)
@@ -105,6 +152,7 @@ def test_hour_prefixes():
 
 
 # --- split_init --------------------------------------------------------------------------------
+
 
 def test_split_init_gives_what_ffprobe_plays(fmp4, tmp_path):
     data = segment_bytes(fmp4, 1)
@@ -126,6 +174,7 @@ def test_split_init_gives_what_ffprobe_plays(fmp4, tmp_path):
 
 # --- the store suite (local and S3) ------------------------------------------------------------
 
+
 def test_store_round_trip(store, fmp4, tmp_path):
     keys = []
     for i in range(3):
@@ -137,8 +186,9 @@ def test_store_round_trip(store, fmp4, tmp_path):
 
     assert store.get(keys[1]) == segment_bytes(fmp4, 1)
     assert store.get(segment_key("cam-a", T0 + 100, 2.0, "r9")) is None
-    assert sorted(store.list("")) == sorted([(k, len(segment_bytes(fmp4, i))) for i, k in enumerate(keys)]
-                                            + [(other, len(segment_bytes(fmp4, 0)))])
+    assert sorted(store.list("")) == sorted(
+        [(k, len(segment_bytes(fmp4, i))) for i, k in enumerate(keys)] + [(other, len(segment_bytes(fmp4, 0)))]
+    )
     assert sorted(k for k, _ in store.list("cam-a/")) == keys
     assert [k for k, _ in store.list("cam-b/2026-05-28/21/")] == [other]
     assert list(store.list("cam-b/2026-05-28/20/")) == []
@@ -237,15 +287,15 @@ def test_s3_store_bad_credentials_and_unreachable(seaweedfs):
     assert secret not in str(e.value) and "rec-" in str(e.value)
     with pytest.raises(RecordStoreError, match="cam-a"):
         S3RecordStore(seaweedfs.s3_config("rec-x1", secret_access_key=secret)).get(key)
-    down = S3RecordStore(seaweedfs.s3_config("rec-x2", endpoint_url=f"http://127.0.0.1:{free_port()}",
-                                             timeout_s=2.0))
+    down = S3RecordStore(seaweedfs.s3_config("rec-x2", endpoint_url=f"http://127.0.0.1:{free_port()}", timeout_s=2.0))
     with pytest.raises(RecordStoreError, match="cam-a"):
         down.put(key, b"x")
     with pytest.raises(RecordStoreError):
         list(down.list(""))
     # credentials in an endpoint URL stay out of messages
-    userinfo = S3RecordStore(seaweedfs.s3_config("rec-x3", endpoint_url=f"http://u:{secret}@127.0.0.1:{free_port()}",
-                                                 timeout_s=2.0))
+    userinfo = S3RecordStore(
+        seaweedfs.s3_config("rec-x3", endpoint_url=f"http://u:{secret}@127.0.0.1:{free_port()}", timeout_s=2.0)
+    )
     assert secret not in userinfo.describe()
     with pytest.raises(RecordStoreError) as e:
         userinfo.put(key, b"x")
@@ -273,6 +323,7 @@ def test_make_record_store(tmp_path, seaweedfs):
 
 # --- the index ---------------------------------------------------------------------------------
 
+
 def seg(camera, start, dur=2.0, size=100, run="r1") -> RecordedSegment:
     key = segment_key(camera, start, dur, run)
     return parse_segment_key(key, size)
@@ -288,15 +339,17 @@ def test_index_segments_spans_gaps(tmp_path):
     idx.add(seg("cam-b", T0 - 100))
     assert idx.cameras() == ["cam-a", "cam-b"]
     assert idx.total_bytes() == 7 * 100 + 300 + 100 and idx.total_bytes("cam-a") == 1000
-    assert [s.start_s for s in idx.segments("cam-a", T0 + 3, T0 + 11)] == [T0 + 2, T0 + 4, T0 + 6, T0 + 8,
-                                                                           T0 + 10.5]
+    assert [s.start_s for s in idx.segments("cam-a", T0 + 3, T0 + 11)] == [T0 + 2, T0 + 4, T0 + 6, T0 + 8, T0 + 10.5]
     # a segment that started before the range and ends in it overlaps it; one ending at its start does not
     assert [s.start_s for s in idx.segments("cam-a", T0 + 36, T0 + 50)] == [T0 + 34.5]
     assert idx.segments("cam-a", T0 + 40.5, T0 + 50) == []
     spans = idx.spans("cam-a", T0 - 60, T0 + 60)
     assert spans == [(T0, T0 + 14.5), (T0 + 34.5, T0 + 40.5)]
-    assert idx.spans("cam-a", T0 - 60, T0 + 60, max_gap_s=0.1) == [(T0, T0 + 10), (T0 + 10.5, T0 + 14.5),
-                                                                    (T0 + 34.5, T0 + 40.5)]
+    assert idx.spans("cam-a", T0 - 60, T0 + 60, max_gap_s=0.1) == [
+        (T0, T0 + 10),
+        (T0 + 10.5, T0 + 14.5),
+        (T0 + 34.5, T0 + 40.5),
+    ]
     # clipped to the range asked for
     assert idx.spans("cam-a", T0 + 5, T0 + 36) == [(T0 + 5, T0 + 14.5), (T0 + 34.5, T0 + 36)]
     assert gaps_between(spans, T0 - 60, T0 + 60) == [(T0 - 60, T0), (T0 + 14.5, T0 + 34.5), (T0 + 40.5, T0 + 60)]
@@ -409,4 +462,5 @@ def test_index_sync_lists_only_the_hours_of_the_range(store, tmp_path):
     idx.add(seg("cam-a", T0 + 5 * 3600))
     assert idx.sync(spy, "cam-a", T0, T0 + 10) == 0
     assert [s.key for s in idx.segments("cam-a", T0 - 10, T0 + 6 * 3600)] == written[1:4] + [
-        segment_key("cam-a", T0 + 5 * 3600, 2.0, "r1")]
+        segment_key("cam-a", T0 + 5 * 3600, 2.0, "r1")
+    ]

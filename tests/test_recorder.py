@@ -6,6 +6,7 @@ continuous in time, also while nobody watches the live stream; a reconnect is a 
 corrupt segment; a store that fails or hangs never holds up the live stream; modes events and motion keep
 only the segments around activity.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,9 @@ def video_stream(path: Path | str) -> dict:
 
 def decodes_cleanly(path: Path | str) -> int:
     """Frames in the file; fails on any decoder complaint."""
-    out = subprocess.run(["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"],
-                         capture_output=True, timeout=60)
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"], capture_output=True, timeout=60
+    )
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr.decode()
     info = ffprobe_json(path, "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames")
     return int(info["streams"][0]["nb_read_frames"])
@@ -95,8 +97,7 @@ def test_a_copied_camera_is_recorded_in_standalone_segments_cut_at_keyframes(red
     recorder = Fed(CAM, cfg, store, index, metrics=Metrics(redis_client, flush_interval_s=0))
     hls_store = DirHlsStore(tmp_path / "hls")
     # on demand and nobody watching: no live HLS, the recording goes on all the same
-    publisher = CopyPublisher(CAM, HlsConfig(segment_s=1.0, on_demand=True), hls_store, redis_client,
-                              recorder=recorder)
+    publisher = CopyPublisher(CAM, HlsConfig(segment_s=1.0, on_demand=True), hls_store, redis_client, recorder=recorder)
     src = CopySource(CameraConfig(id=CAM, source=str(H264_CLIP), detect_fps=2, read_timeout_s=10), publisher)
     t0 = time.time()
     try:
@@ -138,8 +139,11 @@ def test_a_copied_camera_is_recorded_in_standalone_segments_cut_at_keyframes(red
         first = FragmentSplitter().feed(init + media)[1]
         assert first.independent  # each segment starts with a keyframe
     assert len(inits) == 1
-    assert float(redis_client.hget("lookout:metrics:lookout_record_segments_total",
-                                    json.dumps({"camera": CAM}, separators=(",", ":")))) == len(segs)
+    assert float(
+        redis_client.hget(
+            "lookout:metrics:lookout_record_segments_total", json.dumps({"camera": CAM}, separators=(",", ":"))
+        )
+    ) == len(segs)
 
 
 def test_a_reconnect_is_a_new_run_and_a_gap_never_a_corrupt_segment(rtsp_server_factory, tmp_path):
@@ -219,8 +223,13 @@ class HangingThenFullStore(RecordStore):
 def test_a_hanging_or_full_store_never_holds_up_the_live_stream(redis_client, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="hls.recorder")
     store = HangingThenFullStore()
-    recorder = Recorder(CAM, record_cfg(tmp_path, segment_s=1.0, max_queue_segments=2), store,
-                        RecordingIndex(tmp_path / "index.sqlite3"), metrics=Metrics(redis_client, flush_interval_s=0))
+    recorder = Recorder(
+        CAM,
+        record_cfg(tmp_path, segment_s=1.0, max_queue_segments=2),
+        store,
+        RecordingIndex(tmp_path / "index.sqlite3"),
+        metrics=Metrics(redis_client, flush_interval_s=0),
+    )
     hls_store = DirHlsStore(tmp_path / "hls")
     publisher = CopyPublisher(CAM, HlsConfig(segment_s=1.0), hls_store, recorder=recorder)
     src = CopySource(CameraConfig(id=CAM, source=str(H264_CLIP), detect_fps=5, read_timeout_s=5), publisher)
@@ -239,8 +248,10 @@ def test_a_hanging_or_full_store_never_holds_up_the_live_stream(redis_client, tm
     recorder.close(timeout_s=20)
     assert time.monotonic() - t < 15  # a failing store does not hold up a stop either
     assert recorder.written == 0 and store.calls >= 2
-    drops = {json.loads(k)["reason"]: float(v) for k, v in
-             redis_client.hgetall("lookout:metrics:lookout_record_dropped_total").items()}
+    drops = {
+        json.loads(k)["reason"]: float(v)
+        for k, v in redis_client.hgetall("lookout:metrics:lookout_record_dropped_total").items()
+    }
     assert drops["queue_full"] >= 2 and drops["store_error"] >= 2
     msgs = [r.getMessage() for r in caplog.records if r.name == "hls.recorder"]
     assert sum("store failing" in m and "logged once" in m for m in msgs) == 1, msgs  # once per episode
@@ -250,9 +261,28 @@ def test_a_hanging_or_full_store_never_holds_up_the_live_stream(redis_client, tm
 
 def fmp4_pieces(tmp_path, seconds: float = 40.0) -> tuple[bytes, list]:
     """The clip's first `seconds` as ffmpeg's fragmented MP4 (copied, a fragment per frame)."""
-    out = subprocess.run(["ffmpeg", "-v", "error", "-t", str(seconds), "-i", str(H264_CLIP), "-c", "copy", "-an",
-                          "-f", "mp4", "-movflags", "+frag_every_frame+empty_moov+default_base_moof", "-"],
-                         capture_output=True, timeout=60, check=True)
+    out = subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-t",
+            str(seconds),
+            "-i",
+            str(H264_CLIP),
+            "-c",
+            "copy",
+            "-an",
+            "-f",
+            "mp4",
+            "-movflags",
+            "+frag_every_frame+empty_moov+default_base_moof",
+            "-",
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     pieces = FragmentSplitter().feed(out.stdout)
     return pieces[0], pieces[1:]
 
@@ -268,10 +298,23 @@ def test_events_mode_keeps_only_the_segments_around_an_event(redis_client, tmp_p
     init, frags = fmp4_pieces(tmp_path)
     t0 = float(int(time.time()) - 7200)
     events = EventStore(redis_client)
+
     def update(kind, eid, start, end=None, camera=CAM):
-        events.apply(EventUpdate(kind=kind, event_id=eid, camera_id=camera, rule_id="r", rule_kind="enter",
-                                 label="person", zone=None, timestamp_s=t0 + (end or start), start_s=t0 + start,
-                                 end_s=None if end is None else t0 + end, track_ids=[1]))
+        events.apply(
+            EventUpdate(
+                kind=kind,
+                event_id=eid,
+                camera_id=camera,
+                rule_id="r",
+                rule_kind="enter",
+                label="person",
+                zone=None,
+                timestamp_s=t0 + (end or start),
+                start_s=t0 + start,
+                end_s=None if end is None else t0 + end,
+                track_ids=[1],
+            )
+        )
 
     update("start", "e1", 21.0)
     update("end", "e1", 21.0, 22.0)
@@ -280,8 +323,7 @@ def test_events_mode_keeps_only_the_segments_around_an_event(redis_client, tmp_p
     now = [t0]
     cfg = record_cfg(tmp_path, mode="events", segment_s=3.0, pre_s=1.5, post_s=1.5)
     index = RecordingIndex(tmp_path / "index.sqlite3")
-    recorder = Recorder(CAM, cfg, LocalRecordStore(tmp_path / "rec"), index, events=events,
-                        clock=lambda: now[0])
+    recorder = Recorder(CAM, cfg, LocalRecordStore(tmp_path / "rec"), index, events=events, clock=lambda: now[0])
     recorder.on_init("1000-r1", init)
     checked = []
     for f in frags:  # as a camera would: the clock follows the video
@@ -309,8 +351,13 @@ def test_if_events_cannot_be_read_segments_are_kept(tmp_path):
     init, frags = fmp4_pieces(tmp_path, 10.0)
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     index = RecordingIndex(tmp_path / "index.sqlite3")
-    recorder = Recorder(CAM, record_cfg(tmp_path, mode="events", segment_s=3.0), LocalRecordStore(tmp_path / "rec"),
-                        index, events=EventStore(dead))
+    recorder = Recorder(
+        CAM,
+        record_cfg(tmp_path, mode="events", segment_s=3.0),
+        LocalRecordStore(tmp_path / "rec"),
+        index,
+        events=EventStore(dead),
+    )
     feed_run(recorder, "1000-r1", init, frags, float(int(time.time()) - 3600))
     assert recorder.close(timeout_s=30)
     assert index.count() == 3 and recorder.skipped == 0
@@ -352,14 +399,34 @@ def test_the_worker_records_only_its_recorded_cameras_and_sweeps_them(redis_serv
     from pipeline.config import parse_args
 
     retain_s = 8.0
-    cams = [{"id": "a", "source": str(H264_CLIP), "detect": False, "detect_fps": 2, "boxes": "browser",
-             "record": {"retain_days": retain_s / 86400}},
-            {"id": "b", "source": str(H264_CLIP), "detect": False, "detect_fps": 2, "boxes": "browser",
-             "record": {"enabled": False}},
-            {"id": "x", "source": "rtsp://h/x", "record": {"retain_days": 30}}]  # another group's
-    cfg = parse_args({"cameras": cams, "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
-                      "hls": {"dir": str(tmp_path / "hls")},
-                      "record": {"enabled": True, "dir": str(tmp_path / "rec"), "segment_s": 2, "sweep_s": 1}})
+    cams = [
+        {
+            "id": "a",
+            "source": str(H264_CLIP),
+            "detect": False,
+            "detect_fps": 2,
+            "boxes": "browser",
+            "record": {"retain_days": retain_s / 86400},
+        },
+        {
+            "id": "b",
+            "source": str(H264_CLIP),
+            "detect": False,
+            "detect_fps": 2,
+            "boxes": "browser",
+            "record": {"enabled": False},
+        },
+        {"id": "x", "source": "rtsp://h/x", "record": {"retain_days": 30}},
+    ]  # another group's
+    cfg = parse_args(
+        {
+            "cameras": cams,
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "hls": {"dir": str(tmp_path / "hls")},
+            "record": {"enabled": True, "dir": str(tmp_path / "rec"), "segment_s": 2, "sweep_s": 1},
+        }
+    )
     worker = CameraGroup(cfg.for_group(["a", "b"]), redis.Redis.from_url(redis_server.url), None)
     try:
         assert set(worker.recording.recorders) == {"a"}
@@ -368,8 +435,12 @@ def test_the_worker_records_only_its_recorded_cameras_and_sweeps_them(redis_serv
         assert per_camera["x"].retain_days == 30 and per_camera["a"].retain_days == retain_s / 86400
         index, recorder = worker.recording.index, worker.recording.recorders["a"]
         # 2 s segments kept 8 s: the oldest go while new ones come
-        wait_until(lambda: recorder.written >= 8 and index.count() < recorder.written, 90, 0.2,
-                   "camera a's segments recorded and the oldest swept")
+        wait_until(
+            lambda: recorder.written >= 8 and index.count() < recorder.written,
+            90,
+            0.2,
+            "camera a's segments recorded and the oldest swept",
+        )
         now = time.time()
         assert all(s.end_s > now - retain_s - 5 for s in index.segments("a", 0, now + 60))
     finally:
@@ -392,17 +463,27 @@ def test_who_is_recorded_and_why_is_said_at_start_in_lookout_check_and_the_api(r
 
     rec = {"enabled": True, "dir": str(tmp_path / "rec"), "retain_days": 3}
     (tmp_path / "clip.avi").write_bytes(b"")
-    cfg = parse_args({"cameras": [{"id": "copy", "source": "rtsp://u:p@h/copy"},
-                                  {"id": "off", "source": "rtsp://h/off", "record": {"enabled": False}},
-                                  {"id": "burn", "source": "clip.avi", "boxes": "burned"},
-                                  {"id": "motion", "source": "rtsp://h/m", "record": {"mode": "motion"}}],
-                      "model": {"onnx": "m.onnx"}, "hls": {"boxes": "browser"}, "record": rec,
-                      "base_dir": str(tmp_path)})
+    cfg = parse_args(
+        {
+            "cameras": [
+                {"id": "copy", "source": "rtsp://u:p@h/copy"},
+                {"id": "off", "source": "rtsp://h/off", "record": {"enabled": False}},
+                {"id": "burn", "source": "clip.avi", "boxes": "burned"},
+                {"id": "motion", "source": "rtsp://h/m", "record": {"mode": "motion"}},
+            ],
+            "model": {"onnx": "m.onnx"},
+            "hls": {"boxes": "browser"},
+            "record": rec,
+            "base_dir": str(tmp_path),
+        }
+    )
     plans = {c.id: recording_plan(c, cfg.hls, cfg.record) for c in cfg.cameras}
-    assert plans == {"copy": (True, f"continuous, kept 3 days, in {tmp_path / 'rec'}"),
-                     "off": (False, "cameras[].record.enabled: false"),
-                     "burn": (False, "its video is re-encoded (boxes burned)"),
-                     "motion": (True, f"motion, kept 3 days, in {tmp_path / 'rec'}")}
+    assert plans == {
+        "copy": (True, f"continuous, kept 3 days, in {tmp_path / 'rec'}"),
+        "off": (False, "cameras[].record.enabled: false"),
+        "burn": (False, "its video is re-encoded (boxes burned)"),
+        "motion": (True, f"motion, kept 3 days, in {tmp_path / 'rec'}"),
+    }
     no_hls = cfg.model_copy(update={"hls": cfg.hls.model_copy(update={"enabled": False})})
     assert recording_plan(cfg.cameras[0], no_hls.hls, cfg.record) == (False, "hls.enabled: false: no video is streamed")
 
@@ -435,8 +516,9 @@ def test_segments_waiting_for_their_decision_are_bounded(redis_client, tmp_path)
     t0 = float(int(time.time()) - 7200)
     index = RecordingIndex(tmp_path / "index.sqlite3")
     cfg = record_cfg(tmp_path, mode="events", segment_s=3.0, pre_s=1.5, post_s=1.5)
-    recorder = Recorder(CAM, cfg, LocalRecordStore(tmp_path / "rec"), index, events=EventStore(redis_client),
-                        clock=lambda: t0 - 1000)  # a clock that never lets pre_s pass
+    recorder = Recorder(
+        CAM, cfg, LocalRecordStore(tmp_path / "rec"), index, events=EventStore(redis_client), clock=lambda: t0 - 1000
+    )  # a clock that never lets pre_s pass
     assert recorder.pending_limit == 4  # pre_s and the slack over 3 s segments, and two more
     feed_run(recorder, "1000-r1", init, frags, t0)
     wait_until(lambda: recorder.skipped == 10 - recorder.pending_limit, 10, what="the oldest decided early")
@@ -470,11 +552,21 @@ def test_a_killed_recorder_loses_at_most_the_segment_being_cut(tmp_path):
     import signal
 
     rec = tmp_path / "rec"
-    child = subprocess.Popen([str(ROOT / ".venv" / "bin" / "python"), "-c", KILLED_CHILD, str(ROOT), str(rec),
-                              str(H264_CLIP)], start_new_session=True)
+    child = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "python"), "-c", KILLED_CHILD, str(ROOT), str(rec), str(H264_CLIP)],
+        start_new_session=True,
+    )
     try:
-        wait_until(lambda: child.poll() is not None or (rec / "index.sqlite3").exists()
-                   and RecordingIndex(rec / "index.sqlite3").count() >= 4, 60, 0.2, "segments from the child")
+        wait_until(
+            lambda: (
+                child.poll() is not None
+                or (rec / "index.sqlite3").exists()
+                and RecordingIndex(rec / "index.sqlite3").count() >= 4
+            ),
+            60,
+            0.2,
+            "segments from the child",
+        )
         assert child.poll() is None
         os.killpg(child.pid, signal.SIGKILL)  # the recorder and its ffmpeg, no clean stop
         killed_at = time.time()
@@ -517,10 +609,14 @@ def test_a_store_that_cannot_be_opened_at_start_is_opened_later_and_recording_st
 
     blocker = tmp_path / "mnt"
     blocker.write_bytes(b"")  # record.dir under a file: cannot be created (as root too) until the file goes
-    cfg = parse_args({"cameras": [{"id": CAM, "source": "rtsp://h/c", "detect": False, "boxes": "browser"}],
-                      "model": {"onnx": "m.onnx"}, "hls": {"dir": str(tmp_path / "hls")},
-                      "record": {"enabled": True, "dir": str(blocker / "rec"), "segment_s": 3,
-                                 "max_queue_segments": 2}})
+    cfg = parse_args(
+        {
+            "cameras": [{"id": CAM, "source": "rtsp://h/c", "detect": False, "boxes": "browser"}],
+            "model": {"onnx": "m.onnx"},
+            "hls": {"dir": str(tmp_path / "hls")},
+            "record": {"enabled": True, "dir": str(blocker / "rec"), "segment_s": 3, "max_queue_segments": 2},
+        }
+    )
     init, frags = fmp4_pieces(tmp_path, seconds=20.0)  # five 4 s segments
     t0 = float(int(time.time()) - 600)
     caplog.set_level(logging.INFO, logger="hls.recorder")
@@ -538,7 +634,7 @@ def test_a_store_that_cannot_be_opened_at_start_is_opened_later_and_recording_st
         blocker.unlink()  # the mount appears
         wait_until(lambda: recorder.written == 2, 10, 0.05, "the waiting segments written once the store opened")
         assert group.store is not None and group.retention is not None and recorder.problem() is None
-        feed_run(recorder, "1000-r2", init, frags[:int(8 / FRAME_S)], t0 + 100)  # and what comes next is recorded
+        feed_run(recorder, "1000-r2", init, frags[: int(8 / FRAME_S)], t0 + 100)  # and what comes next is recorded
         wait_until(lambda: recorder.written == 4, 10, 0.05, "new segments recorded")
         keys = sorted(p.relative_to(blocker / "rec").as_posix() for p in (blocker / "rec" / CAM).rglob("*.mp4"))
         assert keys == sorted(s.key for s in group.index.segments(CAM, 0, time.time()))
@@ -546,7 +642,9 @@ def test_a_store_that_cannot_be_opened_at_start_is_opened_later_and_recording_st
     finally:
         group.close(timeout_s=10)
     recorder.metrics.flush()
-    drops = {json.loads(k)["reason"]: float(v) for k, v in
-             redis_client.hgetall("lookout:metrics:lookout_record_dropped_total").items()}
+    drops = {
+        json.loads(k)["reason"]: float(v)
+        for k, v in redis_client.hgetall("lookout:metrics:lookout_record_dropped_total").items()
+    }
     assert drops == {"store_error": 3.0}  # lost while the store was not open: the store's failure, not a full queue
     assert any(f"camera {CAM}: recorded (" in r.getMessage() and "tries" in r.getMessage() for r in caplog.records)

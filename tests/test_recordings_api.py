@@ -1,6 +1,7 @@
 """Playback of recordings on the real gateway app (no Ray): real Redis, real H.264 made by ffmpeg and cut
 into standalone fMP4 segments, the real local record store and SQLite index; the VOD playlist read by
 ffmpeg over HTTP (uvicorn) through its signed segment URLs, without any other credential."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from auth_fixtures import (ADMIN_PASSWORD, add_client, bearer, client_for, client_token, make_args,
-                           served_gateway)
+from auth_fixtures import ADMIN_PASSWORD, add_client, bearer, client_for, client_token, make_args, served_gateway
 from conftest import free_port
 from gateway.api.recordings import RecordingsReader
 from gateway.auth import scopes as sc
 from gateway.context import GatewayContext
 from hls.fmp4 import Fragment, FragmentSplitter
 from hls.record_index import RecordingIndex
-from hls.record_store import (LocalRecordStore, RecordedSegment, S3RecordStore, default_index_path, segment_key,
-                              split_init)
+from hls.record_store import (
+    LocalRecordStore,
+    RecordedSegment,
+    S3RecordStore,
+    default_index_path,
+    segment_key,
+    split_init,
+)
 from pipeline.config import RecordConfig, parse_args
 
 T0 = float(int(time.time()) - 1800)  # the recordings start half an hour ago (inside the default 24 h)
@@ -30,16 +36,48 @@ SEGMENT_S = 2.0
 
 def encode_fmp4(path: Path, seconds: int, size: str) -> tuple[bytes, list[Fragment]]:
     """An H.264 test pattern as ffmpeg's fragmented MP4 (a fragment per keyframe), split like the copy path."""
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc2=size={size}:rate={FPS}", "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast",
-                    "-g", str(GOP), "-keyint_min", str(GOP), "-sc_threshold", "0", "-bf", "0", "-pix_fmt", "yuv420p",
-                    "-f", "mp4", "-movflags", "+frag_keyframe+empty_moov+default_base_moof", str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size={size}:rate={FPS}",
+            "-t",
+            str(seconds),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            str(GOP),
+            "-keyint_min",
+            str(GOP),
+            "-sc_threshold",
+            "0",
+            "-bf",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "mp4",
+            "-movflags",
+            "+frag_keyframe+empty_moov+default_base_moof",
+            str(path),
+        ],
+        check=True,
+    )
     pieces = FragmentSplitter().feed(path.read_bytes())
     return pieces[0], [p for p in pieces[1:]]
 
 
-def record_run(store, index, camera: str, run_id: str, init: bytes, frags: list[Fragment],
-               start_s: float) -> list[RecordedSegment]:
+def record_run(
+    store, index, camera: str, run_id: str, init: bytes, frags: list[Fragment], start_s: float
+) -> list[RecordedSegment]:
     """The run cut like the recorder does: a segment per SEGMENT_S, at keyframes, each init + fragments."""
     out, group = [], []
     base = frags[0].start_s
@@ -81,9 +119,15 @@ def recording_ctx(redis_url: str, tmp_path: Path, base_dir: Path, record_dir: st
     """A gateway (cameras a and b, auth in tmp_path) reading the recordings under base_dir/record_dir (or
     where `record` says)."""
     args = make_args(redis_url, tmp_path)
-    return GatewayContext.from_args(parse_args({
-        **json.loads(args.model_dump_json(exclude_none=True, exclude={"base_dir"})),
-        "base_dir": str(base_dir), "record": {"enabled": True, "dir": record_dir, **record}}))
+    return GatewayContext.from_args(
+        parse_args(
+            {
+                **json.loads(args.model_dump_json(exclude_none=True, exclude={"base_dir"})),
+                "base_dir": str(base_dir),
+                "record": {"enabled": True, "dir": record_dir, **record},
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -118,8 +162,11 @@ def test_recordings_list_spans_gaps_and_totals(viewer_a, recorded):
     spans = [(s["start_s"], s["end_s"]) for s in body["spans"]]
     assert spans == [pytest.approx((T0, T0 + 12), abs=0.01), pytest.approx((T0 + 20, T0 + 26), abs=0.01)]
     gaps = [(g["start_s"], g["end_s"]) for g in body["gaps"]]
-    assert gaps == [pytest.approx((T0 - 10, T0), abs=0.01), pytest.approx((T0 + 12, T0 + 20), abs=0.01),
-                    pytest.approx((T0 + 26, T0 + 40), abs=0.01)]
+    assert gaps == [
+        pytest.approx((T0 - 10, T0), abs=0.01),
+        pytest.approx((T0 + 12, T0 + 20), abs=0.01),
+        pytest.approx((T0 + 26, T0 + 40), abs=0.01),
+    ]
     assert body["segments"] == len(segs) and body["bytes"] == sum(s.size_bytes for s in segs)
     # Default range: the last 24 hours, which hold both runs; the time after the last one is a gap up to now.
     d = viewer_a.get("/api/cameras/a/recordings").json()
@@ -131,15 +178,18 @@ def test_recordings_list_spans_gaps_and_totals(viewer_a, recorded):
     assert e.status_code == 403  # viewer_a may not see b at all
 
 
-@pytest.mark.parametrize("params, field, needle", [
-    ({"since_s": T0 + 10, "until_s": T0}, "until_s", "greater than since_s"),
-    ({"since_s": T0, "until_s": T0 + 32 * 86400}, "until_s", "longer than"),
-    ({"since_s": "nan", "until_s": T0}, "since_s", ""),
-    ({"since_s": "inf"}, "since_s", ""),
-    ({"since_s": "yesterday"}, "since_s", ""),
-    ({"since_s": -5}, "since_s", ""),
-    ({"from": T0}, "from", "unknown parameter"),
-])
+@pytest.mark.parametrize(
+    "params, field, needle",
+    [
+        ({"since_s": T0 + 10, "until_s": T0}, "until_s", "greater than since_s"),
+        ({"since_s": T0, "until_s": T0 + 32 * 86400}, "until_s", "longer than"),
+        ({"since_s": "nan", "until_s": T0}, "since_s", ""),
+        ({"since_s": "inf"}, "since_s", ""),
+        ({"since_s": "yesterday"}, "since_s", ""),
+        ({"since_s": -5}, "since_s", ""),
+        ({"from": T0}, "from", "unknown parameter"),
+    ],
+)
 def test_bad_ranges_are_422_naming_the_parameter(viewer_a, params, field, needle):
     for path in ("recordings", "vod.m3u8"):
         r = viewer_a.get(f"/api/cameras/a/{path}", params=params)
@@ -200,8 +250,12 @@ def test_a_viewer_of_another_camera_gets_403_everywhere(ctx, recorded):
     _, segs = recorded
     other = token_client(ctx, {sc.camera_scope("b"), sc.DETECTIONS_READ})
     rng = {"since_s": T0, "until_s": T0 + 10}
-    for path, params in (("recordings", rng), ("vod.m3u8", rng), (f"recordings/{segs[0].key}", {}),
-                         ("export.mp4", rng)):
+    for path, params in (
+        ("recordings", rng),
+        ("vod.m3u8", rng),
+        (f"recordings/{segs[0].key}", {}),
+        ("export.mp4", rng),
+    ):
         r = other.get(f"/api/cameras/a/{path}", params=params)
         assert r.status_code == 403 and r.json()["needs"] == "camera:a:view", (path, r.text)
     assert client_for(ctx).get("/api/cameras/a/recordings", params=rng).status_code == 401
@@ -241,9 +295,22 @@ def served(ctx):
 
 
 def ffprobe(path: Path) -> dict:
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
-                          "format=duration:stream=codec_name,width,height,nb_read_frames", "-of", "json", str(path)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "format=duration:stream=codec_name,width,height,nb_read_frames",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -251,15 +318,36 @@ def test_ffmpeg_plays_the_vod_playlist_through_signed_urls(served, viewer_a, rec
     """ffmpeg's HLS demuxer, given only the playlist (absolute URLs, no token), reads every segment."""
     text = viewer_a.get("/api/cameras/a/vod.m3u8", params={"since_s": T0, "until_s": T0 + 30}).text
     base = f"{served}/api/cameras/a/"
-    text = "\n".join(base + ln if ln.startswith("recordings/") else
-                     re.sub(r'URI="(recordings/[^"]+)"', lambda m: f'URI="{base}{m.group(1)}"', ln)
-                     for ln in text.splitlines())
+    text = "\n".join(
+        base + ln
+        if ln.startswith("recordings/")
+        else re.sub(r'URI="(recordings/[^"]+)"', lambda m: f'URI="{base}{m.group(1)}"', ln)
+        for ln in text.splitlines()
+    )
     pl = tmp_path / "vod.m3u8"
     pl.write_text(text + "\n")
     out = tmp_path / "played.mkv"
-    proc = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-protocol_whitelist",
-                           "file,http,tcp", "-i", str(pl), "-map", "0:v", "-c", "copy", "-y", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-protocol_whitelist",
+            "file,http,tcp",
+            "-i",
+            str(pl),
+            "-map",
+            "0:v",
+            "-c",
+            "copy",
+            "-y",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = ffprobe(out)
     frames = int(info["streams"][0]["nb_read_frames"])
@@ -291,8 +379,9 @@ def test_export_over_recordings_cuts_at_the_keyframe_before_and_to_the_end(viewe
 def test_an_unreadable_store_is_503_never_500(redis_server, tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
     (tmp_path / "not-a-dir").write_text("a file where the recordings folder should be")
-    viewer = token_client(recording_ctx(redis_server.url, tmp_path, tmp_path, "not-a-dir"),
-                          {sc.camera_scope("a"), sc.DETECTIONS_READ})
+    viewer = token_client(
+        recording_ctx(redis_server.url, tmp_path, tmp_path, "not-a-dir"), {sc.camera_scope("a"), sc.DETECTIONS_READ}
+    )
     rng = {"since_s": T0, "until_s": T0 + 10}
     for path in ("recordings", "vod.m3u8", "export.mp4"):
         r = viewer.get(f"/api/cameras/a/{path}", params=rng)
@@ -312,14 +401,27 @@ def test_a_gateway_on_another_node_plays_s3_recordings(redis_server, recorded, s
         s3.put(seg.key, local.get(seg.key))
     monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
     monkeypatch.setenv("LOOKOUT_S3_SECRET_ACCESS_KEY", seaweedfs.s3_config(bucket).secret_access_key.get_secret_value())
-    s3_section = {"endpoint_url": seaweedfs.endpoint_url, "bucket": bucket, "prefix": "site/",
-                  "access_key_id": seaweedfs.s3_config(bucket).access_key_id}
-    ctx = recording_ctx(redis_server.url, tmp_path, tmp_path, "unused", store="s3", s3=s3_section,
-                        index_path=str(tmp_path / "node2" / "index.sqlite3"))
+    s3_section = {
+        "endpoint_url": seaweedfs.endpoint_url,
+        "bucket": bucket,
+        "prefix": "site/",
+        "access_key_id": seaweedfs.s3_config(bucket).access_key_id,
+    }
+    ctx = recording_ctx(
+        redis_server.url,
+        tmp_path,
+        tmp_path,
+        "unused",
+        store="s3",
+        s3=s3_section,
+        index_path=str(tmp_path / "node2" / "index.sqlite3"),
+    )
     viewer = token_client(ctx, {sc.camera_scope("a"), sc.DETECTIONS_READ})
     body = viewer.get("/api/cameras/a/recordings", params={"since_s": T0 - 10, "until_s": T0 + 40}).json()
     assert [(s["start_s"], s["end_s"]) for s in body["spans"]] == [
-        pytest.approx((T0, T0 + 12), abs=0.01), pytest.approx((T0 + 20, T0 + 26), abs=0.01)]
+        pytest.approx((T0, T0 + 12), abs=0.01),
+        pytest.approx((T0 + 20, T0 + 26), abs=0.01),
+    ]
     assert body["segments"] == len(segs)
     uris = signed_uris(viewer, T0, T0 + 4)
     r = client_for(ctx).get(f"/api/cameras/a/{uris[0]}")
@@ -334,10 +436,21 @@ def test_a_gateway_on_another_node_plays_s3_recordings(redis_server, recorded, s
 
 def test_an_unreachable_s3_store_is_503(redis_server, recorded, tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    ctx = recording_ctx(redis_server.url, tmp_path, tmp_path, "unused", store="s3",
-                        s3={"endpoint_url": f"http://127.0.0.1:{free_port()}", "bucket": "nowhere", "timeout_s": 1,
-                            "access_key_id": "k", "secret_access_key": "s3cret-not-shown"},
-                        index_path=str(tmp_path / "index.sqlite3"))
+    ctx = recording_ctx(
+        redis_server.url,
+        tmp_path,
+        tmp_path,
+        "unused",
+        store="s3",
+        s3={
+            "endpoint_url": f"http://127.0.0.1:{free_port()}",
+            "bucket": "nowhere",
+            "timeout_s": 1,
+            "access_key_id": "k",
+            "secret_access_key": "s3cret-not-shown",
+        },
+        index_path=str(tmp_path / "index.sqlite3"),
+    )
     viewer = token_client(ctx, {sc.camera_scope("a"), sc.DETECTIONS_READ})
     for path in ("recordings", "vod.m3u8"):
         r = viewer.get(f"/api/cameras/a/{path}", params={"since_s": T0, "until_s": T0 + 10})
@@ -357,8 +470,9 @@ def test_s3_hours_are_listed_again_only_after_a_sweep_interval(recorded, seaweed
             self.listed.append(prefix)
             return super().list(prefix)
 
-    cfg = RecordConfig(enabled=True, store="s3", s3=seaweedfs.s3_config(bucket), sweep_s=1,
-                       index_path=str(tmp_path / "index.sqlite3"))
+    cfg = RecordConfig(
+        enabled=True, store="s3", s3=seaweedfs.s3_config(bucket), sweep_s=1, index_path=str(tmp_path / "index.sqlite3")
+    )
     store = CountingS3(cfg.s3)
     local = LocalRecordStore(root / "recordings")
     reader = RecordingsReader(cfg, str, store=store)
@@ -394,11 +508,11 @@ def test_an_event_clip_is_cut_from_the_recordings_once_its_file_is_gone(ctx, vie
     store = EventStore(ctx.redis)
 
     def put_event(eid: str, start: float, end: float | None, clip_key: str | None = None) -> str:
-        store.apply(EventUpdate("start", eid, "a", "someone", "count_above", "person", None, start, start, None,
-                                [1], 1))
+        store.apply(
+            EventUpdate("start", eid, "a", "someone", "count_above", "person", None, start, start, None, [1], 1)
+        )
         if end is not None:
-            store.apply(EventUpdate("end", eid, "a", "someone", "count_above", "person", None, end, start, end,
-                                    [1], 0))
+            store.apply(EventUpdate("end", eid, "a", "someone", "count_above", "person", None, end, start, end, [1], 0))
         if clip_key:
             store.set_clip(eid, clip_key)
         return eid

@@ -1,4 +1,5 @@
 """A rectangular network input (model.input_height_px): converter, fit, backends, INT8, copy path, config."""
+
 from __future__ import annotations
 
 import argparse
@@ -55,10 +56,18 @@ def test_rect_model_matches_opencvs_darknet_reader(yolo_tiny, assets_dir, tmp_pa
     assert ref.shape == (3 * (13 * 10 + 26 * 20), 85)  # the grids are 13x10 and 26x20 cells
 
     boxes, scores = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(
-        ["boxes", "scores"], {"images": x})
+        ["boxes", "scores"], {"images": x}
+    )
     boxes, scores = boxes[0], scores[0]
-    ours = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
-                     boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+    ours = np.stack(
+        [
+            (boxes[:, 0] + boxes[:, 2]) / 2,
+            (boxes[:, 1] + boxes[:, 3]) / 2,
+            boxes[:, 2] - boxes[:, 0],
+            boxes[:, 3] - boxes[:, 1],
+        ],
+        1,
+    )
     theirs = ref[:, :4] * np.array([SHAPE[0], SHAPE[1], SHAPE[0], SHAPE[1]], np.float32)  # x by width, y by height
     assert np.abs(ours - theirs).max() < 5e-3
     kept = ref[:, 5:] > 0  # OpenCV zeroes class scores <= 0.2
@@ -97,8 +106,9 @@ def test_fit_and_batch_take_width_and_height():
     assert (box.resized_width_px, box.resized_height_px, box.pad_x_px, box.pad_y_px) == (416, 312, 0, 4)
     tall = fit_input(576, 768, SHAPE, letter_box=True)  # limited by the height: 320 / 768
     assert (tall.resized_width_px, tall.resized_height_px, tall.pad_x_px, tall.pad_y_px) == (240, 320, 88, 0)
-    batch, fits = preprocess_batch([np.zeros((576, 768, 3), np.uint8), np.zeros((312, 416, 3), np.uint8)], SHAPE,
-                                   letter_box=False)
+    batch, fits = preprocess_batch(
+        [np.zeros((576, 768, 3), np.uint8), np.zeros((312, 416, 3), np.uint8)], SHAPE, letter_box=False
+    )
     assert batch.shape == (2, 3, 320, 416) and fits[1].scale_x == 1.0 and fits[1].scale_y == 320 / 312
 
 
@@ -114,8 +124,11 @@ def detectors(rect_onnx, yolo_tiny_onnx, yolo_tiny):
     def make(onnx_path, backend):
         return Detector.from_config(ModelConfig(onnx=str(onnx_path), backend=backend), onnx_path, yolo_tiny.names)
 
-    return {"square": make(yolo_tiny_onnx, "onnxruntime"), "onnxruntime": make(rect_onnx, "onnxruntime"),
-            "openvino": make(rect_onnx, "openvino")}
+    return {
+        "square": make(yolo_tiny_onnx, "onnxruntime"),
+        "onnxruntime": make(rect_onnx, "onnxruntime"),
+        "openvino": make(rect_onnx, "openvino"),
+    }
 
 
 def test_both_cpu_backends_run_it_and_agree(detectors, assets_dir):
@@ -162,9 +175,13 @@ def test_config_field_errors_and_plumbing(tmp_path):
     assert "330" in str(err.value)
     with pytest.raises(ValidationError, match="input_height_px=320: the tensorrt backend takes square"):
         ModelConfig(onnx="m.onnx", backend="tensorrt", input_height_px=320)
-    args = PipelineArgs.model_validate({
-        "cameras": [{"id": "a", "source": "rtsp://cam/a"}], "base_dir": str(tmp_path),
-        "model": {"onnx": "m.onnx", "input_height_px": 320}})
+    args = PipelineArgs.model_validate(
+        {
+            "cameras": [{"id": "a", "source": "rtsp://cam/a"}],
+            "base_dir": str(tmp_path),
+            "model": {"onnx": "m.onnx", "input_height_px": 320},
+        }
+    )
     group = args.for_group(["a"])
     assert (group.detect_input_px, group.detect_input_height_px) == (416, 320)
 
@@ -172,9 +189,13 @@ def test_config_field_errors_and_plumbing(tmp_path):
 def test_resolve_builds_a_file_named_by_its_shape(yolo_tiny, tmp_path):
     for f in (yolo_tiny.cfg, yolo_tiny.weights):
         os.symlink(f, tmp_path / Path(f).name)
-    args = PipelineArgs.model_validate({
-        "cameras": [{"id": "a", "source": "rtsp://cam/a"}], "base_dir": str(tmp_path),
-        "model": {"cfg": Path(yolo_tiny.cfg).name, "weights": Path(yolo_tiny.weights).name, "input_height_px": 320}})
+    args = PipelineArgs.model_validate(
+        {
+            "cameras": [{"id": "a", "source": "rtsp://cam/a"}],
+            "base_dir": str(tmp_path),
+            "model": {"cfg": Path(yolo_tiny.cfg).name, "weights": Path(yolo_tiny.weights).name, "input_height_px": 320},
+        }
+    )
     resolved = resolve_model(args.model, args)
     assert resolved.onnx == tmp_path / "yolov4-tiny-416x320.onnx"
     assert load_graph_info(resolved.onnx)["input_height"] == 320
@@ -204,8 +225,23 @@ def test_bench_sizes_prints_every_model_side_by_side(capsys, yolo_tiny_onnx):
 
     from cli import main
 
-    assert main(["bench", "sizes", "--onnx", str(yolo_tiny_onnx), "--sizes", "416,416x320", "--frames", "2",
-                 "--rounds", "1"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "sizes",
+                "--onnx",
+                str(yolo_tiny_onnx),
+                "--sizes",
+                "416,416x320",
+                "--frames",
+                "2",
+                "--rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     report = json.loads(out.strip().splitlines()[-1])
     assert [r["model"] for r in report["rows"]] == ["416x416 fp32", "416x320 fp32"]

@@ -1,4 +1,5 @@
 """Model file resolution errors and the shape of the Serve application build_app makes."""
+
 import pytest
 
 from pipeline.config import ConfigError, parse_args
@@ -7,8 +8,13 @@ from pipeline.models.resolve import resolve_model
 
 
 def args_for(tmp_path, **model):
-    return parse_args({"cameras": [{"id": "a", "source": "x.avi"}, {"id": "b", "source": "y.avi", "enabled": False}],
-                       "model": model, "base_dir": str(tmp_path)})
+    return parse_args(
+        {
+            "cameras": [{"id": "a", "source": "x.avi"}, {"id": "b", "source": "y.avi", "enabled": False}],
+            "model": model,
+            "base_dir": str(tmp_path),
+        }
+    )
 
 
 def test_missing_model_files_name_the_setting_path_and_remedy(tmp_path):
@@ -24,7 +30,7 @@ def test_missing_model_files_name_the_setting_path_and_remedy(tmp_path):
 
 def test_corrupt_weights_are_a_clear_error(tmp_path, yolo_tiny):
     bad = tmp_path / "yolov4-tiny.weights"
-    bad.write_bytes(yolo_tiny.weights.read_bytes()[: 1_000_000])
+    bad.write_bytes(yolo_tiny.weights.read_bytes()[:1_000_000])
     args = args_for(tmp_path, cfg=str(yolo_tiny.cfg), weights=str(bad))
     with pytest.raises(ModelFileError, match=str(bad)):
         resolve_model(args.model, args)

@@ -1,5 +1,6 @@
 """Recordings retention (hls/retention.py) on real stores: by age, protected ranges, total size, a full
 tmpfs disk, store and index failures, and the cluster-wide sweep lock on a real Redis."""
+
 from __future__ import annotations
 
 import subprocess
@@ -27,9 +28,26 @@ DAY = 86400.0
 def segment_data(tmp_path_factory) -> list[bytes]:
     """Real standalone fMP4 segments (init + one 2 s fragment each) of the demo clip."""
     out = tmp_path_factory.mktemp("fmp4") / "clip.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(ROOT / "data" / "demo" / "vtest-h264.mp4"), "-t", "8",
-                    "-c", "copy", "-f", "mp4", "-movflags", "+frag_keyframe+empty_moov+default_base_moof", str(out)],
-                   check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(ROOT / "data" / "demo" / "vtest-h264.mp4"),
+            "-t",
+            "8",
+            "-c",
+            "copy",
+            "-f",
+            "mp4",
+            "-movflags",
+            "+frag_keyframe+empty_moov+default_base_moof",
+            str(out),
+        ],
+        check=True,
+    )
     pieces = FragmentSplitter().feed(out.read_bytes())
     return [pieces[0] + f.data for f in pieces[1:]]
 
@@ -66,8 +84,10 @@ def test_ranges_overlap():
 def test_age_per_camera_and_protected_ranges(rec):
     cfg = RecordConfig(retain_days=7, events_retain_days=30, min_free_gb=0)
     cam_a = cfg.model_copy(update={"retain_days": 1, "events_retain_days": 3})
-    events = {"cam-a": [(NOW - 2 * DAY + 1, NOW - 2 * DAY + 3), (NOW - 5 * DAY, NOW - 5 * DAY + 1)],
-              "cam-b": [(NOW - 8 * DAY + 1, NOW - 8 * DAY + 2)]}
+    events = {
+        "cam-a": [(NOW - 2 * DAY + 1, NOW - 2 * DAY + 3), (NOW - 5 * DAY, NOW - 5 * DAY + 1)],
+        "cam-b": [(NOW - 8 * DAY + 1, NOW - 8 * DAY + 2)],
+    }
     asked = []
 
     def protected(camera_id, since_s, until_s):
@@ -162,7 +182,7 @@ def test_full_disk_put_fails_cleanly_and_sweep_frees_space(tmpfs, tmp_path, segm
     assert counts["by_free_space"] == counts["deleted"] > 0 and counts["errors"] == 0
     # the oldest went, the newest stayed, and not much more than needed was deleted
     left = sorted(rec.keys())
-    assert left == sorted(stored)[-len(left):]
+    assert left == sorted(stored)[-len(left) :]
     assert free < min_free * 1.1 + 2 * max(len(d) for d in segment_data) + 512 * 1024
     assert {s.key for s in rec.index.oldest(1000)} == set(left)
     # recording goes on
@@ -173,9 +193,18 @@ def test_sweep_never_raises_on_store_or_index_failure(tmp_path, segment_data):
     index = RecordingIndex(tmp_path / "index.sqlite3")
     key = segment_key("cam-a", NOW - 10 * DAY, 2.0, "r1")
     index.add(parse_segment_key(key, 123))
-    down = S3RecordStore(RecordConfig(store="s3", s3={"endpoint_url": f"http://127.0.0.1:{free_port()}",
-                                                      "bucket": "recs", "access_key_id": "a",
-                                                      "secret_access_key": "b", "timeout_s": 2}).s3)
+    down = S3RecordStore(
+        RecordConfig(
+            store="s3",
+            s3={
+                "endpoint_url": f"http://127.0.0.1:{free_port()}",
+                "bucket": "recs",
+                "access_key_id": "a",
+                "secret_access_key": "b",
+                "timeout_s": 2,
+            },
+        ).s3
+    )
     counts = Retention(RecordConfig(retain_days=1, max_total_gb=1e-9), down, index).sweep(now_s=NOW)
     assert counts["deleted"] == 0 and counts["errors"] >= 1
     assert [s.key for s in index.oldest(5)] == [key]  # still indexed: the store still has it
@@ -244,8 +273,11 @@ def test_event_ranges_from_the_event_store(redis_client):
     _event(events, "a4", "cam-a", NOW - 9000, NOW - 8990)  # outside the range
     _event(events, "b1", "cam-b", NOW - 1000, NOW - 990)
     protected = event_ranges(events, pre_s=5, post_s=7, now=lambda: NOW)
-    assert sorted(protected("cam-a", NOW - 2000, NOW)) == [(NOW - 5 * 3600 - 5, NOW - 493),
-                                                           (NOW - 1005, NOW - 983), (NOW - 55, NOW + 7)]
+    assert sorted(protected("cam-a", NOW - 2000, NOW)) == [
+        (NOW - 5 * 3600 - 5, NOW - 493),
+        (NOW - 1005, NOW - 983),
+        (NOW - 55, NOW + 7),
+    ]
     assert protected("cam-c", NOW - 2000, NOW) == []
     # a short range inside one event's clip range
     assert protected("cam-b", NOW - 1003, NOW - 1001) == [(NOW - 1005, NOW - 983)]
@@ -277,8 +309,9 @@ def test_retention_loop_on_s3_sees_other_nodes_segments(seaweedfs, tmp_path, seg
     theirs = segment_key("cam-b", NOW - 3 * DAY, 2.0, "n2")  # written by another node: not in this index
     store.put(theirs, segment_data[0])
     kept = rec.put("cam-a", NOW - 60)
-    loop = RetentionLoop(Retention(RecordConfig(retain_days=2), store, rec.index), sweep_s=60,
-                         redis_client=redis_client)
+    loop = RetentionLoop(
+        Retention(RecordConfig(retain_days=2), store, rec.index), sweep_s=60, redis_client=redis_client
+    )
     assert loop.scope == "cluster"
     counts = loop.run_once(now_s=NOW)
     assert counts["by_age"] == 2 and rec.keys() == {kept}

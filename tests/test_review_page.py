@@ -10,6 +10,7 @@ time of the frame shown within 1 s of it), step to the previous / next event (al
 timeline's range) with boxes from history, filter the events list, and lay out without overflow at
 1280x800 and 390x844 (screenshots in docs/screenshots/).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,8 +30,10 @@ from auth_fixtures import ADMIN_PASSWORD, served_gateway
 from conftest import ROOT, RedisServer
 from rtsp_fixtures import wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("chromedriver") is None,
-                                                    reason="chromium-driver not installed")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed"),
+]
 W_PX, H_PX, FPS, SEGMENT_S = 384, 216, 10, 10
 RUN_S, GAP_S = 60, 60
 SCREENSHOTS = ROOT / "docs" / "screenshots"
@@ -50,14 +53,49 @@ def encode_run(t0: float, seconds: int, out: Path) -> bytes:
     from hls import timecode
 
     proc = subprocess.Popen(
-        ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{W_PX}x{H_PX}", "-r", str(FPS),
-         "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", "26", "-bf", "0", "-g", str(FPS),
-         "-keyint_min", str(FPS), "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-f", "mp4",
-         "-movflags", "+frag_keyframe+empty_moov+default_base_moof", str(out)], stdin=subprocess.PIPE)
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-s",
+            f"{W_PX}x{H_PX}",
+            "-r",
+            str(FPS),
+            "-i",
+            "-",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "26",
+            "-bf",
+            "0",
+            "-g",
+            str(FPS),
+            "-keyint_min",
+            str(FPS),
+            "-sc_threshold",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            "-f",
+            "mp4",
+            "-movflags",
+            "+frag_keyframe+empty_moov+default_base_moof",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+    )
     for i in range(seconds * FPS):
         img = np.full((H_PX, W_PX, 3), 70, np.uint8)
         x = 20 + (i * 3) % (W_PX - 60)
-        img[120:180, x:x + 40] = (40, 160, 230)  # something that moves
+        img[120:180, x : x + 40] = (40, 160, 230)  # something that moves
         timecode.burn(img, t0 + i / FPS)
         proc.stdin.write(img.tobytes())
     proc.stdin.close()
@@ -119,12 +157,17 @@ def site(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
     try:
-        args = parse_args({
-            "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}], "model": {"onnx": "m.onnx"},
-            "redis_url": redis.url, "base_dir": str(tmp),
-            "record": {"enabled": True, "dir": str(tmp / "recordings")},
-            "clips": {"dir": str(tmp / "clips")},
-            "gateway": {"auth": {"db_path": str(tmp / "auth.sqlite3"), "key_dir": str(tmp / "keys")}}})
+        args = parse_args(
+            {
+                "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}],
+                "model": {"onnx": "m.onnx"},
+                "redis_url": redis.url,
+                "base_dir": str(tmp),
+                "record": {"enabled": True, "dir": str(tmp / "recordings")},
+                "clips": {"dir": str(tmp / "clips")},
+                "gateway": {"auth": {"db_path": str(tmp / "auth.sqlite3"), "key_dir": str(tmp / "keys")}},
+            }
+        )
         ctx = GatewayContext.from_args(args)
         status = StatusStore(ctx.redis)
         for cid in ("a", "b"):
@@ -145,10 +188,11 @@ def site(tmp_path_factory):
 
         events = EventStore(ctx.redis)
         ids = {}
-        for name, rule, label, zone, start, end in (("bike", "ride-by", "bicycle", None, t_far + 5, t_far + 9),
-                                                    ("person", "walk-in", "person", None, t0 + 20, t0 + 30),
-                                                    ("car", "parked", "car", "door", t0 + RUN_S + GAP_S + 20,
-                                                     t0 + RUN_S + GAP_S + 32)):
+        for name, rule, label, zone, start, end in (
+            ("bike", "ride-by", "bicycle", None, t_far + 5, t_far + 9),
+            ("person", "walk-in", "person", None, t0 + 20, t0 + 30),
+            ("car", "parked", "car", "door", t0 + RUN_S + GAP_S + 20, t0 + RUN_S + GAP_S + 32),
+        ):
             eid = f"ev-{name}"
             for kind, ts, e in (("start", start, None), ("end", end, end)):
                 events.apply(EventUpdate(kind, eid, "a", rule, "presence", label, zone, ts, start, e, [1], 1))
@@ -169,8 +213,13 @@ def site(tmp_path_factory):
         history = HistoryStore(tmp / "history.sqlite3")
         for i in range(10 * FPS):  # a person box on every frame of the person event
             t = t0 + 20 + i / FPS
-            history.add("a", t, i, Detections(np.array([[60, 40, 160, 200]], np.float32), np.array([0.9]),
-                                              np.array([0])), ["person"])
+            history.add(
+                "a",
+                t,
+                i,
+                Detections(np.array([[60, 40, 160, 200]], np.float32), np.array([0.9]), np.array([0])),
+                ["person"],
+            )
         ctx.stages["events"] = HistoryStage(history)
 
         with served_gateway(ctx) as base:
@@ -195,7 +244,8 @@ def review(driver) -> dict:
         "const s = window.lookout && window.lookout.review; if (!s) return null;"
         "return {camera: s.camera, fetched: s.fetched, spans: s.spans, events: s.events.length, errors: s.errors,"
         " layout: s.layout, seeks: s.seeks, cursor_s: s.cursor_s, frameMs: s.frameMs, labels: s.labelRects.length,"
-        " message: document.querySelector('.review-error').textContent};")
+        " message: document.querySelector('.review-error').textContent};"
+    )
 
 
 def open_review(driver, site, at_s: float) -> dict:
@@ -207,9 +257,19 @@ def open_review(driver, site, at_s: float) -> dict:
         driver.execute_script("window.location.hash = arguments[0]", where)
     else:
         driver.get(f"{site.base}/?measure=1{where}")
-    return wait_until(lambda: (r := review(driver)) and r["fetched"] and r["layout"] and r["seeks"]
-                      and abs(r["seeks"][-1]["target_s"] - at_s) < 0.01 and r, 60, 0.2,
-                      "the review view to load and play the linked second")
+    return wait_until(
+        lambda: (
+            (r := review(driver))
+            and r["fetched"]
+            and r["layout"]
+            and r["seeks"]
+            and abs(r["seeks"][-1]["target_s"] - at_s) < 0.01
+            and r
+        ),
+        60,
+        0.2,
+        "the review view to load and play the linked second",
+    )
 
 
 PIXEL_JS = """
@@ -223,14 +283,21 @@ def shown_frame(driver) -> dict:
     """The frame on screen: its burned capture time (ms) and the time the page maps it to through PDT."""
     return driver.execute_script(
         "const s = window.lookout.review; return {tc: Timecode.read(document.querySelector('#review video')),"
-        " pdt: s.frameMs, t: document.querySelector('#review video').currentTime};")
+        " pdt: s.frameMs, t: document.querySelector('#review video').currentTime};"
+    )
 
 
 def zoom_to(driver, span_s: int) -> dict:
     driver.find_element("css selector", f"#review .zooms button[data-span='{span_s}']").click()
     # zoomed in 4x or more: the page fetches the range (and motion at the finer step) again
-    return wait_until(lambda: (r := review(driver)) and r["layout"]["view"]["span_s"] == span_s
-                      and r["fetched"]["span_s"] == span_s and r, 20, 0.1, f"the {span_s} s view and its data")
+    return wait_until(
+        lambda: (
+            (r := review(driver)) and r["layout"]["view"]["span_s"] == span_s and r["fetched"]["span_s"] == span_s and r
+        ),
+        20,
+        0.1,
+        f"the {span_s} s view and its data",
+    )
 
 
 def test_timeline_draws_spans_gaps_motion_and_events_at_their_time(site, driver):
@@ -240,18 +307,26 @@ def test_timeline_draws_spans_gaps_motion_and_events_at_their_time(site, driver)
     r = zoom_to(driver, 600)
     # the page merged the six 10 s segments of each run into one span each; the 60 s hole is a gap
     assert [(round(s["start_s"] - t0, 1), round(s["end_s"] - t0, 1)) for s in r["spans"]] == [
-        (0, RUN_S), (RUN_S + GAP_S, 2 * RUN_S + GAP_S)], r
+        (0, RUN_S),
+        (RUN_S + GAP_S, 2 * RUN_S + GAP_S),
+    ], r
     view, w, lanes = r["layout"]["view"], r["layout"]["width"], r["layout"]["lanes"]
     x = lambda t: (t - view["start_s"]) / view["span_s"] * w  # noqa: E731
     mid = lambda lane: lanes[lane][0] + lanes[lane][1] / 2  # noqa: E731
-    probes = {"rec run 1": (x(t0 + 30), mid("rec")), "rec gap": (x(t0 + RUN_S + GAP_S / 2), mid("rec")),
-              "rec run 2": (x(t0 + RUN_S + GAP_S + 30), mid("rec")), "rec before": (x(t0 - 60), mid("rec")),
-              "motion on": (x(t0 + 25.5), mid("motion")), "motion off": (x(t0 + 50.5), mid("motion")),
-              "person": (x(t0 + 25), mid("events")), "car": (x(t0 + RUN_S + GAP_S + 26), mid("events")),
-              "no event": (x(t0 + 50), mid("events"))}
+    probes = {
+        "rec run 1": (x(t0 + 30), mid("rec")),
+        "rec gap": (x(t0 + RUN_S + GAP_S / 2), mid("rec")),
+        "rec run 2": (x(t0 + RUN_S + GAP_S + 30), mid("rec")),
+        "rec before": (x(t0 - 60), mid("rec")),
+        "motion on": (x(t0 + 25.5), mid("motion")),
+        "motion off": (x(t0 + 50.5), mid("motion")),
+        "person": (x(t0 + 25), mid("events")),
+        "car": (x(t0 + RUN_S + GAP_S + 26), mid("events")),
+        "no event": (x(t0 + 50), mid("events")),
+    }
     px = dict(zip(probes, driver.execute_script(PIXEL_JS, list(probes.values()))))
     colors = driver.execute_script("return [colorFor('person'), colorFor('car')]")
-    rgb = lambda h: [int(h[i:i + 2], 16) for i in (1, 3, 5)]  # noqa: E731
+    rgb = lambda h: [int(h[i : i + 2], 16) for i in (1, 3, 5)]  # noqa: E731
     assert px["rec run 1"][:3] == rgb("#2f9e5a") and px["rec run 2"][:3] == rgb("#2f9e5a"), px
     assert px["rec gap"][:3] == rgb("#4a2020") and px["rec before"][:3] == rgb("#4a2020"), px
     # (a minute's tick line may cross an empty lane: faint, alpha 0x22)
@@ -269,28 +344,42 @@ def test_timeline_draws_spans_gaps_motion_and_events_at_their_time(site, driver)
     ax = driver.execute_script(  # an event's clientX is whole pixels: the x it makes is returned
         "const c = arguments[0], r = c.getBoundingClientRect(), x = Math.round(r.left + arguments[1]);"
         "c.dispatchEvent(new WheelEvent('wheel', {deltaY: -300, clientX: x, clientY: r.top + 30, bubbles: true,"
-        " cancelable: true})); return x - r.left;", canvas, ax)
+        " cancelable: true})); return x - r.left;",
+        canvas,
+        ax,
+    )
     anchor = view["start_s"] + ax / w * view["span_s"]
-    z = wait_until(lambda: (r := review(driver)) and r["layout"]["view"]["span_s"] < 600 and r["layout"], 10, 0.1,
-                   "zoomed in")["view"]
+    z = wait_until(
+        lambda: (r := review(driver)) and r["layout"]["view"]["span_s"] < 600 and r["layout"], 10, 0.1, "zoomed in"
+    )["view"]
     assert z["span_s"] == pytest.approx(600 * 2.718281828 ** (-0.6), rel=1e-3)
     assert (anchor - z["start_s"]) / z["span_s"] * w == pytest.approx(ax, abs=0.01)  # still under the pointer
-    ActionChains(driver).move_to_element_with_offset(canvas, 0, 0).click_and_hold().move_by_offset(-100, 0) \
-        .move_by_offset(-100, 0).release().perform()
-    p = wait_until(lambda: (r := review(driver)) and r["layout"]["view"]["start_s"] != z["start_s"] and r["layout"],
-                   10, 0.1, "panned")["view"]
+    ActionChains(driver).move_to_element_with_offset(canvas, 0, 0).click_and_hold().move_by_offset(
+        -100, 0
+    ).move_by_offset(-100, 0).release().perform()
+    p = wait_until(
+        lambda: (r := review(driver)) and r["layout"]["view"]["start_s"] != z["start_s"] and r["layout"],
+        10,
+        0.1,
+        "panned",
+    )["view"]
     assert p["start_s"] - z["start_s"] == pytest.approx(200 / w * z["span_s"], rel=0.02)  # content follows the pointer
     assert len(review(driver)["seeks"]) == n  # a drag is no click
     # and the keyboard: a tenth to the left, then twice as close
     from selenium.webdriver.common.keys import Keys
 
     canvas.send_keys(Keys.ARROW_LEFT)
-    k = wait_until(lambda: (r := review(driver)) and r["layout"]["view"]["start_s"] != p["start_s"] and r["layout"],
-                   10, 0.1, "panned by key")["view"]
+    k = wait_until(
+        lambda: (r := review(driver)) and r["layout"]["view"]["start_s"] != p["start_s"] and r["layout"],
+        10,
+        0.1,
+        "panned by key",
+    )["view"]
     assert k["start_s"] == pytest.approx(p["start_s"] - p["span_s"] / 10, abs=0.01)
     canvas.send_keys("+")
-    wait_until(lambda: review(driver)["layout"]["view"]["span_s"] == pytest.approx(p["span_s"] / 2), 10, 0.1,
-               "zoomed by key")
+    wait_until(
+        lambda: review(driver)["layout"]["view"]["span_s"] == pytest.approx(p["span_s"] / 2), 10, 0.1, "zoomed by key"
+    )
 
 
 def test_click_plays_that_second_and_events_step_with_boxes(site, driver):
@@ -317,8 +406,10 @@ def test_click_plays_that_second_and_events_step_with_boxes(site, driver):
         assert abs(f["tc"] - seek["target_s"] * 1000) < 1000 + 1500, (f, seek)  # playing on for at most ~1.5 s
         assert abs(f["tc"] - f["pdt"]) <= 150, f  # the page maps media time to capture time right (1.5 frames)
         assert abs(seek["shown_ms"] - seek["target_s"] * 1000) <= 1000, seek
-    print(f"seek latency (click -> first frame of the second) ms: {[round(v) for v in latencies]}, "
-          f"p50 {statistics.median(latencies):.0f}")
+    print(
+        f"seek latency (click -> first frame of the second) ms: {[round(v) for v in latencies]}, "
+        f"p50 {statistics.median(latencies):.0f}"
+    )
     # the benchmark's hook: seeks that each load their playlist anew
     driver.set_script_timeout(120)
     bench = driver.execute_async_script("window.lookout.review.measureSeeks(6).then(arguments[0])")
@@ -347,14 +438,24 @@ def test_click_plays_that_second_and_events_step_with_boxes(site, driver):
         assert r["seeks"][-1]["why"] == "prev-event" and abs(r["seeks"][-1]["shown_ms"] / 1000 - want_s) <= 1, r
     f = wait_until(lambda: (s := shown_frame(driver)) and s["tc"] and s, 10, 0.05, "a shown frame")
     assert abs(f["tc"] / 1000 - (site.t_far + 5)) < 2.5, f
-    view = wait_until(lambda: (s := review(driver)) and s["layout"]["view"]["start_s"] < site.t_far + 5 and s, 10, 0.1,
-                      "the view at the far event")["layout"]["view"]
+    view = wait_until(
+        lambda: (s := review(driver)) and s["layout"]["view"]["start_s"] < site.t_far + 5 and s,
+        10,
+        0.1,
+        "the view at the far event",
+    )["layout"]["view"]
     assert view["start_s"] + view["span_s"] > site.t_far + 5, view
 
     driver.find_element("css selector", "#review .live").click()
-    wait_until(lambda: driver.execute_script(
-        "return document.getElementById('review').hidden && getComputedStyle(document.getElementById('grid')).display"
-        " !== 'none' && !!document.querySelector('[data-camera=\"a\"] .review-link')"), 20, 0.1, "back to live")
+    wait_until(
+        lambda: driver.execute_script(
+            "return document.getElementById('review').hidden && getComputedStyle(document.getElementById('grid')).display"
+            " !== 'none' && !!document.querySelector('[data-camera=\"a\"] .review-link')"
+        ),
+        20,
+        0.1,
+        "back to live",
+    )
 
 
 def rect_problems(driver) -> list[str]:
@@ -379,8 +480,12 @@ def rect_problems(driver) -> list[str]:
             if b["x"] < -0.5 or b["x"] + b["w"] > rects["page"][1] + 0.5:
                 problems.append(f"{b['name']} {b['text']!r} outside the window: {b}")
         for a, b in itertools.combinations(group, 2):
-            if a["x"] < b["x"] + b["w"] - 0.5 and b["x"] < a["x"] + a["w"] - 0.5 and \
-                    a["y"] < b["y"] + b["h"] - 0.5 and b["y"] < a["y"] + a["h"] - 0.5:
+            if (
+                a["x"] < b["x"] + b["w"] - 0.5
+                and b["x"] < a["x"] + a["w"] - 0.5
+                and a["y"] < b["y"] + b["h"] - 0.5
+                and b["y"] < a["y"] + a["h"] - 0.5
+            ):
                 problems.append(f"{a['name']} {a['text']!r} overlaps {b['name']} {b['text']!r}")
     return problems
 
@@ -389,19 +494,29 @@ def rect_problems(driver) -> list[str]:
 def test_layout_events_list_and_clip_at_desktop_and_phone_width(site, driver, width, height):
     t0 = site.t0
     # the page's own size (the viewport), a phone's with its touch and viewport handling
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
-                                                                  "deviceScaleFactor": 1, "mobile": width < 600})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600},
+    )
     open_review(driver, site, t0 + 22 + width / 1000)  # another link each time
     zoom_to(driver, 600)
-    wait_until(lambda: driver.execute_script("return document.querySelectorAll('#review .review-events li').length")
-               == len(site.events), 20, 0.1, "every event listed")
+    wait_until(
+        lambda: (
+            driver.execute_script("return document.querySelectorAll('#review .review-events li').length")
+            == len(site.events)
+        ),
+        20,
+        0.1,
+        "every event listed",
+    )
     wait_until(lambda: review(driver)["labels"] > 0, 20, 0.1, "the person's box")
     inner = driver.execute_script("return [window.innerWidth, window.innerHeight]")
     assert inner == [width, height], inner  # the checks and screenshots below are about this size
     # the video and the timeline both in the first screen, side by side with nothing
     v, t = driver.execute_script(
         "return ['#review video', '#review canvas.timeline'].map((s) => { const r = document.querySelector(s)"
-        ".getBoundingClientRect(); return [r.top, r.bottom, r.left, r.right]; })")
+        ".getBoundingClientRect(); return [r.top, r.bottom, r.left, r.right]; })"
+    )
     assert v[1] <= t[0] and t[1] <= height and v[2] >= 0 and v[3] <= width, (v, t)
     assert not rect_problems(driver)
     low = [c for c in text_contrast(driver, "#review") if c["ratio"] < 4.5]
@@ -411,8 +526,10 @@ def test_layout_events_list_and_clip_at_desktop_and_phone_width(site, driver, wi
 
     # filters: by label (client side) and zone; a time range that leaves nothing out
     def listed():
-        return driver.execute_script("return [...document.querySelectorAll('#review .review-events li')]"
-                                     ".map((li) => li.dataset.id)")
+        return driver.execute_script(
+            "return [...document.querySelectorAll('#review .review-events li')].map((li) => li.dataset.id)"
+        )
+
     from selenium.webdriver.support.ui import Select
 
     Select(driver.find_element("css selector", "#review .filters select[name=label]")).select_by_value("car")
@@ -424,20 +541,24 @@ def test_layout_events_list_and_clip_at_desktop_and_phone_width(site, driver, wi
     wait_until(lambda: sorted(listed()) == sorted(site.events.values()), 20, 0.1, "all again")
     # the clip link downloads the event's real clip (with the session's cookie)
     href = driver.execute_script(
-        f"return document.querySelector('#review li[data-id=\"{site.events['person']}\"] a.clip').href")
+        f"return document.querySelector('#review li[data-id=\"{site.events['person']}\"] a.clip').href"
+    )
     cookie = "; ".join(f"{c['name']}={c['value']}" for c in driver.get_cookies())
     with urllib.request.urlopen(urllib.request.Request(href, headers={"Cookie": cookie}), timeout=10) as resp:
         assert resp.headers["content-type"] == "video/mp4" and resp.read() == site.clip_bytes
     # an event's time in the list plays from it
     n = len(review(driver)["seeks"])
-    driver.execute_script(
-        f"document.querySelector('#review li[data-id=\"{site.events['car']}\"] button.go').click()")
+    driver.execute_script(f"document.querySelector('#review li[data-id=\"{site.events['car']}\"] button.go').click()")
     r = wait_until(lambda: (s := review(driver)) and len(s["seeks"]) > n and s, 30, 0.1, "play from the list")
     assert abs(r["seeks"][-1]["shown_ms"] / 1000 - (t0 + RUN_S + GAP_S + 20)) <= 1, r["seeks"][-1]
     # the live grid's tile heads, with their review link, lay out as well (the first tile is checked)
     driver.find_element("css selector", "#review .live").click()
-    wait_until(lambda: driver.execute_script("return !!document.querySelector('#grid .tile .review-link')"), 20, 0.1,
-               "the grid")
+    wait_until(
+        lambda: driver.execute_script("return !!document.querySelector('#grid .tile .review-link')"),
+        20,
+        0.1,
+        "the grid",
+    )
     assert not rect_problems(driver)
     driver.find_element("css selector", "#grid .tile .review-link").click()
     wait_until(lambda: (r := review(driver)) and r["camera"] == "a" and r["layout"], 20, 0.1, "review from the tile")

@@ -1,5 +1,6 @@
 """scripts/run.sh and scripts/apt.sh run for real (real redis-server, a real Ray head), with `serve` (and,
 for the start-up failure, `ray`) replaced by small scripts that record what the real one would see."""
+
 from __future__ import annotations
 
 import os
@@ -65,11 +66,19 @@ def site(tmp: Path) -> Path:
 
 
 def run_env(tmp: Path, venv: Path) -> tuple[dict, dict]:
-    ports = {"LOOKOUT_REDIS_PORT": free_port(), "LOOKOUT_RAY_PORT": free_port(),
-             "LOOKOUT_RAY_METRICS_PORT": free_port()}
-    env = {**os.environ, "VENV": str(venv), "LOOKOUT_DATA": str(tmp / "data"), "RAY_AUTH_MODE": "disabled",
-           "LOOKOUT_RAY_START_TRIES": "6",  # the shared test box is often far busier than a user's
-           **{k: str(v) for k, v in ports.items()}}
+    ports = {
+        "LOOKOUT_REDIS_PORT": free_port(),
+        "LOOKOUT_RAY_PORT": free_port(),
+        "LOOKOUT_RAY_METRICS_PORT": free_port(),
+    }
+    env = {
+        **os.environ,
+        "VENV": str(venv),
+        "LOOKOUT_DATA": str(tmp / "data"),
+        "RAY_AUTH_MODE": "disabled",
+        "LOOKOUT_RAY_START_TRIES": "6",  # the shared test box is often far busier than a user's
+        **{k: str(v) for k, v in ports.items()},
+    }
     for var in ("REDIS_URL", "RAY_ADDRESS"):
         env.pop(var, None)
     return env, ports
@@ -86,8 +95,9 @@ def listening(port: int) -> str:
 
 def redis_ping(port: int, password: str | None) -> str:
     env = {**os.environ, "REDISCLI_AUTH": password} if password else {**os.environ, "REDISCLI_AUTH": ""}
-    return subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), "ping"], capture_output=True,
-                          text=True, env=env, timeout=10).stdout.strip()
+    return subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "ping"], capture_output=True, text=True, env=env, timeout=10
+    ).stdout.strip()
 
 
 @pytest.mark.slow
@@ -98,8 +108,13 @@ def test_run_sh_guards_redis_keeps_ray_on_loopback_and_stops_both_on_ctrl_c(tmp_
     config = site(tmp_path)
     env, ports = run_env(tmp_path, venv)
     log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen(["bash", str(ROOT / "scripts" / "run.sh"), str(config)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "run.sh"), str(config)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 480
         while not (out / "ready").exists():
@@ -115,18 +130,26 @@ def test_run_sh_guards_redis_keeps_ray_on_loopback_and_stops_both_on_ctrl_c(tmp_
         for name in ("password", "redis.conf"):
             assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
-        assert (out / "redis_url").read_text().strip() == f"redis://:{password}@127.0.0.1:{ports['LOOKOUT_REDIS_PORT']}/0"
+        assert (
+            out / "redis_url"
+        ).read_text().strip() == f"redis://:{password}@127.0.0.1:{ports['LOOKOUT_REDIS_PORT']}/0"
         assert redis_ping(ports["LOOKOUT_REDIS_PORT"], None).startswith("NOAUTH")
         assert redis_ping(ports["LOOKOUT_REDIS_PORT"], password) == "PONG"
         redis_pid = int((data / "redis.pid").read_text())
         assert password not in Path(f"/proc/{redis_pid}/cmdline").read_text()
         # Ray: serve run joins our head; its metrics exporter listens on loopback only
         assert (out / "ray_address").read_text().strip() == f"127.0.0.1:{ports['LOOKOUT_RAY_PORT']}"
-        metrics = [line for line in (out / "listening").read_text().splitlines()
-                   if line.split()[3].endswith(f":{ports['LOOKOUT_RAY_METRICS_PORT']}")]
+        metrics = [
+            line
+            for line in (out / "listening").read_text().splitlines()
+            if line.split()[3].endswith(f":{ports['LOOKOUT_RAY_METRICS_PORT']}")
+        ]
         assert metrics and all(loopback(line.split()[3]) for line in metrics), metrics
-        gcs = [line.split()[3] for line in (out / "listening").read_text().splitlines()
-               if line.split()[3].endswith(f":{ports['LOOKOUT_RAY_PORT']}")]
+        gcs = [
+            line.split()[3]
+            for line in (out / "listening").read_text().splitlines()
+            if line.split()[3].endswith(f":{ports['LOOKOUT_RAY_PORT']}")
+        ]
         assert gcs and all(loopback(address) for address in gcs), gcs
         printed = (tmp_path / "run.log").read_text()
         assert password not in printed
@@ -147,8 +170,13 @@ def test_run_sh_says_in_one_line_when_ray_times_out_and_stops_its_redis(tmp_path
     venv = fake_venv(tmp_path, serve="#!/bin/sh\nexit 99\n", ray=FAKE_RAY_TIMEOUT)
     env, ports = run_env(tmp_path, venv)
     env["LOOKOUT_RAY_START_TRIES"] = "2"
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "run.sh"), str(site(tmp_path))], env=env,
-                          capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run.sh"), str(site(tmp_path))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr.startswith("lookout: Ray did not start in time: the box is too busy"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr + proc.stdout
@@ -163,8 +191,13 @@ def test_apt_waits_for_the_dpkg_lock_and_says_so(tmp_path):
     executable(fakes / "apt-get", f'#!/bin/sh\necho "$*" >>{calls}\n')
     executable(fakes / "dpkg-query", "#!/bin/sh\nexit 1\n")  # nothing is installed
     script = f'set -euo pipefail\nSUDO=""\nsay() {{ echo "==> $*"; }}\n. {ROOT}/scripts/apt.sh\napt_install redis-server ffmpeg\n'
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}"})
+    proc = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}"},
+    )
     assert proc.returncode == 0, proc.stderr
     lines = calls.read_text().splitlines()
     assert lines[0] == "-o DPkg::Lock::Timeout=600 update -qq"
@@ -174,15 +207,24 @@ def test_apt_waits_for_the_dpkg_lock_and_says_so(tmp_path):
 
 def run_test_sh(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COVERAGE_FILE": str(tmp_path / ".coverage")}  # not the outer run's data file
-    return subprocess.run(["bash", "scripts/test.sh", "-q", "-p", "no:cacheprovider", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        ["bash", "scripts/test.sh", "-q", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_test_sh_prints_coverage_by_package(tmp_path):
     done = run_test_sh(tmp_path, "tests/test_types.py")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    rows = {line.split()[0]: float(line.split()[1]) for line in done.stdout.splitlines()
-            if line.startswith("  ") and "%" in line and "(" in line}
+    rows = {
+        line.split()[0]: float(line.split()[1])
+        for line in done.stdout.splitlines()
+        if line.startswith("  ") and "%" in line and "(" in line
+    }
     assert set(rows) == {"pipeline", "hls", "gateway", "deployments", "total"}, done.stdout[-1500:]
     assert 0 < rows["pipeline"] < 100 and rows["deployments"] == 0.0  # the types tests import no deployment
 

@@ -1,4 +1,5 @@
 """The soak check's verdict and chart on synthetic series (the soak itself is `lookout bench soak`)."""
+
 import cv2
 
 from tools.soak import plot, verdict
@@ -7,9 +8,16 @@ from tools.soak import plot, verdict
 def rows(leak_mb_per_min=0.0, fps_drop=False, n=60):
     out = []
     for i in range(n):
-        out.append({"minute": i * 0.5, "rss_mb:ingest": 300 + (i % 3) + leak_mb_per_min * i * 0.5,
-                    "fds:ingest": 40, "redis_mb": 50 + (5 if i > 10 else i * 0.5), "hls_disk_mb": 2.0,
-                    "fps:a": 5.0 if fps_drop and i > n // 2 else 10.0})
+        out.append(
+            {
+                "minute": i * 0.5,
+                "rss_mb:ingest": 300 + (i % 3) + leak_mb_per_min * i * 0.5,
+                "fds:ingest": 40,
+                "redis_mb": 50 + (5 if i > 10 else i * 0.5),
+                "hls_disk_mb": 2.0,
+                "fps:a": 5.0 if fps_drop and i > n // 2 else 10.0,
+            }
+        )
     return out
 
 

@@ -1,5 +1,6 @@
 """Bus frames scaled down for the detector (the camera worker path): detections stay in source
 pixels, and everything that draws them on a bus frame scales them to that frame."""
+
 import re
 import time
 
@@ -38,7 +39,7 @@ def test_bus_records_the_source_size_and_every_reader_sees_it(redis_client, vtes
     assert ref.source_size == SOURCE
     entry = redis_client.xrange(keys.frames("cam"))[0][1]
     assert (int(entry[b"sw"]), int(entry[b"sh"])) == SOURCE
-    (data, size), = bus.get_frames([ref])
+    ((data, size),) = bus.get_frames([ref])
     assert size == SOURCE
     assert bus.get(ref).shape == (SCALED[1], SCALED[0], 3)  # served as it is, not scaled back up
     assert bus.get_payloads([ref]) == [data]
@@ -68,8 +69,13 @@ def test_a_bad_source_size_is_refused_naming_it(redis_client, vtest_frame, bad):
 
 
 def test_rescale_detections_maps_boxes_between_sizes():
-    dets = Detections(np.array([[76.8, 57.6, 384.0, 288.0]]), np.array([0.9]), np.array([0]),
-                      tracker_id=np.array([5]), data={"label": np.array(["person"], object)})
+    dets = Detections(
+        np.array([[76.8, 57.6, 384.0, 288.0]]),
+        np.array([0.9]),
+        np.array([0]),
+        tracker_id=np.array([5]),
+        data={"label": np.array(["person"], object)},
+    )
     small = rescale_detections(dets, SOURCE, SCALED)
     np.testing.assert_allclose(small.xyxy, [[41.6, 31.2, 208.0, 156.0]], atol=1e-3)
     assert small.tracker_id.tolist() == [5] and small.data["label"].tolist() == ["person"]
@@ -95,9 +101,14 @@ def detector_stage(redis_server, yolo_tiny_onnx):
     from pipeline.config import parse_args
     from pipeline.detector_service import DetectorService
 
-    args = parse_args({"cameras": [{"id": "cam", "source": "x.avi"}],
-                       "model": {"onnx": str(yolo_tiny_onnx), "backend": "onnxruntime"},
-                       "redis_url": redis_server.url, "hls": {"enabled": False}})
+    args = parse_args(
+        {
+            "cameras": [{"id": "cam", "source": "x.avi"}],
+            "model": {"onnx": str(yolo_tiny_onnx), "backend": "onnxruntime"},
+            "redis_url": redis_server.url,
+            "hls": {"enabled": False},
+        }
+    )
     return DetectorService(args, redis.Redis.from_url(redis_server.url))
 
 
@@ -178,13 +189,15 @@ def test_event_snapshot_of_a_full_size_frame_is_as_before(redis_client, vtest_fr
     from pipeline.annotate import BoxAnnotator
 
     FrameBus(redis_client).put("cam", 4, vtest_frame, time.time(), 0.0)
-    image = cv2.imdecode(np.frombuffer(snapshot_jpeg(redis_client, "cam", 4, people, [BoxAnnotator()]), np.uint8),
-                         cv2.IMREAD_COLOR)
+    image = cv2.imdecode(
+        np.frombuffer(snapshot_jpeg(redis_client, "cam", 4, people, [BoxAnnotator()]), np.uint8), cv2.IMREAD_COLOR
+    )
     assert image.shape == vtest_frame.shape and all(on_bottom_edges(image, people))
 
 
-def test_frame_jpg_serves_a_scaled_frame_as_it_is_with_boxes_scaled_to_it(redis_server, tmp_path, monkeypatch,
-                                                                        vtest_frame, people):
+def test_frame_jpg_serves_a_scaled_frame_as_it_is_with_boxes_scaled_to_it(
+    redis_server, tmp_path, monkeypatch, vtest_frame, people
+):
     from auth_fixtures import ADMIN_PASSWORD
     from gateway.context import GatewayContext
     from pipeline.bus import ResultStore
@@ -193,10 +206,17 @@ def test_frame_jpg_serves_a_scaled_frame_as_it_is_with_boxes_scaled_to_it(redis_
     from test_events_api import token_client
 
     monkeypatch.setenv("LOOKOUT_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    ctx = GatewayContext.from_args(parse_args({
-        "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}], "model": {"onnx": "m.onnx"},
-        "redis_url": redis_server.url, "base_dir": str(tmp_path),
-        "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")}}}))
+    ctx = GatewayContext.from_args(
+        parse_args(
+            {
+                "cameras": [{"id": "a", "source": "a.avi"}, {"id": "b", "source": "b.avi"}],
+                "model": {"onnx": "m.onnx"},
+                "redis_url": redis_server.url,
+                "base_dir": str(tmp_path),
+                "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")}},
+            }
+        )
+    )
     client = token_client(ctx, {"admin"})
     bus = FrameBus(ctx.redis, ctx.args.bus)
     small = scaled(vtest_frame)
@@ -227,8 +247,9 @@ def test_burned_stream_draws_boxes_scaled_to_a_scaled_frame(redis_client, vtest_
     from pipeline.types import FrameResult
 
     bus, results, out = FrameBus(redis_client, BusConfig(codec="raw")), ResultStore(redis_client), []
-    stream = AnnotatedStream("cam", bus, results, [BoxAnnotator()], lambda img, t: out.append(img),
-                             annotation_delay_s=5.0, max_age_s=30.0)
+    stream = AnnotatedStream(
+        "cam", bus, results, [BoxAnnotator()], lambda img, t: out.append(img), annotation_delay_s=5.0, max_age_s=30.0
+    )
     stream.step(block_ms=1)
     image = scaled(vtest_frame) if source_size else vtest_frame
     ref = bus.put("cam", 0, image, time.time(), 0.0, source_size=source_size)

@@ -1,4 +1,5 @@
 """Frame sources: file pacing and looping, scrubbing, command lines, and a real RTSP server."""
+
 from __future__ import annotations
 
 import time
@@ -24,17 +25,23 @@ def cam(source: str, **kw) -> CameraConfig:
 
 # ---- scrubbing -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("raw, expected", [
-    ("rtsp://user:pass@10.0.0.5:554/stream1", "rtsp://***@10.0.0.5:554/stream1"),
-    ("rtsp://admin@cam.local/live", "rtsp://***@cam.local/live"),
-    ("rtsp://u:p@ss@host/s", "rtsp://***@host/s"),
-    ("rtsp://host/s?user=admin&password=hunter2&channel=1", "rtsp://host/s?user=***&password=***&channel=1"),
-    ("http://h/x.mjpg?pwd=1;token=abc", "http://h/x.mjpg?pwd=***;token=***"),
-    ("rtsp://10.0.0.5/stream1", "rtsp://10.0.0.5/stream1"),
-    ("/videos/a@b.mp4", "/videos/a@b.mp4"),
-    ("Input #0, rtsp, from 'rtsp://a:b@h/x': refused; also rtsp://c:d@i/y",
-     "Input #0, rtsp, from 'rtsp://***@h/x': refused; also rtsp://***@i/y"),
-])
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("rtsp://user:pass@10.0.0.5:554/stream1", "rtsp://***@10.0.0.5:554/stream1"),
+        ("rtsp://admin@cam.local/live", "rtsp://***@cam.local/live"),
+        ("rtsp://u:p@ss@host/s", "rtsp://***@host/s"),
+        ("rtsp://host/s?user=admin&password=hunter2&channel=1", "rtsp://host/s?user=***&password=***&channel=1"),
+        ("http://h/x.mjpg?pwd=1;token=abc", "http://h/x.mjpg?pwd=***;token=***"),
+        ("rtsp://10.0.0.5/stream1", "rtsp://10.0.0.5/stream1"),
+        ("/videos/a@b.mp4", "/videos/a@b.mp4"),
+        (
+            "Input #0, rtsp, from 'rtsp://a:b@h/x': refused; also rtsp://c:d@i/y",
+            "Input #0, rtsp, from 'rtsp://***@h/x': refused; also rtsp://***@i/y",
+        ),
+    ],
+)
 def test_scrub_url(raw, expected):
     assert scrub_url(raw) == expected
 
@@ -52,12 +59,16 @@ def test_source_error_is_scrubbed():
 
 # ---- factory -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("source, kind, cls", [
-    ("/tmp/x.mp4", "file", FileSource),
-    ("rtsp://h/s", "rtsp", RtspSource),
-    ("/dev/video7", "v4l2", V4l2Source),
-    ("csi://0", "csi", CsiSource),
-])
+
+@pytest.mark.parametrize(
+    "source, kind, cls",
+    [
+        ("/tmp/x.mp4", "file", FileSource),
+        ("rtsp://h/s", "rtsp", RtspSource),
+        ("/dev/video7", "v4l2", V4l2Source),
+        ("csi://0", "csi", CsiSource),
+    ],
+)
 def test_open_source_picks_by_kind(source, kind, cls):
     src = open_source(cam(source))
     assert type(src) is cls and isinstance(src, FrameSource)
@@ -71,6 +82,7 @@ def test_open_source_rejects_non_config():
 
 
 # ---- file ----------------------------------------------------------------------------------------------
+
 
 def test_file_source_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nope.mp4"
@@ -137,6 +149,7 @@ def test_file_source_without_loop_ends(tmp_path):
 
 # ---- CSI -----------------------------------------------------------------------------------------------
 
+
 def test_csi_pipeline_string():
     assert gst_pipeline(0, 1920, 1080, 30, flip_method=2) == (
         "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1 ! "
@@ -146,13 +159,16 @@ def test_csi_pipeline_string():
     assert "framerate=30000/1001" in gst_pipeline(1, 1280, 720, 29.97)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(sensor_id=-1), "sensor_id must be an int >= 0, got -1"),
-    (dict(width_px=0), "width_px must be a positive int, got 0"),
-    (dict(height_px="720"), "height_px must be a positive int, got '720'"),
-    (dict(fps=0), "fps must be a positive number, got 0"),
-    (dict(flip_method=8), "flip_method must be an int from 0 to 7, got 8"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sensor_id=-1), "sensor_id must be an int >= 0, got -1"),
+        (dict(width_px=0), "width_px must be a positive int, got 0"),
+        (dict(height_px="720"), "height_px must be a positive int, got '720'"),
+        (dict(fps=0), "fps must be a positive number, got 0"),
+        (dict(flip_method=8), "flip_method must be an int from 0 to 7, got 8"),
+    ],
+)
 def test_csi_pipeline_argument_errors(kwargs, message):
     args = dict(sensor_id=0, width_px=1280, height_px=720, fps=30) | kwargs
     with pytest.raises(ValueError, match=message):
@@ -177,6 +193,7 @@ def test_csi_source_without_gstreamer_is_a_clear_permanent_error():
 
 # ---- V4L2 ----------------------------------------------------------------------------------------------
 
+
 def test_v4l2_settings():
     assert v4l2_settings(1280, 720, 30) == [
         (cv2.CAP_PROP_FOURCC, float(cv2.VideoWriter_fourcc(*"MJPG"))),
@@ -192,9 +209,15 @@ def test_v4l2_settings():
         v4l2_settings(width_px=-5)
 
 
-@pytest.mark.parametrize("source, device", [
-    ("/dev/video0", "/dev/video0"), ("v4l2:///dev/video2", "/dev/video2"), ("v4l2://3", "/dev/video3"), ("1", "/dev/video1"),
-])
+@pytest.mark.parametrize(
+    "source, device",
+    [
+        ("/dev/video0", "/dev/video0"),
+        ("v4l2:///dev/video2", "/dev/video2"),
+        ("v4l2://3", "/dev/video3"),
+        ("1", "/dev/video1"),
+    ],
+)
 def test_v4l2_device(source, device):
     assert v4l2_device(source) == device
 
@@ -209,17 +232,42 @@ def test_v4l2_missing_device_error():
 
 # ---- RTSP command line ------------------------------------------------------------------------------
 
+
 def test_ffmpeg_rtsp_args():
     cfg = cam("rtsp://u:p@cam/live", open_timeout_s=4, read_timeout_s=3)
     assert ffmpeg_rtsp_args(cfg) == [
-        "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "verbose", "-nostats",
-        "-rtsp_transport", "tcp",
-        "-timeout", "4000000",
-        "-fflags", "nobuffer", "-flags", "low_delay",
-        "-probesize", "256000", "-analyzeduration", "1000000",
-        "-i", "rtsp://u:p@cam/live",
-        "-map", "0:v:0", "-an", "-sn", "-dn",
-        "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1",
+        "ffmpeg",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "verbose",
+        "-nostats",
+        "-rtsp_transport",
+        "tcp",
+        "-timeout",
+        "4000000",
+        "-fflags",
+        "nobuffer",
+        "-flags",
+        "low_delay",
+        "-probesize",
+        "256000",
+        "-analyzeduration",
+        "1000000",
+        "-i",
+        "rtsp://u:p@cam/live",
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-dn",
+        "-fps_mode",
+        "passthrough",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "pipe:1",
     ]
 
 
@@ -247,6 +295,7 @@ def test_parse_ffmpeg_header():
 
 
 # ---- RTSP against a real server -----------------------------------------------------------------------
+
 
 def test_rtsp_source_reads_a_real_stream(rtsp_server_factory, assets_dir):  # noqa: F811
     server = rtsp_server_factory(file=assets_dir / "videos" / "vtest.avi")

@@ -6,6 +6,7 @@
   (page-locked buffers, one stream, async copies, per-batch input shapes, chunking) on CPU.
 - `@pytest.mark.gpu`: the same against real TensorRT on an NVIDIA GPU (skipped without one).
 """
+
 from __future__ import annotations
 
 import importlib.machinery
@@ -59,6 +60,7 @@ def ort_reference(yolo_tiny_onnx):
 
 # ----- without TensorRT ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def no_tensorrt(monkeypatch):
     """Make `import tensorrt` / `import pycuda` fail, as on this machine (also on a GPU host)."""
@@ -67,8 +69,10 @@ def no_tensorrt(monkeypatch):
 
 
 def test_module_imports_without_tensorrt():
-    code = ("import sys, pipeline.models.backends.tensorrt; "
-            "print(sorted(m for m in ('tensorrt', 'pycuda') if m in sys.modules))")
+    code = (
+        "import sys, pipeline.models.backends.tensorrt; "
+        "print(sorted(m for m in ('tensorrt', 'pycuda') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
@@ -96,8 +100,9 @@ def test_from_model_without_tensorrt_says_what_to_install(no_tensorrt, yolo_tiny
 def test_auto_picks_onnxruntime_here_without_openvino(yolo_tiny_onnx, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # else auto picks OpenVINO on x86 (test_openvino_backend)
     assert choose_backend("auto") == "onnxruntime"
-    backend = create_backend(ModelConfig(onnx=str(yolo_tiny_onnx), backend="auto"),
-                             ResolvedModel(onnx=yolo_tiny_onnx), 4)
+    backend = create_backend(
+        ModelConfig(onnx=str(yolo_tiny_onnx), backend="auto"), ResolvedModel(onnx=yolo_tiny_onnx), 4
+    )
     assert isinstance(backend, OnnxRuntimeBackend)
 
 
@@ -110,10 +115,15 @@ def test_int8_without_calibration_images_names_the_setting(no_tensorrt, yolo_tin
         build_engine(yolo_tiny_onnx, "int8", 4, calib_images=None, cache_dir=tmp_path)
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    ({"precision": "int4"}, "precision"), ({"max_batch": 0}, "max_batch"), ({"max_batch": 2.0}, "max_batch"),
-    ({"input_size_px": 608}, "input_size_px=608"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"precision": "int4"}, "precision"),
+        ({"max_batch": 0}, "max_batch"),
+        ({"max_batch": 2.0}, "max_batch"),
+        ({"input_size_px": 608}, "input_size_px=608"),
+    ],
+)
 def test_bad_build_arguments_are_named(no_tensorrt, yolo_tiny_onnx, tmp_path, kwargs, name):
     args = {"precision": "fp16", "max_batch": 4, "cache_dir": tmp_path, **kwargs}
     with pytest.raises(ValueError, match=name):
@@ -141,6 +151,7 @@ def test_onnx_input_side(yolo_tiny_onnx, tmp_path):
 
 
 # ----- a strict stand-in for TensorRT 10 + pycuda --------------------------------------------------
+
 
 class FakeGpu:
     """State of the pretend device: allocations, pinned host memory, contexts, streams, builds."""
@@ -251,14 +262,15 @@ def make_fake_modules(gpu: FakeGpu) -> dict[str, types.ModuleType]:
         assert dest.flags["C_CONTIGUOUS"] and dest.nbytes <= len(src.data), "copy larger than the device buffer"
 
         def copy():
-            dest.reshape(-1)[:] = np.frombuffer(bytes(src.data[:dest.nbytes]), dest.dtype)
+            dest.reshape(-1)[:] = np.frombuffer(bytes(src.data[: dest.nbytes]), dest.dtype)
+
         stream.queue.append(copy)
 
     def htod(dest, src):
         gpu.require_context("memcpy_htod")
         src = np.ascontiguousarray(src)
         assert src.nbytes <= len(dest.data)
-        dest.data[:src.nbytes] = src.tobytes()
+        dest.data[: src.nbytes] = src.tobytes()
 
     def pagelocked_empty(shape, dtype):
         gpu.require_context("pagelocked_empty")
@@ -375,8 +387,9 @@ def make_fake_modules(gpu: FakeGpu) -> dict[str, types.ModuleType]:
             precision = "int8" if "INT8" in config.flags else "fp16" if "FP16" in config.flags else "fp32"
             if precision == "int8":
                 self._calibrate(network, config)
-            gpu.builds.append({"precision": precision, "min": lo, "opt": opt, "max": hi,
-                               "workspace": config.pools.get("WORKSPACE")})
+            gpu.builds.append(
+                {"precision": precision, "min": lo, "opt": opt, "max": hi, "workspace": config.pools.get("WORKSPACE")}
+            )
             header = {"onnx": network.onnx, "input": network.input, "min": lo, "max": hi, "precision": precision}
             return MAGIC + json.dumps(header).encode()
 
@@ -393,7 +406,7 @@ def make_fake_modules(gpu: FakeGpu) -> dict[str, types.ModuleType]:
                 assert len(ptrs) == 1
                 mem = gpu.memory[int(ptrs[0])]
                 n = int(np.prod(lo))
-                gpu.calibration_batches.append(np.frombuffer(bytes(mem.data[:n * 4]), np.float32).reshape(lo))
+                gpu.calibration_batches.append(np.frombuffer(bytes(mem.data[: n * 4]), np.float32).reshape(lo))
             calib.write_calibration_cache(b"fake calibration table")
 
     class Engine:
@@ -434,8 +447,11 @@ def make_fake_modules(gpu: FakeGpu) -> dict[str, types.ModuleType]:
         def set_input_shape(self, name, shape):
             lo, hi = self.engine.h["min"], self.engine.h["max"]
             shape = tuple(shape)
-            if name != self.engine.h["input"] or len(shape) != 4 or not all(a <= s <= b for a, s, b in
-                                                                             zip(lo, shape, hi)):
+            if (
+                name != self.engine.h["input"]
+                or len(shape) != 4
+                or not all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+            ):
                 return False
             self.batch = shape[0]
             gpu.input_shapes.append(shape)
@@ -460,7 +476,7 @@ def make_fake_modules(gpu: FakeGpu) -> dict[str, types.ModuleType]:
                 gpu.executions += 1
                 shape = (batch, *self.engine.io[h["input"]][1])
                 n = int(np.prod(shape))
-                x = np.frombuffer(bytes(gpu.memory[self.addresses[h["input"]]].data[:n * 4]), np.float32)
+                x = np.frombuffer(bytes(gpu.memory[self.addresses[h["input"]]].data[: n * 4]), np.float32)
                 outs = self.engine.session.run(None, {h["input"]: x.reshape(shape)})
                 for o, value in zip(self.engine.session.get_outputs(), outs):
                     if h["precision"] != "fp32":
@@ -470,7 +486,8 @@ def make_fake_modules(gpu: FakeGpu) -> dict[str, types.ModuleType]:
                     raw = value.astype(np.float32).tobytes()
                     mem = gpu.memory[self.addresses[o.name]]
                     assert len(raw) <= len(mem.data), f"output {o.name} overflows its device buffer"
-                    mem.data[:len(raw)] = raw
+                    mem.data[: len(raw)] = raw
+
             stream.queue.append(run)
             return True
 
@@ -482,10 +499,19 @@ def make_fake_modules(gpu: FakeGpu) -> dict[str, types.ModuleType]:
             gpu.require_context("deserialize")
             if not bytes(data).startswith(MAGIC):
                 return None
-            return Engine(json.loads(bytes(data)[len(MAGIC):]))
+            return Engine(json.loads(bytes(data)[len(MAGIC) :]))
 
-    for obj in (Logger, TensorIOMode, DataType, MemoryPoolType, BuilderFlag, IInt8EntropyCalibrator2, Builder,
-                OnnxParser, Runtime):
+    for obj in (
+        Logger,
+        TensorIOMode,
+        DataType,
+        MemoryPoolType,
+        BuilderFlag,
+        IInt8EntropyCalibrator2,
+        Builder,
+        OnnxParser,
+        Runtime,
+    ):
         setattr(trt, obj.__name__, obj)
     trt.nptype = lambda dtype: {"FLOAT": np.float32}[dtype]
     for name, mod in (("tensorrt", trt), ("pycuda", pycuda), ("pycuda.driver", cuda)):
@@ -509,8 +535,15 @@ def test_fake_build_is_cached_per_key(fake_gpu, yolo_tiny_onnx, tmp_path):
     path = build_engine(yolo_tiny_onnx, "fp16", 4, cache_dir=tmp_path, workspace_mb=512)
     assert path.parent == tmp_path and path.suffix == ".engine"
     assert "trt10.99.0" in path.name and "fake-gpu-9000" in path.name and "fp16" in path.name
-    assert fake_gpu.builds == [{"precision": "fp16", "min": (1, 3, 416, 416), "opt": (4, 3, 416, 416),
-                                "max": (4, 3, 416, 416), "workspace": 512 << 20}]
+    assert fake_gpu.builds == [
+        {
+            "precision": "fp16",
+            "min": (1, 3, 416, 416),
+            "opt": (4, 3, 416, 416),
+            "max": (4, 3, 416, 416),
+            "workspace": 512 << 20,
+        }
+    ]
     side = read_sidecar_for(path)
     assert side["key"]["max_batch"] == 4 and side["key"]["gpu_name"] == "Fake GPU 9000"
     assert side["build"]["profile"] == {"min": 1, "opt": 4, "max": 4}
@@ -524,8 +557,9 @@ def test_fake_build_is_cached_per_key(fake_gpu, yolo_tiny_onnx, tmp_path):
     assert fake_gpu.retained == 0, "every retained CUDA context is released"
 
 
-def test_fake_inference_matches_onnxruntime_and_splits_big_batches(fake_gpu, yolo_tiny_onnx, tmp_path,
-                                                                   real_batch, ort_reference):
+def test_fake_inference_matches_onnxruntime_and_splits_big_batches(
+    fake_gpu, yolo_tiny_onnx, tmp_path, real_batch, ort_reference
+):
     backend = TensorRTBackend(build_engine(yolo_tiny_onnx, "fp16", 4, cache_dir=tmp_path))
     assert backend.input_size_px == 416 and backend.max_batch == 4
     assert "fp16" in backend.describe() and "batch 1..4" in backend.describe()
@@ -555,7 +589,7 @@ def test_fake_inference_from_other_threads(fake_gpu, yolo_tiny_onnx, tmp_path, r
 
     def work(i):
         try:
-            results[i] = backend.infer(real_batch[i:i + 3])
+            results[i] = backend.infer(real_batch[i : i + 3])
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -566,7 +600,7 @@ def test_fake_inference_from_other_threads(fake_gpu, yolo_tiny_onnx, tmp_path, r
         t.join()
     assert not errors, errors
     for i, (boxes, scores) in results.items():
-        ref_boxes, ref_scores = ort_reference.infer(real_batch[i:i + 3])
+        ref_boxes, ref_scores = ort_reference.infer(real_batch[i : i + 3])
         np.testing.assert_allclose(boxes, ref_boxes, atol=1e-3)
         np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
     backend.close()
@@ -634,16 +668,16 @@ def test_fake_int8_engine_that_loses_accuracy_is_not_cached(fake_gpu, yolo_tiny_
     images, annotations = coco_mini
     fake_gpu.int8_damage = True
     with pytest.raises(AccuracyError, match=r"int8 loses .* rejected and not cached"):
-        build_engine(yolo_tiny_onnx, "int8", 4, calib_images=images, cache_dir=tmp_path,
-                     eval_annotations=annotations)
+        build_engine(yolo_tiny_onnx, "int8", 4, calib_images=images, cache_dir=tmp_path, eval_annotations=annotations)
     assert len(fake_gpu.builds) == 1
     left = [p.name for p in tmp_path.iterdir()]
     assert not [n for n in left if n.endswith((".engine", ".calib", ".tmp", ".json"))], left
     assert fake_gpu.memory == {} and fake_gpu.retained == 0
     # Fixed (here: the damage goes away), the next attempt calibrates afresh and is cached.
     fake_gpu.int8_damage = False
-    path = build_engine(yolo_tiny_onnx, "int8", 4, calib_images=images, cache_dir=tmp_path,
-                        eval_annotations=annotations)
+    path = build_engine(
+        yolo_tiny_onnx, "int8", 4, calib_images=images, cache_dir=tmp_path, eval_annotations=annotations
+    )
     assert path.is_file() and len(fake_gpu.calibration_batches) == 2
 
 
@@ -658,6 +692,7 @@ def test_fake_damaged_engine_is_rebuilt(fake_gpu, yolo_tiny_onnx, tmp_path):
 
 
 # ----- real TensorRT on an NVIDIA GPU --------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def gpu_cache(tmp_path_factory) -> Path:
@@ -683,7 +718,7 @@ def test_gpu_fp16_engine_matches_onnxruntime(yolo_tiny_onnx, gpu_cache, real_bat
 def test_gpu_every_batch_size_up_to_max_and_beyond(yolo_tiny_onnx, gpu_cache, real_batch):
     backend = TensorRTBackend(build_engine(yolo_tiny_onnx, "fp16", 8, cache_dir=gpu_cache))
     try:
-        single = [backend.infer(real_batch[i:i + 1]) for i in range(12)]
+        single = [backend.infer(real_batch[i : i + 1]) for i in range(12)]
         for n in list(range(1, 9)) + [11, 12]:
             boxes, scores = backend.infer(real_batch[:n])
             assert boxes.shape == (n, 2535, 4) and scores.shape == (n, 2535, 80)
@@ -721,8 +756,9 @@ def test_gpu_fp16_map_within_half_a_point(yolo_tiny_onnx, gpu_cache, coco_mini):
 def test_gpu_int8_calibrated_on_coco_mini_within_1_5_points(yolo_tiny_onnx, gpu_cache, coco_mini):
     images, annotations = coco_mini
     # The build itself runs the gate (AccuracyError if it loses more than 1.5 points).
-    path = build_engine(yolo_tiny_onnx, "int8", 4, calib_images=images, cache_dir=gpu_cache,
-                        eval_annotations=annotations)
+    path = build_engine(
+        yolo_tiny_onnx, "int8", 4, calib_images=images, cache_dir=gpu_cache, eval_annotations=annotations
+    )
     assert path.with_suffix(".calib").is_file()
     assert read_sidecar_for(path)["build"]["accuracy"]["ok"]
     backend = TensorRTBackend(path)

@@ -2,6 +2,7 @@
 
 CPU tests run wherever torch is installed; `gpu` tests need CUDA (skipped without an NVIDIA GPU).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -95,13 +96,15 @@ def test_rectangular_input_matches_onnxruntime(yolo_tiny, assets_dir, tmp_path):
     with pytest.raises(ValueError, match=r"\(N, 3, 320, 416\)"):
         torch_run(net, np.zeros((1, 3, 416, 416), np.float32))
     model = ResolvedModel(onnx=onnx_path, cfg=yolo_tiny.cfg, weights=yolo_tiny.weights, labels=yolo_tiny.names)
-    backend = TorchBackend.from_model(model, ModelConfig(onnx=str(onnx_path), backend="torch", input_height_px=320),
-                                      1, device="cpu")
+    backend = TorchBackend.from_model(
+        model, ModelConfig(onnx=str(onnx_path), backend="torch", input_height_px=320), 1, device="cpu"
+    )
     assert backend.input_shape_px == (416, 320)
     frame = video_frame(assets_dir, 120)
     ours = Detector(backend, load_labels(yolo_tiny.names), ModelConfig(onnx=str(onnx_path))).detect([frame])[0][0]
-    theirs = Detector.from_config(ModelConfig(onnx=str(onnx_path), backend="onnxruntime"), onnx_path,
-                                  yolo_tiny.names).detect([frame])[0][0]
+    theirs = Detector.from_config(
+        ModelConfig(onnx=str(onnx_path), backend="onnxruntime"), onnx_path, yolo_tiny.names
+    ).detect([frame])[0][0]
     assert len(ours) == len(theirs) > 3 and np.abs(ours.xyxy - theirs.xyxy).max() < 0.5
 
 
@@ -144,8 +147,12 @@ def test_every_layer_variant_matches_our_onnx(assets_dir, tmp_path):
     cfg.write_text(ZOO_CFG)
     weights = random_weights(cfg, tmp_path / "zoo.weights", seed=3)
     onnx_path = convert(cfg, weights, tmp_path / "zoo.onnx", 64)
-    x = np.concatenate([fit_image(video_frame(assets_dir, 10), 64, letter_box=False)[0][None],
-                        fit_image(coco_image(assets_dir), 64, letter_box=False)[0][None]])
+    x = np.concatenate(
+        [
+            fit_image(video_frame(assets_dir, 10), 64, letter_box=False)[0][None],
+            fit_image(coco_image(assets_dir), 64, letter_box=False)[0][None],
+        ]
+    )
     assert_close(torch_run(from_darknet(cfg, weights, 64), x), ort_run(onnx_path, x), what="layer zoo")
 
 
@@ -184,7 +191,7 @@ def test_backend_batch_of_three_equals_singles(cpu_backend, yolo_tiny_onnx, asse
     assert boxes3.shape == (3, 2535, 4) and scores3.shape == (3, 2535, 80)
     assert boxes3.dtype == scores3.dtype == np.float32
     for i in range(3):
-        b1, s1 = cpu_backend.infer(batch[i:i + 1])
+        b1, s1 = cpu_backend.infer(batch[i : i + 1])
         np.testing.assert_allclose(boxes3[i], b1[0], atol=1e-3, rtol=1e-5)
         np.testing.assert_allclose(scores3[i], s1[0], atol=1e-5)
     assert_close((boxes3, scores3), ort_run(yolo_tiny_onnx, batch), what="batch of 3 vs ORT")
@@ -197,10 +204,17 @@ def test_backend_batch_of_three_equals_singles(cpu_backend, yolo_tiny_onnx, asse
 def test_device_fit_matches_numpy_fit(cpu_backend, assets_dir, letter_box):
     frame = video_frame(assets_dir, 50)
     rng = np.random.default_rng(1)
-    images = mixed_images(assets_dir) + [frame, frame[::2].copy(), cv2.resize(frame, (200, 150)),
-                                         rng.integers(0, 256, (300, 500, 3), dtype=np.uint8),
-                                         np.ascontiguousarray(frame[:, :416]),  # already 416 wide
-                                         np.ascontiguousarray(frame[:416, :416])]  # already the input size
+    images = (
+        mixed_images(assets_dir)
+        + [
+            frame,
+            frame[::2].copy(),
+            cv2.resize(frame, (200, 150)),
+            rng.integers(0, 256, (300, 500, 3), dtype=np.uint8),
+            np.ascontiguousarray(frame[:, :416]),  # already 416 wide
+            np.ascontiguousarray(frame[:416, :416]),
+        ]
+    )  # already the input size
     x, metas = cpu_backend.preprocess_on_device(images, letter_box=letter_box)
     ref, ref_metas = preprocess_batch(images, 416, letter_box=letter_box)
     assert isinstance(x, torch.Tensor) and x.dtype == torch.float32 and tuple(x.shape) == ref.shape
@@ -208,13 +222,12 @@ def test_device_fit_matches_numpy_fit(cpu_backend, assets_dir, letter_box):
     assert any(m.pad_y_px for m in metas) is letter_box
     diff = np.abs(x.numpy() - ref)
     worst, share = float(diff.max()) * 255, float((diff > 1e-6).mean())
-    print(f"\ndevice fit (letter_box={letter_box}) vs cv2: max {worst:.3f} grey levels, "
-          f"{share:.1%} of values differ")
+    print(f"\ndevice fit (letter_box={letter_box}) vs cv2: max {worst:.3f} grey levels, {share:.1%} of values differ")
     assert worst <= 1.0 + 1e-3, "bilinear on the device is within one grey level of cv2.INTER_LINEAR"
     assert share < 0.2
     for i, m in enumerate(metas):  # the padding is identical
         if m.pad_y_px:
-            np.testing.assert_array_equal(x.numpy()[i, :, :m.pad_y_px], ref[i, :, :m.pad_y_px])
+            np.testing.assert_array_equal(x.numpy()[i, :, : m.pad_y_px], ref[i, :, : m.pad_y_px])
     boxes, scores = cpu_backend.infer(x)
     ref_boxes, ref_scores = cpu_backend.infer(ref)
     assert np.abs(scores - ref_scores).max() < 0.05
@@ -311,8 +324,13 @@ def test_gpu_fp32_matches_onnxruntime(gpu_model, yolo_tiny_onnx, assets_dir):
     backend = create_backend(settings, gpu_model, 4)
     assert isinstance(backend, TorchBackend) and backend.cuda and backend.precision == "fp32"
     batch, _ = preprocess_batch(mixed_images(assets_dir), 416, letter_box=False)
-    assert_close(backend.infer(batch), ort_run(yolo_tiny_onnx, batch), box_atol=2e-2, score_atol=2e-4,
-                 what="CUDA fp32 vs ORT CPU")
+    assert_close(
+        backend.infer(batch),
+        ort_run(yolo_tiny_onnx, batch),
+        box_atol=2e-2,
+        score_atol=2e-4,
+        what="CUDA fp32 vs ORT CPU",
+    )
 
 
 @pytest.mark.gpu
@@ -334,8 +352,9 @@ def test_gpu_fp16_outputs_and_map_close_to_onnxruntime(gpu_model, yolo_tiny, yol
 
 @pytest.mark.gpu
 def test_gpu_letterbox_and_tensor_input(gpu_model, yolo_tiny_onnx, assets_dir):
-    backend = TorchBackend.from_model(gpu_model, ModelConfig(onnx=str(yolo_tiny_onnx), backend="torch",
-                                                             precision="fp32"), 4)
+    backend = TorchBackend.from_model(
+        gpu_model, ModelConfig(onnx=str(yolo_tiny_onnx), backend="torch", precision="fp32"), 4
+    )
     images = mixed_images(assets_dir)
     for letter_box in (False, True):
         x, metas = backend.preprocess_on_device(images, letter_box=letter_box)
@@ -350,8 +369,9 @@ def test_gpu_letterbox_and_tensor_input(gpu_model, yolo_tiny_onnx, assets_dir):
 @pytest.mark.gpu
 @pytest.mark.slow
 def test_gpu_throughput_batches_1_4_8(gpu_model, yolo_tiny_onnx, assets_dir):
-    backend = TorchBackend.from_model(gpu_model, ModelConfig(onnx=str(yolo_tiny_onnx), backend="torch",
-                                                             precision="fp16"), 8)
+    backend = TorchBackend.from_model(
+        gpu_model, ModelConfig(onnx=str(yolo_tiny_onnx), backend="torch", precision="fp16"), 8
+    )
     frame, _ = preprocess_batch([video_frame(assets_dir, 60)], 416, letter_box=False)
     single = backend.infer(frame)
     rates = {}

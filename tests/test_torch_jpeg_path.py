@@ -3,6 +3,7 @@ host path of ONNX Runtime: the same detections on real frames as the bus carries
 
 On CPU torch the same code runs as on CUDA; `gpu` tests run it on the GPU (nvJPEG, fp16).
 """
+
 from __future__ import annotations
 
 import time
@@ -36,8 +37,9 @@ def detectors(model: ResolvedModel, device: str | None, **settings) -> tuple[Det
     """(torch on `device`, ONNX Runtime on CPU), with the same model settings."""
     torch_settings = ModelConfig(onnx=str(model.onnx), backend="torch", **settings)
     backend = TorchBackend.from_model(model, torch_settings, 8, device=device)
-    ort = Detector.from_config(ModelConfig(onnx=str(model.onnx), backend="onnxruntime", **settings), model.onnx,
-                               model.labels)
+    ort = Detector.from_config(
+        ModelConfig(onnx=str(model.onnx), backend="onnxruntime", **settings), model.onnx, model.labels
+    )
     return Detector(backend, load_labels(model.labels), torch_settings), ort
 
 
@@ -64,7 +66,9 @@ def test_jpeg_path_on_cpu_torch_equals_onnxruntime(model, jpegs, letter_box):
     ref, _ = ort_det.detect([decode_frame(j) for j in jpegs])
     assert set(timings) == {"preprocess_s", "infer_s", "postprocess_s"}
     assert all(isinstance(d.xyxy, np.ndarray) and d.xyxy.dtype == np.float32 for d in ours)
-    check_close(ours, ref, torch_det.settings.conf_threshold, what=f"torch cpu JPEG path vs ORT (letter_box={letter_box})")
+    check_close(
+        ours, ref, torch_det.settings.conf_threshold, what=f"torch cpu JPEG path vs ORT (letter_box={letter_box})"
+    )
     # a batch is the frames one by one
     singles = [torch_det.detect_encoded([j])[0][0] for j in jpegs[:3]]
     for a, b in zip(singles, ours[:3]):
@@ -98,7 +102,9 @@ def test_other_backends_and_raw_frames_decode_on_the_host(model, jpegs, assets_d
     want, _ = torch_det.detect([decode_frame(p) for p in mixed])
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a.xyxy, b.xyxy)
-    with pytest.raises(ValueError, match=r"jpegs\[1\] must be JPEG bytes \(starting FF D8\), got bytes starting 89504e47"):
+    with pytest.raises(
+        ValueError, match=r"jpegs\[1\] must be JPEG bytes \(starting FF D8\), got bytes starting 89504e47"
+    ):
         torch_det.backend.decode_on_device([jpegs[0], b"\x89PNG\r\n"])
     with pytest.raises(ValueError, match="source_sizes has 1 entries for 2 payloads"):
         torch_det.detect_encoded(jpegs[:2], [None])
@@ -137,21 +143,31 @@ def test_gpu_jpeg_path_matches_onnxruntime(model, jpegs, precision):
     ours, _ = torch_det.detect_encoded(jpegs)
     ref, _ = ort_det.detect([decode_frame(j) for j in jpegs])
     # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's by a grey level here and there.
-    check_close(ours, ref, torch_det.settings.conf_threshold, box_px=BOX_PX,
-                score_tol=2e-2 if precision == "fp16" else 1e-2, what=f"CUDA {precision} JPEG path vs ORT")
+    check_close(
+        ours,
+        ref,
+        torch_det.settings.conf_threshold,
+        box_px=BOX_PX,
+        score_tol=2e-2 if precision == "fp16" else 1e-2,
+        what=f"CUDA {precision} JPEG path vs ORT",
+    )
 
 
-def test_detector_stage_sends_bus_jpegs_down_the_device_path(model, redis_server, redis_client, jpegs,
-                                                                   monkeypatch):
+def test_detector_stage_sends_bus_jpegs_down_the_device_path(model, redis_server, redis_client, jpegs, monkeypatch):
     """The detector stage's batch (no Ray) with the path switched on, as it is for torch on CUDA with a
     JPEG bus: the bytes go to detect_encoded, not through decode_frame, and the boxes are published."""
     import pipeline.detector_service as service
     from pipeline.bus import FrameBus, ResultStore
     from pipeline.config import BusConfig, parse_args
 
-    args = parse_args({"cameras": [{"id": "cam", "source": "x.avi"}],
-                       "model": {"onnx": str(model.onnx), "backend": "onnxruntime"},
-                       "redis_url": redis_server.url, "hls": {"enabled": False}})
+    args = parse_args(
+        {
+            "cameras": [{"id": "cam", "source": "x.avi"}],
+            "model": {"onnx": str(model.onnx), "backend": "onnxruntime"},
+            "redis_url": redis_server.url,
+            "hls": {"enabled": False},
+        }
+    )
     stage = service.DetectorService(args, redis_client)
     assert stage.on_device is False  # ONNX Runtime on the CPU: the host path, as before
     torch_det, ort_det = detectors(model, "cpu")

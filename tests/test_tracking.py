@@ -1,5 +1,6 @@
 """pipeline.tracking: assignment, life cycle, ByteTrack stages; and MOTA / ID switches of the real
 detector + tracker on the hand-checked vtest.avi ground truth (see docs/tracking.md)."""
+
 from __future__ import annotations
 
 import itertools
@@ -42,12 +43,17 @@ def test_linear_assignment_is_optimal_and_gates():
             c = rng.random((n, m))
             matches, un_r, un_c = linear_assignment(c, max_cost=10)
             k = min(n, m)
-            best = min(
-                sum(c[r, col] for r, col in zip(rows, cols))
-                for rows in itertools.permutations(range(n), k)
-                for cols in [range(m)] if m == k
-            ) if m == k else min(
-                sum(c[r, col] for r, col in zip(range(n), cols)) for cols in itertools.permutations(range(m), n)
+            best = (
+                min(
+                    sum(c[r, col] for r, col in zip(rows, cols))
+                    for rows in itertools.permutations(range(n), k)
+                    for cols in [range(m)]
+                    if m == k
+                )
+                if m == k
+                else min(
+                    sum(c[r, col] for r, col in zip(range(n), cols)) for cols in itertools.permutations(range(m), n)
+                )
             )
             assert sum(c[r, col] for r, col in matches) == pytest.approx(best)
             assert len(matches) == k and len(un_r) == n - k and len(un_c) == m - k
@@ -196,8 +202,9 @@ def test_uneven_frame_intervals_use_real_time():
     assert ids == {1}
 
 
-@pytest.mark.parametrize("field,value", [("min_hits", 0), ("max_age_frames", -1), ("high_conf_threshold", 1.5),
-                                         ("bogus", 1)])
+@pytest.mark.parametrize(
+    "field,value", [("min_hits", 0), ("max_age_frames", -1), ("high_conf_threshold", 1.5), ("bogus", 1)]
+)
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValidationError, match=field):
         TrackerConfig(**{field: value})

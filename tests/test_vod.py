@@ -1,4 +1,5 @@
 """hls.vod: the VOD playlist of recorded segments (pure)."""
+
 from __future__ import annotations
 
 import pytest
@@ -34,8 +35,14 @@ def test_header_segments_and_end():
     segs = [seg(T0, 2.0), seg(T0 + 2.0, 2.0), seg(T0 + 4.0, 2.4)]
     text = vod_playlist(segs, url)
     lines = text.splitlines()
-    assert lines[:6] == ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-PLAYLIST-TYPE:VOD", "#EXT-X-TARGETDURATION:3",
-                         "#EXT-X-MEDIA-SEQUENCE:0", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    assert lines[:6] == [
+        "#EXTM3U",
+        "#EXT-X-VERSION:7",
+        "#EXT-X-PLAYLIST-TYPE:VOD",
+        "#EXT-X-TARGETDURATION:3",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+    ]
     assert lines[-1] == "#EXT-X-ENDLIST" and text.endswith("\n")
     got = entries(text)
     assert [u for _, u in got] == [url(s, "media") for s in segs]

@@ -7,6 +7,7 @@ replicas and Chromium leave it a fifth of a core, and the boxes test needs `peop
 Video is unannotated (`hls.boxes: browser`: the page draws boxes) and carries the capture-time
 timecode, so the page can check that boxes and PROGRAM-DATE-TIME line up with the frames.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,11 @@ from app_fixtures import chromium, log_in, serve_app, text_contrast
 from conftest import ROOT, free_port
 from rtsp_fixtures import RtspTestServer, wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed"),
+]
 OUT_W, OUT_H = 384, 216
 IDLE_S = 10  # short for the test, but longer than a loaded player's pause between playlist requests
 FILLERS = [f"cam{i:02d}" for i in range(13)]
@@ -37,8 +41,15 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     rtsp.start()
     cameras = [
         {"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4")},
-        {"id": "door", "source": rtsp.url, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0, "read_timeout_s": 3.0,
-         "open_timeout_s": 5.0, "detect": False},
+        {
+            "id": "door",
+            "source": rtsp.url,
+            "reconnect_min_s": 0.5,
+            "reconnect_max_s": 2.0,
+            "read_timeout_s": 3.0,
+            "open_timeout_s": 5.0,
+            "detect": False,
+        },
         {"id": "ondemand", "source": str(assets_dir / "videos" / "vtest.avi"), "on_demand": True, "fps": 5},
         *({"id": c, "source": str(assets_dir / "videos" / "vtest.avi"), "fps": 2, "detect": False} for c in FILLERS),
     ]
@@ -65,7 +76,9 @@ def cpu_seconds(pattern: str) -> float:
     total, tick = 0.0, os.sysconf("SC_CLK_TCK")
     for d in Path("/proc").iterdir():
         try:
-            if d.name.isdigit() and pattern in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+            if d.name.isdigit() and pattern in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace"
+            ):
                 fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
                 total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         except OSError:
@@ -75,8 +88,16 @@ def cpu_seconds(pattern: str) -> float:
 
 def test_on_demand_camera_encodes_only_while_watched(app):
     """No viewer: no ffmpeg and no playlist, detection runs; the first playlist request starts it."""
-    wait_until(lambda: (d := app.json("/api/cameras/ondemand/detections/latest")) and d["seq"] is not None
-               and time.time() - d["captured_at"] < 5, 180, 1, f"detections of ondemand (log:\n{app.log_tail()})")
+    wait_until(
+        lambda: (
+            (d := app.json("/api/cameras/ondemand/detections/latest"))
+            and d["seq"] is not None
+            and time.time() - d["captured_at"] < 5
+        ),
+        180,
+        1,
+        f"detections of ondemand (log:\n{app.log_tail()})",
+    )
     wait_until(lambda: ffmpeg_running("people"), 120, 1, "people's ffmpeg")
     assert not ffmpeg_running("ondemand")
     t0 = time.monotonic()
@@ -98,8 +119,12 @@ def page(app, tmp_path_factory):
     driver = chromium(tmp_path_factory.mktemp("chromium"))
     try:
         log_in(driver, app.base, app.admin_password, "/?measure=people")
-        wait_until(lambda: driver.execute_script("return document.getElementById('user').textContent")
-                   == "admin (admin)", 30, 0.2, "the page to show who is logged in")
+        wait_until(
+            lambda: driver.execute_script("return document.getElementById('user').textContent") == "admin (admin)",
+            30,
+            0.2,
+            "the page to show who is logged in",
+        )
         yield driver
     finally:
         driver.quit()
@@ -130,11 +155,17 @@ def test_every_tile_plays(app, page):
     before = state(page)["tiles"]
     # Every video moves on by several seconds (allowing for a short stall on a loaded 2-core machine).
     try:
-        wait_until(lambda: (lambda now: all(now[c]["t"] - before[c]["t"] > 4 for c in all_ids))(state(page)["tiles"]),
-                   60, 1, "every tile to play on by 4 s")
+        wait_until(
+            lambda: (lambda now: all(now[c]["t"] - before[c]["t"] > 4 for c in all_ids))(state(page)["tiles"]),
+            60,
+            1,
+            "every tile to play on by 4 s",
+        )
     except AssertionError:
         now = state(page)["tiles"]
-        slow = {c: (before[c], now[c], app.json(f"/api/cameras/{c}")) for c in all_ids if now[c]["t"] - before[c]["t"] <= 4}
+        slow = {
+            c: (before[c], now[c], app.json(f"/api/cameras/{c}")) for c in all_ids if now[c]["t"] - before[c]["t"] <= 4
+        }
         raise AssertionError(f"tiles that did not play on: {slow}") from None
     after = state(page)["tiles"]
     for cid in all_ids:
@@ -143,12 +174,19 @@ def test_every_tile_plays(app, page):
 
 
 def test_sse_delivers_detections_to_list_and_chart(app, page):
-    wait_until(lambda: "person" in page.execute_script(
-        "return document.querySelector('[data-camera=\"people\"] .detections').textContent"), 60, 0.5,
-        "person listed from the SSE stream")
+    wait_until(
+        lambda: (
+            "person"
+            in page.execute_script("return document.querySelector('[data-camera=\"people\"] .detections').textContent")
+        ),
+        60,
+        0.5,
+        "person listed from the SSE stream",
+    )
     assert state(page)["events"] > 10
     buckets = page.execute_script(
-        "return [...window.lookout.tiles.get('people').buckets.values()].map(c => c.person || 0)")
+        "return [...window.lookout.tiles.get('people').buckets.values()].map(c => c.person || 0)"
+    )
     assert max(buckets) >= 1
     assert page.execute_script("return document.getElementById('events-state').textContent") == "live"
 
@@ -181,8 +219,12 @@ def test_detection_list_is_usable_in_a_grid_tile(app, page, size):
     """Side by side with the chart, a grid tile's list was ~40 px wide with two scroll bars of its own."""
     page.set_window_size(*size)
     try:
-        wait_until(lambda: "person" in page.execute_script(LAYOUT).get("people", {}).get("text", ""), 120, 0.5,
-                   "16 tiles, person listed")
+        wait_until(
+            lambda: "person" in page.execute_script(LAYOUT).get("people", {}).get("text", ""),
+            120,
+            0.5,
+            "16 tiles, person listed",
+        )
         time.sleep(2)  # the page fits its lists every 0.5 s; a resize must refit them without new detections
         tiles = page.execute_script(LAYOUT)
         assert len(tiles) == 16
@@ -209,9 +251,15 @@ def test_favicon_is_served_without_login(app):
 
 def test_page_text_has_enough_contrast(app, page):
     """WCAG AA (4.5:1) for every piece of text on the page, from the computed styles."""
-    wait_until(lambda: page.execute_script("return document.querySelectorAll('.detections li').length > 0 && "
-                                           "document.querySelectorAll('#grid .tile').length === 16"),
-               120, 0.5, "16 tiles, detections listed")
+    wait_until(
+        lambda: page.execute_script(
+            "return document.querySelectorAll('.detections li').length > 0 && "
+            "document.querySelectorAll('#grid .tile').length === 16"
+        ),
+        120,
+        0.5,
+        "16 tiles, detections listed",
+    )
     checked = text_contrast(page)
     assert any(c["cls"].startswith("state") for c in checked) and any(c["tag"] == "li" for c in checked), checked
     low = [c for c in checked if c["ratio"] < 4.5]
@@ -240,10 +288,17 @@ def alignment(timed: list[dict]) -> dict:
     # Boxes of the wrong frame: of a later frame, or of another frame while the page had this one's own.
     wrong = [smp for smp in drawn if smp["det"] > smp["tc"] + 1 or (smp["own"] and abs(smp["det"] - smp["tc"]) >= 1)]
     q95 = statistics.quantiles(pdt_err, n=20)[18] if len(pdt_err) > 1 else pdt_err[0]
-    return {"frames": len(firsts), "pdt_p50": statistics.median(pdt_err), "pdt_p95": q95,
-            "all_p95": all_err[min(len(all_err) - 1, int(0.95 * len(all_err)))], "drawn": len(drawn),
-            "own_drawn": sum(abs(smp["det"] - smp["tc"]) < 1 for smp in drawn),
-            "own": sum(smp["own"] for smp in timed), "pending": sum(smp["pending"] for smp in timed), "wrong": wrong}
+    return {
+        "frames": len(firsts),
+        "pdt_p50": statistics.median(pdt_err),
+        "pdt_p95": q95,
+        "all_p95": all_err[min(len(all_err) - 1, int(0.95 * len(all_err)))],
+        "drawn": len(drawn),
+        "own_drawn": sum(abs(smp["det"] - smp["tc"]) < 1 for smp in drawn),
+        "own": sum(smp["own"] for smp in timed),
+        "pending": sum(smp["pending"] for smp in timed),
+        "wrong": wrong,
+    }
 
 
 @contextlib.contextmanager
@@ -255,16 +310,26 @@ def people_alone(app, page):
     """
     page.get(app.base + "/?camera=people&measure=people")
     try:
-        wait_until(lambda: page.execute_script("return !!document.querySelector('[data-camera=\"people\"] .screen')"),
-                   60, 0.5, "the people tile")
+        wait_until(
+            lambda: page.execute_script("return !!document.querySelector('[data-camera=\"people\"] .screen')"),
+            60,
+            0.5,
+            "the people tile",
+        )
         # Enlarge the tile and bring it into view (Chromium presents frames of visible videos only).
-        page.execute_script("document.querySelector('[data-camera=\"people\"] .screen').click();"
-                            "document.querySelector('[data-camera=\"people\"]').scrollIntoView()")
+        page.execute_script(
+            "document.querySelector('[data-camera=\"people\"] .screen').click();"
+            "document.querySelector('[data-camera=\"people\"]').scrollIntoView()"
+        )
         yield
     finally:
         page.get(app.base + "/?measure=people")
-        wait_until(lambda: page.execute_script("return document.querySelectorAll('#grid .tile').length") == 16,
-                   60, 0.5, "16 tiles again")
+        wait_until(
+            lambda: page.execute_script("return document.querySelectorAll('#grid .tile').length") == 16,
+            60,
+            0.5,
+            "16 tiles again",
+        )
 
 
 @pytest.mark.timeout(900)
@@ -274,10 +339,12 @@ def test_boxes_drawn_in_the_browser_line_up_with_the_frames(app, page):
 
 
 def boxes_line_up(page) -> None:
-    diag = ("const t = window.lookout.tiles.get('people'); return {stream: t.stream, t: t.video.currentTime, "
-            "dets: t.detections.length, samples: t.samples.length, tc: t.samples.filter(s => s.tc).length, "
-            "pdt: t.samples.filter(s => s.pdt).length, last: t.samples.slice(-2), "
-            "top: t.node.getBoundingClientRect().top}")
+    diag = (
+        "const t = window.lookout.tiles.get('people'); return {stream: t.stream, t: t.video.currentTime, "
+        "dets: t.detections.length, samples: t.samples.length, tc: t.samples.filter(s => s.tc).length, "
+        "pdt: t.samples.filter(s => s.pdt).length, last: t.samples.slice(-2), "
+        "top: t.node.getBoundingClientRect().top}"
+    )
     try:
         # Chromium on a starved 2-core box may present only a few frames a second.
         wait_until(lambda: page.execute_script(RED_OVERLAY) > 100, 180, 0.3, "a person box drawn over the video")
@@ -290,20 +357,27 @@ def boxes_line_up(page) -> None:
     own_drawn = lambda ss: [smp for smp in ss if smp["det"] is not None and abs(smp["det"] - smp["tc"]) < 1]
     t0 = time.monotonic()
     try:  # the detector of a starved machine skips most frames: frames with their own result are few
-        wait_until(lambda: len(own_drawn(page.execute_script(timed_js))) >= 10, 360, 1,
-                   "10 frames shown with a readable timecode and their own boxes")
+        wait_until(
+            lambda: len(own_drawn(page.execute_script(timed_js))) >= 10,
+            360,
+            1,
+            "10 frames shown with a readable timecode and their own boxes",
+        )
     except AssertionError:
         timed = page.execute_script(timed_js)
-        raise AssertionError(f"too few frames with their own boxes: {alignment(timed)}; "
-                             f"tile: {page.execute_script(diag)}") from None
+        raise AssertionError(
+            f"too few frames with their own boxes: {alignment(timed)}; tile: {page.execute_script(diag)}"
+        ) from None
     timed = page.execute_script(timed_js)
     fps = page.execute_script("return window.lookout.tiles.get('people').fps") or 10
     a = alignment(timed)
-    print(f"PDT vs burned capture time: p50 {a['pdt_p50']:.0f} ms, p95 {a['pdt_p95']:.0f} ms ({a['frames']} frames, "
-          f"p95 {a['all_p95']:.0f} ms over every presentation, repeats included, "
-          f"{fps} fps); of {len(timed)} presentations {a['drawn']} with boxes, {a['own_drawn']} with their own, "
-          f"{a['pending']} waiting for theirs, {len(a['wrong'])} with another frame's; "
-          f"10 with their own after {time.monotonic() - t0:.0f} s")
+    print(
+        f"PDT vs burned capture time: p50 {a['pdt_p50']:.0f} ms, p95 {a['pdt_p95']:.0f} ms ({a['frames']} frames, "
+        f"p95 {a['all_p95']:.0f} ms over every presentation, repeats included, "
+        f"{fps} fps); of {len(timed)} presentations {a['drawn']} with boxes, {a['own_drawn']} with their own, "
+        f"{a['pending']} waiting for theirs, {len(a['wrong'])} with another frame's; "
+        f"10 with their own after {time.monotonic() - t0:.0f} s"
+    )
     # The capture time the page derives for a frame is that frame's (the encoder keeps media time on
     # the capture-time grid: within half a frame), and the boxes drawn over it are its own.
     assert a["pdt_p50"] <= 1000 / fps and a["all_p95"] <= 1000 / fps, a
@@ -328,8 +402,12 @@ def test_box_labels_drawn_by_the_page_do_not_overlap(app, page):
         print(f"label placement: {len(samples)} frames with labels, {sum(len(r) >= 2 for r in samples)} with several")
         for rects in samples:
             for a, b in itertools.combinations(rects, 2):
-                assert not (a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"]
-                            and b["y"] < a["y"] + a["h"]), (a, b)
+                assert not (
+                    a["x"] < b["x"] + b["w"]
+                    and b["x"] < a["x"] + a["w"]
+                    and a["y"] < b["y"] + b["h"]
+                    and b["y"] < a["y"] + a["h"]
+                ), (a, b)
 
 
 def test_stall_is_shown_and_playback_recovers_without_reload(app, page):
@@ -339,15 +417,23 @@ def test_stall_is_shown_and_playback_recovers_without_reload(app, page):
     before = door()
     app.rtsp.stop()
     # Stalled because the camera is gone (the badge names its state), not a passing hiccup of a loaded machine.
-    s = wait_until(lambda: (d := door())["stalled"] and "reconnecting" in d["badge"] and d, 90, 0.5,
-                   f"door tile stalled, the badge naming the camera state (tile: {door()})")
+    s = wait_until(
+        lambda: (d := door())["stalled"] and "reconnecting" in d["badge"] and d,
+        90,
+        0.5,
+        f"door tile stalled, the badge naming the camera state (tile: {door()})",
+    )
     assert s["badge"].startswith("stalled") and s["stalls"] >= before["stalls"] + 1
     back_ms = time.time() * 1000
     app.rtsp.start()
     # Playing again = showing video captured after the camera came back (also after a player rebuild,
     # which starts a new media timeline).
-    wait_until(lambda: not (d := door())["stalled"] and (d["wall"] or 0) > back_ms and d["t"] > 0, 150, 0.5,
-               f"door playing new video again (tile: {door()}; log:\n{app.log_tail(30)})")
+    wait_until(
+        lambda: not (d := door())["stalled"] and (d["wall"] or 0) > back_ms and d["t"] > 0,
+        150,
+        0.5,
+        f"door playing new video again (tile: {door()}; log:\n{app.log_tail(30)})",
+    )
     st = state(page)
     assert st["loadedAt"] == loaded  # same page, no reload
     d = st["tiles"]["door"]
@@ -358,8 +444,12 @@ def test_stall_is_shown_and_playback_recovers_without_reload(app, page):
 
 def test_on_demand_cpu_and_stop_after_the_page_leaves(app, page):
     # The page watches it (its player asks for the playlist, retrying 404s while encoding starts).
-    wait_until(lambda: ffmpeg_running("ondemand"), 60, 0.5,
-               f"the on-demand ffmpeg while the page watches (tile: {state(page)['tiles']['ondemand']})")
+    wait_until(
+        lambda: ffmpeg_running("ondemand"),
+        60,
+        0.5,
+        f"the on-demand ffmpeg while the page watches (tile: {state(page)['tiles']['ondemand']})",
+    )
     pattern = "lookout-hls-ondemand-"
     c0, t0 = cpu_seconds(pattern), time.monotonic()
     time.sleep(10)
@@ -375,18 +465,38 @@ def test_on_demand_cpu_and_stop_after_the_page_leaves(app, page):
 
 def test_chart_starts_with_the_history_of_the_last_minutes(app, page):
     """A page opened later shows the detections of the minutes before it in its chart at once."""
-    wait_until(lambda: (r := app.json(f"/api/cameras/people/counts?interval=second&since_s={time.time() - 300}"
-                                      f"&until_s={time.time()}")) and any(c["label"] == "person" for c in r["counts"]),
-               60, 1, "person counts in the history")
+    wait_until(
+        lambda: (
+            (
+                r := app.json(
+                    f"/api/cameras/people/counts?interval=second&since_s={time.time() - 300}&until_s={time.time()}"
+                )
+            )
+            and any(c["label"] == "person" for c in r["counts"])
+        ),
+        60,
+        1,
+        "person counts in the history",
+    )
     page.get(app.base + "/?camera=people")
-    wait_until(lambda: page.execute_script("return window.lookout && window.lookout.tiles.has('people') && "
-                                           "window.lookout.tiles.get('people').history") or False,
-               30, 0.2, "the chart's history to load")
+    wait_until(
+        lambda: (
+            page.execute_script(
+                "return window.lookout && window.lookout.tiles.has('people') && "
+                "window.lookout.tiles.get('people').history"
+            )
+            or False
+        ),
+        30,
+        0.2,
+        "the chart's history to load",
+    )
     loaded_s = page.execute_script("return window.lookout.loadedAt") / 1000
     # Buckets that end well before the page loaded cannot come from its live stream.
     old = page.execute_script(
         "const t = window.lookout.tiles.get('people'); return [...t.buckets.entries()]"
-        f".filter(([k, c]) => (k + 1) * 10 < {loaded_s - 15}).map(([k, c]) => c.person || 0)")
+        f".filter(([k, c]) => (k + 1) * 10 < {loaded_s - 15}).map(([k, c]) => c.person || 0)"
+    )
     note = page.execute_script("return window.lookout.tiles.get('people').history")
     print(f"chart prefilled from history: {len(old)} buckets before the page loaded ({note})")
     assert old and max(old) >= 1, old

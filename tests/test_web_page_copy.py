@@ -12,6 +12,7 @@ results the page held at that moment; so each presented frame's true capture tim
 page drew over it can be compared under the page's own rules (gateway/web/static/app.js,
 `detectionsAt`): the frame's own result, else the newest earlier one, never a later frame's.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -28,8 +29,11 @@ from app_fixtures import chromium, log_in, serve_app
 from hls import timecode
 from rtsp_fixtures import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("chromedriver") is None, reason="chromium-driver not installed"),
+]
 CAM = "coded"
 FPS = 10
 CLIP_FRAMES = 300  # 30 s: the camera loops during the test, and each loop must keep the mapping
@@ -44,10 +48,43 @@ def make_coded_clip(src, out, frames: int, fps: int = FPS) -> None:
     ok, image = cap.read()
     assert ok, f"cannot read {src}"
     h, w = image.shape[:2]
-    enc = subprocess.Popen(["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}",
-                            "-r", str(fps), "-i", "-", "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23",
-                            "-bf", "0", "-g", str(fps), "-keyint_min", str(fps), "-sc_threshold", "0",
-                            "-pix_fmt", "yuv420p", str(out)], stdin=subprocess.PIPE)
+    enc = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-s",
+            f"{w}x{h}",
+            "-r",
+            str(fps),
+            "-i",
+            "-",
+            "-an",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "23",
+            "-bf",
+            "0",
+            "-g",
+            str(fps),
+            "-keyint_min",
+            str(fps),
+            "-sc_threshold",
+            "0",
+            "-pix_fmt",
+            "yuv420p",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+    )
     try:
         for i in range(frames):
             if i:
@@ -72,9 +109,23 @@ def clip(tmp_path_factory, assets_dir):
     out = tmp_path_factory.mktemp("clip") / "coded.mp4"
     make_coded_clip(assets_dir / "videos" / "vtest.avi", out, CLIP_FRAMES)
     # The clip is what the test assumes: H.264, pts = index / FPS, and every frame shows its own pts.
-    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-                            "stream=codec_name,has_b_frames:packet=pts_time", "-of", "csv=p=0", str(out)],
-                           capture_output=True, text=True, check=True).stdout.split()
+    probe = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,has_b_frames:packet=pts_time",
+            "-of",
+            "csv=p=0",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert probe[-1].startswith("h264,0"), probe[-1]
     pts_ms = sorted(round(float(t) * 1000) for t in probe[:-1])
     assert pts_ms == [i * 1000 // FPS for i in range(CLIP_FRAMES)], pts_ms[:12]
@@ -108,8 +159,9 @@ def page(app, tmp_path_factory):
 
 def detector_frame(app) -> tuple[float, int | None]:
     """The newest detector frame on the bus: its captured_at (s) and the pts (ms) it shows."""
-    req = urllib.request.Request(f"{app.base}/api/cameras/{CAM}/frame.jpg",
-                                 headers={"Authorization": f"Bearer {app.token()}"})
+    req = urllib.request.Request(
+        f"{app.base}/api/cameras/{CAM}/frame.jpg", headers={"Authorization": f"Bearer {app.token()}"}
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         captured_at, data = float(r.headers["X-Captured-At"]), r.read()
     return captured_at, code_of(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
@@ -145,8 +197,7 @@ const hook = (_now, meta) => {
 t.video.requestVideoFrameCallback(hook);
 return true;
 """
-SAMPLES = ("return window.lookout.tiles.get(arguments[0]).samples"
-           ".filter((s) => s.tc && s.pdt && s.ats).slice(-1500)")
+SAMPLES = "return window.lookout.tiles.get(arguments[0]).samples.filter((s) => s.tc && s.pdt && s.ats).slice(-1500)"
 RED_OVERLAY = """
 const c = window.lookout.tiles.get(arguments[0]).overlay;
 if (!c.width) return 0;
@@ -180,39 +231,66 @@ def judge(samples: list[dict], anchor_ms: float, loop_ms: float, frame_ms: float
             why = "nothing drawn (waiting) although its own or a later result was there"
         elif det is None and not s["pending"] and has_own:
             why = "nothing drawn although its own result was there"
-        rows.append({"pts_ms": pts_ms, "own": own, "pdt_err": s["pdt"] - own, "det": det,
-                     "det_frames": None if det is None else round((det - own) / frame_ms),
-                     "has_own": has_own, "has_earlier": newest is not None and newest >= own - SYNC_TOLERANCE_MS,
-                     "pending": s["pending"], "why": why})
+        rows.append(
+            {
+                "pts_ms": pts_ms,
+                "own": own,
+                "pdt_err": s["pdt"] - own,
+                "det": det,
+                "det_frames": None if det is None else round((det - own) / frame_ms),
+                "has_own": has_own,
+                "has_earlier": newest is not None and newest >= own - SYNC_TOLERANCE_MS,
+                "pending": s["pending"],
+                "why": why,
+            }
+        )
     drawn = [r for r in rows if r["det"] is not None]
     # What the page held, whatever it drew: frames with their own result, frames with only an earlier one.
     with_own = sum(r["has_own"] for r in rows)
     with_earlier = sum(not r["has_own"] and r["has_earlier"] for r in rows)
     errs = sorted(abs(r["pdt_err"]) for r in rows) or [float("inf")]
-    return {"frames": len(rows), "pdt_p50": statistics.median(errs), "pdt_p95": errs[int(0.95 * (len(errs) - 1))],
-            "with_own": with_own, "with_earlier": with_earlier,
-            "drawn": len(drawn), "own_drawn": sum(r["det_frames"] == 0 for r in drawn),
-            "earlier_drawn": sum(r["det_frames"] is not None and r["det_frames"] < 0 for r in drawn),
-            "pending": sum(r["pending"] for r in rows), "wrong": [r for r in rows if r["why"]]}
+    return {
+        "frames": len(rows),
+        "pdt_p50": statistics.median(errs),
+        "pdt_p95": errs[int(0.95 * (len(errs) - 1))],
+        "with_own": with_own,
+        "with_earlier": with_earlier,
+        "drawn": len(drawn),
+        "own_drawn": sum(r["det_frames"] == 0 for r in drawn),
+        "earlier_drawn": sum(r["det_frames"] is not None and r["det_frames"] < 0 for r in drawn),
+        "pending": sum(r["pending"] for r in rows),
+        "wrong": [r for r in rows if r["why"]],
+    }
 
 
 @pytest.mark.timeout(900)
 def test_boxes_drawn_over_copied_video_are_the_frames_own(app, page):
-    cam = wait_until(lambda: (c := app.json(f"/api/cameras/{CAM}")) and c.get("stream") and c, 180, 1,
-                     "the coded camera's stream")
+    cam = wait_until(
+        lambda: (c := app.json(f"/api/cameras/{CAM}")) and c.get("stream") and c, 180, 1, "the coded camera's stream"
+    )
     assert (cam["path"], cam["video"], cam["stream"]["boxes"]) == ("worker", "copy", "browser"), cam
-    wait_until(lambda: page.execute_script(f"return !!window.lookout.tiles && window.lookout.tiles.has('{CAM}')"),
-               60, 0.5, "the coded tile")
-    path = wait_until(lambda: page.execute_script(f"return document.querySelector('[data-camera=\"{CAM}\"] .path')"
-                                                  ".textContent"), 30, 0.5, "the tile's info line")
+    wait_until(
+        lambda: page.execute_script(f"return !!window.lookout.tiles && window.lookout.tiles.has('{CAM}')"),
+        60,
+        0.5,
+        "the coded tile",
+    )
+    path = wait_until(
+        lambda: page.execute_script(f"return document.querySelector('[data-camera=\"{CAM}\"] .path').textContent"),
+        30,
+        0.5,
+        "the tile's info line",
+    )
     assert path.startswith("video copied"), path
     page.execute_script(f"document.querySelector('[data-camera=\"{CAM}\"] .screen').click()")
     page.execute_script(HOOK, CAM)
     loop_ms = CLIP_FRAMES * 1000 / FPS
     before = anchors(app, 5)
-    diag = (f"const t = window.lookout.tiles.get('{CAM}'); return {{t: t.video.currentTime, fps: t.fps, "
-            "dets: t.detections.length, samples: t.samples.length, last: t.samples.slice(-2), "
-            "inBrowser: t.boxesInBrowser, path: t.node.querySelector('.path').textContent}")
+    diag = (
+        f"const t = window.lookout.tiles.get('{CAM}'); return {{t: t.video.currentTime, fps: t.fps, "
+        "dets: t.detections.length, samples: t.samples.length, last: t.samples.slice(-2), "
+        "inBrowser: t.boxesInBrowser, path: t.node.querySelector('.path').textContent}"
+    )
     try:
         wait_until(lambda: page.execute_script(RED_OVERLAY, CAM) > 100, 180, 0.3, "a person box over the video")
     except AssertionError:
@@ -227,8 +305,10 @@ def test_boxes_drawn_over_copied_video_are_the_frames_own(app, page):
         wait_until(enough, 240, 2, "30 frames shown with their own result at hand and 30 with an earlier one only")
     except AssertionError:
         a = judge(page.execute_script(SAMPLES, CAM), before[0], loop_ms, 1000 / FPS)
-        raise AssertionError(f"too few frames judged: { {k: v for k, v in a.items() if k != 'wrong'} }; "
-                             f"tile: {page.execute_script(diag)}") from None
+        raise AssertionError(
+            f"too few frames judged: { {k: v for k, v in a.items() if k != 'wrong'} }; "
+            f"tile: {page.execute_script(diag)}"
+        ) from None
     samples = page.execute_script(SAMPLES, CAM)
     after = anchors(app, 5)
     fps = page.execute_script(f"return window.lookout.tiles.get('{CAM}').fps")
@@ -237,11 +317,13 @@ def test_boxes_drawn_over_copied_video_are_the_frames_own(app, page):
     spread = [((x - before[0] + loop_ms / 2) % loop_ms) - loop_ms / 2 for x in before + after]
     assert max(map(abs, spread)) < 2, spread
     a = judge(samples, before[0], loop_ms, 1000 / FPS)
-    print(f"copied video, {a['frames']} presented frames judged in {time.monotonic() - t0:.0f} s: page's capture "
-          f"time vs the frame's own (anchor + pts) p50 {a['pdt_p50']:.1f} ms, p95 {a['pdt_p95']:.1f} ms; "
-          f"{a['drawn']} with boxes: {a['own_drawn']} their own, {a['earlier_drawn']} an earlier frame's; "
-          f"{a['pending']} waiting; {len(a['wrong'])} against the page's rules; anchor spread "
-          f"{max(map(abs, spread)):.1f} ms")
+    print(
+        f"copied video, {a['frames']} presented frames judged in {time.monotonic() - t0:.0f} s: page's capture "
+        f"time vs the frame's own (anchor + pts) p50 {a['pdt_p50']:.1f} ms, p95 {a['pdt_p95']:.1f} ms; "
+        f"{a['drawn']} with boxes: {a['own_drawn']} their own, {a['earlier_drawn']} an earlier frame's; "
+        f"{a['pending']} waiting; {len(a['wrong'])} against the page's rules; anchor spread "
+        f"{max(map(abs, spread)):.1f} ms"
+    )
     assert fps == FPS and cam["stream"].get("fps") == FPS, (fps, cam["stream"])
     # The page's capture time of a frame is that frame's: exact on the copy path (PDT = anchor + tfdt).
     assert a["pdt_p95"] < 1000 / FPS / 4, a

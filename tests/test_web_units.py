@@ -1,5 +1,6 @@
 """Units of the web page: timecode, viewer tracking, the SSE endpoint, on-demand skipping, the favicon,
 and the page's own drawing helpers (draw.js, run in Node): label colours and label placement."""
+
 import itertools
 import json
 import shutil
@@ -33,11 +34,39 @@ def test_timecode_survives_scaling_and_h264(tmp_path):
     raw = tmp_path / "in.bgr"
     raw.write_bytes(frame.tobytes() * 5)
     out = subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", "768x576", "-i", str(raw),
-         "-vf", "scale=640:360", "-c:v", "libx264", "-crf", "26", "-preset", "veryfast", "-f", "h264", "-"],
-        capture_output=True, check=True).stdout
-    dec = subprocess.run(["ffmpeg", "-v", "error", "-f", "h264", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
-                         input=out, capture_output=True, check=True).stdout
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "bgr24",
+            "-s",
+            "768x576",
+            "-i",
+            str(raw),
+            "-vf",
+            "scale=640:360",
+            "-c:v",
+            "libx264",
+            "-crf",
+            "26",
+            "-preset",
+            "veryfast",
+            "-f",
+            "h264",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    dec = subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "h264", "-i", "-", "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+        input=out,
+        capture_output=True,
+        check=True,
+    ).stdout
     img = np.frombuffer(dec, np.uint8)[: 640 * 360 * 3].reshape(360, 640, 3)
     assert timecode.read(img) == pytest.approx(t, abs=1e-6)
     assert timecode.read(np.zeros((360, 640, 3), np.uint8)) is None  # no timecode: no value
@@ -70,8 +99,7 @@ def test_viewer_key_expires_after_idle(redis_client):
     with pytest.raises(ValueError, match="idle_s"):
         ViewerTracker(redis_client, idle_s=0)
     put_stream_info(redis_client, "cam", 768, 576, "browser")
-    assert get_stream_info(redis_client, "cam") == {"source_width_px": 768, "source_height_px": 576,
-                                                    "boxes": "browser"}
+    assert get_stream_info(redis_client, "cam") == {"source_width_px": 768, "source_height_px": 576, "boxes": "browser"}
 
 
 def test_sse_helpers():
@@ -87,8 +115,17 @@ def test_sse_helpers():
 def test_inactive_frames_are_skipped_undecoded(redis_client):
     bus, results = FrameBus(redis_client), ResultStore(redis_client)
     out, watched = [], {"on": False}
-    stream = AnnotatedStream("cam", bus, results, [], lambda img, t: out.append(t), annotation_delay_s=0,
-                             max_age_s=30, wait_for_detections=False, active=lambda ref: watched["on"])
+    stream = AnnotatedStream(
+        "cam",
+        bus,
+        results,
+        [],
+        lambda img, t: out.append(t),
+        annotation_delay_s=0,
+        max_age_s=30,
+        wait_for_detections=False,
+        active=lambda ref: watched["on"],
+    )
     stream.step(block_ms=1)
     for i in range(3):
         bus.put("cam", i, np.zeros((32, 32, 3), np.uint8), time.time(), i / 10)
@@ -102,10 +139,14 @@ def test_inactive_frames_are_skipped_undecoded(redis_client):
 
 @pytest.fixture
 def ctx(redis_server, tmp_path):
-    args = parse_args({"cameras": [{"id": "a", "source": "x.avi"}, {"id": "b", "source": "y.avi"}],
-                       "model": {"onnx": "m.onnx"}, "redis_url": redis_server.url,
-                       "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"),
-                                            "key_dir": str(tmp_path / "keys")}}})
+    args = parse_args(
+        {
+            "cameras": [{"id": "a", "source": "x.avi"}, {"id": "b", "source": "y.avi"}],
+            "model": {"onnx": "m.onnx"},
+            "redis_url": redis_server.url,
+            "gateway": {"auth": {"db_path": str(tmp_path / "auth.sqlite3"), "key_dir": str(tmp_path / "keys")}},
+        }
+    )
     return GatewayContext.from_args(args)
 
 
@@ -183,7 +224,7 @@ def test_favicon_is_public_and_an_image(ctx):
     ico = r.content
     assert ico[:4] == b"\x00\x00\x01\x00" and int.from_bytes(ico[4:6], "little") >= 1  # an ICO directory
     size, offset = int.from_bytes(ico[14:18], "little"), int.from_bytes(ico[18:22], "little")
-    img = cv2.imdecode(np.frombuffer(ico[offset:offset + size], np.uint8), cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(np.frombuffer(ico[offset : offset + size], np.uint8), cv2.IMREAD_UNCHANGED)
     assert img is not None and img.shape[0] == img.shape[1] >= 16
 
 
@@ -194,8 +235,10 @@ def run_draw(code: str, arg) -> object:
     """Runs `code` in Node with `Draw` (the page's draw.js) and `arg` (JSON); returns what it prints as JSON."""
     node = shutil.which("node")
     assert node, "node is needed for the page's JavaScript units (make test installs it)"
-    script = (f"const Draw = require({json.dumps(str(DRAW_JS))});"
-              f"const arg = JSON.parse(require('fs').readFileSync(0, 'utf8'));\n{code}")
+    script = (
+        f"const Draw = require({json.dumps(str(DRAW_JS))});"
+        f"const arg = JSON.parse(require('fs').readFileSync(0, 'utf8'));\n{code}"
+    )
     out = subprocess.run([node, "-e", script], input=json.dumps(arg), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -209,10 +252,13 @@ def lab(color: str) -> tuple[float, float, float]:
         h, s, li = (float(v.strip(" %")) for v in color[4:-1].split(","))
         rgb = colorsys.hls_to_rgb(h / 360, li / 100, s / 100)
     else:
-        rgb = tuple(int(color[i:i + 2], 16) / 255 for i in (1, 3, 5))
+        rgb = tuple(int(color[i : i + 2], 16) / 255 for i in (1, 3, 5))
     r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb)
-    x, y, z = ((0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b,
-               (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883)
+    x, y, z = (
+        (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047,
+        0.2126 * r + 0.7152 * g + 0.0722 * b,
+        (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883,
+    )
     f = lambda t: t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116  # noqa: E731
     return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
 
@@ -223,22 +269,29 @@ def test_label_colours_are_distinct_on_one_page():
 
     from pipeline.models.labels import COCO_LABELS
 
-    got = run_draw("const c = Draw.makeColorFor(); const first = arg.map(c);"
-                   "console.log(JSON.stringify({first, again: arg.map(c), pb: [c('person'), c('backpack')],"
-                   " bp: (() => { const d = Draw.makeColorFor(); return [d('backpack'), d('person')]; })()}))",
-                   COCO_LABELS)
+    got = run_draw(
+        "const c = Draw.makeColorFor(); const first = arg.map(c);"
+        "console.log(JSON.stringify({first, again: arg.map(c), pb: [c('person'), c('backpack')],"
+        " bp: (() => { const d = Draw.makeColorFor(); return [d('backpack'), d('person')]; })()}))",
+        COCO_LABELS,
+    )
     colors = dict(zip(COCO_LABELS, got["first"]))
     assert len(set(got["first"])) == len(COCO_LABELS), colors  # every COCO label its own colour
     assert got["again"] == got["first"]  # a label keeps its colour
     assert got["pb"][0] != got["pb"][1] and got["bp"][0] != got["bp"][1]  # in either order
     # The labels a page shows first (a scene has a few) are far apart, not just different strings.
-    close = [(a, b, round(math.dist(lab(colors[a]), lab(colors[b])), 1))
-             for a, b in itertools.combinations(COCO_LABELS[:15], 2) if math.dist(lab(colors[a]), lab(colors[b])) < 20]
+    close = [
+        (a, b, round(math.dist(lab(colors[a]), lab(colors[b])), 1))
+        for a, b in itertools.combinations(COCO_LABELS[:15], 2)
+        if math.dist(lab(colors[a]), lab(colors[b])) < 20
+    ]
     assert not close, close
 
 
 def rects_overlap(a, b) -> bool:
-    return a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+    return (
+        a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+    )
 
 
 def check_placement(items, bounds, rects):
@@ -259,16 +312,24 @@ def test_labels_of_overlapping_boxes_do_not_overlap():
     bounds = {"w": 384, "h": 216}
     # A group of people standing close: five boxes almost on top of each other, one at the top edge.
     crowd = [{"box": [100 + 4 * i, 60 + 3 * i, 160 + 4 * i, 200], "w": 70, "h": 15} for i in range(5)]
-    edge = [{"box": [0, 0, 50, 80], "w": 60, "h": 15}, {"box": [10, 2, 70, 90], "w": 60, "h": 15},
-            {"box": [340, 150, 384, 216], "w": 80, "h": 15}]
+    edge = [
+        {"box": [0, 0, 50, 80], "w": 60, "h": 15},
+        {"box": [10, 2, 70, 90], "w": 60, "h": 15},
+        {"box": [340, 150, 384, 216], "w": 80, "h": 15},
+    ]
     rng = np.random.default_rng(7)
     scenes = [(crowd, bounds), (edge, bounds)]
     for _ in range(200):
         items = []
         for _ in range(int(rng.integers(1, 12))):
             x1, y1 = rng.uniform(0, 360), rng.uniform(0, 200)
-            items.append({"box": [x1, y1, x1 + rng.uniform(5, 150), y1 + rng.uniform(5, 150)],
-                          "w": float(rng.uniform(30, 90)), "h": 15})
+            items.append(
+                {
+                    "box": [x1, y1, x1 + rng.uniform(5, 150), y1 + rng.uniform(5, 150)],
+                    "w": float(rng.uniform(30, 90)),
+                    "h": 15,
+                }
+            )
         scenes.append((items, bounds))
     results = run_draw(PLACE, scenes)
     for (items, b), rects in zip(scenes, results):

@@ -84,8 +84,17 @@ def test_boxes_round_trip_through_the_fit_exactly(w, h, letter_box):
     # one network pixel is 1/scale source pixels: the block comes back to within that
     np.testing.assert_allclose(mapped, [x1, y1, x2, y2], atol=max(1 / fit.scale_x, 1 / fit.scale_y) + 0.5)
     # and the exact geometry: a box forward-mapped by the fit comes back unchanged
-    net = np.array([[src[0] * fit.scale_x + fit.pad_x_px, src[1] * fit.scale_y + fit.pad_y_px,
-                     src[2] * fit.scale_x + fit.pad_x_px, src[3] * fit.scale_y + fit.pad_y_px]], np.float32)
+    net = np.array(
+        [
+            [
+                src[0] * fit.scale_x + fit.pad_x_px,
+                src[1] * fit.scale_y + fit.pad_y_px,
+                src[2] * fit.scale_x + fit.pad_x_px,
+                src[3] * fit.scale_y + fit.pad_y_px,
+            ]
+        ],
+        np.float32,
+    )
     back = postprocess(net, np.array([[0.9]], np.float32), fit, 0.5, 0.45).xyxy[0]
     np.testing.assert_allclose(back, src, rtol=0, atol=1e-3)
     if not letter_box and w != h:

@@ -1,12 +1,13 @@
 """pipeline.zones and pipeline.rules: polygon tests, rule validation, the event state machine, and
 a person-count rule on one-by-one-person-detection.mp4 through the real detector and tracker."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.rules import (CountAboveRule, EntersRule, RuleEngine, TrackVoteRule, parse_rules)
+from pipeline.rules import CountAboveRule, EntersRule, RuleEngine, TrackVoteRule, parse_rules
 from pipeline.types import Detections
 from pipeline.zones import ZoneConfig, anchor_points, points_in_polygon
 
@@ -16,13 +17,22 @@ SQUARE = [(100, 100), (300, 100), (300, 300), (100, 300)]
 def dets(rows, labels=None, tids=None) -> Detections:
     """rows: (x1, y1, x2, y2[, conf])."""
     if not rows:
-        return Detections(np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int32),
-                          tracker_id=None if tids is None else np.zeros(0, np.int64),
-                          data={} if labels is None else {"label": np.zeros(0, object)})
+        return Detections(
+            np.zeros((0, 4)),
+            np.zeros(0),
+            np.zeros(0, np.int32),
+            tracker_id=None if tids is None else np.zeros(0, np.int64),
+            data={} if labels is None else {"label": np.zeros(0, object)},
+        )
     a = np.array([list(r) + [0.9] * (5 - len(r)) for r in rows], np.float32)
     data = {} if labels is None else {"label": np.array(labels, object)}
-    return Detections(a[:, :4], a[:, 4], np.zeros(len(a), np.int32),
-                      tracker_id=None if tids is None else np.array(tids, np.int64), data=data)
+    return Detections(
+        a[:, :4],
+        a[:, 4],
+        np.zeros(len(a), np.int32),
+        tracker_id=None if tids is None else np.array(tids, np.int64),
+        data=data,
+    )
 
 
 def person_at(x, y, w=20, h=60):
@@ -47,13 +57,16 @@ def test_anchor_points():
     assert anchor_points(b, "top_center").tolist() == [[20, 20]]
 
 
-@pytest.mark.parametrize("points,match", [
-    ([(0, 0), (1, 1)], "points_px"),  # too few
-    ([(0, 0), (10, 10), (20, 20)], "degenerate"),  # collinear
-    ([(0, 0), (10, 0), (0, 10), (10, 10)], "cross"),  # bow tie
-    ([(0, 0), (10, 0), (10, 0), (0, 10)], "repeated"),
-    ([(0, 0), (10, 0), (float("nan"), 5)], "finite"),
-])
+@pytest.mark.parametrize(
+    "points,match",
+    [
+        ([(0, 0), (1, 1)], "points_px"),  # too few
+        ([(0, 0), (10, 10), (20, 20)], "degenerate"),  # collinear
+        ([(0, 0), (10, 0), (0, 10), (10, 10)], "cross"),  # bow tie
+        ([(0, 0), (10, 0), (10, 0), (0, 10)], "repeated"),
+        ([(0, 0), (10, 0), (float("nan"), 5)], "finite"),
+    ],
+)
 def test_zone_validation_names_the_problem(points, match):
     with pytest.raises(ValidationError, match=match) as e:
         ZoneConfig(name="door", points_px=points)
@@ -69,11 +82,13 @@ def test_zone_name_validated():
 
 
 def test_rules_parse_with_discriminator_and_errors_name_fields():
-    rules = parse_rules([
-        {"kind": "count_above", "id": "crowd", "label": "person", "count": 2, "for_s": 3, "zone": "lobby"},
-        {"kind": "enters", "id": "car-in", "label": "car", "zone": "drive"},
-        {"kind": "track_vote", "id": "no-mask", "label": "no_mask", "min_frames": 5, "min_fraction": 0.5},
-    ])
+    rules = parse_rules(
+        [
+            {"kind": "count_above", "id": "crowd", "label": "person", "count": 2, "for_s": 3, "zone": "lobby"},
+            {"kind": "enters", "id": "car-in", "label": "car", "zone": "drive"},
+            {"kind": "track_vote", "id": "no-mask", "label": "no_mask", "min_frames": 5, "min_fraction": 0.5},
+        ]
+    )
     assert [type(r) for r in rules] == [CountAboveRule, EntersRule, TrackVoteRule]
     with pytest.raises(ValidationError, match="for_s"):
         parse_rules([{"kind": "count_above", "id": "x", "label": "person", "count": 1, "for_s": -1}])
@@ -111,8 +126,18 @@ def test_count_above_starts_after_for_s_updates_and_ends_after_end_after_s():
     two = dets([person_at(150, 200), person_at(200, 200)], ["person", "person"], [1, 2])
     three = dets([person_at(150, 200), person_at(200, 200), person_at(250, 250)], ["person"] * 3, [1, 2, 3])
     outside = dets([person_at(150, 200), person_at(500, 200)], ["person", "person"], [1, 2])
-    frames = [(0.0, outside), (1.0, two), (2.0, two), (3.0, two), (3.5, three), (4.0, two), (5.0, outside),
-              (5.5, outside), (6.0, outside), (7.0, two)]
+    frames = [
+        (0.0, outside),
+        (1.0, two),
+        (2.0, two),
+        (3.0, two),
+        (3.5, three),
+        (4.0, two),
+        (5.0, outside),
+        (5.5, outside),
+        (6.0, outside),
+        (7.0, two),
+    ]
     ups = run(eng, "cam", frames)
     assert [(u.kind, u.timestamp_s) for u in ups] == [("start", 3.0), ("update", 3.5), ("end", 5.0)]
     start, update, end = ups
@@ -145,20 +170,25 @@ def test_cooldown_suppresses_flapping():
 def test_enters_needs_outside_first_and_ends_when_track_leaves():
     zones = {"cam": [ZoneConfig(name="door", points_px=SQUARE)]}
     eng = RuleEngine(zones, [EntersRule(id="in", label="person", zone="door", end_after_s=0.5)])
-    ups = run(eng, "cam", [
-        (0.0, dets([person_at(50, 200), person_at(200, 200)], ["person"] * 2, [1, 2])),  # 2 starts inside
-        (0.5, dets([person_at(150, 200), person_at(200, 200)], ["person"] * 2, [1, 2])),  # 1 enters
-        (1.0, dets([person_at(160, 200), person_at(200, 200)], ["person"] * 2, [1, 2])),
-        (1.5, dets([person_at(400, 200)], ["person"], [1])),  # 1 leaves
-        (2.0, dets([person_at(400, 200)], ["person"], [1])),
-    ])
+    ups = run(
+        eng,
+        "cam",
+        [
+            (0.0, dets([person_at(50, 200), person_at(200, 200)], ["person"] * 2, [1, 2])),  # 2 starts inside
+            (0.5, dets([person_at(150, 200), person_at(200, 200)], ["person"] * 2, [1, 2])),  # 1 enters
+            (1.0, dets([person_at(160, 200), person_at(200, 200)], ["person"] * 2, [1, 2])),
+            (1.5, dets([person_at(400, 200)], ["person"], [1])),  # 1 leaves
+            (2.0, dets([person_at(400, 200)], ["person"], [1])),
+        ],
+    )
     assert [(u.kind, u.track_ids, u.timestamp_s) for u in ups] == [("start", [1], 0.5), ("end", [1], 1.5)]
     assert ups[1].end_s == 1.0 and ups[0].event_id == "cam.in.500.1"
 
 
 def test_track_vote_fires_once_per_track_at_k_votes():
-    eng = RuleEngine({}, [TrackVoteRule(id="no-mask", label="no_mask", min_frames=3, min_fraction=0.5,
-                                        end_after_s=1.0)])
+    eng = RuleEngine(
+        {}, [TrackVoteRule(id="no-mask", label="no_mask", min_frames=3, min_fraction=0.5, end_after_s=1.0)]
+    )
     seq = ["mask", "no_mask", "mask", "no_mask", "no_mask", "no_mask", "mask"]
     frames = [(i * 0.1, dets([(0, 0, 10, 10)], [lab], [7])) for i, lab in enumerate(seq)]
     frames.append((2.0, dets([], [], [])))
@@ -185,8 +215,13 @@ def test_set_rules_keeps_unrelated_state_and_ends_changed_rules():
 def test_set_zones_restarts_only_rules_of_changed_zones():
     z1 = ZoneConfig(name="left", points_px=SQUARE)
     z2 = ZoneConfig(name="right", points_px=[(400, 100), (600, 100), (600, 300)])
-    eng = RuleEngine({"cam": [z1, z2]}, [CountAboveRule(id="l", label="person", zone="left", count=0),
-                                         CountAboveRule(id="r", label="person", zone="right", count=0)])
+    eng = RuleEngine(
+        {"cam": [z1, z2]},
+        [
+            CountAboveRule(id="l", label="person", zone="left", count=0),
+            CountAboveRule(id="r", label="person", zone="right", count=0),
+        ],
+    )
     d = dets([person_at(200, 200), person_at(580, 150)], ["person"] * 2, [1, 2])
     assert sorted(u.rule_id for u in eng.update("cam", d, 0)) == ["l", "r"]
     moved = z2.model_copy(update={"points_px": [(400, 100), (700, 100), (700, 300)]})
@@ -218,8 +253,9 @@ def test_person_count_rule_fires_at_the_right_times_on_real_video(assets_dir, yo
     from pipeline.tracking import Tracker, TrackerConfig
 
     video = assets_dir / "videos" / "one-by-one-person-detection.mp4"
-    det = Detector.from_config(ModelConfig(onnx=str(yolo_tiny_onnx), conf_threshold=0.1, classes=["person"]),
-                               yolo_tiny_onnx, yolo_tiny.names)
+    det = Detector.from_config(
+        ModelConfig(onnx=str(yolo_tiny_onnx), conf_threshold=0.1, classes=["person"]), yolo_tiny_onnx, yolo_tiny.names
+    )
     floor = ZoneConfig(name="floor", points_px=[(0, 250), (768, 250), (768, 432), (0, 432)])
     rule = CountAboveRule(id="someone", label="person", zone="floor", count=0, for_s=2.0, end_after_s=1.0)
     engine = RuleEngine({"lobby": [floor]}, [rule], labels=det.labels)
@@ -229,7 +265,7 @@ def test_person_count_rule_fires_at_the_right_times_on_real_video(assets_dir, yo
     # At the camera worker's default detect_fps (5): every other frame of the 10 fps clip.
     frames = read_frames(video, 0, 1390)[::2]
     for i in range(0, len(frames), 4):
-        batch = frames[i:i + 4]
+        batch = frames[i : i + 4]
         found, _ = det.detect(batch)
         for k, d in enumerate(found):
             t = t0 + (i + k) / 5

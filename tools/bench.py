@@ -9,6 +9,7 @@ the frame bus, the batching, the Ray calls and the HLS encoders competing for th
 frame at each thread count and batch size, measured in alternating halves (a b b a) so that a
 machine's drift weighs on every backend alike. No pipeline runs then.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,7 +75,7 @@ def bare_run(detector: Detector, frames: list[np.ndarray], batch: int) -> dict:
     infer = []
     t0 = time.perf_counter()
     for i in range(0, len(frames) - batch + 1, batch):
-        _, timings = detector.detect(frames[i:i + batch])
+        _, timings = detector.detect(frames[i : i + batch])
         infer.append(timings["infer_s"])
     wall = time.perf_counter() - t0
     done = len(infer) * batch
@@ -101,8 +102,17 @@ def bare_run_with_decode(detector: Detector, clip: str, n: int, batch: int) -> d
     return {"batch": batch, "fps": done / wall}
 
 
-def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: float, bare_infer: dict[int, float],
-                 redis_url: str, port: int, hls: bool = True, same_infer: dict[int, float] | None = None) -> dict:
+def pipeline_run(
+    a: argparse.Namespace,
+    clip: str,
+    batch: int,
+    offered_fps: float,
+    bare_infer: dict[int, float],
+    redis_url: str,
+    port: int,
+    hls: bool = True,
+    same_infer: dict[int, float] | None = None,
+) -> dict:
     """Deploys the app (or reconfigures the running one) and measures detections/s and added latency.
 
     Added latency is capture -> detections in Redis minus the bare inference time of the batch size
@@ -115,17 +125,28 @@ def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: floa
     from pipeline.bus import ResultStore
 
     per_cam = offered_fps / a.cameras if offered_fps else None
-    args = parse_args({
-        "redis_url": redis_url,
-        "cameras": [{"id": f"bench{i}", "source": clip, "fps": per_cam} for i in range(a.cameras)],
-        "model": {"onnx": a.onnx, "backend": a.backend, "intra_op_threads": a.threads,
-                  "openvino_streams": a.openvino_streams},
-        "detector": {"max_batch_size": batch, "batch_wait_timeout_s": 0.01, "num_replicas": a.replicas,
-                     "num_cpus": round(1.0 / a.replicas, 2), "max_inflight_per_camera": max(2, batch) * a.replicas},
-        "hls": {"enabled": hls, "preset": a.preset},
-        "bus": {"codec": a.bus_codec},
-        "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
-    })
+    args = parse_args(
+        {
+            "redis_url": redis_url,
+            "cameras": [{"id": f"bench{i}", "source": clip, "fps": per_cam} for i in range(a.cameras)],
+            "model": {
+                "onnx": a.onnx,
+                "backend": a.backend,
+                "intra_op_threads": a.threads,
+                "openvino_streams": a.openvino_streams,
+            },
+            "detector": {
+                "max_batch_size": batch,
+                "batch_wait_timeout_s": 0.01,
+                "num_replicas": a.replicas,
+                "num_cpus": round(1.0 / a.replicas, 2),
+                "max_inflight_per_camera": max(2, batch) * a.replicas,
+            },
+            "hls": {"enabled": hls, "preset": a.preset},
+            "bus": {"codec": a.bus_codec},
+            "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
+        }
+    )
     serve.run(build_app(args), name="lookout", route_prefix="/")
     client = redis.Redis.from_url(redis_url)
     store = ResultStore(client)
@@ -158,12 +179,17 @@ def pipeline_run(a: argparse.Namespace, clip: str, batch: int, offered_fps: floa
     fps = n / (t1 - t0)
     offered = (offered_fps or fps) * (t1 - t0)
     cpu_ms = {k: round((cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) * 1000 / offered, 2) for k in cpu1}
-    return {"batch": batch, "fps": fps, "offered_fps": offered_fps, "cpu_ms_per_offered_frame": cpu_ms,
-            "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
-            "added_latency_p50_ms": float(np.percentile(added, 50) * 1000) if added else float("nan"),
-            "added_latency_p95_ms": float(np.percentile(added, 95) * 1000) if added else float("nan"),
-            "added_same_threads_p50_ms": float(np.percentile(added_same, 50) * 1000) if added else float("nan"),
-            "added_same_threads_p95_ms": float(np.percentile(added_same, 95) * 1000) if added else float("nan")}
+    return {
+        "batch": batch,
+        "fps": fps,
+        "offered_fps": offered_fps,
+        "cpu_ms_per_offered_frame": cpu_ms,
+        "mean_batch": float(np.mean(sizes)) if sizes else 0.0,
+        "added_latency_p50_ms": float(np.percentile(added, 50) * 1000) if added else float("nan"),
+        "added_latency_p95_ms": float(np.percentile(added, 95) * 1000) if added else float("nan"),
+        "added_same_threads_p50_ms": float(np.percentile(added_same, 50) * 1000) if added else float("nan"),
+        "added_same_threads_p95_ms": float(np.percentile(added_same, 95) * 1000) if added else float("nan"),
+    }
 
 
 def _ms(infer: dict[int, float]) -> str:
@@ -207,7 +233,7 @@ def compare_backends(a: argparse.Namespace, backends: list[str]) -> int:
             detectors[name] = Detector.from_config(settings, a.onnx, None)
         for b in batches:
             n = max(2 * b, len(frames) - len(frames) % (2 * b))
-            halves = (frames[: n // 2], frames[n // 2: n])
+            halves = (frames[: n // 2], frames[n // 2 : n])
             runs: dict[str, list[dict]] = {name: [] for name in backends}
             for half, order in zip(halves, (backends, backends[::-1])):
                 for name in order:
@@ -217,8 +243,11 @@ def compare_backends(a: argparse.Namespace, backends: list[str]) -> int:
                 done = sum(p["frames"] for p in parts)
                 infer_s = sum(p["infer_s"] * p["frames"] / b for p in parts)
                 wall_s = sum(p["frames"] / p["fps"] for p in parts)
-                row[name] = {"infer_ms_per_frame": infer_s / done * 1000, "fps": done / wall_s,
-                             "describe": detectors[name].backend.describe()}
+                row[name] = {
+                    "infer_ms_per_frame": infer_s / done * 1000,
+                    "fps": done / wall_s,
+                    "describe": detectors[name].backend.describe(),
+                }
             rows.append(row)
         for det in detectors.values():
             det.backend.close()
@@ -234,8 +263,9 @@ def compare_backends(a: argparse.Namespace, backends: list[str]) -> int:
     for r in rows:
         line = f"{r['threads'] or 'default':>7} {r['batch']:>5}"
         line += "".join(f" {r[name]['infer_ms_per_frame']:>16.1f} {r[name]['fps']:>16.1f}" for name in backends)
-        line += "".join(f" {r[first]['infer_ms_per_frame'] / r[name]['infer_ms_per_frame']:>28.2f}"
-                        for name in backends[1:])
+        line += "".join(
+            f" {r[first]['infer_ms_per_frame'] / r[name]['infer_ms_per_frame']:>28.2f}" for name in backends[1:]
+        )
         print(line)
     print(json.dumps({"backends": backends, "rows": rows}))
     return 0
@@ -256,8 +286,13 @@ def main(a: argparse.Namespace) -> int:
     if len(bare_threads) > 1:
         raise ValueError(f"--bare-threads: one value unless --backend lists several, got {a.bare_threads!r}")
     a.bare_threads = bare_threads[0]
-    detector = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend, intra_op_threads=a.bare_threads,
-                                                openvino_streams=a.openvino_streams), a.onnx, None)
+    detector = Detector.from_config(
+        ModelConfig(
+            onnx=a.onnx, backend=a.backend, intra_op_threads=a.bare_threads, openvino_streams=a.openvino_streams
+        ),
+        a.onnx,
+        None,
+    )
     frames = load_frames(clip, a.frames)
     bare = {b: bare_run(detector, frames[: max(b, a.frames - a.frames % b)], b) for b in batches}
     bare_decode = {b: bare_run_with_decode(detector, clip, max(b, a.frames - a.frames % b), b) for b in batches}
@@ -267,8 +302,13 @@ def main(a: argparse.Namespace) -> int:
     del detector
     same_infer = bare_infer
     if a.threads != a.bare_threads:  # the replicas' own session, to tell their overhead from their slower inference
-        same = Detector.from_config(ModelConfig(onnx=a.onnx, backend=a.backend, intra_op_threads=a.threads,
-                                                openvino_streams=a.openvino_streams), a.onnx, None)
+        same = Detector.from_config(
+            ModelConfig(
+                onnx=a.onnx, backend=a.backend, intra_op_threads=a.threads, openvino_streams=a.openvino_streams
+            ),
+            a.onnx,
+            None,
+        )
         same_infer = {b: bare_run(same, frames[: b * 6], b)["infer_s"] for b in range(1, max(batches) + 1)}
         same.backend.close()
         del same
@@ -282,12 +322,18 @@ def main(a: argparse.Namespace) -> int:
         for b in batches:
             for hls in (False, True):
                 p = pipeline_run(a, clip, b, bare[b]["fps"], bare_infer, rds.url, port, hls=hls, same_infer=same_infer)
-                rows.append({"batch": b, "hls": hls, "bare_fps": bare[b]["fps"],
-                             "bare_decode_fps": bare_decode[b]["fps"],
-                             "ratio_vs_bare_decode": p["fps"] / bare_decode[b]["fps"],
-                             "bare_infer_ms": bare[b]["infer_s"] * 1000,
-                             **{f"pipeline_{k}": v for k, v in p.items() if k != "batch"},
-                             "ratio": p["fps"] / bare[b]["fps"]})
+                rows.append(
+                    {
+                        "batch": b,
+                        "hls": hls,
+                        "bare_fps": bare[b]["fps"],
+                        "bare_decode_fps": bare_decode[b]["fps"],
+                        "ratio_vs_bare_decode": p["fps"] / bare_decode[b]["fps"],
+                        "bare_infer_ms": bare[b]["infer_s"] * 1000,
+                        **{f"pipeline_{k}": v for k, v in p.items() if k != "batch"},
+                        "ratio": p["fps"] / bare[b]["fps"],
+                    }
+                )
                 serve.delete("lookout")
         # Latency at the clip's own frame rate (not saturated): what a user watching live sees.
         live = pipeline_run(a, clip, batches[0], 0.0, bare_infer, rds.url, port, hls=True, same_infer=same_infer)
@@ -295,28 +341,42 @@ def main(a: argparse.Namespace) -> int:
         serve.shutdown()
         ray.shutdown()
         rds.close()
-    print(f"clip={clip} backend={a.backend} cameras={a.cameras} window={a.seconds:.0f}s cpus={os.cpu_count()} "
-          f"bare threads={a.bare_threads or 'default'} pipeline: {a.replicas} detector replica(s) x "
-          f"{a.threads or 'default'} thread(s), bus codec {a.bus_codec}, x264 preset {a.preset}")
-    print(f"{'batch':>5} {'pipeline':>17} {'bare fps':>9} {'pipeline fps':>13} {'ratio':>6} {'mean batch':>10} "
-          f"{'added p50 ms':>12} {'added p95 ms':>12} {'bare+decode fps':>15} {'ratio':>6}")
+    print(
+        f"clip={clip} backend={a.backend} cameras={a.cameras} window={a.seconds:.0f}s cpus={os.cpu_count()} "
+        f"bare threads={a.bare_threads or 'default'} pipeline: {a.replicas} detector replica(s) x "
+        f"{a.threads or 'default'} thread(s), bus codec {a.bus_codec}, x264 preset {a.preset}"
+    )
+    print(
+        f"{'batch':>5} {'pipeline':>17} {'bare fps':>9} {'pipeline fps':>13} {'ratio':>6} {'mean batch':>10} "
+        f"{'added p50 ms':>12} {'added p95 ms':>12} {'bare+decode fps':>15} {'ratio':>6}"
+    )
     for r in rows:
         kind = "full (with HLS)" if r["hls"] else "detection only"
-        print(f"{r['batch']:>5} {kind:>17} {r['bare_fps']:>9.1f} {r['pipeline_fps']:>13.1f} {r['ratio']:>6.2f} "
-              f"{r['pipeline_mean_batch']:>10.2f} {r['pipeline_added_latency_p50_ms']:>12.1f} "
-              f"{r['pipeline_added_latency_p95_ms']:>12.1f} {r['bare_decode_fps']:>15.1f} "
-              f"{r['ratio_vs_bare_decode']:>6.2f}")
-    print(f"at the clip's own rate ({a.cameras} cameras, batch {batches[0]}, with HLS): {live['fps']:.1f} detections/s, "
-          f"added latency p50 {live['added_latency_p50_ms']:.1f} ms, p95 {live['added_latency_p95_ms']:.1f} ms")
-    print(f"bare inference ms by batch size: bare loop's session {_ms(bare_infer)}; "
-          f"{a.threads or 'default'} thread(s) like the replicas {_ms(same_infer)}")
+        print(
+            f"{r['batch']:>5} {kind:>17} {r['bare_fps']:>9.1f} {r['pipeline_fps']:>13.1f} {r['ratio']:>6.2f} "
+            f"{r['pipeline_mean_batch']:>10.2f} {r['pipeline_added_latency_p50_ms']:>12.1f} "
+            f"{r['pipeline_added_latency_p95_ms']:>12.1f} {r['bare_decode_fps']:>15.1f} "
+            f"{r['ratio_vs_bare_decode']:>6.2f}"
+        )
+    print(
+        f"at the clip's own rate ({a.cameras} cameras, batch {batches[0]}, with HLS): {live['fps']:.1f} detections/s, "
+        f"added latency p50 {live['added_latency_p50_ms']:.1f} ms, p95 {live['added_latency_p95_ms']:.1f} ms"
+    )
+    print(
+        f"bare inference ms by batch size: bare loop's session {_ms(bare_infer)}; "
+        f"{a.threads or 'default'} thread(s) like the replicas {_ms(same_infer)}"
+    )
     if same_infer is not bare_infer:
-        print(f"at the clip's own rate, minus the replicas' own bare inference (the pipeline's overhead alone): "
-              f"added latency p50 {live['added_same_threads_p50_ms']:.1f} ms, p95 {live['added_same_threads_p95_ms']:.1f} ms")
+        print(
+            f"at the clip's own rate, minus the replicas' own bare inference (the pipeline's overhead alone): "
+            f"added latency p50 {live['added_same_threads_p50_ms']:.1f} ms, p95 {live['added_same_threads_p95_ms']:.1f} ms"
+        )
     for r in rows:
         cpu = r["pipeline_cpu_ms_per_offered_frame"]
-        print(f"batch {r['batch']} {'full' if r['hls'] else 'detection only'}: CPU ms per offered frame: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v > 0.05))
+        print(
+            f"batch {r['batch']} {'full' if r['hls'] else 'detection only'}: CPU ms per offered frame: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v > 0.05)
+        )
     print(json.dumps({"rows": rows, "live": live}))
     return 0
 
@@ -354,7 +414,10 @@ def _timed(fn, iterations: int, sync) -> dict:
     for i in range(iterations):
         fn(i)
     sync()
-    return {"ms": (time.perf_counter() - t0) * 1000 / iterations, "cpu_ms": (time.process_time() - c0) * 1000 / iterations}
+    return {
+        "ms": (time.perf_counter() - t0) * 1000 / iterations,
+        "cpu_ms": (time.process_time() - c0) * 1000 / iterations,
+    }
 
 
 def bare_torch(a: argparse.Namespace) -> int:
@@ -417,50 +480,70 @@ def bare_torch(a: argparse.Namespace) -> int:
                         notes.append(f"CUDA graph capture failed at {precision} batch {b}: {type(exc).__name__}: {exc}")
                         graphed = None
                     if graphed is not None:
+
                         def graph_path(i: int, g=graphed) -> None:
                             backend.net = g
                             try:
                                 det.detect_encoded(slice_of(i, b))
                             finally:
                                 backend.net = net
-                        variants += [("bare, CUDA graph", lambda i, g=graphed: g(x)), ("jpeg path, CUDA graph", graph_path)]
+
+                        variants += [
+                            ("bare, CUDA graph", lambda i, g=graphed: g(x)),
+                            ("jpeg path, CUDA graph", graph_path),
+                        ]
                 for name, fn in variants:
                     t = _timed(fn, iterations, sync)
-                    rows.append({"precision": precision, "batch": b, "variant": name, "ms_per_batch": t["ms"],
-                                 "images_per_s": b * 1000 / t["ms"],
-                                 "host_cpu_ms_per_frame": t["cpu_ms"] / b if "jpeg" in name else None})
+                    rows.append(
+                        {
+                            "precision": precision,
+                            "batch": b,
+                            "variant": name,
+                            "ms_per_batch": t["ms"],
+                            "images_per_s": b * 1000 / t["ms"],
+                            "host_cpu_ms_per_frame": t["cpu_ms"] / b if "jpeg" in name else None,
+                        }
+                    )
             ort = Detector.from_config(ModelConfig(onnx=str(onnx), backend="onnxruntime"), onnx, model.labels)
-            few = jpegs[:min(len(jpegs), 16)]
+            few = jpegs[: min(len(jpegs), 16)]
             ours, _ = det.detect_encoded(few)
             ref, _ = ort.detect([decode_frame(j) for j in few])
             parity[precision] = detection_diff(ours, ref, settings.conf_threshold, borderline=1e-3)
             if (coco / "instances.json").exists():
-                eval_det = Detector(backend, labels, ModelConfig(onnx=str(onnx), backend="torch", precision=precision,
-                                                                 **eval_settings))
+                eval_det = Detector(
+                    backend, labels, ModelConfig(onnx=str(onnx), backend="torch", precision=precision, **eval_settings)
+                )
                 maps[f"torch {precision}"] = evaluate(eval_det, coco / "images", coco / "instances.json")
             backend.close()
     if (coco / "instances.json").exists():
-        ort_eval = Detector.from_config(ModelConfig(onnx=str(onnx), backend="onnxruntime", **eval_settings), onnx,
-                                        model.labels)
+        ort_eval = Detector.from_config(
+            ModelConfig(onnx=str(onnx), backend="onnxruntime", **eval_settings), onnx, model.labels
+        )
         maps["onnxruntime"] = evaluate(ort_eval, coco / "images", coco / "instances.json")
     else:
         notes.append(f"no coco-mini at {coco}: mAP not measured")
 
     h, w = frames[0].shape[:2]
     print("## Bench")
-    print(f"{describe}; torchvision: {'yes' if torchvision_ops() else 'no (host decode, torch NMS)'}; "
-          f"{len(jpegs)} frames of {Path(clip).name} ({w}x{h}) as JPEG q85; {iterations} timed batches per row; "
-          f"cpus={os.cpu_count()}")
-    print("(a) bare: inference on prepared device tensors; (b) jpeg path: JPEG bytes -> decode, fit, inference, NMS "
-          "on the device -> Detections on the host. Host CPU: process CPU time / frames (it includes a CUDA "
-          "sync's spin-wait).")
+    print(
+        f"{describe}; torchvision: {'yes' if torchvision_ops() else 'no (host decode, torch NMS)'}; "
+        f"{len(jpegs)} frames of {Path(clip).name} ({w}x{h}) as JPEG q85; {iterations} timed batches per row; "
+        f"cpus={os.cpu_count()}"
+    )
+    print(
+        "(a) bare: inference on prepared device tensors; (b) jpeg path: JPEG bytes -> decode, fit, inference, NMS "
+        "on the device -> Detections on the host. Host CPU: process CPU time / frames (it includes a CUDA "
+        "sync's spin-wait)."
+    )
     print()
     print("| precision | batch | variant | images/s | ms/batch | host CPU ms/frame |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
         cpu = "" if r["host_cpu_ms_per_frame"] is None else f"{r['host_cpu_ms_per_frame']:.2f}"
-        print(f"| {r['precision']} | {r['batch']} | {r['variant']} | {r['images_per_s']:.1f} | {r['ms_per_batch']:.2f} "
-              f"| {cpu} |")
+        print(
+            f"| {r['precision']} | {r['batch']} | {r['variant']} | {r['images_per_s']:.1f} | {r['ms_per_batch']:.2f} "
+            f"| {cpu} |"
+        )
     print()
     for line in _bench_goals(rows, batches):
         print(line)
@@ -469,19 +552,32 @@ def bare_torch(a: argparse.Namespace) -> int:
     print()
     print("## Accuracy")
     for precision, d in parity.items():
-        print(f"- JPEG path {precision} vs ONNX Runtime (OpenCV decode, host NMS), {min(len(jpegs), 16)} frames: "
-              f"{d['pairs']} boxes paired, max box diff {d['max_box_diff_px']:.3f} px, max score diff "
-              f"{d['max_score_diff']:.4f}, unpaired {d['unpaired']} (goal: within 1 px)")
+        print(
+            f"- JPEG path {precision} vs ONNX Runtime (OpenCV decode, host NMS), {min(len(jpegs), 16)} frames: "
+            f"{d['pairs']} boxes paired, max box diff {d['max_box_diff_px']:.3f} px, max score diff "
+            f"{d['max_score_diff']:.4f}, unpaired {d['unpaired']} (goal: within 1 px)"
+        )
     for name, m in maps.items():
         print(f"- coco-mini mAP@0.5 {m['map50']:.2f}, mAP@0.5:0.95 {m['map50_95']:.2f}: {name} ({m['backend']})")
     if "onnxruntime" in maps:
         for name, m in maps.items():
             if name != "onnxruntime":
-                print(f"- {name} - onnxruntime: mAP@0.5 {m['map50'] - maps['onnxruntime']['map50']:+.2f}, "
-                      f"mAP@0.5:0.95 {m['map50_95'] - maps['onnxruntime']['map50_95']:+.2f} points (goal: within 0.5)")
-    print("json: " + json.dumps({"describe": describe, "rows": rows, "parity": parity,
-                                 "map": {k: {"map50": v["map50"], "map50_95": v["map50_95"]} for k, v in maps.items()},
-                                 "notes": notes}))
+                print(
+                    f"- {name} - onnxruntime: mAP@0.5 {m['map50'] - maps['onnxruntime']['map50']:+.2f}, "
+                    f"mAP@0.5:0.95 {m['map50_95'] - maps['onnxruntime']['map50_95']:+.2f} points (goal: within 0.5)"
+                )
+    print(
+        "json: "
+        + json.dumps(
+            {
+                "describe": describe,
+                "rows": rows,
+                "parity": parity,
+                "map": {k: {"map50": v["map50"], "map50_95": v["map50_95"]} for k, v in maps.items()},
+                "notes": notes,
+            }
+        )
+    )
     return 0
 
 
@@ -493,14 +589,20 @@ def _bench_goals(rows: list[dict], batches: list[int]) -> list[str]:
     out = []
     for v in ("bare", "jpeg path"):
         if (p, lo, v) in by and (p, hi, v) in by:
-            out.append(f"- {p} {v}: batch {hi} gives {by[(p, hi, v)]['images_per_s'] / by[(p, lo, v)]['images_per_s']:.1f}x "
-                       f"the images/s of batch {lo} (goal: >= 8x, 32 vs 1)")
+            out.append(
+                f"- {p} {v}: batch {hi} gives {by[(p, hi, v)]['images_per_s'] / by[(p, lo, v)]['images_per_s']:.1f}x "
+                f"the images/s of batch {lo} (goal: >= 8x, 32 vs 1)"
+            )
     for b in batches:
         if (p, b, "bare") in by and (p, b, "jpeg path") in by:
-            out.append(f"- {p} batch {b}: jpeg path at {by[(p, b, 'jpeg path')]['images_per_s'] / by[(p, b, 'bare')]['images_per_s']:.0%} "
-                       f"of bare inference (goal: >= 90 %)")
+            out.append(
+                f"- {p} batch {b}: jpeg path at {by[(p, b, 'jpeg path')]['images_per_s'] / by[(p, b, 'bare')]['images_per_s']:.0%} "
+                f"of bare inference (goal: >= 90 %)"
+            )
     if (p, 1, "jpeg path") in by:
-        out.append(f"- {p} batch-1 latency of the whole path: {by[(p, 1, 'jpeg path')]['ms_per_batch']:.2f} ms (goal: <= 3 ms)")
+        out.append(
+            f"- {p} batch-1 latency of the whole path: {by[(p, 1, 'jpeg path')]['ms_per_batch']:.2f} ms (goal: <= 3 ms)"
+        )
     cpu = [r["host_cpu_ms_per_frame"] for r in rows if r["precision"] == p and r["variant"] == "jpeg path"]
     if cpu:
         out.append(f"- {p} host CPU per frame on the jpeg path: {min(cpu):.2f} to {max(cpu):.2f} ms (goal: <= 1 ms)")

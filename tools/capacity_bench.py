@@ -25,6 +25,7 @@ process), RSS MB per added camera (slope over the N measured), latency p50 at th
 (unsaturated), and for copy and record the video path alone: a last step at that N with `detect: false` (decode +
 copy + bus: the camera replicas, their ffmpeg and Redis, not Ray's own processes) in cores per camera.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -109,7 +110,6 @@ def segment_frames(data: bytes, captures_ms: list[int] | None = None) -> int:
     return ts_video_frames(data) if data[:1] == b"\x47" else fmp4_frames(data)
 
 
-
 def replicas(a) -> int:
     """Detector replicas of the app modes (`--replicas`, one number; default 1)."""
     value = getattr(a, "replicas", None)
@@ -121,8 +121,8 @@ def replicas(a) -> int:
         raise SystemExit(f"--replicas must be >= 1, got {n}")
     return n
 
-@dataclass
 
+@dataclass
 class Seen:
     """One segment as the watcher first saw it in the playlist."""
 
@@ -135,8 +135,9 @@ class Seen:
 class HlsWatcher:
     """Polls each camera's playlist every POLL_S and counts the frames of every new segment once."""
 
-    def __init__(self, playlist: Callable[[str], str | None], segment: Callable[[str, str], bytes | None],
-                 cameras: list[str]):
+    def __init__(
+        self, playlist: Callable[[str], str | None], segment: Callable[[str, str], bytes | None], cameras: list[str]
+    ):
         self.playlist, self.segment, self.cameras = playlist, segment, cameras
         self.seen: dict[str, list[Seen]] = {c: [] for c in cameras}
         self.errors: dict[str, str] = {}
@@ -200,6 +201,7 @@ def hls_ratio(seen: list[Seen], t0: float, t1: float, fps: float) -> float:
 
 # --- detections ----------------------------------------------------------------------------------
 
+
 def pct(xs: list[float], p: float) -> float:
     if not xs:
         return float("nan")
@@ -216,8 +218,9 @@ def detection_figures(records: list[tuple[float, float]], t0: float, t1: float) 
     waits = [r[2] - r[0] for r in records if len(r) > 2 and r[2] is not None and t0 <= r[0] <= t1]
     if waits:
         out["to_detector_p50_s"] = pct(waits, 50)
-        out["in_detector_p50_s"] = pct([r[1] - r[2] for r in records if len(r) > 2 and r[2] is not None
-                                        and t0 <= r[0] <= t1], 50)
+        out["in_detector_p50_s"] = pct(
+            [r[1] - r[2] for r in records if len(r) > 2 and r[2] is not None and t0 <= r[0] <= t1], 50
+        )
     return out
 
 
@@ -228,8 +231,14 @@ def app_detections(client, camera: str, since_s: float) -> list[tuple[float, flo
     store, out, last = ResultStore(client), [], f"{int(since_s * 1000)}-0"
     while chunk := store.read_after(camera, last, count=1000):
         last = chunk[-1][0]
-        out += [(p["captured_at"], p["timings"].get("detected_at", p["captured_at"] + p["timings"].get("latency_s", 0)),
-                 p["timings"].get("batch_started_at")) for _eid, p in chunk]
+        out += [
+            (
+                p["captured_at"],
+                p["timings"].get("detected_at", p["captured_at"] + p["timings"].get("latency_s", 0)),
+                p["timings"].get("batch_started_at"),
+            )
+            for _eid, p in chunk
+        ]
     return out
 
 
@@ -246,6 +255,7 @@ def loop_detections(path: Path) -> list[tuple[float, float]]:
 
 
 # --- verdicts and the search ---------------------------------------------------------------------
+
 
 def behind(cam: dict, detect_fps: float | None = DETECT_FPS) -> list[str]:
     """Why one camera's figures fall behind (empty: it keeps up); detect_fps None: detection is off."""
@@ -316,9 +326,16 @@ def video_pids(pids: list[str], workers_only: bool = False) -> list[str]:
     return out
 
 
-def measure_window(cameras: list[str], watcher: HlsWatcher, detections: Callable[[str, float], list],
-                   exclude: set[int], warmup_s: float, window_s: float, fps: float,
-                   detect_fps: float | None = DETECT_FPS) -> dict:
+def measure_window(
+    cameras: list[str],
+    watcher: HlsWatcher,
+    detections: Callable[[str, float], list],
+    exclude: set[int],
+    warmup_s: float,
+    window_s: float,
+    fps: float,
+    detect_fps: float | None = DETECT_FPS,
+) -> dict:
     """After the warm-up: per camera figures and the processes' CPU over the window, RSS at its end
     (detect_fps None: detection is off and not judged)."""
     time.sleep(warmup_s)
@@ -341,29 +358,45 @@ def measure_window(cameras: list[str], watcher: HlsWatcher, detections: Callable
     workers = (workers_after - workers_before) / (t1 - t0)
     if workers > 0:  # tools.procs files camera worker replicas under "ray" with Ray's own processes
         cpu["camera workers"], cpu["ray"] = workers, cpu.get("ray", 0.0) - workers
-    return {"n": len(cameras), "cameras": cams, "keeps_up": not any(f["behind"] for f in cams.values()),
-            "cores": sum(cpu.values()), "cores_by_stage": {k: round(v, 3) for k, v in cpu.items()},
-            "video_cores": (video_after - video_before) / (t1 - t0),
-            "rss_mb": totals(after)[1] / 2**20, "load": os.getloadavg()[0], "hls_errors": dict(watcher.errors)}
+    return {
+        "n": len(cameras),
+        "cameras": cams,
+        "keeps_up": not any(f["behind"] for f in cams.values()),
+        "cores": sum(cpu.values()),
+        "cores_by_stage": {k: round(v, 3) for k, v in cpu.items()},
+        "video_cores": (video_after - video_before) / (t1 - t0),
+        "rss_mb": totals(after)[1] / 2**20,
+        "load": os.getloadavg()[0],
+        "hls_errors": dict(watcher.errors),
+    }
 
 
-def wait_ready(cameras: list[str], watcher: HlsWatcher, detections: Callable[[str, float], list], since: float,
-               alive: Callable[[], str | None] = lambda: None, need_detections: bool = True) -> None:
+def wait_ready(
+    cameras: list[str],
+    watcher: HlsWatcher,
+    detections: Callable[[str, float], list],
+    since: float,
+    alive: Callable[[], str | None] = lambda: None,
+    need_detections: bool = True,
+) -> None:
     """Until every camera has published 2 segments and a detection (else RuntimeError naming the laggards)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
-        waiting = [c for c in cameras
-                   if len(watcher.seen[c]) < 2 or (need_detections and not detections(c, since))]
+        waiting = [c for c in cameras if len(watcher.seen[c]) < 2 or (need_detections and not detections(c, since))]
         if not waiting:
             return
         dead = alive()
         if dead or time.monotonic() > deadline:
-            raise RuntimeError(dead or f"cameras {', '.join(waiting)}: no HLS segments or detections after "
-                               f"{READY_TIMEOUT_S:.0f} s ({watcher.errors or 'no HLS errors'})")
+            raise RuntimeError(
+                dead
+                or f"cameras {', '.join(waiting)}: no HLS segments or detections after "
+                f"{READY_TIMEOUT_S:.0f} s ({watcher.errors or 'no HLS errors'})"
+            )
         time.sleep(1.0)
 
 
 # --- the modes -----------------------------------------------------------------------------------
+
 
 def calibration_frames(clip: Path, every_s: float = 5.0) -> str:
     """A temporary folder of JPEG frames of `clip`, one every `every_s`: what an `int8` run calibrates on
@@ -389,8 +422,11 @@ def calibration_frames(clip: Path, every_s: float = 5.0) -> str:
 def int8_model(a: argparse.Namespace) -> dict:
     """The `model` settings of the int8 mode: precision int8, calibrated on `--calib-images` or on frames
     of the clip, quantized into a cache folder of its own."""
-    return {"precision": "int8", "engine_cache_dir": tempfile.mkdtemp(prefix="lookout-capacity-int8-"),
-            "calib_images": getattr(a, "calib_images", None) or calibration_frames(Path(a.clip or DEFAULT_CLIP))}
+    return {
+        "precision": "int8",
+        "engine_cache_dir": tempfile.mkdtemp(prefix="lookout-capacity-int8-"),
+        "calib_images": getattr(a, "calib_images", None) or calibration_frames(Path(a.clip or DEFAULT_CLIP)),
+    }
 
 
 def app_onnx(a: argparse.Namespace) -> str:
@@ -413,8 +449,10 @@ def quantize_ahead(onnx_path: str, int8: dict) -> bool:
 
     used = cpu_model_file(ModelConfig(onnx=onnx_path, **int8), ResolvedModel(onnx=Path(onnx_path)))
     if used == Path(onnx_path):
-        print(f"note: INT8 of {onnx_path} failed its check against FP32 (see the error above): the int8 mode "
-              f"runs FP32", flush=True)
+        print(
+            f"note: INT8 of {onnx_path} failed its check against FP32 (see the error above): the int8 mode runs FP32",
+            flush=True,
+        )
         return False
     print(f"int8: {used}", flush=True)
     return True
@@ -446,14 +484,29 @@ class AppMode:
         return {
             **record,
             "redis_url": self.redis_url,
-            "cameras": [{"id": f"{self.mode}{i}", "source": self.url, "boxes": boxes, "detect_fps": DETECT_FPS,
-                         "detect": detect} for i in range(n)],
-            "model": {"onnx": self.onnx, "backend": self.a.backend,
-                      **({"input_height_px": self.a.input_height} if getattr(self.a, "input_height", None) else {}),
-                      **({"intra_op_threads": self.a.threads} if getattr(self.a, "threads", 0) else {}), **self.int8},
+            "cameras": [
+                {
+                    "id": f"{self.mode}{i}",
+                    "source": self.url,
+                    "boxes": boxes,
+                    "detect_fps": DETECT_FPS,
+                    "detect": detect,
+                }
+                for i in range(n)
+            ],
+            "model": {
+                "onnx": self.onnx,
+                "backend": self.a.backend,
+                **({"input_height_px": self.a.input_height} if getattr(self.a, "input_height", None) else {}),
+                **({"intra_op_threads": self.a.threads} if getattr(self.a, "threads", 0) else {}),
+                **self.int8,
+            },
             # Ray CPUs shared out, so that several replicas fit the head's CPUs: threads say what they use.
-            "detector": {"num_replicas": replicas(self.a), "num_cpus": round(1 / replicas(self.a), 2),
-                         **({"max_batch_size": self.a.max_batch} if getattr(self.a, "max_batch", 0) else {})},
+            "detector": {
+                "num_replicas": replicas(self.a),
+                "num_cpus": round(1 / replicas(self.a), 2),
+                **({"max_batch_size": self.a.max_batch} if getattr(self.a, "max_batch", 0) else {}),
+            },
             "hls": {"boxes": boxes},
             "events": {"enabled": False},
             "gateway": {"public_url": f"http://127.0.0.1:{self.port}", "auth": {"mode": "none"}},
@@ -475,8 +528,16 @@ class AppMode:
         detections = lambda c, since: app_detections(self.client, c, since)  # noqa: E731
         try:
             wait_ready(cams, watcher, detections, started, need_detections=detect)
-            row = measure_window(cams, watcher, detections, self.exclude, self.a.warmup_s, self.a.window_s, fps,
-                                 DETECT_FPS if detect else None)
+            row = measure_window(
+                cams,
+                watcher,
+                detections,
+                self.exclude,
+                self.a.warmup_s,
+                self.a.window_s,
+                fps,
+                DETECT_FPS if detect else None,
+            )
         finally:
             watcher.stop()
         for c in cams:  # what the running camera said of its video: copy or transcode (worker path)
@@ -510,12 +571,29 @@ class LoopMode:
         procs = []
         for c in cams:
             log = open(work / f"{c}.log", "wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tools.user_loop", self.url, "--hls-dir", str(work / c), "--detections",
-                 str(work / f"{c}.jsonl"), "--onnx", self.a.onnx], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "tools.user_loop",
+                        self.url,
+                        "--hls-dir",
+                        str(work / c),
+                        "--detections",
+                        str(work / f"{c}.jsonl"),
+                        "--onnx",
+                        self.a.onnx,
+                    ],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             log.close()
-        watcher = HlsWatcher(lambda c: _read(work / c / "index.m3u8"), lambda c, name: _read_bytes(work / c / name),
-                             cams).start()
+        watcher = HlsWatcher(
+            lambda c: _read(work / c / "index.m3u8"), lambda c, name: _read_bytes(work / c / name), cams
+        ).start()
         detections = lambda c, since: [r for r in loop_detections(work / f"{c}.jsonl") if r[0] >= since]  # noqa: E731
 
         def dead() -> str | None:
@@ -572,56 +650,80 @@ def summarize(mode: str, best: int, rows: list[dict], deployments: list[str]) ->
     """One mode's line of the report."""
     at_best = next((r for r in rows if r["n"] == best), None)
     smallest = min(rows, key=lambda r: r["n"]) if rows else None
-    return {"mode": mode, "max_cameras": best,
-            "cores_per_camera": at_best["cores"] / best if at_best else float("nan"),
-            "video_cores_per_camera": at_best["video_cores"] / best if at_best else float("nan"),
-            "rss_mb": at_best["rss_mb"] if at_best else float("nan"),
-            "rss_mb_per_camera": slope(rows, "rss_mb"), "cores_per_added_camera": slope(rows, "cores"),
-            "latency_p50_ms": (1000 * statistics.median(c["latency_p50_s"] for c in smallest["cameras"].values())
-                               if smallest else float("nan")),
-            "latency_at_n": smallest["n"] if smallest else 0,
-            **{f"{part}_p50_ms": 1000 * statistics.median(c[f"{part}_p50_s"] for c in smallest["cameras"].values())
-               for part in ("to_detector", "in_detector")
-               if smallest and all(f"{part}_p50_s" in c for c in smallest["cameras"].values())},
-            "deployments": deployments, "rows": rows}
+    return {
+        "mode": mode,
+        "max_cameras": best,
+        "cores_per_camera": at_best["cores"] / best if at_best else float("nan"),
+        "video_cores_per_camera": at_best["video_cores"] / best if at_best else float("nan"),
+        "rss_mb": at_best["rss_mb"] if at_best else float("nan"),
+        "rss_mb_per_camera": slope(rows, "rss_mb"),
+        "cores_per_added_camera": slope(rows, "cores"),
+        "latency_p50_ms": (
+            1000 * statistics.median(c["latency_p50_s"] for c in smallest["cameras"].values())
+            if smallest
+            else float("nan")
+        ),
+        "latency_at_n": smallest["n"] if smallest else 0,
+        **{
+            f"{part}_p50_ms": 1000 * statistics.median(c[f"{part}_p50_s"] for c in smallest["cameras"].values())
+            for part in ("to_detector", "in_detector")
+            if smallest and all(f"{part}_p50_s" in c for c in smallest["cameras"].values())
+        },
+        "deployments": deployments,
+        "rows": rows,
+    }
 
 
 def print_report(summaries: list[dict], a: argparse.Namespace) -> None:
-    print(f"\ncapacity: clip={a.clip or DEFAULT_CLIP} over RTSP, detection at {DETECT_FPS:g} fps, window "
-          f"{a.window_s:g} s, backend {a.backend} ({replicas(a)} replica(s) of {getattr(a, 'threads', 0) or 'default'} "
-          f"thread(s), max batch {getattr(a, 'max_batch', 0) or 'as shipped'}), "
-          f"model {app_onnx(a)}{f' (loop: {a.onnx})' if getattr(a, 'input_height', None) else ''}, "
-          f"cpus={os.cpu_count()}, load at the end {os.getloadavg()[0]:.1f}")
-    print(f"{'mode':>10} {'cameras':>8} {'cores/camera':>13} {'cores/added camera':>19} {'RSS MB':>8} "
-          f"{'MB/added camera':>16} {'latency p50 ms':>15} {'video path cores/camera':>24}")
+    print(
+        f"\ncapacity: clip={a.clip or DEFAULT_CLIP} over RTSP, detection at {DETECT_FPS:g} fps, window "
+        f"{a.window_s:g} s, backend {a.backend} ({replicas(a)} replica(s) of {getattr(a, 'threads', 0) or 'default'} "
+        f"thread(s), max batch {getattr(a, 'max_batch', 0) or 'as shipped'}), "
+        f"model {app_onnx(a)}{f' (loop: {a.onnx})' if getattr(a, 'input_height', None) else ''}, "
+        f"cpus={os.cpu_count()}, load at the end {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'mode':>10} {'cameras':>8} {'cores/camera':>13} {'cores/added camera':>19} {'RSS MB':>8} "
+        f"{'MB/added camera':>16} {'latency p50 ms':>15} {'video path cores/camera':>24}"
+    )
     for s in summaries:
-        video = (f"{s['video_alone_cores_per_camera']:.3f} @{s['video_alone_n']}" if "video_alone_n" in s
-                 else "-")
-        print(f"{s['mode']:>10} {s['max_cameras']:>8} {s['cores_per_camera']:>13.3f} "
-              f"{s['cores_per_added_camera']:>19.3f} {s['rss_mb']:>8.0f} {s['rss_mb_per_camera']:>16.0f} "
-              f"{s['latency_p50_ms']:>11.0f} @{s['latency_at_n']:<3} {video:>24}")
+        video = f"{s['video_alone_cores_per_camera']:.3f} @{s['video_alone_n']}" if "video_alone_n" in s else "-"
+        print(
+            f"{s['mode']:>10} {s['max_cameras']:>8} {s['cores_per_camera']:>13.3f} "
+            f"{s['cores_per_added_camera']:>19.3f} {s['rss_mb']:>8.0f} {s['rss_mb_per_camera']:>16.0f} "
+            f"{s['latency_p50_ms']:>11.0f} @{s['latency_at_n']:<3} {video:>24}"
+        )
     for s in summaries:
         for r in sorted(s["rows"], key=lambda r: r["n"]):
             worst = min(r["cameras"].values(), key=lambda c: c["hls_ratio"])
             why = sorted({w for c in r["cameras"].values() for w in c["behind"]})
-            stages = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["cores_by_stage"].items(), key=lambda kv: -kv[1])
-                               if v >= 0.005)
-            print(f"  {s['mode']} N={r['n']}: {'keeps up' if r['keeps_up'] else 'behind'}; {r['cores']:.2f} cores "
-                  f"({stages}), RSS {r['rss_mb']:.0f} MB, worst HLS {worst['hls_ratio']:.1%}, load {r['load']:.1f}"
-                  + (f"; {'; '.join(why)}" if why else ""))
+            stages = ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(r["cores_by_stage"].items(), key=lambda kv: -kv[1]) if v >= 0.005
+            )
+            print(
+                f"  {s['mode']} N={r['n']}: {'keeps up' if r['keeps_up'] else 'behind'}; {r['cores']:.2f} cores "
+                f"({stages}), RSS {r['rss_mb']:.0f} MB, worst HLS {worst['hls_ratio']:.1%}, load {r['load']:.1f}"
+                + (f"; {'; '.join(why)}" if why else "")
+            )
     if getattr(a, "quick", False):
-        print("  --quick: a smoke run; its few-second windows judge the HLS ratio to about +-2 %, so a verdict "
-              "here is not a measurement")
+        print(
+            "  --quick: a smoke run; its few-second windows judge the HLS ratio to about +-2 %, so a verdict "
+            "here is not a measurement"
+        )
     for s in summaries:
         if "to_detector_p50_ms" in s:
-            print(f"  {s['mode']}, latency p50 at N={s['latency_at_n']}: capture -> batch start "
-                  f"{s['to_detector_p50_ms']:.0f} ms (bus, Ray call, batch wait), batch start -> detections "
-                  f"{s['in_detector_p50_ms']:.0f} ms (bus read, decode, inference, results)")
+            print(
+                f"  {s['mode']}, latency p50 at N={s['latency_at_n']}: capture -> batch start "
+                f"{s['to_detector_p50_ms']:.0f} ms (bus, Ray call, batch wait), batch start -> detections "
+                f"{s['in_detector_p50_ms']:.0f} ms (bus read, decode, inference, results)"
+            )
         if "video_alone_row" in s:
             r = s["video_alone_row"]
             worst = min(c["hls_ratio"] for c in r["cameras"].values())
-            print(f"  {s['mode']}, detection off, N={r['n']}: video path (camera replicas + ffmpeg + Redis) "
-                  f"{r['video_cores']:.3f} cores, all processes {r['cores']:.2f} cores, worst HLS {worst:.1%}")
+            print(
+                f"  {s['mode']}, detection off, N={r['n']}: video path (camera replicas + ffmpeg + Redis) "
+                f"{r['video_cores']:.3f} cores, all processes {r['cores']:.2f} cores, worst HLS {worst:.1%}"
+            )
         if s["deployments"]:
             videos = sorted({str(c.get("video")) for r in s["rows"] for c in r["cameras"].values()})
             print(f"  {s['mode']}: deployments {', '.join(s['deployments'])}; camera video: {', '.join(videos)}")
@@ -651,8 +753,11 @@ def main(a: argparse.Namespace) -> int:
     try:  # the source stands for a camera outside the box: a saturated box must not slow it down
         os.setpriority(os.PRIO_PROCESS, rtsp.proc.pid, -10)
     except OSError as exc:
-        print(f"note: the RTSP source runs at normal priority ({exc}); at saturation it may fall below "
-              f"{fps:g} fps itself", flush=True)
+        print(
+            f"note: the RTSP source runs at normal priority ({exc}); at saturation it may fall below "
+            f"{fps:g} fps itself",
+            flush=True,
+        )
     summaries = []
     try:
         app_modes = [m for m in modes if m != "loop"]  # the app's modes share one Ray, stopped before the loop runs
@@ -702,14 +807,21 @@ def _run_mode(a: argparse.Namespace, mode: str, runner, fps: float) -> dict:
             return False
         rows.append(row)
         why = sorted({w for c in row["cameras"].values() for w in c["behind"]})
-        print(f"{mode}: {n} camera(s): {'keeps up' if row['keeps_up'] else 'behind: ' + '; '.join(why)} "
-              f"({row['cores']:.2f} cores, RSS {row['rss_mb']:.0f} MB)", flush=True)
+        print(
+            f"{mode}: {n} camera(s): {'keeps up' if row['keeps_up'] else 'behind: ' + '; '.join(why)} "
+            f"({row['cores']:.2f} cores, RSS {row['rss_mb']:.0f} MB)",
+            flush=True,
+        )
         return row["keeps_up"]
 
     video_alone = None
     try:
         best = search(keeps_up, a.start, a.max_cameras)
-        if mode in ("copy", "int8", "record"):  # the video path alone: the same cameras, detection off (frames still on the bus)
+        if mode in (
+            "copy",
+            "int8",
+            "record",
+        ):  # the video path alone: the same cameras, detection off (frames still on the bus)
             n = max(best, 1)
             print(f"{mode}, detection off: {n} camera(s) ...", flush=True)
             try:
@@ -721,6 +833,10 @@ def _run_mode(a: argparse.Namespace, mode: str, runner, fps: float) -> dict:
     out = summarize(mode, best, rows, runner.deployments)
     if video_alone:
         n = video_alone["n"]
-        out.update(video_alone_n=n, video_alone_cores_per_camera=video_alone["video_cores"] / n,
-                   video_alone_all_cores_per_camera=video_alone["cores"] / n, video_alone_row=video_alone)
+        out.update(
+            video_alone_n=n,
+            video_alone_cores_per_camera=video_alone["video_cores"] / n,
+            video_alone_all_cores_per_camera=video_alone["cores"] / n,
+            video_alone_row=video_alone,
+        )
     return out

@@ -2,6 +2,7 @@
 
 Measures the pytest process only: code that runs inside Ray replicas or other subprocesses (the
 deployments under `serve run`, the e2e apps) counts as not run, so the figures are a floor."""
+
 from __future__ import annotations
 
 import sys

@@ -5,6 +5,7 @@ Reads the clip at its own rate (`-re`) through the detector output of the camera
 (arrival − ffmpeg's start − pts) over the frames after the first 10: the decoder's hold-back plus
 ffmpeg's constant start-up. Compare the settings side by side; only the differences mean anything.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,15 +17,39 @@ import time
 
 from hls.copy_args import detect_select
 
-SETTINGS = {"frame threads (ffmpeg's default)": [], "-flags low_delay (what Lookout uses)": ["-flags", "low_delay"],
-            "-threads 1": ["-threads", "1"]}
+SETTINGS = {
+    "frame threads (ffmpeg's default)": [],
+    "-flags low_delay (what Lookout uses)": ["-flags", "low_delay"],
+    "-threads 1": ["-threads", "1"],
+}
 W, H = 416, 312
 
 
 def delays(clip: str, decoder: list[str], seconds: float = 8.0) -> list[float]:
-    argv = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "info", "-re", *decoder, "-i", clip, "-t", str(seconds),
-            "-map", "0:v:0", "-vf", f"{detect_select(5)},scale={W}:{H},showinfo", "-fps_mode", "passthrough",
-            "-f", "rawvideo", "-pix_fmt", "bgr24", "pipe:1"]
+    argv = [
+        "ffmpeg",
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "info",
+        "-re",
+        *decoder,
+        "-i",
+        clip,
+        "-t",
+        str(seconds),
+        "-map",
+        "0:v:0",
+        "-vf",
+        f"{detect_select(5)},scale={W}:{H},showinfo",
+        "-fps_mode",
+        "passthrough",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "pipe:1",
+    ]
     t0 = time.time()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     pts: list[float] = []

@@ -8,6 +8,7 @@ default camera worker path), the HLS faults (encoder ffmpeg killed, disk full) t
 (burned boxes: ingest + encoder); the other cameras are watched for disturbance. See tools/faults.py for how recovery and lost
 frames are measured, and docs/reliability.md for the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,22 @@ RTSP_CAM = {"read_timeout_s": 3.0, "open_timeout_s": 5.0, "reconnect_min_s": 0.5
 def start_rtsp(name: str, extra: list[str], log_dir: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = log_dir / f"rtsp-{name}.log"
-    proc = subprocess.Popen([os.environ.get("LOOKOUT_GST_PYTHON", "/usr/bin/python3"), str(SERVER), "--port", str(port),
-                             "--name", name, "--fps", str(FPS), *extra],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            os.environ.get("LOOKOUT_GST_PYTHON", "/usr/bin/python3"),
+            str(SERVER),
+            "--port",
+            str(port),
+            "--name",
+            name,
+            "--fps",
+            str(FPS),
+            *extra,
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while "READY" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -49,8 +63,22 @@ def start_redis(work: Path) -> tuple[subprocess.Popen, int]:
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed (run `make setup`)")
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                             "no", "--dir", str(work)], stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(work),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     time.sleep(0.5)
     return proc, port
 
@@ -64,18 +92,22 @@ def get_json(base: str, path: str) -> dict | None:
 
 
 def table(results: dict[str, list[F.Result]], repeats: int) -> list[str]:
-    lines = ["| fault | runs | recovered | time to recover p50 / max (s) | frames lost p50 / max | "
-             "seen after p50 (s) | other cameras disturbed |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| fault | runs | recovered | time to recover p50 / max (s) | frames lost p50 / max | "
+        "seen after p50 (s) | other cameras disturbed |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, rs in results.items():
         ok = [r for r in rs if r.recover_s >= 0]
         rec = [r.recover_s for r in ok]
         lost = [r.frames_lost for r in ok]
         seen = [r.seen_s for r in ok]
         disturbed = sum(any(o["reconnects"] or o["states"] != ["running"] for o in r.others.values()) for r in ok)
-        lines.append(f"| {name} | {repeats} | {len(ok)} | {F.percentile(rec, 0.5):.1f} / {max(rec, default=float('nan')):.1f} | "
-                     f"{F.percentile(lost, 0.5):.0f} / {max(lost, default=0)} | {F.percentile(seen, 0.5):.1f} | "
-                     f"{disturbed} of {len(ok)} |")
+        lines.append(
+            f"| {name} | {repeats} | {len(ok)} | {F.percentile(rec, 0.5):.1f} / {max(rec, default=float('nan')):.1f} | "
+            f"{F.percentile(lost, 0.5):.0f} / {max(lost, default=0)} | {F.percentile(seen, 0.5):.1f} | "
+            f"{disturbed} of {len(ok)} |"
+        )
     return lines
 
 
@@ -91,8 +123,10 @@ def main(a: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="lookout-faults-"))
     work = tmp / "hls-work"
     work.mkdir()
-    tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(work)],
-                           capture_output=True).returncode == 0
+    tmpfs = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(work)], capture_output=True).returncode
+        == 0
+    )
     if not tmpfs:
         print("cannot mount a tmpfs (needs root): the disk-full fault is left out", flush=True)
     procs: list[subprocess.Popen] = []
@@ -107,16 +141,20 @@ def main(a: argparse.Namespace) -> int:
         clip = a.clip or "data/demo/vtest.avi"
         port = free_port()
         cams = ["fa", "fb", "fc"]
-        args = parse_args({
-            "redis_url": f"redis://127.0.0.1:{redis_port}/0",
-            "cameras": [{"id": "fa", "source": proxies[0].url("a"), **RTSP_CAM},
-                        {"id": "fb", "source": proxies[1].url("b"), "detect": False, **RTSP_CAM},
-                        {"id": "fc", "source": clip, "fps": FPS, "detect": False, "boxes": "burned"}],
-            "model": {"onnx": a.onnx, "backend": a.backend},
-            "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
-            "history": {"db_path": str(tmp / "history.sqlite3")},
-            "clips": {"dir": str(tmp / "clips")},
-        })
+        args = parse_args(
+            {
+                "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+                "cameras": [
+                    {"id": "fa", "source": proxies[0].url("a"), **RTSP_CAM},
+                    {"id": "fb", "source": proxies[1].url("b"), "detect": False, **RTSP_CAM},
+                    {"id": "fc", "source": clip, "fps": FPS, "detect": False, "boxes": "burned"},
+                ],
+                "model": {"onnx": a.onnx, "backend": a.backend},
+                "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
+                "history": {"db_path": str(tmp / "history.sqlite3")},
+                "clips": {"dir": str(tmp / "clips")},
+            }
+        )
         os.environ["TMPDIR"] = str(work)  # the app's ffmpeg work directories (Ray's own files: RAY_TMPDIR)
         os.environ.setdefault("RAY_TMPDIR", "/tmp")
         init_ray(address="local")  # retried: a loaded machine may not start a raylet in Ray's 30 s
@@ -129,18 +167,28 @@ def main(a: argparse.Namespace) -> int:
         def restart() -> None:
             procs.append(F.restart_redis(redis_port, tmp))
 
-        kinds = F.standard_faults("fa", sa.pid, proxies[0], "a", F.descendants, restart, work if tmpfs else None,
-                                  hls_cam="fc")
+        kinds = F.standard_faults(
+            "fa", sa.pid, proxies[0], "a", F.descendants, restart, work if tmpfs else None, hls_cam="fc"
+        )
         wanted = [k for k in kinds if not a.only or any(w in k.name for w in a.only.split(","))]
         results: dict[str, list[F.Result]] = {k.name: [] for k in wanted}
         for i in range(a.repeats):
             for fault in wanted:
                 try:
-                    res = F.measure(mon, fault, FPS, [c for c in cams if c != fault.camera], timeout_s=a.timeout_s,
-                                    log=lambda s: print(f"[{i + 1}/{a.repeats}] {s}", flush=True))
+                    res = F.measure(
+                        mon,
+                        fault,
+                        FPS,
+                        [c for c in cams if c != fault.camera],
+                        timeout_s=a.timeout_s,
+                        log=lambda s: print(f"[{i + 1}/{a.repeats}] {s}", flush=True),
+                    )
                 except TimeoutError as exc:
-                    print(f"[{i + 1}/{a.repeats}] {fault.name}: NOT RECOVERED: {exc}; now: "
-                          f"{ {c: mon.latest(c) for c in cams} }", flush=True)
+                    print(
+                        f"[{i + 1}/{a.repeats}] {fault.name}: NOT RECOVERED: {exc}; now: "
+                        f"{ {c: mon.latest(c) for c in cams} }",
+                        flush=True,
+                    )
                     res = F.Result(fault.name, fault.camera, -1.0, -1, -1.0, [], 0, {})
                 results[fault.name].append(res)
         mon.close()

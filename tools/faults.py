@@ -9,6 +9,7 @@
   detections and HLS segments all flow again, and returns the time to recover and the frames lost
   (seconds of capture time missing from the HLS stream, times the camera's fps).
 """
+
 from __future__ import annotations
 
 import os
@@ -203,15 +204,33 @@ def open_fds(pids: list[int]) -> int:
 
 def restart_redis(port: int, workdir: str | Path, down_s: float = 1.0) -> subprocess.Popen:
     """SIGKILL the redis-server on `port` (no persistence: it comes back empty) and start a new one there."""
-    victims = [p for p in descendants(1) if cmdline(p).startswith("redis-server")
-               and (f"127.0.0.1:{port}" in cmdline(p).split() or f"--port {port} " in cmdline(p) + " ")]
+    victims = [
+        p
+        for p in descendants(1)
+        if cmdline(p).startswith("redis-server")
+        and (f"127.0.0.1:{port}" in cmdline(p).split() or f"--port {port} " in cmdline(p) + " ")
+    ]
     if not victims:
         raise RuntimeError(f"no redis-server on port {port}")
     kill(victims)
     time.sleep(down_s)
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -294,8 +313,13 @@ class CameraWatch:
 class Monitor:
     """Samples every camera twice a second in a thread of its own."""
 
-    def __init__(self, cameras: list[str], get_json: Callable[[str], dict | None], get_playlist: Callable[[str], str | None],
-                 interval_s: float = 0.5):
+    def __init__(
+        self,
+        cameras: list[str],
+        get_json: Callable[[str], dict | None],
+        get_playlist: Callable[[str], str | None],
+        interval_s: float = 0.5,
+    ):
         self.cameras = cameras
         self.get_json, self.get_playlist, self.interval_s = get_json, get_playlist, interval_s
         self.watch = {c: CameraWatch() for c in cameras}
@@ -317,8 +341,12 @@ class Monitor:
                 s = Sample(now)
                 cam = listed.get(cid)
                 if cam:
-                    s.state, s.frames, s.reconnects, s.last_error = (cam["state"], cam["frames"], cam["reconnects"],
-                                                                     cam["last_error"])
+                    s.state, s.frames, s.reconnects, s.last_error = (
+                        cam["state"],
+                        cam["frames"],
+                        cam["reconnects"],
+                        cam["last_error"],
+                    )
                     info = cam.get("stream") or {}
                     if info.get("source_width_px"):
                         s.size = (info["source_width_px"], info["source_height_px"])
@@ -399,6 +427,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, interva
 
 def steady(mon: Monitor, cid: str, detect: bool, timeout_s: float = 120) -> None:
     """Wait until the camera runs, its frame count moves, and it has fresh HLS (and detections)."""
+
     def ok() -> bool:
         now = time.time()
         recent = mon.since(cid, now - 3)
@@ -409,11 +438,19 @@ def steady(mon: Monitor, cid: str, detect: bool, timeout_s: float = 120) -> None
         if detect and (recent[-1].det_at or 0) < now - 10:
             return False
         return mon.newest_media_s(cid) > now - 10
+
     wait_for(ok, timeout_s, f"camera {cid} to run steadily")
 
 
-def measure(mon: Monitor, fault: Fault, fps: float, others: list[str], timeout_s: float = 120,
-            log: Callable[[str], None] = lambda s: None, count_lost: bool = True) -> Result:
+def measure(
+    mon: Monitor,
+    fault: Fault,
+    fps: float,
+    others: list[str],
+    timeout_s: float = 120,
+    log: Callable[[str], None] = lambda s: None,
+    count_lost: bool = True,
+) -> Result:
     """Inject `fault` and measure recovery (see the module doc). Raises TimeoutError past `timeout_s`.
 
     `count_lost=False` skips waiting for HLS to catch up with the recovery (frames_lost is then a lower bound)."""
@@ -450,17 +487,25 @@ def measure(mon: Monitor, fault: Fault, fps: float, others: list[str], timeout_s
         pass
     lost = round(((t_rec - t0) - mon.covered_s(cid, t0, t_rec)) * fps)
     samples = mon.since(cid, t0)
-    errors = sorted({s.last_error for s in samples if s.last_error and s.t <= t_rec
-                     and (s.state != "running" or s.last_error != before[cid].last_error)})
+    errors = sorted(
+        {
+            s.last_error
+            for s in samples
+            if s.last_error and s.t <= t_rec and (s.state != "running" or s.last_error != before[cid].last_error)
+        }
+    )
     recs = (samples[-1].reconnects or 0) - (before[cid].reconnects or 0) if samples else 0
     other = {}
     for o in others:
         os_ = mon.since(o, t0)
-        other[o] = {"reconnects": ((os_[-1].reconnects or 0) - (before[o].reconnects or 0)) if os_ else 0,
-                    "states": sorted({s.state or "?" for s in os_ if s.t <= t_rec}),
-                    "frames_lost": round(((t_rec - t0) - mon.covered_s(o, t0, t_rec)) * fps)}
-    res = Result(fault.name, cid, round(t_rec - t_start, 2), max(0, lost), round(t_seen - t0, 2), errors,
-                 max(0, recs), other)
+        other[o] = {
+            "reconnects": ((os_[-1].reconnects or 0) - (before[o].reconnects or 0)) if os_ else 0,
+            "states": sorted({s.state or "?" for s in os_ if s.t <= t_rec}),
+            "frames_lost": round(((t_rec - t0) - mon.covered_s(o, t0, t_rec)) * fps),
+        }
+    res = Result(
+        fault.name, cid, round(t_rec - t_start, 2), max(0, lost), round(t_seen - t0, 2), errors, max(0, recs), other
+    )
     log(f"{fault.name}: recovered in {res.recover_s:.1f}s, {res.frames_lost} frames lost, errors {errors}")
     return res
 
@@ -483,11 +528,13 @@ def signal_pid(pid: int, sig: int) -> Callable[[], None]:
 
 def kill_matching(pids: Callable[[], list[int]], *needles: str) -> Callable[[], None]:
     """An inject() that SIGKILLs the processes of pids() whose command line has all needles (at least one)."""
+
     def inject() -> None:
         victims = find(pids(), *needles)
         if not victims:
             raise RuntimeError(f"no process matches {needles}")
         kill(victims)
+
     return inject
 
 
@@ -500,9 +547,17 @@ def percentile(values: list[float], q: float) -> float:
     return v[lo] + (v[min(lo + 1, len(v) - 1)] - v[lo]) * (k - lo)
 
 
-def standard_faults(cam: str, server_pid: int, proxy: FaultProxy, proxy_path: str, pids: Callable[[], list[int]],
-                    restart_redis_: Callable[[], None], work_dir: Path | None, disk_hold_s: float = 8.0,
-                    hls_cam: str | None = None) -> list[Fault]:
+def standard_faults(
+    cam: str,
+    server_pid: int,
+    proxy: FaultProxy,
+    proxy_path: str,
+    pids: Callable[[], list[int]],
+    restart_redis_: Callable[[], None],
+    work_dir: Path | None,
+    disk_hold_s: float = 8.0,
+    hls_cam: str | None = None,
+) -> list[Fault]:
     """The faults of issue 8 on camera `cam` (RTSP through `proxy`, served by rtsp_server.py with
     --switch-size and --jump-s); the disk-full fault only when `work_dir` is a small file system
     holding the app's HLS work directories. The HLS faults (encoder ffmpeg killed, disk full) hit
@@ -515,14 +570,27 @@ def standard_faults(cam: str, server_pid: int, proxy: FaultProxy, proxy_path: st
         Fault("resolution change", cam, lambda: os.kill(server_pid, signal.SIGUSR1), seen=resized),
         Fault("RTSP stall, socket open", cam, proxy.freeze, seen=reconnected),
         Fault("RTSP garbage", cam, proxy.garbage, seen=reconnected),
-        Fault("ingest ffmpeg killed", cam, kill_matching(pids, "ffmpeg", f":{proxy.port}/{proxy_path}"),
-              seen=reconnected),
-        Fault("HLS ffmpeg killed", hls_cam, kill_matching(pids, "ffmpeg", f"lookout-hls-{hls_cam}-"),
-              detect=hls_cam == cam),
+        Fault(
+            "ingest ffmpeg killed", cam, kill_matching(pids, "ffmpeg", f":{proxy.port}/{proxy_path}"), seen=reconnected
+        ),
+        Fault(
+            "HLS ffmpeg killed",
+            hls_cam,
+            kill_matching(pids, "ffmpeg", f"lookout-hls-{hls_cam}-"),
+            detect=hls_cam == cam,
+        ),
         Fault("detector replica killed", cam, kill_matching(pids, "ServeReplica:lookout:detector")),
     ]
     if work_dir is not None:
-        out.append(Fault("HLS disk full", hls_cam, lambda: filler.append(DiskFiller(work_dir)),
-                         heal=lambda: filler.pop().heal(), hold_s=disk_hold_s, detect=hls_cam == cam))
+        out.append(
+            Fault(
+                "HLS disk full",
+                hls_cam,
+                lambda: filler.append(DiskFiller(work_dir)),
+                heal=lambda: filler.pop().heal(),
+                hold_s=disk_hold_s,
+                detect=hls_cam == cam,
+            )
+        )
     out.append(Fault("Redis restarted", cam, restart_redis_))
     return out

@@ -5,6 +5,7 @@
 Builds the database once (reused when it exists with the same size), then times the queries
 the API makes; figures are in docs/history.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     t0 = float((int(time.time()) // 3600) * 3600 - int(a.hours * 3600))
     path = Path(a.db)
-    store = HistoryStore(path, retention_s=(a.hours + 24) * 3600, cameras_zones={"cam0": [ZONE]},
-                         prune_every_s=1e12)
+    store = HistoryStore(path, retention_s=(a.hours + 24) * 3600, cameras_zones={"cam0": [ZONE]}, prune_every_s=1e12)
     have = store.stats()["detections"]
     if have == 0:
         t = time.perf_counter()
@@ -77,26 +77,29 @@ def main(argv: list[str] | None = None) -> int:
     mid = t0 + a.hours * 3600 / 2
     end = t0 + a.hours * 3600
     cases = {
-        "latest 100, 1 h window, desc": lambda: store.query(camera_id="cam0", since_s=end - 3600, until_s=end,
-                                                            order="desc", limit=100),
+        "latest 100, 1 h window, desc": lambda: store.query(
+            camera_id="cam0", since_s=end - 3600, until_s=end, order="desc", limit=100
+        ),
         "100 at mid-day, whole-day window": lambda: store.query(camera_id="cam1", since_s=mid, until_s=end, limit=100),
-        "label=dog min_conf=0.9, day, 100": lambda: store.query(camera_id="cam2", since_s=t0, until_s=end,
-                                                                label="dog", min_confidence=0.9, limit=100),
-        "one track, day": lambda: store.query(camera_id="cam3", since_s=t0, until_s=end, track_id=8 * 5000,
-                                              limit=1000),
+        "label=dog min_conf=0.9, day, 100": lambda: store.query(
+            camera_id="cam2", since_s=t0, until_s=end, label="dog", min_confidence=0.9, limit=100
+        ),
+        "one track, day": lambda: store.query(camera_id="cam3", since_s=t0, until_s=end, track_id=8 * 5000, limit=1000),
         "zone door, day, 100": lambda: store.query(camera_id="cam0", since_s=t0, until_s=end, zone="door", limit=100),
         "page 50 of 100 (cursor)": None,
         "1000 rows, 10 min window": lambda: store.query(camera_id="cam1", since_s=mid, until_s=mid + 600, limit=1000),
         "counts per hour, day": lambda: store.counts(camera_id="cam0", since_s=t0, until_s=end, interval="hour"),
         "counts per minute, day": lambda: store.counts(camera_id="cam0", since_s=t0, until_s=end, interval="minute"),
-        "counts per second, 1 h": lambda: store.counts(camera_id="cam0", since_s=mid, until_s=mid + 3600,
-                                                       interval="second"),
+        "counts per second, 1 h": lambda: store.counts(
+            camera_id="cam0", since_s=mid, until_s=mid + 3600, interval="second"
+        ),
     }
     cursor = None
     for _ in range(49):
         cursor = store.query(camera_id="cam0", since_s=t0, until_s=end, limit=100, cursor=cursor).next_cursor
-    cases["page 50 of 100 (cursor)"] = lambda: store.query(camera_id="cam0", since_s=t0, until_s=end, limit=100,
-                                                           cursor=cursor)
+    cases["page 50 of 100 (cursor)"] = lambda: store.query(
+        camera_id="cam0", since_s=t0, until_s=end, limit=100, cursor=cursor
+    )
     print("| query | median ms | rows |\n|---|---:|---:|")
     for name, fn in cases.items():
         s, n = timed(fn)

@@ -15,6 +15,7 @@ the share of the first model's detections (conf >= model.conf_threshold) that th
 class, IoU >= 0.5) and how many it finds that the first one does not. Not a timed test; run it on a
 quiet box.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,24 +100,37 @@ def main(a: argparse.Namespace) -> int:
     for shape in sizes:
         path = at_input_size(a.onnx, shape, work)
         for precision in precisions:
-            settings = ModelConfig(onnx=str(path), backend=a.backend, intra_op_threads=1, precision=precision,
-                                   input_size_px=shape[0], input_height_px=shape[1],
-                                   engine_cache_dir=str(work / "cache"), calib_images=str(calib) if calib else None)
+            settings = ModelConfig(
+                onnx=str(path),
+                backend=a.backend,
+                intra_op_threads=1,
+                precision=precision,
+                input_size_px=shape[0],
+                input_height_px=shape[1],
+                engine_cache_dir=str(work / "cache"),
+                calib_images=str(calib) if calib else None,
+            )
             refused = precision == "int8" and cpu_model_file(settings, ResolvedModel(onnx=path)) == path
             # an INT8 model that fails its check runs FP32, as the detector would: marked, not hidden
-            detectors[f"{shape[0]}x{shape[1]} {precision}{'*' if refused else ''}"] = Detector.from_config(settings,
-                                                                                                       path)
+            detectors[f"{shape[0]}x{shape[1]} {precision}{'*' if refused else ''}"] = Detector.from_config(
+                settings, path
+            )
     names = list(detectors)
     print(f"sizes: {', '.join(names)}; backend {a.backend}, 1 thread; load {os.getloadavg()[0]:.2f}", flush=True)
 
     timing_frames = clip_frames(videos[0], a.frames)
-    fitted = {n: [cv2.resize(f, detect_size((f.shape[1], f.shape[0]), d.input_shape_px), interpolation=cv2.INTER_AREA)
-                  for f in timing_frames] for n, d in detectors.items()}
+    fitted = {
+        n: [
+            cv2.resize(f, detect_size((f.shape[1], f.shape[0]), d.input_shape_px), interpolation=cv2.INTER_AREA)
+            for f in timing_frames
+        ]
+        for n, d in detectors.items()
+    }
     for n, d in detectors.items():  # warm-up
         d.detect(fitted[n][:2])
     rounds: dict[str, list[float]] = {n: [] for n in names}
     for r in range(a.rounds):
-        for n in (names if r % 2 == 0 else names[::-1]):
+        for n in names if r % 2 == 0 else names[::-1]:
             t0 = time.perf_counter()
             for f in fitted[n]:
                 detectors[n].detect([f])
@@ -124,7 +138,7 @@ def main(a: argparse.Namespace) -> int:
 
     coco = ASSETS / "coco-mini"
     maps = {n: (float("nan"), float("nan")) for n in names}  # without the test assets: no mAP columns
-    for n, d in (detectors.items() if (coco / "instances.json").is_file() else ()):
+    for n, d in detectors.items() if (coco / "instances.json").is_file() else ():
         saved = d.settings
         d.settings = saved.model_copy(update={"conf_threshold": 0.001, "max_detections": 100})
         report = evaluate(d, coco / "images", coco / "instances.json")
@@ -142,8 +156,10 @@ def main(a: argparse.Namespace) -> int:
             agree[n][video.name] = [paired, sum(len(b) for b in base), sum(len(d) for d in dets)]
 
     rows = []
-    print(f"\n{'model':>16} {'ms/frame':>9} {'vs first':>9} {'mAP@0.5':>8} {'@.5:.95':>8}  "
-          + "  ".join(f"{v.stem[:18]:>24}" for v in videos))
+    print(
+        f"\n{'model':>16} {'ms/frame':>9} {'vs first':>9} {'mAP@0.5':>8} {'@.5:.95':>8}  "
+        + "  ".join(f"{v.stem[:18]:>24}" for v in videos)
+    )
     for n in names:
         ms = statistics.median(rounds[n])
         first = statistics.median(rounds[ref])
@@ -151,12 +167,24 @@ def main(a: argparse.Namespace) -> int:
         for v in videos:
             paired, total, found = agree[n][v.name]
             cells.append(f"{paired / max(total, 1):6.1%} of {total:>3}, +{found - paired:<3}")
-        print(f"{n:>16} {ms:9.1f} {ms / first:9.2f} {maps[n][0]:8.2f} {maps[n][1]:8.2f}  "
-              + "  ".join(f"{c:>24}" for c in cells))
-        rows.append({"model": n, "ms_per_frame": ms, "rounds_ms": rounds[n], "map50": maps[n][0],
-                     "map50_95": maps[n][1], "agreement": agree[n]})
-    print(f"load at the end {os.getloadavg()[0]:.2f}; video columns: share of {ref}'s detections found, "
-          f"+ detections it did not have" + ("; *: INT8 refused by its check against FP32, ran FP32"
-                                             if any(n.endswith("*") for n in names) else ""))
+        print(
+            f"{n:>16} {ms:9.1f} {ms / first:9.2f} {maps[n][0]:8.2f} {maps[n][1]:8.2f}  "
+            + "  ".join(f"{c:>24}" for c in cells)
+        )
+        rows.append(
+            {
+                "model": n,
+                "ms_per_frame": ms,
+                "rounds_ms": rounds[n],
+                "map50": maps[n][0],
+                "map50_95": maps[n][1],
+                "agreement": agree[n],
+            }
+        )
+    print(
+        f"load at the end {os.getloadavg()[0]:.2f}; video columns: share of {ref}'s detections found, "
+        f"+ detections it did not have"
+        + ("; *: INT8 refused by its check against FP32, ran FP32" if any(n.endswith("*") for n in names) else "")
+    )
     print(json.dumps({"reference": ref, "rows": rows}))
     return 0

@@ -16,6 +16,7 @@ timecode as it is handed to the segmenter at the clip's frame rate, and a gatewa
 (uvicorn, auth off) serves the page. That isolates what the HLS variant costs from a loaded
 pipeline (a starved detector and encoder add seconds of their own).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,9 +67,16 @@ def _chromium(profile: str):
         raise FileNotFoundError("chromedriver is not installed (Debian: apt-get install chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--autoplay-policy=no-user-gesture-required", "--disable-background-timer-throttling",
-                 f"--user-data-dir={profile}", "--window-size=1280,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-background-timer-throttling",
+        f"--user-data-dir={profile}",
+        "--window-size=1280,900",
+    ):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
 
@@ -120,11 +128,19 @@ def measure(base: str, camera: str, seconds: float) -> dict:
     g2g = [(s["shown"] - s["tc"]) / 1000 for s in samples if s["tc"]]
     if len(g2g) < 10:
         raise RuntimeError(f"camera {camera!r}: only {len(g2g)} frames with a readable timecode")
-    return {"frames": len(samples), "frames_read": len(g2g), "stalls": stalls, "player_low_latency": low_latency,
-            "player_target_latency_s": target,
-            "g2g_p50_s": pct(g2g, 50), "g2g_p95_s": pct(g2g, 95), "g2g_min_s": min(g2g),
-            "edge_lag_p50_s": pct(lags, 50) if lags else None, "edge_lag_p95_s": pct(lags, 95) if lags else None,
-            "player_behind_edge_p50_s": statistics.median(player_lag) if player_lag else None}
+    return {
+        "frames": len(samples),
+        "frames_read": len(g2g),
+        "stalls": stalls,
+        "player_low_latency": low_latency,
+        "player_target_latency_s": target,
+        "g2g_p50_s": pct(g2g, 50),
+        "g2g_p95_s": pct(g2g, 95),
+        "g2g_min_s": min(g2g),
+        "edge_lag_p50_s": pct(lags, 50) if lags else None,
+        "edge_lag_p95_s": pct(lags, 95) if lags else None,
+        "player_behind_edge_p50_s": statistics.median(player_lag) if player_lag else None,
+    }
 
 
 def cpu_seconds(needles: tuple[str, ...]) -> float:
@@ -155,6 +171,7 @@ def on_demand_cpu(base: str, camera: str, idle_s: float) -> dict:
                 urllib.request.urlopen(url, timeout=5).read()
             except OSError:
                 pass
+
         end = time.monotonic() + (5.0 if watch else 0.0)  # let ffmpeg start before measuring
         while watch and time.monotonic() < end:
             poll()
@@ -194,9 +211,15 @@ def hls_only(a: argparse.Namespace, variant: str) -> dict:
             break
         frames.append(f)
     rds, port = LocalRedis(), free_port()
-    args = parse_args({"redis_url": rds.url, "cameras": [{"id": "latency", "source": clip}],
-                       "model": {"onnx": a.onnx}, "gateway": {"auth": {"mode": "none"}},
-                       "hls": {"segment_s": a.segment_s, "preset": a.preset, **VARIANTS[variant]}})
+    args = parse_args(
+        {
+            "redis_url": rds.url,
+            "cameras": [{"id": "latency", "source": clip}],
+            "model": {"onnx": a.onnx},
+            "gateway": {"auth": {"mode": "none"}},
+            "hls": {"segment_s": a.segment_s, "preset": a.preset, **VARIANTS[variant]},
+        }
+    )
     ctx = GatewayContext.from_args(args)
     statuses = StatusStore(ctx.redis)
     statuses.register("latency", {"name": "latency", "kind": "file"})
@@ -236,8 +259,10 @@ def main(a: argparse.Namespace) -> int:
         if set(variants) - set(VARIANTS):
             raise SystemExit(f"--hls: unknown variant(s) {sorted(set(variants) - set(VARIANTS))}")
         rows = [hls_only(a, v) for v in variants]
-        print(f"HLS only (no pipeline): clip={a.clip or 'data/demo/vtest.avi'} segment_s={a.segment_s} "
-              f"window={a.seconds:.0f}s")
+        print(
+            f"HLS only (no pipeline): clip={a.clip or 'data/demo/vtest.avi'} segment_s={a.segment_s} "
+            f"window={a.seconds:.0f}s"
+        )
         _print_rows(rows)
         print(json.dumps({"rows": rows}))
         return 0
@@ -262,14 +287,22 @@ def main(a: argparse.Namespace) -> int:
             for boxes in a.boxes.split(","):
                 cameras = [{"id": "latency", "source": clip}]
                 cameras += [{"id": "ondemand", "source": clip, "on_demand": True}] if k == 0 else []
-                args = parse_args({
-                    "redis_url": rds.url,
-                    "cameras": cameras,
-                    "model": {"onnx": a.onnx, "backend": a.backend},
-                    "hls": {"timecode": True, "boxes": boxes, "preset": a.preset, "segment_s": a.segment_s,
-                            "on_demand_idle_s": 5, **VARIANTS[variant]},
-                    "gateway": {"public_url": base, "auth": {"mode": "none"}},
-                })
+                args = parse_args(
+                    {
+                        "redis_url": rds.url,
+                        "cameras": cameras,
+                        "model": {"onnx": a.onnx, "backend": a.backend},
+                        "hls": {
+                            "timecode": True,
+                            "boxes": boxes,
+                            "preset": a.preset,
+                            "segment_s": a.segment_s,
+                            "on_demand_idle_s": 5,
+                            **VARIANTS[variant],
+                        },
+                        "gateway": {"public_url": base, "auth": {"mode": "none"}},
+                    }
+                )
                 serve.run(build_app(args), name="lookout", route_prefix="/")
                 row = {"hls": variant, "boxes": boxes, **measure(base, "latency", a.seconds)}
                 if k == 0:
@@ -280,22 +313,30 @@ def main(a: argparse.Namespace) -> int:
         serve.shutdown()
         ray.shutdown()
         rds.close()
-    print(f"clip={clip} segment_s={a.segment_s} window={a.seconds:.0f}s (ts/fmp4: standard HLS, hls.js 1.5 s "
-          f"behind the newest segment; ll: Low-Latency HLS, 0.2 s parts, PART-HOLD-BACK 0.6 s)")
+    print(
+        f"clip={clip} segment_s={a.segment_s} window={a.seconds:.0f}s (ts/fmp4: standard HLS, hls.js 1.5 s "
+        f"behind the newest segment; ll: Low-Latency HLS, 0.2 s parts, PART-HOLD-BACK 0.6 s)"
+    )
     _print_rows(rows)
     for r in rows:
         if "cpu_unwatched_cores" in r:
-            print(f"on-demand camera ({r['hls']}, {r['boxes']}): encoder replica + ffmpeg CPU unwatched "
-                  f"{r['cpu_unwatched_cores'] * 100:.1f}% of a core, watched {r['cpu_watched_cores'] * 100:.1f}%")
+            print(
+                f"on-demand camera ({r['hls']}, {r['boxes']}): encoder replica + ffmpeg CPU unwatched "
+                f"{r['cpu_unwatched_cores'] * 100:.1f}% of a core, watched {r['cpu_watched_cores'] * 100:.1f}%"
+            )
     print(json.dumps({"rows": rows}))
     return 0
 
 
 def _print_rows(rows: list[dict]) -> None:
-    print(f"{'hls':>5} {'boxes':>8} {'frames':>7} {'g2g p50 s':>10} {'g2g p95 s':>10} {'edge lag p50 s':>15} "
-          f"{'edge lag p95 s':>15} {'player behind edge s':>21} {'player target s':>16} {'stalls':>6}")
+    print(
+        f"{'hls':>5} {'boxes':>8} {'frames':>7} {'g2g p50 s':>10} {'g2g p95 s':>10} {'edge lag p50 s':>15} "
+        f"{'edge lag p95 s':>15} {'player behind edge s':>21} {'player target s':>16} {'stalls':>6}"
+    )
     for r in rows:
-        print(f"{r['hls']:>5} {r['boxes']:>8} {r['frames_read']:>7} {r['g2g_p50_s']:>10.2f} {r['g2g_p95_s']:>10.2f} "
-              f"{r['edge_lag_p50_s'] or float('nan'):>15.2f} {r['edge_lag_p95_s'] or float('nan'):>15.2f} "
-              f"{r['player_behind_edge_p50_s'] or float('nan'):>21.2f} "
-              f"{r['player_target_latency_s'] or float('nan'):>16.2f} {r['stalls']:>6}")
+        print(
+            f"{r['hls']:>5} {r['boxes']:>8} {r['frames_read']:>7} {r['g2g_p50_s']:>10.2f} {r['g2g_p95_s']:>10.2f} "
+            f"{r['edge_lag_p50_s'] or float('nan'):>15.2f} {r['edge_lag_p95_s'] or float('nan'):>15.2f} "
+            f"{r['player_behind_edge_p50_s'] or float('nan'):>21.2f} "
+            f"{r['player_target_latency_s'] or float('nan'):>16.2f} {r['stalls']:>6}"
+        )

@@ -3,6 +3,7 @@
 One launcher: a Ray head of its own (or a cluster's address), the config written out, `serve run`
 in its own process group, up once /healthz answers, and a stop that cannot hang a module.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,13 +59,30 @@ def ray_head(log_path: Path, num_cpus: int, env: dict[str, str]) -> Iterator[str
     its processes at once (one group): a SIGTERM made it wait ~33 s."""
     port = free_port()
     with open(log_path, "wb") as log:
-        head = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
-                                 f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                                 "--disable-usage-stats"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        head = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                f"--port={port}",
+                f"--num-cpus={num_cpus}",
+                "--node-ip-address=127.0.0.1",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        wait_until(lambda: head.poll() is not None or b"Ray runtime started" in log_path.read_bytes(), 120, 0.5,
-                   "the Ray head to start")
+        wait_until(
+            lambda: head.poll() is not None or b"Ray runtime started" in log_path.read_bytes(),
+            120,
+            0.5,
+            "the Ray head to start",
+        )
         if head.poll() is not None:
             raise RuntimeError(f"ray start exited ({head.returncode}):\n{log_path.read_text()[-3000:]}")
         yield f"127.0.0.1:{port}"
@@ -93,8 +111,9 @@ class ServeRun:
 
 
 @contextlib.contextmanager
-def serve_run(config: dict, directory: Path, address: str, env: dict[str, str],
-              timeout_s: float = 300) -> Iterator[ServeRun]:
+def serve_run(
+    config: dict, directory: Path, address: str, env: dict[str, str], timeout_s: float = 300
+) -> Iterator[ServeRun]:
     """`serve run` of `config` (a serve_config.yaml as a dict, written to `directory`) on the Ray at
     `address`; yields once the gateway answers /healthz; raises RuntimeError with the log if it exits."""
     path = directory / "serve_config.yaml"
@@ -102,12 +121,22 @@ def serve_run(config: dict, directory: Path, address: str, env: dict[str, str],
     log_path = directory / "serve.log"
     port = config["http_options"]["port"]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(BIN / "serve"), "run", "--address", address, str(path)], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / "serve"), "run", "--address", address, str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     run = ServeRun(proc, log_path, f"http://127.0.0.1:{port}")
     try:
-        wait_until(lambda: proc.poll() is not None or healthy(run.base + "/healthz"), timeout_s, 1,
-                   "the gateway to answer /healthz")
+        wait_until(
+            lambda: proc.poll() is not None or healthy(run.base + "/healthz"),
+            timeout_s,
+            1,
+            "the gateway to answer /healthz",
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"serve run exited ({proc.returncode}):\n{run.log_tail()}")
         yield run

@@ -15,6 +15,7 @@ raw requests/s and p99. The camera's fps is read before and during the load.
 behind Serve's Python HTTP proxy, then behind Ray Serve's HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1,
 HAProxy forwarding straight to the gateway replica), and prints the two side by side.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,14 @@ from pipeline.config import parse_args
 from tools.procs import LocalRedis, free_port
 
 CAMERA = "load0"
-ROLES = (("haproxy", "haproxy -"), ("proxy", "ProxyActor"), ("gateway", "ServeReplica:lookout:gateway"), ("wrk", "wrk "),
-         ("pipeline", "ServeReplica:lookout:"), ("pipeline", "ffmpeg"))
+ROLES = (
+    ("haproxy", "haproxy -"),
+    ("proxy", "ProxyActor"),
+    ("gateway", "ServeReplica:lookout:gateway"),
+    ("wrk", "wrk "),
+    ("pipeline", "ServeReplica:lookout:"),
+    ("pipeline", "ffmpeg"),
+)
 SERVER_ROLES = ("proxy", "haproxy", "gateway")  # what serves a request, whichever proxy fronts the gateway
 
 
@@ -107,8 +114,9 @@ async def get(session, url: str, kind: str, tally: Tally, headers=None) -> tuple
 
 
 async def viewer(session, base: str, token: str, until: float, tally: Tally) -> None:
-    status, body = await get(session, f"{base}/api/cameras/{CAMERA}/hls-link", "api", tally,
-                             {"Authorization": f"Bearer {token}"})
+    status, body = await get(
+        session, f"{base}/api/cameras/{CAMERA}/hls-link", "api", tally, {"Authorization": f"Bearer {token}"}
+    )
     if status != 200:
         return
     link = json.loads(body)["url"]
@@ -149,8 +157,9 @@ async def api_client(session, base: str, token: str, until: float, tally: Tally,
         await asyncio.sleep(pause_s)
 
 
-async def simulate(base: str, token: str, viewers: int, api_clients: int, seconds: float,
-                   api_pause_s: float) -> tuple[Tally, float]:
+async def simulate(
+    base: str, token: str, viewers: int, api_clients: int, seconds: float, api_pause_s: float
+) -> tuple[Tally, float]:
     import aiohttp
 
     tally = Tally()
@@ -162,8 +171,9 @@ async def simulate(base: str, token: str, viewers: int, api_clients: int, second
         for i in range(viewers):
             tasks.append(asyncio.create_task(viewer(session, base, token, until, tally)))
             await asyncio.sleep(1.0 / max(viewers, 1))  # stagger the starts over about a second
-        tasks += [asyncio.create_task(api_client(session, base, token, until, tally, api_pause_s))
-                  for _ in range(api_clients)]
+        tasks += [
+            asyncio.create_task(api_client(session, base, token, until, tally, api_pause_s)) for _ in range(api_clients)
+        ]
         t0 = time.monotonic()
         await asyncio.gather(*tasks)
         return tally, time.monotonic() - t0
@@ -174,8 +184,11 @@ def run_wrk(url: str, connections: int, seconds: int, threads: int = 2) -> dict 
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk): skipping the raw request rate")
         return None
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-                          "--timeout", "10s", url], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "--timeout", "10s", url],
+        capture_output=True,
+        text=True,
+    ).stdout
 
     def ms(label: str) -> float:
         m = re.search(rf"^\s*{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -186,16 +199,22 @@ def run_wrk(url: str, connections: int, seconds: int, threads: int = 2) -> dict 
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errs = re.search(r"Socket errors:.*", out)
-    return {"rps": float(rps.group(1)) if rps else float("nan"), "p50_ms": ms("50%"), "p99_ms": ms("99%"),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errs.group(0) if errs else "none"}
+    return {
+        "rps": float(rps.group(1)) if rps else float("nan"),
+        "p50_ms": ms("50%"),
+        "p99_ms": ms("99%"),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": errs.group(0) if errs else "none",
+    }
 
 
 def token_for(base: str, client_id: str, secret: str) -> str:
     import urllib.request
 
     basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    req = urllib.request.Request(base + "/oauth/token", data=b"grant_type=client_credentials",
-                                 headers={"Authorization": f"Basic {basic}"})
+    req = urllib.request.Request(
+        base + "/oauth/token", data=b"grant_type=client_credentials", headers={"Authorization": f"Basic {basic}"}
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())["access_token"]
 
@@ -207,7 +226,9 @@ def wait_for_segments(base: str, token: str, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            req = urllib.request.Request(f"{base}/hls/{CAMERA}/index.m3u8", headers={"Authorization": f"Bearer {token}"})
+            req = urllib.request.Request(
+                f"{base}/hls/{CAMERA}/index.m3u8", headers={"Authorization": f"Bearer {token}"}
+            )
             with urllib.request.urlopen(req, timeout=10) as r:
                 if len(parse_playlist(r.read().decode())[2]) >= 3:
                     return
@@ -229,9 +250,22 @@ def fps_over(statuses, seconds: float) -> float:
 
 
 REPORT_MARK = "LOAD-REPORT "
-SIDE_BY_SIDE = ("requests_per_s", "playlist_p50_ms", "playlist_p99_ms", "segment_p50_ms", "segment_p99_ms",
-                "api_p50_ms", "api_p99_ms", "segments_fetched", "segments_failed", "segments_unseen",
-                "missed_segments", "fps_before", "fps_during", "fps_after_wrk")
+SIDE_BY_SIDE = (
+    "requests_per_s",
+    "playlist_p50_ms",
+    "playlist_p99_ms",
+    "segment_p50_ms",
+    "segment_p99_ms",
+    "api_p50_ms",
+    "api_p99_ms",
+    "segments_fetched",
+    "segments_failed",
+    "segments_unseen",
+    "missed_segments",
+    "fps_before",
+    "fps_during",
+    "fps_after_wrk",
+)
 
 
 def main(a: argparse.Namespace) -> int:
@@ -247,14 +281,19 @@ def main(a: argparse.Namespace) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_")}
         env.update(haproxy_env(state) if mode == "haproxy" else {})
         print(f"== {mode}: {a.viewers} viewers, {a.api_clients} API clients, {a.seconds:g} s", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "tools.load_bench", json.dumps(vars(a), default=str)], env=env,
-                              capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tools.load_bench", json.dumps(vars(a), default=str)],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         shutil.rmtree(state, ignore_errors=True)
         line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith(REPORT_MARK)), None)
         if line is None:
             print(f"{mode}: the run failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
             continue
-        reports[mode] = {"proxy": mode, **json.loads(line[len(REPORT_MARK):])}
+        reports[mode] = {"proxy": mode, **json.loads(line[len(REPORT_MARK) :])}
         print(json.dumps(reports[mode], indent=2), flush=True)
     if not reports:
         return 1
@@ -262,17 +301,23 @@ def main(a: argparse.Namespace) -> int:
     for key in SIDE_BY_SIDE:
         print(f"{key:24}" + "".join(f"{str(r.get(key)):>14}" for r in reports.values()))
     for key in SERVER_ROLES:
-        print(f"{'CPU ms/request ' + key:24}" + "".join(
-            f"{str(r.get('server_cpu_ms_per_request', {}).get(key)):>14}" for r in reports.values()))
+        print(
+            f"{'CPU ms/request ' + key:24}"
+            + "".join(f"{str(r.get('server_cpu_ms_per_request', {}).get(key)):>14}" for r in reports.values())
+        )
     if "serve" in reports and "haproxy" in reports and reports["serve"].get("requests_per_s"):
-        print(f"requests/s, haproxy / serve: {reports['haproxy']['requests_per_s'] / reports['serve']['requests_per_s']:.2f}")
+        print(
+            f"requests/s, haproxy / serve: {reports['haproxy']['requests_per_s'] / reports['serve']['requests_per_s']:.2f}"
+        )
     verdicts = []
     for mode, r in reports.items():
         ok = r.get("missed_segments", 1) == 0
         verdicts.append(ok)
-        print(f"{'PASS' if ok else 'FAIL'} ({mode}): {a.viewers} viewers, {r.get('missed_segments')} missed segments, "
-              f"{r.get('requests_per_s')} req/s, segment p99 {r.get('segment_p99_ms')} ms, "
-              f"fps {r.get('fps_before')} -> {r.get('fps_during')}")
+        print(
+            f"{'PASS' if ok else 'FAIL'} ({mode}): {a.viewers} viewers, {r.get('missed_segments')} missed segments, "
+            f"{r.get('requests_per_s')} req/s, segment p99 {r.get('segment_p99_ms')} ms, "
+            f"fps {r.get('fps_before')} -> {r.get('fps_during')}"
+        )
     return 0 if verdicts[-1] else 1
 
 
@@ -296,20 +341,23 @@ def measure(a: argparse.Namespace) -> dict:
     base = f"http://127.0.0.1:{port}"
     os.environ.setdefault("LOOKOUT_ADMIN_PASSWORD", base64.b64encode(os.urandom(12)).decode())
     auth_db = tmp / "auth.sqlite3"
-    args = parse_args({
-        "redis_url": rds.url,
-        "cameras": [{"id": CAMERA, "source": clip}],
-        "model": {"onnx": a.onnx, "backend": a.backend},
-        "hls": {"segment_s": a.segment_s},
-        "history": {"db_path": str(tmp / "history.sqlite3")},
-        "clips": {"dir": str(tmp / "clips")},
-        "gateway": {"public_url": base, **({"max_ongoing_requests": a.gateway_max_ongoing} if a.gateway_max_ongoing else {}),
-                    "auth": {"mode": "builtin", "db_path": str(auth_db),
-                                                  "key_dir": str(tmp / "keys")}},
-    })
+    args = parse_args(
+        {
+            "redis_url": rds.url,
+            "cameras": [{"id": CAMERA, "source": clip}],
+            "model": {"onnx": a.onnx, "backend": a.backend},
+            "hls": {"segment_s": a.segment_s},
+            "history": {"db_path": str(tmp / "history.sqlite3")},
+            "clips": {"dir": str(tmp / "clips")},
+            "gateway": {
+                "public_url": base,
+                **({"max_ongoing_requests": a.gateway_max_ongoing} if a.gateway_max_ongoing else {}),
+                "auth": {"mode": "builtin", "db_path": str(auth_db), "key_dir": str(tmp / "keys")},
+            },
+        }
+    )
     row, secret = AuthStore(auth_db).add_client("load bench", {"detections:read", f"camera:{CAMERA}:view"})
-    report: dict = {"viewers": a.viewers, "api_clients": a.api_clients, "seconds": a.seconds,
-                    "segment_s": a.segment_s}
+    report: dict = {"viewers": a.viewers, "api_clients": a.api_clients, "seconds": a.seconds, "segment_s": a.segment_s}
     try:
         for attempt in range(5):  # a loaded box can miss Ray's fixed 30 s node start-up wait
             try:
@@ -344,29 +392,37 @@ def measure(a: argparse.Namespace) -> dict:
         n = sum(len(v) for v in tally.latency_s.values())
         served = sum(cpu.get(k, 0.0) for k in SERVER_ROLES)
         report["cpu_s_per_s"] = {k: round(v / elapsed, 3) for k, v in sorted(cpu.items())}
-        report["server_cpu_ms_per_request"] = {k: round(cpu.get(k, 0.0) / max(n, 1) * 1000, 2)
-                                               for k in SERVER_ROLES}
+        report["server_cpu_ms_per_request"] = {k: round(cpu.get(k, 0.0) / max(n, 1) * 1000, 2) for k in SERVER_ROLES}
         # What a viewer asks for per second (a playlist reload and a segment per segment duration), and
         # how many such viewers the proxy + gateway CPU per request would allow on the cores the
         # pipeline leaves of an idle box of this machine's size.
         free = max(0.0, (os.cpu_count() or 2) - cpu.get("pipeline", 0.0) / elapsed - cpu.get("other", 0.0) / elapsed)
         per_req = served / max(n, 1)
-        report["estimate_idle_box"] = {"cores": os.cpu_count(), "cores_left_by_pipeline": round(free, 2),
-                                       "max_requests_per_s": round(free / per_req, 0) if per_req else None,
-                                       "max_viewers": round(free / per_req / (2 / a.segment_s), 0) if per_req else None}
-        report.update({
-            "fps_during": round(sum(during[3:]) / max(len(during[3:]), 1), 2),
-            "requests": n, "requests_per_s": round(n / elapsed, 1),
-            **{f"{k}_p50_ms": round(pct(v, 50) * 1000, 1) for k, v in tally.latency_s.items()},
-            **{f"{k}_p99_ms": round(pct(v, 99) * 1000, 1) for k, v in tally.latency_s.items()},
-            "segments_fetched": tally.segments_ok, "segments_failed": tally.segments_failed,
-            "segments_unseen": tally.segments_unseen,
-            "missed_segments": tally.segments_failed + tally.segments_unseen,
-            "delivered_mbit_s": round(tally.bytes * 8 / elapsed / 1e6, 1), "errors": tally.errors,
-        })
+        report["estimate_idle_box"] = {
+            "cores": os.cpu_count(),
+            "cores_left_by_pipeline": round(free, 2),
+            "max_requests_per_s": round(free / per_req, 0) if per_req else None,
+            "max_viewers": round(free / per_req / (2 / a.segment_s), 0) if per_req else None,
+        }
+        report.update(
+            {
+                "fps_during": round(sum(during[3:]) / max(len(during[3:]), 1), 2),
+                "requests": n,
+                "requests_per_s": round(n / elapsed, 1),
+                **{f"{k}_p50_ms": round(pct(v, 50) * 1000, 1) for k, v in tally.latency_s.items()},
+                **{f"{k}_p99_ms": round(pct(v, 99) * 1000, 1) for k, v in tally.latency_s.items()},
+                "segments_fetched": tally.segments_ok,
+                "segments_failed": tally.segments_failed,
+                "segments_unseen": tally.segments_unseen,
+                "missed_segments": tally.segments_failed + tally.segments_unseen,
+                "delivered_mbit_s": round(tally.bytes * 8 / elapsed / 1e6, 1),
+                "errors": tally.errors,
+            }
+        )
         if a.wrk_seconds > 0:
-            req = urllib.request.Request(f"{base}/api/cameras/{CAMERA}/hls-link",
-                                         headers={"Authorization": f"Bearer {token}"})
+            req = urllib.request.Request(
+                f"{base}/api/cameras/{CAMERA}/hls-link", headers={"Authorization": f"Bearer {token}"}
+            )
             with urllib.request.urlopen(req, timeout=30) as r:
                 link = json.loads(r.read())["url"]
             c0 = cpu_by_role()
@@ -375,13 +431,15 @@ def measure(a: argparse.Namespace) -> dict:
             if report["wrk_playlist"]:
                 done = report["wrk_playlist"]["rps"] * a.wrk_seconds
                 report["wrk_playlist"]["server_cpu_ms_per_request"] = {
-                    k: round(c.get(k, 0.0) / max(done, 1) * 1000, 2) for k in SERVER_ROLES}
+                    k: round(c.get(k, 0.0) / max(done, 1) * 1000, 2) for k in SERVER_ROLES
+                }
             with urllib.request.urlopen(link, timeout=30) as r:
                 uri = parse_playlist(r.read().decode())[2][-1]
             # the newest segment stays in the store for keep_segments segment durations
             keep_s = int(args.hls.keep_segments * args.hls.segment_s) - 2
-            report["wrk_segment"] = run_wrk(link.split("index.m3u8")[0] + uri, a.wrk_connections,
-                                            max(2, min(a.wrk_seconds, keep_s)))
+            report["wrk_segment"] = run_wrk(
+                link.split("index.m3u8")[0] + uri, a.wrk_connections, max(2, min(a.wrk_seconds, keep_s))
+            )
             report["fps_after_wrk"] = round(fps_over(statuses, 10), 2)
     finally:
         serve.shutdown()

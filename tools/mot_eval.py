@@ -7,6 +7,7 @@
 Files are MOTChallenge CSV: frame (1-based), id, x, y, w, h, conf, class, visibility. How the
 ground truth in tests/data was made and checked is written down in docs/tracking.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,9 @@ def write_mot_csv(path: str | Path, boxes: Boxes, header: str = "") -> None:
         w = csv.writer(f)
         for frame in sorted(boxes):
             for tid, b in sorted(boxes[frame], key=lambda r: r[0]):
-                w.writerow([frame, tid, f"{b[0]:.1f}", f"{b[1]:.1f}", f"{b[2] - b[0]:.1f}", f"{b[3] - b[1]:.1f}",
-                            1, 1, 1])
+                w.writerow(
+                    [frame, tid, f"{b[0]:.1f}", f"{b[1]:.1f}", f"{b[2] - b[0]:.1f}", f"{b[3] - b[1]:.1f}", 1, 1, 1]
+                )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -87,10 +89,12 @@ class MotMetrics:
     hyp_ids: int
 
     def summary(self) -> str:
-        return (f"MOTA {self.mota:.3f}  IDF1 {self.idf1:.3f}  ID switches {self.id_switches}  "
-                f"FP {self.fp}  FN {self.fn}  GT {self.gt}  matches {self.matches}  "
-                f"MOTP(IoU) {self.motp_iou:.3f}  GT ids {self.gt_ids}  tracker ids {self.hyp_ids}  "
-                f"frames {self.frames}")
+        return (
+            f"MOTA {self.mota:.3f}  IDF1 {self.idf1:.3f}  ID switches {self.id_switches}  "
+            f"FP {self.fp}  FN {self.fn}  GT {self.gt}  matches {self.matches}  "
+            f"MOTP(IoU) {self.motp_iou:.3f}  GT ids {self.gt_ids}  tracker ids {self.hyp_ids}  "
+            f"frames {self.frames}"
+        )
 
 
 def clear_mot(gt: Boxes, hyp: Boxes, iou_threshold: float = 0.5, ignore: Boxes | None = None) -> MotMetrics:
@@ -127,7 +131,7 @@ def clear_mot(gt: Boxes, hyp: Boxes, iou_threshold: float = 0.5, ignore: Boxes |
         hyp_index = {hid: j for j, (hid, _) in enumerate(h)}
         used_g, used_h = set(), set()
         for i, (gid, _) in enumerate(g):
-            j = hyp_index.get(last.get(gid, -10**9))
+            j = hyp_index.get(last.get(gid, -(10**9)))
             if j is not None and j not in used_h and iou[i, j] >= iou_threshold:
                 pairs.append((i, j))
                 used_g.add(i)
@@ -167,8 +171,19 @@ def clear_mot(gt: Boxes, hyp: Boxes, iou_threshold: float = 0.5, ignore: Boxes |
     n_hyp = sum(hyp_len.values())
     idf1 = 2 * idtp / (n_gt + n_hyp) if n_gt + n_hyp else 1.0
     mota = 1.0 - (fn + fp + idsw) / n_gt if n_gt else 0.0
-    return MotMetrics(len(frames), n_gt, matches, fp, fn, idsw, mota,
-                      iou_sum / matches if matches else 0.0, idf1, len(gids), len(hids))
+    return MotMetrics(
+        len(frames),
+        n_gt,
+        matches,
+        fp,
+        fn,
+        idsw,
+        mota,
+        iou_sum / matches if matches else 0.0,
+        idf1,
+        len(gids),
+        len(hids),
+    )
 
 
 def _inside_fraction(box: np.ndarray, regions: np.ndarray) -> np.ndarray:
@@ -203,15 +218,23 @@ def read_frames(video: str | Path, start: int, count: int) -> list[np.ndarray]:
     return frames
 
 
-def detect_frames(frames: list[np.ndarray], onnx: str | Path, labels: str | Path | None,
-                  conf_threshold: float = 0.1, letter_box: bool | str = "auto") -> list[Detections]:
+def detect_frames(
+    frames: list[np.ndarray],
+    onnx: str | Path,
+    labels: str | Path | None,
+    conf_threshold: float = 0.1,
+    letter_box: bool | str = "auto",
+) -> list[Detections]:
     """Person detections of each frame from the project's detector (YOLOv4-tiny by default);
     `letter_box` is model.letter_box."""
     from pipeline.config import ModelConfig
     from pipeline.detector import Detector
 
-    det = Detector.from_config(ModelConfig(onnx=str(onnx), conf_threshold=conf_threshold, classes=["person"],
-                                           letter_box=letter_box), onnx, labels)
+    det = Detector.from_config(
+        ModelConfig(onnx=str(onnx), conf_threshold=conf_threshold, classes=["person"], letter_box=letter_box),
+        onnx,
+        labels,
+    )
     return [det.detect([img])[0][0] for img in frames]
 
 
@@ -232,8 +255,9 @@ def gt_range(gt: Boxes) -> tuple[int, int]:
 # --------------------------------------------------------------------------- ground-truth draft
 
 
-def draft_ground_truth(dets: list[Detections], min_conf: float = 0.5, link_iou: float = 0.3,
-                       max_gap: int = 8, min_len: int = 5) -> Boxes:
+def draft_ground_truth(
+    dets: list[Detections], min_conf: float = 0.5, link_iou: float = 0.3, max_gap: int = 8, min_len: int = 5
+) -> Boxes:
     """An offline first draft (to be corrected by hand): confident person boxes linked frame
     to frame by IoU (Hungarian), gaps of up to `max_gap` frames bridged by linear interpolation,
     tracklets shorter than `min_len` dropped. Uses future frames, unlike the online tracker."""
@@ -263,8 +287,15 @@ def draft_ground_truth(dets: list[Detections], min_conf: float = 0.5, link_iou: 
     return dict(out)
 
 
-def render_sheets(video: str | Path, start: int, boxes: Boxes, out_dir: str | Path, per_sheet: int = 12,
-                  cols: int = 3, crop: tuple[int, int, int, int] | None = None) -> list[Path]:
+def render_sheets(
+    video: str | Path,
+    start: int,
+    boxes: Boxes,
+    out_dir: str | Path,
+    per_sheet: int = 12,
+    cols: int = 3,
+    crop: tuple[int, int, int, int] | None = None,
+) -> list[Path]:
     """Draw ids on frames (start + frame - 1) into contact sheets for checking by eye."""
     import cv2
 
@@ -274,8 +305,10 @@ def render_sheets(video: str | Path, start: int, boxes: Boxes, out_dir: str | Pa
     frames = read_frames(video, start + first - 1, last - first + 1)
     paths = []
     rng = np.random.default_rng(7)
-    colors = {tid: tuple(int(c) for c in rng.integers(60, 255, 3))
-              for tid in sorted({t for v in boxes.values() for t, _ in v})}
+    colors = {
+        tid: tuple(int(c) for c in rng.integers(60, 255, 3))
+        for tid in sorted({t for v in boxes.values() for t, _ in v})
+    }
     for s in range(0, len(frames), per_sheet):
         tiles = []
         for k in range(s, min(s + per_sheet, len(frames))):
@@ -287,12 +320,12 @@ def render_sheets(video: str | Path, start: int, boxes: Boxes, out_dir: str | Pa
                 cv2.putText(img, str(tid), (x1, max(12, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colors[tid], 2)
             if crop:
                 x, y, w, h = crop
-                img = img[y:y + h, x:x + w]
+                img = img[y : y + h, x : x + w]
             cv2.putText(img, f"frame {f}", (5, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 255), 2)
             tiles.append(img)
         while len(tiles) % cols:
             tiles.append(np.zeros_like(tiles[0]))
-        sheet = np.vstack([np.hstack(tiles[i:i + cols]) for i in range(0, len(tiles), cols)])
+        sheet = np.vstack([np.hstack(tiles[i : i + cols]) for i in range(0, len(tiles), cols)])
         path = out_dir / f"sheet_{first + s:04d}.png"
         cv2.imwrite(str(path), sheet)
         paths.append(path)
@@ -307,9 +340,16 @@ def _model_paths(a: argparse.Namespace) -> tuple[Path, Path]:
     return Path(a.onnx or models / "yolov4-tiny-416.onnx"), Path(a.labels or models / "coco.names")
 
 
-def evaluate(video: str | Path, gt_path: str | Path, start: int, onnx: str | Path, labels: str | Path | None,
-             settings: TrackerConfig | None = None, conf_threshold: float = 0.1,
-             letter_box: bool | str = GT_LETTER_BOX) -> MotMetrics:
+def evaluate(
+    video: str | Path,
+    gt_path: str | Path,
+    start: int,
+    onnx: str | Path,
+    labels: str | Path | None,
+    settings: TrackerConfig | None = None,
+    conf_threshold: float = 0.1,
+    letter_box: bool | str = GT_LETTER_BOX,
+) -> MotMetrics:
     """Detector + tracker on the frames the ground truth covers, scored with `clear_mot`; frames are
     fitted to the detector as the ground truth's draft was (`GT_LETTER_BOX`) unless `letter_box` says."""
     gt = read_mot_csv(gt_path)
@@ -332,8 +372,13 @@ def main(argv: list[str] | None = None) -> int:
         if name == "eval":
             s.add_argument("--gt", default=str(DEFAULT_GT))
             s.add_argument("--json", action="store_true", help="print the figures as JSON")
-            s.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                           help="tracker setting (TrackerConfig field), repeatable")
+            s.add_argument(
+                "--set",
+                action="append",
+                default=[],
+                metavar="FIELD=VALUE",
+                help="tracker setting (TrackerConfig field), repeatable",
+            )
         elif name == "draft":
             s.add_argument("--frames", type=int, default=100)
             s.add_argument("-o", "--output", required=True)
@@ -351,7 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         frames = read_frames(a.video, a.start, a.frames)
         draft = draft_ground_truth(detect_frames(frames, onnx, labels, 0.3))
         write_mot_csv(a.output, draft, f"DRAFT from {Path(a.video).name} frames {a.start}..{a.start + a.frames - 1}")
-        print(f"{sum(map(len, draft.values()))} boxes, {len({t for v in draft.values() for t, _ in v})} ids -> {a.output}")
+        print(
+            f"{sum(map(len, draft.values()))} boxes, {len({t for v in draft.values() for t, _ in v})} ids -> {a.output}"
+        )
     else:
         crop = tuple(int(v) for v in a.crop.split(",")) if a.crop else None
         for path in render_sheets(a.video, a.start, read_mot_csv(a.gt), a.out_dir, crop=crop):

@@ -12,6 +12,7 @@ rule (tests/test_e2e_events.py's: more than 0 person in the lower part of the fr
 event counts as found when a gated event starts within 1 s of it. Issue 15's goal: >= 70 % less detector
 CPU with >= 95 % of the events. Not a timed test; run it on a quiet machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,13 @@ def read_clip(clip: str | Path, detect_fps: float, input_px: int, max_s: float |
     return frames, (w, h)
 
 
-def run(frames: list, source_size: tuple[int, int], detector: Detector, motion: MotionConfig | None,
-        objects_interval_s: float = 0.0) -> dict:
+def run(
+    frames: list,
+    source_size: tuple[int, int],
+    detector: Detector,
+    motion: MotionConfig | None,
+    objects_interval_s: float = 0.0,
+) -> dict:
     """One pass over the frames; `motion` None: every frame detected."""
     w, h = source_size
     floor = ZoneConfig(name="floor", points_px=[(0, round(h * 250 / 432)), (w, round(h * 250 / 432)), (w, h), (0, h)])
@@ -87,8 +93,13 @@ def run(frames: list, source_size: tuple[int, int], detector: Detector, motion: 
         updates += engine.update("cam", tracker.update(found[0], t), t)
     updates += engine.close_camera("cam", frames[-1][0] if frames else 0.0)
     starts = sorted(u.start_s for u in updates if u.kind == "start")
-    return {"frames": len(frames), "detector_calls": calls, "detector_cpu_s": round(det_cpu, 2),
-            "motion_cpu_s": round(motion_cpu, 3), "events": [round(s, 1) for s in starts]}
+    return {
+        "frames": len(frames),
+        "detector_calls": calls,
+        "detector_cpu_s": round(det_cpu, 2),
+        "motion_cpu_s": round(motion_cpu, 3),
+        "events": [round(s, 1) for s in starts],
+    }
 
 
 def compare(always: dict, gated: dict) -> dict:
@@ -101,11 +112,13 @@ def compare(always: dict, gated: dict) -> dict:
             left.remove(match)
             found += 1
     n = len(always["events"])
-    return {"detector_calls_cut_pct": round(100 * (1 - gated["detector_calls"] / max(1, always["detector_calls"])), 1),
-            "detector_cpu_cut_pct": round(100 * (1 - gated["detector_cpu_s"] / max(1e-9, always["detector_cpu_s"])), 1),
-            "events_found": f"{found}/{n}", "events_found_pct": round(100 * found / n, 1) if n else None,
-            "goal_met": bool(n) and found / n >= 0.95
-            and gated["detector_cpu_s"] <= 0.30 * always["detector_cpu_s"]}
+    return {
+        "detector_calls_cut_pct": round(100 * (1 - gated["detector_calls"] / max(1, always["detector_calls"])), 1),
+        "detector_cpu_cut_pct": round(100 * (1 - gated["detector_cpu_s"] / max(1e-9, always["detector_cpu_s"])), 1),
+        "events_found": f"{found}/{n}",
+        "events_found_pct": round(100 * found / n, 1) if n else None,
+        "goal_met": bool(n) and found / n >= 0.95 and gated["detector_cpu_s"] <= 0.30 * always["detector_cpu_s"],
+    }
 
 
 def main(a: argparse.Namespace) -> int:
@@ -117,20 +130,31 @@ def main(a: argparse.Namespace) -> int:
         raise SystemExit(f"{clip}: no frames")
     detector.detect([frames[0][1]], [size])  # warm-up, outside both runs
     motion = MotionConfig()
-    print(f"{clip.name}: {len(frames)} frames at {a.detect_fps:g} fps ({frames[-1][0]:.0f} s), "
-          f"{frames[0][1].shape[1]}x{frames[0][1].shape[0]}, {detector.backend.describe()}; motion {motion.model_dump()}")
+    print(
+        f"{clip.name}: {len(frames)} frames at {a.detect_fps:g} fps ({frames[-1][0]:.0f} s), "
+        f"{frames[0][1].shape[1]}x{frames[0][1].shape[0]}, {detector.backend.describe()}; motion {motion.model_dump()}"
+    )
     always = run(frames, size, detector, None)
     gated = run(frames, size, detector, motion)
     runs = [("always-on", always), ("gated", gated)]
     if a.objects_interval_s > 0:
-        runs.append((f"gated, objects every {a.objects_interval_s:g} s",
-                     run(frames, size, detector, motion, a.objects_interval_s)))
+        runs.append(
+            (
+                f"gated, objects every {a.objects_interval_s:g} s",
+                run(frames, size, detector, motion, a.objects_interval_s),
+            )
+        )
     print(f"{'':28} {'calls':>6} {'detector CPU s':>15} {'motion CPU s':>13}  events (start, s)")
     for name, r in runs:
-        print(f"{name:28} {r['detector_calls']:>6} {r['detector_cpu_s']:>15.2f} {r['motion_cpu_s']:>13.3f}  {r['events']}")
+        print(
+            f"{name:28} {r['detector_calls']:>6} {r['detector_cpu_s']:>15.2f} {r['motion_cpu_s']:>13.3f}  {r['events']}"
+        )
     out = {"always_on": always, "gated": {**gated, **compare(always, gated)}}
     if len(runs) > 2:
-        out["gated_objects_interval"] = {"objects_interval_s": a.objects_interval_s, **runs[2][1],
-                                         **compare(always, runs[2][1])}
+        out["gated_objects_interval"] = {
+            "objects_interval_s": a.objects_interval_s,
+            **runs[2][1],
+            **compare(always, runs[2][1]),
+        }
     print(json.dumps(out))
     return 0

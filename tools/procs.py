@@ -1,4 +1,5 @@
 """What the benchmarks need from the machine: a throwaway Redis, free ports, per-stage process readings."""
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-STAGES = (("detector", "ServeReplica:lookout:detector"), ("ingest", "ServeReplica:lookout:ingest"),
-          ("encoder", "ServeReplica:lookout:encoder"), ("events", "ServeReplica:lookout:events"),
-          ("gateway", "ServeReplica:lookout:gateway"), ("ffmpeg", "ffmpeg"), ("redis", "redis-server"),
-          ("ray", "ray"), ("ray", "raylet"), ("ray", "gcs_server"))
+STAGES = (
+    ("detector", "ServeReplica:lookout:detector"),
+    ("ingest", "ServeReplica:lookout:ingest"),
+    ("encoder", "ServeReplica:lookout:encoder"),
+    ("events", "ServeReplica:lookout:events"),
+    ("gateway", "ServeReplica:lookout:gateway"),
+    ("ffmpeg", "ffmpeg"),
+    ("redis", "redis-server"),
+    ("ray", "ray"),
+    ("ray", "raylet"),
+    ("ray", "gcs_server"),
+)
 
 
 def free_port() -> int:
@@ -35,8 +44,22 @@ class LocalRedis:
             raise SystemExit("redis-server is not installed and REDIS_URL is not set (run `make setup`)")
         port = free_port()
         self.dir = tempfile.mkdtemp(prefix="lookout-bench-redis-")
-        self.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--dir", self.dir], stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
         self.url = f"redis://127.0.0.1:{port}/0"
         time.sleep(0.5)
 
@@ -62,7 +85,7 @@ def read_stages(pids: Iterable[int | str] | None = None) -> dict[str, StageReadi
     tick = os.sysconf("SC_CLK_TCK")
     page = os.sysconf("SC_PAGE_SIZE")
     out: dict[str, StageReading] = {}
-    for pid in (filter(str.isdigit, os.listdir("/proc")) if pids is None else pids):
+    for pid in filter(str.isdigit, os.listdir("/proc")) if pids is None else pids:
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -91,10 +114,12 @@ def haproxy_env(state_dir: Path) -> dict[str, str]:
     state_dir.mkdir(parents=True, exist_ok=True)
     if len(str(state_dir / ("n" * 56) / "admin.sock")) > 107:
         raise ValueError(f"state_dir is too long for HAProxy's admin socket path: {str(state_dir)!r}")
-    return {"RAY_SERVE_ENABLE_HA_PROXY": "1",
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state_dir / "haproxy.cfg"),
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state_dir / "admin.sock"),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state_dir),
-            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state_dir / "server-state"),
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state_dir / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state_dir / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state_dir),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state_dir / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }

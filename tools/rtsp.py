@@ -1,5 +1,6 @@
 """A real GStreamer RTSP server on loopback (tools/rtsp_server.py under the system python), for the
 tests and the benchmarks that need a live camera."""
+
 from __future__ import annotations
 
 import os
@@ -16,9 +17,17 @@ SYSTEM_PYTHON = os.environ.get("LOOKOUT_GST_PYTHON", "/usr/bin/python3")
 class RtspTestServer:
     """One rtsp_server.py process on a fixed loopback port; start() / stop() may be repeated (same URL)."""
 
-    def __init__(self, port: int, name: str = "cam", file: str | Path | None = None,
-                 stall_after_s: float | None = None, fps: int | None = None,
-                 user: str | None = None, password: str | None = None, extra: list[str] | None = None):
+    def __init__(
+        self,
+        port: int,
+        name: str = "cam",
+        file: str | Path | None = None,
+        stall_after_s: float | None = None,
+        fps: int | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        extra: list[str] | None = None,
+    ):
         self.port = port
         self.name = name
         self.argv = [SYSTEM_PYTHON, str(SERVER_SCRIPT), "--port", str(port), "--name", name]
@@ -51,8 +60,9 @@ class RtspTestServer:
         if self.running:
             return self
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.proc.poll() is None:
             if "READY " in self.log_text():

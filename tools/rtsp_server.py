@@ -18,6 +18,7 @@ or not a client is connected.
 
 Prints "READY <url>" on stdout once it listens; exits on SIGTERM/SIGINT.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,12 +45,16 @@ class Feeder:
 
     def __init__(self, args: argparse.Namespace):
         if args.file:
-            desc = (f'filesrc location="{args.file}" ! decodebin ! videoconvert ! videoscale ! '
-                    "capsfilter name=size caps=video/x-raw,format=I420 ! appsink name=sink sync=false max-buffers=4")
+            desc = (
+                f'filesrc location="{args.file}" ! decodebin ! videoconvert ! videoscale ! '
+                "capsfilter name=size caps=video/x-raw,format=I420 ! appsink name=sink sync=false max-buffers=4"
+            )
         else:
-            desc = (f"videotestsrc pattern={args.pattern} ! video/x-raw,framerate={args.fps}/1 ! videoscale ! "
-                    f"capsfilter name=size caps=video/x-raw,format=I420,width={args.width},height={args.height} ! "
-                    "appsink name=sink sync=false max-buffers=4")
+            desc = (
+                f"videotestsrc pattern={args.pattern} ! video/x-raw,framerate={args.fps}/1 ! videoscale ! "
+                f"capsfilter name=size caps=video/x-raw,format=I420,width={args.width},height={args.height} ! "
+                "appsink name=sink sync=false max-buffers=4"
+            )
         self.pipeline = Gst.parse_launch(desc)
         self.sink = self.pipeline.get_by_name("sink")
         self.pipeline.set_state(Gst.State.PAUSED)
@@ -77,8 +82,9 @@ class Feeder:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _caps(self, size: tuple[int, int]) -> Gst.Caps:
-        return Gst.Caps.from_string(f"video/x-raw,format=I420,width={size[0]},height={size[1]},"
-                                    f"framerate={int(round(self.fps))}/1")
+        return Gst.Caps.from_string(
+            f"video/x-raw,format=I420,width={size[0]},height={size[1]},framerate={int(round(self.fps))}/1"
+        )
 
     def switch_size(self) -> bool:
         """SIGUSR1: the next frames come at the other size."""

@@ -11,6 +11,7 @@ The node that holds the camera's Redis lease is killed (SIGKILL of its raylet an
 times from the kill to frames from the new reader, to new HLS segments and to fresh detections are
 measured; the node is added back and the next kill waits until the standby is in place again.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -96,15 +97,22 @@ def throughput(a: argparse.Namespace, counts: list[int]) -> list[dict]:
         client = redis.Redis.from_url(rds.url)
         for n in counts:
             inflight = max(2, math.ceil(n * a.max_batch / a.cameras) + 1)  # enough waiting to fill n batches
-            args = parse_args({
-                "redis_url": rds.url,
-                "cameras": [{"id": c, "source": clip, "fps": a.camera_fps} for c in cams],
-                "model": {"onnx": a.onnx, "backend": a.backend, "intra_op_threads": a.threads or 1},
-                "detector": {"max_batch_size": a.max_batch, "num_replicas": n, "num_cpus": 1,
-                             "max_inflight_per_camera": inflight},
-                "hls": {"enabled": False}, "events": {"enabled": False},
-                "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
-            })
+            args = parse_args(
+                {
+                    "redis_url": rds.url,
+                    "cameras": [{"id": c, "source": clip, "fps": a.camera_fps} for c in cams],
+                    "model": {"onnx": a.onnx, "backend": a.backend, "intra_op_threads": a.threads or 1},
+                    "detector": {
+                        "max_batch_size": a.max_batch,
+                        "num_replicas": n,
+                        "num_cpus": 1,
+                        "max_inflight_per_camera": inflight,
+                    },
+                    "hls": {"enabled": False},
+                    "events": {"enabled": False},
+                    "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
+                }
+            )
             serve.run(build_app(args), name="lookout", route_prefix="/")
             time.sleep(WARMUP_S)
             t0 = time.time()
@@ -167,10 +175,15 @@ def failover(a: argparse.Namespace) -> list[dict]:
     rows = []
     try:
         rtsp.start()
-        fast_failure = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000,
-                        "health_check_failure_threshold": 4, "health_check_initial_delay_ms": 1000}
-        cluster = _start_cluster({"num_cpus": 4, "resources": {"head": 1}, "_system_config": fast_failure,
-                                  "include_dashboard": False})
+        fast_failure = {
+            "health_check_period_ms": 500,
+            "health_check_timeout_ms": 1000,
+            "health_check_failure_threshold": 4,
+            "health_check_initial_delay_ms": 1000,
+        }
+        cluster = _start_cluster(
+            {"num_cpus": 4, "resources": {"head": 1}, "_system_config": fast_failure, "include_dashboard": False}
+        )
         nodes = {n: cluster.add_node(num_cpus=1, resources={n: 1, "rtsp-host": 1}) for n in ("node-a", "node-b")}
         cluster.wait_for_nodes()
         rows = _kill_nodes(a, rds, rtsp, cluster, nodes)
@@ -193,24 +206,46 @@ def _kill_nodes(a: argparse.Namespace, rds: LocalRedis, rtsp, cluster, nodes: di
 
     port = free_port()
     args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
-    args.update({
-        "redis_url": rds.url,
-        "cameras": [{"id": "door", "source": rtsp.url, "node_resource": "rtsp-host", "standby_replicas": 1,
-                     "lease_ttl_s": LEASE_TTL_S, "reconnect_min_s": 0.5, "reconnect_max_s": 2.0,
-                     "read_timeout_s": 3.0}],
-        "events": {"enabled": False},
-        "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
-    })
+    args.update(
+        {
+            "redis_url": rds.url,
+            "cameras": [
+                {
+                    "id": "door",
+                    "source": rtsp.url,
+                    "node_resource": "rtsp-host",
+                    "standby_replicas": 1,
+                    "lease_ttl_s": LEASE_TTL_S,
+                    "reconnect_min_s": 0.5,
+                    "reconnect_max_s": 2.0,
+                    "read_timeout_s": 3.0,
+                }
+            ],
+            "events": {"enabled": False},
+            "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
+        }
+    )
     args["model"].update({"onnx": a.onnx, "backend": a.backend})
     args["detector"].update({"num_cpus": 2})
     args["hls"].update({"width_px": 320, "height_px": 180})
     on_head = {"num_cpus": 0.1, "resources": {"head": 0.01}}
-    config = {"proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port}, "applications": [{
-        "name": "lookout", "route_prefix": "/", "import_path": "deployments.app:build_app", "args": args,
-        "deployments": [{"name": "gateway", "ray_actor_options": on_head},
-                        {"name": "detector", "ray_actor_options": {"num_cpus": 2, "resources": {"head": 0.01}}},
-                        {"name": "encoder-door", "ray_actor_options": {"num_cpus": 0.1,
-                                                                        "resources": {"rtsp-host": 0.01}}}]}]}
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "lookout",
+                "route_prefix": "/",
+                "import_path": "deployments.app:build_app",
+                "args": args,
+                "deployments": [
+                    {"name": "gateway", "ray_actor_options": on_head},
+                    {"name": "detector", "ray_actor_options": {"num_cpus": 2, "resources": {"head": 0.01}}},
+                    {"name": "encoder-door", "ray_actor_options": {"num_cpus": 0.1, "resources": {"rtsp-host": 0.01}}},
+                ],
+            }
+        ],
+    }
     tmp = Path(rds.dir if rds.proc else tempfile.mkdtemp(prefix="lookout-scale-bench-"))
     r = redis.Redis.from_url(rds.url)
     rows = []
@@ -219,12 +254,26 @@ def _kill_nodes(a: argparse.Namespace, rds: LocalRedis, rtsp, cluster, nodes: di
             base = run.base
             init_ray(address=cluster.address)
             for k in range(a.kills):
-                _wait(lambda: serve.status().applications["lookout"].deployments["ingest-door"].replica_states
-                      == {"RUNNING": 2}, 180, "the reader and its standby", 1)
+                _wait(
+                    lambda: (
+                        serve.status().applications["lookout"].deployments["ingest-door"].replica_states
+                        == {"RUNNING": 2}
+                    ),
+                    180,
+                    "the reader and its standby",
+                    1,
+                )
                 _wait(lambda: (get_json(f"{base}/api/cameras/door") or {}).get("state") == "running", 120, "door")
                 _wait(lambda: media_sequence(playlist(base, "door")) >= 2, 120, "door segments", 0.5)
-                _wait(lambda: (d := get_json(f"{base}/api/cameras/door/detections/latest"))
-                      and time.time() - d["captured_at"] < 5, 120, "fresh door detections", 0.5)
+                _wait(
+                    lambda: (
+                        (d := get_json(f"{base}/api/cameras/door/detections/latest"))
+                        and time.time() - d["captured_at"] < 5
+                    ),
+                    120,
+                    "fresh door detections",
+                    0.5,
+                )
                 holder = r.get(lease_key("door")).decode()
                 victim = next(n for n, node in nodes.items() if node.node_id.startswith(holder.split(":")[0]))
                 segs = media_sequence(playlist(base, "door"))
@@ -238,18 +287,36 @@ def _kill_nodes(a: argparse.Namespace, rds: LocalRedis, rtsp, cluster, nodes: di
 
                 _wait(frames_back, 60, "door frames from the standby", 0.05)
                 frames_s = time.monotonic() - killed
-                _wait(lambda: (d := get_json(f"{base}/api/cameras/door/detections/latest"))
-                      and d["captured_at"] > wall_killed, 60, "fresh door detections", 0.1)
+                _wait(
+                    lambda: (
+                        (d := get_json(f"{base}/api/cameras/door/detections/latest")) and d["captured_at"] > wall_killed
+                    ),
+                    60,
+                    "fresh door detections",
+                    0.1,
+                )
                 detections_s = time.monotonic() - killed
                 _wait(lambda: media_sequence(playlist(base, "door")) > segs + 1, 90, "new door segments", 0.1)
                 segments_s = time.monotonic() - killed
-                rows.append({"kill": k + 1, "node": victim, "frames_s": frames_s, "detections_s": detections_s,
-                             "segments_s": segments_s})
-                print(f"kill {k + 1} ({victim}): frames after {frames_s:.1f}s, detections after {detections_s:.1f}s, "
-                      f"new segments after {segments_s:.1f}s", flush=True)
+                rows.append(
+                    {
+                        "kill": k + 1,
+                        "node": victim,
+                        "frames_s": frames_s,
+                        "detections_s": detections_s,
+                        "segments_s": segments_s,
+                    }
+                )
+                print(
+                    f"kill {k + 1} ({victim}): frames after {frames_s:.1f}s, detections after {detections_s:.1f}s, "
+                    f"new segments after {segments_s:.1f}s",
+                    flush=True,
+                )
                 if k + 1 < a.kills:
                     try:
-                        nodes[victim] = _retry(lambda: cluster.add_node(num_cpus=1, resources={victim: 1, "rtsp-host": 1}))
+                        nodes[victim] = _retry(
+                            lambda: cluster.add_node(num_cpus=1, resources={victim: 1, "rtsp-host": 1})
+                        )
                     except Exception as exc:  # noqa: BLE001 - keep the kills measured so far
                         print(f"could not add {victim} back ({exc}); stopping after {k + 1} kill(s)", flush=True)
                         break
@@ -263,9 +330,12 @@ def main(a: argparse.Namespace) -> int:
     counts = [int(x) for x in str(a.replicas).split(",")]
     if counts[0] != 1:
         counts = [1] + counts
-    print(f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} clip={a.clip or 'data/demo/vtest.avi'} "
-          f"cameras={a.cameras} x {a.camera_fps:g} fps offered, batch {a.max_batch}, "
-          f"{a.threads or 1} ONNX Runtime thread(s) per replica, window {a.seconds:.0f}s", flush=True)
+    print(
+        f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} clip={a.clip or 'data/demo/vtest.avi'} "
+        f"cameras={a.cameras} x {a.camera_fps:g} fps offered, batch {a.max_batch}, "
+        f"{a.threads or 1} ONNX Runtime thread(s) per replica, window {a.seconds:.0f}s",
+        flush=True,
+    )
     rows = throughput(a, counts)
     print(f"{'replicas':>8} {'frames/s':>9} {'efficiency':>10} {'load avg':>8}")
     for row in rows:
@@ -273,8 +343,11 @@ def main(a: argparse.Namespace) -> int:
     kills = failover(a) if a.kills > 0 else []
     if kills:
         print(f"failover over {len(kills)} node kill(s), lease ttl {LEASE_TTL_S:g}s (seconds from the kill):")
-        for key, label in (("frames_s", "frames from the standby"), ("detections_s", "fresh detections"),
-                           ("segments_s", "new HLS segments")):
+        for key, label in (
+            ("frames_s", "frames from the standby"),
+            ("detections_s", "fresh detections"),
+            ("segments_s", "new HLS segments"),
+        ):
             values = [k[key] for k in kills]
             print(f"  {label:>24}: p50 {statistics.median(values):.1f}  max {max(values):.1f}")
     print(f"load at the end: {os.getloadavg()[0]:.1f}")

@@ -6,6 +6,7 @@ camera's fps. After the run it fits a line to the second half of each series (th
 is warm-up: caches, the HLS window and the Redis streams fill up) and fails when a series still
 grows faster than its allowance. It writes the samples as CSV and a PNG chart.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,7 +117,7 @@ def verdict(rows: list[dict]) -> tuple[bool, list[str]]:
     Where the rows split Redis into capped streams and the rest, Redis' total is shown but the rest
     (`redis_uncapped_mb`) is what is judged, and the capped streams must stay within their caps.
     """
-    half = rows[len(rows) // 2:]
+    half = rows[len(rows) // 2 :]
     minutes = np.array([r["minute"] for r in half])
     split = any("redis_uncapped_mb" in r for r in rows)
     lines, ok = [], True
@@ -125,37 +126,55 @@ def verdict(rows: list[dict]) -> tuple[bool, list[str]]:
         if key == "capped_fill":
             peak = float(np.array([r.get(key, 0.0) for r in rows], float).max())
             good = peak <= MAX_CAP_FILL
-            lines.append(f"{'ok  ' if good else 'FAIL'} capped streams: fullest at {values[-1]:.0%} of its cap now, "
-                         f"{peak:.0%} at most (allowed {MAX_CAP_FILL:.0%})")
+            lines.append(
+                f"{'ok  ' if good else 'FAIL'} capped streams: fullest at {values[-1]:.0%} of its cap now, "
+                f"{peak:.0%} at most (allowed {MAX_CAP_FILL:.0%})"
+            )
         elif key == "redis_mb" and split:
-            lines.append(f"info redis_mb: {values[-1]:.2f} now, {slope_per_h(minutes, values):+.2f}/h over the "
-                         f"second half (capped streams + the rest; the rest is judged below)")
+            lines.append(
+                f"info redis_mb: {values[-1]:.2f} now, {slope_per_h(minutes, values):+.2f}/h over the "
+                f"second half (capped streams + the rest; the rest is judged below)"
+            )
             continue
         elif key.startswith("fps:"):
-            warm = np.array([r.get(key, 0.0) for r in rows[len(rows) // 4: len(rows) // 2]], float)
+            warm = np.array([r.get(key, 0.0) for r in rows[len(rows) // 4 : len(rows) // 2]], float)
             ratio = float(values.mean() / warm.mean()) if warm.size and warm.mean() > 0 else 0.0
             good = ratio >= MIN_FPS_RATIO
-            lines.append(f"{'ok  ' if good else 'FAIL'} {key}: {values.mean():.2f} fps, "
-                         f"{ratio:.2f} of the first half")
+            lines.append(f"{'ok  ' if good else 'FAIL'} {key}: {values.mean():.2f} fps, {ratio:.2f} of the first half")
         else:
             kind = key.split(":")[0]
             growth = slope_per_h(minutes, values)
             good = growth <= ALLOWANCE_PER_H[kind]
-            lines.append(f"{'ok  ' if good else 'FAIL'} {key}: {values[-1]:.2f} now, "
-                         f"{growth:+.2f}/h over the second half (allowed {ALLOWANCE_PER_H[kind]:+.1f}/h)")
+            lines.append(
+                f"{'ok  ' if good else 'FAIL'} {key}: {values[-1]:.2f} now, "
+                f"{growth:+.2f}/h over the second half (allowed {ALLOWANCE_PER_H[kind]:+.1f}/h)"
+            )
         ok &= good
     return ok, lines
 
 
 def plot(rows: list[dict], path: Path) -> None:
     """Four panels (memory per stage, Redis + HLS disk, fds per stage, fps) drawn with OpenCV."""
-    panels = [("resident memory per stage (MB)", "rss_mb:"),
-              ("Redis memory: all, outside capped streams; HLS disk (MB)", ("redis_mb", "redis_uncapped_mb", "hls_disk_mb")),
-              ("open file descriptors per stage", "fds:"), ("camera fps", "fps:")]
+    panels = [
+        ("resident memory per stage (MB)", "rss_mb:"),
+        ("Redis memory: all, outside capped streams; HLS disk (MB)", ("redis_mb", "redis_uncapped_mb", "hls_disk_mb")),
+        ("open file descriptors per stage", "fds:"),
+        ("camera fps", "fps:"),
+    ]
     w, h, pad = 900, 260, 50
     img = np.full((h * len(panels), w, 3), 255, np.uint8)
-    colors = [(200, 60, 60), (60, 140, 60), (60, 60, 200), (0, 160, 200), (160, 0, 160), (120, 120, 0),
-              (0, 0, 0), (100, 100, 255), (255, 100, 0), (0, 200, 120)]
+    colors = [
+        (200, 60, 60),
+        (60, 140, 60),
+        (60, 60, 200),
+        (0, 160, 200),
+        (160, 0, 160),
+        (120, 120, 0),
+        (0, 0, 0),
+        (100, 100, 255),
+        (255, 100, 0),
+        (0, 200, 120),
+    ]
     minutes = np.array([r["minute"] for r in rows])
     for i, (title, sel) in enumerate(panels):
         top = i * h
@@ -190,12 +209,14 @@ def main(a: argparse.Namespace) -> int:
     rds = LocalRedis()
     port = free_port()
     cameras = [f"soak{i}" for i in range(a.cameras)]
-    args = parse_args({
-        "redis_url": rds.url,
-        "cameras": [{"id": c, "source": clip} for c in cameras],
-        "model": {"onnx": a.onnx, "backend": a.backend},
-        "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
-    })
+    args = parse_args(
+        {
+            "redis_url": rds.url,
+            "cameras": [{"id": c, "source": clip} for c in cameras],
+            "model": {"onnx": a.onnx, "backend": a.backend},
+            "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
+        }
+    )
     ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     rows: list[dict] = []

@@ -9,6 +9,7 @@ camera workers do), so frames that wait in OpenCV's buffer while the loop is beh
 
     python -m tools.user_loop rtsp://127.0.0.1:8554/cam --hls-dir /tmp/cam0 --detections /tmp/cam0.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,22 +25,70 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def hls_argv(out_dir: Path, width_px: int, height_px: int, fps: float, preset: str = "veryfast",
-             segment_s: float = 1.0, list_size: int = 6) -> list[str]:
+def hls_argv(
+    out_dir: Path,
+    width_px: int,
+    height_px: int,
+    fps: float,
+    preset: str = "veryfast",
+    segment_s: float = 1.0,
+    list_size: int = 6,
+) -> list[str]:
     """ffmpeg: raw BGR frames on stdin at `fps` -> libx264 HLS (MPEG-TS segments, a keyframe per segment,
     PROGRAM-DATE-TIME) in `out_dir`."""
     gop = max(1, round(fps * segment_s))
-    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{width_px}x{height_px}", "-r", f"{fps:g}", "-i", "pipe:0",
-            "-c:v", "libx264", "-preset", preset, "-pix_fmt", "yuv420p", "-g", str(gop), "-keyint_min", str(gop),
-            "-sc_threshold", "0",
-            "-f", "hls", "-hls_time", f"{segment_s:g}", "-hls_list_size", str(list_size),
-            "-hls_flags", "delete_segments+program_date_time+independent_segments",
-            "-hls_segment_filename", str(out_dir / "seg%06d.ts"), str(out_dir / "index.m3u8")]
+    return [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "bgr24",
+        "-s",
+        f"{width_px}x{height_px}",
+        "-r",
+        f"{fps:g}",
+        "-i",
+        "pipe:0",
+        "-c:v",
+        "libx264",
+        "-preset",
+        preset,
+        "-pix_fmt",
+        "yuv420p",
+        "-g",
+        str(gop),
+        "-keyint_min",
+        str(gop),
+        "-sc_threshold",
+        "0",
+        "-f",
+        "hls",
+        "-hls_time",
+        f"{segment_s:g}",
+        "-hls_list_size",
+        str(list_size),
+        "-hls_flags",
+        "delete_segments+program_date_time+independent_segments",
+        "-hls_segment_filename",
+        str(out_dir / "seg%06d.ts"),
+        str(out_dir / "index.m3u8"),
+    ]
 
 
-def run(source: str, hls_dir: Path, detections_path: Path, onnx: str, detect_every: int = 2, threads: int = 1,
-        preset: str = "veryfast", stop: threading.Event | None = None) -> int:
+def run(
+    source: str,
+    hls_dir: Path,
+    detections_path: Path,
+    onnx: str,
+    detect_every: int = 2,
+    threads: int = 1,
+    preset: str = "veryfast",
+    stop: threading.Event | None = None,
+) -> int:
     """Read, detect every `detect_every`-th frame, draw, encode; until the source ends or `stop` is set.
     Returns the number of frames encoded."""
     import cv2

@@ -1,4 +1,5 @@
 """The one polling wait of the tests and the tools."""
+
 from __future__ import annotations
 
 import time

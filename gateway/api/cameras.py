@@ -1,4 +1,5 @@
 """Camera list, status and latest detections."""
+
 from __future__ import annotations
 
 import time
@@ -56,9 +57,16 @@ def video_path_view(ctx: GatewayContext, camera_id: str, stream: dict | None) ->
     does not say)."""
     cam = next((c for c in ctx.args.cameras if c.id == camera_id), None)
     stream = stream or {}
-    view = {"path": None, "path_reason": None, "detect": None, "detect_fps": None,
-            "video": stream.get("video"), "video_reason": stream.get("video_reason"),
-            "segment_s": stream.get("segment_s"), "recording": None}
+    view = {
+        "path": None,
+        "path_reason": None,
+        "detect": None,
+        "detect_fps": None,
+        "video": stream.get("video"),
+        "video_reason": stream.get("video_reason"),
+        "segment_s": stream.get("segment_s"),
+        "recording": None,
+    }
     if cam is not None:
         on, why = recording_plan(cam, ctx.args.hls, ctx.args.record)
         view["recording"] = {"on": on, "why": why, "problem": stream.get("recording_problem") if on else None}

@@ -7,6 +7,7 @@ EventSource reconnects after `retry`), so a logged-out or revoked caller stops r
 holds at most `gateway.max_streams_per_caller` streams at once (429 beyond), a process at most
 `gateway.max_streams` (503 beyond), so one caller cannot take the Redis connections of the others.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,13 @@ def stream_response(ctx: GatewayContext, request: Request, events: AsyncGenerato
         finally:
             await events.aclose()
 
-    return LimitedStream(guarded(), limiter=ctx.streams, caller=caller, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return LimitedStream(
+        guarded(),
+        limiter=ctx.streams,
+        caller=caller,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 def make_routes(ctx: GatewayContext) -> list[Route]:

@@ -1,5 +1,6 @@
 """Events: list/filter (only cameras the caller may view), one event, its snapshot and clip, and
 an SSE stream of event updates (one coroutine per client with redis.asyncio, no thread)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -121,14 +122,25 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         try:
             info = await asyncio.to_thread(exporter.export, ev.camera_id, since_s, until_s, f"event_{ev.id}_rec")
         except (ClipError, ValueError) as exc:
-            return JSONResponse({"error": f"the clip of event {ev.id!r} is gone and its video is no longer "
-                                          "recorded", "detail": str(exc)}, status_code=410)
+            return JSONResponse(
+                {
+                    "error": f"the clip of event {ev.id!r} is gone and its video is no longer recorded",
+                    "detail": str(exc),
+                },
+                status_code=410,
+            )
         except RecordingsUnavailable as exc:
             log.warning("camera %s: clip of event %s: %s", ev.camera_id, ev.id, exc)
             return unavailable(str(exc))
-        return FileResponse(info.path, media_type="video/mp4",
-                            headers={"Cache-Control": "private, no-store", "X-Clip-Start": f"{info.start_s:.3f}",
-                                     "X-Clip-Duration": f"{info.duration_s:.3f}"})
+        return FileResponse(
+            info.path,
+            media_type="video/mp4",
+            headers={
+                "Cache-Control": "private, no-store",
+                "X-Clip-Start": f"{info.start_s:.3f}",
+                "X-Clip-Duration": f"{info.duration_s:.3f}",
+            },
+        )
 
     async def stream(request: Request):
         """SSE: `event` messages carrying each update (start/update/end) of viewable cameras."""
@@ -137,8 +149,7 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         try:
             asked = parse_cameras(request.query_params.get("cameras"), known)
         except ValueError as exc:
-            return JSONResponse({"error": "invalid parameter", "field": "cameras", "detail": str(exc)},
-                                status_code=422)
+            return JSONResponse({"error": "invalid parameter", "field": "cameras", "detail": str(exc)}, status_code=422)
         cams = {c for c in asked if can_view(request, c)}
         if not cams:
             return JSONResponse({"error": "no camera you may view among those asked for"}, status_code=403)
@@ -147,8 +158,15 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
             try:
                 last_id = parse_stream_id(last_id)
             except ValueError as exc:
-                return JSONResponse({"error": "invalid parameter", "field": "Last-Event-ID", "detail": str(exc),
-                                     "value": last_id[:100]}, status_code=422)
+                return JSONResponse(
+                    {
+                        "error": "invalid parameter",
+                        "field": "Last-Event-ID",
+                        "detail": str(exc),
+                        "value": last_id[:100],
+                    },
+                    status_code=422,
+                )
 
         async def events():
             nonlocal last_id

@@ -1,5 +1,6 @@
 """Detection history and counts (through the events stage, which owns the SQLite file), the
 latest frame as JPEG, MP4 exports of any time range, and POST /api/detect."""
+
 from __future__ import annotations
 
 import asyncio
@@ -142,8 +143,12 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         try:
             q = parse_query(ExportQuery, request)
             if q.until_s - q.since_s > ctx.args.clips.max_clip_s:
-                raise BadParam("until_s", f"range of {q.until_s - q.since_s:.0f}s is longer than clips.max_clip_s "
-                                          f"({ctx.args.clips.max_clip_s:g})", q.until_s)
+                raise BadParam(
+                    "until_s",
+                    f"range of {q.until_s - q.since_s:.0f}s is longer than clips.max_clip_s "
+                    f"({ctx.args.clips.max_clip_s:g})",
+                    q.until_s,
+                )
         except BadParam as exc:
             return exc.response()
         try:
@@ -154,17 +159,30 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
             log.warning("camera %s: export: %s", cid, exc)
             return unavailable(str(exc))
         log.info("camera %s: export %.3f..%.3f -> %s", cid, q.since_s, q.until_s, info.key)
-        return FileResponse(info.path, media_type="video/mp4", filename=f"{cid}_{int(q.since_s)}.mp4",
-                            headers={"Cache-Control": "private, no-store",
-                                     "X-Clip-Start": f"{info.start_s:.3f}", "X-Clip-Duration": f"{info.duration_s:.3f}"})
+        return FileResponse(
+            info.path,
+            media_type="video/mp4",
+            filename=f"{cid}_{int(q.since_s)}.mp4",
+            headers={
+                "Cache-Control": "private, no-store",
+                "X-Clip-Start": f"{info.start_s:.3f}",
+                "X-Clip-Duration": f"{info.duration_s:.3f}",
+            },
+        )
 
     async def detect(request: Request) -> Response:
         """Detections of an uploaded JPEG or PNG (raw body) through the batched detector."""
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype not in UPLOAD_TYPES:
-            return JSONResponse({"error": "unsupported media type", "field": "Content-Type",
-                                 "detail": f"send the image as the body with Content-Type image/jpeg or image/png, "
-                                           f"got {ctype or 'none'!r}"}, status_code=415)
+            return JSONResponse(
+                {
+                    "error": "unsupported media type",
+                    "field": "Content-Type",
+                    "detail": f"send the image as the body with Content-Type image/jpeg or image/png, "
+                    f"got {ctype or 'none'!r}",
+                },
+                status_code=415,
+            )
         body = bytearray()
         try:
             async for chunk in request.stream():
@@ -175,27 +193,50 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
             return JSONResponse({"error": "image too large", "limit_bytes": upload_limit}, status_code=413)
         data = bytes(body)
         if not data.startswith(UPLOAD_TYPES[ctype]):
-            return JSONResponse({"error": "invalid image", "field": "body",
-                                 "detail": f"the body is not a {ctype} image ({len(data)} bytes)"}, status_code=400)
+            return JSONResponse(
+                {
+                    "error": "invalid image",
+                    "field": "body",
+                    "detail": f"the body is not a {ctype} image ({len(data)} bytes)",
+                },
+                status_code=400,
+            )
         try:
             w, h = image_size(data)  # from the header: a small file may declare a huge image
         except BadImage as exc:
-            return JSONResponse({"error": "invalid image", "field": "body",
-                                 "detail": f"could not decode the {ctype} image ({len(data)} bytes): {exc}"},
-                                status_code=400)
+            return JSONResponse(
+                {
+                    "error": "invalid image",
+                    "field": "body",
+                    "detail": f"could not decode the {ctype} image ({len(data)} bytes): {exc}",
+                },
+                status_code=400,
+            )
         if max(h, w) > MAX_UPLOAD_PX or min(h, w) < 8 or w * h > max_pixels:
-            return JSONResponse({"error": "invalid image", "field": "body",
-                                 "detail": f"image is {w}x{h} ({w * h} pixels); sides must be 8..{MAX_UPLOAD_PX} px "
-                                           f"and at most {max_pixels} pixels (gateway.upload_max_pixels)",
-                                 "limit_pixels": max_pixels, "limit_side_px": MAX_UPLOAD_PX},
-                                status_code=400 if min(h, w) < 8 else 413)
+            return JSONResponse(
+                {
+                    "error": "invalid image",
+                    "field": "body",
+                    "detail": f"image is {w}x{h} ({w * h} pixels); sides must be 8..{MAX_UPLOAD_PX} px "
+                    f"and at most {max_pixels} pixels (gateway.upload_max_pixels)",
+                    "limit_pixels": max_pixels,
+                    "limit_side_px": MAX_UPLOAD_PX,
+                },
+                status_code=400 if min(h, w) < 8 else 413,
+            )
         try:
             image = await decoder.decode(data)
         except TimeoutError:
             return overloaded("every image decoder stayed busy (gateway.max_concurrent_decodes); try again", 2)
         if image is None or image.shape[:2] != (h, w):
-            return JSONResponse({"error": "invalid image", "field": "body",
-                                 "detail": f"could not decode the {ctype} image ({len(data)} bytes)"}, status_code=400)
+            return JSONResponse(
+                {
+                    "error": "invalid image",
+                    "field": "body",
+                    "detail": f"could not decode the {ctype} image ({len(data)} bytes)",
+                },
+                status_code=400,
+            )
 
         seq = int(ctx.redis.incr(keys.upload_seq()))
         ref = bus.put(keys.UPLOAD_CAMERA, seq, image, time.time(), 0.0)

@@ -1,4 +1,5 @@
 """`GET /metrics`: the whole cluster's metrics in Prometheus' text format (admin scope)."""
+
 from __future__ import annotations
 
 from starlette.requests import Request

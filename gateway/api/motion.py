@@ -1,4 +1,5 @@
 """GET /api/cameras/{id}/motion: a camera's per-second motion activity (pipeline.motion.MotionLog) over a range."""
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,12 @@ class MotionQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     since_s: UnixTimeS = Field(description="Start (Unix seconds).")
     until_s: UnixTimeS = Field(description=f"End (Unix seconds), at most {MAX_RANGE_S // 86400} days after since_s.")
-    step_s: int = Field(1, ge=1, le=3600, description="Seconds per point (the highest activity in each); "
-                                                     f"at most {MAX_POINTS} points per call.")
+    step_s: int = Field(
+        1,
+        ge=1,
+        le=3600,
+        description=f"Seconds per point (the highest activity in each); at most {MAX_POINTS} points per call.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "MotionQuery":
@@ -37,8 +42,10 @@ class MotionQuery(BaseModel):
         if span > MAX_RANGE_S:
             raise ValueError(f"until_s ({self.until_s}) may be at most {MAX_RANGE_S} s after since_s ({self.since_s})")
         if span / self.step_s > MAX_POINTS:
-            raise ValueError(f"step_s ({self.step_s}) gives more than {MAX_POINTS} points over {span:g} s; "
-                             f"use step_s >= {int(-(-span // MAX_POINTS))}")
+            raise ValueError(
+                f"step_s ({self.step_s}) gives more than {MAX_POINTS} points over {span:g} s; "
+                f"use step_s >= {int(-(-span // MAX_POINTS))}"
+            )
         return self
 
 
@@ -71,7 +78,14 @@ def make_routes(ctx: GatewayContext) -> list[Route]:
         except redis.RedisError as exc:
             log.warning("camera %s: motion history unreadable: %s", cid, exc)
             return unavailable("motion history (Redis) cannot be read now")
-        return JSONResponse({"camera_id": cid, "since_s": q.since_s, "until_s": q.until_s, "step_s": q.step_s,
-                             "seconds": bucket(seconds, q.step_s)})
+        return JSONResponse(
+            {
+                "camera_id": cid,
+                "since_s": q.since_s,
+                "until_s": q.until_s,
+                "step_s": q.step_s,
+                "seconds": bucket(seconds, q.step_s),
+            }
+        )
 
     return [Route("/api/cameras/{camera_id}/motion", motion)]

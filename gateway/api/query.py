@@ -1,4 +1,5 @@
 """Shared helpers of the query API: parameter validation (422 naming the field) and stage calls."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,9 @@ class BadParam(Exception):
 _BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
-def parse_query(model: type[BaseModel], request: Request, fixed: dict[str, Any] | None = None,
-                bools: tuple[str, ...] = ()) -> BaseModel:
+def parse_query(
+    model: type[BaseModel], request: Request, fixed: dict[str, Any] | None = None, bools: tuple[str, ...] = ()
+) -> BaseModel:
     """Validate the query string into `model` (unknown or repeated parameters are errors too)."""
     params: dict[str, Any] = {}
     for name, value in request.query_params.multi_items():

@@ -5,6 +5,7 @@ The gateway only reads: the recording store (`record.store`) and its SQLite inde
 the index of this node is brought up to date from the bucket's listing for the requested range
 first (`RecordingIndex.sync`), so a gateway on any node sees every node's recordings.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,14 @@ from gateway.api.query import BadParam, parse_query, unavailable
 from gateway.context import GatewayContext
 from hls.clips import ClipInfo, ClipMaker, SegmentIndex
 from hls.record_index import RecordingIndex, gaps_between
-from hls.record_store import (RecordedSegment, RecordStore, default_index_path, make_record_store, parse_segment_key,
-                              split_init)
+from hls.record_store import (
+    RecordedSegment,
+    RecordStore,
+    default_index_path,
+    make_record_store,
+    parse_segment_key,
+    split_init,
+)
 from hls.vod import vod_playlist
 from pipeline.config import CAMERA_ID_RE, RecordConfig
 from pipeline.types import UnixTimeS
@@ -49,7 +56,8 @@ class SegmentQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     part: Literal["init", "media", "full"] = Field(
-        "full", description="init: its init section (EXT-X-MAP); media: its fragments; full: the standalone MP4.")
+        "full", description="init: its init section (EXT-X-MAP); media: its fragments; full: the standalone MP4."
+    )
     exp: str | None = Field(None, description="Expiry of a signed URL (Unix seconds).")
     sig: str | None = Field(None, description="Signature of a signed URL.")
 
@@ -83,28 +91,30 @@ class RecordingsReader:
     def store(self) -> RecordStore:
         return self._open()[0]
 
-    def segments(self, camera_id: str, since_s: float, until_s: float) -> tuple[list[RecordedSegment],
-                                                                                   list[tuple[float, float]]]:
+    def segments(
+        self, camera_id: str, since_s: float, until_s: float
+    ) -> tuple[list[RecordedSegment], list[tuple[float, float]]]:
         """Recorded segments of the camera overlapping [since_s, until_s] (by start), and its recorded spans
         there (clipped to the range; a hole over MAX_GAP_S splits them)."""
         store, index = self._open()
         try:
             if self.cfg.store == "s3":
                 self._sync(store, index, camera_id, since_s, until_s)
-            return (index.segments(camera_id, since_s, until_s),
-                    index.spans(camera_id, since_s, until_s, MAX_GAP_S))
+            return (index.segments(camera_id, since_s, until_s), index.spans(camera_id, since_s, until_s, MAX_GAP_S))
         except Exception as exc:  # noqa: BLE001 - an unreachable store or a locked index: 503
             raise RecordingsUnavailable(f"cannot read the recordings of camera {camera_id!r}: {exc}") from exc
 
-    def _sync(self, store: RecordStore, index: RecordingIndex, camera_id: str, since_s: float,
-              until_s: float) -> None:
+    def _sync(self, store: RecordStore, index: RecordingIndex, camera_id: str, since_s: float, until_s: float) -> None:
         """Index what the store has of the range (other nodes' segments). An hour listed less than
         `record.sweep_s` ago (retention deletes no faster) is not listed again, but for the last two:
         those are still being written."""
         mono = time.monotonic()
         recent = (int(time.time()) // 3600 - 1) * 3600
-        hours = [h for h in range(int(since_s) // 3600 * 3600, int(until_s) // 3600 * 3600 + 1, 3600)
-                 if h >= recent or mono - self._synced.get((camera_id, h), -1e18) > self.cfg.sweep_s]
+        hours = [
+            h
+            for h in range(int(since_s) // 3600 * 3600, int(until_s) // 3600 * 3600 + 1, 3600)
+            if h >= recent or mono - self._synced.get((camera_id, h), -1e18) > self.cfg.sweep_s
+        ]
         runs: list[list[int]] = []
         for h in hours:
             if runs and h == runs[-1][1] + 3600:
@@ -152,14 +162,14 @@ def parse_range(request: Request, max_range_s: float, now_s: float | None = None
     """(since_s, until_s) of the query; BadParam naming the parameter when it is not a usable range."""
     q = parse_query(RangeQuery, request)
     now = time.time() if now_s is None else now_s
-    until = q.until_s if q.until_s is not None else (
-        q.since_s + DEFAULT_RANGE_S if q.since_s is not None else now)
+    until = q.until_s if q.until_s is not None else (q.since_s + DEFAULT_RANGE_S if q.since_s is not None else now)
     since = q.since_s if q.since_s is not None else until - DEFAULT_RANGE_S
     if until <= since:
         raise BadParam("until_s", f"must be greater than since_s ({since:.3f})", until)
     if until - since > max_range_s:
-        raise BadParam("until_s", f"range of {until - since:.0f}s is longer than the {max_range_s:.0f}s "
-                                  f"allowed here", until)
+        raise BadParam(
+            "until_s", f"range of {until - since:.0f}s is longer than the {max_range_s:.0f}s allowed here", until
+        )
     return since, until
 
 
@@ -193,12 +203,18 @@ def make_routes(ctx: GatewayContext, reader: RecordingsReader | None = None) -> 
             return got
         cid, since, until, segs, spans = got
         holes = gaps_between(spans, since, max(since, min(until, time.time())))  # the future is no gap
-        return JSONResponse({
-            "camera_id": cid, "since_s": since, "until_s": until,
-            "spans": [{"start_s": round(a, 3), "end_s": round(b, 3)} for a, b in spans],
-            "gaps": [{"start_s": round(a, 3), "end_s": round(b, 3)} for a, b in holes],
-            "segments": len(segs), "bytes": sum(s.size_bytes for s in segs)},
-            headers={"Cache-Control": "private, no-store"})
+        return JSONResponse(
+            {
+                "camera_id": cid,
+                "since_s": since,
+                "until_s": until,
+                "spans": [{"start_s": round(a, 3), "end_s": round(b, 3)} for a, b in spans],
+                "gaps": [{"start_s": round(a, 3), "end_s": round(b, 3)} for a, b in holes],
+                "segments": len(segs),
+                "bytes": sum(s.size_bytes for s in segs),
+            },
+            headers={"Cache-Control": "private, no-store"},
+        )
 
     async def vod(request: Request) -> Response:
         """A VOD HLS playlist of the recorded segments overlapping [since_s, until_s]."""
@@ -207,8 +223,13 @@ def make_routes(ctx: GatewayContext, reader: RecordingsReader | None = None) -> 
             return got
         cid, since, until, segs, _ = got
         if not segs:
-            return JSONResponse({"error": "not found", "detail": f"nothing of camera {cid!r} is recorded between "
-                                                                 f"{since:.3f} and {until:.3f}"}, status_code=404)
+            return JSONResponse(
+                {
+                    "error": "not found",
+                    "detail": f"nothing of camera {cid!r} is recorded between {since:.3f} and {until:.3f}",
+                },
+                status_code=404,
+            )
         signer = ctx.auth.hls if ctx.auth is not None else None
 
         def url(seg: RecordedSegment, part: str) -> str:
@@ -216,8 +237,9 @@ def make_routes(ctx: GatewayContext, reader: RecordingsReader | None = None) -> 
             q = f"&{signer.recording_query(seg.key)}" if signer is not None else ""
             return f"recordings/{seg.key}?part={part}{q}"
 
-        return Response(vod_playlist(segs, url, MAX_GAP_S), media_type=PLAYLIST_TYPE,
-                        headers={"Cache-Control": "private, no-store"})
+        return Response(
+            vod_playlist(segs, url, MAX_GAP_S), media_type=PLAYLIST_TYPE, headers={"Cache-Control": "private, no-store"}
+        )
 
     async def segment(request: Request) -> Response:
         """One recorded object of the camera: its init section, its fragments, or all of it."""
@@ -229,16 +251,19 @@ def make_routes(ctx: GatewayContext, reader: RecordingsReader | None = None) -> 
         except BadParam as exc:
             return exc.response()
         if not key.startswith(cid + "/") or parse_segment_key(key, 0) is None:
-            return JSONResponse({"error": "not found", "detail": f"no recording {key[:200]!r} of camera {cid!r}"},
-                                status_code=404)
+            return JSONResponse(
+                {"error": "not found", "detail": f"no recording {key[:200]!r} of camera {cid!r}"}, status_code=404
+            )
         try:
             data = await asyncio.to_thread(reader.get, key)
         except RecordingsUnavailable as exc:
             log.warning("camera %s: recorded segment: %s", cid, exc)
             return unavailable(str(exc))
         if data is None:
-            return JSONResponse({"error": "not found", "detail": f"recording {key[:200]!r} is gone (retention) or "
-                                                                 f"was never written"}, status_code=404)
+            return JSONResponse(
+                {"error": "not found", "detail": f"recording {key[:200]!r} is gone (retention) or was never written"},
+                status_code=404,
+            )
         if q.part != "full":
             try:
                 init, media = split_init(data)

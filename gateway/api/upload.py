@@ -4,6 +4,7 @@ bounded decoder that works off the event loop.
 A small file can declare a huge image (a 74-byte PNG of 100000x100000, a 389 KB PNG of zeros of
 20000x20000): decoding it first would take seconds of CPU and gigabytes, so the header decides.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,11 +43,11 @@ def image_size(data: bytes) -> tuple[int, int]:
                 continue
             if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
                 break
-            (length,) = struct.unpack(">H", data[i + 2:i + 4])
+            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
             if marker in _SOF:
                 if i + 9 > len(data) or length < 7:
                     break
-                height, width = struct.unpack(">HH", data[i + 5:i + 9])
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
                 if height == 0:  # the height would come after the first scan (DNL): not for uploads
                     raise BadImage("the JPEG does not state its height in its frame header")
                 return width, height

@@ -5,6 +5,7 @@ provider's), the session cookie of the web page, or a signed HLS URL (that one c
 A bad credential is a 401 with a short JSON body; none at all is anonymous, and `requires`
 answers 401 (JSON) or, for a browser asking for a page, a redirect to /login.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,7 +26,9 @@ if TYPE_CHECKING:
     from gateway.auth.bootstrap import AuthContext
 
 _HLS_PATH_RE = re.compile(r"^/hls/([a-z0-9][a-z0-9_-]{0,62})/[^/]+$")
-_RECORDING_PATH_RE = re.compile(r"^/api/cameras/([a-z0-9][a-z0-9_-]{0,62})/recordings/((?:[a-z0-9][a-z0-9_-]{0,62})/.+)$")
+_RECORDING_PATH_RE = re.compile(
+    r"^/api/cameras/([a-z0-9][a-z0-9_-]{0,62})/recordings/((?:[a-z0-9][a-z0-9_-]{0,62})/.+)$"
+)
 CLIENT_AUTH_PATHS = ("/oauth/token", "/oauth/revoke")
 LOOPBACK_CLIENTS = ("127.0.0.1", "::1", "localhost")
 
@@ -49,8 +52,13 @@ class LookoutUser(BaseUser):
 
     def to_dict(self) -> dict:
         cams = sc.cameras_of(self.scopes)
-        return {"name": self.name, "kind": self.kind, "via": self.via, "scopes": sorted(self.scopes),
-                "cameras": "*" if cams is None else sorted(cams)}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "via": self.via,
+            "scopes": sorted(self.scopes),
+            "cameras": "*" if cams is None else sorted(cams),
+        }
 
 
 class InvalidCredentials(AuthenticationError):
@@ -99,7 +107,8 @@ class LookoutAuthBackend(AuthenticationBackend):
         if m and "sig" in conn.query_params:  # a VOD playlist's segment: signed for that one object
             cid, key = m.groups()
             if not key.startswith(cid + "/") or not auth.hls.verify_recording(
-                    key, conn.query_params.get("exp"), conn.query_params.get("sig")):
+                key, conn.query_params.get("exp"), conn.query_params.get("sig")
+            ):
                 raise InvalidCredentials("bad or expired recording URL signature")
             return self._credentials("signed-url", "signed-url", "hls-signature", frozenset({sc.camera_scope(cid)}))
         return None
@@ -136,8 +145,11 @@ def on_auth_error(conn: HTTPConnection, exc: AuthenticationError) -> Response:
         return JSONResponse({"error": "forbidden", "detail": str(exc)}, status_code=403)
     detail = str(exc)[:200]
     quoted = detail.replace('"', "'").encode("ascii", "replace").decode()
-    return JSONResponse({"error": "invalid_token", "detail": detail}, status_code=401,
-                        headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{quoted}"'})
+    return JSONResponse(
+        {"error": "invalid_token", "detail": detail},
+        status_code=401,
+        headers={"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{quoted}"'},
+    )
 
 
 def current_user(request: HTTPConnection) -> LookoutUser | None:
@@ -156,8 +168,11 @@ def unauthenticated(request: HTTPConnection, page: bool = False) -> Response:
     if page or h.wants_html(request):
         here = request.url.path + ("?" + request.url.query if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(here, safe='')}", status_code=302)
-    return JSONResponse({"error": "unauthorized", "detail": "log in, or send 'Authorization: Bearer <token>'"},
-                        status_code=401, headers={"WWW-Authenticate": 'Bearer realm="lookout"'})
+    return JSONResponse(
+        {"error": "unauthorized", "detail": "log in, or send 'Authorization: Bearer <token>'"},
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="lookout"'},
+    )
 
 
 def forbidden(needs: str) -> JSONResponse:
@@ -185,13 +200,16 @@ def requires(*scopes: str, camera_param: str | None = None, page: bool = False):
 
     def decorate(endpoint):
         if inspect.iscoroutinefunction(endpoint):
+
             @functools.wraps(endpoint)
             async def wrapper(request: Request):
                 return check(request, scopes, camera_param, page) or await endpoint(request)
         else:
+
             @functools.wraps(endpoint)
             def wrapper(request: Request):
                 return check(request, scopes, camera_param, page) or endpoint(request)
+
         return wrapper
 
     return decorate

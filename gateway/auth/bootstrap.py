@@ -4,6 +4,7 @@ The first start (no user in the database) creates user `admin_username` with the
 the config, else $LOOKOUT_ADMIN_PASSWORD, else a random one that is logged once, never again.
 Safe to run on every start and from several gateway replicas at once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,13 @@ def ensure_admin(store: AuthStore, cfg: AuthConfig, logger: logging.Logger = log
     if given:
         logger.info("first start: created admin user %r with the configured password", cfg.admin_username)
     else:
-        logger.warning("first start: created admin user %r with password %s  (shown only this once; change it "
-                       "with `lookout users passwd %s`)", cfg.admin_username, password, cfg.admin_username)
+        logger.warning(
+            "first start: created admin user %r with password %s  (shown only this once; change it "
+            "with `lookout users passwd %s`)",
+            cfg.admin_username,
+            password,
+            cfg.admin_username,
+        )
     return True
 
 
@@ -45,8 +51,13 @@ def ensure_web_client(store: AuthStore) -> None:
     """The web page's own public OAuth client (code + PKCE, redirect back to /auth/callback)."""
     with store.transaction():
         if store.get_client(WEB_CLIENT_ID) is None:
-            store.add_client("Lookout web page", {sc.ADMIN, sc.DETECTIONS_READ, sc.ALL_CAMERAS}, public=True,
-                             redirect_uris=[WEB_REDIRECT_URI], client_id=WEB_CLIENT_ID)
+            store.add_client(
+                "Lookout web page",
+                {sc.ADMIN, sc.DETECTIONS_READ, sc.ALL_CAMERAS},
+                public=True,
+                redirect_uris=[WEB_REDIRECT_URI],
+                client_id=WEB_CLIENT_ID,
+            )
 
 
 @dataclass
@@ -109,8 +120,13 @@ def bootstrap(args: PipelineArgs, logger: logging.Logger = log) -> AuthContext:
         return ctx
     ctx.store = AuthStore(args.resolve_path(cfg.db_path))
     ctx.keys = KeyStore(args.resolve_path(cfg.key_dir))
-    ctx.tokens = AccessTokens(ctx.keys, ctx.issuer, cfg.audience, cfg.access_token_ttl_s,
-                              is_revoked=Revocations(ctx.store, cfg.revocation_check_s))
+    ctx.tokens = AccessTokens(
+        ctx.keys,
+        ctx.issuer,
+        cfg.audience,
+        cfg.access_token_ttl_s,
+        is_revoked=Revocations(ctx.store, cfg.revocation_check_s),
+    )
     ctx.hls = HlsSigner(ctx.keys.subkey("hls"), cfg.hls_url_ttl_s, cfg.hls_link_ttl_s)
     ctx.server = LookoutAuthServer(ctx.store, ctx.tokens, cfg)
     ensure_web_client(ctx.store)

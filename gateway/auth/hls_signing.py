@@ -6,6 +6,7 @@ VOD playlist) is signed for that one object's key instead. Playlists served by t
 gateway get their segment URIs rewritten with fresh signatures, so a native player that was
 handed a signed playlist link (GET /api/cameras/<id>/hls-link) can fetch every segment.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """HTTP helpers of the auth layer: body limits, bounded forms, https detection, cookies, errors."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -171,14 +172,26 @@ def transport_ok(conn: HTTPConnection, cfg: AuthConfig) -> bool:
 
 
 def insecure_transport_response() -> JSONResponse:
-    return JSONResponse({"error": "insecure_transport",
-                         "error_description": "logins and tokens need https: put a TLS reverse proxy in front of "
-                                              "Lookout (or set gateway.auth.allow_plain_http: true)"},
-                        status_code=400)
+    return JSONResponse(
+        {
+            "error": "insecure_transport",
+            "error_description": "logins and tokens need https: put a TLS reverse proxy in front of "
+            "Lookout (or set gateway.auth.allow_plain_http: true)",
+        },
+        status_code=400,
+    )
 
 
-def set_cookie(response: Response, conn: HTTPConnection, cfg: AuthConfig, name: str, value: str,
-               max_age: int, path: str = "/", samesite: str = "lax") -> None:
+def set_cookie(
+    response: Response,
+    conn: HTTPConnection,
+    cfg: AuthConfig,
+    name: str,
+    value: str,
+    max_age: int,
+    path: str = "/",
+    samesite: str = "lax",
+) -> None:
     """Set an HttpOnly cookie; Secure as `cfg.cookie_secure` says (auto: when the request was https)."""
     secure = cfg.cookie_secure == "always" or (cfg.cookie_secure == "auto" and is_https(conn))
     response.set_cookie(name, value, max_age=max_age, path=path, httponly=True, samesite=samesite, secure=secure)

@@ -4,6 +4,7 @@ Both are made on first start in `key_dir` (mode 0700, files 0600) and never leav
 public half of the signing key is published as JWKS. Creation is atomic, so gateway replicas
 starting together end up with the same files.
 """
+
 from __future__ import annotations
 
 import hashlib

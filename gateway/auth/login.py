@@ -6,6 +6,7 @@ login cookie -> /auth/start makes a PKCE verifier and state -> /oauth/authorize 
 for the built-in public client `lookout-web` -> /auth/callback checks state, exchanges the code
 with the verifier and sets the session cookie (HttpOnly, SameSite=Lax, Secure on https).
 """
+
 from __future__ import annotations
 
 import base64
@@ -66,12 +67,21 @@ def make_routes(auth: "AuthContext") -> list[Route]:
     attempts = AttemptLimits(store, cfg)
     checks = threading.BoundedSemaphore(cfg.login_max_concurrent_checks)  # scrypt runs at once, this process
 
-    def page(request: Request, next_url: str, message: str = "", status: int = 200, username: str = "",
-             retry_after_s: float = 0) -> Response:
+    def page(
+        request: Request,
+        next_url: str,
+        message: str = "",
+        status: int = 200,
+        username: str = "",
+        retry_after_s: float = 0,
+    ) -> Response:
         token = request.cookies.get(auth.csrf_cookie) or secrets.token_urlsafe(24)
-        body = PAGE.format(csrf=signed.mac(csrf_key, token), next=html.escape(next_url, quote=True),
-                           username=html.escape(username, quote=True),
-                           message=f'<p class="message" role="alert">{html.escape(message)}</p>' if message else "")
+        body = PAGE.format(
+            csrf=signed.mac(csrf_key, token),
+            next=html.escape(next_url, quote=True),
+            username=html.escape(username, quote=True),
+            message=f'<p class="message" role="alert">{html.escape(message)}</p>' if message else "",
+        )
         headers = {"Cache-Control": "no-store"}  # X-Frame-Options and CSP: gateway.app's HTML middleware
         if retry_after_s:
             headers["Retry-After"] = str(int(retry_after_s) + 1)
@@ -87,16 +97,17 @@ def make_routes(auth: "AuthContext") -> list[Route]:
 
     async def login(request: Request) -> Response:
         if auth.oidc is not None:
-            return RedirectResponse(f"/auth/oidc/start?next={quote(h.safe_next(request.query_params.get('next')), safe='')}",
-                                    status_code=302)
+            return RedirectResponse(
+                f"/auth/oidc/start?next={quote(h.safe_next(request.query_params.get('next')), safe='')}",
+                status_code=302,
+            )
         next_url = h.safe_next(request.query_params.get("next"))
         if request.method == "GET":
             if auth.sso_user(request) is not None:
                 return RedirectResponse(continue_to(next_url), status_code=302)
             return page(request, next_url)
         if not h.transport_ok(request, cfg):
-            return page(request, next_url, "Logging in needs https: ask your administrator for the https address.",
-                        400)
+            return page(request, next_url, "Logging in needs https: ask your administrator for the https address.", 400)
         try:
             form = await h.read_form(request, cfg.max_body_bytes)
         except ValueError as exc:
@@ -104,22 +115,37 @@ def make_routes(auth: "AuthContext") -> list[Route]:
         next_url = h.safe_next(h.first(form, "next"))
         cookie = request.cookies.get(auth.csrf_cookie)
         if not cookie or not signed.check_mac(csrf_key, cookie, h.first(form, "csrf")):
-            return page(request, next_url, "The form expired or did not come from this page (CSRF check failed). "
-                                           "Please try again.", 403)
+            return page(
+                request,
+                next_url,
+                "The form expired or did not come from this page (CSRF check failed). Please try again.",
+                403,
+            )
         username = (h.first(form, "username") or "").strip()[:64]
         password = h.first(form, "password") or ""
         client = h.client_address(request)
         account = f"user:{username.lower()}"
         wait, locks = attempts.begin(account, client)  # counted before the check: concurrent guesses cannot race it
         if wait > 0:
-            return page(request, next_url, f"Too many failed logins. Try again in {int(wait) + 1} s.", 429, username,
-                        retry_after_s=wait)
+            return page(
+                request,
+                next_url,
+                f"Too many failed logins. Try again in {int(wait) + 1} s.",
+                429,
+                username,
+                retry_after_s=wait,
+            )
         if not checks.acquire(blocking=False):
             attempts.refund(account, client, succeeded=False)
-            log.warning("login of %r from %s refused: %d password checks already running", username, client,
-                        cfg.login_max_concurrent_checks)
-            return page(request, next_url, "Too many logins at once. Try again in a second.", 503, username,
-                        retry_after_s=0.5)
+            log.warning(
+                "login of %r from %s refused: %d password checks already running",
+                username,
+                client,
+                cfg.login_max_concurrent_checks,
+            )
+            return page(
+                request, next_url, "Too many logins at once. Try again in a second.", 503, username, retry_after_s=0.5
+            )
         try:
             user = await run_in_threadpool(store.authenticate, username, password)
         finally:
@@ -127,8 +153,14 @@ def make_routes(auth: "AuthContext") -> list[Route]:
         if user is None:
             log.warning("failed login for %r from %s", username, client)
             if locks > 0:
-                return page(request, next_url, f"Wrong user name or password. Too many failed logins: try again in "
-                                               f"{int(locks)} s.", 429, username, retry_after_s=locks - 1)
+                return page(
+                    request,
+                    next_url,
+                    f"Wrong user name or password. Too many failed logins: try again in {int(locks)} s.",
+                    429,
+                    username,
+                    retry_after_s=locks - 1,
+                )
             return page(request, next_url, "Wrong user name or password.", 401, username)
         attempts.refund(account, client, succeeded=True)
         store.purge_expired()
@@ -144,8 +176,16 @@ def make_routes(auth: "AuthContext") -> list[Route]:
         next_url = h.safe_next(request.query_params.get("next"))
         verifier, challenge = _pkce_pair()
         state = secrets.token_urlsafe(24)
-        query = urlencode({"response_type": "code", "client_id": WEB_CLIENT_ID, "redirect_uri": WEB_REDIRECT_URI,
-                           "state": state, "code_challenge": challenge, "code_challenge_method": "S256"})
+        query = urlencode(
+            {
+                "response_type": "code",
+                "client_id": WEB_CLIENT_ID,
+                "redirect_uri": WEB_REDIRECT_URI,
+                "state": state,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            }
+        )
         resp = RedirectResponse(f"/oauth/authorize?{query}", status_code=302)
         flow = signed.sign(flow_key, {"state": state, "verifier": verifier, "next": next_url}, FLOW_TTL_S)
         h.set_cookie(resp, request, cfg, auth.flow_cookie, flow, max_age=FLOW_TTL_S, path="/auth")
@@ -156,19 +196,27 @@ def make_routes(auth: "AuthContext") -> list[Route]:
         flow = signed.unsign(flow_key, request.cookies.get(auth.flow_cookie))
         state = request.query_params.get("state", "")
         if flow is None or not hmac.compare_digest(str(flow.get("state", "")), state):
-            return JSONResponse({"error": "invalid_state", "detail": "login flow expired or forged; start again at /login"},
-                                status_code=400)
+            return JSONResponse(
+                {"error": "invalid_state", "detail": "login flow expired or forged; start again at /login"},
+                status_code=400,
+            )
         if "error" in request.query_params:
             return JSONResponse({"error": request.query_params["error"][:100]}, status_code=400)
         try:
-            token = await run_in_threadpool(auth.server.exchange_code, request.query_params.get("code", ""),
-                                            flow["verifier"], WEB_REDIRECT_URI, WEB_CLIENT_ID)
+            token = await run_in_threadpool(
+                auth.server.exchange_code,
+                request.query_params.get("code", ""),
+                flow["verifier"],
+                WEB_REDIRECT_URI,
+                WEB_CLIENT_ID,
+            )
         except OAuth2Error as exc:
             return JSONResponse({"error": exc.error, "detail": exc.description}, status_code=400)
         claims = auth.tokens.verify(token["access_token"])
         refresh = store.get_refresh(token["refresh_token"])
-        sid = store.create_session("web", claims["sub"], token["scope"], cfg.session_ttl_s,
-                                   family=refresh.family if refresh else None)
+        sid = store.create_session(
+            "web", claims["sub"], token["scope"], cfg.session_ttl_s, family=refresh.family if refresh else None
+        )
         resp = RedirectResponse(h.safe_next(flow.get("next")), status_code=302)
         h.set_cookie(resp, request, cfg, auth.session_cookie, sid, max_age=cfg.session_ttl_s)
         h.clear_cookie(resp, auth.flow_cookie, path="/auth")
@@ -177,10 +225,14 @@ def make_routes(auth: "AuthContext") -> list[Route]:
     async def logout(request: Request) -> Response:
         """End the session and the login (POST only; cross-site posts carry no SameSite=Lax cookie)."""
         origin = request.headers.get("origin")
-        if origin and origin != f"{request.url.scheme}://{request.url.netloc}" and \
-                origin.split("://")[-1] != request.url.netloc:
-            return JSONResponse({"error": "forbidden", "detail": f"cross-site logout from {origin[:100]!r}"},
-                                status_code=403)
+        if (
+            origin
+            and origin != f"{request.url.scheme}://{request.url.netloc}"
+            and origin.split("://")[-1] != request.url.netloc
+        ):
+            return JSONResponse(
+                {"error": "forbidden", "detail": f"cross-site logout from {origin[:100]!r}"}, status_code=403
+            )
         for name in (auth.session_cookie, auth.sso_cookie):
             row = store.delete_session(request.cookies.get(name, ""))
             if row is not None and row.family:

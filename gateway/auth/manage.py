@@ -1,4 +1,5 @@
 """`lookout users …` and `lookout clients …`: manage the auth database from the command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -91,8 +92,9 @@ def users_passwd(a: argparse.Namespace) -> int:
 
 
 def clients_add(a: argparse.Namespace) -> int:
-    row, secret = _store(a).add_client(a.name, _scopes(a), public=a.public, redirect_uris=a.redirect_uri or [],
-                                       client_id=a.client_id)
+    row, secret = _store(a).add_client(
+        a.name, _scopes(a), public=a.public, redirect_uris=a.redirect_uri or [], client_id=a.client_id
+    )
     print(f"client_id: {row.client_id}")
     if secret:
         print(f"client_secret: {secret}  (shown only this once)")
@@ -103,13 +105,27 @@ def clients_add(a: argparse.Namespace) -> int:
 def clients_list(a: argparse.Namespace) -> int:
     clients = _store(a).list_clients()
     if a.json:
-        print(json.dumps([{"client_id": c.client_id, "name": c.name, "public": c.is_public,
-                           "grant_types": list(c.grant_types), "redirect_uris": list(c.redirect_uris),
-                           "scopes": sorted(c.scopes)} for c in clients]))
+        print(
+            json.dumps(
+                [
+                    {
+                        "client_id": c.client_id,
+                        "name": c.name,
+                        "public": c.is_public,
+                        "grant_types": list(c.grant_types),
+                        "redirect_uris": list(c.redirect_uris),
+                        "scopes": sorted(c.scopes),
+                    }
+                    for c in clients
+                ]
+            )
+        )
     else:
         for c in clients:
-            print(f"{c.client_id:24} {'public' if c.is_public else 'secret':6} {c.name!r} "
-                  f"grants={','.join(c.grant_types)} scopes={' '.join(sorted(c.scopes))}")
+            print(
+                f"{c.client_id:24} {'public' if c.is_public else 'secret':6} {c.name!r} "
+                f"grants={','.join(c.grant_types)} scopes={' '.join(sorted(c.scopes))}"
+            )
     return 0
 
 
@@ -124,8 +140,11 @@ def clients_remove(a: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=os.environ.get("LOOKOUT_AUTH_DB"),
-                   help="auth database (default: gateway.auth.db_path of --config, or data/lookout-auth.sqlite3)")
+    p.add_argument(
+        "--db",
+        default=os.environ.get("LOOKOUT_AUTH_DB"),
+        help="auth database (default: gateway.auth.db_path of --config, or data/lookout-auth.sqlite3)",
+    )
     p.add_argument("--config", default=None, help="serve_config.yaml to read gateway.auth.db_path from")
 
 
@@ -139,7 +158,8 @@ def _grants(p: argparse.ArgumentParser) -> None:
 def add_subcommands(sub) -> None:
     """Add `users` and `clients` to the `lookout` command's subparsers."""
     users = sub.add_parser("users", help="manage users (log in to the web page)").add_subparsers(
-        dest="users_command", required=True)
+        dest="users_command", required=True
+    )
     p = users.add_parser("add", help="add a user")
     p.add_argument("name")
     _grants(p)
@@ -161,7 +181,8 @@ def add_subcommands(sub) -> None:
     p.set_defaults(func=users_passwd)
 
     clients = sub.add_parser("clients", help="manage OAuth clients (services, scripts, apps)").add_subparsers(
-        dest="clients_command", required=True)
+        dest="clients_command", required=True
+    )
     p = clients.add_parser("add", help="register a client; prints its id and secret once")
     p.add_argument("name")
     _grants(p)

@@ -7,6 +7,7 @@ The provider's JWT access tokens are verified with its JWKS (iss, aud, exp) and 
 way. authlib keeps its per-login state in `request.session`; Lookout gives it a signed, short-lived
 cookie instead of a server-side session.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,8 +61,9 @@ def map_claims(cfg: OidcConfig, claims: dict) -> tuple[str, frozenset[str]]:
     if "viewer" in roles:
         cams = {c for g in groups for c in cfg.camera_map.get(g, [])}
         return name, frozenset(sc.for_role("viewer", sorted(cams)))
-    raise PermissionError(f"no Lookout role for {name!r}: {cfg.roles_claim} {sorted(groups)} map to none "
-                          f"(gateway.auth.oidc.role_map)")
+    raise PermissionError(
+        f"no Lookout role for {name!r}: {cfg.roles_claim} {sorted(groups)} map to none (gateway.auth.oidc.role_map)"
+    )
 
 
 class OidcLogin:
@@ -74,10 +76,15 @@ class OidcLogin:
         secret = cfg.client_secret.get_secret_value() if cfg.client_secret else os.environ.get(CLIENT_SECRET_ENV)
         self.oauth = OAuth()
         self.oauth.register(
-            "provider", client_id=cfg.client_id, client_secret=secret,
+            "provider",
+            client_id=cfg.client_id,
+            client_secret=secret,
             server_metadata_url=f"{cfg.issuer}/.well-known/openid-configuration",
-            client_kwargs={"scope": " ".join(cfg.scopes), "code_challenge_method": "S256",
-                           "timeout": cfg.http_timeout_s},
+            client_kwargs={
+                "scope": " ".join(cfg.scopes),
+                "code_challenge_method": "S256",
+                "timeout": cfg.http_timeout_s,
+            },
         )
         self.client = self.oauth.create_client("provider")
         self.state_key = auth.keys.subkey("oidc-state")
@@ -126,8 +133,9 @@ class OidcLogin:
                 resp = await self.client.authorize_redirect(request, redirect_uri)
             except Exception as exc:  # discovery failed: say so, briefly
                 log.warning("OIDC provider %s unreachable: %s", self.cfg.issuer, exc)
-                return JSONResponse({"error": "identity provider unreachable", "issuer": self.cfg.issuer},
-                                    status_code=502)
+                return JSONResponse(
+                    {"error": "identity provider unreachable", "issuer": self.cfg.issuer}, status_code=502
+                )
             state = signed.sign(self.state_key, {"s": request.scope["session"], "next": next_url}, STATE_TTL_S)
             h.set_cookie(resp, request, cfg, auth.flow_cookie, state, max_age=STATE_TTL_S, path="/auth")
             return resp
@@ -135,8 +143,9 @@ class OidcLogin:
         async def callback(request: Request) -> Response:
             saved = signed.unsign(self.state_key, request.cookies.get(auth.flow_cookie))
             if saved is None:
-                return JSONResponse({"error": "invalid_state", "detail": "login flow expired; start again at /login"},
-                                    status_code=400)
+                return JSONResponse(
+                    {"error": "invalid_state", "detail": "login flow expired; start again at /login"}, status_code=400
+                )
             request.scope["session"] = saved["s"]
             try:
                 token = await self.client.authorize_access_token(request)
@@ -162,4 +171,3 @@ class OidcLogin:
             Route("/auth/oidc/start", start, methods=["GET"]),
             Route("/auth/oidc/callback", callback, methods=["GET"], name="oidc_callback"),
         ]
-

@@ -5,6 +5,7 @@
 - `camera:<id>:view`: one camera's status, playlist and segments; `camera:*:view`: every camera.
 - `openid`, `profile`: ask for identity only (grant no data).
 """
+
 from __future__ import annotations
 
 import re
@@ -72,8 +73,9 @@ def narrow(requested: Iterable[str], allowed: Iterable[str]) -> set[str]:
     """What both grant (e.g. camera:*:view narrowed by camera:a:view is camera:a:view);
     identity scopes pass through."""
     requested, allowed = set(requested), set(allowed)
-    return ({s for s in requested if s in IDENTITY or grants(allowed, s)}
-            | {s for s in allowed if s not in IDENTITY and grants(requested, s)})
+    return {s for s in requested if s in IDENTITY or grants(allowed, s)} | {
+        s for s in allowed if s not in IDENTITY and grants(requested, s)
+    }
 
 
 def cameras_of(scopes: Iterable[str]) -> set[str] | None:

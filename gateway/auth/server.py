@@ -8,6 +8,7 @@ Endpoints: /oauth/authorize, /oauth/token, /oauth/revoke (RFC 7009), /oauth/jwks
 authlib is synchronous and framework-neutral: the routes read the (bounded) request first,
 hand authlib a `PreparedRequest`, and turn its (status, body, headers) back into a Response.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -220,8 +221,15 @@ class _OfGrant:
     def generate_token(self, user=None, scope=None, grant_type=None, expires_in=None, include_refresh_token=True):
         code, refresh = self.request.authorization_code, self.request.refresh_token
         family = code.row.family if code is not None else refresh.row.family if refresh is not None else None
-        return self.server._generate_token(grant_type or self.GRANT_TYPE, self.request.client, user, scope,
-                                           expires_in, include_refresh_token, grant_id=family)
+        return self.server._generate_token(
+            grant_type or self.GRANT_TYPE,
+            self.request.client,
+            user,
+            scope,
+            expires_in,
+            include_refresh_token,
+            grant_id=family,
+        )
 
 
 class CodeGrant(_OfGrant, grants.AuthorizationCodeGrant):
@@ -232,9 +240,17 @@ class CodeGrant(_OfGrant, grants.AuthorizationCodeGrant):
         user: User = request.user
         scope = sc.to_str(sc.narrow(sc.parse(request.scope), user.scopes))
         data = request.payload.data
-        srv.store.save_code(code, request.client.get_client_id(), user.username, request.payload.redirect_uri,
-                            scope, data.get("code_challenge"), data.get("code_challenge_method"),
-                            data.get("nonce"), srv.cfg.auth_code_ttl_s)
+        srv.store.save_code(
+            code,
+            request.client.get_client_id(),
+            user.username,
+            request.payload.redirect_uri,
+            scope,
+            data.get("code_challenge"),
+            data.get("code_challenge_method"),
+            data.get("nonce"),
+            srv.cfg.auth_code_ttl_s,
+        )
 
     def query_authorization_code(self, code: str, client: OAuthClient) -> AuthCode | None:
         store: AuthStore = self.server.store
@@ -333,9 +349,16 @@ class LookoutAuthServer(AuthorizationServer):
         except ValueError as exc:
             raise InvalidScopeError(str(exc)) from None
 
-    def _generate_token(self, grant_type: str, client: OAuthClient, user: User | None = None,
-                        scope: str | None = None, expires_in: int | None = None,
-                        include_refresh_token: bool = True, grant_id: str | None = None) -> dict:
+    def _generate_token(
+        self,
+        grant_type: str,
+        client: OAuthClient,
+        user: User | None = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+        grant_id: str | None = None,
+    ) -> dict:
         """A JWT access token (scope narrowed to what client and user may have) and a refresh token."""
         import secrets
 
@@ -348,8 +371,7 @@ class LookoutAuthServer(AuthorizationServer):
         scope_str = sc.to_str(granted)
         sub = user.username if user else client.get_client_id()
         access = self.tokens.issue(sub, scope_str, client.get_client_id(), grant_id=grant_id)
-        token = {"token_type": "Bearer", "access_token": access,
-                 "expires_in": self.tokens.ttl_s, "scope": scope_str}
+        token = {"token_type": "Bearer", "access_token": access, "expires_in": self.tokens.ttl_s, "scope": scope_str}
         if include_refresh_token and user is not None:
             token["refresh_token"] = secrets.token_urlsafe(32)
         return token
@@ -363,9 +385,14 @@ class LookoutAuthServer(AuthorizationServer):
             family = request.refresh_token.row.family
         else:
             raise InvalidGrantError("refresh token without a grant")
-        self.store.save_refresh(token["refresh_token"], family, request.client.get_client_id(),
-                                request.user.username if request.user else None, token["scope"],
-                                self.cfg.refresh_token_ttl_s)
+        self.store.save_refresh(
+            token["refresh_token"],
+            family,
+            request.client.get_client_id(),
+            request.user.username if request.user else None,
+            token["scope"],
+            self.cfg.refresh_token_ttl_s,
+        )
 
     def create_oauth2_request(self, request) -> OAuth2Request:
         if isinstance(request, OAuth2Request):
@@ -390,14 +417,25 @@ class LookoutAuthServer(AuthorizationServer):
         """The token endpoint called in-process (the web page's own code exchange); raises OAuth2Error."""
         import json
 
-        prepared = PreparedRequest("POST", "https://lookout/oauth/token", Headers(), {}, {
-            "grant_type": ["authorization_code"], "code": [code], "code_verifier": [verifier],
-            "redirect_uri": [redirect_uri], "client_id": [client_id]})
+        prepared = PreparedRequest(
+            "POST",
+            "https://lookout/oauth/token",
+            Headers(),
+            {},
+            {
+                "grant_type": ["authorization_code"],
+                "code": [code],
+                "code_verifier": [verifier],
+                "redirect_uri": [redirect_uri],
+                "client_id": [client_id],
+            },
+        )
         response = self.create_token_response(prepared)
         body = json.loads(response.body)
         if response.status_code != 200:
-            raise OAuth2Error(description=body.get("error_description"), status_code=response.status_code,
-                              error=body.get("error"))
+            raise OAuth2Error(
+                description=body.get("error_description"), status_code=response.status_code, error=body.get("error")
+            )
         return body
 
 
@@ -455,9 +493,14 @@ def make_routes(auth: "AuthContext") -> list[Route]:
         address = h.client_address(request)
         wait = attempts.locked_for(f"client:{client_id}", address)
         if wait > 0:
-            return JSONResponse({"error": "slow_down", "error_description": "too many failed client "
-                                 f"authentications; try again in {int(wait) + 1} s"}, status_code=429,
-                                headers={"Retry-After": str(int(wait) + 1)})
+            return JSONResponse(
+                {
+                    "error": "slow_down",
+                    "error_description": f"too many failed client authentications; try again in {int(wait) + 1} s",
+                },
+                status_code=429,
+                headers={"Retry-After": str(int(wait) + 1)},
+            )
         response = respond(prepared)
         if response.status_code in (400, 401) and b'"invalid_client"' in response.body:
             log.warning("failed client authentication of %r from %s", client_id, address)

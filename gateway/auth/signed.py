@@ -1,4 +1,5 @@
 """Small tamper-proof values (HMAC-SHA256, with expiry) for cookies and form fields."""
+
 from __future__ import annotations
 
 import base64

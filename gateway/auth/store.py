@@ -3,6 +3,7 @@
 Passwords are hashed with scrypt (salted, memory-hard); generated secrets (client secrets,
 codes, refresh tokens, session ids: 256 random bits) are kept only as SHA-256 digests.
 """
+
 from __future__ import annotations
 
 import base64
@@ -62,8 +63,9 @@ def hash_password(password: str) -> str:
     """scrypt hash of `password`, self-describing: scrypt$logN$r$p$salt$hash."""
     check_password(password)
     salt = os.urandom(16)
-    dk = hashlib.scrypt(password.encode(), salt=salt, n=1 << SCRYPT_N_LOG2, r=SCRYPT_R, p=SCRYPT_P,
-                        maxmem=128 * 1024 * 1024, dklen=32)
+    dk = hashlib.scrypt(
+        password.encode(), salt=salt, n=1 << SCRYPT_N_LOG2, r=SCRYPT_R, p=SCRYPT_P, maxmem=128 * 1024 * 1024, dklen=32
+    )
     b64 = lambda b: base64.urlsafe_b64encode(b).decode().rstrip("=")  # noqa: E731
     return f"scrypt${SCRYPT_N_LOG2}${SCRYPT_R}${SCRYPT_P}${b64(salt)}${b64(dk)}"
 
@@ -75,8 +77,9 @@ def verify_password(password: str, encoded: str | None) -> bool:
     try:
         kind, n, r, p, salt, want = (encoded or hash_password_dummy()).split("$")
         unb64 = lambda s: base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))  # noqa: E731
-        dk = hashlib.scrypt(password.encode(), salt=unb64(salt), n=1 << int(n), r=int(r), p=int(p),
-                            maxmem=128 * 1024 * 1024, dklen=32)
+        dk = hashlib.scrypt(
+            password.encode(), salt=unb64(salt), n=1 << int(n), r=int(r), p=int(p), maxmem=128 * 1024 * 1024, dklen=32
+        )
     except (ValueError, TypeError):
         return False
     return kind == "scrypt" and encoded is not None and hmac.compare_digest(dk, unb64(want))
@@ -112,9 +115,11 @@ def check_redirect_uri(uri: str) -> str:
     from urllib.parse import urlsplit
 
     parts = urlsplit(uri)
-    ok = uri == "/auth/callback" or (
-        parts.scheme == "https" and parts.netloc and not parts.fragment
-    ) or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1") and not parts.fragment)
+    ok = (
+        uri == "/auth/callback"
+        or (parts.scheme == "https" and parts.netloc and not parts.fragment)
+        or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1") and not parts.fragment)
+    )
     if not ok:
         raise ValueError(f"redirect URI must be an absolute https URL (http only on loopback), got {uri!r}")
     return uri
@@ -211,16 +216,17 @@ class AuthStore:
         return db
 
     # -- users -------------------------------------------------------------------------------
-    def add_user(self, username: str, password: str, role: str = "viewer",
-                 scopes: set[str] | None = None) -> User:
+    def add_user(self, username: str, password: str, role: str = "viewer", scopes: set[str] | None = None) -> User:
         """Create a user; `scopes` default to the role's (admin: all; viewer: detections only)."""
         check_username(username)
         granted = sc.for_role(role) if role == "admin" else sc.parse(scopes or {sc.DETECTIONS_READ})
         with self._conn() as db:
             if db.execute("SELECT 1 FROM users WHERE username=?", (username,)).fetchone():
                 raise ValueError(f"user {username!r} already exists")
-            db.execute("INSERT INTO users VALUES (?,?,?,?,?)",
-                       (username, hash_password(password), role, sc.to_str(granted), time.time()))
+            db.execute(
+                "INSERT INTO users VALUES (?,?,?,?,?)",
+                (username, hash_password(password), role, sc.to_str(granted), time.time()),
+            )
         return self.get_user(username)
 
     def get_user(self, username: str) -> User | None:
@@ -248,8 +254,9 @@ class AuthStore:
     def set_password(self, username: str, password: str) -> None:
         """Change a password; every session, refresh token and access token of the user ends."""
         with self._conn() as db:
-            n = db.execute("UPDATE users SET password_hash=? WHERE username=?",
-                           (hash_password(password), username)).rowcount
+            n = db.execute(
+                "UPDATE users SET password_hash=? WHERE username=?", (hash_password(password), username)
+            ).rowcount
             if n == 0:
                 raise ValueError(f"no user {username!r}")
             db.execute("DELETE FROM sessions WHERE username=?", (username,))
@@ -263,9 +270,16 @@ class AuthStore:
         return user if ok and user else None
 
     # -- clients -----------------------------------------------------------------------------
-    def add_client(self, name: str, scopes: set[str], *, public: bool = False,
-                   redirect_uris: list[str] = (), grant_types: list[str] | None = None,
-                   client_id: str | None = None) -> tuple[ClientRow, str | None]:
+    def add_client(
+        self,
+        name: str,
+        scopes: set[str],
+        *,
+        public: bool = False,
+        redirect_uris: list[str] = (),
+        grant_types: list[str] | None = None,
+        client_id: str | None = None,
+    ) -> tuple[ClientRow, str | None]:
         """Register a client; returns it and its secret (shown once; None for a public client)."""
         client_id = client_id or "lk-" + secrets.token_hex(8)
         if not CLIENT_ID_RE.match(client_id):
@@ -284,9 +298,18 @@ class AuthStore:
         with self._conn() as db:
             if db.execute("SELECT 1 FROM clients WHERE client_id=?", (client_id,)).fetchone():
                 raise ValueError(f"client {client_id!r} already exists")
-            db.execute("INSERT INTO clients VALUES (?,?,?,?,?,?,?)",
-                       (client_id, digest(secret) if secret else None, name, sc.to_str(sc.parse(scopes)),
-                        json.dumps(uris), json.dumps(list(grant_types)), time.time()))
+            db.execute(
+                "INSERT INTO clients VALUES (?,?,?,?,?,?,?)",
+                (
+                    client_id,
+                    digest(secret) if secret else None,
+                    name,
+                    sc.to_str(sc.parse(scopes)),
+                    json.dumps(uris),
+                    json.dumps(list(grant_types)),
+                    time.time(),
+                ),
+            )
         return self.get_client(client_id), secret
 
     def get_client(self, client_id: str) -> ClientRow | None:
@@ -295,9 +318,14 @@ class AuthStore:
         row = self._conn().execute("SELECT * FROM clients WHERE client_id=?", (client_id,)).fetchone()
         if row is None:
             return None
-        return ClientRow(row["client_id"], row["name"], frozenset(row["scopes"].split()),
-                         tuple(json.loads(row["redirect_uris"])), tuple(json.loads(row["grant_types"])),
-                         row["secret_hash"])
+        return ClientRow(
+            row["client_id"],
+            row["name"],
+            frozenset(row["scopes"].split()),
+            tuple(json.loads(row["redirect_uris"])),
+            tuple(json.loads(row["grant_types"])),
+            row["secret_hash"],
+        )
 
     def list_clients(self) -> list[ClientRow]:
         rows = self._conn().execute("SELECT client_id FROM clients ORDER BY client_id").fetchall()
@@ -312,47 +340,91 @@ class AuthStore:
             self.revoke_tokens_of(f"client:{client_id}")
 
     # -- authorization codes -------------------------------------------------------------------
-    def save_code(self, code: str, client_id: str, username: str, redirect_uri: str | None, scope: str,
-                  code_challenge: str | None, code_challenge_method: str | None, nonce: str | None,
-                  ttl_s: float) -> None:
+    def save_code(
+        self,
+        code: str,
+        client_id: str,
+        username: str,
+        redirect_uri: str | None,
+        scope: str,
+        code_challenge: str | None,
+        code_challenge_method: str | None,
+        nonce: str | None,
+        ttl_s: float,
+    ) -> None:
         with self._conn() as db:
-            db.execute("INSERT INTO auth_codes VALUES (?,?,?,?,?,?,?,?,?,?,0)",
-                       (digest(code), client_id, username, redirect_uri, scope, code_challenge,
-                        code_challenge_method, nonce, secrets.token_hex(16), time.time() + ttl_s))
+            db.execute(
+                "INSERT INTO auth_codes VALUES (?,?,?,?,?,?,?,?,?,?,0)",
+                (
+                    digest(code),
+                    client_id,
+                    username,
+                    redirect_uri,
+                    scope,
+                    code_challenge,
+                    code_challenge_method,
+                    nonce,
+                    secrets.token_hex(16),
+                    time.time() + ttl_s,
+                ),
+            )
 
     def get_code(self, code: str) -> CodeRow | None:
         row = self._conn().execute("SELECT * FROM auth_codes WHERE code_hash=?", (digest(code),)).fetchone()
         if row is None:
             return None
-        return CodeRow(row["client_id"], row["username"], row["redirect_uri"], row["scope"], row["code_challenge"],
-                       row["code_challenge_method"], row["nonce"], row["family"], row["expires_at"],
-                       bool(row["used"]), row["code_hash"])
+        return CodeRow(
+            row["client_id"],
+            row["username"],
+            row["redirect_uri"],
+            row["scope"],
+            row["code_challenge"],
+            row["code_challenge_method"],
+            row["nonce"],
+            row["family"],
+            row["expires_at"],
+            bool(row["used"]),
+            row["code_hash"],
+        )
 
     def use_code(self, code_hash: str) -> bool:
         """Mark a code used; False when it already was (a replay)."""
         with self._conn() as db:
-            return db.execute("UPDATE auth_codes SET used=1 WHERE code_hash=? AND used=0",
-                              (code_hash,)).rowcount == 1
+            return db.execute("UPDATE auth_codes SET used=1 WHERE code_hash=? AND used=0", (code_hash,)).rowcount == 1
 
     # -- refresh tokens and revoked access tokens --------------------------------------------------
-    def save_refresh(self, token: str, family: str, client_id: str, username: str | None, scope: str,
-                     ttl_s: float) -> None:
+    def save_refresh(
+        self, token: str, family: str, client_id: str, username: str | None, scope: str, ttl_s: float
+    ) -> None:
         with self._conn() as db:
-            db.execute("INSERT INTO refresh_tokens VALUES (?,?,?,?,?,?,0)",
-                       (digest(token), family, client_id, username, scope, time.time() + ttl_s))
+            db.execute(
+                "INSERT INTO refresh_tokens VALUES (?,?,?,?,?,?,0)",
+                (digest(token), family, client_id, username, scope, time.time() + ttl_s),
+            )
 
     def get_refresh(self, token: str) -> RefreshRow | None:
         row = self._conn().execute("SELECT * FROM refresh_tokens WHERE token_hash=?", (digest(token),)).fetchone()
         if row is None:
             return None
-        return RefreshRow(row["token_hash"], row["family"], row["client_id"], row["username"], row["scope"],
-                          row["expires_at"], bool(row["revoked"]))
+        return RefreshRow(
+            row["token_hash"],
+            row["family"],
+            row["client_id"],
+            row["username"],
+            row["scope"],
+            row["expires_at"],
+            bool(row["revoked"]),
+        )
 
     def revoke_refresh(self, token_hash: str) -> bool:
         """Revoke one refresh token; False when it already was."""
         with self._conn() as db:
-            return db.execute("UPDATE refresh_tokens SET revoked=1 WHERE token_hash=? AND revoked=0",
-                              (token_hash,)).rowcount == 1
+            return (
+                db.execute(
+                    "UPDATE refresh_tokens SET revoked=1 WHERE token_hash=? AND revoked=0", (token_hash,)
+                ).rowcount
+                == 1
+            )
 
     def revoke_family(self, family: str) -> None:
         """Revoke every refresh and access token of a grant and end the sessions built on it."""
@@ -362,9 +434,13 @@ class AuthStore:
             self.revoke_tokens_of(f"grant:{family}")
 
     def family_alive(self, family: str) -> bool:
-        row = self._conn().execute(
-            "SELECT 1 FROM refresh_tokens WHERE family=? AND revoked=0 AND expires_at>?", (family, time.time())
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT 1 FROM refresh_tokens WHERE family=? AND revoked=0 AND expires_at>?", (family, time.time())
+            )
+            .fetchone()
+        )
         return row is not None
 
     def revoke_jti(self, jti: str, expires_at: float) -> None:
@@ -383,8 +459,11 @@ class AuthStore:
     def not_before(self, keys: list[str]) -> dict[str, float]:
         """key -> time of its latest revocation, for the `keys` that have one."""
         marks = ",".join("?" * len(keys))
-        rows = self._conn().execute(f"SELECT key, not_before FROM token_not_before WHERE key IN ({marks})",
-                                    list(keys)).fetchall()
+        rows = (
+            self._conn()
+            .execute(f"SELECT key, not_before FROM token_not_before WHERE key IN ({marks})", list(keys))
+            .fetchall()
+        )
         return {r["key"]: r["not_before"] for r in rows}
 
     # -- sessions ----------------------------------------------------------------------------
@@ -392,16 +471,23 @@ class AuthStore:
         """A new session; returns its id (the cookie value), stored only as a digest."""
         sid = secrets.token_urlsafe(32)
         with self._conn() as db:
-            db.execute("INSERT INTO sessions VALUES (?,?,?,?,?,?)",
-                       (digest(sid), kind, username, scope, family, time.time() + ttl_s))
+            db.execute(
+                "INSERT INTO sessions VALUES (?,?,?,?,?,?)",
+                (digest(sid), kind, username, scope, family, time.time() + ttl_s),
+            )
         return sid
 
     def get_session(self, sid: str, kind: str) -> SessionRow | None:
         """The live session `sid` of `kind`, or None (unknown, expired or of another kind)."""
         if not isinstance(sid, str) or not (20 <= len(sid) <= 100):
             return None
-        row = self._conn().execute("SELECT * FROM sessions WHERE id_hash=? AND kind=? AND expires_at>?",
-                                   (digest(sid), kind, time.time())).fetchone()
+        row = (
+            self._conn()
+            .execute(
+                "SELECT * FROM sessions WHERE id_hash=? AND kind=? AND expires_at>?", (digest(sid), kind, time.time())
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         return SessionRow(row["kind"], row["username"], row["scope"], row["family"], row["expires_at"])
@@ -448,8 +534,10 @@ class AuthStore:
             row = db.execute("SELECT * FROM login_failures WHERE key=?", (key,)).fetchone()
             if row is not None and row["failures"] > 0:
                 failures = row["failures"] - 1
-                db.execute("UPDATE login_failures SET failures=?, locked_until=? WHERE key=?",
-                           (failures, row["locked_until"] if failures >= max_failures else 0.0, key))
+                db.execute(
+                    "UPDATE login_failures SET failures=?, locked_until=? WHERE key=?",
+                    (failures, row["locked_until"] if failures >= max_failures else 0.0, key),
+                )
 
     @staticmethod
     def _count(db: "_Tx", key: str, max_failures: int, lockout_s: float, now: float) -> bool:
@@ -458,8 +546,10 @@ class AuthStore:
         fresh = row is None or now - row["first_at"] > lockout_s
         failures = 1 if fresh else row["failures"] + 1
         locked = now + lockout_s if failures >= max_failures else 0.0
-        db.execute("INSERT OR REPLACE INTO login_failures VALUES (?,?,?,?)",
-                   (key, failures, now if fresh else row["first_at"], locked))
+        db.execute(
+            "INSERT OR REPLACE INTO login_failures VALUES (?,?,?,?)",
+            (key, failures, now if fresh else row["first_at"], locked),
+        )
         return locked > 0
 
     def clear_failures(self, key: str) -> None:

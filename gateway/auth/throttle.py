@@ -2,6 +2,7 @@
 (account, client address), so an attacker locks himself out and not the account's owner, and a
 limit per client address across accounts. Attempts are counted in the auth database (shared by
 every gateway replica) before the secret is checked."""
+
 from __future__ import annotations
 
 from gateway.auth.http import behind_haproxy
@@ -31,8 +32,9 @@ class AttemptLimits:
         return max(self.store.locked_for(k) for k in self.limits(account, address))
 
     def record_failure(self, account: str, address: str) -> float:
-        return max(self.store.record_failure(k, n, self.cfg.login_lockout_s)
-                   for k, n in self.limits(account, address).items())
+        return max(
+            self.store.record_failure(k, n, self.cfg.login_lockout_s) for k, n in self.limits(account, address).items()
+        )
 
     def refund(self, account: str, address: str, succeeded: bool) -> None:
         """The attempt was not a failure: a success clears its (account, address) count."""

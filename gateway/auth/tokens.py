@@ -6,6 +6,7 @@ Verification accepts only RS256 with a known kid (so `alg: none` and HMAC-with-t
 tokens fail), and checks iss, aud, exp/nbf (with a small leeway), typ and revocation: of the token
 itself (its jti), or of its user, client or grant since the token was issued (`Revocations`).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,15 @@ def peek_claims(token: str) -> dict:
         raise TokenError("malformed token") from None
 
 
-def verify_jwt(token: str, keys: KeySet, algorithms: list[str], issuer: str, audience: str,
-               typ: str | None = None, leeway_s: int = LEEWAY_S) -> dict:
+def verify_jwt(
+    token: str,
+    keys: KeySet,
+    algorithms: list[str],
+    issuer: str,
+    audience: str,
+    typ: str | None = None,
+    leeway_s: int = LEEWAY_S,
+) -> dict:
     """Verify a JWT's signature and its iss/aud/exp/nbf/iat; returns the claims or raises TokenError."""
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
         raise TokenError("malformed token")
@@ -120,20 +128,36 @@ class Revocations:
 class AccessTokens:
     """Issues and verifies Lookout's access tokens."""
 
-    def __init__(self, keys: KeyStore, issuer: str, audience: str, ttl_s: int,
-                 is_revoked: Callable[[dict], bool] | None = None):
+    def __init__(
+        self, keys: KeyStore, issuer: str, audience: str, ttl_s: int, is_revoked: Callable[[dict], bool] | None = None
+    ):
         self.keys, self.issuer, self.audience, self.ttl_s = keys, issuer, audience, ttl_s
         self.is_revoked = is_revoked
         self._verify_keys = keys.verify_keyset()
 
-    def issue(self, sub: str, scope: str, client_id: str, ttl_s: int | None = None,
-              now: float | None = None, grant_id: str | None = None) -> str:
+    def issue(
+        self,
+        sub: str,
+        scope: str,
+        client_id: str,
+        ttl_s: int | None = None,
+        now: float | None = None,
+        grant_id: str | None = None,
+    ) -> str:
         """A signed access token for `sub` with `scope` (under the grant `grant_id`, for a user's tokens)."""
         now = now if now is not None else time.time()
         # iat in ms: a revocation in the same second as a new login must end only the older tokens
-        claims = {"iss": self.issuer, "aud": self.audience, "sub": sub, "client_id": client_id, "scope": scope,
-                  "iat": round(now, 3), "nbf": int(now), "exp": int(now) + (ttl_s or self.ttl_s),
-                  "jti": secrets.token_urlsafe(16)}
+        claims = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": sub,
+            "client_id": client_id,
+            "scope": scope,
+            "iat": round(now, 3),
+            "nbf": int(now),
+            "exp": int(now) + (ttl_s or self.ttl_s),
+            "jti": secrets.token_urlsafe(16),
+        }
         if grant_id:
             claims["grant_id"] = grant_id
         header = {"alg": ALG, "kid": self.keys.kid, "typ": ACCESS_TOKEN_TYP}

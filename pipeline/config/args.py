@@ -1,4 +1,5 @@
 """The whole `args` of serve_config.yaml, what each stage is bound, and parsing it."""
+
 from __future__ import annotations
 
 import math
@@ -102,17 +103,26 @@ class CameraGroupArgs(_StageArgs):
     bus: BusConfig = Field(description="The frame bus.")
     hls: HlsConfig = Field(description="HLS (segment length, store, LL-HLS).")
     detector: DetectorConfig = Field(description="The detector (its per-camera in-flight limit, local routing).")
-    detect_input_px: int = Field(416, ge=32, le=1536, description="The model's input width: frames for the "
-                                                                  "detector are scaled to fit inside the input.")
-    detect_input_height_px: int | None = Field(None, ge=32, le=1536, description="The model's input height "
-                                                                                 "(default: its width).")
-    record: "RecordConfig" = Field(default_factory=lambda: RecordConfig(), description="Recording (each camera's "
-                                                                                   "changes in cameras[].record).")
+    detect_input_px: int = Field(
+        416,
+        ge=32,
+        le=1536,
+        description="The model's input width: frames for the detector are scaled to fit inside the input.",
+    )
+    detect_input_height_px: int | None = Field(
+        None, ge=32, le=1536, description="The model's input height (default: its width)."
+    )
+    record: "RecordConfig" = Field(
+        default_factory=lambda: RecordConfig(), description="Recording (each camera's changes in cameras[].record)."
+    )
     record_cameras: dict[str, CameraRecordConfig] = Field(
-        default_factory=dict, description="Every camera's record changes: retention sweeps the segments of a "
-                                          "node's store whichever group recorded them.")
-    clips: "ClipConfig" = Field(default_factory=lambda: ClipConfig(), description="Clips (retention keeps an "
-                                                                                 "event's clip range longer).")
+        default_factory=dict,
+        description="Every camera's record changes: retention sweeps the segments of a "
+        "node's store whichever group recorded them.",
+    )
+    clips: "ClipConfig" = Field(
+        default_factory=lambda: ClipConfig(), description="Clips (retention keeps an event's clip range longer)."
+    )
 
     @property
     def detect_input_shape_px(self) -> tuple[int, int]:
@@ -131,21 +141,26 @@ class PipelineArgs(_Located, _Model):
     hls: HlsConfig = Field(default_factory=HlsConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     tracking: TrackerConfig = Field(default_factory=TrackerConfig, description="The per-camera tracker.")
-    rules: list[Rule] = Field(default_factory=list, max_length=1000,
-                              description="Event rules (changeable at run time through user_config).")
+    rules: list[Rule] = Field(
+        default_factory=list, max_length=1000, description="Event rules (changeable at run time through user_config)."
+    )
     events: EventsConfig = Field(default_factory=EventsConfig)
     clips: ClipConfig = Field(default_factory=ClipConfig)
     history: HistoryConfig = Field(default_factory=HistoryConfig)
     record: RecordConfig = Field(default_factory=RecordConfig, description="Recording (DVR).")
     cameras_per_replica: int = Field(
-        8, ge=1, le=64,
+        8,
+        ge=1,
+        le=64,
         description="Camera worker path: cameras one worker replica runs (each a thread and its ffmpeg), so "
-                    "100 cameras are not 100 actors. Cameras pinned to other nodes or with standbys are grouped "
-                    "only with cameras placed alike.",
+        "100 cameras are not 100 actors. Cameras pinned to other nodes or with standbys are grouped "
+        "only with cameras placed alike.",
     )
     base_dir: str | None = Field(
-        None, description="Relative paths are taken from here; default: the config file's folder (`lookout check`, "
-                          "scripts/run.sh), else the directory Ray was started in.")
+        None,
+        description="Relative paths are taken from here; default: the config file's folder (`lookout check`, "
+        "scripts/run.sh), else the directory Ray was started in.",
+    )
 
     @field_validator("cameras")
     @classmethod
@@ -172,18 +187,24 @@ class PipelineArgs(_Located, _Model):
                     raise ValueError(f"rules.{i}.zone: no zone {r.zone!r} on camera(s) {missing or 'any'}")
         need = math.ceil((self.clips.pre_s + 1.0) / self.hls.segment_s) + 2
         if self.events.enabled and self.hls.enabled and self.hls.keep_segments < need:
-            raise ValueError(f"clips.pre_s ({self.clips.pre_s}) needs hls.keep_segments >= {need} "
-                             f"(got {self.hls.keep_segments}) so the pre-roll is still in the store")
+            raise ValueError(
+                f"clips.pre_s ({self.clips.pre_s}) needs hls.keep_segments >= {need} "
+                f"(got {self.hls.keep_segments}) so the pre-roll is still in the store"
+            )
         return self
 
     @model_validator(mode="after")
     def _check_stream_pool(self) -> "PipelineArgs":
         if self.gateway.max_streams_per_caller >= self.gateway.max_requests_per_caller:
-            raise ValueError(f"gateway.max_streams_per_caller ({self.gateway.max_streams_per_caller}) must be less "
-                             f"than gateway.max_requests_per_caller ({self.gateway.max_requests_per_caller})")
+            raise ValueError(
+                f"gateway.max_streams_per_caller ({self.gateway.max_streams_per_caller}) must be less "
+                f"than gateway.max_requests_per_caller ({self.gateway.max_requests_per_caller})"
+            )
         if self.gateway.max_streams >= self.bus.redis_max_connections:
-            raise ValueError(f"gateway.max_streams ({self.gateway.max_streams}) must be less than "
-                             f"bus.redis_max_connections ({self.bus.redis_max_connections}): each stream holds one")
+            raise ValueError(
+                f"gateway.max_streams ({self.gateway.max_streams}) must be less than "
+                f"bus.redis_max_connections ({self.bus.redis_max_connections}): each stream holds one"
+            )
         return self
 
     def zones_by_camera(self) -> dict[str, list[ZoneConfig]]:
@@ -192,29 +213,53 @@ class PipelineArgs(_Located, _Model):
     def for_camera(self, camera_id: str) -> "CameraStageArgs":
         """What the camera's ingest and encoder are bound: its own section, the bus, HLS, the detector's limits."""
         cam = next(c for c in self.cameras if c.id == camera_id)
-        return CameraStageArgs(camera=cam, bus=self.bus, hls=self.hls, detector=self.detector,
-                               redis_url=self.redis_url, base_dir=self.base_dir)
+        return CameraStageArgs(
+            camera=cam,
+            bus=self.bus,
+            hls=self.hls,
+            detector=self.detector,
+            redis_url=self.redis_url,
+            base_dir=self.base_dir,
+        )
 
     def for_group(self, camera_ids: list[str]) -> "CameraGroupArgs":
         """What a camera worker replica running these cameras is bound."""
         cams = [next(c for c in self.cameras if c.id == cid) for cid in camera_ids]
-        return CameraGroupArgs(cameras=cams, bus=self.bus, hls=self.hls, detector=self.detector,
-                               detect_input_px=self.model.input_size_px,
-                               detect_input_height_px=self.model.input_height_px, record=self.record,
-                               record_cameras={c.id: c.record for c in self.cameras}, clips=self.clips,
-                               redis_url=self.redis_url, base_dir=self.base_dir)
+        return CameraGroupArgs(
+            cameras=cams,
+            bus=self.bus,
+            hls=self.hls,
+            detector=self.detector,
+            detect_input_px=self.model.input_size_px,
+            detect_input_height_px=self.model.input_height_px,
+            record=self.record,
+            record_cameras={c.id: c.record for c in self.cameras},
+            clips=self.clips,
+            redis_url=self.redis_url,
+            base_dir=self.base_dir,
+        )
 
     def for_events(self) -> "EventsStageArgs":
         """What the events replica is bound."""
         cams = [EventsCamera(id=c.id, detect=c.enabled and c.detect, zones=list(c.zones)) for c in self.cameras]
-        return EventsStageArgs(cameras=cams, rules=self.rules, tracking=self.tracking, events=self.events,
-                               history=self.history, clips=self.clips, hls=self.hls, bus=self.bus,
-                               redis_url=self.redis_url, base_dir=self.base_dir)
+        return EventsStageArgs(
+            cameras=cams,
+            rules=self.rules,
+            tracking=self.tracking,
+            events=self.events,
+            history=self.history,
+            clips=self.clips,
+            hls=self.hls,
+            bus=self.bus,
+            redis_url=self.redis_url,
+            base_dir=self.base_dir,
+        )
 
     def for_detector(self) -> "DetectorStageArgs":
         """What the detector replicas are bound."""
-        return DetectorStageArgs(model=self.model, detector=self.detector, bus=self.bus, redis_url=self.redis_url,
-                                 base_dir=self.base_dir)
+        return DetectorStageArgs(
+            model=self.model, detector=self.detector, bus=self.bus, redis_url=self.redis_url, base_dir=self.base_dir
+        )
 
 
 def camera_path(cam: CameraConfig, hls: HlsConfig) -> tuple[str, str]:
@@ -230,8 +275,9 @@ def camera_path(cam: CameraConfig, hls: HlsConfig) -> tuple[str, str]:
         return "annotate", f"hls.width_px/height_px scale the video to {hls.width_px}x{hls.height_px}: it is re-encoded"
     if cam.kind == "csi":
         return "annotate", "Jetson CSI sensors are read through OpenCV's GStreamer, not ffmpeg"
-    return "worker", "boxes drawn by the browser; " + (f"detection at {cam.detect_fps:g} fps" if cam.detect
-                                                       else "detection off")
+    return "worker", "boxes drawn by the browser; " + (
+        f"detection at {cam.detect_fps:g} fps" if cam.detect else "detection off"
+    )
 
 
 def parse_args(raw: dict[str, Any] | PipelineArgs) -> PipelineArgs:
@@ -263,6 +309,5 @@ def missing_files(cfg: PipelineArgs) -> list[str]:
     for field in ("cfg", "weights"):
         value = getattr(cfg.model, field)
         if value and not Path(cfg.resolve_path(value)).is_file():
-            problems.append(f"model.{field}: file not found: {cfg.resolve_path(value)} "
-                            "(run `lookout fetch-weights`)")
+            problems.append(f"model.{field}: file not found: {cfg.resolve_path(value)} (run `lookout fetch-weights`)")
     return problems

@@ -1,4 +1,5 @@
 """Shared by every section: the strict base model and the camera id rule."""
+
 from __future__ import annotations
 
 import re

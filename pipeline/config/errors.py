@@ -1,4 +1,5 @@
 """Configuration errors, one line per bad field, naming the field, the value and the nearest known name."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,7 +29,7 @@ def short_value(value: Any, limit: int = 60) -> str | None:
     if isinstance(value, (dict, list, tuple, set)):
         return None
     shown = repr(value)
-    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def unknown_field_hint(name: str, known: list[str]) -> str:

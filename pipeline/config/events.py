@@ -1,4 +1,5 @@
 """Clips, event sinks (webhooks, MQTT), events and detection history."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -15,7 +16,9 @@ class ClipConfig(_Model):
     pre_s: float = Field(5.0, ge=0, le=300, description="Seconds before an event's start included in its clip.")
     post_s: float = Field(5.0, ge=0, le=300, description="Seconds after an event's end included in its clip.")
     max_clip_s: float = Field(600.0, gt=0, le=86400, description="Longest clip; a longer event's clip is cut short.")
-    max_total_bytes: int = Field(2 * 2**30, ge=1 << 20, description="Clips beyond this total are deleted, oldest first.")
+    max_total_bytes: int = Field(
+        2 * 2**30, ge=1 << 20, description="Clips beyond this total are deleted, oldest first."
+    )
     max_age_s: float = Field(7 * 86400, gt=0, description="Clips older than this are deleted.")
     ffmpeg_bin: str = Field("ffmpeg", description="ffmpeg executable.")
     timeout_s: float = Field(60.0, gt=0, le=3600, description="Longest an ffmpeg cut may take.")
@@ -26,7 +29,8 @@ class WebhookConfig(_Model):
 
     url: str = Field(description="http(s) URL the updates are POSTed to.")
     kinds: list[Literal["start", "update", "end"]] = Field(
-        default_factory=lambda: ["start", "end"], min_length=1, description="Which updates are sent.")
+        default_factory=lambda: ["start", "end"], min_length=1, description="Which updates are sent."
+    )
     timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one POST.")
     max_attempts: int = Field(8, ge=1, le=100, description="Tries of one update before it is given up.")
 
@@ -45,7 +49,8 @@ class MqttConfig(_Model):
     port: int = Field(1883, ge=1, le=65535, description="Broker port.")
     topic_prefix: str = Field("lookout/events", pattern=r"^[A-Za-z0-9_/.-]{1,128}$", description="Topic prefix.")
     kinds: list[Literal["start", "update", "end"]] = Field(
-        default_factory=lambda: ["start", "end"], min_length=1, description="Which updates are published.")
+        default_factory=lambda: ["start", "end"], min_length=1, description="Which updates are published."
+    )
 
 
 class EventsConfig(_Model):

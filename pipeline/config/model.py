@@ -1,4 +1,5 @@
 """The detection model: files, input size, backend, precision, thresholds."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -18,37 +19,55 @@ class ModelConfig(_Model):
         None, description="ONNX path; built from cfg+weights when missing. Default: next to the weights."
     )
     labels: str | None = Field(None, description="Class names file, one per line; default: COCO's 80.")
-    input_size_px: int = Field(416, ge=32, le=1536, multiple_of=32, description="Network input width (and height "
-                                                                                "unless input_height_px says).")
+    input_size_px: int = Field(
+        416, ge=32, le=1536, multiple_of=32, description="Network input width (and height unless input_height_px says)."
+    )
     input_height_px: int | None = Field(
-        None, ge=32, le=1536, multiple_of=32,
+        None,
+        ge=32,
+        le=1536,
+        multiple_of=32,
         description="Network input height when it differs from the width: the cameras' aspect costs less inference "
-                    "than a square (416x320 for 4:3, 416x256 for 16:9: 23 %, 38 % fewer pixels). Not with TensorRT.")
+        "than a square (416x320 for 4:3, 416x256 for 16:9: 23 %, 38 % fewer pixels). Not with TensorRT.",
+    )
     backend: Literal["auto", "onnxruntime", "openvino", "tensorrt", "torch"] = Field(
-        "auto", description="Inference backend; 'auto': TensorRT, then torch where a GPU is, then OpenVINO on x86 "
-                            "CPUs, then ONNX Runtime (the first one installed that can run)."
+        "auto",
+        description="Inference backend; 'auto': TensorRT, then torch where a GPU is, then OpenVINO on x86 "
+        "CPUs, then ONNX Runtime (the first one installed that can run).",
     )
     conf_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Minimum confidence kept.")
     nms_iou_threshold: float = Field(0.45, gt=0.0, le=1.0, description="IoU above which boxes of a class merge.")
     max_detections: int = Field(300, ge=1, le=10000, description="Most detections kept per frame.")
     classes: list[str] | None = Field(None, description="Only keep these labels (default: all).")
     intra_op_threads: int = Field(
-        0, ge=0, le=256, description="CPU inference threads of ONNX Runtime or OpenVINO, whichever runs "
-                                     "(0: the runtime's default, every core).")
+        0,
+        ge=0,
+        le=256,
+        description="CPU inference threads of ONNX Runtime or OpenVINO, whichever runs "
+        "(0: the runtime's default, every core).",
+    )
     openvino_streams: int = Field(
-        1, ge=1, le=64, description="OpenVINO: parts a batch is split into and run in parallel, each on its share "
-                                    "of the threads (1: one request on all threads, the lowest latency).")
+        1,
+        ge=1,
+        le=64,
+        description="OpenVINO: parts a batch is split into and run in parallel, each on its share "
+        "of the threads (1: one request on all threads, the lowest latency).",
+    )
     precision: Literal["fp32", "fp16", "int8"] = Field(
-        "fp16", description="Numeric precision. GPU backends: fp16 (default), fp32 or int8. ONNX Runtime and OpenVINO "
-                            "on CPU run fp32 unless this is int8 (quantized once per node on calib_images, "
-                            "checked against fp32).")
-    engine_cache_dir: str = Field("data/engines", description="Where TensorRT engines and INT8 models are "
-                                                              "cached, per node.")
+        "fp16",
+        description="Numeric precision. GPU backends: fp16 (default), fp32 or int8. ONNX Runtime and OpenVINO "
+        "on CPU run fp32 unless this is int8 (quantized once per node on calib_images, "
+        "checked against fp32).",
+    )
+    engine_cache_dir: str = Field(
+        "data/engines", description="Where TensorRT engines and INT8 models are cached, per node."
+    )
     calib_images: str | None = Field(None, description="Folder of real images for INT8 calibration.")
     letter_box: bool | Literal["auto"] = Field(
-        "auto", description="How frames fill the network input, as the model was trained: true keeps the aspect "
-                            "ratio on grey padding, false stretches; 'auto': the darknet cfg's [net] letter_box, "
-                            "recorded in the ONNX file (false, darknet's default, when the file does not say).",
+        "auto",
+        description="How frames fill the network input, as the model was trained: true keeps the aspect "
+        "ratio on grey padding, false stretches; 'auto': the darknet cfg's [net] letter_box, "
+        "recorded in the ONNX file (false, darknet's default, when the file does not say).",
     )
 
     @model_validator(mode="after")
@@ -56,8 +75,10 @@ class ModelConfig(_Model):
         if self.onnx is None and (self.cfg is None or self.weights is None):
             raise ValueError("model needs `onnx`, or both `cfg` and `weights`")
         if self.backend == "tensorrt" and self.input_shape_px[0] != self.input_shape_px[1]:
-            raise ValueError(f"model.input_height_px={self.input_height_px}: the tensorrt backend takes square "
-                             f"inputs only (model.input_size_px={self.input_size_px})")
+            raise ValueError(
+                f"model.input_height_px={self.input_height_px}: the tensorrt backend takes square "
+                f"inputs only (model.input_size_px={self.input_size_px})"
+            )
         return self
 
     @property

@@ -4,6 +4,7 @@ Typed like every other section: built from the validated args by `build_app`, se
 and validated once more by the replica (a `serve deploy` of a hand-edited user_config may carry
 anything); a field left out keeps its current value.
 """
+
 from __future__ import annotations
 
 from typing import Any

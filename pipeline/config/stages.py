@@ -1,4 +1,5 @@
 """The frame bus, the detector stage and live HLS."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -18,12 +19,16 @@ class BusConfig(_Model):
         "jpeg", description="Frames on the bus: 'jpeg' (small; for multi-node) or 'raw' (no codec CPU; one node)."
     )
     redis_max_connections: int = Field(
-        256, ge=8, le=10_000,
+        256,
+        ge=8,
+        le=10_000,
         description="Redis connections one process may open (its one shared pool; the gateway has one more for "
-                    "its server-sent event streams, one per stream). A request finding none free waits "
-                    "`redis_pool_timeout_s`, then gets 503 with Retry-After.")
+        "its server-sent event streams, one per stream). A request finding none free waits "
+        "`redis_pool_timeout_s`, then gets 503 with Retry-After.",
+    )
     redis_pool_timeout_s: float = Field(
-        2.0, gt=0, le=60, description="How long a request waits for a free pooled Redis connection.")
+        2.0, gt=0, le=60, description="How long a request waits for a free pooled Redis connection."
+    )
 
 
 class DetectorAutoscaling(_Model):
@@ -32,13 +37,19 @@ class DetectorAutoscaling(_Model):
     min_replicas: int = Field(1, ge=0, le=256, description="Fewest replicas (when idle).")
     max_replicas: int = Field(4, ge=1, le=256, description="Most replicas (under load).")
     target_ongoing_requests: float = Field(
-        2.0, gt=0, le=256, description="Frames waiting or in work per replica that the autoscaler aims for.",
+        2.0,
+        gt=0,
+        le=256,
+        description="Frames waiting or in work per replica that the autoscaler aims for.",
     )
     upscale_delay_s: float = Field(5.0, ge=0, le=3600, description="Load must last this long before scaling up.")
     downscale_delay_s: float = Field(30.0, ge=0, le=3600, description="Idle this long before scaling down.")
     look_back_period_s: float = Field(
-        15.0, gt=0.5, le=600, description="Window the frames waiting are averaged over (more than the 10 s in which "
-                                           "handles report them; Serve's default is 30 s).",
+        15.0,
+        gt=0.5,
+        le=600,
+        description="Window the frames waiting are averaged over (more than the 10 s in which "
+        "handles report them; Serve's default is 30 s).",
     )
 
     @model_validator(mode="after")
@@ -66,21 +77,24 @@ class DetectorConfig(_Model):
     num_cpus: float = Field(1.0, ge=0, le=256, description="CPUs reserved per detector replica.")
     num_gpus: float = Field(0.0, ge=0, le=16, description="GPUs reserved per detector replica.")
     autoscaling: DetectorAutoscaling | None = Field(
-        None, description="Scale replicas on frames waiting (replaces num_replicas); null: fixed num_replicas.",
+        None,
+        description="Scale replicas on frames waiting (replaces num_replicas); null: fixed num_replicas.",
     )
     max_replicas_per_node: int | None = Field(
-        None, ge=1, le=64, description="Most detector replicas on one node (spreads them over nodes).",
+        None,
+        ge=1,
+        le=64,
+        description="Most detector replicas on one node (spreads them over nodes).",
     )
     prefer_local: bool = Field(
-        True, description="Ingest sends frames to a detector replica on its own node when there is one.",
+        True,
+        description="Ingest sends frames to a detector replica on its own node when there is one.",
     )
 
     @model_validator(mode="after")
     def _check_scaling(self) -> "DetectorConfig":
         if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
-            raise ValueError(
-                f"detector: give num_replicas ({self.num_replicas}) or autoscaling, not both"
-            )
+            raise ValueError(f"detector: give num_replicas ({self.num_replicas}) or autoscaling, not both")
         return self
 
 
@@ -88,8 +102,12 @@ class HlsConfig(_Model):
     """Encoding and HLS segmenting."""
 
     enabled: bool = Field(True, description="Encode an annotated HLS stream per camera.")
-    width_px: int | None = Field(None, ge=16, le=7680, description="Output width; default: the source's. Scaling "
-                                                                  "re-encodes every camera (the annotate path).")
+    width_px: int | None = Field(
+        None,
+        ge=16,
+        le=7680,
+        description="Output width; default: the source's. Scaling re-encodes every camera (the annotate path).",
+    )
     height_px: int | None = Field(None, ge=16, le=4320, description="Output height; default: the source's.")
     segment_s: float = Field(1.0, ge=0.5, le=10, description="Target segment duration.")
     list_size: int = Field(6, ge=2, le=100, description="Segments in the rolling playlist.")
@@ -106,31 +124,37 @@ class HlsConfig(_Model):
         0.5, ge=0, le=10, description="How long a frame waits for its detections before it is encoded."
     )
     boxes: Literal["burned", "browser"] = Field(
-        "browser", description="browser: the camera's own video is streamed (copied, or transcoded once when its "
-                               "codec cannot be copied) and the page draws boxes from the detections, timed by "
-                               "PROGRAM-DATE-TIME; burned: every frame is re-encoded with the boxes drawn in "
-                               "(cameras can override it: cameras[].boxes).",
+        "browser",
+        description="browser: the camera's own video is streamed (copied, or transcoded once when its "
+        "codec cannot be copied) and the page draws boxes from the detections, timed by "
+        "PROGRAM-DATE-TIME; burned: every frame is re-encoded with the boxes drawn in "
+        "(cameras can override it: cameras[].boxes).",
     )
     on_demand: bool = Field(False, description="Encode each camera's HLS only while someone watches it.")
     on_demand_idle_s: float = Field(
         30.0, ge=2, le=3600, description="On-demand: stop encoding this long after the last playlist request."
     )
     timecode: bool = Field(
-        False, description="Burn each frame's capture time (ms) as black/white blocks into the top-left corner "
-                           "(for `lookout bench latency`); the video is then re-encoded (the annotate path).",
+        False,
+        description="Burn each frame's capture time (ms) as black/white blocks into the top-left corner "
+        "(for `lookout bench latency`); the video is then re-encoded (the annotate path).",
     )
     container: Literal["mpegts", "fmp4"] | None = Field(
-        None, description="Segment container: MPEG-TS (.ts) or fragmented MP4 (.m4s + an EXT-X-MAP init "
-                          "section); default: mpegts, or fmp4 with low_latency (which needs it).",
+        None,
+        description="Segment container: MPEG-TS (.ts) or fragmented MP4 (.m4s + an EXT-X-MAP init "
+        "section); default: mpegts, or fmp4 with low_latency (which needs it).",
     )
     low_latency: bool = Field(
-        False, description="Low-Latency HLS: fMP4 partial segments of part_s listed with EXT-X-PART, blocking "
-                           "playlist reload (_HLS_msn/_HLS_part); players without LL support play the same "
-                           "playlist as standard HLS.",
+        False,
+        description="Low-Latency HLS: fMP4 partial segments of part_s listed with EXT-X-PART, blocking "
+        "playlist reload (_HLS_msn/_HLS_part); players without LL support play the same "
+        "playlist as standard HLS.",
     )
     part_s: float = Field(
-        0.2, ge=0.05, le=2.0, description="Low-latency: target partial segment duration (rounded to whole "
-                                          "frames; less than segment_s).",
+        0.2,
+        ge=0.05,
+        le=2.0,
+        description="Low-latency: target partial segment duration (rounded to whole frames; less than segment_s).",
     )
 
     @model_validator(mode="after")
@@ -142,7 +166,5 @@ class HlsConfig(_Model):
         if self.low_latency and not self.part_s < self.segment_s:
             raise ValueError(f"hls part_s ({self.part_s}) must be less than segment_s ({self.segment_s})")
         if self.keep_segments < self.list_size:
-            raise ValueError(
-                f"keep_segments ({self.keep_segments}) must be >= list_size ({self.list_size})"
-            )
+            raise ValueError(f"keep_segments ({self.keep_segments}) must be >= list_size ({self.list_size})")
         return self

@@ -1,4 +1,5 @@
 """How much mAP a reduced-precision engine may lose against the ONNX Runtime FP32 reference."""
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,8 @@ def check_accuracy(reference_map50: float, candidate_map50: float, precision: st
     if drop > tol + _EPS:
         raise AccuracyError(
             f"{precision} loses {drop:.2f} mAP@0.5 points against the ONNX Runtime FP32 reference "
-            f"({cand:.2f} vs {ref:.2f}); at most {tol} allowed for precision={precision!r}")
+            f"({cand:.2f} vs {ref:.2f}); at most {tol} allowed for precision={precision!r}"
+        )
     return drop
 
 
@@ -71,14 +73,25 @@ def eval_settings(onnx_path: str | Path, input_size_px: int = 416, **overrides: 
     """The thresholds COCO evaluation uses (keep nearly everything), as `lookout eval` does."""
     from pipeline.config import ModelConfig
 
-    base = dict(onnx=str(onnx_path), conf_threshold=0.001, nms_iou_threshold=0.45, max_detections=100,
-                input_size_px=input_size_px)
+    base = dict(
+        onnx=str(onnx_path),
+        conf_threshold=0.001,
+        nms_iou_threshold=0.45,
+        max_detections=100,
+        input_size_px=input_size_px,
+    )
     return ModelConfig(**{**base, **overrides})
 
 
-def compare_backends(onnx_path: str | Path, candidate: "Detector", images_dir: str | Path,
-                     annotations: str | Path, precision: str | None = None, batch_size: int = 1,
-                     reference: "Detector | None" = None) -> AccuracyReport:
+def compare_backends(
+    onnx_path: str | Path,
+    candidate: "Detector",
+    images_dir: str | Path,
+    annotations: str | Path,
+    precision: str | None = None,
+    batch_size: int = 1,
+    reference: "Detector | None" = None,
+) -> AccuracyReport:
     """mAP of `candidate` and of the ONNX Runtime FP32 reference (CPU, same labels and thresholds)
     on the same COCO-annotated images, with the verdict for `precision` (default: the candidate's)."""
     from pipeline.detector import Detector
@@ -95,15 +108,35 @@ def compare_backends(onnx_path: str | Path, candidate: "Detector", images_dir: s
     cand = evaluate(candidate, images_dir, annotations, batch_size)
     try:
         drop = check_accuracy(ref["map50"], cand["map50"], precision)
-        ok, message = True, (f"{precision} within tolerance: {cand['map50']:.2f} vs reference "
-                             f"{ref['map50']:.2f} mAP@0.5 (loss {drop:.2f}, at most {tol} allowed)")
+        ok, message = (
+            True,
+            (
+                f"{precision} within tolerance: {cand['map50']:.2f} vs reference "
+                f"{ref['map50']:.2f} mAP@0.5 (loss {drop:.2f}, at most {tol} allowed)"
+            ),
+        )
     except AccuracyError as exc:
         drop, ok, message = ref["map50"] - cand["map50"], False, str(exc)
     log.info("accuracy check: %s", message)
-    return AccuracyReport(precision=precision, reference_map50=ref["map50"], candidate_map50=cand["map50"],
-                          drop_points=round(drop, 4), tolerance_points=tol, ok=ok, message=message,
-                          reference=ref, candidate=cand)
+    return AccuracyReport(
+        precision=precision,
+        reference_map50=ref["map50"],
+        candidate_map50=cand["map50"],
+        drop_points=round(drop, 4),
+        tolerance_points=tol,
+        ok=ok,
+        message=message,
+        reference=ref,
+        candidate=cand,
+    )
 
 
-__all__ = ["AccuracyError", "AccuracyReport", "TOLERANCE_POINTS", "check_accuracy", "compare_backends",
-           "eval_settings", "tolerance_points"]
+__all__ = [
+    "AccuracyError",
+    "AccuracyReport",
+    "TOLERANCE_POINTS",
+    "check_accuracy",
+    "compare_backends",
+    "eval_settings",
+    "tolerance_points",
+]

@@ -2,6 +2,7 @@
 
 Pure numpy/OpenCV; `make_entropy_calibrator` imports TensorRT and pycuda only when called.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,15 +25,18 @@ def list_images(images_dir: str | Path, max_images: int | None = None) -> list[P
     """The .jpg/.jpeg/.png files directly in `images_dir`, sorted by name (at most `max_images`)."""
     folder = Path(images_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"calibration images folder {folder} does not exist "
-                                f"(calib_images: point it at a folder of real .jpg/.png images)")
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int)
-                                   or max_images < 1):
+        raise FileNotFoundError(
+            f"calibration images folder {folder} does not exist "
+            f"(calib_images: point it at a folder of real .jpg/.png images)"
+        )
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
         raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}")
     paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise ValueError(f"calibration images folder {folder} has no .jpg/.jpeg/.png images "
-                         f"(calib_images: point it at a folder of real images)")
+        raise ValueError(
+            f"calibration images folder {folder} has no .jpg/.jpeg/.png images "
+            f"(calib_images: point it at a folder of real images)"
+        )
     return paths[:max_images] if max_images else paths
 
 
@@ -47,12 +51,21 @@ class CalibrationBatches:
     `last="drop"` leaves the remainder out (an error if that leaves no batch at all).
     """
 
-    def __init__(self, images_dir: str | Path, input_size_px: int | tuple[int, int], batch_size: int,
-                 max_images: int | None = None, last: Literal["pad", "drop"] = "pad", *, letter_box: bool):
+    def __init__(
+        self,
+        images_dir: str | Path,
+        input_size_px: int | tuple[int, int],
+        batch_size: int,
+        max_images: int | None = None,
+        last: Literal["pad", "drop"] = "pad",
+        *,
+        letter_box: bool,
+    ):
         sides = input_size_px if isinstance(input_size_px, tuple) and len(input_size_px) == 2 else (input_size_px,)
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
-            raise ValueError(f"input_size_px must be a positive integer or a (width, height) pair of them, "
-                             f"got {input_size_px!r}")
+            raise ValueError(
+                f"input_size_px must be a positive integer or a (width, height) pair of them, got {input_size_px!r}"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if last not in ("pad", "drop"):
@@ -65,8 +78,10 @@ class CalibrationBatches:
         self.letter_box = bool(letter_box)
         self.paths = list_images(self.images_dir, max_images)
         if last == "drop" and len(self.paths) < batch_size:
-            raise ValueError(f"calibration images folder {self.images_dir} has {len(self.paths)} image(s), "
-                             f"fewer than batch_size={batch_size}, and last='drop' keeps no batch")
+            raise ValueError(
+                f"calibration images folder {self.images_dir} has {len(self.paths)} image(s), "
+                f"fewer than batch_size={batch_size}, and last='drop' keeps no batch"
+            )
 
     @property
     def num_images(self) -> int:
@@ -118,8 +133,10 @@ class CalibrationBatches:
         return h.hexdigest()
 
     def __repr__(self) -> str:
-        return (f"CalibrationBatches({str(self.images_dir)!r}, images={len(self.paths)}, "
-                f"batch_size={self.batch_size}, batches={len(self)}, last={self.last!r}, letter_box={self.letter_box})")
+        return (
+            f"CalibrationBatches({str(self.images_dir)!r}, images={len(self.paths)}, "
+            f"batch_size={self.batch_size}, batches={len(self)}, last={self.last!r}, letter_box={self.letter_box})"
+        )
 
 
 def make_entropy_calibrator(batches: CalibrationBatches, cache_path: str | Path) -> Any:
@@ -135,8 +152,10 @@ def make_entropy_calibrator(batches: CalibrationBatches, cache_path: str | Path)
         import pycuda.driver as cuda
         import tensorrt as trt
     except ImportError as exc:
-        raise BackendUnavailable("tensorrt/pycuda not installed: pip install 'lookout[tensorrt]' on a GPU host "
-                                 f"with CUDA (INT8 calibration needs them; import failed: {exc})") from None
+        raise BackendUnavailable(
+            "tensorrt/pycuda not installed: pip install 'lookout[tensorrt]' on a GPU host "
+            f"with CUDA (INT8 calibration needs them; import failed: {exc})"
+        ) from None
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:

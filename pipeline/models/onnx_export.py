@@ -14,6 +14,7 @@ layer the cells row by row with the anchors of a cell adjacent (the order OpenCV
 Batch-norm is folded into the convolutions. Metadata (input size, classes, name, sha256 of
 the source files, letter_box) is stored in the model's metadata_props; see :func:`load_graph_info`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,8 +65,12 @@ def sha256_file(path: str | Path) -> str:
 
 
 def _check_input_size(input_size: Any) -> int:
-    if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)) \
-            or input_size < 32 or input_size % 32:
+    if (
+        isinstance(input_size, bool)
+        or not isinstance(input_size, (int, np.integer))
+        or input_size < 32
+        or input_size % 32
+    ):
         raise ValueError(f"input_size must be a positive multiple of 32, got {input_size!r}")
     return int(input_size)
 
@@ -79,8 +84,9 @@ def input_shape(input_size: Any) -> tuple[int, int]:
         try:
             return _check_input_size(input_size[0]), _check_input_size(input_size[1])
         except ValueError:
-            raise ValueError(f"input_size (width, height) must be positive multiples of 32, "
-                             f"got {tuple(input_size)!r}") from None
+            raise ValueError(
+                f"input_size (width, height) must be positive multiples of 32, got {tuple(input_size)!r}"
+            ) from None
     side = _check_input_size(input_size)
     return side, side
 
@@ -144,8 +150,9 @@ def _fold_conv(p: ConvParams, eps: float) -> tuple[np.ndarray, np.ndarray]:
     return w.astype(np.float32), b.astype(np.float32)
 
 
-def _yolo_head(g: _GraphBuilder, x: str, sec: Section, base: str, grid_h: int, grid_w: int,
-               input_w: int, input_h: int) -> tuple[str, str, int]:
+def _yolo_head(
+    g: _GraphBuilder, x: str, sec: Section, base: str, grid_h: int, grid_w: int, input_w: int, input_h: int
+) -> tuple[str, str, int]:
     anchors, mask = yolo_anchors(sec)
     classes = sec.getint("classes", 20)
     scale = sec.getfloat("scale_x_y", 1.0)
@@ -153,12 +160,14 @@ def _yolo_head(g: _GraphBuilder, x: str, sec: Section, base: str, grid_h: int, g
         raise sec.error("new_coords=1 (Scaled-YOLOv4 decoding) is not supported")
     a = len(mask)
     n = grid_h * grid_w * a
-    t = g.op("Reshape", [x, g.const(f"{base}_shape5", np.array([0, a, 5 + classes, grid_h, grid_w], np.int64))],
-             f"{base}_r5")
+    t = g.op(
+        "Reshape", [x, g.const(f"{base}_shape5", np.array([0, a, 5 + classes, grid_h, grid_w], np.int64))], f"{base}_r5"
+    )
     t = g.op("Transpose", [t], f"{base}_nhwac", perm=[0, 3, 4, 1, 2])
     t = g.op("Reshape", [t, g.const(f"{base}_shape3", np.array([0, n, 5 + classes], np.int64))], f"{base}_rows")
-    txy, twh, tobj, tcls = g.op("Split", [t, g.const(f"{base}_split", np.array([2, 2, 1, classes], np.int64))],
-                                f"{base}_part", n_out=4, axis=2)
+    txy, twh, tobj, tcls = g.op(
+        "Split", [t, g.const(f"{base}_split", np.array([2, 2, 1, classes], np.int64))], f"{base}_part", n_out=4, axis=2
+    )
     stride_y, stride_x = input_h / grid_h, input_w / grid_w
     gy, gx, _ = np.meshgrid(np.arange(grid_h), np.arange(grid_w), np.arange(a), indexing="ij")
     shift = (scale - 1) / 2
@@ -167,18 +176,32 @@ def _yolo_head(g: _GraphBuilder, x: str, sec: Section, base: str, grid_h: int, g
     xy_scale = np.array([scale * stride_x, scale * stride_y], np.float32)
     xy = g.op("Mul", [g.op("Sigmoid", [txy], f"{base}_sxy"), g.const(f"{base}_xyscale", xy_scale)], f"{base}_xys")
     xy = g.op("Add", [xy, g.const(f"{base}_grid", offset[None].astype(np.float32))], f"{base}_cxy")
-    half = g.op("Mul", [g.op("Exp", [twh], f"{base}_ewh"),
-                        g.const(f"{base}_anchors", half_anchor[None].astype(np.float32))], f"{base}_halfwh")
-    boxes = g.op("Concat", [g.op("Sub", [xy, half], f"{base}_xy1"), g.op("Add", [xy, half], f"{base}_xy2")],
-                 f"{base}_boxes", axis=2)
-    scores = g.op("Mul", [g.op("Sigmoid", [tobj], f"{base}_obj"), g.op("Sigmoid", [tcls], f"{base}_cls")],
-                  f"{base}_scores")
+    half = g.op(
+        "Mul",
+        [g.op("Exp", [twh], f"{base}_ewh"), g.const(f"{base}_anchors", half_anchor[None].astype(np.float32))],
+        f"{base}_halfwh",
+    )
+    boxes = g.op(
+        "Concat",
+        [g.op("Sub", [xy, half], f"{base}_xy1"), g.op("Add", [xy, half], f"{base}_xy2")],
+        f"{base}_boxes",
+        axis=2,
+    )
+    scores = g.op(
+        "Mul", [g.op("Sigmoid", [tobj], f"{base}_obj"), g.op("Sigmoid", [tcls], f"{base}_cls")], f"{base}_scores"
+    )
     return boxes, scores, classes
 
 
-def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: int | tuple[int, int] = 416,
-                opset: int = DEFAULT_OPSET, model_name: str | None = None,
-                metadata: dict[str, str] | None = None, bn_eps: float = BN_EPS) -> onnx.ModelProto:
+def build_model(
+    cfg: DarknetConfig,
+    weights: dict[int, ConvParams],
+    input_size: int | tuple[int, int] = 416,
+    opset: int = DEFAULT_OPSET,
+    model_name: str | None = None,
+    metadata: dict[str, str] | None = None,
+    bn_eps: float = BN_EPS,
+) -> onnx.ModelProto:
     """Build the ONNX model of a parsed cfg and its conv parameters (by layer index).
 
     `input_size` is a side (square) or (width, height). `bn_eps` is darknet's 1e-5
@@ -187,8 +210,9 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
     width, height = input_shape(input_size)
     opset = _check_opset(opset)
     if cfg.channels != 3:
-        raise ModelFileError(f"{cfg.source}: channels={cfg.channels} in [net]; only 3-channel (RGB) "
-                             f"networks are supported")
+        raise ModelFileError(
+            f"{cfg.source}: channels={cfg.channels} in [net]; only 3-channel (RGB) networks are supported"
+        )
     shapes = infer_shapes(cfg, width, height)
     g = _GraphBuilder()
     g.name(INPUT_NAME)
@@ -210,8 +234,15 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
             if i not in weights:
                 raise ModelFileError(f"no weights for conv layer {i} ({sec.where()})")
             w, b = _fold_conv(weights[i], bn_eps)
-            out = g.op("Conv", [prev, g.const(f"{base}_W", w), g.const(f"{base}_B", b)], base,
-                       kernel_shape=[ksize, ksize], strides=[stride, stride], pads=[padding] * 4, group=groups)
+            out = g.op(
+                "Conv",
+                [prev, g.const(f"{base}_W", w), g.const(f"{base}_B", b)],
+                base,
+                kernel_shape=[ksize, ksize],
+                strides=[stride, stride],
+                pads=[padding] * 4,
+                group=groups,
+            )
             out = _activation(g, out, sec.getstr("activation", "logistic"), base, sec)
         elif sec.type in ("maxpool", "max"):
             ksize, stride, padding = maxpool_geometry(sec)
@@ -219,8 +250,14 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
             if ksize == 1 and stride == 1:
                 out = prev
             else:
-                out = g.op("MaxPool", [prev], base, kernel_shape=[ksize, ksize], strides=[stride, stride],
-                           pads=[before, before, after, after])
+                out = g.op(
+                    "MaxPool",
+                    [prev],
+                    base,
+                    kernel_shape=[ksize, ksize],
+                    strides=[stride, stride],
+                    pads=[before, before, after, after],
+                )
         elif sec.type == "route":
             groups, group_id = sec.getint("groups", 1), sec.getint("group_id", 0)
             parts = []
@@ -228,9 +265,16 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
                 src = ref(r, sec)
                 if groups > 1:
                     chunk = shapes[r].c // groups
-                    src = g.op("Slice", [src, g.const(f"{base}_starts", np.array([group_id * chunk], np.int64)),
-                                         g.const(f"{base}_ends", np.array([(group_id + 1) * chunk], np.int64)),
-                                         g.const(f"{base}_axes", np.array([1], np.int64))], f"{base}_slice")
+                    src = g.op(
+                        "Slice",
+                        [
+                            src,
+                            g.const(f"{base}_starts", np.array([group_id * chunk], np.int64)),
+                            g.const(f"{base}_ends", np.array([(group_id + 1) * chunk], np.int64)),
+                            g.const(f"{base}_axes", np.array([1], np.int64)),
+                        ],
+                        f"{base}_slice",
+                    )
                 parts.append(src)
             out = parts[0] if len(parts) == 1 else g.op("Concat", parts, base, axis=1)
         elif sec.type == "shortcut":
@@ -241,8 +285,14 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
         elif sec.type == "upsample":
             stride = sec.getint("stride", 2)
             scales = g.const(f"{base}_scales", np.array([1, 1, stride, stride], np.float32))
-            out = g.op("Resize", [prev, "", scales], base, mode="nearest",
-                       coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+            out = g.op(
+                "Resize",
+                [prev, "", scales],
+                base,
+                mode="nearest",
+                coordinate_transformation_mode="asymmetric",
+                nearest_mode="floor",
+            )
             factor = sec.getfloat("scale", 1.0)
             if factor != 1.0:
                 out = g.op("Mul", [out, g.const(f"{base}_factor", np.array(factor, np.float32))], f"{base}_mul")
@@ -264,33 +314,60 @@ def build_model(cfg: DarknetConfig, weights: dict[int, ConvParams], input_size: 
         raise ModelFileError(f"{cfg.source}: [yolo] layers disagree on classes: {sorted(classes_seen)}")
     num_classes = classes_seen.pop()
     concat = len(heads) > 1
-    g.nodes.append(helper.make_node("Concat", [h[0] for h in heads], [BOXES_NAME], name=BOXES_NAME, axis=1)
-                   if concat else helper.make_node("Identity", [heads[0][0]], [BOXES_NAME], name=BOXES_NAME))
-    g.nodes.append(helper.make_node("Concat", [h[1] for h in heads], [SCORES_NAME], name=SCORES_NAME, axis=1)
-                   if concat else helper.make_node("Identity", [heads[0][1]], [SCORES_NAME], name=SCORES_NAME))
+    g.nodes.append(
+        helper.make_node("Concat", [h[0] for h in heads], [BOXES_NAME], name=BOXES_NAME, axis=1)
+        if concat
+        else helper.make_node("Identity", [heads[0][0]], [BOXES_NAME], name=BOXES_NAME)
+    )
+    g.nodes.append(
+        helper.make_node("Concat", [h[1] for h in heads], [SCORES_NAME], name=SCORES_NAME, axis=1)
+        if concat
+        else helper.make_node("Identity", [heads[0][1]], [SCORES_NAME], name=SCORES_NAME)
+    )
     num_boxes = sum(shapes[i].h * shapes[i].w * len(yolo_anchors(cfg.layers[i])[1]) for i in yolo_layers)
 
     name = model_name or (cfg.path.stem if cfg.path else "darknet")
     graph = helper.make_graph(
-        g.nodes, name.replace("-", "_"),
+        g.nodes,
+        name.replace("-", "_"),
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, height, width])],
-        [helper.make_tensor_value_info(BOXES_NAME, TensorProto.FLOAT, ["N", num_boxes, 4]),
-         helper.make_tensor_value_info(SCORES_NAME, TensorProto.FLOAT, ["N", num_boxes, num_classes])],
+        [
+            helper.make_tensor_value_info(BOXES_NAME, TensorProto.FLOAT, ["N", num_boxes, 4]),
+            helper.make_tensor_value_info(SCORES_NAME, TensorProto.FLOAT, ["N", num_boxes, num_classes]),
+        ],
         g.inits,
     )
-    model = helper.make_model_gen_version(graph, opset_imports=[helper.make_opsetid("", opset)],
-                                          producer_name="lookout", producer_version=CONVERTER_VERSION)
-    meta = {"input_size": str(width), "input_height": str(height), "num_classes": str(num_classes),
-            "num_boxes": str(num_boxes),
-            "model_name": name, "converter_version": CONVERTER_VERSION, "box_format": "xyxy_pixels",
-            "bn_eps": repr(float(bn_eps)), "letter_box": "1" if cfg.letter_box else "0"}
+    model = helper.make_model_gen_version(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="lookout",
+        producer_version=CONVERTER_VERSION,
+    )
+    meta = {
+        "input_size": str(width),
+        "input_height": str(height),
+        "num_classes": str(num_classes),
+        "num_boxes": str(num_boxes),
+        "model_name": name,
+        "converter_version": CONVERTER_VERSION,
+        "box_format": "xyxy_pixels",
+        "bn_eps": repr(float(bn_eps)),
+        "letter_box": "1" if cfg.letter_box else "0",
+    }
     meta.update(metadata or {})
     helper.set_model_props(model, {_META_PREFIX + k: str(v) for k, v in meta.items()})
     return model
 
 
-def convert(cfg_path: str | Path, weights_path: str | Path, out_path: str | Path,
-            input_size: int | tuple[int, int] = 416, opset: int = DEFAULT_OPSET, *, bn_eps: float = BN_EPS) -> Path:
+def convert(
+    cfg_path: str | Path,
+    weights_path: str | Path,
+    out_path: str | Path,
+    input_size: int | tuple[int, int] = 416,
+    opset: int = DEFAULT_OPSET,
+    *,
+    bn_eps: float = BN_EPS,
+) -> Path:
     """Convert darknet cfg + weights into an ONNX file at `out_path` (written atomically); `input_size`
     is a side (square) or (width, height)."""
     started = time.perf_counter()
@@ -301,10 +378,20 @@ def convert(cfg_path: str | Path, weights_path: str | Path, out_path: str | Path
     weights = read_weights(weights_path, cfg)
     if not (isinstance(bn_eps, (int, float)) and 0 <= bn_eps < 1):
         raise ValueError(f"bn_eps must be a number in [0, 1), got {bn_eps!r}")
-    model = build_model(cfg, weights.layers, size, opset, model_name=cfg_path.stem, bn_eps=bn_eps, metadata={
-        "cfg_sha256": sha256_file(cfg_path), "weights_sha256": sha256_file(weights_path),
-        "source_cfg": cfg_path.name, "source_weights": weights_path.name,
-    })
+    model = build_model(
+        cfg,
+        weights.layers,
+        size,
+        opset,
+        model_name=cfg_path.stem,
+        bn_eps=bn_eps,
+        metadata={
+            "cfg_sha256": sha256_file(cfg_path),
+            "weights_sha256": sha256_file(weights_path),
+            "source_cfg": cfg_path.name,
+            "source_weights": weights_path.name,
+        },
+    )
     data = model.SerializeToString()
     onnx.checker.check_model(data)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,8 +404,16 @@ def convert(cfg_path: str | Path, weights_path: str | Path, out_path: str | Path
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    log.info("converted %s + %s -> %s (input %dx%d, opset %d) in %.2fs", cfg_path, weights_path, out_path,
-             size[0], size[1], opset, time.perf_counter() - started)
+    log.info(
+        "converted %s + %s -> %s (input %dx%d, opset %d) in %.2fs",
+        cfg_path,
+        weights_path,
+        out_path,
+        size[0],
+        size[1],
+        opset,
+        time.perf_counter() - started,
+    )
     return out_path
 
 
@@ -332,15 +427,17 @@ def load_graph_info(onnx_path: str | Path) -> dict[str, Any]:
         model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # protobuf raises several types for a damaged file
         raise ModelFileError(f"ONNX model {onnx_path} cannot be read: {exc}") from None
-    info: dict[str, Any] = {p.key[len(_META_PREFIX):]: p.value for p in model.metadata_props
-                            if p.key.startswith(_META_PREFIX)}
+    info: dict[str, Any] = {
+        p.key[len(_META_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(_META_PREFIX)
+    }
     for key in ("input_size", "input_height", "num_classes", "num_boxes"):
         if key in info:
             try:
                 info[key] = int(info[key])
             except ValueError:
-                raise ModelFileError(f"ONNX model {onnx_path}: metadata {key}={info[key]!r} is not "
-                                     f"an integer") from None
+                raise ModelFileError(
+                    f"ONNX model {onnx_path}: metadata {key}={info[key]!r} is not an integer"
+                ) from None
     if "input_size" in info:  # square models from before rectangular inputs do not say
         info.setdefault("input_height", info["input_size"])
     info["letter_box"] = letter_box_from_metadata({p.key: p.value for p in model.metadata_props}, onnx_path)
@@ -361,8 +458,9 @@ def letter_box_from_metadata(props: Mapping[str, str], source: str | Path) -> bo
     return raw == "1"
 
 
-def ensure_onnx(cfg: str | Path, weights: str | Path, onnx_path: str | Path,
-                input_size: int | tuple[int, int] = 416) -> Path:
+def ensure_onnx(
+    cfg: str | Path, weights: str | Path, onnx_path: str | Path, input_size: int | tuple[int, int] = 416
+) -> Path:
     """Convert only when `onnx_path` is missing or was built from other files, size or converter."""
     size = input_shape(input_size)
     cfg, weights, onnx_path = Path(cfg), Path(weights), Path(onnx_path)
@@ -370,9 +468,14 @@ def ensure_onnx(cfg: str | Path, weights: str | Path, onnx_path: str | Path,
         if not path.is_file():
             raise missing_file_error(path, what)
     if onnx_path.is_file():
-        want = {"input_size": size[0], "input_height": size[1], "cfg_sha256": sha256_file(cfg),
-                "weights_sha256": sha256_file(weights),
-                "converter_version": CONVERTER_VERSION, "bn_eps": repr(float(BN_EPS))}
+        want = {
+            "input_size": size[0],
+            "input_height": size[1],
+            "cfg_sha256": sha256_file(cfg),
+            "weights_sha256": sha256_file(weights),
+            "converter_version": CONVERTER_VERSION,
+            "bn_eps": repr(float(BN_EPS)),
+        }
         try:
             info = load_graph_info(onnx_path)
         except ModelFileError as exc:
@@ -382,8 +485,9 @@ def ensure_onnx(cfg: str | Path, weights: str | Path, onnx_path: str | Path,
         if not stale:
             log.debug("%s is up to date", onnx_path)
             return onnx_path
-        log.info("rebuilding %s: %s", onnx_path,
-                 ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in stale.items()))
+        log.info(
+            "rebuilding %s: %s", onnx_path, ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in stale.items())
+        )
     return convert(cfg, weights, onnx_path, size)
 
 
@@ -400,7 +504,9 @@ def at_input_size(onnx_path: str | Path, input_size: int | tuple[int, int], fold
     src = Path(onnx_path)
     info = load_graph_info(src)
     if not info.get("source_cfg") or not info.get("source_weights"):
-        raise ModelFileError(f"ONNX model {src} does not name its darknet cfg and weights (not made by "
-                             f"`lookout convert`): convert them yourself with `lookout convert --size --height`")
+        raise ModelFileError(
+            f"ONNX model {src} does not name its darknet cfg and weights (not made by "
+            f"`lookout convert`): convert them yourself with `lookout convert --size --height`"
+        )
     out = Path(folder or src.parent) / model_file_name(Path(info["source_weights"]).stem, input_size)
     return ensure_onnx(src.with_name(info["source_cfg"]), src.with_name(info["source_weights"]), out, input_size)

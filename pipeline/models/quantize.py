@@ -12,6 +12,7 @@ The quantized model is checked before it is used: on the calibration images it m
 are cached under `model.engine_cache_dir`, keyed by the source model and the images, so a detector
 replica quantizes once per node (under a file lock) and later starts load the file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -79,14 +80,23 @@ def cache_paths(cache_dir: str | Path, onnx_path: str | Path, source_sha256: str
     return base.with_suffix(".onnx"), base.with_suffix(".json")
 
 
-def ensure_int8(onnx_path: str | Path, calib_images: str | Path | None, cache_dir: str | Path, *,
-                letter_box: bool | str = "auto", conf_threshold: float = 0.3, iou_threshold: float = 0.45) -> QuantizedModel:
+def ensure_int8(
+    onnx_path: str | Path,
+    calib_images: str | Path | None,
+    cache_dir: str | Path,
+    *,
+    letter_box: bool | str = "auto",
+    conf_threshold: float = 0.3,
+    iou_threshold: float = 0.45,
+) -> QuantizedModel:
     """The INT8 model of `onnx_path`, quantized on `calib_images` (a folder of real .jpg/.png frames) and
     checked, from the cache when it is there. Raises QuantizationError when it fails the check (that
     result is cached too: a failing set of images is not quantized again at every start)."""
     if calib_images is None:
-        raise ValueError("model.precision 'int8' needs model.calib_images: a folder of real .jpg/.png "
-                         "frames of your cameras (at least 8; 50-100 taken over a day are better)")
+        raise ValueError(
+            "model.precision 'int8' needs model.calib_images: a folder of real .jpg/.png "
+            "frames of your cameras (at least 8; 50-100 taken over a day are better)"
+        )
     onnx_path = Path(onnx_path)
     import onnx
 
@@ -96,15 +106,18 @@ def ensure_int8(onnx_path: str | Path, calib_images: str | Path | None, cache_di
     size = _input_size(model, onnx_path)
     batches = CalibrationBatches(calib_images, size, batch_size=1, letter_box=fit_letter_box)
     if batches.num_images < MIN_IMAGES:
-        raise ValueError(f"model.calib_images {str(calib_images)!r} has {batches.num_images} image(s); "
-                         f"INT8 calibration needs at least {MIN_IMAGES}")
+        raise ValueError(
+            f"model.calib_images {str(calib_images)!r} has {batches.num_images} image(s); "
+            f"INT8 calibration needs at least {MIN_IMAGES}"
+        )
     source_sha = sha256_file(onnx_path)
     model_path, sidecar = cache_paths(cache_dir, onnx_path, source_sha, batches.fingerprint())
     with exclusive_lock(model_path.with_suffix(".lock")):
         done = _read_sidecar(sidecar)
         if done is None or (done.get("error") is None and not model_path.is_file()):
-            done = _quantize_and_check(onnx_path, model_path, sidecar, batches, source_sha,
-                                       conf_threshold, iou_threshold)
+            done = _quantize_and_check(
+                onnx_path, model_path, sidecar, batches, source_sha, conf_threshold, iou_threshold
+            )
     if done.get("error"):
         raise QuantizationError(done["error"])
     return QuantizedModel(**{**done["result"], "path": model_path})
@@ -127,15 +140,28 @@ def _read_sidecar(path: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("recipe") == RECIPE else None
 
 
-def _quantize_and_check(onnx_path: Path, model_path: Path, sidecar: Path, batches: CalibrationBatches,
-                        source_sha: str, conf_threshold: float, iou_threshold: float) -> dict:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+def _quantize_and_check(
+    onnx_path: Path,
+    model_path: Path,
+    sidecar: Path,
+    batches: CalibrationBatches,
+    source_sha: str,
+    conf_threshold: float,
+    iou_threshold: float,
+) -> dict:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     import onnx
 
     t0 = time.perf_counter()
-    log.info("quantizing %s to INT8 on %d calibration images (once per node; about a minute)",
-             onnx_path, batches.num_images)
+    log.info(
+        "quantizing %s to INT8 on %d calibration images (once per node; about a minute)", onnx_path, batches.num_images
+    )
     source = onnx.load(str(onnx_path))
 
     class Reader(CalibrationDataReader):
@@ -149,9 +175,17 @@ def _quantize_and_check(onnx_path: Path, model_path: Path, sidecar: Path, batche
     tmp = model_path.with_name(f".{model_path.name}.tmp")
     model_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        quantize_static(str(onnx_path), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        nodes_to_exclude=fp32_nodes(source), calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(
+            str(onnx_path),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            nodes_to_exclude=fp32_nodes(source),
+            calibrate_method=CalibrationMethod.MinMax,
+        )
         quantized = onnx.load(str(tmp))
         del quantized.metadata_props[:]  # the source's (input size, letter_box, classes) travel with it
         quantized.metadata_props.extend(source.metadata_props)
@@ -162,27 +196,51 @@ def _quantize_and_check(onnx_path: Path, model_path: Path, sidecar: Path, batche
         tmp.unlink(missing_ok=True)
     matched, total = agreement(onnx_path, model_path, batches, conf_threshold, iou_threshold)
     share = matched / total if total else 1.0
-    result = asdict(QuantizedModel(path=model_path, source_sha256=source_sha, images=batches.num_images,
-                                   reference_detections=total, matched=matched, agreement=round(share, 4),
-                                   seconds=round(time.perf_counter() - t0, 1)))
+    result = asdict(
+        QuantizedModel(
+            path=model_path,
+            source_sha256=source_sha,
+            images=batches.num_images,
+            reference_detections=total,
+            matched=matched,
+            agreement=round(share, 4),
+            seconds=round(time.perf_counter() - t0, 1),
+        )
+    )
     result.pop("path")
     error = None
     if total == 0:
-        error = (f"INT8 check: the FP32 model finds nothing in the {batches.num_images} images of "
-                 f"model.calib_images {str(batches.images_dir)!r}; use frames where objects are seen")
+        error = (
+            f"INT8 check: the FP32 model finds nothing in the {batches.num_images} images of "
+            f"model.calib_images {str(batches.images_dir)!r}; use frames where objects are seen"
+        )
     elif share < MIN_AGREEMENT:
-        error = (f"INT8 model finds only {matched} of the FP32 model's {total} detections ({share:.1%} < "
-                 f"{MIN_AGREEMENT:.0%}) on model.calib_images {str(batches.images_dir)!r}; use precision fp32")
+        error = (
+            f"INT8 model finds only {matched} of the FP32 model's {total} detections ({share:.1%} < "
+            f"{MIN_AGREEMENT:.0%}) on model.calib_images {str(batches.images_dir)!r}; use precision fp32"
+        )
     if error:
         model_path.unlink(missing_ok=True)
     atomic_write_bytes(sidecar, json.dumps({"recipe": RECIPE, "result": result, "error": error}).encode())
-    log.info("INT8 model %s: %d of %d FP32 detections found (%.1f %%) in %.0f s%s", model_path.name, matched,
-             total, 100 * share, result["seconds"], f"; rejected: {error}" if error else "")
+    log.info(
+        "INT8 model %s: %d of %d FP32 detections found (%.1f %%) in %.0f s%s",
+        model_path.name,
+        matched,
+        total,
+        100 * share,
+        result["seconds"],
+        f"; rejected: {error}" if error else "",
+    )
     return {"recipe": RECIPE, "result": result, "error": error}
 
 
-def agreement(reference: str | Path, candidate: str | Path, batches: CalibrationBatches,
-              conf_threshold: float = 0.3, iou_threshold: float = 0.45) -> tuple[int, int]:
+def agreement(
+    reference: str | Path,
+    candidate: str | Path,
+    batches: CalibrationBatches,
+    conf_threshold: float = 0.3,
+    iou_threshold: float = 0.45,
+) -> tuple[int, int]:
     """(matched, total): of the reference model's detections on `batches`' images, how many the
     candidate also finds (same class, IoU >= 0.5, each candidate box used once)."""
     from pipeline.models.backends.onnxruntime import OnnxRuntimeBackend

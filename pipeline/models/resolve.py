@@ -1,4 +1,5 @@
 """Find (or build) the model files a ModelConfig points at."""
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,10 @@ def resolve_model(model: ModelConfig, args: PipelineArgs | DetectorStageArgs) ->
         if not path.is_file():
             raise ModelFileError(f"model.onnx: file not found: {path}; {HOW_TO_GET}")
     return ResolvedModel(
-        onnx=path, cfg=cfg, weights=weights, labels=Path(labels) if labels else None,
+        onnx=path,
+        cfg=cfg,
+        weights=weights,
+        labels=Path(labels) if labels else None,
         engine_cache_dir=Path(args.resolve_path(model.engine_cache_dir)),
         calib_images=Path(args.resolve_path(model.calib_images)) if model.calib_images else None,
     )

@@ -9,6 +9,7 @@ layers in cfg order, cells row by row, the anchors of a cell adjacent).
 The YOLO heads always decode in float32; :meth:`DarknetYolo.set_compute_dtype` changes only the
 convolutional body (fp16 on CUDA).
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,8 +86,7 @@ class YoloHead(nn.Module):
         xy_scale = np.array([scale * stride_x, scale * stride_y], np.float32)
         # Constants rounded to float32 exactly as the ONNX initializers are.
         self.register_buffer("offset", torch.from_numpy(offset[None].astype(np.float32)), persistent=False)
-        self.register_buffer("half_anchor", torch.from_numpy(half_anchor[None].astype(np.float32)),
-                             persistent=False)
+        self.register_buffer("half_anchor", torch.from_numpy(half_anchor[None].astype(np.float32)), persistent=False)
         self.register_buffer("xy_scale", torch.from_numpy(xy_scale), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,14 +102,14 @@ class YoloHead(nn.Module):
 class DarknetYolo(nn.Module):
     """A darknet YOLO network with folded conv parameters ``{layer index: (weight, bias)}``."""
 
-    def __init__(self, cfg: DarknetConfig, convs: Mapping[int, FoldedConv],
-                 input_size: int | tuple[int, int] = 416):
+    def __init__(self, cfg: DarknetConfig, convs: Mapping[int, FoldedConv], input_size: int | tuple[int, int] = 416):
         super().__init__()
         self.input_shape = width, height = input_shape(input_size)
         self.input_size = width
         if cfg.channels != 3:
-            raise ModelFileError(f"{cfg.source}: channels={cfg.channels} in [net]; only 3-channel (RGB) "
-                                 f"networks are supported")
+            raise ModelFileError(
+                f"{cfg.source}: channels={cfg.channels} in [net]; only 3-channel (RGB) networks are supported"
+            )
         shapes = infer_shapes(cfg, width, height)
         self.cfg = cfg
         self.convs = nn.ModuleDict()
@@ -134,8 +134,10 @@ class DarknetYolo(nn.Module):
                 w, b = convs[i]
                 want = (filters, in_c // groups, ksize, ksize)
                 if tuple(w.shape) != want or tuple(b.shape) != (filters,):
-                    raise ModelFileError(f"conv layer {i} ({sec.where()}): weights of shape {tuple(w.shape)} "
-                                         f"and bias {tuple(b.shape)}, the cfg needs {want} and ({filters},)")
+                    raise ModelFileError(
+                        f"conv layer {i} ({sec.where()}): weights of shape {tuple(w.shape)} "
+                        f"and bias {tuple(b.shape)}, the cfg needs {want} and ({filters},)"
+                    )
                 conv = nn.Conv2d(in_c, filters, ksize, stride, padding, groups=groups, bias=True)
                 with torch.no_grad():
                     conv.weight.copy_(torch.from_numpy(np.array(w, np.float32)))
@@ -156,8 +158,7 @@ class DarknetYolo(nn.Module):
             elif sec.type == "shortcut":
                 if sec.has("weights_type") and sec.getstr("weights_type") != "none":
                     raise sec.error("weighted shortcuts (weights_type) are not supported")
-                self._plan.append(("shortcut", ref(shortcut_input(cfg, i), sec),
-                                   _check_activation(sec, "linear")))
+                self._plan.append(("shortcut", ref(shortcut_input(cfg, i), sec), _check_activation(sec, "linear")))
             elif sec.type == "upsample":
                 self._plan.append(("upsample", sec.getint("stride", 2), sec.getfloat("scale", 1.0)))
             elif sec.type == "yolo":
@@ -230,8 +231,9 @@ def fold_weights(weights: Mapping[int, ConvParams], bn_eps: float = BN_EPS) -> d
     return {i: _fold_conv(p, bn_eps) for i, p in weights.items()}
 
 
-def from_darknet(cfg_path: str | Path, weights_path: str | Path, input_size: int | tuple[int, int] = 416,
-                 bn_eps: float = BN_EPS) -> DarknetYolo:
+def from_darknet(
+    cfg_path: str | Path, weights_path: str | Path, input_size: int | tuple[int, int] = 416, bn_eps: float = BN_EPS
+) -> DarknetYolo:
     """Build the network from a darknet .cfg and .weights file."""
     cfg = parse_cfg(cfg_path)
     return DarknetYolo(cfg, fold_weights(read_weights(weights_path, cfg).layers, bn_eps), input_size)
@@ -258,15 +260,18 @@ def from_onnx(onnx_path: str | Path, cfg_path: str | Path | None = None) -> Dark
     info = load_graph_info(onnx_path)
     size = info.get("input_size")
     if not isinstance(size, int):
-        raise ModelFileError(f"ONNX model {onnx_path} has no lookout.input_size metadata: it was not made by "
-                             f"`lookout convert`; the torch backend needs model.cfg and model.weights")
+        raise ModelFileError(
+            f"ONNX model {onnx_path} has no lookout.input_size metadata: it was not made by "
+            f"`lookout convert`; the torch backend needs model.cfg and model.weights"
+        )
     if cfg_path is None:
         cfg_path = _find_source_cfg(onnx_path, info)
         if cfg_path is None:
             raise ModelFileError(
                 f"the torch backend needs the darknet cfg of ONNX model {onnx_path}: set model.cfg and "
                 f"model.weights (its metadata names source_cfg={info.get('source_cfg')!r}, not found next to "
-                f"it with sha256 {info.get('cfg_sha256')!r})")
+                f"it with sha256 {info.get('cfg_sha256')!r})"
+            )
     cfg = parse_cfg(cfg_path)
     model = onnx.load(str(onnx_path))
     inits = {t.name: t for t in model.graph.initializer}
@@ -278,23 +283,32 @@ def from_onnx(onnx_path: str | Path, cfg_path: str | Path | None = None) -> Dark
             index = int(node.name.split("_", 1)[0].lstrip("l"))
             w, b = (numpy_helper.to_array(inits[n]) for n in node.input[1:3])
         except (ValueError, KeyError, IndexError):
-            raise ModelFileError(f"ONNX model {onnx_path}: conv node {node.name!r} is not laid out as "
-                                 f"`lookout convert` writes it; use model.cfg and model.weights") from None
+            raise ModelFileError(
+                f"ONNX model {onnx_path}: conv node {node.name!r} is not laid out as "
+                f"`lookout convert` writes it; use model.cfg and model.weights"
+            ) from None
         convs[index] = (w, b)
     expected = {i for i, _, _ in param_layout(cfg)}
     if set(convs) != expected:
-        raise ModelFileError(f"ONNX model {onnx_path} does not belong to cfg {cfg_path}: conv layers "
-                             f"{sorted(set(convs) ^ expected)[:10]} differ")
+        raise ModelFileError(
+            f"ONNX model {onnx_path} does not belong to cfg {cfg_path}: conv layers "
+            f"{sorted(set(convs) ^ expected)[:10]} differ"
+        )
     net = DarknetYolo(cfg, convs, (size, info.get("input_height", size)))
     if info.get("num_boxes") not in (None, net.num_boxes) or info.get("num_classes") not in (None, net.num_classes):
-        raise ModelFileError(f"ONNX model {onnx_path} ({info.get('num_boxes')} boxes, {info.get('num_classes')} "
-                             f"classes) does not match cfg {cfg_path} ({net.num_boxes}, {net.num_classes})")
+        raise ModelFileError(
+            f"ONNX model {onnx_path} ({info.get('num_boxes')} boxes, {info.get('num_classes')} "
+            f"classes) does not match cfg {cfg_path} ({net.num_boxes}, {net.num_classes})"
+        )
     return net
 
 
-def load_network(onnx_path: str | Path | None, cfg_path: str | Path | None = None,
-                 weights_path: str | Path | None = None,
-                 input_size: int | tuple[int, int] = 416) -> DarknetYolo:
+def load_network(
+    onnx_path: str | Path | None,
+    cfg_path: str | Path | None = None,
+    weights_path: str | Path | None = None,
+    input_size: int | tuple[int, int] = 416,
+) -> DarknetYolo:
     """From cfg + weights when both are given, else from the ONNX file (see :func:`from_onnx`)."""
     if cfg_path is not None and weights_path is not None:
         return from_darknet(cfg_path, weights_path, input_size)

@@ -1,5 +1,6 @@
 """YOLO pre-processing (fit to the network input: stretch or letterbox) and post-processing
 (thresholds, class-wise NMS, boxes mapped back to the source image)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,8 +64,9 @@ def fit_input(width_px: int, height_px: int, size_px: int | tuple[int, int], *, 
     return InputFit(width_px, height_px, new_w, new_h, (net_w - new_w) // 2, (net_h - new_h) // 2)
 
 
-def fit_image(image_bgr: np.ndarray, size_px: int | tuple[int, int], *, letter_box: bool,
-              out: np.ndarray | None = None) -> tuple[np.ndarray, InputFit]:
+def fit_image(
+    image_bgr: np.ndarray, size_px: int | tuple[int, int], *, letter_box: bool, out: np.ndarray | None = None
+) -> tuple[np.ndarray, InputFit]:
     """The image as an RGB float32 CHW tensor of the network input's shape, in [0, 1], fitted as
     :func:`fit_input` says.
 
@@ -76,13 +78,14 @@ def fit_image(image_bgr: np.ndarray, size_px: int | tuple[int, int], *, letter_b
     h, w = image_bgr.shape[:2]
     fit = fit_input(w, h, (net_w, net_h), letter_box=letter_box)
     new_w, new_h = fit.resized_width_px, fit.resized_height_px
-    resized = image_bgr if (new_w, new_h) == (w, h) else cv2.resize(image_bgr, (new_w, new_h),
-                                                                     interpolation=cv2.INTER_LINEAR)
+    resized = (
+        image_bgr if (new_w, new_h) == (w, h) else cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    )
     if (new_w, new_h) == (net_w, net_h):
         canvas = resized
     else:
         canvas = np.full((net_h, net_w, 3), PAD_VALUE, np.uint8)
-        canvas[fit.pad_y_px:fit.pad_y_px + new_h, fit.pad_x_px:fit.pad_x_px + new_w] = resized
+        canvas[fit.pad_y_px : fit.pad_y_px + new_h, fit.pad_x_px : fit.pad_x_px + new_w] = resized
     if out is None:
         out = np.empty((3, net_h, net_w), np.float32)
     # BGR -> RGB and HWC -> CHW in one strided copy, scaled to [0, 1].
@@ -90,8 +93,9 @@ def fit_image(image_bgr: np.ndarray, size_px: int | tuple[int, int], *, letter_b
     return out, fit
 
 
-def preprocess_batch(images: list[np.ndarray], size_px: int | tuple[int, int], *,
-                     letter_box: bool) -> tuple[np.ndarray, list[InputFit]]:
+def preprocess_batch(
+    images: list[np.ndarray], size_px: int | tuple[int, int], *, letter_box: bool
+) -> tuple[np.ndarray, list[InputFit]]:
     """(N, 3, height, width) float32 of :func:`fit_image` for each image, and each image's fit."""
     net_w, net_h = net_shape(size_px)
     batch = np.empty((len(images), 3, net_h, net_w), np.float32)

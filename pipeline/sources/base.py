@@ -1,4 +1,5 @@
 """Frame sources: the common interface, errors, and the factory that picks one by camera kind."""
+
 from __future__ import annotations
 
 import abc

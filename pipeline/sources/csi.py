@@ -1,5 +1,6 @@
 """Jetson cameras through OpenCV's GStreamer (cv2.CAP_GSTREAMER): CSI sensors (nvarguscamerasrc) and
 RTSP cameras decoded by the hardware decoder (nvv4l2decoder, `hwaccel: jetson`)."""
+
 from __future__ import annotations
 
 import functools
@@ -59,7 +60,7 @@ def gst_pipeline(sensor_id: int, width_px: int, height_px: int, fps: float, flip
 
 def csi_sensor_id(source: str) -> int:
     """The sensor number of a 'csi://N' source (a bare 'N' is accepted too)."""
-    s = source[len("csi://"):] if source.lower().startswith("csi://") else source
+    s = source[len("csi://") :] if source.lower().startswith("csi://") else source
     if not s.isdigit():
         raise ValueError(f"source must look like csi://0, got {source!r}")
     return int(s)
@@ -84,20 +85,28 @@ class CsiSource(OpenCvCaptureSource):
             self.sensor_id = csi_sensor_id(cfg.source)
         except ValueError as exc:
             raise SourceError(f"camera {cfg.id}: {exc}", permanent=True) from None
-        self.pipeline = gst_pipeline(self.sensor_id, cfg.width_px or DEFAULT_WIDTH_PX,
-                                     cfg.height_px or DEFAULT_HEIGHT_PX, cfg.fps or DEFAULT_FPS, flip_method)
+        self.pipeline = gst_pipeline(
+            self.sensor_id,
+            cfg.width_px or DEFAULT_WIDTH_PX,
+            cfg.height_px or DEFAULT_HEIGHT_PX,
+            cfg.fps or DEFAULT_FPS,
+            flip_method,
+        )
 
     def _create_capture(self) -> cv2.VideoCapture:
         if not opencv_has_gstreamer():
             raise SourceError(
                 f"camera {self.cfg.id}: CSI camera {self.cfg.source} needs OpenCV built with GStreamer, "
                 f"but this OpenCV {cv2.__version__} has none (pip wheels do not; use JetPack's python3-opencv)",
-                permanent=True)
+                permanent=True,
+            )
         cap = cv2.VideoCapture(self.pipeline, cv2.CAP_GSTREAMER)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"camera {self.cfg.id}: cannot open CSI sensor {self.sensor_id} with "
-                              f"pipeline {self.pipeline!r} (is nvargus-daemon running?)")
+            raise SourceError(
+                f"camera {self.cfg.id}: cannot open CSI sensor {self.sensor_id} with "
+                f"pipeline {self.pipeline!r} (is nvargus-daemon running?)"
+            )
         return cap
 
 
@@ -148,7 +157,8 @@ class JetsonRtspSource(OpenCvCaptureSource):
             raise SourceError(
                 f"camera {self.cfg.id}: hwaccel jetson for {name} needs OpenCV built with GStreamer, but this "
                 f"OpenCV {cv2.__version__} has none (use JetPack's python3-opencv, or hwaccel: none)",
-                permanent=True)
+                permanent=True,
+            )
         for codec in list(self._codecs):
             pipeline = gst_rtsp_pipeline(self.cfg.source, codec, self.cfg.rtsp_transport)
             cap = cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
@@ -158,5 +168,7 @@ class JetsonRtspSource(OpenCvCaptureSource):
                 log.info("camera %s: %s decoded by nvv4l2decoder (%s)", self.cfg.id, name, codec)
                 return cap
             cap.release()
-        raise SourceError(f"camera {self.cfg.id}: cannot open {name} with nvv4l2decoder "
-                          f"(tried {', '.join(self._codecs)}; is it reachable, and is this a Jetson?)")
+        raise SourceError(
+            f"camera {self.cfg.id}: cannot open {name} with nvv4l2decoder "
+            f"(tried {', '.join(self._codecs)}; is it reachable, and is this a Jetson?)"
+        )

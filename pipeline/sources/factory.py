@@ -3,6 +3,7 @@
 The factory names no source class: a new kind is a module here with a FrameSource subclass that declares
 its `kinds` (and, to take over some cameras of a kind, a higher `priority` and `accepts`).
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Video file source (OpenCV): optional looping and real-time pacing, like a live camera."""
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,7 @@ MAX_LAG_S = 1.0
 def file_path(source: str) -> str:
     """The filesystem path of a file source (`file://` prefix and `~` allowed)."""
     if source.startswith("file://"):
-        source = source[len("file://"):]
+        source = source[len("file://") :]
     return os.path.expanduser(source)
 
 

@@ -9,6 +9,7 @@ ffmpeg runs at `-loglevel verbose` so that a camera whose resolution changes mid
 the old size without a word; read() raises SourceError instead, and the reconnect opens the
 stream at its new size.
 """
+
 from __future__ import annotations
 
 import collections
@@ -31,7 +32,9 @@ _SIZE_RE = re.compile(r"[ ,](\d{2,5})x(\d{2,5})(?=[ ,\[]|$)")
 _FPS_RE = re.compile(r"(\d+(?:\.\d+)?) fps")
 _LOG_PREFIX_RE = re.compile(r"^\[[\w.:-]+ @ (0x)?[0-9a-fA-F]+\]\s*")
 _METADATA_RE = re.compile(r"^\w+ {2,}: ")  # "encoder         : Lavc59..." after the header
-_INPUT_SIZE_RE = re.compile(r"Reinit context to (\d+)x(\d+)|\[graph \d+ input from stream [\d:]+ @ \w+\] w:(\d+) h:(\d+)")
+_INPUT_SIZE_RE = re.compile(
+    r"Reinit context to (\d+)x(\d+)|\[graph \d+ input from stream [\d:]+ @ \w+\] w:(\d+) h:(\d+)"
+)
 PROBE_SIZE_BYTES = 256_000
 ANALYZE_DURATION_US = 1_000_000
 
@@ -45,13 +48,31 @@ def ffmpeg_rtsp_args(cfg: CameraConfig, ffmpeg: str = "ffmpeg") -> list[str]:
         raise TypeError(f"cfg must be a CameraConfig, got {type(cfg).__name__} {cfg!r}")
     timeout_us = int(max(cfg.open_timeout_s, cfg.read_timeout_s) * 1_000_000)
     args = [
-        ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "verbose", "-nostats",
-        "-rtsp_transport", cfg.rtsp_transport,
-        "-timeout", str(timeout_us),
-        "-fflags", "nobuffer", "-flags", "low_delay",
-        "-probesize", str(PROBE_SIZE_BYTES), "-analyzeduration", str(ANALYZE_DURATION_US),
-        "-i", cfg.source,
-        "-map", "0:v:0", "-an", "-sn", "-dn",
+        ffmpeg,
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "verbose",
+        "-nostats",
+        "-rtsp_transport",
+        cfg.rtsp_transport,
+        "-timeout",
+        str(timeout_us),
+        "-fflags",
+        "nobuffer",
+        "-flags",
+        "low_delay",
+        "-probesize",
+        str(PROBE_SIZE_BYTES),
+        "-analyzeduration",
+        str(ANALYZE_DURATION_US),
+        "-i",
+        cfg.source,
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-dn",
     ]
     filters = []
     if cfg.width_px is not None and cfg.height_px is not None:
@@ -144,17 +165,20 @@ class RtspSource(FrameSource):
         argv = ffmpeg_rtsp_args(self.cfg, self._ffmpeg)
         log.debug("camera %s: starting ffmpeg for %s", self.cfg.id, self.name)
         try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, bufsize=0)
+            self._proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+            )
         except OSError as exc:
             raise SourceError(f"camera {self.cfg.id}: cannot start ffmpeg: {exc}", permanent=True) from None
-        threading.Thread(target=self._pump_stderr, args=(self._proc.stderr,),
-                         name=f"rtsp-stderr-{self.cfg.id}", daemon=True).start()
+        threading.Thread(
+            target=self._pump_stderr, args=(self._proc.stderr,), name=f"rtsp-stderr-{self.cfg.id}", daemon=True
+        ).start()
         if not self._header_done.wait(self.cfg.open_timeout_s):
             tail = self._stderr_tail()
             self.close()
-            raise SourceError(f"camera {self.cfg.id}: opening {self.name} timed out after "
-                              f"{self.cfg.open_timeout_s:g}s ({tail})")
+            raise SourceError(
+                f"camera {self.cfg.id}: opening {self.name} timed out after {self.cfg.open_timeout_s:g}s ({tail})"
+            )
         size, fps = parse_ffmpeg_header(self._header)
         if size is None:
             self._wait_exit(1.0)
@@ -182,8 +206,15 @@ class RtspSource(FrameSource):
             return Frame(image=image, pts_s=now - self._t0, captured_at=time.time())
 
         self._reader = ThreadedReader(grab, name=f"rtsp-read-{self.cfg.id}")
-        log.info("camera %s: opened %s (%dx%d, %s fps, %s)", self.cfg.id, self.name, size[0], size[1],
-                 f"{self._fps:g}" if self._fps else "?", self.cfg.rtsp_transport)
+        log.info(
+            "camera %s: opened %s (%dx%d, %s fps, %s)",
+            self.cfg.id,
+            self.name,
+            size[0],
+            size[1],
+            f"{self._fps:g}" if self._fps else "?",
+            self.cfg.rtsp_transport,
+        )
 
     def _wait_exit(self, timeout_s: float) -> None:
         if self._proc is not None:
@@ -203,8 +234,9 @@ class RtspSource(FrameSource):
             how = f"ffmpeg killed by signal {-code}; " if code is not None and code < 0 else ""
             raise SourceError(f"{exc} ({how}{self._stderr_tail()})") from None
         if frame is None:
-            raise SourceError(f"camera {self.cfg.id}: no frame from {self.name} for "
-                              f"{self.cfg.read_timeout_s:g}s (stalled)")
+            raise SourceError(
+                f"camera {self.cfg.id}: no frame from {self.name} for {self.cfg.read_timeout_s:g}s (stalled)"
+            )
         if self._resized:
             raise SourceError(f"camera {self.cfg.id}: {self.name} changed resolution ({self._resized}); reopening")
         return frame

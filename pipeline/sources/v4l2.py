@@ -1,4 +1,5 @@
 """USB/V4L2 cameras through OpenCV's CAP_V4L2 backend (and the OpenCV capture reader CSI shares)."""
+
 from __future__ import annotations
 
 import logging
@@ -21,14 +22,15 @@ def v4l2_device(source: str) -> str:
     """The device path of a V4L2 source: '/dev/video0', 'v4l2:///dev/video0', 'v4l2://0' or '0'."""
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"source must be a V4L2 device such as /dev/video0, got {source!r}")
-    dev = source[len("v4l2://"):] if source.startswith("v4l2://") else source
+    dev = source[len("v4l2://") :] if source.startswith("v4l2://") else source
     if dev.isdigit():
         dev = f"/dev/video{int(dev)}"
     return dev
 
 
-def v4l2_settings(width_px: int | None = None, height_px: int | None = None, fps: float | None = None,
-                  fourcc: str | None = "MJPG") -> list[tuple[int, float]]:
+def v4l2_settings(
+    width_px: int | None = None, height_px: int | None = None, fps: float | None = None, fourcc: str | None = "MJPG"
+) -> list[tuple[int, float]]:
     """The (cv2.CAP_PROP_*, value) pairs to set, in order, after opening a V4L2 camera.
 
     The fourcc goes first (it decides which sizes and rates the camera offers); MJPG lets USB cameras
@@ -86,16 +88,22 @@ class OpenCvCaptureSource(FrameSource):
             return Frame(image=image, pts_s=time.monotonic() - self._t0, captured_at=time.time())
 
         self._reader = ThreadedReader(grab, name=f"{type(self).__name__}-{self.cfg.id}")
-        log.info("camera %s: opened %s (%s, %s fps)", self.cfg.id, self.name,
-                 f"{w}x{h}" if self._size else "size unknown", f"{self._fps:g}" if self._fps else "?")
+        log.info(
+            "camera %s: opened %s (%s, %s fps)",
+            self.cfg.id,
+            self.name,
+            f"{w}x{h}" if self._size else "size unknown",
+            f"{self._fps:g}" if self._fps else "?",
+        )
 
     def read(self) -> Frame:
         if self._reader is None:
             raise SourceError(f"camera {self.cfg.id}: {self.name} is not open")
         frame = self._reader.get(self.cfg.read_timeout_s)
         if frame is None:
-            raise SourceError(f"camera {self.cfg.id}: no frame from {self.name} for "
-                              f"{self.cfg.read_timeout_s:g}s (stalled)")
+            raise SourceError(
+                f"camera {self.cfg.id}: no frame from {self.name} for {self.cfg.read_timeout_s:g}s (stalled)"
+            )
         if self._size is None:
             self._size = frame.size
         return frame
@@ -138,15 +146,18 @@ class V4l2Source(OpenCvCaptureSource):
     def _create_capture(self) -> cv2.VideoCapture:
         dev = self.device
         if not os.path.exists(dev):
-            raise SourceError(f"camera {self.cfg.id}: V4L2 device {dev} does not exist "
-                              "(camera unplugged, or not passed into the container?)")
+            raise SourceError(
+                f"camera {self.cfg.id}: V4L2 device {dev} does not exist "
+                "(camera unplugged, or not passed into the container?)"
+            )
         real = os.path.realpath(dev)
         m = _VIDEO_DEV_RE.match(real)
         cap = cv2.VideoCapture(int(m.group(1)) if m else real, cv2.CAP_V4L2)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"camera {self.cfg.id}: cannot open V4L2 device {dev} "
-                              "(busy, no permission, or not a capture device)")
+            raise SourceError(
+                f"camera {self.cfg.id}: cannot open V4L2 device {dev} (busy, no permission, or not a capture device)"
+            )
         for prop, value in v4l2_settings(self.cfg.width_px, self.cfg.height_px, self.cfg.fps):
             if not cap.set(prop, value):
                 log.debug("camera %s: %s refused property %d=%g", self.cfg.id, dev, prop, value)

@@ -3,6 +3,7 @@
 Each module here holds a base.Backend subclass that registers itself under its `name`; this package
 imports them once (none imports its heavy library until it is used) and names no class itself.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,5 +66,12 @@ def create_backend(settings: "ModelConfig", model: "ResolvedModel", max_batch_si
     return cls.create(settings, model, max_batch_size)
 
 
-__all__ = ["AUTO_ORDER", "Backend", "BackendUnavailable", "backend_class", "choose_backend", "cpu_model_file",
-           "create_backend"]
+__all__ = [
+    "AUTO_ORDER",
+    "Backend",
+    "BackendUnavailable",
+    "backend_class",
+    "choose_backend",
+    "cpu_model_file",
+    "create_backend",
+]

@@ -1,4 +1,5 @@
 """The interface every inference backend implements."""
+
 from __future__ import annotations
 
 import abc
@@ -46,6 +47,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def create(cls, settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int) -> "Backend":
         """The backend for this model and config, loaded."""
+
     # The model's own [net] letter_box (from its cfg or ONNX metadata); None when it does not say.
     letter_box: bool | None = None
 

@@ -1,5 +1,6 @@
 """The ONNX file a CPU backend (ONNX Runtime, OpenVINO) loads: FP32, or with `precision: int8` its checked
 quantized copy."""
+
 from __future__ import annotations
 
 import logging
@@ -23,12 +24,21 @@ def cpu_model_file(settings: "ModelConfig", model: "ResolvedModel") -> "Path":
     from pipeline.models.quantize import QuantizationError, ensure_int8
 
     try:
-        q = ensure_int8(model.onnx, settings.calib_images, settings.engine_cache_dir, letter_box=settings.letter_box,
-                        conf_threshold=settings.conf_threshold, iou_threshold=settings.nms_iou_threshold)
+        q = ensure_int8(
+            model.onnx,
+            settings.calib_images,
+            settings.engine_cache_dir,
+            letter_box=settings.letter_box,
+            conf_threshold=settings.conf_threshold,
+            iou_threshold=settings.nms_iou_threshold,
+        )
     except QuantizationError as exc:
         log.error("model.precision int8 not used, running FP32: %s", exc)
         return model.onnx
-    log.info("INT8 model %s (finds %.1f %% of FP32's detections on %d calibration images)", q.path,
-             100 * q.agreement, q.images)
+    log.info(
+        "INT8 model %s (finds %.1f %% of FP32's detections on %d calibration images)",
+        q.path,
+        100 * q.agreement,
+        q.images,
+    )
     return q.path
-

@@ -1,4 +1,5 @@
 """ONNX Runtime backend (CPU everywhere; CUDA when onnxruntime-gpu is installed)."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """OpenVINO backend: the same ONNX file on Intel's CPU runtime (the default on x86 CPUs)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -47,8 +48,7 @@ class OpenVinoBackend(Backend):
 
     @classmethod
     def create(cls, settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int) -> "OpenVinoBackend":
-        return cls(model.onnx, threads=settings.intra_op_threads,
-                   streams=settings.openvino_streams)
+        return cls(model.onnx, threads=settings.intra_op_threads, streams=settings.openvino_streams)
 
     def __init__(self, onnx_path: str | Path, threads: int = 0, streams: int = 1):
         try:
@@ -86,10 +86,10 @@ class OpenVinoBackend(Backend):
         self._lock = threading.Lock()  # an infer request serves one caller at a time
         self.version = ov.__version__.split("-")[0]
         if self.streams != streams:
-            log.info("openvino gave %d stream(s) where %d were asked (threads %d)", self.streams, streams,
-                     self.threads)
-        log.info("openvino %s on CPU for %s: %d thread(s), %d stream(s)", self.version, path, self.threads,
-                 self.streams)
+            log.info("openvino gave %d stream(s) where %d were asked (threads %d)", self.streams, streams, self.threads)
+        log.info(
+            "openvino %s on CPU for %s: %d thread(s), %d stream(s)", self.version, path, self.threads, self.streams
+        )
 
     @property
     def input_size_px(self) -> int:
@@ -105,7 +105,7 @@ class OpenVinoBackend(Backend):
             if len(parts) == 1:
                 out = self._requests[0].infer({0: batch})  # outputs are copies (share_outputs=False)
                 return out[self._boxes], out[self._scores]
-            used = self._requests[:len(parts)]
+            used = self._requests[: len(parts)]
             for req, part in zip(used, parts):
                 req.start_async({0: part})
             for req in used:

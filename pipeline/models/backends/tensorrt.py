@@ -4,6 +4,7 @@ named-tensor API (set_input_shape / set_tensor_address / execute_async_v3).
 tensorrt and pycuda are imported only when an engine is built or loaded; without them every entry
 point raises BackendUnavailable saying what to install.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,13 @@ import numpy as np
 
 from pipeline.models.backends.base import Backend, BackendUnavailable
 from pipeline.models.engine_cache import (
-    PRECISIONS, EngineKey, calibration_cache_path, engine_path, ensure_engine, read_sidecar_for, remove_engine,
+    PRECISIONS,
+    EngineKey,
+    calibration_cache_path,
+    engine_path,
+    ensure_engine,
+    read_sidecar_for,
+    remove_engine,
 )
 
 if TYPE_CHECKING:
@@ -129,9 +136,11 @@ def _read_onnx_input(onnx_path: str | Path) -> tuple[str, int | None]:
     if h is None or w is None:
         return inputs[0].name, None
     if h != w:
-        raise ModelFileError(f"ONNX model {path}: the TensorRT backend takes square inputs only, this one is "
-                             f"{w}x{h} (width x height); leave model.input_height_px unset or pick "
-                             f"model.backend onnxruntime, openvino or torch")
+        raise ModelFileError(
+            f"ONNX model {path}: the TensorRT backend takes square inputs only, this one is "
+            f"{w}x{h} (width x height); leave model.input_height_px unset or pick "
+            f"model.backend onnxruntime, openvino or torch"
+        )
     return inputs[0].name, int(h)
 
 
@@ -144,13 +153,18 @@ def onnx_input(onnx_path: str | Path, input_size_px: int | None = None) -> tuple
     name, side = _read_onnx_input(onnx_path)
     if side is not None:
         if input_size_px is not None and input_size_px != side:
-            raise ValueError(f"input_size_px={input_size_px} does not match the ONNX model's input side "
-                             f"{side} ({onnx_path})")
+            raise ValueError(
+                f"input_size_px={input_size_px} does not match the ONNX model's input side {side} ({onnx_path})"
+            )
         return name, side
     if input_size_px is None:
         raise ValueError(f"input_size_px is required: ONNX model {onnx_path} has a dynamic height/width")
-    if isinstance(input_size_px, bool) or not isinstance(input_size_px, int) or input_size_px < 32 \
-            or input_size_px % 32:
+    if (
+        isinstance(input_size_px, bool)
+        or not isinstance(input_size_px, int)
+        or input_size_px < 32
+        or input_size_px % 32
+    ):
         raise ValueError(f"input_size_px must be a positive multiple of 32, got {input_size_px!r}")
     return name, input_size_px
 
@@ -166,12 +180,21 @@ def coco_annotations_near(images_dir: str | Path | None) -> Path | None:
     return None
 
 
-def build_engine(onnx_path: str | Path, precision: str = "fp16", max_batch: int = 1,
-                 calib_images: str | Path | None = None, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-                 input_size_px: int | None = None, *, eval_annotations: str | Path | None = None,
-                 eval_images: str | Path | None = None, workspace_mb: int = DEFAULT_WORKSPACE_MB,
-                 force: bool = False, lock_timeout_s: float | None = None,
-                 letter_box: bool | str = "auto") -> Path:
+def build_engine(
+    onnx_path: str | Path,
+    precision: str = "fp16",
+    max_batch: int = 1,
+    calib_images: str | Path | None = None,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    input_size_px: int | None = None,
+    *,
+    eval_annotations: str | Path | None = None,
+    eval_images: str | Path | None = None,
+    workspace_mb: int = DEFAULT_WORKSPACE_MB,
+    force: bool = False,
+    lock_timeout_s: float | None = None,
+    letter_box: bool | str = "auto",
+) -> Path:
     """The cached engine for this ONNX file, precision, max batch, TensorRT version and GPU; built
     (once per node, under a file lock) when missing.
 
@@ -196,8 +219,10 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", max_batch: int 
     batches = None
     if precision == "int8":
         if calib_images is None:
-            raise ValueError("precision 'int8' needs calibration images: set model.calib_images "
-                             "(lookout build-engine --calib-images DIR) to a folder of real .jpg/.png images")
+            raise ValueError(
+                "precision 'int8' needs calibration images: set model.calib_images "
+                "(lookout build-engine --calib-images DIR) to a folder of real .jpg/.png images"
+            )
         n = len(list_images(calib_images))
         batches = CalibrationBatches(calib_images, size, batch_size=min(CALIB_BATCH, n), letter_box=fit_letter_box)
     if eval_annotations is not None:
@@ -208,23 +233,41 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", max_batch: int 
             raise ValueError("eval_images is required with eval_annotations (or give calib_images)")
         eval_images = Path(eval_images if eval_images is not None else calib_images)
         if not eval_images.is_dir():
-            raise FileNotFoundError(f"eval_images: images folder not found: {eval_images} "
-                                    f"(needed with eval_annotations)")
+            raise FileNotFoundError(
+                f"eval_images: images folder not found: {eval_images} (needed with eval_annotations)"
+            )
     trt, cuda = _load_trt()
     gpu = _Gpu(cuda)
     try:
         with gpu.active():
-            key = EngineKey(onnx_sha256=sha256_file(onnx_path), trt_version=str(trt.__version__),
-                            gpu_name=gpu.name, precision=precision, max_batch=max_batch, input_size_px=size,
-                            calib=batches.fingerprint() if batches else "")
+            key = EngineKey(
+                onnx_sha256=sha256_file(onnx_path),
+                trt_version=str(trt.__version__),
+                gpu_name=gpu.name,
+                precision=precision,
+                max_batch=max_batch,
+                input_size_px=size,
+                calib=batches.fingerprint() if batches else "",
+            )
             cache_dir = Path(cache_dir)
             if force and remove_engine(cache_dir, key, lock_timeout_s):
                 log.info("force: removed cached engine %s", key.filename)
 
             def build(tmp: Path) -> dict:
-                info = _build(trt, gpu, onnx_path, input_name, key, tmp, batches,
-                              calibration_cache_path(cache_dir, key), workspace_mb, eval_images, eval_annotations,
-                              fit_letter_box)
+                info = _build(
+                    trt,
+                    gpu,
+                    onnx_path,
+                    input_name,
+                    key,
+                    tmp,
+                    batches,
+                    calibration_cache_path(cache_dir, key),
+                    workspace_mb,
+                    eval_images,
+                    eval_annotations,
+                    fit_letter_box,
+                )
                 return {**info, "model_letter_box": model_letter_box}
 
             return ensure_engine(key, cache_dir, build, lock_timeout_s=lock_timeout_s)
@@ -232,9 +275,20 @@ def build_engine(onnx_path: str | Path, precision: str = "fp16", max_batch: int 
         gpu.release()
 
 
-def _build(trt: Any, gpu: _Gpu, onnx_path: Path, input_name: str, key: EngineKey, out: Path,
-           batches: "CalibrationBatches | None", calib_cache: Path, workspace_mb: int,
-           eval_images: Path | None, eval_annotations: Path | None, letter_box: bool) -> dict:
+def _build(
+    trt: Any,
+    gpu: _Gpu,
+    onnx_path: Path,
+    input_name: str,
+    key: EngineKey,
+    out: Path,
+    batches: "CalibrationBatches | None",
+    calib_cache: Path,
+    workspace_mb: int,
+    eval_images: Path | None,
+    eval_annotations: Path | None,
+    letter_box: bool,
+) -> dict:
     logger = _trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
@@ -261,8 +315,14 @@ def _build(trt: Any, gpu: _Gpu, onnx_path: Path, input_name: str, key: EngineKey
         fixed = (batches.batch_size, *chw)
         calib_profile.set_shape(input_name, fixed, fixed, fixed)
         config.set_calibration_profile(calib_profile)
-    log.info("building TensorRT %s engine for %s (batch 1..%d, %dpx) on %s", key.precision, onnx_path.name,
-             key.max_batch, key.input_size_px, gpu.name)
+    log.info(
+        "building TensorRT %s engine for %s (batch 1..%d, %dpx) on %s",
+        key.precision,
+        onnx_path.name,
+        key.max_batch,
+        key.input_size_px,
+        gpu.name,
+    )
     try:
         serialized = builder.build_serialized_network(network, config)
     finally:
@@ -270,26 +330,43 @@ def _build(trt: Any, gpu: _Gpu, onnx_path: Path, input_name: str, key: EngineKey
             calibrator.free()
     if serialized is None:
         calib_cache.unlink(missing_ok=True)
-        raise EngineBuildError(f"TensorRT failed to build a {key.precision} engine from {onnx_path} "
-                               f"(max_batch={key.max_batch}); see the TensorRT log above")
+        raise EngineBuildError(
+            f"TensorRT failed to build a {key.precision} engine from {onnx_path} "
+            f"(max_batch={key.max_batch}); see the TensorRT log above"
+        )
     with open(out, "wb") as f:
         f.write(memoryview(serialized))
     del serialized, config, parser, network, builder  # free the builder's memory before the accuracy check
-    info: dict[str, Any] = {"onnx": str(onnx_path), "input": input_name, "workspace_mb": workspace_mb,
-                            "profile": {"min": 1, "opt": key.max_batch, "max": key.max_batch},
-                            "compute_capability": gpu.compute_capability}
+    info: dict[str, Any] = {
+        "onnx": str(onnx_path),
+        "input": input_name,
+        "workspace_mb": workspace_mb,
+        "profile": {"min": 1, "opt": key.max_batch, "max": key.max_batch},
+        "compute_capability": gpu.compute_capability,
+    }
     if batches is not None:
-        info["calibration"] = {"images_dir": str(batches.images_dir), "images": batches.num_images,
-                               "batch_size": batches.batch_size, "batches": len(batches),
-                               "cache": calib_cache.name, "letter_box": batches.letter_box}
+        info["calibration"] = {
+            "images_dir": str(batches.images_dir),
+            "images": batches.num_images,
+            "batch_size": batches.batch_size,
+            "batches": len(batches),
+            "cache": calib_cache.name,
+            "letter_box": batches.letter_box,
+        }
     if eval_annotations is not None:
-        info["accuracy"] = _accuracy_gate(out, onnx_path, key, eval_images, eval_annotations, calib_cache,
-                                          letter_box)
+        info["accuracy"] = _accuracy_gate(out, onnx_path, key, eval_images, eval_annotations, calib_cache, letter_box)
     return info
 
 
-def _accuracy_gate(engine_file: Path, onnx_path: Path, key: EngineKey, images: Path, annotations: Path,
-                   calib_cache: Path, letter_box: bool) -> dict:
+def _accuracy_gate(
+    engine_file: Path,
+    onnx_path: Path,
+    key: EngineKey,
+    images: Path,
+    annotations: Path,
+    calib_cache: Path,
+    letter_box: bool,
+) -> dict:
     """Compare the fresh engine with ORT FP32; an engine that loses too much is never cached."""
     from pipeline.detector import Detector
     from pipeline.models.accuracy import AccuracyError, check_accuracy, compare_backends, eval_settings
@@ -297,19 +374,24 @@ def _accuracy_gate(engine_file: Path, onnx_path: Path, key: EngineKey, images: P
 
     backend = TensorRTBackend(engine_file, precision=key.precision)
     try:
-        candidate = Detector(backend, load_labels(None),
-                             eval_settings(onnx_path, key.input_size_px, backend="tensorrt", precision=key.precision,
-                                           letter_box=letter_box))
-        report = compare_backends(onnx_path, candidate, images, annotations, key.precision,
-                                  batch_size=key.max_batch)
+        candidate = Detector(
+            backend,
+            load_labels(None),
+            eval_settings(
+                onnx_path, key.input_size_px, backend="tensorrt", precision=key.precision, letter_box=letter_box
+            ),
+        )
+        report = compare_backends(onnx_path, candidate, images, annotations, key.precision, batch_size=key.max_batch)
     finally:
         backend.close()
     try:
         check_accuracy(report.reference_map50, report.candidate_map50, key.precision)
     except AccuracyError as exc:
         calib_cache.unlink(missing_ok=True)  # a rebuild must calibrate afresh, not reuse these scales
-        raise AccuracyError(f"{exc}; engine for {onnx_path.name} rejected and not cached "
-                            f"(evaluated on {images} with {annotations.name})") from None
+        raise AccuracyError(
+            f"{exc}; engine for {onnx_path.name} rejected and not cached "
+            f"(evaluated on {images} with {annotations.name})"
+        ) from None
     return {k: v for k, v in report.as_dict().items() if k not in ("reference", "candidate")}
 
 
@@ -352,14 +434,18 @@ class TensorRTBackend(Backend):
         self._runtime = trt.Runtime(_trt_logger(trt))
         self.engine = self._runtime.deserialize_cuda_engine(self.engine_file.read_bytes())
         if self.engine is None:
-            raise EngineLoadError(f"TensorRT {trt.__version__} cannot load engine {self.engine_file} "
-                                  f"(damaged, or built by another TensorRT version or GPU)")
+            raise EngineLoadError(
+                f"TensorRT {trt.__version__} cannot load engine {self.engine_file} "
+                f"(damaged, or built by another TensorRT version or GPU)"
+            )
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         if len(inputs) != 1 or len(outputs) != 2:
-            raise EngineLoadError(f"engine {self.engine_file} must have 1 input and 2 outputs (boxes, scores), "
-                                  f"has inputs {inputs} and outputs {outputs}")
+            raise EngineLoadError(
+                f"engine {self.engine_file} must have 1 input and 2 outputs (boxes, scores), "
+                f"has inputs {inputs} and outputs {outputs}"
+            )
         self._input = inputs[0]
         self._outputs = ["boxes", "scores"] if set(outputs) == {"boxes", "scores"} else outputs
         shape = tuple(self.engine.get_tensor_shape(self._input))
@@ -388,13 +474,16 @@ class TensorRTBackend(Backend):
             if not self.context.set_tensor_address(name, int(self._device_bufs[name])):
                 raise EngineLoadError(f"engine {self.engine_file}: cannot bind tensor {name!r}")
         if self._host[self._input].dtype != np.float32:
-            raise EngineLoadError(f"engine {self.engine_file}: input {self._input!r} must be float32, "
-                                  f"is {self._host[self._input].dtype}")
+            raise EngineLoadError(
+                f"engine {self.engine_file}: input {self._input!r} must be float32, is {self._host[self._input].dtype}"
+            )
         side = read_sidecar_for(self.engine_file) or {}
         self.letter_box = side.get("build", {}).get("model_letter_box")
         self.precision = self.precision or side.get("key", {}).get("precision", "?")
-        self._describe = (f"tensorrt {trt.__version__} ({self.precision}, batch 1..{self.max_batch}, "
-                          f"{self._size}px, {self._gpu.name}) {self.engine_file.name}")
+        self._describe = (
+            f"tensorrt {trt.__version__} ({self.precision}, batch 1..{self.max_batch}, "
+            f"{self._size}px, {self._gpu.name}) {self.engine_file.name}"
+        )
         log.info("loaded %s", self._describe)
 
     @classmethod
@@ -406,14 +495,22 @@ class TensorRTBackend(Backend):
         """
         _load_trt()
         if settings.precision == "int8" and model.calib_images is None:
-            raise ValueError("model.calib_images is required for model.precision='int8': set it to a folder of "
-                             "real images like the cameras' (used to calibrate INT8)")
+            raise ValueError(
+                "model.calib_images is required for model.precision='int8': set it to a folder of "
+                "real images like the cameras' (used to calibrate INT8)"
+            )
         _, side = _read_onnx_input(model.onnx)
         annotations = coco_annotations_near(model.calib_images) if settings.precision == "int8" else None
-        kwargs = dict(onnx_path=model.onnx, precision=settings.precision, max_batch=max(1, int(max_batch_size)),
-                      calib_images=model.calib_images, cache_dir=model.engine_cache_dir,
-                      input_size_px=None if side else settings.input_size_px, eval_annotations=annotations,
-                      letter_box=settings.letter_box)
+        kwargs = dict(
+            onnx_path=model.onnx,
+            precision=settings.precision,
+            max_batch=max(1, int(max_batch_size)),
+            calib_images=model.calib_images,
+            cache_dir=model.engine_cache_dir,
+            input_size_px=None if side else settings.input_size_px,
+            eval_annotations=annotations,
+            letter_box=settings.letter_box,
+        )
         path = build_engine(**kwargs)
         try:
             backend = cls(path)
@@ -443,7 +540,7 @@ class TensorRTBackend(Backend):
         chunks = []
         with self._lock, self._gpu.active():
             for start in range(0, n, self.max_batch):
-                chunks.append(self._run(batch[start:start + self.max_batch]))
+                chunks.append(self._run(batch[start : start + self.max_batch]))
         if len(chunks) == 1:
             return chunks[0]
         return tuple(np.concatenate([c[i] for c in chunks]) for i in range(len(self._outputs)))
@@ -460,7 +557,7 @@ class TensorRTBackend(Backend):
         views = []
         for name in self._outputs:
             dims = tuple(int(d) for d in self.context.get_tensor_shape(name))
-            view = self._host[name].reshape(-1)[:int(np.prod(dims))].reshape(dims)
+            view = self._host[name].reshape(-1)[: int(np.prod(dims))].reshape(dims)
             cuda.memcpy_dtoh_async(view, self._device_bufs[name], self._stream)
             views.append(view)
         self._stream.synchronize()
@@ -486,5 +583,13 @@ class TensorRTBackend(Backend):
         return getattr(self, "_describe", f"tensorrt {self.engine_file.name}")
 
 
-__all__ = ["CALIB_BATCH", "EngineBuildError", "EngineLoadError", "TensorRTBackend", "build_engine",
-           "coco_annotations_near", "engine_path", "onnx_input"]
+__all__ = [
+    "CALIB_BATCH",
+    "EngineBuildError",
+    "EngineLoadError",
+    "TensorRTBackend",
+    "build_engine",
+    "coco_annotations_near",
+    "engine_path",
+    "onnx_input",
+]

@@ -14,6 +14,7 @@ back to the host. Where torchvision's compiled ops cannot load (a CUDA torchvisi
 CPU torch, as on the CI box) the JPEGs are decoded with OpenCV on the host and NMS runs as an exact
 greedy NMS in torch; everything else is the same code.
 """
+
 from __future__ import annotations
 
 import functools
@@ -56,8 +57,11 @@ def torchvision_ops() -> Any:
         torchvision.ops.nms(torch.zeros((1, 4)), torch.ones(1), 0.5)
         return torchvision
     except Exception as exc:  # noqa: BLE001 - a CUDA wheel on CPU torch raises RuntimeError/OSError, not ImportError
-        log.info("torchvision cannot be used here (%s: %s); JPEGs are decoded on the host and NMS runs in "
-                 "plain torch", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        log.info(
+            "torchvision cannot be used here (%s: %s); JPEGs are decoded on the host and NMS runs in plain torch",
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
         return None
 
 
@@ -71,8 +75,7 @@ def linear_weights(src: int, dst: int) -> tuple[np.ndarray, ...]:
     last = first >= src - 1
     frac[last], first[last] = 0, src - 1
     w0 = np.round((1 - frac) * RESIZE_SCALE).astype(np.int32)
-    return (first, np.minimum(first + 1, src - 1), w0,
-            (RESIZE_SCALE - w0).astype(np.int32))
+    return (first, np.minimum(first + 1, src - 1), w0, (RESIZE_SCALE - w0).astype(np.int32))
 
 
 def _box_iou(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
@@ -83,8 +86,9 @@ def _box_iou(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
     return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
 
 
-def greedy_batched_nms(boxes: "torch.Tensor", scores: "torch.Tensor", groups: "torch.Tensor",
-                       iou_threshold: float) -> "torch.Tensor":
+def greedy_batched_nms(
+    boxes: "torch.Tensor", scores: "torch.Tensor", groups: "torch.Tensor", iou_threshold: float
+) -> "torch.Tensor":
     """Indices kept by greedy NMS within each group, best score first: what
     torchvision.ops.batched_nms returns, in plain torch (its stand-in where torchvision cannot load)."""
     order = torch.argsort(scores, descending=True, stable=True)
@@ -93,15 +97,17 @@ def greedy_batched_nms(boxes: "torch.Tensor", scores: "torch.Tensor", groups: "t
     keep = np.ones(len(order), bool)
     for i in range(len(order)):
         if keep[i]:
-            keep[i + 1:] &= ~suppresses[i, i + 1:]
+            keep[i + 1 :] &= ~suppresses[i, i + 1 :]
     return order[torch.from_numpy(np.flatnonzero(keep)).to(order.device)]
 
 
 def check_device(device: str) -> "torch.device":
     """The torch device for `device`, or BackendUnavailable saying why it cannot be used here."""
     if torch is None:
-        raise BackendUnavailable("backend 'torch': torch is not installed (pip install torch, a CUDA build, "
-                                 "on a GPU host; or use backend onnxruntime)")
+        raise BackendUnavailable(
+            "backend 'torch': torch is not installed (pip install torch, a CUDA build, "
+            "on a GPU host; or use backend onnxruntime)"
+        )
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
@@ -110,10 +116,12 @@ def check_device(device: str) -> "torch.device":
         if not torch.cuda.is_available():
             raise BackendUnavailable(
                 f"backend 'torch' cannot run here: torch {torch.__version__} has no CUDA device "
-                f"(torch.cuda.is_available() is False); use backend onnxruntime")
+                f"(torch.cuda.is_available() is False); use backend onnxruntime"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise BackendUnavailable(f"backend 'torch': device {device!r} does not exist "
-                                     f"({torch.cuda.device_count()} CUDA device(s))")
+            raise BackendUnavailable(
+                f"backend 'torch': device {device!r} does not exist ({torch.cuda.device_count()} CUDA device(s))"
+            )
     elif dev.type != "cpu":
         raise ValueError(f"device must be 'cuda', 'cuda:N' or 'cpu', got {device!r}")
     return dev
@@ -136,12 +144,20 @@ class TorchBackend(Backend):
     def create(cls, settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int) -> "TorchBackend":
         return cls.from_model(model, settings, max_batch_size)
 
-    def __init__(self, net: "DarknetYolo", precision: str = "fp16", device: str = "cuda",
-                 max_batch_size: int = 1, channels_last: bool | None = None, warmup: bool = True):
+    def __init__(
+        self,
+        net: "DarknetYolo",
+        precision: str = "fp16",
+        device: str = "cuda",
+        max_batch_size: int = 1,
+        channels_last: bool | None = None,
+        warmup: bool = True,
+    ):
         self.device = check_device(device)
         if precision == "int8":
-            raise BackendUnavailable("model.precision='int8' needs TensorRT (model.backend: tensorrt); "
-                                     "the torch backend runs fp32 or fp16")
+            raise BackendUnavailable(
+                "model.precision='int8' needs TensorRT (model.backend: tensorrt); the torch backend runs fp32 or fp16"
+            )
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
@@ -167,8 +183,9 @@ class TorchBackend(Backend):
             self.warmup(sorted({1, max_batch_size}))
 
     @classmethod
-    def from_model(cls, model: "ResolvedModel", settings: "ModelConfig", max_batch_size: int = 1,
-                   device: str | None = None) -> "TorchBackend":
+    def from_model(
+        cls, model: "ResolvedModel", settings: "ModelConfig", max_batch_size: int = 1, device: str | None = None
+    ) -> "TorchBackend":
         """Build from `model.cfg`+`model.weights` (else from `model.onnx`, see torch_yolo.from_onnx).
 
         `device` None means CUDA (BackendUnavailable without it); 'cpu' runs fp32.
@@ -179,8 +196,13 @@ class TorchBackend(Backend):
         started = time.perf_counter()
         net = load_network(model.onnx, model.cfg, model.weights, settings.input_shape_px)
         if net.input_shape != settings.input_shape_px:
-            log.warning("torch backend: %s is built for %dx%d px, not the model settings' %dx%d; using %dx%d",
-                        model.onnx, *net.input_shape, *settings.input_shape_px, *net.input_shape)
+            log.warning(
+                "torch backend: %s is built for %dx%d px, not the model settings' %dx%d; using %dx%d",
+                model.onnx,
+                *net.input_shape,
+                *settings.input_shape_px,
+                *net.input_shape,
+            )
         precision = settings.precision
         if dev.type == "cpu" and precision == "fp16":
             precision = "fp32"
@@ -243,8 +265,9 @@ class TorchBackend(Backend):
             boxes, scores = self._download(boxes, scores)
         return boxes, scores
 
-    def preprocess_on_device(self, images: list[np.ndarray], *,
-                             letter_box: bool) -> tuple["torch.Tensor", list[InputFit]]:
+    def preprocess_on_device(
+        self, images: list[np.ndarray], *, letter_box: bool
+    ) -> tuple["torch.Tensor", list[InputFit]]:
         """Fit HxWx3 uint8 BGR frames to the input on the device (stretched, or letterboxed when
         `letter_box`): (N,3,S,S) float32 RGB 0..1 there, and each frame's fit.
 
@@ -256,8 +279,10 @@ class TorchBackend(Backend):
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
             if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                raise ValueError(f"images[{i}] must be an HxWx3 uint8 BGR array, got "
-                                 f"{getattr(img, 'shape', type(img))} {getattr(img, 'dtype', '')}")
+                raise ValueError(
+                    f"images[{i}] must be an HxWx3 uint8 BGR array, got "
+                    f"{getattr(img, 'shape', type(img))} {getattr(img, 'dtype', '')}"
+                )
             groups.setdefault(img.shape[:2], []).append(i)
         out, fits = self._canvas(len(images))
         with torch.inference_mode():
@@ -275,18 +300,19 @@ class TorchBackend(Backend):
         width, height = self._shape
         return torch.full((n, 3, height, width), PAD_VALUE, dtype=torch.float32, device=self.device), [None] * n
 
-    def _place(self, out: "torch.Tensor", fits: list[InputFit | None], idx: list[int], x: "torch.Tensor",
-               letter_box: bool) -> None:
+    def _place(
+        self, out: "torch.Tensor", fits: list[InputFit | None], idx: list[int], x: "torch.Tensor", letter_box: bool
+    ) -> None:
         """Fit (n,3,h,w) uint8 RGB images `x` into `out[idx]` (0..255 floats), recording their fit."""
         h, w = x.shape[2], x.shape[3]
         fit = fit_input(w, h, self._shape, letter_box=letter_box)
         new_w, new_h, pad_x, pad_y = fit.resized_width_px, fit.resized_height_px, fit.pad_x_px, fit.pad_y_px
         x = self._resize(x, new_w, new_h).float() if (new_h, new_w) != (h, w) else x.float()
         if idx == list(range(idx[0], idx[-1] + 1)):
-            out[idx[0]:idx[-1] + 1, :, pad_y:pad_y + new_h, pad_x:pad_x + new_w] = x
+            out[idx[0] : idx[-1] + 1, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = x
         else:
             for j, i in enumerate(idx):
-                out[i, :, pad_y:pad_y + new_h, pad_x:pad_x + new_w] = x[j]
+                out[i, :, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = x[j]
         for i in idx:
             fits[i] = fit
 
@@ -314,8 +340,10 @@ class TorchBackend(Backend):
         cannot load."""
         for i, data in enumerate(jpegs):
             if not isinstance(data, (bytes, bytearray, memoryview)) or bytes(data[:2]) != JPEG_MAGIC:
-                raise ValueError(f"jpegs[{i}] must be JPEG bytes (starting FF D8), got "
-                                 f"{type(data).__name__} starting {bytes(data[:4]).hex() if data else 'empty'}")
+                raise ValueError(
+                    f"jpegs[{i}] must be JPEG bytes (starting FF D8), got "
+                    f"{type(data).__name__} starting {bytes(data[:4]).hex() if data else 'empty'}"
+                )
         tv = torchvision_ops()
         if tv is not None:
             data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
@@ -325,12 +353,14 @@ class TorchBackend(Backend):
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             if img is None:
                 raise ValueError(f"jpegs[{i}]: could not decode {len(data)} bytes as a JPEG")
-            out.append(torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1)))
-                       .to(self.device, non_blocking=True))
+            out.append(
+                torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))).to(
+                    self.device, non_blocking=True
+                )
+            )
         return out
 
-    def fit_decoded(self, images: list["torch.Tensor"], *,
-                    letter_box: bool) -> tuple["torch.Tensor", list[InputFit]]:
+    def fit_decoded(self, images: list["torch.Tensor"], *, letter_box: bool) -> tuple["torch.Tensor", list[InputFit]]:
         """(3,H,W) uint8 RGB tensors on the device fitted like :meth:`preprocess_on_device`."""
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(images):
@@ -342,9 +372,16 @@ class TorchBackend(Backend):
             out.mul_(float(np.float32(1 / 255)))
         return out, fits  # type: ignore[return-value]
 
-    def postprocess_on_device(self, boxes: "torch.Tensor", scores: "torch.Tensor", fits: list[InputFit],
-                              conf_threshold: float, iou_threshold: float, max_detections: int = 300,
-                              class_ids: np.ndarray | None = None) -> list[Detections]:
+    def postprocess_on_device(
+        self,
+        boxes: "torch.Tensor",
+        scores: "torch.Tensor",
+        fits: list[InputFit],
+        conf_threshold: float,
+        iou_threshold: float,
+        max_detections: int = 300,
+        class_ids: np.ndarray | None = None,
+    ) -> list[Detections]:
         """:func:`pipeline.models.yolo.postprocess` of every image of the batch at once on the device
         (one class-wise NMS over the batch, boxes mapped to source pixels there); only the kept
         boxes are copied to the host."""
@@ -358,31 +395,51 @@ class TorchBackend(Backend):
         cand = boxes[frame, box]
         tv = torchvision_ops()
         groups = frame * c + cls
-        keep = (tv.ops.batched_nms(cand, conf, groups, iou_threshold) if tv is not None
-                else greedy_batched_nms(cand, conf, groups, iou_threshold))
+        keep = (
+            tv.ops.batched_nms(cand, conf, groups, iou_threshold)
+            if tv is not None
+            else greedy_batched_nms(cand, conf, groups, iou_threshold)
+        )
         kept_frame = frame[keep]
         by_frame = torch.argsort(kept_frame, stable=True)  # best first within each frame still
         keep, kept_frame = keep[by_frame], kept_frame[by_frame]
         counts = torch.bincount(kept_frame, minlength=n)
         rank = torch.arange(len(keep), device=keep.device) - (torch.cumsum(counts, 0) - counts)[kept_frame]
         keep, kept_frame = keep[rank < max_detections], kept_frame[rank < max_detections]
-        geo = torch.tensor([[f.pad_x_px, f.pad_y_px, f.scale_x, f.scale_y, f.src_width_px, f.src_height_px]
-                            for f in fits], dtype=torch.float32).to(cand.device, non_blocking=True)[kept_frame]
+        geo = torch.tensor(
+            [[f.pad_x_px, f.pad_y_px, f.scale_x, f.scale_y, f.src_width_px, f.src_height_px] for f in fits],
+            dtype=torch.float32,
+        ).to(cand.device, non_blocking=True)[kept_frame]
         xyxy = (cand[keep] - geo[:, [0, 1, 0, 1]]) / geo[:, [2, 3, 2, 3]]
         xyxy = torch.minimum(xyxy.clamp(min=0), geo[:, [4, 5, 4, 5]])
-        xyxy, kept_conf, kept_cls, counts = (t.cpu().numpy() for t in (xyxy, conf[keep], cls[keep],
-                                                                        torch.bincount(kept_frame, minlength=n)))
+        xyxy, kept_conf, kept_cls, counts = (
+            t.cpu().numpy() for t in (xyxy, conf[keep], cls[keep], torch.bincount(kept_frame, minlength=n))
+        )
         out, start = [], 0
         for k in counts.tolist():
             end = start + k
-            out.append(Detections(xyxy=xyxy[start:end].astype(np.float32), confidence=kept_conf[start:end],
-                                  class_id=kept_cls[start:end]) if k else Detections.empty())
+            out.append(
+                Detections(
+                    xyxy=xyxy[start:end].astype(np.float32),
+                    confidence=kept_conf[start:end],
+                    class_id=kept_cls[start:end],
+                )
+                if k
+                else Detections.empty()
+            )
             start = end
         return out
 
-    def detect_encoded(self, jpegs: list[bytes], *, letter_box: bool, conf_threshold: float,
-                       iou_threshold: float, max_detections: int = 300, class_ids: np.ndarray | None = None
-                       ) -> tuple[list[Detections], list[tuple[int, int]], dict[str, float]]:
+    def detect_encoded(
+        self,
+        jpegs: list[bytes],
+        *,
+        letter_box: bool,
+        conf_threshold: float,
+        iou_threshold: float,
+        max_detections: int = 300,
+        class_ids: np.ndarray | None = None,
+    ) -> tuple[list[Detections], list[tuple[int, int]], dict[str, float]]:
         """JPEG bytes to Detections in their images' pixels, with the decoded (width, height) of
         each and the seconds per stage (preprocess = decode + fit)."""
         if self.net is None:
@@ -399,8 +456,9 @@ class TorchBackend(Backend):
             boxes, scores = self.net(x)
             sync(self.device)
             t2 = time.perf_counter()
-            dets = self.postprocess_on_device(boxes, scores, fits, conf_threshold, iou_threshold,
-                                              max_detections, class_ids)
+            dets = self.postprocess_on_device(
+                boxes, scores, fits, conf_threshold, iou_threshold, max_detections, class_ids
+            )
         t3 = time.perf_counter()
         sizes = [(f.src_width_px, f.src_height_px) for f in fits]
         return dets, sizes, {"preprocess_s": t1 - t0, "infer_s": t2 - t1, "postprocess_s": t3 - t2}
