@@ -2,7 +2,7 @@
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test run test test-fast lint bench eval clean
+.PHONY: setup setup-test run test test-fast lint format bench eval clean
 
 setup:
 	scripts/setup.sh
@@ -23,6 +23,9 @@ test-fast: setup-test
 
 lint: setup-test
 	scripts/lint.sh
+
+format: setup-test
+	$(VENV)/bin/ruff format .
 
 bench: setup
 	$(VENV)/bin/lookout bench
