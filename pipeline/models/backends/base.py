@@ -19,8 +19,8 @@ class BackendUnavailable(RuntimeError):
 class Backend(abc.ABC):
     """Runs the YOLO graph: (N,3,H,W) float32 RGB in [0,1] -> boxes (N,B,4), scores (N,B,C).
 
-    A subclass that sets its own `name` is registered under it (`model.backend`); the package finds the
-    subclasses in its modules and asks each whether it can run here and to create itself from the config.
+    A subclass that defines `create` is registered under its `name` (`model.backend`); the package finds
+    the subclasses in its modules and asks each whether it can run here and to create itself from the config.
     """
 
     name: str = "base"
@@ -30,7 +30,7 @@ class Backend(abc.ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if "name" in cls.__dict__:
+        if "create" in cls.__dict__:  # buildable from the config (wrappers and test fakes are not)
             Backend.registry[cls.name] = cls
 
     @classmethod
@@ -44,9 +44,9 @@ class Backend(abc.ABC):
         return cls.unavailable()
 
     @classmethod
-    @abc.abstractmethod
     def create(cls, settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int) -> "Backend":
-        """The backend for this model and config, loaded."""
+        """The backend for this model and config, loaded (a class that defines it is registered under its name)."""
+        raise NotImplementedError(f"{cls.__name__} is not built from a config")
 
     # The model's own [net] letter_box (from its cfg or ONNX metadata); None when it does not say.
     letter_box: bool | None = None
