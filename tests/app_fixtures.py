@@ -86,19 +86,21 @@ def serve_app(
     # replicas get the environment of the Ray head, not of `serve run`
     env = launch_env({"LOOKOUT_ADMIN_PASSWORD": password, **(env_extra or {})})
     try:
-        config = shipped_config(free_port())
-        args = config["applications"][0]["args"]
-        args.update({"redis_url": redis.url, "cameras": cameras, **args_extra})
-        args["hls"].update(hls or {})
-        args["history"] = {**args.get("history", {}), "db_path": str(tmp / "history.sqlite3")}
-        args["clips"] = {**args.get("clips", {}), "dir": str(tmp / "clips")}
-        auth_db = tmp / "auth.sqlite3"
-        args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
-        row, secret = AuthStore(auth_db).add_client("web tests", {"admin"})
-        with ray_head(tmp / "ray.log", ray_cpus, env) as address, serve_run(config, tmp, address, env) as run:
-            app = RunningApp(run.base, run.log_path, (row.client_id, secret), password, redis.url)
-            app.ray_address = address  # for tests that run `serve` commands against this app
-            yield app
+        with ray_head(tmp / "ray.log", ray_cpus, env) as address:
+            # The gateway's port is picked once the head holds its own (Ray takes free ports as it starts).
+            config = shipped_config(free_port())
+            args = config["applications"][0]["args"]
+            args.update({"redis_url": redis.url, "cameras": cameras, **args_extra})
+            args["hls"].update(hls or {})
+            args["history"] = {**args.get("history", {}), "db_path": str(tmp / "history.sqlite3")}
+            args["clips"] = {**args.get("clips", {}), "dir": str(tmp / "clips")}
+            auth_db = tmp / "auth.sqlite3"
+            args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
+            row, secret = AuthStore(auth_db).add_client("web tests", {"admin"})
+            with serve_run(config, tmp, address, env) as run:
+                app = RunningApp(run.base, run.log_path, (row.client_id, secret), password, redis.url)
+                app.ray_address = address  # for tests that run `serve` commands against this app
+                yield app
     finally:
         redis.stop()
 

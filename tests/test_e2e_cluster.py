@@ -100,7 +100,7 @@ def cluster_app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
         ],
     }
     try:
-        with serve_run(config, tmp, cluster.address, launch_env()) as run:
+        with serve_run(config, tmp, cluster.address, launch_env(ray_auth_off=False)) as run:
             yield {
                 "base": run.base,
                 "cluster": cluster,

@@ -107,26 +107,32 @@ def app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     redis.start()
     hooks = Hooks()
     env = launch_env({"LOOKOUT_ADMIN_PASSWORD": "e2e-events-admin"})
-    shipped = shipped_config(free_port())
-    args = shipped["applications"][0]["args"]
-    args["redis_url"] = redis.url
-    args["cameras"] = [
-        {"id": "people", "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4"), "zones": [FLOOR]}
-    ]
-    args["model"].update({"conf_threshold": 0.1, "classes": ["person"]})
-    args["hls"]["timecode"] = True
-    args["rules"] = [SOMEONE]
-    args["events"] = {"webhooks": [{"url": hooks.url}]}
-    args["clips"] = {"dir": str(tmp / "clips"), "pre_s": PRE_S, "post_s": POST_S}
-    args["history"] = {"db_path": str(tmp / "history.sqlite3")}
-    auth_db = tmp / "auth.sqlite3"
-    args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
-    row, secret = AuthStore(auth_db).add_client("e2e events", {"admin"})
     try:
-        with ray_head(tmp / "ray.log", 8, env) as address, serve_run(shipped, tmp, address, env) as run:
-            yield App(
-                run.base, run.log_path, tmp, token_for(run.base, (row.client_id, secret)), address, hooks, auth_db
-            )
+        with ray_head(tmp / "ray.log", 8, env) as address:
+            # the gateway's port once the head holds its own (Ray takes free ports as it starts)
+            shipped = shipped_config(free_port())
+            args = shipped["applications"][0]["args"]
+            args["redis_url"] = redis.url
+            args["cameras"] = [
+                {
+                    "id": "people",
+                    "source": str(assets_dir / "videos" / "one-by-one-person-detection.mp4"),
+                    "zones": [FLOOR],
+                }
+            ]
+            args["model"].update({"conf_threshold": 0.1, "classes": ["person"]})
+            args["hls"]["timecode"] = True
+            args["rules"] = [SOMEONE]
+            args["events"] = {"webhooks": [{"url": hooks.url}]}
+            args["clips"] = {"dir": str(tmp / "clips"), "pre_s": PRE_S, "post_s": POST_S}
+            args["history"] = {"db_path": str(tmp / "history.sqlite3")}
+            auth_db = tmp / "auth.sqlite3"
+            args["gateway"]["auth"].update({"db_path": str(auth_db), "key_dir": str(tmp / "keys")})
+            row, secret = AuthStore(auth_db).add_client("e2e events", {"admin"})
+            with serve_run(shipped, tmp, address, env) as run:
+                yield App(
+                    run.base, run.log_path, tmp, token_for(run.base, (row.client_id, secret)), address, hooks, auth_db
+                )
     finally:
         hooks.server.shutdown()
         redis.stop()

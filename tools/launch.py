@@ -7,6 +7,7 @@ in its own process group, up once /healthz answers, and a stop that cannot hang 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import subprocess
@@ -29,10 +30,13 @@ BIN = Path(sys.executable).parent
 SERVE_STOP_S = 15.0
 
 
-def launch_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def launch_env(extra: dict[str, str] | None = None, ray_auth_off: bool = True) -> dict[str, str]:
     """This environment for Ray and `serve run`: this venv's tools first, no inherited Redis or Ray
-    address, Ray's token auth off (loopback only), plus `extra`."""
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled", **(extra or {})}
+    address, plus `extra`; with `ray_auth_off`, Ray's token auth off (a loopback head of our own; a
+    cluster started in this process keeps its own setting, or `serve run` cannot join it)."""
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(extra or {})}
+    if ray_auth_off:
+        env["RAY_AUTH_MODE"] = "disabled"
     for var in ("REDIS_URL", "RAY_ADDRESS"):
         if var not in (extra or {}):
             env.pop(var, None)
@@ -94,7 +98,7 @@ def healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status == 200
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, http.client.HTTPException):  # not up yet, or not HTTP (yet)
         return False
 
 

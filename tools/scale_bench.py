@@ -250,7 +250,7 @@ def _kill_nodes(a: argparse.Namespace, rds: LocalRedis, rtsp, cluster, nodes: di
     r = redis.Redis.from_url(rds.url)
     rows = []
     try:
-        with serve_run(config, tmp, cluster.address, launch_env()) as run:
+        with serve_run(config, tmp, cluster.address, launch_env(ray_auth_off=False)) as run:
             base = run.base
             init_ray(address=cluster.address)
             for k in range(a.kills):
