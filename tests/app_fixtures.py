@@ -14,7 +14,7 @@ from pathlib import Path
 from conftest import RedisServer, free_port
 from gateway.auth.store import AuthStore
 from rtsp_fixtures import wait_until
-from tools.launch import launch_env, ray_head, serve_run, shipped_config
+from tools.launch import launch_env, log_tail, ray_head, serve_run, shipped_config
 
 
 def http(
@@ -66,7 +66,7 @@ class RunningApp:
         return json.loads(body) if status == 200 else None
 
     def log_tail(self, n: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return log_tail(self.log_path, n)
 
 
 @contextmanager

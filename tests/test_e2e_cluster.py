@@ -15,17 +15,15 @@ import time
 
 import pytest
 import redis
-import yaml
 
-from conftest import ROOT, RedisServer, free_port
+from conftest import RedisServer, free_port
 from pipeline import keys
 from pipeline.lease import lease_key
 from rtsp_fixtures import RtspTestServer, wait_until
 from tools.launch import launch_env, serve_run
-from tools.scale_bench import get_json, media_sequence, playlist
+from tools.scale_bench import CLUSTER_HEAD, LEASE_TTL_S, failover_config, get_json, media_sequence, playlist
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-LEASE_TTL_S = 3.0
 TAKEOVER_BOUND_S = LEASE_TTL_S + 1.0 + 5.0  # ttl + retry + RTSP open and first frame
 
 
@@ -38,67 +36,16 @@ def cluster_app(tmp_path_factory, yolo_tiny_onnx, assets_dir):
     redis_srv.start()
     rtsp = RtspTestServer(free_port(), name="door", file=assets_dir / "videos" / "vtest.avi", fps=5)
     rtsp.start()
-    fast_failure = {
-        "health_check_period_ms": 500,
-        "health_check_timeout_ms": 1000,
-        "health_check_failure_threshold": 4,
-        "health_check_initial_delay_ms": 1000,
-    }
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 4,
-            "resources": {"head": 1},
-            "_system_config": fast_failure,
-            "include_dashboard": False,
-        },
-    )
+    cluster = Cluster(initialize_head=True, head_node_args=CLUSTER_HEAD)
     nodes = {name: cluster.add_node(num_cpus=1, resources={name: 1, "rtsp-host": 1}) for name in ("node-a", "node-b")}
     cluster.wait_for_nodes()
     port = free_port()
-    video = str(assets_dir / "videos" / "vtest.avi")
-    file_cam = {"source": video, "fps": 5, "detect": False}
-    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
-    args.update(
-        {
-            "redis_url": redis_srv.url,
-            "cameras": [
-                {
-                    "id": "door",
-                    "source": rtsp.url,
-                    "node_resource": "rtsp-host",
-                    "standby_replicas": 1,
-                    "lease_ttl_s": LEASE_TTL_S,
-                    "reconnect_min_s": 0.5,
-                    "reconnect_max_s": 2.0,
-                    "read_timeout_s": 3.0,
-                },
-                {"id": "cam-a", "node_resource": "node-a", **file_cam},
-                {"id": "cam-b", "node_resource": "node-b", **file_cam},
-            ],
-        }
+    file_cam = {"source": str(assets_dir / "videos" / "vtest.avi"), "fps": 5, "detect": False}
+    cameras = (
+        {"id": "cam-a", "node_resource": "node-a", **file_cam},
+        {"id": "cam-b", "node_resource": "node-b", **file_cam},
     )
-    args["detector"].update({"num_cpus": 2})  # only the head (4 CPUs) fits it; the override pins it as well
-    args["hls"].update({"width_px": 320, "height_px": 180})
-    args["gateway"] = {"public_url": f"http://127.0.0.1:{port}", "stale_after_s": 3.0, "auth": {"mode": "none"}}
-    on_head = {"num_cpus": 0.1, "resources": {"head": 0.01}}
-    config = {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {
-                "name": "lookout",
-                "route_prefix": "/",
-                "import_path": "deployments.app:build_app",
-                "args": args,
-                "deployments": [  # Serve's per-deployment overrides, by deployment name
-                    {"name": "gateway", "ray_actor_options": on_head},
-                    {"name": "detector", "ray_actor_options": {"num_cpus": 2, "resources": {"head": 0.01}}},
-                    {"name": "encoder-door", "ray_actor_options": {"num_cpus": 0.1, "resources": {"rtsp-host": 0.01}}},
-                ],
-            }
-        ],
-    }
+    config = failover_config(redis_srv.url, rtsp.url, port, cameras, gateway={"stale_after_s": 3.0})
     try:
         with serve_run(config, tmp, cluster.address, launch_env(ray_auth_off=False)) as run:
             yield {

@@ -23,7 +23,7 @@ from conftest import RedisServer, free_port
 from gateway.auth.store import AuthStore
 from app_fixtures import http as fixtures_http
 from rtsp_fixtures import wait_until
-from tools.launch import launch_env, ray_head, serve_run, shipped_config
+from tools.launch import launch_env, log_tail, ray_head, serve_run, shipped_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FPS = 10.0
@@ -97,7 +97,7 @@ class App:
         return json.loads(body)
 
     def log_tail(self, n=60):
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return log_tail(self.log_path, n)
 
 
 @pytest.fixture(scope="module")

@@ -102,6 +102,11 @@ def healthy(url: str) -> bool:
         return False
 
 
+def log_tail(path: Path, n: int = 60) -> str:
+    """The last `n` lines of a log, for an error message."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+
+
 @dataclass
 class ServeRun:
     """A running `serve run`: its process, log and the gateway's base URL."""
@@ -111,7 +116,7 @@ class ServeRun:
     base: str
 
     def log_tail(self, n: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return log_tail(self.log_path, n)
 
 
 @contextlib.contextmanager

@@ -51,6 +51,57 @@ def _retry(start):
             time.sleep(5)
 
 
+# Ray notices a dead node within ~3 s (the failover figures measure Lookout, not Ray's default 30 s).
+FAST_FAILURE = {
+    "health_check_period_ms": 500,
+    "health_check_timeout_ms": 1000,
+    "health_check_failure_threshold": 4,
+    "health_check_initial_delay_ms": 1000,
+}
+CLUSTER_HEAD = {"num_cpus": 4, "resources": {"head": 1}, "_system_config": FAST_FAILURE, "include_dashboard": False}
+
+
+def failover_config(
+    redis_url: str, door_url: str, port: int, cameras: tuple[dict, ...] = (), gateway: dict | None = None, **args_update
+) -> dict:
+    """The serve config of the failover topology (the cluster e2e and `failover`): RTSP camera `door` on a node
+    with the `rtsp-host` resource and a standby on another, the gateway and detector on the head, `cameras`
+    after door, `gateway` over the loopback no-auth gateway and `args_update` over the shipped args."""
+    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
+    door = {
+        "id": "door",
+        "source": door_url,
+        "node_resource": "rtsp-host",
+        "standby_replicas": 1,
+        "lease_ttl_s": LEASE_TTL_S,
+        "reconnect_min_s": 0.5,
+        "reconnect_max_s": 2.0,
+        "read_timeout_s": 3.0,
+    }
+    args.update({"redis_url": redis_url, "cameras": [door, *cameras], **args_update})
+    args["detector"].update({"num_cpus": 2})  # only the head (4 CPUs) fits it; the override pins it as well
+    args["hls"].update({"width_px": 320, "height_px": 180})
+    args["gateway"] = {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}, **(gateway or {})}
+    on_head = {"num_cpus": 0.1, "resources": {"head": 0.01}}
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": "lookout",
+                "route_prefix": "/",
+                "import_path": "deployments.app:build_app",
+                "args": args,
+                "deployments": [  # Serve's per-deployment overrides, by deployment name
+                    {"name": "gateway", "ray_actor_options": on_head},
+                    {"name": "detector", "ray_actor_options": {"num_cpus": 2, "resources": {"head": 0.01}}},
+                    {"name": "encoder-door", "ray_actor_options": {"num_cpus": 0.1, "resources": {"rtsp-host": 0.01}}},
+                ],
+            }
+        ],
+    }
+
+
 def _start_cluster(head_node_args: dict):
     from ray.cluster_utils import Cluster
 
@@ -175,15 +226,7 @@ def failover(a: argparse.Namespace) -> list[dict]:
     rows = []
     try:
         rtsp.start()
-        fast_failure = {
-            "health_check_period_ms": 500,
-            "health_check_timeout_ms": 1000,
-            "health_check_failure_threshold": 4,
-            "health_check_initial_delay_ms": 1000,
-        }
-        cluster = _start_cluster(
-            {"num_cpus": 4, "resources": {"head": 1}, "_system_config": fast_failure, "include_dashboard": False}
-        )
+        cluster = _start_cluster(CLUSTER_HEAD)
         nodes = {n: cluster.add_node(num_cpus=1, resources={n: 1, "rtsp-host": 1}) for n in ("node-a", "node-b")}
         cluster.wait_for_nodes()
         rows = _kill_nodes(a, rds, rtsp, cluster, nodes)
@@ -205,47 +248,8 @@ def _kill_nodes(a: argparse.Namespace, rds: LocalRedis, rtsp, cluster, nodes: di
     from pipeline.lease import lease_key
 
     port = free_port()
-    args = yaml.safe_load((ROOT / "serve_config.yaml").read_text())["applications"][0]["args"]
-    args.update(
-        {
-            "redis_url": rds.url,
-            "cameras": [
-                {
-                    "id": "door",
-                    "source": rtsp.url,
-                    "node_resource": "rtsp-host",
-                    "standby_replicas": 1,
-                    "lease_ttl_s": LEASE_TTL_S,
-                    "reconnect_min_s": 0.5,
-                    "reconnect_max_s": 2.0,
-                    "read_timeout_s": 3.0,
-                }
-            ],
-            "events": {"enabled": False},
-            "gateway": {"public_url": f"http://127.0.0.1:{port}", "auth": {"mode": "none"}},
-        }
-    )
-    args["model"].update({"onnx": a.onnx, "backend": a.backend})
-    args["detector"].update({"num_cpus": 2})
-    args["hls"].update({"width_px": 320, "height_px": 180})
-    on_head = {"num_cpus": 0.1, "resources": {"head": 0.01}}
-    config = {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [
-            {
-                "name": "lookout",
-                "route_prefix": "/",
-                "import_path": "deployments.app:build_app",
-                "args": args,
-                "deployments": [
-                    {"name": "gateway", "ray_actor_options": on_head},
-                    {"name": "detector", "ray_actor_options": {"num_cpus": 2, "resources": {"head": 0.01}}},
-                    {"name": "encoder-door", "ray_actor_options": {"num_cpus": 0.1, "resources": {"rtsp-host": 0.01}}},
-                ],
-            }
-        ],
-    }
+    config = failover_config(rds.url, rtsp.url, port, events={"enabled": False})
+    config["applications"][0]["args"]["model"].update({"onnx": a.onnx, "backend": a.backend})
     tmp = Path(rds.dir if rds.proc else tempfile.mkdtemp(prefix="lookout-scale-bench-"))
     r = redis.Redis.from_url(rds.url)
     rows = []

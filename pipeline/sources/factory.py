@@ -6,26 +6,14 @@ its `kinds` (and, to take over some cameras of a kind, a higher `priority` and `
 
 from __future__ import annotations
 
-import functools
-import importlib
-import pkgutil
-from pathlib import Path
-
 from ..config import CameraConfig
+from ..registry import import_package_modules
 from .base import FrameSource, SourceError
-
-
-@functools.cache
-def _discover() -> None:
-    """Import every module of this package once: each registers its source classes."""
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if module.name not in ("base", "factory"):
-            importlib.import_module(f"{__package__}.{module.name}")
 
 
 def source_classes(kind: str) -> list[type[FrameSource]]:
     """The classes registered for `kind`, highest priority first."""
-    _discover()
+    import_package_modules(__package__, frozenset({"base", "factory"}))
     return sorted(FrameSource.registry.get(kind, []), key=lambda c: -c.priority)
 
 

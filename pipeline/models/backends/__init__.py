@@ -7,15 +7,12 @@ imports them once (none imports its heavy library until it is used) and names no
 from __future__ import annotations
 
 import dataclasses
-import functools
-import importlib
 import logging
-import pkgutil
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.models.backends.base import Backend, BackendUnavailable
 from pipeline.models.backends.cpu_model import cpu_model_file
+from pipeline.registry import import_package_modules
 
 if TYPE_CHECKING:
     from pipeline.config import ModelConfig
@@ -26,16 +23,9 @@ log = logging.getLogger(__name__)
 AUTO_ORDER = ("tensorrt", "torch", "openvino", "onnxruntime")
 
 
-@functools.cache
-def _discover() -> None:
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if module.name not in ("base", "cpu_model"):
-            importlib.import_module(f"{__name__}.{module.name}")
-
-
 def backend_class(kind: str) -> type[Backend]:
     """The Backend registered as `kind`; BackendUnavailable naming the known ones if none is."""
-    _discover()
+    import_package_modules(__name__, frozenset({"base", "cpu_model"}))
     cls = Backend.registry.get(kind)
     if cls is None:
         raise BackendUnavailable(f"unknown backend {kind!r}; known: {sorted(Backend.registry)}")
