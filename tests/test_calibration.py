@@ -238,3 +238,24 @@ def test_calibrator_feeds_every_batch_through_one_device_buffer(coco_images, tmp
     calib.write_calibration_cache(memoryview(b"TRT-8.6 calibration table"))
     assert cache.read_bytes() == b"TRT-8.6 calibration table"
     assert make_entropy_calibrator(batches, cache).read_calibration_cache() == b"TRT-8.6 calibration table"
+
+
+def test_a_strip_model_calibrates_on_strips_of_the_full_models_fit(coco_images):
+    """A strip model (pipeline.regions) sees columns of frames fitted to the full model: so does its
+    calibration (left, middle and right strips of each image), and its cache key differs."""
+    full = CalibrationBatches(coco_images, SIZE, batch_size=1, max_images=2, letter_box=False)
+    strips = CalibrationBatches(
+        coco_images, (128, SIZE), batch_size=1, max_images=2, letter_box=False, strip_of_px=(SIZE, SIZE)
+    )
+    out = list(strips)
+    assert len(out) == 6 and all(b.shape == (1, 3, SIZE, 128) for b in out)
+    fitted = reference(list_images(coco_images)[:1])[0]  # (3, 416, 416)
+    for batch, x0 in zip(out[:3], (0, (SIZE - 128) // 2, SIZE - 128)):
+        np.testing.assert_allclose(batch[0], fitted[:, :, x0 : x0 + 128], atol=0.5 / 255)
+    assert (
+        strips.fingerprint()
+        != CalibrationBatches(coco_images, (128, SIZE), batch_size=1, max_images=2, letter_box=False).fingerprint()
+    )
+    assert full.fingerprint() != strips.fingerprint()
+    with pytest.raises(ValueError, match="strip_of_px needs batch_size 1"):
+        CalibrationBatches(coco_images, (128, SIZE), batch_size=2, letter_box=False, strip_of_px=(SIZE, SIZE))

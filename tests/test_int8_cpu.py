@@ -168,3 +168,19 @@ def test_bad_calibration_input_names_the_field(yolo_tiny_onnx, calib_dir, tmp_pa
         ensure_int8(yolo_tiny_onnx, few, tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match="calibration images folder .*nowhere does not exist"):
         ensure_int8(yolo_tiny_onnx, tmp_path / "nowhere", tmp_path / "cache")
+
+
+def test_a_strip_model_is_quantized_on_strips_and_agrees_with_fp32(yolo_tiny, calib_dir, tmp_path):
+    """A 128-wide strip model (pipeline.regions), calibrated and checked on strips of the frames as the full
+    model fits them, agrees with its FP32 model on them."""
+    from pipeline.models.onnx_export import ensure_onnx
+
+    strip = ensure_onnx(yolo_tiny.cfg, yolo_tiny.weights, tmp_path / "yolov4-tiny-128x416.onnx", (128, 416))
+    q = ensure_int8(strip, calib_dir, tmp_path / "cache", strip_of_px=(416, 416))
+    assert q.agreement >= 0.95 and q.reference_detections >= 20, q
+    matched, total = agreement(
+        strip,
+        q.path,
+        CalibrationBatches(calib_dir, (128, 416), batch_size=1, letter_box=False, strip_of_px=(416, 416)),
+    )
+    assert total == q.reference_detections and matched >= 0.95 * total, (matched, total)

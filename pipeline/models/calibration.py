@@ -60,6 +60,7 @@ class CalibrationBatches:
         last: Literal["pad", "drop"] = "pad",
         *,
         letter_box: bool,
+        strip_of_px: tuple[int, int] | None = None,
     ):
         sides = input_size_px if isinstance(input_size_px, tuple) and len(input_size_px) == 2 else (input_size_px,)
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sides):
@@ -76,6 +77,12 @@ class CalibrationBatches:
         self.batch_size = batch_size
         self.last = last
         self.letter_box = bool(letter_box)
+        if strip_of_px is not None and (batch_size != 1 or strip_of_px[1] != self.input_shape_px[1]):
+            raise ValueError(
+                f"strip_of_px needs batch_size 1 and the strip's height, got strip_of_px={strip_of_px!r}, "
+                f"batch_size={batch_size}, input {self.input_shape_px}"
+            )
+        self.strip_of_px = strip_of_px
         self.paths = list_images(self.images_dir, max_images)
         if last == "drop" and len(self.paths) < batch_size:
             raise ValueError(
@@ -111,9 +118,26 @@ class CalibrationBatches:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for paths in self.batch_paths():
+            if self.strip_of_px is not None:
+                for strip in self.inputs(paths[0]):
+                    batch, _ = preprocess_batch([strip], self.input_shape_px, letter_box=self.letter_box)
+                    yield np.ascontiguousarray(batch, dtype=np.float32)
+                continue
             images = [self._read(p) for p in paths]
             batch, _ = preprocess_batch(images, self.input_shape_px, letter_box=self.letter_box)
             yield np.ascontiguousarray(batch, dtype=np.float32)
+
+    def inputs(self, path: Path) -> list[np.ndarray]:
+        """What the model is fed of one image: the image; or, for a strip model (`strip_of_px`: the full
+        model's input), the image fitted to the full model and cut into a left, a middle and a right strip
+        of this model's width, as pipeline.regions cuts frames."""
+        image = self._read(path)
+        if self.strip_of_px is None:
+            return [image]
+        full, _ = preprocess_batch([image], self.strip_of_px, letter_box=self.letter_box)
+        fitted = np.ascontiguousarray((full[0].transpose(1, 2, 0)[:, :, ::-1] * 255.0).round().astype(np.uint8))
+        width, full_w = self.input_shape_px[0], self.strip_of_px[0]
+        return [fitted[:, x : x + width] for x in sorted({0, (full_w - width) // 2, full_w - width})]
 
     @staticmethod
     def _read(path: Path) -> np.ndarray:
@@ -126,7 +150,8 @@ class CalibrationBatches:
         """sha256 over the images' names and bytes and the batching; changes when the set does."""
         width, height = self.input_shape_px
         size = f"{width}" if width == height else f"{width}x{height}"
-        h = hashlib.sha256(f"s{size}/b{self.batch_size}/{self.last}/lb{int(self.letter_box)}".encode())
+        strip = "" if self.strip_of_px is None else f"/strip{self.strip_of_px[0]}x{self.strip_of_px[1]}"
+        h = hashlib.sha256(f"s{size}/b{self.batch_size}/{self.last}/lb{int(self.letter_box)}{strip}".encode())
         for p in self.paths:
             h.update(p.name.encode() + b"\0")
             h.update(hashlib.sha256(p.read_bytes()).digest())

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from pipeline.models.calibration import CalibrationBatches
@@ -88,9 +87,11 @@ def ensure_int8(
     letter_box: bool | str = "auto",
     conf_threshold: float = 0.3,
     iou_threshold: float = 0.45,
+    strip_of_px: tuple[int, int] | None = None,
 ) -> QuantizedModel:
     """The INT8 model of `onnx_path`, quantized on `calib_images` (a folder of real .jpg/.png frames) and
-    checked, from the cache when it is there. Raises QuantizationError when it fails the check (that
+    checked, from the cache when it is there. `strip_of_px`: the model is a strip model of one with that
+    input (pipeline.regions); it is calibrated and checked on strips of the images. Raises QuantizationError when it fails the check (that
     result is cached too: a failing set of images is not quantized again at every start)."""
     if calib_images is None:
         raise ValueError(
@@ -104,7 +105,7 @@ def ensure_int8(
     meta = {p.key: p.value for p in model.metadata_props}
     fit_letter_box = resolve_letter_box(letter_box, letter_box_from_metadata(meta, onnx_path))
     size = _input_size(model, onnx_path)
-    batches = CalibrationBatches(calib_images, size, batch_size=1, letter_box=fit_letter_box)
+    batches = CalibrationBatches(calib_images, size, batch_size=1, letter_box=fit_letter_box, strip_of_px=strip_of_px)
     if batches.num_images < MIN_IMAGES:
         raise ValueError(
             f"model.calib_images {str(calib_images)!r} has {batches.num_images} image(s); "
@@ -248,10 +249,10 @@ def agreement(
     ref, cand = OnnxRuntimeBackend(reference), OnnxRuntimeBackend(candidate)
     matched = total = 0
     for path in batches.paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        batch, fits = preprocess_batch([image], batches.input_shape_px, letter_box=batches.letter_box)
-        a = postprocess(*(x[0] for x in ref.infer(batch)), fits[0], conf_threshold, iou_threshold)
-        b = postprocess(*(x[0] for x in cand.infer(batch)), fits[0], conf_threshold, iou_threshold)
-        total += len(a)
-        matched += len(pair_same_class(b, a, MATCH_IOU))
+        for image in batches.inputs(path):
+            batch, fits = preprocess_batch([image], batches.input_shape_px, letter_box=batches.letter_box)
+            a = postprocess(*(x[0] for x in ref.infer(batch)), fits[0], conf_threshold, iou_threshold)
+            b = postprocess(*(x[0] for x in cand.infer(batch)), fits[0], conf_threshold, iou_threshold)
+            total += len(a)
+            matched += len(pair_same_class(b, a, MATCH_IOU))
     return matched, total

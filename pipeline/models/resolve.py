@@ -23,6 +23,7 @@ class ResolvedModel:
     labels: Path | None = None
     engine_cache_dir: Path = Path("data/engines")
     calib_images: Path | None = None
+    strip_of_px: tuple[int, int] | None = None  # a strip model of one with this input (pipeline.regions)
 
 
 def resolve_model(model: ModelConfig, args: PipelineArgs | DetectorStageArgs) -> ResolvedModel:

@@ -31,6 +31,7 @@ def cpu_model_file(settings: "ModelConfig", model: "ResolvedModel") -> "Path":
             letter_box=settings.letter_box,
             conf_threshold=settings.conf_threshold,
             iou_threshold=settings.nms_iou_threshold,
+            strip_of_px=model.strip_of_px,
         )
     except QuantizationError as exc:
         log.error("model.precision int8 not used, running FP32: %s", exc)
