@@ -18,6 +18,7 @@ one, a camera worker runs a group of them); tests drive it without Ray.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -231,6 +232,9 @@ class CameraService:
             if self.gate is not None and not self.gate.should_detect(activity):
                 self.metrics.inc("lookout_frames_dropped_total", camera=self.cam.id, reason="no_motion")
                 return
+            if self.gate is not None and self.gate.state == "motion" and self.motion.last_box_px is not None:
+                # sent for motion (or just after it): the detector may look around where it moved only
+                ref = dataclasses.replace(ref, motion_box_px=self.motion.last_box_px)
         if self.detect is None:
             return
         if not self._slots.acquire(blocking=False):

@@ -43,19 +43,25 @@ def motion_retain_s(record_enabled: bool, record_retain_days: float) -> float:
 
 
 class MotionDetector:
-    """Moving area fraction (0..1) of each frame against a running background average."""
+    """Moving area fraction (0..1) of each frame against a running background average; `box_px` is where
+    the last frame moved (xyxy in its own pixels, around every blob that counted), None when nothing did;
+    `last_box_px` where the last frame that moved did."""
 
     def __init__(self, cfg: MotionConfig):
         self.cfg = cfg
+        self.box_px: tuple[int, int, int, int] | None = None
+        self.last_box_px: tuple[int, int, int, int] | None = None
         self._background: np.ndarray | None = None
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
     def reset(self) -> None:
         """Forget the background (a new connection: the next frame starts it again)."""
         self._background = None
+        self.box_px = self.last_box_px = None
 
     def update(self, image_bgr: np.ndarray) -> float:
         """Activity of this frame (> 0: something moved by the config's thresholds); learns the frame."""
+        self.box_px = None
         cfg = self.cfg
         h, w = image_bgr.shape[:2]
         th = min(cfg.frame_height_px, h)
@@ -74,10 +80,22 @@ class MotionDetector:
         mask = cv2.dilate(mask, self._kernel, iterations=2)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         area = 0.0
+        x1, y1, x2, y2 = th * w, th, -1, -1  # in the small frame's pixels
         for c in contours:
             a = cv2.contourArea(c)
             if a >= cfg.contour_area_px:
                 area += a
+                bx, by, bw, bh = cv2.boundingRect(c)
+                x1, y1, x2, y2 = min(x1, bx), min(y1, by), max(x2, bx + bw), max(y2, by + bh)
+        if x2 > 0:
+            fx, fy = w / tw, h / th
+            self.box_px = (
+                int(x1 * fx),
+                int(y1 * fy),
+                min(w, math.ceil(x2 * fx)),
+                min(h, math.ceil(y2 * fy)),
+            )
+            self.last_box_px = self.box_px
         activity = min(1.0, area / float(mask.size))
         if activity >= RESEED_FRACTION:
             self._background = grey.astype(np.float32)

@@ -20,7 +20,9 @@ class FrameRef:
     """A pointer to one captured frame on the frame bus; the only thing passed between stages.
 
     `source_size`: the camera's own (width, height) when the bus image was scaled down from it
-    (detections are in source pixels); None when the bus image is the source's size."""
+    (detections are in source pixels); None when the bus image is the source's size.
+    `motion_box_px`: where the frame moved (xyxy, bus image pixels) when the camera's motion gate sent it
+    for that; the detector may then look at a strip around it only (pipeline.regions)."""
 
     camera_id: str
     seq: int
@@ -28,6 +30,7 @@ class FrameRef:
     pts_s: float = 0.0
     entry_id: str = ""
     source_size: tuple[int, int] | None = None
+    motion_box_px: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.camera_id:
@@ -46,6 +49,7 @@ class FrameRef:
             "pts_s": self.pts_s,
             "entry_id": self.entry_id,
             **({"source_size": list(self.source_size)} if self.source_size else {}),
+            **({"motion_box_px": list(self.motion_box_px)} if self.motion_box_px else {}),
         }
 
     @classmethod
@@ -57,6 +61,7 @@ class FrameRef:
             pts_s=float(d.get("pts_s", 0.0)),
             entry_id=str(d.get("entry_id", "")),
             source_size=tuple(int(v) for v in d["source_size"]) if d.get("source_size") else None,
+            motion_box_px=tuple(int(v) for v in d["motion_box_px"]) if d.get("motion_box_px") else None,
         )
 
 

@@ -246,9 +246,11 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
         id="people", source=str(assets_dir / "videos" / CLIP), detect_fps=DETECT_FPS, lease_ttl_s=2, motion=motion
     )
     sent: list = []
+    boxes: dict = {}  # pts -> the motion box the frame was sent with
 
     def detect(ref) -> int:
         sent.append(ref.pts_s)
+        boxes[ref.pts_s] = ref.motion_box_px
         return 0  # nobody found: only motion and keep-alives keep detection going
 
     def source(c: CameraConfig) -> CopySource:
@@ -268,9 +270,12 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
     lock = threading.Lock()
     on_frame, should_detect = service._on_frame, service.gate.should_detect
 
+    frame_wh: list = []
+
     def spy_frame(frame, stop):
         with lock:
             frames.append([frame.pts_s, frame.captured_at, None, None])
+            frame_wh[:] = frame.image.shape[1::-1]
         on_frame(frame, stop)
 
     def spy_gate(activity, now=None):
@@ -292,6 +297,7 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
     assert start[0] in sent
     static = [f for f in seen if f[0] < start[0]]
     static_sent = [f[3] for f in static if f[0] in sent]
+    static_sent_pts = [f[0] for f in static if f[0] in sent]
     # the empty room: keep-alives only, keepalive_s apart on the gate's clock
     assert 2 <= len(static_sent) <= (static[-1][3] - static[0][3]) / motion.keepalive_s + 1, static_sent
     assert all(b - a >= motion.keepalive_s - 0.05 for a, b in zip(static_sent, static_sent[1:])), static_sent
@@ -299,6 +305,12 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
     # while something moves every frame is detected
     moving = [f[0] for f in seen if f[2] > 0]
     assert set(moving) <= set(sent)
+    # frames sent for motion carry where it moved (for the detector's strips), keep-alives do not
+    assert all(boxes[pts] is None for pts in static_sent_pts), boxes
+    for pts in moving:
+        x1, y1, x2, y2 = boxes[pts]
+        assert 0 <= x1 < x2 <= frame_wh[0] and 0 <= y1 < y2 <= frame_wh[1], (pts, boxes[pts])
+    assert any(boxes[pts][2] - boxes[pts][0] < frame_wh[0] / 2 for pts in moving)  # one person: a narrow box
     assert service.gate.skipped > 0 and service.status()["motion_skipped"] == service.gate.skipped
     ref, _ = FrameBus(redis_client).latest("people")  # skipped or not, every frame is on the bus
     assert ref.seq == service.seq - 1 >= len(seen) - 1
