@@ -208,8 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--objects-interval-s",
         type=float,
-        default=1.0,
+        default=0.0,
         help="motion: a third run that, while objects are seen, detects once per this interval only (0: no third run)",
+    )
+    b.add_argument(
+        "--region-widths",
+        default="96,128,192,256",
+        help="motion: a run that detects moving frames on strips of these model widths (model.region_widths_px; "
+        "empty: no such run)",
     )
     b.add_argument("--onnx", default=str(DEFAULT_MODELS / "yolov4-tiny-416.onnx"))
     b.add_argument(

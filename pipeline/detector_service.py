@@ -5,6 +5,7 @@ Framework-free: deployments/detector.py batches calls across cameras with Serve 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -14,6 +15,7 @@ from pipeline.detector import Detector
 from pipeline.keys import UPLOAD_CAMERA
 from pipeline.metrics import Metrics
 from pipeline.models.resolve import resolve_model
+from pipeline.regions import RegionDetector
 from pipeline.types import FrameRef, FrameResult
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,12 @@ class DetectorService:
         self._uploads: dict[int, list[dict]] = {}
         # A torch backend on CUDA takes the bus's JPEG bytes to the GPU (decode, fit, NMS there).
         self.on_device = bool(getattr(self.detector.backend, "cuda", False)) and args.bus.codec == "jpeg"
+        self.regions = None if detector is not None else strip_detector(args, self.detector)
 
     def run_batch(self, refs: list[FrameRef]) -> list[int]:
         """Number of detections per frame, or a negative code when the frame was skipped."""
         t0 = time.time()
+        strips: list = []
         frames = self.bus.get_frames(refs)
         codes = [0] * len(refs)
         todo, encoded, images, sizes = [], [], [], []
@@ -68,6 +72,11 @@ class DetectorService:
         t1 = time.time()
         if self.on_device:
             dets, timings = self.detector.detect_encoded(encoded, sizes)
+        elif self.regions is not None:
+            picked = [refs[i] for i in todo]
+            dets, timings, strips = self.regions.detect(
+                images, sizes, [r.motion_box_px for r in picked], [r.camera_id for r in picked]
+            )
         else:
             dets, timings = self.detector.detect(images, sizes)
         timings["decode_s"] = t1 - t0
@@ -95,6 +104,11 @@ class DetectorService:
             m.inc("lookout_frames_detected_total", camera=cam)
             m.observe("lookout_detector_queue_age_seconds", t0 - r.ref.captured_at, camera=cam)
             m.observe("lookout_stage_latency_seconds", done - r.ref.captured_at, camera=cam, stage="detected")
+        for i, strip in zip(todo, strips):
+            if strip is not None and refs[i].camera_id != UPLOAD_CAMERA:
+                m.inc(
+                    "lookout_detector_strip_frames_total", camera=refs[i].camera_id, width_px=str(strip.model_width_px)
+                )
         for ref, code in zip(refs, codes):
             if code == SKIPPED_STALE:
                 m.inc("lookout_frames_dropped_total", camera=ref.camera_id, reason="stale")
@@ -107,4 +121,31 @@ class DetectorService:
         return self._uploads.pop(seq, None)
 
     def stats(self) -> dict:
-        return {"batches": self.batches, "frames": self.frames}
+        out: dict = {"batches": self.batches, "frames": self.frames}
+        if self.regions is not None:
+            out["frames_by_model_width_px"] = dict(self.regions.counts)
+        return out
+
+
+def strip_detector(args: DetectorStageArgs, full: Detector) -> RegionDetector | None:
+    """The full detector with its strip models (`model.region_widths_px`, CPU backends), or None when the
+    config asks for none or the backend is not a CPU one (then said once in the log)."""
+    model = args.model
+    if not model.region_widths_px:
+        return None
+    if not type(full.backend).int8_from_onnx:
+        log.info(
+            "detector: model.region_widths_px %s not used: strips are for the CPU backends, this one is %s",
+            model.region_widths_px,
+            full.backend.describe(),
+        )
+        return None
+    height = full.input_shape_px[1]
+    strips = {}
+    for width in sorted(set(model.region_widths_px)):
+        t0 = time.perf_counter()
+        strip = model.model_copy(update={"input_size_px": width, "input_height_px": height, "onnx": None})
+        resolved = dataclasses.replace(resolve_model(strip, args), strip_of_px=full.input_shape_px)
+        strips[width] = Detector.from_config(strip, resolved, max_batch_size=args.detector.max_batch_size)
+        log.info("detector: strip model %dx%d px ready in %.1f s", width, height, time.perf_counter() - t0)
+    return RegionDetector(full, strips)

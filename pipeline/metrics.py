@@ -41,6 +41,11 @@ SPECS: dict[str, MetricSpec] = {
             "lookout_frames_dropped_total", "counter", "Frames dropped (stale, or detection skipped), by reason."
         ),
         MetricSpec("lookout_frames_detected_total", "counter", "Frames that went through the detector."),
+        MetricSpec(
+            "lookout_detector_strip_frames_total",
+            "counter",
+            "Of those, frames detected on a strip around their motion (model.region_widths_px), by strip width.",
+        ),
         MetricSpec("lookout_frames_encoded_total", "counter", "Frames fed to the HLS encoder."),
         MetricSpec("lookout_camera_fps", "gauge", "Frames per second read from the camera."),
         MetricSpec("lookout_camera_up", "gauge", "1 while the camera is running, 0 otherwise."),

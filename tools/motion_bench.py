@@ -6,8 +6,11 @@ The clip is decoded once at detect_fps and scaled as the camera worker's ffmpeg 
 (to fit the model input, aspect kept). Both runs see the same frames, on video time: always-on detects
 every frame; gated runs pipeline.motion's MotionDetector and MotionGate (the camera's `motion` settings,
 the gate's clock = the frame's time) and detects only what the gate lets through, telling it the object
-count as the camera worker does. A third run gates with MotionGate's `objects_interval_s` (--objects-interval-s:
-while objects are seen, one detection per that interval, moving or not; not a config setting yet). Each run's detections go through the real tracker and a person-count
+count as the camera worker does. A third run does the same with the detector stage's strips around the
+motion (pipeline.regions, --region-widths: model.region_widths_px): a frame sent for motion is detected on
+a strip around where it moved and the objects seen last. A fourth gates with MotionGate's `objects_interval_s`
+(--objects-interval-s: while objects are seen, one detection per that interval, moving or not; not a config
+setting). Each run's detections go through the real tracker and a person-count
 rule (tests/test_e2e_events.py's: more than 0 person in the lower part of the frame for 2 s). An always-on
 event counts as found when a gated event starts within 1 s of it. Issue 15's goal: >= 70 % less detector
 CPU with >= 95 % of the events. Not a timed test; run it on a quiet machine.
@@ -22,10 +25,13 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from pipeline.config import ModelConfig, MotionConfig
 from pipeline.detector import Detector
+from pipeline.models.onnx_export import ensure_onnx, model_file_name
 from pipeline.motion import MotionDetector, MotionGate
+from pipeline.regions import RegionDetector
 from pipeline.rules import CountAboveRule, RuleEngine
 from pipeline.tracking import Tracker, TrackerConfig
 from pipeline.zones import ZoneConfig
@@ -67,8 +73,10 @@ def run(
     detector: Detector,
     motion: MotionConfig | None,
     objects_interval_s: float = 0.0,
+    regions: RegionDetector | None = None,
 ) -> dict:
-    """One pass over the frames; `motion` None: every frame detected."""
+    """One pass over the frames; `motion` None: every frame detected. With `regions`, a frame the gate sends
+    because it moved is detected on a strip around the motion (as the detector stage does)."""
     w, h = source_size
     floor = ZoneConfig(name="floor", points_px=[(0, round(h * 250 / 432)), (w, round(h * 250 / 432)), (w, h), (0, h)])
     rule = CountAboveRule(id="someone", label="person", zone="floor", count=0, for_s=2.0, end_after_s=1.0)
@@ -77,6 +85,7 @@ def run(
     mdet = MotionDetector(motion) if motion else None
     gate = MotionGate(motion, objects_interval_s=objects_interval_s) if motion else None
     updates, calls, det_cpu, motion_cpu = [], 0, 0.0, 0.0
+    by_width: dict[int, int] = {}
     for t, img in frames:
         if gate is not None:
             c0 = time.process_time()
@@ -85,7 +94,13 @@ def run(
             if not gate.should_detect(activity, t):
                 continue
         c0 = time.process_time()
-        found, _ = detector.detect([img], [source_size])
+        if regions is not None:
+            box = mdet.last_box_px if gate is not None and gate.state == "motion" else None
+            found, _, used = regions.detect([img], [source_size], [box], ["cam"])
+            width = used[0].model_width_px if used[0] else detector.input_shape_px[0]
+            by_width[width] = by_width.get(width, 0) + 1
+        else:
+            found, _ = detector.detect([img], [source_size])
         det_cpu += time.process_time() - c0
         calls += 1
         if gate is not None:
@@ -98,6 +113,7 @@ def run(
         "detector_calls": calls,
         "detector_cpu_s": round(det_cpu, 2),
         "motion_cpu_s": round(motion_cpu, 3),
+        **({"calls_by_model_width_px": by_width} if regions is not None else {}),
         "events": [round(s, 1) for s in starts],
     }
 
@@ -121,6 +137,19 @@ def compare(always: dict, gated: dict) -> dict:
     }
 
 
+def strip_models(settings: ModelConfig, full: Detector, widths: list[int], models_dir: Path) -> dict[int, Detector]:
+    """One detector per strip width, converted from the darknet files beside the ONNX model, warmed up."""
+    cfg, weights = models_dir / "yolov4-tiny.cfg", models_dir / "yolov4-tiny.weights"
+    height = full.input_shape_px[1]
+    strips = {}
+    for w in widths:
+        onnx = ensure_onnx(cfg, weights, models_dir / model_file_name(weights.stem, (w, height)), (w, height))
+        strip = settings.model_copy(update={"input_size_px": w, "input_height_px": height, "onnx": str(onnx)})
+        strips[w] = Detector.from_config(strip, onnx, None)
+        strips[w].detect([np.zeros((height, w, 3), np.uint8)])  # warm-up, outside the runs
+    return strips
+
+
 def main(a: argparse.Namespace) -> int:
     clip = Path(a.clip) if a.clip else DEFAULT_CLIP
     settings = ModelConfig(onnx=a.onnx, backend=a.backend, conf_threshold=0.1, classes=["person"])
@@ -137,24 +166,21 @@ def main(a: argparse.Namespace) -> int:
     always = run(frames, size, detector, None)
     gated = run(frames, size, detector, motion)
     runs = [("always-on", always), ("gated", gated)]
+    out = {"always_on": always, "gated": {**gated, **compare(always, gated)}}
+    if a.region_widths:
+        widths = sorted({int(v) for v in a.region_widths.split(",")})
+        regions = RegionDetector(detector, strip_models(settings, detector, widths, Path(a.onnx).parent))
+        r = run(frames, size, detector, motion, regions=regions)
+        runs.append((f"gated, strips {','.join(map(str, widths))}", r))
+        out["gated_strips"] = {"region_widths_px": widths, **r, **compare(always, r)}
     if a.objects_interval_s > 0:
-        runs.append(
-            (
-                f"gated, objects every {a.objects_interval_s:g} s",
-                run(frames, size, detector, motion, a.objects_interval_s),
-            )
-        )
+        r = run(frames, size, detector, motion, a.objects_interval_s)
+        runs.append((f"gated, objects every {a.objects_interval_s:g} s", r))
+        out["gated_objects_interval"] = {"objects_interval_s": a.objects_interval_s, **r, **compare(always, r)}
     print(f"{'':28} {'calls':>6} {'detector CPU s':>15} {'motion CPU s':>13}  events (start, s)")
     for name, r in runs:
         print(
             f"{name:28} {r['detector_calls']:>6} {r['detector_cpu_s']:>15.2f} {r['motion_cpu_s']:>13.3f}  {r['events']}"
         )
-    out = {"always_on": always, "gated": {**gated, **compare(always, gated)}}
-    if len(runs) > 2:
-        out["gated_objects_interval"] = {
-            "objects_interval_s": a.objects_interval_s,
-            **runs[2][1],
-            **compare(always, runs[2][1]),
-        }
     print(json.dumps(out))
     return 0

@@ -70,6 +70,15 @@ class ModelConfig(_Model):
         "recorded in the ONNX file (false, darknet's default, when the file does not say).",
     )
 
+    region_widths_px: list[int] = Field(
+        default_factory=list,
+        max_length=4,
+        description="CPU backends: while a camera's motion gate sends frames because something moves, detect "
+        "only a full-height strip of the frame around the motion and the objects last seen, with the narrowest "
+        "of these model widths that holds them (multiples of 32, below input_size_px; each is converted from "
+        "cfg + weights). Empty: always the whole frame.",
+    )
+
     @model_validator(mode="after")
     def _check_sources(self) -> "ModelConfig":
         if self.onnx is None and (self.cfg is None or self.weights is None):
@@ -78,6 +87,22 @@ class ModelConfig(_Model):
             raise ValueError(
                 f"model.input_height_px={self.input_height_px}: the tensorrt backend takes square "
                 f"inputs only (model.input_size_px={self.input_size_px})"
+            )
+        bad = [w for w in self.region_widths_px if w % 32 or not 32 <= w < self.input_size_px]
+        if bad:
+            raise ValueError(
+                f"model.region_widths_px={self.region_widths_px}: each must be a multiple of 32 from 32 to "
+                f"below model.input_size_px={self.input_size_px}"
+            )
+        if self.region_widths_px and (self.cfg is None or self.weights is None):
+            raise ValueError(
+                f"model.region_widths_px={self.region_widths_px} needs model.cfg and model.weights "
+                "(each strip model is converted from them)"
+            )
+        if self.region_widths_px and self.backend in ("tensorrt", "torch"):
+            raise ValueError(
+                f"model.region_widths_px={self.region_widths_px}: strips are for the CPU backends "
+                f"(onnxruntime, openvino, auto), not model.backend={self.backend!r}"
             )
         return self
 
