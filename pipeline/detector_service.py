@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 
 from pipeline.bus import FrameBus, ResultStore, decode_frame
@@ -127,9 +128,12 @@ class DetectorService:
         return out
 
 
-def strip_detector(args: DetectorStageArgs, full: Detector) -> RegionDetector | None:
+def strip_detector(args: DetectorStageArgs, full: Detector, background: bool = True) -> RegionDetector | None:
     """The full detector with its strip models (`model.region_widths_px`, CPU backends), or None when the
-    config asks for none or the backend is not a CPU one (then said once in the log)."""
+    config asks for none or the backend is not a CPU one (then said once in the log).
+
+    With `background`, the strip models are converted, quantized and loaded by a thread after this returns
+    (`built` is set when it is done): the detector serves whole frames from its start, strips as they come."""
     model = args.model
     if not model.region_widths_px:
         return None
@@ -140,12 +144,26 @@ def strip_detector(args: DetectorStageArgs, full: Detector) -> RegionDetector | 
             full.backend.describe(),
         )
         return None
-    height = full.input_shape_px[1]
-    strips = {}
-    for width in sorted(set(model.region_widths_px)):
-        t0 = time.perf_counter()
-        strip = model.model_copy(update={"input_size_px": width, "input_height_px": height, "onnx": None})
-        resolved = dataclasses.replace(resolve_model(strip, args), strip_of_px=full.input_shape_px)
-        strips[width] = Detector.from_config(strip, resolved, max_batch_size=args.detector.max_batch_size)
-        log.info("detector: strip model %dx%d px ready in %.1f s", width, height, time.perf_counter() - t0)
-    return RegionDetector(full, strips)
+    regions = RegionDetector(full)
+
+    def build() -> None:
+        height = full.input_shape_px[1]
+        try:
+            for width in sorted(set(model.region_widths_px)):
+                t0 = time.perf_counter()
+                strip = model.model_copy(update={"input_size_px": width, "input_height_px": height, "onnx": None})
+                resolved = dataclasses.replace(resolve_model(strip, args), strip_of_px=full.input_shape_px)
+                regions.add_strip(
+                    width, Detector.from_config(strip, resolved, max_batch_size=args.detector.max_batch_size)
+                )
+                log.info("detector: strip model %dx%d px ready in %.1f s", width, height, time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 - whole frames still detect everything: say why, keep going
+            log.error("detector: strip models not all loaded (%s): frames run whole or on those loaded", exc)
+        finally:
+            regions.built.set()
+
+    if background:
+        threading.Thread(target=build, name="strip-models", daemon=True).start()
+    else:
+        build()
+    return regions

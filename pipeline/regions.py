@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,19 +101,33 @@ class RegionPlanner:
 class RegionDetector:
     """The full-frame `Detector` and one per strip width; `detect` runs each frame on the strip its camera's
     motion asks for (`RegionPlanner`), or whole. Remembers each camera's last boxes, so a strip also covers
-    what was seen there (a person who stopped moving stays in view of the detector)."""
+    what was seen there (a person who stopped moving stays in view of the detector). Without `strips`, they
+    are added later (`add_strip`, then `built`); frames run whole until then."""
 
-    def __init__(self, full: Detector, strips: dict[int, Detector], margin: float = MARGIN):
-        for w, d in strips.items():
-            if d.input_shape_px != (w, full.input_shape_px[1]):
-                raise ValueError(
-                    f"strips[{w}] must take {w}x{full.input_shape_px[1]} px inputs, got {d.input_shape_px}"
-                )
+    def __init__(self, full: Detector, strips: dict[int, Detector] | None = None, margin: float = MARGIN):
         self.full = full
-        self.strips = strips
-        self.planner = RegionPlanner(full.input_shape_px, list(strips), letter_box=full.letter_box, margin=margin)
+        self.margin = margin
+        self.strips: dict[int, Detector] = {}
+        self.planner = RegionPlanner(full.input_shape_px, [], letter_box=full.letter_box, margin=margin)
         self._last: dict[str, np.ndarray] = {}  # camera -> last boxes, in that frame's pixels
         self.counts: dict[int, int] = {}  # model width (the full model's for whole frames) -> frames
+        self.built = threading.Event()  # set once every strip model meant for it is in (or failed)
+        for w, d in (strips or {}).items():
+            self.add_strip(w, d)
+        if strips is not None:
+            self.built.set()
+
+    def add_strip(self, width_px: int, detector: Detector) -> None:
+        """Use `detector` for strips `width_px` wide from the next batch on (strips may come after the start)."""
+        if detector.input_shape_px != (width_px, self.full.input_shape_px[1]):
+            raise ValueError(
+                f"the strip model for width {width_px} must take {width_px}x{self.full.input_shape_px[1]} px "
+                f"inputs, got {detector.input_shape_px}"
+            )
+        self.strips[width_px] = detector  # before the planner can pick it
+        self.planner = RegionPlanner(
+            self.full.input_shape_px, list(self.strips), letter_box=self.full.letter_box, margin=self.margin
+        )
 
     def detect(
         self,
@@ -130,9 +145,10 @@ class RegionDetector:
                 f"{n}, {len(source_sizes)}, {len(motion_boxes_px)}, {len(cameras)}"
             )
         regions: list[Region | None] = []
+        planner = self.planner  # one planner for the batch: strips added meanwhile wait for the next
         for img, box, cam in zip(images, motion_boxes_px, cameras):
             size = (img.shape[1], img.shape[0])
-            regions.append(self.planner.plan(size, box, self._last.get(cam, ())))
+            regions.append(planner.plan(size, box, self._last.get(cam, ())))
         out: list[Detections | None] = [None] * n
         timings: dict[str, float] = {}
         for model_w in {r.model_width_px if r else 0 for r in regions}:

@@ -181,8 +181,8 @@ def test_strips_find_what_the_whole_frame_finds_on_real_video(stage_args, clip_f
 
     args = stage_args.for_detector()
     full = Detector.from_config(args.model, resolve_model(args.model, args))
-    regions = strip_detector(args, full)
-    assert regions is not None and sorted(regions.strips) == WIDTHS
+    regions = strip_detector(args, full, background=False)
+    assert regions is not None and regions.built.is_set() and sorted(regions.strips) == WIDTHS
     assert all(d.input_shape_px == (w, 416) for w, d in regions.strips.items())
     md = MotionDetector(MotionConfig())
     wanted = found = extra = strips_used = moving = 0
@@ -221,7 +221,7 @@ def test_detector_stage_detects_a_moving_frame_on_a_strip(stage_args, clip_frame
 
     client = redis.Redis.from_url(redis_server.url)
     service = DetectorService(stage_args, client)
-    assert service.regions is not None
+    assert service.regions is not None and service.regions.built.wait(120)  # loaded after the start
     t, img = next((t, img) for t, img in clip_frames if t >= 12.0)  # the first person, in the room
     bus = FrameBus(client, BusConfig(codec="raw"))
     now = time.time()
@@ -245,3 +245,28 @@ def test_detector_stage_detects_a_moving_frame_on_a_strip(stage_args, clip_frame
     for b in people:
         best = max(iou(b, g) for g in got.xyxy)
         assert best > 0.8, (b, got.xyxy)
+
+
+def test_frames_run_whole_until_a_strip_model_is_in(stage_args, clip_frames):
+    """The detector serves from its start: strip models come later (`add_strip`), frames run whole till then."""
+    from pipeline.detector import Detector
+    from pipeline.models.resolve import resolve_model
+    from pipeline.regions import RegionDetector
+
+    args = stage_args.for_detector()
+    full = Detector.from_config(args.model, resolve_model(args.model, args))
+    regions = RegionDetector(full)
+    assert not regions.built.is_set()
+    _, img = next((t, img) for t, img in clip_frames if t >= 12.0)
+    whole, _, used = regions.detect([img], [SOURCE], [(0, 0, 40, 40)], ["other"])
+    assert used == [None] and len(whole[0]) >= 1
+    x1, _, x2, _ = whole[0].xyxy[int(np.argmax(whole[0].confidence))] * 416 / SOURCE[0]
+    box = (int(x1), 0, int(x2) + 1, 234)  # where the person is: as if they moved
+    with pytest.raises(ValueError, match="strip model for width 128 must take 128x416 px inputs, got"):
+        regions.add_strip(128, full)
+    strip = args.model.model_copy(update={"input_size_px": 128, "input_height_px": 416, "onnx": None})
+    regions.add_strip(128, Detector.from_config(strip, resolve_model(strip, args)))
+    got, _, used = regions.detect([img], [SOURCE], [box], ["people"])
+    assert used[0] is not None and used[0].model_width_px == 128
+    best = whole[0].xyxy[int(np.argmax(whole[0].confidence))]
+    assert max(iou(best, b) for b in got[0].xyxy) > 0.8
