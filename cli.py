@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=0,
-        help="pipeline: inference threads per replica, model.intra_op_threads (0: default)",
+        help="pipeline: inference threads per replica; motion: of the detector; model.intra_op_threads (0: default)",
     )
     b.add_argument(
         "--replicas",

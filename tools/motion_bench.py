@@ -152,7 +152,8 @@ def strip_models(settings: ModelConfig, full: Detector, widths: list[int], model
 
 def main(a: argparse.Namespace) -> int:
     clip = Path(a.clip) if a.clip else DEFAULT_CLIP
-    settings = ModelConfig(onnx=a.onnx, backend=a.backend, conf_threshold=0.1, classes=["person"])
+    threads = {"intra_op_threads": a.threads} if getattr(a, "threads", 0) else {}
+    settings = ModelConfig(onnx=a.onnx, backend=a.backend, conf_threshold=0.1, classes=["person"], **threads)
     detector = Detector.from_config(settings, a.onnx, None)
     frames, size = read_clip(clip, a.detect_fps, detector.input_size_px, QUICK_S if a.quick else None)
     if not frames:
