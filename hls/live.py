@@ -10,7 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.bus import FrameBus, ResultStore, decode_frame, detections_from_json, detections_on_image
+from pipeline.bus import FrameBus, ResultStore
+
+from pipeline.frames import decode_frame, detections_from_json, detections_on_image
 from pipeline.types import Detections, FrameRef
 
 log = logging.getLogger(__name__)

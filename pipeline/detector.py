@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bus import decode_frame, rescale_detections
+from pipeline.frames import decode_frame, rescale_detections
 from pipeline.config import ModelConfig
 from pipeline.models.backends import Backend, create_backend
 from pipeline.models.labels import load_labels

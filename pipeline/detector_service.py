@@ -10,7 +10,9 @@ import logging
 import threading
 import time
 
-from pipeline.bus import FrameBus, ResultStore, decode_frame
+from pipeline.bus import FrameBus, ResultStore
+
+from pipeline.frames import decode_frame
 from pipeline.config import DetectorStageArgs, PipelineArgs
 from pipeline.detector import Detector
 from pipeline.keys import UPLOAD_CAMERA

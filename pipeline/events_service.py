@@ -26,7 +26,8 @@ from pydantic import ValidationError
 
 from pipeline import keys
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
-from pipeline.bus import decode_frame, detections_on_image, source_size_of
+from pipeline.bus import source_size_of
+from pipeline.frames import decode_frame, detections_on_image
 from pipeline.config import EventsRuntime, EventsStageArgs, PipelineArgs
 from pipeline.events import DeliveryRecord, EventStore, MqttSink, WebhookSink
 from pipeline.history import CountsQuery, HistoryQuery, HistoryStore, QueryError

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.bus import rescale_detections
+from pipeline.frames import rescale_detections
 from pipeline.detector import Detector
 from pipeline.types import Detections
 

@@ -3,7 +3,8 @@ import time
 import numpy as np
 
 from pipeline import keys
-from pipeline.bus import FrameBus, ResultStore, StatusStore, decode_frame
+from pipeline.bus import FrameBus, ResultStore, StatusStore
+from pipeline.frames import decode_frame
 from pipeline.config import BusConfig
 from pipeline.types import CameraState, CameraStatus, Detections, FrameResult
 

@@ -215,7 +215,9 @@ def test_detector_stage_detects_a_moving_frame_on_a_strip(stage_args, clip_frame
     its boxes come back in source pixels where the whole frame has them; a ref without one runs whole."""
     import redis
 
-    from pipeline.bus import FrameBus, ResultStore, detections_from_json
+    from pipeline.bus import FrameBus, ResultStore
+
+    from pipeline.frames import detections_from_json
     from pipeline.config import BusConfig
     from pipeline.detector_service import DetectorService
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import keys
-from pipeline.bus import FrameBus, detections_from_json, detections_on_image, rescale_detections
+from pipeline.bus import FrameBus
+from pipeline.frames import detections_from_json, detections_on_image, rescale_detections
 from pipeline.config import BusConfig
 from pipeline.types import Detections, FrameRef
 

@@ -15,9 +15,9 @@ torch = pytest.importorskip("torch", reason="torch is not installed (the torch b
 
 from test_convert_vs_opencv import coco_image, video_frame  # noqa: E402
 
-from pipeline.bus import decode_frame, encode_jpeg, encode_raw  # noqa: E402
 from pipeline.config import ModelConfig  # noqa: E402
 from pipeline.detector import Detector  # noqa: E402
+from pipeline.frames import decode_frame, encode_jpeg, encode_raw  # noqa: E402
 from pipeline.models.backends.torch_cuda import TorchBackend, greedy_batched_nms, torchvision_ops  # noqa: E402
 from pipeline.models.labels import load_labels  # noqa: E402
 from pipeline.models.resolve import ResolvedModel  # noqa: E402

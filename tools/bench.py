@@ -428,7 +428,7 @@ def bare_torch(a: argparse.Namespace) -> int:
     path against ONNX Runtime's host path on the same frames, and coco-mini mAP of each."""
     import torch
 
-    from pipeline.bus import decode_frame, encode_jpeg
+    from pipeline.frames import decode_frame, encode_jpeg
     from pipeline.evaluate import default_assets, evaluate
     from pipeline.models.backends.torch_cuda import TorchBackend, torchvision_ops
     from pipeline.models.labels import load_labels

@@ -23,7 +23,8 @@ from gateway.limits import overloaded
 from hls.clips import ClipError
 from pipeline import keys
 from pipeline.annotate import BoxAnnotator, LabelAnnotator
-from pipeline.bus import FrameBus, decode_frame, detections_on_image
+from pipeline.bus import FrameBus
+from pipeline.frames import decode_frame, detections_on_image
 from pipeline.config import CAMERA_ID_RE
 from pipeline.history import CountsQuery, HistoryQuery
 from pipeline.types import Detections, UnixTimeS
