@@ -25,7 +25,7 @@ from hls.store import HlsStore, make_store
 from pipeline.camera_service import CameraService
 from pipeline.config import CameraConfig, CameraGroupArgs
 from pipeline.logutil import scrub_url
-from pipeline.motion import MotionLog, motion_retain_s
+from pipeline.motion_log import MotionLog, motion_retain_s
 from pipeline.sources.base import FrameSource
 from pipeline.types import FrameRef
 

@@ -33,7 +33,7 @@ from pipeline.config import CameraGroupArgs, RecordConfig
 from pipeline.events import EventStore
 from pipeline.logutil import scrub_url
 from pipeline.metrics import Metrics
-from pipeline.motion import MotionLog, motion_retain_s
+from pipeline.motion_log import MotionLog, motion_retain_s
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class _Episode:
 
 
 class Recorder:
-    """Records one camera's copied stream (see the module doc). `motion`: a `pipeline.motion.MotionLog`
+    """Records one camera's copied stream (see the module doc). `motion`: a `pipeline.motion_log.MotionLog`
     (mode motion); `events`: a `pipeline.events.EventStore` (mode events); `metrics`: a
     `pipeline.metrics.Metrics`. None of the feeding calls blocks or raises. `store` and `index` may be None
     while the store cannot be opened yet (`attach` gives them): segments are cut and wait in the bounded

@@ -33,7 +33,8 @@ from .ingest import IngestLoop
 from .lease import Lease, LeaseKeeper, default_owner, lease_key
 from .logutil import scrub_url
 from .metrics import Metrics
-from .motion import MotionDetector, MotionGate, MotionLog
+from .motion import MotionDetector, MotionGate
+from .motion_log import MotionLog
 from .sources.base import Frame, FrameSource
 from .sources.factory import open_source
 from .types import CameraStatus, FrameRef

@@ -18,7 +18,8 @@ from pipeline import keys
 from pipeline.bus import FrameBus, StatusStore
 from pipeline.camera_service import CameraService
 from pipeline.config import BusConfig, CameraConfig, DetectorConfig, HlsConfig, MotionConfig
-from pipeline.motion import BUFFER_MAX_SECONDS, MotionDetector, MotionGate, MotionLog, motion_retain_s
+from pipeline.motion import MotionDetector, MotionGate
+from pipeline.motion_log import BUFFER_MAX_SECONDS, MotionLog, motion_retain_s
 from rtsp_fixtures import wait_until
 
 CLIP = "one-by-one-person-detection.mp4"  # 768x432, 10 fps, 139 s
@@ -127,7 +128,7 @@ def test_motion_log_flushes_on_its_own_and_reads_unflushed(redis_client):
 
 
 def test_motion_log_survives_redis_outage(redis_server, redis_client, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.motion")
+    caplog.set_level(logging.INFO, logger="pipeline.motion_log")
     mlog = MotionLog(redis_client, retain_s=60)
     redis_server.stop()
     mlog.add("cam1", 7200.0, 0.4)

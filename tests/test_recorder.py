@@ -30,7 +30,7 @@ from hls.viewers import get_stream_info, put_stream_info
 from pipeline.config import CameraConfig, HlsConfig, RecordConfig
 from pipeline.events import EventStore
 from pipeline.metrics import Metrics
-from pipeline.motion import MotionLog
+from pipeline.motion_log import MotionLog
 from pipeline.rules import EventUpdate
 from pipeline.sources.base import SourceError
 from rtsp_fixtures import rtsp_server_factory, wait_until  # noqa: F401

@@ -146,7 +146,7 @@ def site(tmp_path_factory):
     from pipeline.config import parse_args
     from pipeline.events import EventStore
     from pipeline.history import HistoryStore
-    from pipeline.motion import MotionLog
+    from pipeline.motion_log import MotionLog
     from pipeline.rules import EventUpdate
     from pipeline.types import CameraState, CameraStatus, Detections
 

@@ -1,4 +1,4 @@
-"""GET /api/cameras/{id}/motion: a camera's per-second motion activity (pipeline.motion.MotionLog) over a range."""
+"""GET /api/cameras/{id}/motion: a camera's per-second motion activity (pipeline.motion_log.MotionLog) over a range."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from starlette.routing import Route
 from gateway.api.query import BadParam, parse_query, unavailable
 from gateway.context import GatewayContext
 from pipeline.config import CAMERA_ID_RE
-from pipeline.motion import MotionLog
+from pipeline.motion_log import MotionLog
 from pipeline.types import UnixTimeS
 
 log = logging.getLogger(__name__)
