@@ -7,6 +7,7 @@ Layers, lowest first: pipeline, hls, gateway, deployments, then tools and cli on
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,3 +170,92 @@ def test_every_redis_key_comes_from_keys_py():
     assert _builds_a_key(ast.parse('f"{keys.PREFIX}:x"').body[0].value)
     assert _builds_a_key(ast.parse('f"{keys.frames(c)}:y"').body[0].value)
     assert _builds_a_key(ast.parse('"lookout:z"').body[0].value)
+
+
+# ---- core and adapters in pipeline/ (docs/architecture.md) -------------------------------------------
+DOC = ROOT / "docs" / "architecture.md"
+IO_LIBRARIES = (
+    "redis", "sqlite3", "socket", "subprocess", "http", "urllib.request", "requests", "httpx", "aiohttp",
+    "ray", "starlette", "boto3", "botocore", "ffmpeg", "selenium", "gi",
+)  # fmt: skip
+
+
+def kinds() -> dict[str, list[str]]:
+    """{"Core": [...], "Adapters": [...], "Stage services": [...]}: the modules each list of the doc names."""
+    text = DOC.read_text().split("## Core and adapters in `pipeline/`", 1)[1].split("\n## ", 1)[0]
+    out: dict[str, list[str]] = {}
+    for item in re.split(r"\n- ", text)[1:]:
+        kind = re.match(r"\*\*([^*]+)\*\*", item)
+        assert kind, item
+        out[kind.group(1)] = re.findall(r"`(pipeline(?:\.\w+)*)`", item)
+    return out
+
+
+def external_imports(path: Path) -> set[str]:
+    """Dotted names of the modules outside the tree that `path` imports at run time."""
+    found = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    return {n for n in found if n.split(".")[0] not in (*PACKAGES, "cli")}
+
+
+def kind_of(module: str, lists: dict[str, list[str]]) -> list[str]:
+    """The lists that claim `module`: by its own name, or the nearest package named (the core's
+    `pipeline.models` claims its modules but `pipeline.models.fetch`, which the adapters name)."""
+    best, claim = -1, []
+    for kind, names in lists.items():
+        for name in names:
+            if module == name or module.startswith(name + "."):
+                depth = name.count(".")
+                if depth > best:
+                    best, claim = depth, [kind]
+                elif depth == best:
+                    claim.append(kind)
+    return claim
+
+
+def test_every_pipeline_module_is_core_adapter_or_service():
+    lists = kinds()
+    assert set(lists) == {"Core", "Adapters", "Stage services"}, list(lists)
+    mods = [m for m in modules() if m.startswith("pipeline.")]
+    unclaimed = [m for m in mods if not kind_of(m, lists)]
+    twice = [(m, kind_of(m, lists)) for m in mods if len(kind_of(m, lists)) > 1]
+    assert not unclaimed and not twice, (unclaimed, twice)
+    assert kind_of("pipeline.models.fetch", lists) == ["Adapters"]
+    assert kind_of("pipeline.models.yolo", lists) == ["Core"]
+
+
+def test_the_core_reaches_no_io():
+    """A core module imports no I/O library and no adapter or service, directly or through the tree."""
+    lists, graph, mods = kinds(), import_graph(), modules()
+    core = [m for m in mods if m.startswith("pipeline.") and kind_of(m, lists) == ["Core"]]
+    assert len(core) >= 20
+    bad = []
+    for start in core:
+        seen, todo = {start}, [start]
+        while todo:
+            mod = todo.pop()
+            io = [
+                n
+                for n in external_imports(mods[mod])
+                if any(n == lib or n.startswith(lib + ".") for lib in IO_LIBRARIES)
+            ]
+            if io:
+                bad.append(f"{start} reaches {io} in {mod}")
+            for nxt in graph[mod] - seen:
+                if nxt.startswith("pipeline") and kind_of(nxt, lists) != ["Core"] and nxt != "pipeline":
+                    bad.append(f"{start} imports {nxt} ({kind_of(nxt, lists)}) via {mod}")
+                seen.add(nxt)
+                todo.append(nxt)
+    assert not bad, bad
+
+
+def test_the_io_check_sees_io():
+    """The rule above can fail: an adapter reaches Redis, and a service reaches an adapter."""
+    mods, graph, lists = modules(), import_graph(), kinds()
+    assert "redis" in external_imports(mods["pipeline.bus"])
+    assert "sqlite3" in external_imports(mods["pipeline.history"])
+    assert kind_of("pipeline.bus", lists) == ["Adapters"] and "pipeline.bus" in graph["pipeline.detector_service"]

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import re
-import socket
+import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -266,7 +266,7 @@ def ensure_engine(
                 "file": final.name,
                 "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "build_s": round(build_s, 3),
-                "host": socket.gethostname(),
+                "host": platform.node(),
                 "pid": os.getpid(),
                 "bytes": tmp.stat().st_size,
                 "build": info or {},
