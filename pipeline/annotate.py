@@ -33,7 +33,8 @@ _PALETTE = np.array(
 
 
 def color_for(class_id: int) -> tuple[int, int, int]:
-    return tuple(int(c) for c in _PALETTE[class_id % len(_PALETTE)])
+    b, g, r = (int(c) for c in _PALETTE[class_id % len(_PALETTE)])
+    return b, g, r
 
 
 class BoxAnnotator:

@@ -60,8 +60,10 @@ class FrameRef:
             captured_at=float(d["captured_at"]),
             pts_s=float(d.get("pts_s", 0.0)),
             entry_id=str(d.get("entry_id", "")),
-            source_size=tuple(int(v) for v in d["source_size"]) if d.get("source_size") else None,
-            motion_box_px=tuple(int(v) for v in d["motion_box_px"]) if d.get("motion_box_px") else None,
+            source_size=(int(size[0]), int(size[1])) if (size := d.get("source_size")) else None,
+            motion_box_px=(int(box[0]), int(box[1]), int(box[2]), int(box[3]))
+            if (box := d.get("motion_box_px"))
+            else None,
         )
 
 

@@ -54,7 +54,7 @@ class ZoneConfig(BaseModel):
             raise ValueError(f"points_px edges {crossing[0]} and {crossing[1]} cross; the polygon must be simple")
         if abs(polygon_area(pts)) < 1.0:
             raise ValueError(f"points_px is degenerate (area < 1 px²; collinear points?): {v}")
-        return [tuple(map(float, p)) for p in v]
+        return [(float(p[0]), float(p[1])) for p in v]
 
 
 def polygon_area(pts: np.ndarray) -> float:

@@ -9,6 +9,13 @@ from pydantic import Field, field_validator
 from .base import _Model
 
 
+UpdateKind = Literal["start", "update", "end"]
+
+
+def _start_and_end() -> list[UpdateKind]:
+    return ["start", "end"]
+
+
 class ClipConfig(_Model):
     """Event clips and exports."""
 
@@ -29,7 +36,7 @@ class WebhookConfig(_Model):
 
     url: str = Field(description="http(s) URL the updates are POSTed to.")
     kinds: list[Literal["start", "update", "end"]] = Field(
-        default_factory=lambda: ["start", "end"], min_length=1, description="Which updates are sent."
+        default_factory=_start_and_end, min_length=1, description="Which updates are sent."
     )
     timeout_s: float = Field(5.0, gt=0, le=120, description="Timeout of one POST.")
     max_attempts: int = Field(8, ge=1, le=100, description="Tries of one update before it is given up.")
@@ -49,7 +56,7 @@ class MqttConfig(_Model):
     port: int = Field(1883, ge=1, le=65535, description="Broker port.")
     topic_prefix: str = Field("lookout/events", pattern=r"^[A-Za-z0-9_/.-]{1,128}$", description="Topic prefix.")
     kinds: list[Literal["start", "update", "end"]] = Field(
-        default_factory=lambda: ["start", "end"], min_length=1, description="Which updates are published."
+        default_factory=_start_and_end, min_length=1, description="Which updates are published."
     )
 
 

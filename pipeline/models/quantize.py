@@ -251,8 +251,9 @@ def agreement(
     for path in batches.paths:
         for image in batches.inputs(path):
             batch, fits = preprocess_batch([image], batches.input_shape_px, letter_box=batches.letter_box)
-            a = postprocess(*(x[0] for x in ref.infer(batch)), fits[0], conf_threshold, iou_threshold)
-            b = postprocess(*(x[0] for x in cand.infer(batch)), fits[0], conf_threshold, iou_threshold)
+            (ref_boxes, ref_scores), (cand_boxes, cand_scores) = ref.infer(batch), cand.infer(batch)
+            a = postprocess(ref_boxes[0], ref_scores[0], fits[0], conf_threshold, iou_threshold)
+            b = postprocess(cand_boxes[0], cand_scores[0], fits[0], conf_threshold, iou_threshold)
             total += len(a)
             matched += len(pair_same_class(b, a, MATCH_IOU))
     return matched, total

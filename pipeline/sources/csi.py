@@ -71,7 +71,7 @@ def opencv_has_gstreamer() -> bool:
     """Whether this OpenCV build can open GStreamer pipelines (pip wheels cannot)."""
     info = cv2.getBuildInformation()
     m = re.search(r"^\s*GStreamer:\s*(\S+)", info, re.MULTILINE)
-    return bool(m) and m.group(1).upper() not in ("NO", "OFF")
+    return m is not None and m.group(1).upper() not in ("NO", "OFF")
 
 
 class CsiSource(OpenCvCaptureSource):
