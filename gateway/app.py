@@ -86,7 +86,7 @@ def _private_hls(endpoint, ctx: GatewayContext, playlist: bool):
         if resp.status_code != 200:
             return resp
         if playlist:
-            text = resp.body.decode()
+            text = bytes(resp.body).decode()
             if ctx.auth is not None and ctx.auth.hls is not None:
                 text = ctx.auth.hls.rewrite_playlist(text, request.path_params["camera_id"])
             return Response(text, media_type=resp.media_type, headers={"Cache-Control": "private, no-cache"})

@@ -70,6 +70,7 @@ def _num(x: float) -> str:
 
 def _rate_args(settings: HlsConfig) -> dict[str, str]:
     k = settings.bitrate_kbps
+    assert k is not None, "called only when hls.bitrate_kbps is set"
     return {"b:v": f"{k}k", "maxrate": f"{k}k", "bufsize": f"{2 * k}k"}
 
 

@@ -79,8 +79,9 @@ class Detector:
         if source_sizes is not None and len(source_sizes) != len(images):
             raise ValueError(f"source_sizes has {len(source_sizes)} entries for {len(images)} images")
         t0 = time.perf_counter()
-        if getattr(self.backend, "cuda", False):  # resize on the GPU: upload uint8, not float32
-            batch, fits = self.backend.preprocess_on_device(images, letter_box=self.letter_box)
+        on_device = getattr(self.backend, "preprocess_on_device", None)  # the torch backend's, on CUDA
+        if on_device is not None and getattr(self.backend, "cuda", False):  # resize there: upload uint8
+            batch, fits = on_device(images, letter_box=self.letter_box)
         else:
             batch, fits = preprocess_batch(images, self.input_shape_px, letter_box=self.letter_box)
         t1 = time.perf_counter()

@@ -23,6 +23,7 @@ def _not_found(camera_id: str) -> JSONResponse:
 def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
     status = ctx.statuses.get(camera_id)
     now = time.time()
+    stream = get_stream_info(ctx.redis, camera_id)
     view = {
         "id": camera_id,
         "name": info.get("name") or camera_id,
@@ -35,10 +36,10 @@ def camera_view(ctx: GatewayContext, camera_id: str, info: dict) -> dict:
         "reconnects": 0,
         "hls_url": f"/hls/{camera_id}/index.m3u8",
         "detections_url": f"/api/cameras/{camera_id}/detections/latest",
-        "stream": get_stream_info(ctx.redis, camera_id),  # source size and box mode, once encoded
+        "stream": stream,  # source size and box mode, once encoded
         "detection": info.get("detection"),  # off, always, or the motion gate's: motion, objects, keepalive, idle
     }
-    view.update(video_path_view(ctx, camera_id, view["stream"]))
+    view.update(video_path_view(ctx, camera_id, stream))
     if status is not None:
         d = status.to_dict()
         view.update({k: d[k] for k in ("state", "fps", "last_error", "since", "frames", "reconnects")})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import ipaddress
 import json
 import os
@@ -190,7 +192,7 @@ def set_cookie(
     value: str,
     max_age: int,
     path: str = "/",
-    samesite: str = "lax",
+    samesite: Literal["lax", "strict", "none"] = "lax",
 ) -> None:
     """Set an HttpOnly cookie; Secure as `cfg.cookie_secure` says (auto: when the request was https)."""
     secure = cfg.cookie_secure == "always" or (cfg.cookie_secure == "auto" and is_https(conn))

@@ -143,7 +143,8 @@ def _activation(g: _GraphBuilder, x: str, act: str, base: str, sec: Section) -> 
 def _fold_conv(p: ConvParams, eps: float) -> tuple[np.ndarray, np.ndarray]:
     w = p.weights.astype(np.float64)
     b = p.biases.astype(np.float64)
-    if p.batch_normalize:
+    if p.scales is not None:  # batch-normalized: the layer has its statistics
+        assert p.rolling_mean is not None and p.rolling_var is not None
         k = p.scales.astype(np.float64) / np.sqrt(p.rolling_var.astype(np.float64) + eps)
         w = w * k[:, None, None, None]
         b = b - p.rolling_mean.astype(np.float64) * k
