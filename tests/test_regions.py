@@ -145,8 +145,7 @@ def iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter + 1e-9)
 
 
-@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
-def stage_args(request, yolo_tiny):
+def parsed_args(yolo_tiny, backend: str):
     from pipeline.config import parse_args
 
     return parse_args(
@@ -155,12 +154,17 @@ def stage_args(request, yolo_tiny):
             "model": {
                 "cfg": str(yolo_tiny.cfg),
                 "weights": str(yolo_tiny.weights),
-                "backend": request.param,
+                "backend": backend,
                 "region_widths_px": WIDTHS,
             },
             "hls": {"enabled": False},
         }
     )
+
+
+@pytest.fixture(scope="module")
+def stage_args(yolo_tiny):
+    return parsed_args(yolo_tiny, "onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -172,14 +176,15 @@ def clip_frames(assets_dir):
     return frames
 
 
-def test_strips_find_what_the_whole_frame_finds_on_real_video(stage_args, clip_frames):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_strips_find_what_the_whole_frame_finds_on_real_video(yolo_tiny, clip_frames, backend):
     """Frames of people walking in, detected on the strip around their motion (and around the people seen
     last), find the whole frame's confident people in the same place; most moving frames take a strip."""
     from pipeline.detector import Detector
     from pipeline.detector_service import strip_detector
     from pipeline.models.resolve import resolve_model
 
-    args = stage_args.for_detector()
+    args = parsed_args(yolo_tiny, backend).for_detector()
     full = Detector.from_config(args.model, resolve_model(args.model, args))
     regions = strip_detector(args, full, background=False)
     assert regions is not None and regions.built.is_set() and sorted(regions.strips) == WIDTHS
