@@ -29,7 +29,6 @@ import numpy as np
 
 from pipeline.config import ModelConfig, MotionConfig
 from pipeline.detector import Detector
-from pipeline.models.onnx_export import ensure_onnx, model_file_name
 from pipeline.motion import MotionDetector, MotionGate
 from pipeline.regions import RegionDetector
 from pipeline.rules import CountAboveRule, RuleEngine
@@ -137,17 +136,28 @@ def compare(always: dict, gated: dict) -> dict:
     }
 
 
-def strip_models(settings: ModelConfig, full: Detector, widths: list[int], models_dir: Path) -> dict[int, Detector]:
-    """One detector per strip width, converted from the darknet files beside the ONNX model, warmed up."""
-    cfg, weights = models_dir / "yolov4-tiny.cfg", models_dir / "yolov4-tiny.weights"
-    height = full.input_shape_px[1]
-    strips = {}
-    for w in widths:
-        onnx = ensure_onnx(cfg, weights, models_dir / model_file_name(weights.stem, (w, height)), (w, height))
-        strip = settings.model_copy(update={"input_size_px": w, "input_height_px": height, "onnx": str(onnx)})
-        strips[w] = Detector.from_config(strip, onnx, None)
-        strips[w].detect([np.zeros((height, w, 3), np.uint8)])  # warm-up, outside the runs
-    return strips
+def strip_models(settings: ModelConfig, full: Detector, widths: list[int], models_dir: Path) -> RegionDetector:
+    """The detector stage's strips (pipeline.detector_service.strip_detector) around `full`, converted from
+    the darknet files beside the ONNX model, loaded before the runs and warmed up."""
+    from pipeline.config import parse_args
+    from pipeline.detector_service import strip_detector
+
+    model = settings.model_copy(
+        update={
+            "cfg": str(models_dir / "yolov4-tiny.cfg"),
+            "weights": str(models_dir / "yolov4-tiny.weights"),
+            "region_widths_px": widths,
+        }
+    )
+    args = parse_args(
+        {"cameras": [{"id": "cam", "source": "clip"}], "model": model.model_dump(), "hls": {"enabled": False}}
+    )
+    regions = strip_detector(args.for_detector(), full, background=False)
+    if regions is None:
+        raise SystemExit(f"--region-widths {widths}: strips are for the CPU backends, not {full.backend.describe()}")
+    for w, strip in regions.strips.items():
+        strip.detect([np.zeros((strip.input_shape_px[1], w, 3), np.uint8)])  # warm-up, outside the runs
+    return regions
 
 
 def main(a: argparse.Namespace) -> int:
@@ -170,7 +180,7 @@ def main(a: argparse.Namespace) -> int:
     out = {"always_on": always, "gated": {**gated, **compare(always, gated)}}
     if a.region_widths:
         widths = sorted({int(v) for v in a.region_widths.split(",")})
-        regions = RegionDetector(detector, strip_models(settings, detector, widths, Path(a.onnx).parent))
+        regions = strip_models(settings, detector, widths, Path(a.onnx).parent)
         r = run(frames, size, detector, motion, regions=regions)
         runs.append((f"gated, strips {','.join(map(str, widths))}", r))
         out["gated_strips"] = {"region_widths_px": widths, **r, **compare(always, r)}
