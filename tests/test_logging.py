@@ -87,11 +87,9 @@ def test_text_format_is_scrubbed_too_and_bad_settings_are_named():
 
 def test_a_real_ingest_loop_failing_on_an_rtsp_camera_logs_no_password(json_log):
     """The real loop against a closed port: its own warnings and errors, as JSON, with no password."""
-    import socket
+    from tools.procs import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = CameraConfig(
         id="door",
         source=f"rtsp://admin:{SECRET}@127.0.0.1:{port}/stream",

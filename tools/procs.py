@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -26,10 +27,38 @@ STAGES = (
 )
 
 
+# Above Ray's worker ports (10002-19999 by default) and outside the kernel's range for outgoing
+# connections: a port from there can be taken by some client's socket (even one connecting to that very
+# port, which then talks to itself) between the pick and a server's late start. A reconnect test that
+# started its RTSP server two minutes after picking lost its port that way.
+_FIRST_PORT = 20000
+_handed_out: set[int] = set()
+
+
+def _outgoing_range() -> range:
+    try:
+        lo, hi = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    return range(lo, hi + 1)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port free now, never handed out before in this process, and out of the kernel's way."""
+    outgoing = _outgoing_range()
+    span = range(_FIRST_PORT, 65536)
+    tries = [random.choice(span) for _ in range(200)] + list(span)  # random first, then every port in order
+    for port in tries:
+        if port in outgoing or port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port from {_FIRST_PORT} outside the outgoing range {outgoing}")
 
 
 class LocalRedis:
