@@ -254,6 +254,7 @@ class _Track:
     kf: _Kalman
     class_id: int
     last_seen_s: float
+    last_xyxy: np.ndarray  # the box it was last matched with
     hits: int = 1
     misses: int = 0  # consecutive frames without a match
     track_id: int = -1  # assigned on confirmation
@@ -292,6 +293,9 @@ class Tracker:
         self._recent: deque[tuple[float, Any, Detections, list[tuple[int, _Track]]]] = deque()
         self.settled: list[SettledFrame] = []  # what the latest update() settled, oldest first
         self.frame_count = 0
+        # The latest update() left only confirmed tracks, one at least seen in it, and every confident
+        # detection on one of them: nothing new is being confirmed (the motion gate may then detect less).
+        self.steady = False
 
     def reset(self) -> None:
         """Forget every track (ids keep counting) and the frames not settled yet."""
@@ -299,6 +303,7 @@ class Tracker:
         self._recent.clear()
         self.settled = []
         self._last_ts = None
+        self.steady = False
 
     def set_settings(self, settings: TrackerConfig) -> None:
         """Apply new settings from the next frame on; existing tracks are kept."""
@@ -324,6 +329,7 @@ class Tracker:
                 timestamp_s,
                 self._last_ts,
             )
+            self.steady = False
             return _with_ids(Detections.empty(), [])
         dt = 0.0 if self._last_ts is None else timestamp_s - self._last_ts
         self._last_ts = timestamp_s
@@ -359,6 +365,7 @@ class Tracker:
         for d, t in assigned.items():
             t.kf.update(_xyxy_to_xyah(detections.xyxy[d]))
             t.hits, t.misses, t.last_seen_s = t.hits + 1, 0, timestamp_s
+            t.last_xyxy = detections.xyxy[d].astype(np.float64)
             matched_tracks.add(id(t))
             if not t.confirmed and t.hits >= s.min_hits:
                 t.track_id = int(self._id_source())
@@ -375,12 +382,18 @@ class Tracker:
             survivors.append(t)
         for d in high_left:
             if conf[d] >= s.new_track_threshold:
-                t = _Track(_Kalman(_xyxy_to_xyah(detections.xyxy[d])), int(detections.class_id[d]), timestamp_s)
+                box = detections.xyxy[d].astype(np.float64)
+                t = _Track(_Kalman(_xyxy_to_xyah(box)), int(detections.class_id[d]), timestamp_s, box)
                 if s.min_hits <= 1:
                     t.track_id = int(self._id_source())
                 survivors.append(t)
                 assigned[int(d)] = t
         self._tracks = survivors
+        self.steady = (
+            all(int(d) in assigned and assigned[int(d)].confirmed for d in high)
+            and all(t.confirmed for t in survivors)
+            and any(t.misses == 0 for t in survivors)
+        )
         self._settle(timestamp_s, frame, detections, assigned)
 
         keep = sorted(d for d, t in assigned.items() if t.confirmed or s.include_tentative)
@@ -405,7 +418,10 @@ class Tracker:
         if not tracks or len(idx) == 0:
             return {}, list(range(len(tracks))), np.arange(len(idx))
         boxes = np.stack([t.kf.xyxy for t in tracks])
+        # The better of the predicted box and the last one seen: over a long gap between detections (a
+        # motion gate detecting less often) the velocity can overshoot an object that slowed or stopped.
         iou = iou_matrix(boxes, dets.xyxy[idx])
+        iou = np.maximum(iou, iou_matrix(np.stack([t.last_xyxy for t in tracks]), dets.xyxy[idx]))
         cost = 1.0 - (iou * dets.confidence[idx][None, :] if fuse else iou)
         cost[iou < min_iou] = np.inf
         if self.settings.class_aware:
