@@ -206,10 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--detect-fps", type=float, default=5.0, help="motion: detector frames per second")
     b.add_argument(
-        "--objects-interval-s",
+        "--tracked-interval-s",
         type=float,
-        default=0.0,
-        help="motion: a third run that, while objects are seen, detects once per this interval only (0: no third run)",
+        default=0.6,
+        help="motion: runs with cameras[].motion.tracked_interval_s set to this, without and with the strips "
+        "(0: no such runs)",
     )
     b.add_argument(
         "--region-widths",

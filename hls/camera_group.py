@@ -110,6 +110,7 @@ class CameraGroup:
             node_id=self.node_id,
             on_reading=stream.reset,
             motion_log=self.motion_logs[cam.id],
+            tracking=self.args.tracking,
         )
 
     def check(self) -> None:

@@ -11,6 +11,8 @@ one, a camera worker runs a group of them); tests drive it without Ray.
 - Motion gating (the camera worker passes a `MotionLog`): each frame's motion activity is measured
   (pipeline.motion) and logged; with `cam.motion.enabled` a frame goes to the detector only when the
   `MotionGate` says so (motion, hold, objects still seen, keep-alive). The frame is on the bus either way.
+  With `cam.motion.tracked_interval_s`, the camera tracks its own results so the gate knows when every
+  object is a confirmed track, and then detects their motion once per that interval.
 - A source that fails is a status (`reconnecting`, `failed`), never an exception out of here. A loop
   thread that crashed is replaced in place by `revive()` (the worker's health check calls it), so one
   broken camera never takes its replica, and the other cameras in it, down.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -27,16 +30,18 @@ from typing import Callable
 
 import redis
 
-from .bus import FrameBus, StatusStore
+from .bus import FrameBus, ResultStore, StatusStore
 from .config import BusConfig, CameraConfig, DetectorConfig
+from .frames import detections_from_json
 from .ingest import IngestLoop
 from .lease import Lease, LeaseKeeper, default_owner, lease_key
 from .logutil import scrub_url
 from .metrics import Metrics
-from .motion import MotionDetector, MotionGate
+from .motion import MotionDetector, MotionGate, tracked_box
 from .motion_log import MotionLog
 from .sources.base import Frame, FrameSource
 from .sources.factory import open_source
+from .tracking import Tracker, TrackerConfig
 from .types import CameraStatus, FrameRef
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,7 @@ class CameraService:
         node_id: str = "local",
         on_reading: Callable[[], None] | None = None,
         motion_log: MotionLog | None = None,
+        tracking: TrackerConfig | None = None,
     ):
         self.cam = cam
         self.bus = FrameBus(client, bus)
@@ -74,6 +80,17 @@ class CameraService:
         self.motion = MotionDetector(cam.motion) if motion_log is not None else None
         gated = motion_log is not None and cam.motion.enabled and self.detect is not None
         self.gate = MotionGate(cam.motion) if gated else None
+        # The gate detects tracked objects less often only when this camera's own tracker (the events stage
+        # has another, of its own) says every object is a confirmed track; it reads each frame's result.
+        self._tracker = (
+            Tracker(tracking or TrackerConfig(), camera_id=cam.id)
+            if self.gate is not None and cam.motion.tracked_interval_s > 0
+            else None
+        )
+        self._results = ResultStore(client)
+        self._track_lock = threading.Lock()
+        self._tracked_at = -math.inf
+        self._bus_wh: tuple[int, int] | None = None
         self._motion_failed = False
         self.source_factory = source_factory
         self._on_reading = on_reading
@@ -230,7 +247,8 @@ class CameraService:
         if self.motion is not None:
             activity = self._motion_activity(frame)
             self.motion_log.add(self.cam.id, frame.captured_at, activity)
-            if self.gate is not None and not self.gate.should_detect(activity):
+            self._bus_wh = (frame.image.shape[1], frame.image.shape[0])
+            if self.gate is not None and not self.gate.should_detect(activity, box_px=self.motion.box_px):
                 self.metrics.inc("lookout_frames_dropped_total", camera=self.cam.id, reason="no_motion")
                 return
             if self.gate is not None and self.gate.state == "motion" and self.motion.last_box_px is not None:
@@ -263,11 +281,27 @@ class CameraService:
         try:
             found = self.detect(ref)
             if self.gate is not None and isinstance(found, int):
-                self.gate.note_result(found)
+                tracked = self._track(ref) if self._tracker is not None and found >= 0 else None
+                self.gate.note_result(found, tracked)
         except Exception as exc:  # the detector may be restarting; the next frame tries again
             log.warning("camera %s: detection of frame %d failed: %s", ref.camera_id, ref.seq, exc)
         finally:
             self._slots.release()
+
+    def _track(self, ref: FrameRef) -> tuple[float, float, float, float] | None:
+        """Feed the frame's result to the camera's tracker; the box around its objects (bus image pixels)
+        when every one is a confirmed track, else None (also when a newer frame's result is already there)."""
+        payload = self._results.latest(ref.camera_id)
+        if payload is None or payload.get("seq") != ref.seq or self._tracker is None:
+            return None
+        scale = (1.0, 1.0)
+        if ref.source_size and self._bus_wh:
+            scale = (self._bus_wh[0] / ref.source_size[0], self._bus_wh[1] / ref.source_size[1])
+        with self._track_lock:
+            if ref.captured_at <= self._tracked_at:
+                return None
+            self._tracked_at = ref.captured_at
+            return tracked_box(self._tracker, detections_from_json(payload), ref.captured_at, scale)
 
     def status(self) -> dict:
         """Counters of this replica's view of the camera (for the deployment's `status()`)."""

@@ -20,10 +20,12 @@ import cv2
 import numpy as np
 
 from .config import MotionConfig
+from .tracking import Tracker
+from .types import Detections
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MotionDetector", "MotionGate"]
+__all__ = ["MotionDetector", "MotionGate", "tracked_box"]
 
 # A frame this much of which changed at once is a lighting change or a camera move, not an object: the
 # background is taken from it again at once (the frame still counts as motion, so it is detected).
@@ -94,31 +96,33 @@ class MotionGate:
     """Decides per frame whether it goes to the detector (see the module doc); counts both outcomes.
 
     `state` is why the last frame was detected (`motion`, `objects`, `keepalive`) or `idle` when skipped.
-    `objects_interval_s` > 0 (not in the config yet; `lookout bench motion` measures it): while the last
-    detection found objects, detect once per that interval only, moving or not, instead of every frame."""
+    With `tracked_interval_s` > 0, while the caller's tracker reports every object seen as a confirmed track
+    (`note_result(n, tracked_box_px=...)`) and the frame moves only around them, a moving frame is detected
+    once per that interval; motion elsewhere, or a detection that is not all confirmed tracks, detects every
+    moving frame again."""
 
-    def __init__(self, cfg: MotionConfig, clock: Callable[[], float] = time.monotonic, objects_interval_s: float = 0.0):
+    def __init__(self, cfg: MotionConfig, clock: Callable[[], float] = time.monotonic):
         self.cfg = cfg
         self.clock = clock
-        self.objects_interval_s = objects_interval_s
         self.detected = 0
         self.skipped = 0
         self.state = "idle"
         self.objects = 0
+        self.tracked_box_px: tuple[float, float, float, float] | None = None
         self._last_motion: float | None = None
         self._last_sent: float | None = None
         self._sent_before: float | None = None
 
-    def should_detect(self, activity: float, now: float | None = None) -> bool:
-        """True when this frame (with this activity) should be detected."""
+    def should_detect(
+        self, activity: float, now: float | None = None, box_px: tuple[int, int, int, int] | None = None
+    ) -> bool:
+        """True when this frame (with this activity, moving inside `box_px`) should be detected."""
         now = self.clock() if now is None else now
         if activity > 0:
             self._last_motion = now
         since_sent = math.inf if self._last_sent is None else now - self._last_sent
-        if self.objects > 0 and self.objects_interval_s > 0:
-            state = "objects" if since_sent >= self.objects_interval_s else None
-        elif self._last_motion is not None and now - self._last_motion <= self.cfg.hold_s:
-            state = "motion"
+        if self._last_motion is not None and now - self._last_motion <= self.cfg.hold_s:
+            state = "motion" if since_sent >= self._motion_interval_s(box_px) else None
         elif self.objects > 0:  # seen, not moving: stationary, checked now and then
             gap = self.cfg.stationary_interval_s
             state = "objects" if since_sent >= gap else None
@@ -135,12 +139,41 @@ class MotionGate:
         self.detected += 1
         return True
 
+    def _motion_interval_s(self, box_px: tuple[int, int, int, int] | None) -> float:
+        """0 (every moving frame) unless the motion is only that of objects already tracked."""
+        interval = self.cfg.tracked_interval_s
+        tracked = self.tracked_box_px
+        if interval <= 0 or self.objects <= 0 or tracked is None or box_px is None:
+            return 0.0
+        x1, y1, x2, y2 = tracked
+        # A walker's motion box also holds where they just were (the background average still settles
+        # there), so the tracked boxes are widened by half their size before the motion must fit inside.
+        mx, my = 0.5 * (x2 - x1), 0.5 * (y2 - y1)
+        inside = box_px[0] >= x1 - mx and box_px[1] >= y1 - my and box_px[2] <= x2 + mx and box_px[3] <= y2 + my
+        return interval if inside else 0.0
+
     def not_sent(self) -> None:
         """The frame the gate let through could not go to the detector (busy): the keep-alive is due again."""
         self._last_sent = self._sent_before
         self.detected -= 1
 
-    def note_result(self, n_objects: int) -> None:
-        """The detector's answer for a frame: its number of objects (negative: the frame was skipped)."""
+    def note_result(self, n_objects: int, tracked_box_px: tuple[float, float, float, float] | None = None) -> None:
+        """The detector's answer for a frame: its number of objects (negative: the frame was skipped), and,
+        when the caller's tracker has every object as a confirmed track, the box around them (frame pixels)."""
         if n_objects >= 0:
             self.objects = n_objects
+            self.tracked_box_px = tracked_box_px if n_objects > 0 else None
+
+
+def tracked_box(
+    tracker: Tracker, detections: Detections, timestamp_s: float, scale: tuple[float, float] = (1.0, 1.0)
+) -> tuple[float, float, float, float] | None:
+    """Feed a frame's detections to the camera's own tracker; the box around them, times `scale` (source to
+    frame pixels), when every one is a confirmed track (`MotionGate.note_result`'s `tracked_box_px`)."""
+    on_tracks = tracker.update(detections, timestamp_s)
+    if not tracker.steady or not len(on_tracks):
+        return None
+    x1, y1 = on_tracks.xyxy[:, :2].min(axis=0)
+    x2, y2 = on_tracks.xyxy[:, 2:].max(axis=0)
+    fx, fy = scale
+    return float(x1 * fx), float(y1 * fy), float(x2 * fx), float(y2 * fy)

@@ -219,14 +219,30 @@ def test_gate_stationary_objects_are_checked_now_and_then_moving_ones_every_fram
     assert gate.should_detect(0.2, 20.4)
 
 
-def test_gate_objects_interval_throttles_detection_while_objects_are_seen():
-    gate = MotionGate(MotionConfig(keepalive_s=10.0, hold_s=2.0), objects_interval_s=1.0)
-    assert gate.should_detect(0.3, 0.0) and gate.state == "motion"
-    gate.note_result(1)
-    sent = [t / 5 for t in range(1, 26) if gate.should_detect(0.3, t / 5)]  # moving, someone seen: once a second
-    assert sent == [1.0, 2.0, 3.0, 4.0, 5.0] and gate.state == "objects"
-    gate.note_result(0)  # gone: every moving frame again
-    assert gate.should_detect(0.3, 5.2) and gate.should_detect(0.3, 5.4) and gate.state == "motion"
+def test_gate_tracked_interval_throttles_only_motion_around_confirmed_tracks():
+    gate = MotionGate(MotionConfig(keepalive_s=10.0, hold_s=2.0, tracked_interval_s=1.0))
+    walker = (100, 50, 140, 200)  # the tracked person, frame pixels; frames every 0.25 s
+    assert gate.should_detect(0.3, 0.0, walker) and gate.state == "motion"
+    gate.note_result(1)  # seen, not (yet) a confirmed track: every moving frame
+    assert gate.should_detect(0.3, 0.25, walker) and gate.should_detect(0.3, 0.5, walker)
+    gate.note_result(1, tracked_box_px=walker)  # now confirmed: the motion around it once a second
+    sent = [t / 4 for t in range(3, 20) if gate.should_detect(0.3, t / 4, (90, 40, 160, 210))]
+    assert sent == [1.5, 2.5, 3.5, 4.5], sent
+    assert gate.state == "idle"
+    # motion elsewhere (someone else may be coming in): at once, whatever the interval
+    assert gate.should_detect(0.3, 5.0, (300, 50, 340, 200)) and gate.state == "motion"
+    gate.note_result(2)  # a second object, not confirmed yet: every moving frame
+    assert gate.should_detect(0.3, 5.25, walker) and gate.should_detect(0.3, 5.5, walker)
+    gate.note_result(0)  # gone: every moving frame, no tracked box kept
+    assert gate.tracked_box_px is None and gate.should_detect(0.3, 5.75, walker)
+
+
+def test_gate_tracked_interval_0_detects_every_moving_frame_of_a_tracked_object():
+    gate = _gate()
+    walker = (100, 50, 140, 200)
+    assert gate.should_detect(0.3, 0.0, walker)
+    gate.note_result(1, tracked_box_px=walker)
+    assert all(gate.should_detect(0.3, t / 5, walker) for t in range(1, 20))
 
 
 def test_gate_busy_detector_leaves_keepalive_due():
@@ -239,6 +255,24 @@ def test_gate_busy_detector_leaves_keepalive_due():
 
 
 # ---- the gate in a real CameraService -------------------------------------------------------------
+def clip_service(cam: CameraConfig, client, detect, tmp_path, inflight: int, **kw) -> CameraService:
+    """A CameraService reading `cam` through the real ffmpeg copy source, motion logged to Redis."""
+
+    def source(c: CameraConfig) -> CopySource:
+        return CopySource(c, CopyPublisher(c.id, HlsConfig(segment_s=1.0), DirHlsStore(tmp_path / "hls")))
+
+    return CameraService(
+        cam,
+        client,
+        BusConfig(codec="raw"),
+        DetectorConfig(max_inflight_per_camera=inflight),
+        detect,
+        source_factory=source,
+        motion_log=MotionLog(client, retain_s=600),
+        **kw,
+    )
+
+
 def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(redis_client, assets_dir, tmp_path):
     """The clip's first 6 s are an empty room, then someone walks in (VISITS[0]). Only keep-alives go to
     the detector while nothing moves; the first moving frame goes at once; every frame is on the bus."""
@@ -254,19 +288,7 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
         boxes[ref.pts_s] = ref.motion_box_px
         return 0  # nobody found: only motion and keep-alives keep detection going
 
-    def source(c: CameraConfig) -> CopySource:
-        return CopySource(c, CopyPublisher(c.id, HlsConfig(segment_s=1.0), DirHlsStore(tmp_path / "hls")))
-
-    mlog = MotionLog(redis_client, retain_s=600)
-    service = CameraService(
-        cam,
-        redis_client,
-        BusConfig(codec="raw"),
-        DetectorConfig(max_inflight_per_camera=2),
-        detect,
-        source_factory=source,
-        motion_log=mlog,
-    )
+    service = clip_service(cam, redis_client, detect, tmp_path, inflight=2)
     frames: list[list] = []  # [pts, captured_at, activity, gate clock] of every frame, in order
     lock = threading.Lock()
     on_frame, should_detect = service._on_frame, service.gate.should_detect
@@ -279,9 +301,9 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
             frame_wh[:] = frame.image.shape[1::-1]
         on_frame(frame, stop)
 
-    def spy_gate(activity, now=None):
+    def spy_gate(activity, now=None, box_px=None):
         frames[-1][2:] = [activity, time.monotonic()]  # the gate's clock
-        return should_detect(activity, now)
+        return should_detect(activity, now, box_px)
 
     service._on_frame, service.gate.should_detect = spy_frame, spy_gate
     service.start()
@@ -316,6 +338,7 @@ def test_camera_service_detects_keepalives_when_static_and_at_once_on_motion(red
     ref, _ = FrameBus(redis_client).latest("people")  # skipped or not, every frame is on the bus
     assert ref.seq == service.seq - 1 >= len(seen) - 1
     # the motion history has the second the person came in
+    mlog = service.motion_log
     mlog.flush()
     got = mlog.activity("people", start[1] - 1, start[1] + 3)
     assert got and got[0][0] == int(start[1]), (got, start)
@@ -415,6 +438,68 @@ def test_motion_api_bad_ranges_are_422_naming_the_parameter(gateway, params, fie
     r = client({"camera:a:view"}).get("/api/cameras/a/motion", params=params)
     assert r.status_code == 422, r.text
     assert r.json()["field"] == field, r.json()
+
+
+def test_camera_service_detects_a_confirmed_walker_once_per_tracked_interval(
+    redis_client, assets_dir, tmp_path, yolo_tiny_onnx
+):
+    """Real detector stage (ONNX Runtime), real Redis, real ffmpeg source, the camera's own tracker: while the
+    first person comes in and is confirmed, every moving frame goes to the detector; once they are a
+    confirmed track and only they move, about one frame per `tracked_interval_s`."""
+    from pipeline.config import parse_args
+    from pipeline.detector_service import DetectorService
+    from pipeline.tracking import TrackerConfig
+
+    args = parse_args(
+        {
+            "cameras": [{"id": "people", "source": "x.mp4"}],
+            "model": {"onnx": str(yolo_tiny_onnx), "backend": "onnxruntime"},
+            "hls": {"enabled": False},
+        }
+    )
+    detector = DetectorService(args.for_detector(), redis_client)
+    cam = CameraConfig(
+        id="people",
+        source=str(assets_dir / "videos" / CLIP),
+        detect_fps=DETECT_FPS,
+        lease_ttl_s=2,
+        motion=MotionConfig(tracked_interval_s=1.0),
+    )
+    sent: dict[float, int] = {}  # pts -> objects found
+
+    def detect(ref) -> int:
+        found = detector.run_batch([ref])[0]
+        sent[ref.pts_s] = found
+        return found
+
+    service = clip_service(cam, redis_client, detect, tmp_path, inflight=1, tracking=TrackerConfig())
+    moving: list[float] = []  # pts of the frames that moved
+    on_frame = service._on_frame
+
+    def spy_frame(frame, stop):
+        on_frame(frame, stop)
+        if service.motion.box_px is not None:
+            moving.append(frame.pts_s)
+
+    service._on_frame = spy_frame
+    service.start()
+    end = VISITS[0][0] + 9.0
+    try:
+        wait_until(lambda: moving and moving[-1] >= end, 90, 0.2, f"{end:.0f} s of the clip")
+    finally:
+        service.stop()
+    first = min(p for p, n in sent.items() if n > 0)
+    assert VISITS[0][0] - 1.0 <= first <= VISITS[0][0] + 1.0, (first, sorted(sent.items()))
+    # coming in: the next moving frames go too, until the tracker has confirmed them
+    assert all(p in sent for p in moving if first <= p < first + 0.5), (moving, sorted(sent))
+    # in the room, a confirmed track: far fewer frames, most of them about a second apart
+    window = [p for p in moving if first + 3.0 <= p < end]
+    window_sent = sorted(p for p in sent if first + 3.0 <= p < end)
+    assert len(window) >= 4.0 * DETECT_FPS * 0.8, window
+    assert 0 < len(window_sent) <= 0.5 * len(window), (window_sent, window)
+    gaps = [b - a for a, b in zip(window_sent, window_sent[1:])]
+    assert sum(g >= 0.95 for g in gaps) >= len(gaps) / 2, gaps
+    assert all(sent[p] > 0 for p in window_sent)  # they are still found when detected
 
 
 def test_a_frame_the_motion_detector_cannot_read_is_detected_not_fatal(redis_client, caplog):

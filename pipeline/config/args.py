@@ -123,6 +123,11 @@ class CameraGroupArgs(_StageArgs):
     clips: "ClipConfig" = Field(
         default_factory=lambda: ClipConfig(), description="Clips (retention keeps an event's clip range longer)."
     )
+    tracking: TrackerConfig = Field(
+        default_factory=TrackerConfig,
+        description="The tracker's settings: a camera with motion.tracked_interval_s tracks its own detections "
+        "to know when every object is a confirmed track.",
+    )
 
     @property
     def detect_input_shape_px(self) -> tuple[int, int]:
@@ -235,6 +240,7 @@ class PipelineArgs(_Located, _Model):
             record=self.record,
             record_cameras={c.id: c.record for c in self.cameras},
             clips=self.clips,
+            tracking=self.tracking,
             redis_url=self.redis_url,
             base_dir=self.base_dir,
         )
