@@ -81,6 +81,20 @@ def test_record_section_applies_each_cameras_changes():
         parse_args(with_(record={"enabled": True, "store": "s3"}))
 
 
+def test_tracked_interval_reaches_the_camera_worker_with_the_tracker_settings():
+    args = parse_args(
+        with_(
+            cameras=[{"id": "a", "source": "x", "motion": {"tracked_interval_s": 0.6}}],
+            tracking={"min_hits": 2},
+        )
+    )
+    group = args.for_group(["a"])
+    assert group.cameras[0].motion.tracked_interval_s == 0.6 and group.tracking.min_hits == 2
+    with pytest.raises(ConfigError) as info:
+        parse_args(with_(cameras=[{"id": "a", "source": "x", "motion": {"tracked_interval_s": -1}}]))
+    assert "cameras.0.motion.tracked_interval_s" in str(info.value) and "got -1" in str(info.value)
+
+
 def test_duplicate_camera_ids_and_missing_model():
     with pytest.raises(ConfigError, match="camera id 'a' appears more than once"):
         parse_args(with_(cameras=[{"id": "a", "source": "x"}, {"id": "a", "source": "y"}]))
