@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 import numpy as np
 import redis
@@ -18,6 +18,7 @@ import redis
 from pipeline import keys
 from pipeline.config import BusConfig
 from pipeline.frames import decode_frame, encode_frame, result_to_json
+from pipeline.redisconn import stream_entries, stream_reads
 from pipeline.types import CameraStatus, FrameRef, FrameResult
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,10 @@ class FrameBus:
             source_size = (int(source_size[0]), int(source_size[1]))
             fields.update(sw=source_size[0], sh=source_size[1])
         fields["jpg"] = encode_frame(image, self.settings)
-        entry_id = self.client.xadd(keys.frames(camera_id), fields, maxlen=self.settings.maxlen, approximate=True)
+        entry_id = cast(
+            bytes,
+            self.client.xadd(keys.frames(camera_id), cast(Any, fields), maxlen=self.settings.maxlen, approximate=True),
+        )
         return FrameRef(camera_id, seq, captured_at, pts_s, entry_id.decode(), source_size)
 
     def get_frames(self, refs: Iterable[FrameRef]) -> list[tuple[bytes, tuple[int, int] | None] | None]:
@@ -81,7 +85,8 @@ class FrameBus:
         for ref in refs:
             pipe.xrange(keys.frames(ref.camera_id), ref.entry_id, ref.entry_id, count=1)
         return [
-            (entries[0][1][b"jpg"], source_size_of(entries[0][1])) if entries else None for entries in pipe.execute()
+            (entries[0][1][b"jpg"], source_size_of(entries[0][1])) if entries else None
+            for entries in map(stream_entries, pipe.execute())
         ]
 
     def get_payloads(self, refs: Iterable[FrameRef]) -> list[bytes | None]:
@@ -96,20 +101,20 @@ class FrameBus:
         self, camera_id: str, last_entry_id: str, block_ms: int = 1000, count: int = 32
     ) -> list[tuple[FrameRef, bytes]]:
         """Frames newer than `last_entry_id`, oldest first (waits up to `block_ms` for one)."""
-        resp = self.client.xread({keys.frames(camera_id): last_entry_id}, count=count, block=block_ms)
+        resp = stream_reads(self.client.xread({keys.frames(camera_id): last_entry_id}, count=count, block=block_ms))
         out = []
-        for _stream, entries in resp or []:
+        for _stream, entries in resp:
             for entry_id, fields in entries:
                 out.append((_ref_from_entry(camera_id, entry_id, fields), fields[b"jpg"]))
         return out
 
     def last_entry_id(self, camera_id: str) -> str:
         """Id of the newest frame, "0-0" when there is none; start `read_after` here to get only new ones."""
-        entries = self.client.xrevrange(keys.frames(camera_id), count=1)
+        entries = stream_entries(self.client.xrevrange(keys.frames(camera_id), count=1))
         return entries[0][0].decode() if entries else "0-0"
 
     def latest(self, camera_id: str) -> tuple[FrameRef, bytes] | None:
-        entries = self.client.xrevrange(keys.frames(camera_id), count=1)
+        entries = stream_entries(self.client.xrevrange(keys.frames(camera_id), count=1))
         if not entries:
             return None
         entry_id, fields = entries[0]
@@ -122,7 +127,7 @@ class FrameBus:
         if not entry_id:
             return None
         cam = payload["camera_id"]
-        entries = self.client.xrange(keys.frames(cam), entry_id, entry_id, count=1)
+        entries = stream_entries(self.client.xrange(keys.frames(cam), entry_id, entry_id, count=1))
         if not entries or int(entries[0][1][b"seq"]) != payload["seq"]:
             return None
         return _ref_from_entry(cam, *entries[0]), entries[0][1][b"jpg"]
@@ -155,13 +160,15 @@ class ResultStore:
 
     def read_after(self, camera_id: str, last_entry_id: str, count: int = 256) -> list[tuple[str, dict[str, Any]]]:
         """Results newer than `last_entry_id` (non-blocking), oldest first."""
-        entries = self.client.xrange(
-            keys.detections(camera_id), min=f"({last_entry_id}" if last_entry_id != "0" else "-", count=count
+        entries = stream_entries(
+            self.client.xrange(
+                keys.detections(camera_id), min=f"({last_entry_id}" if last_entry_id != "0" else "-", count=count
+            )
         )
         return [(eid.decode(), json.loads(f[b"json"])) for eid, f in entries]
 
     def last_entry_id(self, camera_id: str) -> str:
-        entries = self.client.xrevrange(keys.detections(camera_id), count=1)
+        entries = stream_entries(self.client.xrevrange(keys.detections(camera_id), count=1))
         return entries[0][0].decode() if entries else "0"
 
 
@@ -175,10 +182,11 @@ class StatusStore:
         self.client.hset(keys.cameras(), camera_id, json.dumps(info))
 
     def camera_ids(self) -> list[str]:
-        return sorted(k.decode() for k in self.client.hkeys(keys.cameras()))
+        return sorted(k.decode() for k in cast(list[bytes], self.client.hkeys(keys.cameras())))
 
     def camera_info(self) -> dict[str, dict[str, Any]]:
-        return {k.decode(): json.loads(v) for k, v in self.client.hgetall(keys.cameras()).items()}
+        info = cast(dict[bytes, bytes], self.client.hgetall(keys.cameras()))
+        return {k.decode(): json.loads(v) for k, v in info.items()}
 
     def put(self, status: CameraStatus) -> None:
         status.updated_at = time.time()

@@ -244,8 +244,8 @@ class CameraService:
         )
         self.seq += 1
         self.metrics.inc("lookout_frames_read_total", camera=self.cam.id)
-        if self.motion is not None:
-            activity = self._motion_activity(frame)
+        if self.motion is not None and self.motion_log is not None:  # both or neither
+            activity = self._motion_activity(self.motion, frame)
             self.motion_log.add(self.cam.id, frame.captured_at, activity)
             self._bus_wh = (frame.image.shape[1], frame.image.shape[0])
             if self.gate is not None and not self.gate.should_detect(activity, box_px=self.motion.box_px):
@@ -264,9 +264,9 @@ class CameraService:
             return
         self._pool.submit(self._detect, ref)
 
-    def _motion_activity(self, frame: Frame) -> float:
+    def _motion_activity(self, motion: MotionDetector, frame: Frame) -> float:
         try:
-            activity = self.motion.update(frame.image)
+            activity = motion.update(frame.image)
         except Exception as exc:  # noqa: BLE001 - an odd frame must not stop the camera: detect it instead
             if not self._motion_failed:
                 log.warning(
@@ -279,6 +279,8 @@ class CameraService:
 
     def _detect(self, ref: FrameRef) -> None:
         try:
+            if self.detect is None:  # only submitted with a detector
+                raise RuntimeError("no detector")
             found = self.detect(ref)
             if self.gate is not None and isinstance(found, int):
                 tracked = self._track(ref) if self._tracker is not None and found >= 0 else None

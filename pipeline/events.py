@@ -17,6 +17,7 @@ record in Redis so each update goes out once even across retries, restarts and r
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import logging
 import queue
@@ -25,12 +26,13 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline import keys
+from pipeline.redisconn import as_bytes, stream_entries, stream_reads
 from pipeline.rules import EventUpdate
 from pipeline.types import UnixTimeS
 
@@ -77,7 +79,7 @@ class Event:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Event":
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     @classmethod
     def from_update(cls, u: EventUpdate) -> "Event":
@@ -213,7 +215,7 @@ class EventStore:
         return key
 
     def get_snapshot(self, event_id: str) -> bytes | None:
-        return self.client.get(_k_snapshot(event_id))
+        return as_bytes(self.client.get(_k_snapshot(event_id)))
 
     def set_clip(self, event_id: str, clip_key: str) -> Event:
         """Record where the event's clip is (see hls.clips.ClipStore)."""
@@ -240,7 +242,10 @@ class EventStore:
         out: list[Event] = []
         offset, batch = 0, max(2 * q.limit, 64)
         while len(out) < q.limit:
-            ids = self.client.zrevrangebyscore(index, hi, lo, start=offset, num=batch, withscores=True)
+            ids = cast(
+                builtins.list[tuple[bytes, float]],
+                self.client.zrevrangebyscore(index, hi, lo, start=offset, num=batch, withscores=True),
+            )
             if not ids:
                 break
             offset += len(ids)
@@ -259,7 +264,7 @@ class EventStore:
         nxt = encode_cursor(out[-1].start_s, out[-1].id) if len(out) == q.limit else None
         return EventPage(out, nxt)
 
-    def _get_many(self, ids: list[str]) -> list[Event | None]:
+    def _get_many(self, ids: builtins.list[str]) -> builtins.list[Event | None]:
         pipe = self.client.pipeline(transaction=False)
         for i in ids:
             pipe.hget(_k_event(i), "json")
@@ -267,18 +272,18 @@ class EventStore:
 
     def read_updates(
         self, after_id: str = "$", block_ms: int | None = None, count: int = 100
-    ) -> list[tuple[str, dict[str, Any]]]:
+    ) -> builtins.list[tuple[str, dict[str, Any]]]:
         """Stream entries after `after_id` ("$": only new ones; "0": from the oldest kept),
         as (entry id, update dict); waits up to `block_ms` when given (for SSE)."""
-        resp = self.client.xread({STREAM: after_id}, count=count, block=block_ms)
+        resp = stream_reads(self.client.xread({STREAM: after_id}, count=count, block=block_ms))
         out = []
-        for _stream, entries in resp or []:
+        for _stream, entries in resp:
             for eid, fields in entries:
                 out.append((eid.decode() if isinstance(eid, bytes) else eid, json.loads(fields[b"json"])))
         return out
 
     def last_update_id(self) -> str:
-        entries = self.client.xrevrange(STREAM, count=1)
+        entries = stream_entries(self.client.xrevrange(STREAM, count=1))
         return entries[0][0].decode() if entries else "0-0"
 
 

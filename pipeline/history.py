@@ -224,6 +224,12 @@ class HistoryStore:
         self._ids[key] = int(row[0])
         return int(row[0])
 
+    def _intern_new(self, con: sqlite3.Connection, table: str, name: str) -> int:
+        """The id of `name` in `table`, added when new."""
+        got = self._intern(con, table, name, True)
+        assert got is not None  # create=True always gives one
+        return got
+
     # ----------------------------------------------------------------- writing
 
     def add(
@@ -239,17 +245,19 @@ class HistoryStore:
     def add_many(
         self, frames: Iterable[tuple[str, float, int, Detections]], labels: Sequence[str] | None = None
     ) -> int:
-        rows, per_sec, tracks = [], {}, {}
+        rows: list[tuple[int | None, ...]] = []
+        per_sec: dict[tuple[int, int, int], tuple[int, int]] = {}
+        tracks: dict[tuple[int, int, int], tuple[int, int]] = {}
         with self._write_lock:
             con = self._con()
             try:
                 for camera_id, captured_at, seq, d in frames:
                     if len(d) == 0:
                         continue
-                    cam = self._intern(con, "cameras", camera_id, True)
+                    cam = self._intern_new(con, "cameras", camera_id)
                     ts = int(round(captured_at * 1000))
                     names = _label_names(d, labels)
-                    lab = [self._intern(con, "labels", n, True) for n in names]
+                    lab = [self._intern_new(con, "labels", n) for n in names]
                     box = np.round(d.xyxy.astype(np.float64) * 10).astype(np.int64)
                     conf = np.round(d.confidence.astype(np.float64) * 10000).astype(np.int64)
                     tids = d.tracker_id

@@ -187,12 +187,12 @@ class IngestLoop:
                 continue
             with self._lock:
                 self._status.nominal_fps = source.fps
-            outcome, exc, good = self._stream(source, stop)
+            outcome, error, good = self._stream(source, stop)
             if outcome == "error" and stop.is_set():  # the source went down with the stop (shutdown): no error
                 outcome = "stop"
             permanent = False
             if outcome == "error":
-                permanent = self._record_error("read", exc)  # report before close(), which may take a moment
+                permanent = self._record_error("read", error)  # report before close(), which may take a moment
             self._close(source)
             if outcome == "stop":
                 break
@@ -292,6 +292,8 @@ class IngestLoop:
         permanent = isinstance(exc, SourceError) and exc.permanent
         if isinstance(exc, SourceError):
             message = scrub_url(str(exc))
+        elif exc is None:
+            message = f"{stage} failed"
         else:
             message = scrub_url(f"{stage} failed: {type(exc).__name__}: {exc}")
             _log_exception(

@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable
+from typing import Any, Callable
 
 import redis
 from redis.commands.core import Script
@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Lease", "LeaseKeeper", "lease_key", "default_owner"]
 
+_UNBOUND: Any = None  # the scripts are bound to no client: each call passes its own
+
 _ACQUIRE = Script(
-    None,
+    _UNBOUND,
     b"""
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
@@ -44,7 +46,7 @@ return 0
 """,
 )
 _RENEW = Script(
-    None,
+    _UNBOUND,
     b"""
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
@@ -61,7 +63,7 @@ return 0
 """,
 )
 _RELEASE = Script(
-    None,
+    _UNBOUND,
     b"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])

@@ -12,7 +12,7 @@ Retry-After), instead of redis-py's default of failing at once past 100 connecti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
@@ -83,3 +83,23 @@ def connect_async(
 def fast_replies() -> bool:
     """Whether large replies are parsed by hiredis (install `hiredis` for it)."""
     return bool(HIREDIS_AVAILABLE)
+
+
+# Typed replies of the bytes (non-decoding) clients `connect` makes: redis-py's hints cover every client
+# mode (str replies, async), so its commands are typed as unions no caller here ever gets.
+StreamEntry = tuple[bytes, dict[bytes, bytes]]
+
+
+def stream_entries(reply: Any) -> list[StreamEntry]:
+    """An XRANGE / XREVRANGE reply: [(entry id, fields)]."""
+    return cast(list[StreamEntry], reply or [])
+
+
+def stream_reads(reply: Any) -> list[tuple[bytes, list[StreamEntry]]]:
+    """An XREAD reply: [(stream key, [(entry id, fields)])]."""
+    return cast(list[tuple[bytes, list[StreamEntry]]], reply or [])
+
+
+def as_bytes(reply: Any) -> bytes | None:
+    """A GET-like reply: the value, None when the key is missing."""
+    return cast(bytes | None, reply)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -33,7 +33,14 @@ class _Located:
     def resolved_redis_url(self) -> str:
         return self.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
 
+    @overload
+    def resolve_path(self, p: str) -> str: ...
+
+    @overload
+    def resolve_path(self, p: None) -> None: ...
+
     def resolve_path(self, p: str | None) -> str | None:
+        """`p` from base_dir (or the working directory) when relative, `~` expanded; None stays None."""
         if p is None:
             return None
         path = Path(os.path.expanduser(p))
@@ -300,7 +307,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] = Pipel
     """One line per error: the field path, what is wrong, the value received (once, short) and, for an
     unknown field, the nearest known name."""
     lines = [f"invalid Lookout config ({exc.error_count()} error(s)):"]
-    lines += [f"  {describe_error(err, model)}" for err in exc.errors()]
+    lines += [f"  {describe_error(dict(err), model)}" for err in exc.errors()]
     return "\n".join(lines)
 
 

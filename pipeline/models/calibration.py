@@ -188,7 +188,7 @@ def make_entropy_calibrator(batches: CalibrationBatches, cache_path: str | Path)
             self.batches = batches
             self.cache_path = Path(cache_path)
             self._iter: Iterator[np.ndarray] | None = None
-            self._device = None
+            self._device: Any = None  # pycuda DeviceAllocation, once the first batch comes
             self._count = 0
 
         def get_batch_size(self) -> int:

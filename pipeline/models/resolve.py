@@ -45,6 +45,10 @@ def resolve_model(model: ModelConfig, args: PipelineArgs | DetectorStageArgs) ->
         if labels is None and (weights.parent / "coco.names").is_file():
             labels = str(weights.parent / "coco.names")
     else:
+        if onnx is None:  # the config refuses this; a caller that built ModelConfig by hand may not
+            raise ModelFileError(
+                f"model.onnx: not set, and no model.cfg + model.weights to build it from; {HOW_TO_GET}"
+            )
         path = Path(onnx)
         if not path.is_file():
             raise ModelFileError(f"model.onnx: file not found: {path}; {HOW_TO_GET}")

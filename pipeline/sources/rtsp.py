@@ -13,12 +13,14 @@ stream at its new size.
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import re
 import shutil
 import subprocess
 import threading
 import time
+from typing import cast
 
 import numpy as np
 
@@ -138,7 +140,8 @@ class RtspSource(FrameSource):
             m = _INPUT_SIZE_RE.search(line)
             if m:
                 kind = "decoder" if m.group(1) else "graph"
-                size = tuple(int(v) for v in (m.group(1, 2) if m.group(1) else m.group(3, 4)))
+                w, h = (int(v) for v in (m.group(1, 2) if m.group(1) else m.group(3, 4)))
+                size = (w, h)
                 old = self._input_sizes.setdefault(kind, size)
                 if self._header_done.is_set() and old != size and (not self._resized or kind == "graph"):
                     self._resized = f"{'' if kind == 'graph' else 'coded '}{old[0]}x{old[1]} -> {size[0]}x{size[1]}"
@@ -189,8 +192,8 @@ class RtspSource(FrameSource):
         self._fps = float(self.cfg.fps) if self.cfg.fps else fps
         self._t0 = time.monotonic()
         nbytes = size[0] * size[1] * 3
-        stdout = self._proc.stdout
-        assert stdout is not None
+        assert self._proc.stdout is not None
+        stdout = cast(io.BufferedReader, self._proc.stdout)  # Popen's binary pipe (typed IO[bytes])
 
         def grab() -> Frame:
             buf = bytearray(nbytes)

@@ -40,7 +40,7 @@ def v4l2_settings(
     if fourcc is not None:
         if not isinstance(fourcc, str) or len(fourcc) != 4:
             raise ValueError(f"fourcc must be 4 characters such as 'MJPG', got {fourcc!r}")
-        out.append((cv2.CAP_PROP_FOURCC, float(cv2.VideoWriter_fourcc(*fourcc))))
+        out.append((cv2.CAP_PROP_FOURCC, float(cv2.VideoWriter.fourcc(*fourcc))))
     for name, value in (("width_px", width_px), ("height_px", height_px)):
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -111,9 +111,11 @@ class OpenCvCaptureSource(FrameSource):
     def close(self) -> None:
         cap, self._cap = self._cap, None
         reader, self._reader = self._reader, None
-        if reader is None:
+        if reader is None or cap is None:
             if cap is not None:
                 cap.release()
+            if reader is not None:
+                reader.stop(0.5)
             return
         if reader.stop(0.5):
             cap.release()
