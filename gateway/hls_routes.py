@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import cast
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -38,7 +39,8 @@ def make_routes(ctx: GatewayContext, reload_poll_s: float = RELOAD_POLL_S) -> li
         if not CAMERA_ID_RE.match(cid):
             return PlainTextResponse("not found", status_code=404)
         try:
-            msn, part = parse_directives(request.query_params)
+            # parse_directives only calls .get on it (its `dict` annotation is narrower than it needs)
+            msn, part = parse_directives(cast(dict, request.query_params))
         except BadDirective as exc:
             return PlainTextResponse(str(exc), status_code=400, headers=NO_STORE)
         await run_in_threadpool(viewers.touch, cid)  # an on-demand encoder starts (or keeps) encoding while fresh

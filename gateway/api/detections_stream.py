@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import AsyncGenerator
+from typing import AsyncGenerator, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -57,7 +57,9 @@ def stream_response(ctx: GatewayContext, request: Request, events: AsyncGenerato
     """`events` as an SSE response, if the caller and the process may hold one more stream (else 429/503).
     A stream that ends for a Redis failure ends quietly (the browser reconnects after `retry`)."""
     caller = caller_of(request)
-    refused = ctx.streams.acquire(caller)
+    streams = ctx.streams
+    assert streams is not None  # always set by GatewayContext.from_args
+    refused = streams.acquire(caller)
     if refused is not None:
         return refused
 
@@ -72,7 +74,7 @@ def stream_response(ctx: GatewayContext, request: Request, events: AsyncGenerato
 
     return LimitedStream(
         guarded(),
-        limiter=ctx.streams,
+        limiter=streams,
         caller=caller,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
@@ -82,7 +84,7 @@ def stream_response(ctx: GatewayContext, request: Request, events: AsyncGenerato
 def make_routes(ctx: GatewayContext) -> list[Route]:
     async def detections_stream(request: Request):
         r = ctx.aredis()
-        known = sorted(k.decode() for k in await r.hkeys(keys.cameras()))
+        known = sorted(k.decode() for k in cast(list[bytes], await r.hkeys(keys.cameras())))
         try:
             asked = parse_cameras(request.query_params.get("cameras"), known)
         except ValueError as exc:

@@ -67,7 +67,7 @@ def latest_detections(ctx: GatewayContext, camera_id: str) -> dict | None:
 def make_routes(ctx: GatewayContext) -> list[Route]:
     bus = FrameBus(ctx.redis, ctx.args.bus)
     exporter = Exporter(ctx)
-    annotators = [BoxAnnotator(), LabelAnnotator()]
+    annotators: list[BoxAnnotator | LabelAnnotator] = [BoxAnnotator(), LabelAnnotator()]
     upload_limit = ctx.args.gateway.upload_max_bytes
     max_pixels = ctx.args.gateway.upload_max_pixels
     decoder = Decoder(ctx.args.gateway.max_concurrent_decodes)

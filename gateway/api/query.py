@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -28,14 +28,17 @@ class BadParam(Exception):
         return JSONResponse(body, status_code=422)
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
 _BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
 def parse_query(
-    model: type[BaseModel], request: Request, fixed: dict[str, Any] | None = None, bools: tuple[str, ...] = ()
-) -> BaseModel:
+    model: type[_M], request: Request, fixed: dict[str, Any] | None = None, bools: tuple[str, ...] = ()
+) -> _M:
     """Validate the query string into `model` (unknown or repeated parameters are errors too)."""
     params: dict[str, Any] = {}
+    value: Any  # a query string, a parsed bool, or a rejected input
     for name, value in request.query_params.multi_items():
         if name in params:
             raise BadParam(name, "given more than once")

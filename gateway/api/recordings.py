@@ -12,7 +12,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -31,7 +31,7 @@ from hls.record_store import (
     parse_segment_key,
     split_init,
 )
-from hls.vod import vod_playlist
+from hls.vod import Recorded, vod_playlist
 from pipeline.config import CAMERA_ID_RE, RecordConfig
 from pipeline.types import UnixTimeS
 
@@ -85,6 +85,7 @@ class RecordingsReader:
                     self._store, self._index = store, index
                 except Exception as exc:  # noqa: BLE001 - a missing store is a 503, never a 500
                     raise RecordingsUnavailable(f"cannot open the recordings ({self.cfg.store}): {exc}") from exc
+            assert self._store is not None  # set together with _index
             return self._store, self._index
 
     @property
@@ -232,10 +233,11 @@ def make_routes(ctx: GatewayContext, reader: RecordingsReader | None = None) -> 
             )
         signer = ctx.auth.hls if ctx.auth is not None else None
 
-        def url(seg: RecordedSegment, part: str) -> str:
+        def url(seg: Recorded, part: str) -> str:
+            key = cast(RecordedSegment, seg).key  # vod_playlist hands back the segments it was given
             # Relative to the playlist (/api/cameras/<id>/vod.m3u8): works behind any proxy prefix.
-            q = f"&{signer.recording_query(seg.key)}" if signer is not None else ""
-            return f"recordings/{seg.key}?part={part}{q}"
+            q = f"&{signer.recording_query(key)}" if signer is not None else ""
+            return f"recordings/{key}?part={part}{q}"
 
         return Response(
             vod_playlist(segs, url, MAX_GAP_S), media_type=PLAYLIST_TYPE, headers={"Cache-Control": "private, no-store"}

@@ -100,12 +100,14 @@ class LookoutAuthBackend(AuthenticationBackend):
         m = _HLS_PATH_RE.match(conn.url.path)
         if m and "sig" in conn.query_params:
             cid = m.group(1)
+            assert auth.hls is not None  # set by bootstrap whenever auth is on (mode none returned above)
             if not auth.hls.verify(cid, conn.query_params.get("exp"), conn.query_params.get("sig")):
                 raise InvalidCredentials("bad or expired HLS URL signature")
             return self._credentials("signed-url", "signed-url", "hls-signature", frozenset({sc.camera_scope(cid)}))
         m = _RECORDING_PATH_RE.match(conn.url.path)
         if m and "sig" in conn.query_params:  # a VOD playlist's segment: signed for that one object
             cid, key = m.groups()
+            assert auth.hls is not None  # set by bootstrap whenever auth is on (mode none returned above)
             if not key.startswith(cid + "/") or not auth.hls.verify_recording(
                 key, conn.query_params.get("exp"), conn.query_params.get("sig")
             ):
@@ -119,6 +121,7 @@ class LookoutAuthBackend(AuthenticationBackend):
             if auth.oidc is not None and auth.oidc.owns(token):
                 name, scopes = await auth.oidc.verify_access_token(token)
                 return name, "user", "oidc-bearer", scopes
+            assert auth.tokens is not None  # set by bootstrap whenever auth is on
             claims = auth.tokens.verify(token)
         except TokenError as exc:
             raise InvalidCredentials(str(exc)) from None

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
@@ -21,6 +22,9 @@ from gateway.auth.server import WEB_CLIENT_ID, WEB_REDIRECT_URI, LookoutAuthServ
 from gateway.auth.store import AuthStore, User
 from gateway.auth.tokens import AccessTokens, Revocations
 from pipeline.config import AuthConfig, PipelineArgs
+
+if TYPE_CHECKING:
+    from gateway.auth.oidc import OidcLogin
 
 log = logging.getLogger("lookout.auth")
 ADMIN_PASSWORD_ENV = "LOOKOUT_ADMIN_PASSWORD"
@@ -72,7 +76,7 @@ class AuthContext:
     tokens: AccessTokens | None = None
     hls: HlsSigner | None = None
     server: LookoutAuthServer | None = None
-    oidc: object | None = None  # gateway.auth.oidc.OidcLogin in mode oidc
+    oidc: OidcLogin | None = None  # in mode oidc
 
     @property
     def session_cookie(self) -> str:
@@ -92,12 +96,14 @@ class AuthContext:
 
     def sso_user(self, conn: HTTPConnection) -> User | None:
         """The user logged in at the authorization server (login cookie), if any."""
+        assert self.store is not None  # only called with auth on, where bootstrap sets it
         row = self.store.get_session(conn.cookies.get(self.sso_cookie, ""), "sso")
         return self.store.get_user(row.username) if row else None
 
     def web_session(self, sid: str) -> tuple[str, str, str, frozenset[str]] | None:
         """(name, kind, via, scopes) of a live web session; a local user's scopes are re-read,
         so a removed user or a narrowed role takes effect at once."""
+        assert self.store is not None  # only called with auth on, where bootstrap sets it
         row = self.store.get_session(sid, "web")
         if row is None:
             return None
@@ -135,6 +141,7 @@ def bootstrap(args: PipelineArgs, logger: logging.Logger = log) -> AuthContext:
     else:
         from gateway.auth.oidc import OidcLogin
 
+        assert cfg.oidc is not None  # mode oidc requires gateway.auth.oidc (checked by AuthConfig)
         ctx.oidc = OidcLogin(cfg.oidc, ctx)
     ctx.store.purge_expired()
     return ctx

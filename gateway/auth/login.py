@@ -61,6 +61,7 @@ def _pkce_pair() -> tuple[str, str]:
 
 def make_routes(auth: "AuthContext") -> list[Route]:
     cfg, store = auth.cfg, auth.store
+    assert store is not None and auth.keys is not None  # bootstrap sets them whenever auth is on
     csrf_key = auth.keys.subkey("csrf")
     flow_key = auth.keys.subkey("web-flow")
 
@@ -202,6 +203,7 @@ def make_routes(auth: "AuthContext") -> list[Route]:
             )
         if "error" in request.query_params:
             return JSONResponse({"error": request.query_params["error"][:100]}, status_code=400)
+        assert auth.server is not None and auth.tokens is not None  # set by bootstrap whenever auth is on
         try:
             token = await run_in_threadpool(
                 auth.server.exchange_code,

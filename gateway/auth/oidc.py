@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from authlib.integrations.starlette_client import OAuth, OAuthError
 from joserfc.jwk import KeySet
@@ -38,7 +38,7 @@ CLIENT_SECRET_ENV = "LOOKOUT_OIDC_CLIENT_SECRET"
 
 def claim(claims: dict, path: str):
     """A claim by name; dots walk into nested objects (realm_access.roles)."""
-    value = claims
+    value: Any = claims
     for part in path.split("."):
         if not isinstance(value, dict):
             return None
@@ -87,6 +87,7 @@ class OidcLogin:
             },
         )
         self.client = self.oauth.create_client("provider")
+        assert auth.keys is not None  # bootstrap sets the keys before it makes an OidcLogin
         self.state_key = auth.keys.subkey("oidc-state")
         self._keys: KeySet | None = None
         self._keys_at = 0.0
@@ -161,6 +162,7 @@ class OidcLogin:
                 log.warning("OIDC login failed: %s", exc)
                 return JSONResponse({"error": "identity provider error"}, status_code=502)
             log.info("user %s logged in through %s", name, self.cfg.issuer)
+            assert auth.store is not None  # set by bootstrap whenever auth is on
             sid = auth.store.create_session("web", f"oidc:{name}", sc.to_str(scopes), cfg.session_ttl_s)
             resp = RedirectResponse(h.safe_next(saved.get("next")), status_code=302)
             h.set_cookie(resp, request, cfg, auth.session_cookie, sid, max_age=cfg.session_ttl_s)

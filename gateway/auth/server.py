@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from authlib.oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import (
@@ -140,7 +140,10 @@ class OAuthClient(ClientMixin):
         return redirect_uri in self.row.redirect_uris  # exact match only: no open redirects
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return bool(self.row.secret_hash) and hmac.compare_digest(digest(client_secret), self.row.secret_hash)
+        # cast: not None, checked on the left
+        return bool(self.row.secret_hash) and hmac.compare_digest(
+            digest(client_secret), cast(str, self.row.secret_hash)
+        )
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         return method == "none" if self.row.is_public else method in SECRET_METHODS
@@ -411,7 +414,7 @@ class LookoutAuthServer(AuthorizationServer):
 
     def send_signal(self, name: str, *args, **kwargs) -> None:
         if name == "after_revoke_token":
-            log.info("token of client %s revoked", kwargs.get("client").get_client_id())
+            log.info("token of client %s revoked", cast(OAuthClient, kwargs.get("client")).get_client_id())
 
     def exchange_code(self, code: str, verifier: str, redirect_uri: str, client_id: str) -> dict:
         """The token endpoint called in-process (the web page's own code exchange); raises OAuth2Error."""
@@ -478,7 +481,8 @@ def secret_client_id(prepared: PreparedRequest) -> str | None:
 
 def make_routes(auth: "AuthContext") -> list[Route]:
     """The OAuth endpoints and discovery documents."""
-    server: LookoutAuthServer = auth.server
+    server = auth.server
+    assert server is not None and auth.store is not None  # bootstrap sets them whenever auth is on
     cfg = auth.cfg
     attempts = AttemptLimits(auth.store, cfg)
 
@@ -511,6 +515,7 @@ def make_routes(auth: "AuthContext") -> list[Route]:
         return JSONResponse(metadata(auth.issuer), headers={"Cache-Control": "public, max-age=300"})
 
     def jwks(request: Request) -> JSONResponse:
+        assert auth.keys is not None  # set by bootstrap whenever auth is on
         return JSONResponse(auth.keys.jwks(), headers={"Cache-Control": "public, max-age=300"})
 
     async def token(request: Request) -> Response:

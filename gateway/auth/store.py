@@ -16,8 +16,10 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from gateway.auth import scopes as sc
 
@@ -204,7 +206,7 @@ class AuthStore:
             if side.exists():
                 os.chmod(side, 0o600)
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self) -> _Tx:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
@@ -227,7 +229,7 @@ class AuthStore:
                 "INSERT INTO users VALUES (?,?,?,?,?)",
                 (username, hash_password(password), role, sc.to_str(granted), time.time()),
             )
-        return self.get_user(username)
+        return cast(User, self.get_user(username))  # just inserted
 
     def get_user(self, username: str) -> User | None:
         row = self._conn().execute("SELECT * FROM users WHERE username=?", (username,)).fetchone()
@@ -237,7 +239,7 @@ class AuthStore:
 
     def list_users(self) -> list[User]:
         rows = self._conn().execute("SELECT username FROM users ORDER BY username").fetchall()
-        return [self.get_user(r["username"]) for r in rows]
+        return [cast(User, self.get_user(r["username"])) for r in rows]  # listed just now
 
     def count_users(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM users").fetchone()[0]
@@ -276,7 +278,7 @@ class AuthStore:
         scopes: set[str],
         *,
         public: bool = False,
-        redirect_uris: list[str] = (),
+        redirect_uris: Sequence[str] = (),
         grant_types: list[str] | None = None,
         client_id: str | None = None,
     ) -> tuple[ClientRow, str | None]:
@@ -310,7 +312,7 @@ class AuthStore:
                     time.time(),
                 ),
             )
-        return self.get_client(client_id), secret
+        return cast(ClientRow, self.get_client(client_id)), secret  # just inserted
 
     def get_client(self, client_id: str) -> ClientRow | None:
         if not isinstance(client_id, str) or not CLIENT_ID_RE.match(client_id):
@@ -329,7 +331,7 @@ class AuthStore:
 
     def list_clients(self) -> list[ClientRow]:
         rows = self._conn().execute("SELECT client_id FROM clients ORDER BY client_id").fetchall()
-        return [self.get_client(r["client_id"]) for r in rows]
+        return [cast(ClientRow, self.get_client(r["client_id"])) for r in rows]  # listed just now
 
     def remove_client(self, client_id: str) -> None:
         """Delete a client and revoke its refresh and access tokens."""
