@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, cast
 
 from ray.serve import Application, Deployment
 
@@ -49,38 +49,43 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
             log.warning("camera %s: not recorded: %s", cam.id, why)
     det = cfg.detector
     _check_autoscaling_reach(cfg)
+    # mypy ignores class decorators: each @serve.deployment class is cast to the Deployment it is at run time.
     # Each stage is bound only what it needs; the admin password and the OIDC client secret (in the
     # config or the Ray head's environment) stay in the gateway.
-    detector = DetectorDeployment.options(
-        **without_secret_env(DetectorDeployment, detector_options(det)),
-        user_config=DetectorRuntime.of(det).user_config(),
-    ).bind(cfg.for_detector())
+    detector = (
+        cast(Deployment, DetectorDeployment)
+        .options(
+            **without_secret_env(cast(Deployment, DetectorDeployment), detector_options(det)),
+            user_config=DetectorRuntime.of(det).user_config(),
+        )
+        .bind(cfg.for_detector())
+    )
     stages = []
     for name, group in camera_groups(cfg):
-        worker = CameraWorkerDeployment.options(
-            name=name, **without_secret_env(CameraWorkerDeployment, ingest_options(group[0]))
+        worker = cast(Deployment, CameraWorkerDeployment).options(
+            name=name, **without_secret_env(cast(Deployment, CameraWorkerDeployment), ingest_options(group[0]))
         )
         stages.append(worker.bind(cfg.for_group([c.id for c in group]), detector))
     for cam in cfg.cameras:
         if not cam.enabled or worker_camera(cam, cfg):
             continue
-        ingest = IngestDeployment.options(
-            name=f"ingest-{cam.id}", **without_secret_env(IngestDeployment, ingest_options(cam))
+        ingest = cast(Deployment, IngestDeployment).options(
+            name=f"ingest-{cam.id}", **without_secret_env(cast(Deployment, IngestDeployment), ingest_options(cam))
         )
         stages.append(ingest.bind(cfg.for_camera(cam.id), cam.id, detector))
         if cfg.hls.enabled:
             stages.append(
-                EncoderDeployment.options(name=f"encoder-{cam.id}", **without_secret_env(EncoderDeployment)).bind(
-                    cfg.for_camera(cam.id), cam.id
-                )
+                cast(Deployment, EncoderDeployment)
+                .options(name=f"encoder-{cam.id}", **without_secret_env(cast(Deployment, EncoderDeployment)))
+                .bind(cfg.for_camera(cam.id), cam.id)
             )
     if cfg.events.enabled:
         stages.append(
-            EventsDeployment.options(user_config=runtime_config(cfg), **without_secret_env(EventsDeployment)).bind(
-                cfg.for_events()
-            )
+            cast(Deployment, EventsDeployment)
+            .options(user_config=runtime_config(cfg), **without_secret_env(cast(Deployment, EventsDeployment)))
+            .bind(cfg.for_events())
         )
-    gateway = GatewayDeployment.options(max_ongoing_requests=cfg.gateway.max_ongoing_requests)
+    gateway = cast(Deployment, GatewayDeployment).options(max_ongoing_requests=cfg.gateway.max_ongoing_requests)
     return gateway.bind(cfg, detector, *stages)
 
 

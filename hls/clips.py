@@ -28,6 +28,7 @@ read); a budget (total bytes, age) deletes the oldest.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -270,7 +271,7 @@ class ClipStore:
             out.append((f"{p.parent.name}/{p.name}", st.st_size, st.st_mtime))
         return sorted(out, key=lambda r: (r[2], r[0]))
 
-    def enforce_budget(self, now_s: float | None = None) -> list[str]:
+    def enforce_budget(self, now_s: float | None = None) -> builtins.list[str]:
         """Delete clips older than `max_age_s`, then the oldest until the total fits."""
         now = time.time() if now_s is None else now_s
         clips = self.list()
@@ -313,7 +314,8 @@ class ClipMaker:
         self.index.refresh(camera_id, self.store)
         segs = segments_for_range(self.index.segments(camera_id, start_s, end_s), start_s, end_s)
         with tempfile.TemporaryDirectory(prefix="lookout-clip-") as tmp:
-            files, inits = [], {}
+            files: list[tuple[SegmentInfo, Path]] = []
+            inits: dict[str, bytes | None] = {}
             for s in segs:
                 data = self.segment_file_bytes(camera_id, s, inits)
                 if data is None:
@@ -374,7 +376,7 @@ class ClipMaker:
         if seg.init and data is not None:
             if seg.init not in inits:
                 inits[seg.init] = self.store.get_segment(camera_id, seg.init)
-            data = None if inits[seg.init] is None else inits[seg.init] + data
+            data = None if (init := inits[seg.init]) is None else init + data
         return data
 
     def _cut(

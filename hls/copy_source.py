@@ -35,6 +35,7 @@ camera is recorded while nobody watches. A run is named `<publisher epoch ms>-r<
 from __future__ import annotations
 
 import collections
+import io
 import logging
 import math
 import os
@@ -124,6 +125,7 @@ class CopyRun:
         return (offset if self.anchor is None else self.anchor) + pts_s
 
     def _reanchor(self, offset: float, arrival: float) -> None:
+        assert self.anchor is not None  # only called once anchored
         logger.info(
             "camera %s: the source's clock moved %+.3fs against the wall clock; capture times follow",
             self.camera_id,
@@ -395,7 +397,7 @@ class CopySource(FrameSource):
         self._decision: tuple[str, str | None] | None = None
         self._proc: subprocess.Popen | None = None
         self._run: CopyRun | None = None
-        self._frames_file = None
+        self._frames_file: io.FileIO | None = None
         self._reader: ThreadedReader | None = None
         self._first: Frame | None = None
         self._file_checked = 0.0
@@ -504,6 +506,7 @@ class CopySource(FrameSource):
     def _grab_fn(self, run: CopyRun, out: "_RunOutput", size: tuple[int, int], src_size: tuple[int, int]):
         nbytes = size[0] * size[1] * 3 // 2  # yuv420p (I420); the sides are even (detect_size)
         frames, cfg = self._frames_file, self.cfg
+        assert frames is not None  # opened by _open just before
         last_pts: list[float] = []
         keep = SlotSelector(cfg.detect_fps)
         buf = bytearray(nbytes)

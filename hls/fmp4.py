@@ -20,7 +20,7 @@ class Mp4Error(ValueError):
     """The byte stream is not the fragmented MP4 this module expects."""
 
 
-def box_header(buf: bytes | memoryview, pos: int) -> tuple[bytes, int, int] | None:
+def box_header(buf: bytes | bytearray | memoryview, pos: int) -> tuple[bytes, int, int] | None:
     """(type, header size, total size) of the box at `pos`, or None if the header is incomplete.
 
     A size of 0 ("to the end of the file") cannot be framed in a stream and raises Mp4Error."""
@@ -203,6 +203,7 @@ class FragmentSplitter:
             elif kind == b"mdat" and self._in_fragment:
                 self._pos += size
                 self._in_fragment = False
+                assert self.defaults is not None  # parsed together with self.init
                 out.append(parse_fragment(self._take(), self.defaults))
             else:
                 self._pos += size

@@ -64,6 +64,7 @@ class AnnotatedStream:
     def source_fps(self) -> float | None:
         """The camera's frame rate, from the sequence numbers and capture times of the frames on the bus
         (frames this stream skipped or found dropped count too); None until enough were seen."""
+        assert self.probe.maxlen is not None  # FPS_PROBE_FRAMES
         if len(self.probe) < self.probe.maxlen:
             return None
         seqs, times = zip(*self.probe)
@@ -166,6 +167,7 @@ class FramePacer:
         """The (frame, slot time, the frame's capture time) to encode for this frame, oldest first
         (none when dropped); a repeat carries the capture time of the frame it repeats."""
         if self.base is not None:
+            assert self.previous is not None  # set together with self.base
             slot = round((captured_at - self.base) / self.period_s)
             if self.slot - self.max_fill <= slot <= self.slot:
                 self.dropped += 1

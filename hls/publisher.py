@@ -71,7 +71,7 @@ class StreamPublisher:
         self._part_target = part_target
         self._pub = threading.RLock()  # fMP4: playlist and store writes from the runs' reader threads
         self._open: OpenSegment | None = None  # fMP4: the segment being written
-        self._open_run = None
+        self._open_run: Any = None  # the run of the open segment
         self._open_data: list[bytes] = []  # its fragments
         self._open_names: list[str] = []  # its parts in the store
         self._open_s = 0.0  # its duration so far
@@ -229,7 +229,7 @@ class StreamPublisher:
         self._open_data.append(frag.data)
         self._open_s += frag.duration_s
         self._open_frames += frag.samples
-        complete = bool(self._seg_frames) and self._open_frames >= self._seg_frames
+        complete = bool(self._seg_frames and self._open_frames >= self._seg_frames)
         if self._part_target is not None and len(self._open.parts) == len(self._open_data) - 1:
             name = f"{self._epoch_ms}_{self._counter:08d}_{len(self._open_data) - 1}.m4s"
             try:

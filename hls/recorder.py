@@ -320,6 +320,7 @@ class Recorder:
         lo, hi = rec.start_s - self.cfg.post_s, rec.end_s + self.cfg.pre_s
         try:
             if self.cfg.mode == "motion":
+                assert self.motion is not None  # checked in __init__ for mode motion
                 keep = bool(self.motion.any_motion(self.camera_id, lo, hi))
             else:
                 keep = self._any_event(lo, hi)
@@ -338,6 +339,7 @@ class Recorder:
     def _write(self, rec: RecordedSegment, data: bytes) -> None:
         for attempt in range(PUT_RETRIES):
             try:
+                assert self.store is not None  # _write_step writes only once the store is attached
                 self.store.put(rec.key, data)
                 break
             except Exception as exc:  # noqa: BLE001 - a full disk or a store away never stops the camera
@@ -358,6 +360,7 @@ class Recorder:
             self.written += 1
         self._count(lambda m: m.inc("lookout_record_segments_total", camera=self.camera_id))
         try:
+            assert self.index is not None  # attached together with the store
             self.index.add(rec)
             self._index_ep.ok()
         except Exception as exc:  # noqa: BLE001 - the index is rebuilt from the store

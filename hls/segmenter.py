@@ -158,6 +158,7 @@ class Segmenter(StreamPublisher):
                 return False
         run.write_since = time.monotonic()
         try:
+            assert run.proc.stdin is not None  # started with stdin=PIPE
             run.proc.stdin.write(frame.data)
             run.proc.stdin.flush()
         except (OSError, ValueError) as exc:  # BrokenPipeError; ValueError: stdin closed
@@ -287,6 +288,7 @@ class Segmenter(StreamPublisher):
             run.retired = time.monotonic()
             if self._run is run:
                 self._run = None
+        assert run.proc.stdin is not None  # started with stdin=PIPE
         try:
             run.proc.stdin.close()
         except OSError:
@@ -374,6 +376,7 @@ class Segmenter(StreamPublisher):
                 data = None
             broken = data is not None and (not data or (name.endswith(".ts") and len(data) % 188 != 0))
             if broken:  # ffmpeg writes empty or cut segments, without a word, while the disk is full
+                assert data is not None  # broken implies it
                 self.last_error = f"segment {name} of run {run.number} is broken ({len(data)} bytes): disk full?"
                 self.log.warning("%s; not published", self.last_error)
                 data = None
