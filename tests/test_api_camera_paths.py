@@ -16,7 +16,7 @@ def make_client(redis_server, tmp_path, **over):
     args = parse_args(
         {
             "cameras": [
-                {"id": "copy", "source": "rtsp://u:p@h/copy"},
+                {"id": "copy", "source": "rtsp://u:p@h/copy", "motion": {"tracked_interval_s": 0.6}},
                 {"id": "mpeg", "source": "clip.avi", "detect_fps": 2},
                 {"id": "quiet", "source": "rtsp://h/quiet", "detect": False},
                 {"id": "burn", "source": "rtsp://h/burn", "boxes": "burned"},
@@ -44,7 +44,7 @@ def api(redis_server, tmp_path):
     return make_client(redis_server, tmp_path)
 
 
-FIELDS = ("path", "path_reason", "detect", "detect_fps", "video", "video_reason", "segment_s")
+FIELDS = ("path", "path_reason", "detect", "detect_fps", "tracked_interval_s", "video", "video_reason", "segment_s")
 
 
 def test_each_camera_says_its_path_and_detection_before_the_stream_info_exists(api):
@@ -56,6 +56,7 @@ def test_each_camera_says_its_path_and_detection_before_the_stream_info_exists(a
             "path_reason": "boxes drawn by the browser; detection at 5 fps",
             "detect": True,
             "detect_fps": 5.0,
+            "tracked_interval_s": 0.6,
             "video": None,
             "video_reason": None,
             "segment_s": None,
@@ -65,6 +66,7 @@ def test_each_camera_says_its_path_and_detection_before_the_stream_info_exists(a
             "path_reason": "boxes drawn by the browser; detection at 2 fps",
             "detect": True,
             "detect_fps": 2.0,
+            "tracked_interval_s": None,
             "video": None,
             "video_reason": None,
             "segment_s": None,
@@ -74,6 +76,7 @@ def test_each_camera_says_its_path_and_detection_before_the_stream_info_exists(a
             "path_reason": "boxes drawn by the browser; detection off",
             "detect": False,
             "detect_fps": None,
+            "tracked_interval_s": None,
             "video": None,
             "video_reason": None,
             "segment_s": None,
@@ -83,6 +86,7 @@ def test_each_camera_says_its_path_and_detection_before_the_stream_info_exists(a
             "path_reason": "boxes: burned (camera) re-encodes the video",
             "detect": True,
             "detect_fps": None,
+            "tracked_interval_s": None,
             "video": None,
             "video_reason": None,
             "segment_s": None,
@@ -163,6 +167,34 @@ def test_the_pages_info_line_from_the_apis_answer(api):
         "quiet": "detection off",  # not running yet: its video is not known
         "burn": "video re-encoded, boxes burned in",
     }
+
+
+def test_the_page_holds_a_result_as_long_as_the_camera_detects_tracks_less_often(api):
+    """A result stands for the frames after it for 400 ms; on a camera with motion.tracked_interval_s, for
+    that interval and one detector frame more, so boxes do not blink between sparse detections."""
+    from test_web_units import run_draw  # draw.js in Node
+
+    _, client = api
+    cams = {c["id"]: c for c in client.get("/api/cameras").json()["cameras"]}
+    holds = run_draw("console.log(JSON.stringify(arg.map((c) => [c.id, Draw.holdMs(c)])))", list(cams.values()))
+    assert dict(holds) == {"copy": 800, "mpeg": 400, "quiet": 400, "burn": 400}
+    results = [{"at": 1000, "n": 1}, {"at": 1600, "n": 2}]
+    picks = run_draw(
+        "const ds = arg.results, half = 50;"
+        "const pick = (ms, hold) => { const r = Draw.resultAt(ds, ms, half, hold); return r === null ? null : r.pending ? 'pending' : r.n; };"
+        "console.log(JSON.stringify([[1000, 400], [1300, 400], [1500, 400], [1500, 800], [1610, 400], [1900, 800],"
+        " [2500, 800]].map(([ms, hold]) => [ms, hold, pick(ms, hold)])))",
+        {"results": results},
+    )
+    assert picks == [
+        [1000, 400, 1],  # the frame's own
+        [1300, 400, 1],  # a skipped frame: the newest earlier result, within the hold
+        [1500, 400, None],  # too old for the default hold: nothing drawn
+        [1500, 800, 1],  # held on a camera detecting tracks every 0.6 s
+        [1610, 400, 2],  # within half a frame: its own
+        [1900, 800, "pending"],  # after the newest result: its own may still come
+        [2500, 800, "pending"],
+    ]
 
 
 def test_the_info_line_of_a_re_encoded_camera_says_burned_only_when_it_is():

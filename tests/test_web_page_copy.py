@@ -38,7 +38,7 @@ CAM = "coded"
 FPS = 10
 CLIP_FRAMES = 300  # 30 s: the camera loops during the test, and each loop must keep the mapping
 CODE_OFFSET_MS = 1000  # the timecode reader takes 0 for "no code": frame 0 shows 1000
-SYNC_TOLERANCE_MS = 400  # app.js: an earlier result older than this is not drawn
+SYNC_TOLERANCE_MS = 400  # draw.js holdMs: an earlier result older than this is not drawn (no tracked interval)
 
 
 def make_coded_clip(src, out, frames: int, fps: int = FPS) -> None:

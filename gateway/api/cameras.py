@@ -63,6 +63,7 @@ def video_path_view(ctx: GatewayContext, camera_id: str, stream: dict | None) ->
         "path_reason": None,
         "detect": None,
         "detect_fps": None,
+        "tracked_interval_s": None,
         "video": stream.get("video"),
         "video_reason": stream.get("video_reason"),
         "segment_s": stream.get("segment_s"),
@@ -76,7 +77,10 @@ def video_path_view(ctx: GatewayContext, camera_id: str, stream: dict | None) ->
         else:
             view["path"], view["path_reason"] = "ingest", "hls.enabled: false: no video is streamed"
         # detect_fps holds on the worker path; the annotate path offers the detector every frame
-        view.update(detect=cam.detect, detect_fps=cam.detect_fps if cam.detect and view["path"] == "worker" else None)
+        gated = cam.detect and view["path"] == "worker"
+        view.update(detect=cam.detect, detect_fps=cam.detect_fps if gated else None)
+        if gated and cam.motion.enabled and cam.motion.tracked_interval_s > 0:
+            view["tracked_interval_s"] = cam.motion.tracked_interval_s
     return view
 
 

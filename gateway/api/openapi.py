@@ -190,6 +190,12 @@ def spec(ctx: GatewayContext) -> dict:
                             "type": ["number", "null"],
                             "description": "Detector frames per second (worker path, detection on).",
                         },
+                        "tracked_interval_s": {
+                            "type": ["number", "null"],
+                            "description": "Worker path, motion gating with cameras[].motion.tracked_interval_s: "
+                            "confirmed tracks that move are detected once per this interval (a result stands "
+                            "that long on the page).",
+                        },
                         "video": {
                             "enum": ["copy", "transcode", None],
                             "description": "Worker path, once running: the video stream-copied or transcoded once.",

@@ -4,7 +4,7 @@
 "use strict";
 const tiles = new Map();
 const STALL_AFTER_S = 3, RESTART_AFTER_S = 15, KEEP_DETECTIONS_S = 20;
-const BUCKET_S = 10, CHART_BUCKETS = 30, SYNC_TOLERANCE_MS = 400, FATAL_RESTART_MS = 1000;
+const BUCKET_S = 10, CHART_BUCKETS = 30, FATAL_RESTART_MS = 1000;
 const colorFor = Draw.makeColorFor();
 const params = new URLSearchParams(window.location.search);
 // ?camera=<id>[,<id>…]: just those
@@ -101,21 +101,11 @@ function frameCaptures(details, frag) {
   return range.lookoutCaptures;
 }
 
-// The detection result of the frame captured at `ms`. The encoder puts frames on a grid of 1/fps
-// in capture time, so that frame's own result lies within half a frame of `ms`; a frame the detector
-// skipped gets the newest earlier result (none when that is older than SYNC_TOLERANCE_MS). While no
-// result of this frame or a later one has arrived, the frame's own may still come: `pending`, and
-// nothing is drawn rather than the boxes of an earlier frame (addDetections draws them on arrival).
+// The detection result of the frame captured at `ms` (Draw.resultAt): its own, else the newest earlier one
+// within the camera's hold (Draw.holdMs), or PENDING while the frame's own may still come.
 function detectionsAt(tile, ms) {
-  const ds = tile.detections, half = 500 / (tile.fps || 10);
-  let i = ds.length - 1;
-  while (i >= 0 && ds[i].at > ms + half) i--;
-  const best = i >= 0 ? ds[i] : null;
-  if (best && best.at >= ms - half) return best;  // the frame's own result
-  if (i === ds.length - 1) return PENDING;
-  return best && ms - best.at <= SYNC_TOLERANCE_MS ? best : null;
+  return Draw.resultAt(tile.detections, ms, 500 / (tile.fps || 10), tile.holdMs || Draw.holdMs(null));
 }
-const PENDING = { pending: true, at: null, detections: [] };
 
 const LABEL_FONT_PX = 11;
 function drawBoxes(tile, det) {
@@ -232,6 +222,7 @@ async function refreshCameras() {
       tile.stream = cam.stream;
       tile.boxesInBrowser = !!cam.stream && cam.stream.boxes === "browser";
       tile.fps = (cam.stream && cam.stream.fps) || null;
+      tile.holdMs = Draw.holdMs(cam);
       tile.node.querySelector(".boxes-toggle").hidden = !tile.boxesInBrowser;
       const state = tile.node.querySelector(".state");
       state.textContent = `${cam.state} · ${cam.fps.toFixed(1)} fps`;

@@ -79,6 +79,30 @@ const Draw = (() => {
     return [video, detect].filter(Boolean).join(" · ");
   }
 
-  return { PALETTE, makeColorFor, placeLabels, overlaps, videoPathText };
+  // The detection result to draw on the frame captured at `ms`, from `ds` (results in capture order, each
+  // {at, ...}). The encoder puts frames on a grid of 1/fps in capture time, so the frame's own result lies
+  // within `halfMs` of `ms`; a frame the detector skipped gets the newest earlier result when it is at most
+  // `holdMs` older (none otherwise). While no result of this frame or a later one has arrived, the frame's
+  // own may still come: PENDING, and nothing is drawn rather than the boxes of an earlier frame.
+  const PENDING = { pending: true, at: null, detections: [] };
+  function resultAt(ds, ms, halfMs, holdMs) {
+    let i = ds.length - 1;
+    while (i >= 0 && ds[i].at > ms + halfMs) i--;
+    const best = i >= 0 ? ds[i] : null;
+    if (best && best.at >= ms - halfMs) return best;  // the frame's own result
+    if (i === ds.length - 1) return PENDING;
+    return best && ms - best.at <= holdMs ? best : null;
+  }
+
+  // How long a result stands for the frames after it: 400 ms, or, for a camera whose motion gate detects
+  // confirmed tracks once per `tracked_interval_s`, that interval and one detector frame more.
+  const SYNC_TOLERANCE_MS = 400;
+  function holdMs(cam) {
+    const tracked = (cam && cam.tracked_interval_s) || 0;
+    if (!tracked) return SYNC_TOLERANCE_MS;
+    return Math.max(SYNC_TOLERANCE_MS, 1000 * tracked + 1000 / ((cam && cam.detect_fps) || 5));
+  }
+
+  return { PALETTE, PENDING, makeColorFor, placeLabels, overlaps, videoPathText, resultAt, holdMs };
 })();
 if (typeof module !== "undefined") module.exports = Draw;
