@@ -140,11 +140,14 @@ class MotionGate:
         return True
 
     def _motion_interval_s(self, box_px: tuple[int, int, int, int] | None) -> float:
-        """0 (every moving frame) unless the motion is only that of objects already tracked."""
+        """0 (every moving frame) unless the motion is only that of objects already tracked (or, within
+        hold_s of the last motion, nothing moves in this frame)."""
         interval = self.cfg.tracked_interval_s
         tracked = self.tracked_box_px
-        if interval <= 0 or self.objects <= 0 or tracked is None or box_px is None:
+        if interval <= 0 or self.objects <= 0 or tracked is None:
             return 0.0
+        if box_px is None:
+            return interval
         x1, y1, x2, y2 = tracked
         # A walker's motion box also holds where they just were (the background average still settles
         # there), so the tracked boxes are widened by half their size before the motion must fit inside.

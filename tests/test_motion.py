@@ -229,6 +229,8 @@ def test_gate_tracked_interval_throttles_only_motion_around_confirmed_tracks():
     sent = [t / 4 for t in range(3, 20) if gate.should_detect(0.3, t / 4, (90, 40, 160, 210))]
     assert sent == [1.5, 2.5, 3.5, 4.5], sent
     assert gate.state == "idle"
+    # they stop for a moment (within hold_s, no motion in the frame): still once per interval
+    assert not gate.should_detect(0.0, 4.75, None) and gate.state == "idle"
     # motion elsewhere (someone else may be coming in): at once, whatever the interval
     assert gate.should_detect(0.3, 5.0, (300, 50, 340, 200)) and gate.state == "motion"
     gate.note_result(2)  # a second object, not confirmed yet: every moving frame

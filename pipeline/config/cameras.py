@@ -51,7 +51,7 @@ class MotionConfig(_Model):
         le=60,
         description="While every object seen is a confirmed track and the motion stays around them, detect once "
         "per this interval only (the tracker predicts in between); anything new, or motion elsewhere, is "
-        "detected at once. 0: every moving frame. With model.region_widths_px, 0.6 cut detector CPU by ~80 % "
+        "detected at once. 0: every moving frame. With model.region_widths_px, 0.6 cut detector CPU by ~78 % "
         "on a room people walk through (docs/benchmarks.md).",
     )
 
