@@ -49,42 +49,24 @@ def build_app(args: dict[str, Any] | PipelineArgs) -> Application:
             log.warning("camera %s: not recorded: %s", cam.id, why)
     det = cfg.detector
     _check_autoscaling_reach(cfg)
-    # mypy ignores class decorators: each @serve.deployment class is cast to the Deployment it is at run time.
     # Each stage is bound only what it needs; the admin password and the OIDC client secret (in the
     # config or the Ray head's environment) stay in the gateway.
-    detector = (
-        cast(Deployment, DetectorDeployment)
-        .options(
-            **without_secret_env(cast(Deployment, DetectorDeployment), detector_options(det)),
-            user_config=DetectorRuntime.of(det).user_config(),
-        )
-        .bind(cfg.for_detector())
-    )
+    detector = _secretless(
+        DetectorDeployment, detector_options(det), user_config=DetectorRuntime.of(det).user_config()
+    ).bind(cfg.for_detector())
     stages = []
     for name, group in camera_groups(cfg):
-        worker = cast(Deployment, CameraWorkerDeployment).options(
-            name=name, **without_secret_env(cast(Deployment, CameraWorkerDeployment), ingest_options(group[0]))
-        )
+        worker = _secretless(CameraWorkerDeployment, ingest_options(group[0]), name=name)
         stages.append(worker.bind(cfg.for_group([c.id for c in group]), detector))
     for cam in cfg.cameras:
         if not cam.enabled or worker_camera(cam, cfg):
             continue
-        ingest = cast(Deployment, IngestDeployment).options(
-            name=f"ingest-{cam.id}", **without_secret_env(cast(Deployment, IngestDeployment), ingest_options(cam))
-        )
+        ingest = _secretless(IngestDeployment, ingest_options(cam), name=f"ingest-{cam.id}")
         stages.append(ingest.bind(cfg.for_camera(cam.id), cam.id, detector))
         if cfg.hls.enabled:
-            stages.append(
-                cast(Deployment, EncoderDeployment)
-                .options(name=f"encoder-{cam.id}", **without_secret_env(cast(Deployment, EncoderDeployment)))
-                .bind(cfg.for_camera(cam.id), cam.id)
-            )
+            stages.append(_secretless(EncoderDeployment, name=f"encoder-{cam.id}").bind(cfg.for_camera(cam.id), cam.id))
     if cfg.events.enabled:
-        stages.append(
-            cast(Deployment, EventsDeployment)
-            .options(user_config=runtime_config(cfg), **without_secret_env(cast(Deployment, EventsDeployment)))
-            .bind(cfg.for_events())
-        )
+        stages.append(_secretless(EventsDeployment, user_config=runtime_config(cfg)).bind(cfg.for_events()))
     gateway = cast(Deployment, GatewayDeployment).options(max_ongoing_requests=cfg.gateway.max_ongoing_requests)
     return gateway.bind(cfg, detector, *stages)
 
@@ -120,6 +102,13 @@ def without_secret_env(deployment: Deployment, opts: dict[str, Any] | None = Non
     runtime_env = dict(actor.get("runtime_env") or {})
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **{name: "" for name in SECRET_ENV_VARS}}
     return {**opts, "ray_actor_options": {**actor, "runtime_env": runtime_env}}
+
+
+def _secretless(cls: Any, opts: dict[str, Any] | None = None, **more: Any) -> Deployment:
+    """The @serve.deployment class `cls` with `opts` and `more` as its options, its replicas started without
+    the secret environment (`without_secret_env`). The cast: mypy does not apply class decorators."""
+    deployment = cast(Deployment, cls)
+    return deployment.options(**without_secret_env(deployment, opts), **more)
 
 
 def detector_options(det: DetectorConfig) -> dict[str, Any]:

@@ -87,7 +87,7 @@ class CameraService:
             if self.gate is not None and cam.motion.tracked_interval_s > 0
             else None
         )
-        self._results = ResultStore(client)
+        self._results = ResultStore(client) if self._tracker is not None else None
         self._track_lock = threading.Lock()
         self._tracked_at = -math.inf
         self._bus_wh: tuple[int, int] | None = None
@@ -247,7 +247,8 @@ class CameraService:
         if self.motion is not None and self.motion_log is not None:  # both or neither
             activity = self._motion_activity(self.motion, frame)
             self.motion_log.add(self.cam.id, frame.captured_at, activity)
-            self._bus_wh = (frame.image.shape[1], frame.image.shape[0])
+            if self._tracker is not None:  # its boxes come in source pixels, the gate's in these
+                self._bus_wh = (frame.image.shape[1], frame.image.shape[0])
             if self.gate is not None and not self.gate.should_detect(activity, box_px=self.motion.box_px):
                 self.metrics.inc("lookout_frames_dropped_total", camera=self.cam.id, reason="no_motion")
                 return
@@ -293,8 +294,10 @@ class CameraService:
     def _track(self, ref: FrameRef) -> tuple[float, float, float, float] | None:
         """Feed the frame's result to the camera's tracker; the box around its objects (bus image pixels)
         when every one is a confirmed track, else None (also when a newer frame's result is already there)."""
+        if self._tracker is None or self._results is None:
+            return None
         payload = self._results.latest(ref.camera_id)
-        if payload is None or payload.get("seq") != ref.seq or self._tracker is None:
+        if payload is None or payload.get("seq") != ref.seq:
             return None
         scale = (1.0, 1.0)
         if ref.source_size and self._bus_wh:

@@ -105,8 +105,8 @@ def run(
         det_cpu += time.process_time() - c0
         calls += 1
         if gate is not None:
-            box = tracked_box(gate_tracker, found[0], t, scale) if gate_tracker is not None else None
-            gate.note_result(len(found[0]), box)
+            tracked = tracked_box(gate_tracker, found[0], t, scale) if gate_tracker is not None else None
+            gate.note_result(len(found[0]), tracked)
         updates += engine.update("cam", tracker.update(found[0], t), t)
     updates += engine.close_camera("cam", frames[-1][0] if frames else 0.0)
     starts = sorted(u.start_s for u in updates if u.kind == "start")
