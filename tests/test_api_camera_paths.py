@@ -178,11 +178,12 @@ def test_the_page_holds_a_result_as_long_as_the_camera_detects_tracks_less_often
     cams = {c["id"]: c for c in client.get("/api/cameras").json()["cameras"]}
     holds = run_draw("console.log(JSON.stringify(arg.map((c) => [c.id, Draw.holdMs(c)])))", list(cams.values()))
     assert dict(holds) == {"copy": 800, "mpeg": 400, "quiet": 400, "burn": 400}
-    results = [{"at": 1000, "n": 1}, {"at": 1600, "n": 2}]
+    results = [{"at": 1000, "n": 1}, {"at": 1600, "n": 2}, {"at": 1640, "n": 3}]
     picks = run_draw(
         "const ds = arg.results, half = 50;"
         "const pick = (ms, hold) => { const r = Draw.resultAt(ds, ms, half, hold); return r === null ? null : r.pending ? 'pending' : r.n; };"
-        "console.log(JSON.stringify([[1000, 400], [1300, 400], [1500, 400], [1500, 800], [1610, 400], [1900, 800],"
+        "console.log(JSON.stringify([[1000, 400], [1300, 400], [1500, 400], [1500, 800], [1610, 400], [1630, 400],"
+        " [1900, 800],"
         " [2500, 800]].map(([ms, hold]) => [ms, hold, pick(ms, hold)])))",
         {"results": results},
     )
@@ -191,7 +192,8 @@ def test_the_page_holds_a_result_as_long_as_the_camera_detects_tracks_less_often
         [1300, 400, 1],  # a skipped frame: the newest earlier result, within the hold
         [1500, 400, None],  # too old for the default hold: nothing drawn
         [1500, 800, 1],  # held on a camera detecting tracks every 0.6 s
-        [1610, 400, 2],  # within half a frame: its own
+        [1610, 400, 2],  # within half a frame: its own, the nearest (not the newest) there
+        [1630, 400, 3],  # a frame the stream dropped (captured 40 ms after #2) had a result: the nearest
         [1900, 800, "pending"],  # after the newest result: its own may still come
         [2500, 800, "pending"],
     ]

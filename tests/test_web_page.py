@@ -275,7 +275,7 @@ return n;
 """
 
 
-def alignment(timed: list[dict]) -> dict:
+def alignment(timed: list[dict], fps: float) -> dict:
     """How the page's frame times and boxes compare with the capture time burned into each frame shown."""
     firsts = {}
     for smp in timed:  # a frame the encoder repeated (to fill a gap upstream) stays on screen for its slots
@@ -285,8 +285,13 @@ def alignment(timed: list[dict]) -> dict:
     # frame-capture date range (hls/captures.py), not from its slot on the grid.
     all_err = sorted(abs(smp["pdt"] - smp["tc"]) for smp in timed) or [float("inf")]
     drawn = [smp for smp in timed if smp["det"] is not None]
-    # Boxes of the wrong frame: of a later frame, or of another frame while the page had this one's own.
-    wrong = [smp for smp in drawn if smp["det"] > smp["tc"] + 1 or (smp["own"] and abs(smp["det"] - smp["tc"]) >= 1)]
+    # Boxes of the wrong frame: of a frame captured more than half a frame later, or of another frame while
+    # the page had this one's own. Within half a frame a later capture may be the frame's nearest result:
+    # the detector also gets frames the stream drops (read in a burst, their slot on the grid taken).
+    half_ms = 500 / fps
+    wrong = [
+        smp for smp in drawn if smp["det"] > smp["tc"] + half_ms or (smp["own"] and abs(smp["det"] - smp["tc"]) >= 1)
+    ]
     q95 = statistics.quantiles(pdt_err, n=20)[18] if len(pdt_err) > 1 else pdt_err[0]
     return {
         "frames": len(firsts),
@@ -366,11 +371,11 @@ def boxes_line_up(page) -> None:
     except AssertionError:
         timed = page.execute_script(timed_js)
         raise AssertionError(
-            f"too few frames with their own boxes: {alignment(timed)}; tile: {page.execute_script(diag)}"
+            f"too few frames with their own boxes: {alignment(timed, 10)}; tile: {page.execute_script(diag)}"
         ) from None
     timed = page.execute_script(timed_js)
     fps = page.execute_script("return window.lookout.tiles.get('people').fps") or 10
-    a = alignment(timed)
+    a = alignment(timed, fps)
     print(
         f"PDT vs burned capture time: p50 {a['pdt_p50']:.0f} ms, p95 {a['pdt_p95']:.0f} ms ({a['frames']} frames, "
         f"p95 {a['all_p95']:.0f} ms over every presentation, repeats included, "
@@ -381,7 +386,13 @@ def boxes_line_up(page) -> None:
     # The capture time the page derives for a frame is that frame's (the encoder keeps media time on
     # the capture-time grid: within half a frame), and the boxes drawn over it are its own.
     assert a["pdt_p50"] <= 1000 / fps and a["all_p95"] <= 1000 / fps, a
-    assert len(a["wrong"]) <= max(2, a["drawn"] // 50), a["wrong"][:10]
+    ats = page.execute_script("return window.lookout.tiles.get('people').detections.map(d => d.at)")
+    wrong = [
+        {k: smp[k] for k in ("tc", "pdt", "det", "own", "media")}
+        | {"results_near_tc": [round(at - smp["tc"]) for at in ats if abs(at - smp["tc"]) < 300]}
+        for smp in a["wrong"][:10]
+    ]
+    assert len(a["wrong"]) <= max(2, a["drawn"] // 50), wrong
 
 
 LABEL_RECTS = "const t = window.lookout.tiles.get('people'); return t.labelRects || null"

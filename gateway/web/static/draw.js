@@ -81,15 +81,20 @@ const Draw = (() => {
 
   // The detection result to draw on the frame captured at `ms`, from `ds` (results in capture order, each
   // {at, ...}). The encoder puts frames on a grid of 1/fps in capture time, so the frame's own result lies
-  // within `halfMs` of `ms`; a frame the detector skipped gets the newest earlier result when it is at most
-  // `holdMs` older (none otherwise). While no result of this frame or a later one has arrived, the frame's
-  // own may still come: PENDING, and nothing is drawn rather than the boxes of an earlier frame.
+  // within `halfMs` of `ms`: the nearest there, since the detector may also have had a frame the stream
+  // dropped (read in a burst, its slot taken). A frame the detector skipped gets the newest earlier result
+  // when it is at most `holdMs` older (none otherwise). While no result of this frame or a later one has
+  // arrived, the frame's own may still come: PENDING, and nothing is drawn rather than an earlier frame's boxes.
   const PENDING = { pending: true, at: null, detections: [] };
   function resultAt(ds, ms, halfMs, holdMs) {
     let i = ds.length - 1;
     while (i >= 0 && ds[i].at > ms + halfMs) i--;
+    let own = null;
+    for (let j = i; j >= 0 && ds[j].at >= ms - halfMs; j--) {
+      if (!own || Math.abs(ds[j].at - ms) < Math.abs(own.at - ms)) own = ds[j];
+    }
+    if (own) return own;
     const best = i >= 0 ? ds[i] : null;
-    if (best && best.at >= ms - halfMs) return best;  // the frame's own result
     if (i === ds.length - 1) return PENDING;
     return best && ms - best.at <= holdMs ? best : null;
   }
