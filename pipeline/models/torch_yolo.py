@@ -68,6 +68,10 @@ def _check_activation(sec: Section, default: str) -> str:
 class YoloHead(nn.Module):
     """Decodes one [yolo] layer's (N, A*(5+C), H, W) map into boxes (N, H*W*A, 4) and scores (N, H*W*A, C)."""
 
+    offset: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    half_anchor: torch.Tensor
+    xy_scale: torch.Tensor
+
     def __init__(self, sec: Section, grid_h: int, grid_w: int, input_w: int, input_h: int):
         super().__init__()
         anchors, mask = yolo_anchors(sec)
@@ -141,6 +145,7 @@ class DarknetYolo(nn.Module):
                 conv = nn.Conv2d(in_c, filters, ksize, stride, padding, groups=groups, bias=True)
                 with torch.no_grad():
                     conv.weight.copy_(torch.from_numpy(np.array(w, np.float32)))
+                    assert conv.bias is not None  # bias=True
                     conv.bias.copy_(torch.from_numpy(np.array(b, np.float32)))
                 conv.requires_grad_(False)
                 self.convs[key] = conv
@@ -172,11 +177,12 @@ class DarknetYolo(nn.Module):
 
         if not self.heads:
             raise ModelFileError(f"{cfg.source}: the cfg has no [yolo] layer")
-        classes = {h.classes for h in self.heads.values()}
+        heads = [h for h in self.heads.values() if isinstance(h, YoloHead)]
+        classes = {h.classes for h in heads}
         if len(classes) != 1:
             raise ModelFileError(f"{cfg.source}: [yolo] layers disagree on classes: {sorted(classes)}")
         self.num_classes = classes.pop()
-        self.num_boxes = sum(h.num_boxes for h in self.heads.values())
+        self.num_boxes = sum(h.num_boxes for h in heads)
         self._keep = frozenset(refs_needed)
         self.compute_dtype = torch.float32
 

@@ -225,17 +225,17 @@ def build_engine(
             )
         n = len(list_images(calib_images))
         batches = CalibrationBatches(calib_images, size, batch_size=min(CALIB_BATCH, n), letter_box=fit_letter_box)
+    gate: tuple[Path, Path] | None = None  # (images, annotations) of the accuracy check
     if eval_annotations is not None:
-        eval_annotations = Path(eval_annotations)
-        if not eval_annotations.is_file():
-            raise FileNotFoundError(f"eval_annotations: COCO annotations file not found: {eval_annotations}")
-        if eval_images is None and calib_images is None:
+        annotations = Path(eval_annotations)
+        if not annotations.is_file():
+            raise FileNotFoundError(f"eval_annotations: COCO annotations file not found: {annotations}")
+        images = eval_images if eval_images is not None else calib_images
+        if images is None:
             raise ValueError("eval_images is required with eval_annotations (or give calib_images)")
-        eval_images = Path(eval_images if eval_images is not None else calib_images)
-        if not eval_images.is_dir():
-            raise FileNotFoundError(
-                f"eval_images: images folder not found: {eval_images} (needed with eval_annotations)"
-            )
+        if not Path(images).is_dir():
+            raise FileNotFoundError(f"eval_images: images folder not found: {images} (needed with eval_annotations)")
+        gate = (Path(images), annotations)
     trt, cuda = _load_trt()
     gpu = _Gpu(cuda)
     try:
@@ -264,8 +264,7 @@ def build_engine(
                     batches,
                     calibration_cache_path(cache_dir, key),
                     workspace_mb,
-                    eval_images,
-                    eval_annotations,
+                    gate,
                     fit_letter_box,
                 )
                 return {**info, "model_letter_box": model_letter_box}
@@ -285,8 +284,7 @@ def _build(
     batches: "CalibrationBatches | None",
     calib_cache: Path,
     workspace_mb: int,
-    eval_images: Path | None,
-    eval_annotations: Path | None,
+    gate: tuple[Path, Path] | None,
     letter_box: bool,
 ) -> dict:
     logger = _trt_logger(trt)
@@ -309,6 +307,7 @@ def _build(
         from pipeline.models.calibration import make_entropy_calibrator
 
         config.set_flag(trt.BuilderFlag.INT8)
+        assert batches is not None  # build_engine calibrates every int8 build
         calibrator = make_entropy_calibrator(batches, calib_cache)
         config.int8_calibrator = calibrator
         calib_profile = builder.create_optimization_profile()
@@ -353,8 +352,8 @@ def _build(
             "cache": calib_cache.name,
             "letter_box": batches.letter_box,
         }
-    if eval_annotations is not None:
-        info["accuracy"] = _accuracy_gate(out, onnx_path, key, eval_images, eval_annotations, calib_cache, letter_box)
+    if gate is not None:
+        info["accuracy"] = _accuracy_gate(out, onnx_path, key, *gate, calib_cache, letter_box)
     return info
 
 
@@ -501,22 +500,26 @@ class TensorRTBackend(Backend):
             )
         _, side = _read_onnx_input(model.onnx)
         annotations = coco_annotations_near(model.calib_images) if settings.precision == "int8" else None
-        kwargs = dict(
-            onnx_path=model.onnx,
-            precision=settings.precision,
-            max_batch=max(1, int(max_batch_size)),
-            calib_images=model.calib_images,
-            cache_dir=model.engine_cache_dir,
-            input_size_px=None if side else settings.input_size_px,
-            eval_annotations=annotations,
-            letter_box=settings.letter_box,
-        )
-        path = build_engine(**kwargs)
+
+        def build(force: bool = False) -> Path:
+            return build_engine(
+                model.onnx,
+                settings.precision,
+                max(1, int(max_batch_size)),
+                model.calib_images,
+                model.engine_cache_dir,
+                None if side else settings.input_size_px,
+                eval_annotations=annotations,
+                letter_box=settings.letter_box,
+                force=force,
+            )
+
+        path = build()
         try:
             backend = cls(path)
         except EngineLoadError as exc:
             log.warning("%s; building it again", exc)
-            backend = cls(build_engine(**kwargs, force=True))
+            backend = cls(build(force=True))
         if backend.letter_box is None:  # an engine cached without its sidecar: ask the ONNX file
             from pipeline.models.onnx_export import load_graph_info
 
@@ -536,14 +539,15 @@ class TensorRTBackend(Backend):
             raise ValueError(f"batch must have shape (N, 3, {s}, {s}), got {batch.shape}")
         n = batch.shape[0]
         if n == 0:
-            return tuple(np.zeros((0, *self._host[o].shape[1:]), np.float32) for o in self._outputs)
+            boxes, scores = (np.zeros((0, *self._host[o].shape[1:]), np.float32) for o in self._outputs)
+            return boxes, scores
         chunks = []
         with self._lock, self._gpu.active():
             for start in range(0, n, self.max_batch):
                 chunks.append(self._run(batch[start : start + self.max_batch]))
         if len(chunks) == 1:
             return chunks[0]
-        return tuple(np.concatenate([c[i] for c in chunks]) for i in range(len(self._outputs)))
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
     def _run(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cuda, n = self._cuda, chunk.shape[0]
@@ -561,7 +565,8 @@ class TensorRTBackend(Backend):
             cuda.memcpy_dtoh_async(view, self._device_bufs[name], self._stream)
             views.append(view)
         self._stream.synchronize()
-        return tuple(np.array(v, dtype=np.float32) for v in views)
+        boxes, scores = (np.array(v, dtype=np.float32) for v in views)  # the engine has 2 outputs (_load)
+        return boxes, scores
 
     def close(self) -> None:
         lock = getattr(self, "_lock", None)

@@ -174,8 +174,8 @@ class TorchBackend(Backend):
         if precision == "fp16":
             net.set_compute_dtype(torch.float16)
         if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        self.net = net
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # Module.to takes it
+        self.net: DarknetYolo | None = net
         self._shape = net.input_shape  # (width, height)
         self.letter_box = net.cfg.letter_box
         self._resize_weights: dict[tuple[int, int], tuple["torch.Tensor", ...]] = {}
@@ -346,8 +346,8 @@ class TorchBackend(Backend):
                 )
         tv = torchvision_ops()
         if tv is not None:
-            data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
-            return list(tv.io.decode_jpeg(data, mode=tv.io.ImageReadMode.RGB, device=self.device))
+            encoded = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+            return list(tv.io.decode_jpeg(encoded, mode=tv.io.ImageReadMode.RGB, device=self.device))
         out = []
         for i, data in enumerate(jpegs):
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -412,15 +412,15 @@ class TorchBackend(Backend):
         ).to(cand.device, non_blocking=True)[kept_frame]
         xyxy = (cand[keep] - geo[:, [0, 1, 0, 1]]) / geo[:, [2, 3, 2, 3]]
         xyxy = torch.minimum(xyxy.clamp(min=0), geo[:, [4, 5, 4, 5]])
-        xyxy, kept_conf, kept_cls, counts = (
+        xyxy_np, kept_conf, kept_cls, counts_np = (
             t.cpu().numpy() for t in (xyxy, conf[keep], cls[keep], torch.bincount(kept_frame, minlength=n))
         )
         out, start = [], 0
-        for k in counts.tolist():
+        for k in counts_np.tolist():
             end = start + k
             out.append(
                 Detections(
-                    xyxy=xyxy[start:end].astype(np.float32),
+                    xyxy=xyxy_np[start:end].astype(np.float32),
                     confidence=kept_conf[start:end],
                     class_id=kept_cls[start:end],
                 )
