@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bare loop: inference threads (0: default); with several "
         "--backend, comma-separated thread counts to compare, e.g. 1,2",
     )
-    b.add_argument("--openvino-streams", type=int, default=1, help="model.openvino_streams of an openvino backend")
+    b.add_argument("--openvino-streams", type=int, default=1, help="model.openvino.streams of an openvino backend")
     b.add_argument("--bus-codec", choices=["jpeg", "raw"], default="jpeg", help="pipeline: frames on the bus")
     b.add_argument(
         "--bare",

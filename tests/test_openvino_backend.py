@@ -193,9 +193,11 @@ def _args(**model) -> dict:
 @pytest.mark.parametrize(
     "model, field, value",
     [
-        ({"openvino_streams": 0}, "model.openvino_streams", "0"),
-        ({"openvino_streams": 65}, "model.openvino_streams", "65"),
-        ({"openvino_streams": "two"}, "model.openvino_streams", "'two'"),
+        ({"openvino": {"streams": 0}}, "model.openvino.streams", "0"),
+        ({"openvino": {"streams": 65}}, "model.openvino.streams", "65"),
+        ({"openvino": {"streams": "two"}}, "model.openvino.streams", "'two'"),
+        ({"openvino": {"threads": 2}}, "model.openvino.threads", "2"),
+        ({"openvino_streams": 0}, "model.openvino.streams", "0"),  # the old name: its value checked in its new place
         ({"intra_op_threads": -1}, "model.intra_op_threads", "-1"),
         ({"backend": "openvin"}, "model.backend", "'openvin'"),
         ({"openvino_threads": 2}, "model.openvino_threads", "2"),
@@ -209,12 +211,24 @@ def test_bad_values_name_field_and_value(model, field, value):
 
 def test_threads_and_streams_reach_openvino(yolo_tiny_onnx):
     settings = parse_args(
-        _args(onnx=str(yolo_tiny_onnx), backend="openvino", intra_op_threads=1, openvino_streams=2)
+        _args(onnx=str(yolo_tiny_onnx), backend="openvino", intra_op_threads=2, openvino={"streams": 2})
     ).model
     backend = create_backend(settings, ResolvedModel(onnx=yolo_tiny_onnx), 4)
     assert isinstance(backend, OpenVinoBackend)
-    assert backend.threads == 1 and "1 thread(s)" in backend.describe()
+    assert backend.threads == 2 and backend.streams == 2 and "2 thread(s)" in backend.describe()
     backend.close()
+
+
+def test_the_old_name_of_openvino_streams_still_works_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.config.model"):
+        assert parse_args(_args(openvino_streams=3)).model.openvino.streams == 3
+    assert "model.openvino_streams is the old name of model.openvino.streams" in caplog.text
+    assert (
+        ModelConfig(onnx="m.onnx", openvino_streams=2).openvino
+        == ModelConfig(onnx="m.onnx", openvino={"streams": 2}).openvino
+    )
+    with pytest.raises(ConfigError, match="model.openvino_streams and model.openvino.streams both given"):
+        parse_args(_args(openvino_streams=2, openvino={"streams": 3}))
 
 
 # ----- lookout bench --backend openvino,onnxruntime ------------------------------------------------

@@ -22,7 +22,7 @@ from typing import get_args
 import cv2
 import numpy as np
 
-from pipeline.config import ModelConfig, parse_args
+from pipeline.config import ModelConfig, OpenVinoOptions, parse_args
 from pipeline.detector import Detector
 from pipeline.tracking import pair_same_class
 from tools.procs import LocalRedis, cpu_by_stage, free_port
@@ -133,7 +133,7 @@ def pipeline_run(
                 "onnx": a.onnx,
                 "backend": a.backend,
                 "intra_op_threads": a.threads,
-                "openvino_streams": a.openvino_streams,
+                "openvino": {"streams": a.openvino_streams},
             },
             "detector": {
                 "max_batch_size": batch,
@@ -229,7 +229,9 @@ def compare_backends(a: argparse.Namespace, backends: list[str]) -> int:
     for t in threads:
         detectors = {}
         for name in backends:
-            settings = ModelConfig(onnx=a.onnx, backend=name, intra_op_threads=t, openvino_streams=a.openvino_streams)
+            settings = ModelConfig(
+                onnx=a.onnx, backend=name, intra_op_threads=t, openvino=OpenVinoOptions(streams=a.openvino_streams)
+            )
             detectors[name] = Detector.from_config(settings, a.onnx, None)
         for b in batches:
             n = max(2 * b, len(frames) - len(frames) % (2 * b))
@@ -288,7 +290,10 @@ def main(a: argparse.Namespace) -> int:
     a.bare_threads = bare_threads[0]
     detector = Detector.from_config(
         ModelConfig(
-            onnx=a.onnx, backend=a.backend, intra_op_threads=a.bare_threads, openvino_streams=a.openvino_streams
+            onnx=a.onnx,
+            backend=a.backend,
+            intra_op_threads=a.bare_threads,
+            openvino=OpenVinoOptions(streams=a.openvino_streams),
         ),
         a.onnx,
         None,
@@ -304,7 +309,10 @@ def main(a: argparse.Namespace) -> int:
     if a.threads != a.bare_threads:  # the replicas' own session, to tell their overhead from their slower inference
         same = Detector.from_config(
             ModelConfig(
-                onnx=a.onnx, backend=a.backend, intra_op_threads=a.threads, openvino_streams=a.openvino_streams
+                onnx=a.onnx,
+                backend=a.backend,
+                intra_op_threads=a.threads,
+                openvino=OpenVinoOptions(streams=a.openvino_streams),
             ),
             a.onnx,
             None,

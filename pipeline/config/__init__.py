@@ -20,7 +20,7 @@ from .cameras import CameraConfig, CameraRecordConfig, MotionConfig
 from .errors import ConfigError, describe_error, fields_at, short_value, unknown_field_hint
 from .events import ClipConfig, EventsConfig, HistoryConfig, MqttConfig, WebhookConfig
 from .gateway import LOOPBACK_HOSTS, ROLE_NAMES, AuthConfig, GatewayConfig, OidcConfig
-from .model import ModelConfig
+from .model import ModelConfig, OpenVinoOptions
 from .record import RecordConfig, S3Config
 from .runtime import DetectorRuntime, EventsRuntime
 from .stages import BusConfig, DetectorAutoscaling, DetectorConfig, HlsConfig
@@ -40,6 +40,7 @@ __all__ = [
     "CameraRecordConfig",
     "MotionConfig",
     "ModelConfig",
+    "OpenVinoOptions",
     "BusConfig",
     "DetectorAutoscaling",
     "DetectorConfig",

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from .base import _Model
+
+log = logging.getLogger(__name__)
+
+
+class OpenVinoOptions(_Model):
+    """OpenVINO's own settings (`model.openvino`). Settings that apply to whichever backend runs (precision,
+    intra_op_threads) stay in `model`; a backend's own go in its section."""
+
+    streams: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Parts a batch is split into and run in parallel, each on its share of the threads "
+        "(1: one request on all threads, the lowest latency).",
+    )
+
+
+# Old spellings still read, each with where its value now goes.
+MOVED_FIELDS = {"openvino_streams": ("openvino", "streams")}
 
 
 class ModelConfig(_Model):
@@ -46,13 +66,7 @@ class ModelConfig(_Model):
         description="CPU inference threads of ONNX Runtime or OpenVINO, whichever runs "
         "(0: the runtime's default, every core).",
     )
-    openvino_streams: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="OpenVINO: parts a batch is split into and run in parallel, each on its share "
-        "of the threads (1: one request on all threads, the lowest latency).",
-    )
+    openvino: OpenVinoOptions = Field(default_factory=OpenVinoOptions, description="OpenVINO's own settings.")
     precision: Literal["fp32", "fp16", "int8"] = Field(
         "fp16",
         description="Numeric precision. GPU backends: fp16 (default), fp32 or int8. ONNX Runtime and OpenVINO "
@@ -78,6 +92,27 @@ class ModelConfig(_Model):
         "of these model widths that holds them (multiples of 32, below input_size_px; each is converted from "
         "cfg + weights). Empty: always the whole frame.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        """A field that moved into a backend's section is read from its old place, with a warning."""
+        if not isinstance(data, dict) or not MOVED_FIELDS.keys() & data.keys():
+            return data
+        data = dict(data)
+        for old, (section, name) in MOVED_FIELDS.items():
+            if old not in data:
+                continue
+            value, given = data.pop(old), data.get(section) or {}
+            if isinstance(given, _Model):
+                given = given.model_dump(exclude_unset=True)
+            if not isinstance(given, dict):
+                continue  # the section's own validation names what is wrong with it
+            if name in given:
+                raise ValueError(f"model.{old} and model.{section}.{name} both given: keep model.{section}.{name}")
+            log.warning("model.%s is the old name of model.%s.%s: write that instead", old, section, name)
+            data[section] = {**given, name: value}
+        return data
 
     @model_validator(mode="after")
     def _check_sources(self) -> "ModelConfig":

@@ -48,7 +48,7 @@ class OpenVinoBackend(Backend):
 
     @classmethod
     def create(cls, settings: "ModelConfig", model: "ResolvedModel", max_batch_size: int) -> "OpenVinoBackend":
-        return cls(model.onnx, threads=settings.intra_op_threads, streams=settings.openvino_streams)
+        return cls(model.onnx, threads=settings.intra_op_threads, streams=settings.openvino.streams)
 
     def __init__(self, onnx_path: str | Path, threads: int = 0, streams: int = 1):
         try:
