@@ -358,6 +358,7 @@ def boxes_line_up(page) -> None:
     shot = ROOT / "data" / "web-page-boxes.png"
     shot.parent.mkdir(exist_ok=True)
     page.save_screenshot(str(shot))
+    fps = page.execute_script("return window.lookout.tiles.get('people').fps") or 10
     timed_js = "return window.lookout.tiles.get('people').samples.filter(s => s.tc && s.pdt).slice(-1500)"
     own_drawn = lambda ss: [smp for smp in ss if smp["det"] is not None and abs(smp["det"] - smp["tc"]) < 1]
     t0 = time.monotonic()
@@ -371,10 +372,9 @@ def boxes_line_up(page) -> None:
     except AssertionError:
         timed = page.execute_script(timed_js)
         raise AssertionError(
-            f"too few frames with their own boxes: {alignment(timed, 10)}; tile: {page.execute_script(diag)}"
+            f"too few frames with their own boxes: {alignment(timed, fps)}; tile: {page.execute_script(diag)}"
         ) from None
     timed = page.execute_script(timed_js)
-    fps = page.execute_script("return window.lookout.tiles.get('people').fps") or 10
     a = alignment(timed, fps)
     print(
         f"PDT vs burned capture time: p50 {a['pdt_p50']:.0f} ms, p95 {a['pdt_p95']:.0f} ms ({a['frames']} frames, "

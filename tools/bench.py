@@ -219,6 +219,13 @@ def backend_list(text: str) -> list[str]:
     return names
 
 
+def _model(a: argparse.Namespace, backend: str, threads: int) -> ModelConfig:
+    """The model settings of a bare run: `backend` on `threads` inference threads, --openvino-streams."""
+    return ModelConfig(
+        onnx=a.onnx, backend=backend, intra_op_threads=threads, openvino=OpenVinoOptions(streams=a.openvino_streams)
+    )
+
+
 def compare_backends(a: argparse.Namespace, backends: list[str]) -> int:
     """The bare detector of each backend on the same decoded frames, printed side by side."""
     clip = a.clip or "data/demo/vtest.avi"
@@ -229,10 +236,7 @@ def compare_backends(a: argparse.Namespace, backends: list[str]) -> int:
     for t in threads:
         detectors = {}
         for name in backends:
-            settings = ModelConfig(
-                onnx=a.onnx, backend=name, intra_op_threads=t, openvino=OpenVinoOptions(streams=a.openvino_streams)
-            )
-            detectors[name] = Detector.from_config(settings, a.onnx, None)
+            detectors[name] = Detector.from_config(_model(a, name, t), a.onnx, None)
         for b in batches:
             n = max(2 * b, len(frames) - len(frames) % (2 * b))
             halves = (frames[: n // 2], frames[n // 2 : n])
@@ -289,12 +293,7 @@ def main(a: argparse.Namespace) -> int:
         raise ValueError(f"--bare-threads: one value unless --backend lists several, got {a.bare_threads!r}")
     a.bare_threads = bare_threads[0]
     detector = Detector.from_config(
-        ModelConfig(
-            onnx=a.onnx,
-            backend=a.backend,
-            intra_op_threads=a.bare_threads,
-            openvino=OpenVinoOptions(streams=a.openvino_streams),
-        ),
+        _model(a, a.backend, a.bare_threads),
         a.onnx,
         None,
     )
@@ -308,12 +307,7 @@ def main(a: argparse.Namespace) -> int:
     same_infer = bare_infer
     if a.threads != a.bare_threads:  # the replicas' own session, to tell their overhead from their slower inference
         same = Detector.from_config(
-            ModelConfig(
-                onnx=a.onnx,
-                backend=a.backend,
-                intra_op_threads=a.threads,
-                openvino=OpenVinoOptions(streams=a.openvino_streams),
-            ),
+            _model(a, a.backend, a.threads),
             a.onnx,
             None,
         )
